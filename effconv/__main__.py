@@ -1,0 +1,3 @@
+from effconv.cli import main
+
+main()

@@ -1,0 +1,166 @@
+"""The `effconv` command line: parse options, call the library, render with rich. Nothing else.
+
+Exit codes: 0 ok, 1 verification or budget failed, 2 bad input (one-line error), 3 internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from effconv import __version__
+from effconv.errors import EffconvError, VerificationFailed
+from effconv.quiet import is_debug, set_debug
+
+app = typer.Typer(
+    name="effconv",
+    help="Make a video VAE decoder run on phones: rewrite it Turbo-VAED style, distill, quantize, "
+    "export to ONNX / Core ML / TFLite, and profile it.\n\n"
+    "Start with `effconv inspect SPEC`, then `effconv convert SPEC --to onnx --out DIR`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+out = Console()
+err = Console(stderr=True)
+
+SpecArg = typer.Argument(..., help="Model spec YAML (see README 'Model spec').", show_default=False)
+AllowImport = typer.Option(False, "--allow-import", help="Allow a spec's `factory` to import and run your code.")
+JsonFlag = typer.Option(False, "--json", help="Print the manifest as JSON on stdout instead of a table.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"effconv {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show library logs and full tracebacks."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    set_debug(debug)
+
+
+def _fmt_shape(shape) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def _print_manifest(manifest, as_json: bool, out_dir: Path) -> None:
+    if as_json:
+        print(manifest.to_json())
+        return
+    verify = manifest.verify
+    table = Table(title=f"{manifest.name} -> {manifest.backend}", show_header=False)
+    table.add_row("artifact", str(out_dir / manifest.artifact))
+    table.add_row("manifest", str(out_dir / f"{manifest.name}.json"))
+    table.add_row("params", f"{manifest.params:,}")
+    for tensor in manifest.inputs:
+        table.add_row(f"input  {tensor.name}", f"{_fmt_shape(tensor.shape)} {tensor.dtype}")
+    for tensor in manifest.outputs:
+        table.add_row(f"output {tensor.name}", f"{_fmt_shape(tensor.shape)} {tensor.dtype}")
+    if "max_abs_err" in verify:
+        table.add_row("max abs error", f"{verify['max_abs_err']:.3g} (atol {verify['atol']:g})")
+        table.add_row("PSNR vs PyTorch", f"{verify['psnr_db']:.1f} dB")
+    table.add_row("verified", "[green]yes[/]" if verify["passed"] else "[red]NO[/]")
+    out.print(table)
+
+
+@app.command()
+def convert(
+    spec: Path = SpecArg,
+    to: str = typer.Option("onnx", "--to", help="Target backend: onnx."),
+    out_dir: Path = typer.Option(..., "--out", help="Output directory (created if missing).", show_default=False),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 18 for the dynamo exporter)."),
+    atol: float | None = typer.Option(None, "--atol", help="Max abs error allowed vs PyTorch [default: 1e-3]."),
+    as_json: bool = JsonFlag,
+    allow_import: bool = AllowImport,
+) -> None:
+    """Export a spec's model part and verify it against PyTorch on a seeded random input.
+
+    Writes DIR/NAME.onnx and the manifest DIR/NAME.json. Exit 1 if the outputs differ by more than --atol.
+
+    Example: `effconv convert examples/specs/hunyuan-tiny.yaml --to onnx --out out/`
+    """
+    from effconv.converters.convert import convert as run_convert
+    from effconv.spec import load_spec
+
+    loaded = load_spec(spec)
+    with err.status(f"Exporting {loaded.spec.name} ({loaded.spec.part}) to {to}..."):
+        try:
+            manifest = run_convert(loaded, to, out_dir, atol=atol, opset=opset, allow_import=allow_import)
+        except VerificationFailed as failure:
+            if failure.manifest is not None:
+                _print_manifest(failure.manifest, as_json, out_dir)
+            raise
+    _print_manifest(manifest, as_json, out_dir)
+
+
+@app.command()
+def inspect(
+    spec: Path = SpecArg,
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    allow_import: bool = AllowImport,
+) -> None:
+    """Show a model part's parameters per block, latent and output shapes, and known backends.
+
+    Example: `effconv inspect examples/specs/wan21-tiny.yaml`
+    """
+    from effconv.models.loader import load_model
+    from effconv.models.summary import summarize
+    from effconv.spec import load_spec
+
+    with err.status("Building model..."):
+        summary = summarize(load_model(load_spec(spec), allow_import=allow_import))
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    blocks = Table(title=f"{summary['name']}: {summary['class']} {summary['part']}")
+    blocks.add_column("block")
+    blocks.add_column("params", justify="right")
+    blocks.add_column("share", justify="right")
+    for block, count in summary["blocks"].items():
+        blocks.add_row(block, f"{count:,}", f"{100 * count / max(summary['params'], 1):.1f}%")
+    blocks.add_row("[bold]total[/]", f"[bold]{summary['params']:,}[/]", "")
+    out.print(blocks)
+    comp = summary["compression"]
+    out.print(
+        f"compression: {comp['temporal']}x time, {comp['spatial']}x space, "
+        f"{comp['latent_channels']} latent channels{' (causal first frame)' if comp['causal'] else ''}"
+    )
+    out.print(f"input  {summary['input']['name']}: {_fmt_shape(summary['input']['shape'])}")
+    out.print(f"output {summary['output']['name']}: {_fmt_shape(summary['output']['shape'])}")
+    for backend, status in summary["backends"].items():
+        out.print(f"backend {backend}: {status}")
+
+
+def _report_error(message: str, code: int) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def main() -> None:
+    """Console entry point: maps errors to exit codes, one line each, tracebacks only with --debug."""
+    try:
+        app(standalone_mode=False)
+    except EffconvError as exc:
+        if is_debug():
+            raise
+        _report_error(exc.one_line(), exc.exit_code)
+    except click.exceptions.Abort:
+        _report_error("interrupted.", 130)
+    except click.exceptions.ClickException as exc:
+        _report_error(" ".join(exc.format_message().split()) + " (see --help)", 2)
+    except Exception as exc:  # a bug in effconv or a library: say so in one line, unless debugging
+        if is_debug():
+            raise
+        detail = " ".join(str(exc).split())[:300]
+        _report_error(f"internal error: {type(exc).__name__}: {detail} (rerun with --debug for the traceback)", 3)

@@ -1,0 +1,75 @@
+"""ONNX backend: torch.onnx.export(dynamo=True), verified in onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from effconv.errors import EffconvError
+from effconv.quiet import captured_stdout
+
+NAME = "onnx"
+SUFFIX = ".onnx"
+DEFAULT_OPSET = 18
+MIN_OPSET = 18
+DEFAULT_ATOL = 1e-3
+PROTOBUF_LIMIT_BYTES = 1_800_000_000  # single-file ONNX must stay under protobuf's 2 GiB
+
+
+def check_opset(opset: int) -> None:
+    if opset < MIN_OPSET:
+        raise EffconvError(f"opset {opset} is too old for torch's dynamo ONNX exporter.", f"use --opset {MIN_OPSET} or newer.")
+
+
+def export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str,
+           opset: int = DEFAULT_OPSET) -> dict:
+    check_opset(opset)
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    external = weight_bytes > PROTOBUF_LIMIT_BYTES
+    try:
+        with torch.no_grad(), captured_stdout():
+            program = torch.onnx.export(
+                module,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=[input_name],
+                output_names=[output_name],
+                optimize=True,
+            )
+            program.save(str(path), external_data=external)
+    except EffconvError:
+        raise
+    except Exception as exc:  # the exporter raises many unrelated types; all mean "this model did not export"
+        reason = " ".join(str(exc).split())[:400] or type(exc).__name__
+        raise EffconvError(
+            f"ONNX export failed: {reason}",
+            "run `effconv lint SPEC --backend onnx` to see which op is unsupported; rerun with --debug for details.",
+        ) from None
+    return {"opset": opset, "external_data": external}
+
+
+def session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def predict(path: Path, example: torch.Tensor) -> np.ndarray:
+    ort_session = session(path)
+    feed = {ort_session.get_inputs()[0].name: example.detach().cpu().numpy()}
+    return ort_session.run(None, feed)[0]
+
+
+def runtime_versions() -> dict:
+    import onnx
+    import onnxruntime
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}

@@ -1,0 +1,19 @@
+"""CogVideoX (`AutoencoderKLCogVideoX`): causal 3D convs with a frame-batched conv cache."""
+
+from torch import nn
+
+from effconv.models.base import Compression, FamilyAdapter
+
+
+class CogVideoXAdapter(FamilyAdapter):
+    class_name = "AutoencoderKLCogVideoX"
+    family = "cogvideox"
+
+    def compression(self, vae: nn.Module) -> Compression:
+        config = vae.config
+        # Every down block but the last halves H and W (CogVideoXDownBlock3D add_downsample).
+        return Compression(
+            latent_channels=int(config.latent_channels),
+            temporal=int(config.temporal_compression_ratio),
+            spatial=2 ** (len(config.block_out_channels) - 1),
+        )

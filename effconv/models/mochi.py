@@ -1,0 +1,19 @@
+"""Mochi (`AutoencoderKLMochi`): 6x temporal / 8x spatial, drops the leading frames after decoding."""
+
+from torch import nn
+
+from effconv.models.base import Compression, FamilyAdapter
+
+
+class MochiAdapter(FamilyAdapter):
+    class_name = "AutoencoderKLMochi"
+    family = "mochi"
+
+    def compression(self, vae: nn.Module) -> Compression:
+        base = super().compression(vae)
+        return Compression(
+            latent_channels=base.latent_channels,
+            temporal=base.temporal,
+            spatial=base.spatial,
+            causal=bool(vae.drop_last_temporal_frames),
+        )
