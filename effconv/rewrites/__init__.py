@@ -1,0 +1,1 @@
+"""Mobile-friendly layers and the rewrites that put them into a model."""

@@ -1,0 +1,36 @@
+"""Shared fixtures: the shipped tiny specs, a seeded RNG, a CLI runner that calls `main()` as a user would."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SPECS = REPO / "examples" / "specs"
+FAMILY_SPECS = sorted(SPECS.glob("*-tiny.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run `effconv ARGS...` in-process; returns (exit_code, stdout, stderr)."""
+    from effconv.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["effconv", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
