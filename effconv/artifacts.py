@@ -69,13 +69,13 @@ def read_manifest(path: Path) -> Manifest:
 
 def _prepare_out_dir(out_dir: Path) -> Path | None:
     """Create out_dir if needed; return the topmost directory this call created (to undo on failure)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EffconvError(f"--out '{out_dir}' exists and is not a directory.", "choose a directory path for --out.")
     missing = [p for p in [out_dir, *out_dir.parents] if not p.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EffconvError(f"cannot create output directory '{out_dir}': {exc.strerror}.", "choose a writable --out.") from None
-    if not out_dir.is_dir():
-        raise EffconvError(f"--out '{out_dir}' exists and is not a directory.", "choose a directory path for --out.")
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise EffconvError(f"output directory '{out_dir}' is not writable.", "choose a writable --out.")
     return missing[-1] if missing else None
