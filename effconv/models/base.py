@@ -93,6 +93,9 @@ class FamilyAdapter:
     family: str = ""
     # Backend status as established by effconv's own tests, shown by `effconv inspect`.
     known_backends: dict[str, str] = {"onnx": "exports and verifies (torch.onnx dynamo, opset 18)"}
+    # Submodules whose outputs a student's features are aligned to during distillation: the block
+    # after conv_in at latent resolution, and the first up block.
+    feature_taps: dict[str, str] = {"mid": "decoder.mid_block", "up0": "decoder.up_blocks.0"}
 
     def compression(self, vae: nn.Module) -> Compression:
         return Compression(

@@ -8,6 +8,7 @@ from effconv.models.base import Compression, FamilyAdapter
 class MochiAdapter(FamilyAdapter):
     class_name = "AutoencoderKLMochi"
     family = "mochi"
+    feature_taps = {"mid": "decoder.block_in", "up0": "decoder.up_blocks.0"}
 
     def compression(self, vae: nn.Module) -> Compression:
         base = super().compression(vae)

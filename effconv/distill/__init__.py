@@ -1,0 +1,1 @@
+"""Decoder-only distillation: data, losses, trainer, evaluation."""

@@ -1,0 +1,30 @@
+"""Video quality metrics on tensors in [-1, 1]: PSNR and per-frame SSIM (pytorch-msssim)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+VIDEO_RANGE = 2.0  # [-1, 1]
+
+
+def psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    mse = torch.mean((prediction.float().clamp(-1, 1) - target.float()) ** 2).item()
+    return 10.0 * math.log10(VIDEO_RANGE**2 / max(mse, 1e-12))
+
+
+def _frames(video: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B*T, C, H, W) in [0, 1]."""
+    batch, channels, frames, height, width = video.shape
+    return ((video.float().clamp(-1, 1) + 1) / 2).transpose(1, 2).reshape(batch * frames, channels, height, width)
+
+
+def ssim(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean per-frame SSIM (11x11 Gaussian window); differentiable, so it also serves as a loss."""
+    from pytorch_msssim import ssim as frame_ssim
+
+    pred, ref = _frames(prediction), _frames(target)
+    window = min(11, pred.shape[-1], pred.shape[-2])
+    window -= 1 - window % 2  # odd
+    return frame_ssim(pred, ref, data_range=1.0, win_size=window)
