@@ -13,16 +13,19 @@ import math
 
 import torch
 import torch.nn.functional as F
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from effconv.errors import EffconvError
 from effconv.models.base import Compression
+from effconv.quiet import quiet_imports
 from effconv.recipe import StudentRecipe
 from effconv.rewrites.blocks import DENSE_KERNEL, RMSNorm3d, ResBlock3d
 from effconv.rewrites.separable import CausalConv3d
 from effconv.rewrites.upsample import ShuffleUpsampler3d
+
+with quiet_imports():
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.models.modeling_utils import ModelMixin
 
 MID_TAP = "mid_block"
 
