@@ -164,3 +164,53 @@ def main() -> None:
             raise
         detail = " ".join(str(exc).split())[:300]
         _report_error(f"internal error: {type(exc).__name__}: {detail} (rerun with --debug for the traceback)", 3)
+
+
+def _print_rewrite(manifest, out_dir: Path) -> None:
+    comparison = manifest.comparison
+    table = Table(title=f"{manifest.teacher['name']} -> {manifest.name} (recipe {Path(manifest.recipe['source']).stem})")
+    table.add_column("stage")
+    table.add_column("teacher", justify="right")
+    table.add_column("student", justify="right")
+    table.add_column("student/teacher", justify="right")
+    for stage, counts in comparison["stages"].items():
+        share = f"{counts['student'] / counts['teacher']:.2f}" if counts["teacher"] else "-"
+        table.add_row(f"params {stage}", f"{counts['teacher']:,}", f"{counts['student']:,}", share)
+    params, flops, shape = comparison["params"], comparison["flops_per_frame"], comparison["output_shape"]
+    table.add_row("[bold]params total[/]", f"{params['teacher']:,}", f"{params['student']:,}", f"[bold]{params['ratio']:.1%}[/]")
+    table.add_row("GFLOPs / output frame", f"{flops['teacher'] / 1e9:.3g}", f"{flops['student'] / 1e9:.3g}", f"{flops['ratio']:.1%}")
+    table.add_row("output shape", _fmt_shape(shape["teacher"]), _fmt_shape(shape["student"]),
+                  "[green]equal[/]" if shape["equal"] else "[red]DIFFERENT[/]")
+    out.print(table)
+    initialized = {k: v for k, v in manifest.init["tensors"].items() if not v.startswith("kept random")}
+    out.print(f"init: {manifest.init['mode']}" + (f" ({len(initialized)} tensor groups from the teacher)" if initialized else ""))
+    out.print(f"student: {out_dir / manifest.artifact}/  spec: {out_dir / (manifest.name + '.yaml')}  "
+              f"manifest: {out_dir / (manifest.name + '.json')}")
+
+
+@app.command()
+def rewrite(
+    spec: Path = SpecArg,
+    recipe: str = typer.Option(..., "--recipe", help="Recipe YAML, or a packaged one: turbo-vaed, tiny.", show_default=False),
+    out_dir: Path = typer.Option(..., "--out", help="Output directory (created if missing).", show_default=False),
+    init: str | None = typer.Option(None, "--init", help="random | from-teacher [default: the recipe's `init`]."),
+    as_json: bool = JsonFlag,
+    allow_import: bool = AllowImport,
+) -> None:
+    """Build a Turbo-VAED student decoder for a teacher spec and compare it with the teacher.
+
+    Writes DIR/NAME-student/ (config + safetensors; random init until distilled), the spec
+    DIR/NAME-student.yaml (for `effconv convert`) and the manifest DIR/NAME-student.json.
+
+    Example: `effconv rewrite examples/specs/hunyuan-tiny.yaml --recipe tiny --out out/`
+    """
+    from effconv.rewrites.rewrite import rewrite as run_rewrite
+    from effconv.spec import load_spec
+
+    loaded = load_spec(spec)
+    with err.status(f"Building the student of {loaded.spec.name}..."):
+        manifest = run_rewrite(loaded, recipe, out_dir, init=init, allow_import=allow_import)
+    if as_json:
+        print(manifest.to_json())
+        return
+    _print_rewrite(manifest, out_dir)

@@ -7,11 +7,20 @@ diffusers sets from it), so a new config of a known family needs no table update
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
+from effconv.quiet import quiet_imports
+
 PARTS = ("decoder", "encoder", "vae")
+
+# How a decoder's temporal upsampling treats the first frame: "causal" maps the first latent frame
+# to one frame (F = 1 + s_t*(T-1)), "full" maps every frame to s_t frames (F = s_t*T), and
+# "causal-if-odd" (CogVideoX) is causal only when the frame count entering an upsampler is odd.
+FrameRule = Literal["causal", "full", "causal-if-odd"]
+FRAME_RULES: tuple[str, ...] = get_args(FrameRule)
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,15 @@ class FamilyAdapter:
         )
 
     decode_part_class: type[nn.Module] = DecodePart
+
+    def model_class(self) -> type[nn.Module]:
+        """The class a spec's `model.diffusers` name builds: diffusers' class of that name."""
+        with quiet_imports():
+            import diffusers
+        return getattr(diffusers, self.class_name)
+
+    def frame_rule(self, vae: nn.Module) -> FrameRule:
+        return "causal" if self.compression(vae).causal else "full"
 
     def prepare(self, vae: nn.Module) -> nn.Module:
         """Turn off tiling / frame-wise splitting so one call processes the whole clip."""

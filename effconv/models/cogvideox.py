@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from effconv.models.base import Compression, FamilyAdapter
+from effconv.models.base import Compression, FamilyAdapter, FrameRule
 
 
 class CogVideoXAdapter(FamilyAdapter):
@@ -17,3 +17,8 @@ class CogVideoXAdapter(FamilyAdapter):
             temporal=int(config.temporal_compression_ratio),
             spatial=2 ** (len(config.block_out_channels) - 1),
         )
+
+    def frame_rule(self, vae: nn.Module) -> FrameRule:
+        # CogVideoXUpsample3D keeps the first frame apart only when the frame count is odd; an
+        # even latent length T decodes to 4T frames, not 1 + 4(T-1).
+        return "causal-if-odd"

@@ -19,7 +19,6 @@ from effconv.models.base import Compression, FamilyAdapter
 from effconv.models.generic import GenericAdapter
 from effconv.models.registry import ADAPTERS, adapter_for
 from effconv.spec import LoadedSpec
-from effconv.quiet import quiet_imports
 
 WEIGHT_FILES = ("*.safetensors", "diffusion_pytorch_model.bin", "pytorch_model.bin")
 INIT_SEED = 0
@@ -78,10 +77,7 @@ class LoadedModel:
 
 
 def _diffusers_class(name: str) -> type[nn.Module]:
-    adapter_for(name)
-    with quiet_imports():
-        import diffusers
-    return getattr(diffusers, name)
+    return adapter_for(name).model_class()
 
 
 def _check_config_keys(cls: type, config: dict) -> None:

@@ -1,0 +1,43 @@
+"""effconv's own Turbo-VAED student decoder (`TurboVAEDDecoder`), as written by `effconv rewrite`.
+
+It is a decoder only: the latents come from the teacher's encoder, which the student keeps.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from effconv.errors import EffconvError
+from effconv.models.base import Compression, FamilyAdapter, FrameRule, expand_blocks
+
+
+class TurboStudentAdapter(FamilyAdapter):
+    class_name = "TurboVAEDDecoder"
+    family = "turbo-vaed-student"
+    known_backends = {"onnx": "exports and verifies (torch.onnx dynamo, opset 18)"}
+
+    def model_class(self) -> type[nn.Module]:
+        from effconv.rewrites.student import TurboVAEDDecoder
+
+        return TurboVAEDDecoder
+
+    def compression(self, vae: nn.Module) -> Compression:
+        return vae.compression
+
+    def frame_rule(self, vae: nn.Module) -> FrameRule:
+        return vae.config.frame_rule
+
+    def prepare(self, vae: nn.Module) -> nn.Module:
+        return vae.eval()
+
+    def part_module(self, vae: nn.Module, part: str) -> nn.Module:
+        if part != "decoder":
+            raise EffconvError(
+                f"a TurboVAEDDecoder student is a decoder only; it has no '{part}' part.",
+                "set 'part: decoder' (encode with the teacher's spec).",
+            )
+        return vae
+
+    def part_blocks(self, vae: nn.Module, part: str) -> dict[str, nn.Module]:
+        self.part_module(vae, part)
+        return expand_blocks(vae, "decoder")

@@ -1,0 +1,180 @@
+"""The Turbo-VAED student decoder and the builder that derives it from a teacher.
+
+The student keeps the teacher's latent channels and compression (read from the family adapter's
+`compression()`), so it decodes the same latents to the same video shape; its widths and block
+layout come from a recipe. Layout (paper): conv_in -> mid block -> up blocks -> RMSNorm, SiLU,
+conv_out. An up block first changes width with a ResBlock (1x1x1 shortcut), then upsamples with a
+conv + decoupled pixel shuffle at the NEW (smaller) width, then runs its ResBlocks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from effconv.errors import EffconvError
+from effconv.models.base import Compression
+from effconv.quiet import quiet_imports
+from effconv.recipe import StudentRecipe
+from effconv.rewrites.blocks import DENSE_KERNEL, RMSNorm3d, ResBlock3d
+from effconv.rewrites.separable import CausalConv3d
+from effconv.rewrites.upsample import ShuffleUpsampler3d
+
+with quiet_imports():
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.models.modeling_utils import ModelMixin
+
+MID_TAP = "mid_block"
+
+
+class TurboUpBlock3d(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, layers: int, factors: tuple[int, int, int],
+                 separable: bool, kernel_size: int, padding: str, frame_rule: str):
+        super().__init__()
+        self.conv_in = None
+        if in_channels != out_channels:
+            self.conv_in = ResBlock3d(in_channels, out_channels, separable, kernel_size, padding)
+        self.upsampler = None
+        upsamples = math.prod(factors) > 1
+        if upsamples:
+            self.upsampler = ShuffleUpsampler3d(out_channels, *factors, frame_rule=frame_rule, padding=padding)
+        self.resnets = nn.ModuleList(
+            ResBlock3d(out_channels, out_channels, separable, kernel_size, padding, first_relu=upsamples)
+            for _ in range(layers)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv_in is not None:
+            x = self.conv_in(x)
+        if self.upsampler is not None:
+            x = self.upsampler(x)
+        for block in self.resnets:
+            x = block(x)
+        return x
+
+
+class TurboVAEDDecoder(ModelMixin, ConfigMixin):
+    """latent (B, latent_channels, T, h, w) -> video (B, out_channels, F, h*S, w*S).
+
+    S_t and S are the products of `upsample_factors`; F follows the teacher's `frame_rule`
+    (`effconv.models.base.FrameRule`): 1 + S_t*(T-1) for causal teachers, S_t*T for "full".
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        latent_channels: int = 16,
+        out_channels: int = 3,
+        widths: tuple[int, ...] = (512, 512, 256, 32, 16),
+        layers: tuple[int, ...] = (5, 4, 4, 4, 5),
+        separable: tuple[bool, ...] = (True, True, False, False, False),
+        upsample_factors: tuple[tuple[int, int, int], ...] = ((1, 1, 1), (2, 2, 2), (2, 2, 2), (1, 2, 2)),
+        kernel_size: int = 5,
+        temporal_padding: str = "causal",
+        frame_rule: str = "causal",
+    ):
+        super().__init__()
+        if not (len(widths) == len(layers) == len(separable) == len(upsample_factors) + 1):
+            raise ValueError("widths, layers and separable need one entry per block; upsample_factors one per up block")
+        self.conv_in = CausalConv3d(latent_channels, widths[0], DENSE_KERNEL, padding=temporal_padding)
+        self.mid_block = nn.ModuleList(
+            ResBlock3d(widths[0], widths[0], separable[0], kernel_size, temporal_padding) for _ in range(layers[0])
+        )
+        self.up_blocks = nn.ModuleList(
+            TurboUpBlock3d(widths[i], widths[i + 1], layers[i + 1], tuple(upsample_factors[i]), separable[i + 1],
+                           kernel_size, temporal_padding, frame_rule)
+            for i in range(len(upsample_factors))
+        )
+        self.norm_out = RMSNorm3d()
+        self.conv_out = CausalConv3d(widths[-1], out_channels, DENSE_KERNEL, padding=temporal_padding)
+
+    @property
+    def compression(self) -> Compression:
+        factors = self.config.upsample_factors
+        return Compression(
+            latent_channels=int(self.config.latent_channels),
+            temporal=math.prod(f[0] for f in factors),
+            spatial=math.prod(f[1] for f in factors),
+            causal=self.config.frame_rule != "full",
+        )
+
+    @property
+    def feature_taps(self) -> list[str]:
+        """Names of the intermediate features `forward(..., return_features=True)` returns."""
+        return [MID_TAP] + [f"up_blocks.{i}" for i in range(len(self.up_blocks))]
+
+    def forward(self, latent: torch.Tensor, return_features: bool = False):
+        x = self.conv_in(latent)
+        for block in self.mid_block:
+            x = block(x)
+        features = {MID_TAP: x}
+        for index, block in enumerate(self.up_blocks):
+            x = block(x)
+            features[f"up_blocks.{index}"] = x
+        video = self.conv_out(F.silu(self.norm_out(x)))
+        return (video, features) if return_features else video
+
+
+def prime_factors(n: int) -> list[int]:
+    factors, p = [], 2
+    while n > 1:
+        while n % p == 0:
+            factors.append(p)
+            n //= p
+        p += 1
+    return factors
+
+
+def _spread(factors: list[int], slots: int) -> list[int]:
+    """One prime factor per slot, in order; factors left over multiply into the last slot (the
+    narrowest block, where a wider shuffle costs least)."""
+    out = [1] * slots
+    for index, factor in enumerate(factors):
+        out[min(index, slots - 1)] *= factor
+    return out
+
+
+def plan_upsampling(compression: Compression, upsample: list[bool]) -> list[tuple[int, int, int]]:
+    """(s_t, s_h, s_w) per up block such that the products equal the teacher's compression."""
+    slots = [i for i, allowed in enumerate(upsample) if allowed]
+    temporal, spatial = prime_factors(compression.temporal), prime_factors(compression.spatial)
+    if (temporal or spatial) and not slots:
+        raise EffconvError(
+            f"the teacher upsamples {compression.temporal}x in time and {compression.spatial}x in space, "
+            "but the recipe lets no up block upsample.",
+            "set at least one 'upsample' entry to true in the recipe's student section.",
+        )
+    plan = [(1, 1, 1)] * len(upsample)
+    if not slots:
+        return plan
+    for slot, s_t, s_hw in zip(slots, _spread(temporal, len(slots)), _spread(spatial, len(slots))):
+        plan[slot] = (s_t, s_hw, s_hw)
+    return plan
+
+
+def student_config(compression: Compression, frame_rule: str, recipe: StudentRecipe, out_channels: int = 3) -> dict:
+    return {
+        "latent_channels": compression.latent_channels,
+        "out_channels": out_channels,
+        "widths": recipe.scaled_widths(),
+        "layers": list(recipe.layers),
+        "separable": list(recipe.separable),
+        "upsample_factors": [list(f) for f in plan_upsampling(compression, recipe.upsample)],
+        "kernel_size": recipe.kernel_size,
+        "temporal_padding": recipe.temporal_padding,
+        "frame_rule": frame_rule,
+    }
+
+
+def build_student(teacher, recipe: StudentRecipe, seed: int = 0) -> TurboVAEDDecoder:
+    """Random-init student decoder for a loaded teacher (`effconv.models.loader.LoadedModel`)."""
+    if teacher.part != "decoder":
+        raise EffconvError(
+            f"a student replaces a decoder, but the spec selects part '{teacher.part}'.",
+            "set 'part: decoder' in the teacher spec.",
+        )
+    torch.manual_seed(seed)
+    return TurboVAEDDecoder(**student_config(teacher.compression, teacher.adapter.frame_rule(teacher.model), recipe)).eval()
