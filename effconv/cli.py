@@ -214,3 +214,125 @@ def rewrite(
         print(manifest.to_json())
         return
     _print_rewrite(manifest, out_dir)
+
+
+def _warn_skipped(skipped) -> None:
+    for path, reason in skipped:
+        err.print(f"[yellow]warning:[/] skipping {path}: {reason}", highlight=False, soft_wrap=True)
+
+
+def _relaunch_with_torchrun(nproc: int) -> None:
+    """`effconv distill --nproc N ...` = `torchrun --nproc_per_node N -m effconv distill ...`."""
+    import subprocess
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "effconv", *args]
+    sys.exit(subprocess.call(command))
+
+
+@app.command()
+def distill(
+    spec: Path = SpecArg,
+    recipe: str = typer.Option(..., "--recipe", help="Recipe YAML or packaged name (its student: and distill: sections).", show_default=False),
+    data: list[Path] = typer.Option(..., "--data", help="Training video files or folders (repeatable).", show_default=False),
+    out_dir: Path = typer.Option(..., "--out", help="Output directory: checkpoints/, the student, distill.json.", show_default=False),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Optimizer steps [default: the recipe's]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
+    eval_data: list[Path] | None = typer.Option(None, "--eval-data", help="Held-out videos for periodic eval (repeatable)."),
+    lpips: bool = typer.Option(False, "--lpips", help="Add LPIPS(VGG) loss (needs the lpips package and cached weights)."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes for DDP (launches torchrun; gloo on CPU, nccl on GPU)."),
+    as_json: bool = JsonFlag,
+    allow_import: bool = AllowImport,
+) -> None:
+    """Distill the teacher's decoder into a Turbo-VAED student on real video (decoder-only).
+
+    The frozen teacher encodes clips to latents; the student learns to reconstruct the frames
+    (L1 + SSIM [+ LPIPS] + feature alignment). Checkpoints every K steps; `--resume` continues exactly.
+
+    Example: `effconv distill examples/specs/demo-teacher.yaml --recipe demo --data effconv/assets/video --out runs/demo --steps 200`
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from effconv.distill.stage import distill as run_distill
+    from effconv.distill.trainer import World
+    from effconv.spec import load_spec
+
+    if nproc > 1:
+        _relaunch_with_torchrun(nproc)
+    loaded = load_spec(spec)
+    is_main = World.from_env().is_main
+    columns = (TextColumn("distill"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+    with Progress(*columns, console=err, disable=not is_main) as progress:
+        task = progress.add_task("distill", total=None, info="loading teacher and video...")
+
+        def on_step(record: dict, elapsed: float) -> None:
+            terms = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in {"step"})
+            rate = (record["step"] - first[0]) / elapsed if elapsed > 0 else 0.0
+            progress.update(task, completed=record["step"], info=f"{terms} | {rate:.2f} it/s")
+
+        first = [0]
+        result = run_distill(
+            loaded, recipe, data, out_dir, steps=steps, resume=resume, eval_data=eval_data, lpips=lpips,
+            allow_import=allow_import, on_step=on_step, on_videos=lambda videos: _warn_skipped(videos.skipped),
+        )
+    if result.manifest is None:
+        return
+    manifest = result.manifest
+    if as_json:
+        print(manifest.to_json())
+        return
+    run = manifest.run
+    out.print(f"distilled {run['steps']} steps ({run['steps_this_run']} this run) in {run['wall_seconds']:.0f} s "
+              f"({run['steps_per_second']} steps/s on {run['device']}, {run['world_size']} process(es))")
+    if "eval_psnr_db" in manifest.verify:
+        out.print(f"held-out PSNR (EMA student vs real frames): {manifest.verify['eval_psnr_db']:.2f} dB")
+    out.print(f"student: {out_dir / manifest.artifact}/  spec: {out_dir / (manifest.artifact + '.yaml')}  "
+              f"manifest: {out_dir / 'distill.json'}")
+
+
+@app.command(name="eval")
+def evaluate(
+    spec: Path = typer.Argument(..., help="A student spec (from rewrite/distill) or a teacher spec.", show_default=False),
+    data: list[Path] = typer.Option(..., "--data", help="Video files or folders (repeatable).", show_default=False),
+    teacher: Path | None = typer.Option(None, "--teacher", help="Teacher spec [default: from the student's manifest]."),
+    save_frames: Path | None = typer.Option(None, "--save-frames", help="Write ground truth / teacher / student PNG strips here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    allow_import: bool = AllowImport,
+) -> None:
+    """PSNR / SSIM of the teacher VAE and of teacher encoder -> student decoder on real video.
+
+    Retention = student PSNR / teacher PSNR (the paper reports 96.9%).
+
+    Example: `effconv eval runs/demo/demo-teacher-student.yaml --data effconv/assets/video --save-frames runs/frames`
+    """
+    from effconv.distill.evaluate import evaluate as run_eval
+
+    with err.status("Evaluating..."):
+        summary = run_eval(spec, data, teacher_path=teacher, save_frames=save_frames, allow_import=allow_import)
+    _warn_skipped([(s["video"], s["reason"]) for s in summary["skipped"]])
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    has_student = "retention" in summary
+    table = Table(title=f"reconstruction quality ({summary['clip']['frames']}x{summary['clip']['height']}x{summary['clip']['width']})")
+    for column in ["video", "teacher PSNR", "teacher SSIM"] + (["student PSNR", "student SSIM"] if has_student else []):
+        table.add_column(column, justify="left" if column == "video" else "right")
+    for row in summary["videos"]:
+        cells = [Path(row["video"]).name, f"{row['teacher_psnr_db']:.2f}", f"{row['teacher_ssim']:.4f}"]
+        if has_student:
+            cells += [f"{row['student_psnr_db']:.2f}", f"{row['student_ssim']:.4f}"]
+        table.add_row(*cells)
+    out.print(table)
+    if has_student:
+        out.print(f"retention: {summary['retention']:.1%} (student {summary['mean_student_psnr_db']:.2f} dB / "
+                  f"teacher {summary['mean_teacher_psnr_db']:.2f} dB); params {summary['student_params']:,} vs "
+                  f"{summary['teacher_params']:,} ({summary['student_params'] / summary['teacher_params']:.1%})")
+    for frame in summary.get("frames", []):
+        out.print(f"frames: {frame}")

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from effconv.distill.config import DistillRecipe
 from effconv.errors import EffconvError
 from effconv.spec import StrictModel, format_validation_error, read_yaml_mapping
 
@@ -60,6 +61,7 @@ class Recipe(StrictModel):
     name: str | None = None
     description: str | None = None
     student: StudentRecipe | None = None
+    distill: DistillRecipe = DistillRecipe()
 
     def require_student(self, source: str) -> StudentRecipe:
         if self.student is None:

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from effconv.errors import EffconvError
@@ -97,7 +97,7 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer: 
             module.load_state_dict(_unflatten(name, weights))
         moments.pop("empty", None)
         load_optimizer(optimizer, moments, state["param_groups"])
-    except (OSError, SafetensorsError, json.JSONDecodeError, KeyError, RuntimeError, ValueError) as exc:
+    except (OSError, SafetensorError, json.JSONDecodeError, KeyError, RuntimeError, ValueError) as exc:
         reason = " ".join(str(exc).split())[:200]
         raise EffconvError(
             f"checkpoint '{path}' cannot be loaded: {reason}",

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from effconv.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from effconv.distill.config import DistillRecipe
@@ -80,7 +80,7 @@ class TeacherTargets:
             return self.compute(clip)
         path = self.cache_dir / f"clip-{index:08d}.safetensors"
         if path.is_file():
-            with contextlib.suppress(OSError, SafetensorsError):
+            with contextlib.suppress(OSError, SafetensorError):
                 return load_file(path)
         targets = self.compute(clip)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -88,6 +88,18 @@ class TeacherTargets:
         save_file({k: v.contiguous() for k, v in targets.items()}, temporary)
         os.replace(temporary, path)
         return targets
+
+
+def ema_with_warmup(decay: float):
+    """EMA whose decay ramps up as min(decay, (1 + n) / (10 + n)) (as diffusers' EMAModel does), so
+    short runs are not dominated by the random initialisation."""
+
+    def average(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        effective = min(decay, (1.0 + n) / (10.0 + n))
+        return effective * averaged + (1.0 - effective) * current
+
+    return average
 
 
 class StudentWithProjections(nn.Module):
@@ -123,7 +135,7 @@ class Distiller:
             self.model = nn.parallel.DistributedDataParallel(self.trainable, device_ids=device_ids)
         self.optimizer = torch.optim.AdamW(self.trainable.parameters(), lr=recipe.lr, betas=recipe.betas,
                                            weight_decay=recipe.weight_decay)
-        self.ema = AveragedModel(self.student, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
+        self.ema = AveragedModel(self.student, avg_fn=ema_with_warmup(recipe.ema_decay), use_buffers=True)
         self.loss = DistillLoss(recipe.losses, lpips_model).to(world.device)
         self.step = 0
         self.history: list[dict] = []
