@@ -57,6 +57,7 @@ class NodeCost:
     output_elements: int
     max_rank: int
     upsample: float  # largest Resize/DepthToSpace scale factor (1 when not an upsampler)
+    gemm_n: int  # output channels per group (conv) or output columns (matmul): the vectorized width
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     output_byte_sizes: tuple[int, ...]
@@ -254,6 +255,11 @@ def _node_cost(node: onnx.NodeProto, shapes, weights: set[str], dtype: str) -> N
         if missing and category in ("conv", "conv_dw", "conv_pw", "matmul"):
             raise EffconvError(f"shape of '{missing[0]}' (input of {op} '{node.name}') is unknown.",
                                "export with fixed input shapes (effconv convert does).")
+    gemm_n = 0
+    if category in ("conv", "conv_dw", "conv_pw"):
+        gemm_n = shapes[node.input[1]][0][0] // int(_attr(node, "group", 1))
+    elif category == "matmul":
+        gemm_n = max(shapes.get(node.output[0], ((0,), 0))[0][-1:] or (0,))
     upsample = _resize_factor(node, shapes) if op in ("Resize", "Upsample") else 1.0
     if op == "DepthToSpace":
         upsample = float(_attr(node, "blocksize", 1))
@@ -269,6 +275,7 @@ def _node_cost(node: onnx.NodeProto, shapes, weights: set[str], dtype: str) -> N
         output_elements=int(out_elements),
         max_rank=max(ranks),
         upsample=upsample,
+        gemm_n=int(gemm_n),
         inputs=inputs,
         outputs=tuple(node.output),
         output_byte_sizes=tuple(int(s) for s in out_sizes),

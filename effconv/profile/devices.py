@@ -40,6 +40,7 @@ class ComputeUnit(StrictModel):
     peak_gops: dict[Dtype, Figure] = Field(description="GFLOP/s for fp32/fp16, GOP/s for int8")
     bandwidth_gbps: Figure | None = Field(None, description="if lower than the device's DRAM bandwidth")
     op_overhead_us: float = Field(0.0, ge=0, description="fixed dispatch cost per op")
+    narrow_channels: float = Field(0.0, ge=0, description="conv/matmul output width at which compute efficiency halves (0: off)")
     efficiency: dict[str, float] = Field(default_factory=dict, description="per op category: share of the roofline reached")
     unsupported_ops: list[str] = Field(default_factory=list, description="ONNX op types or kinds (Conv3d, DilatedConv2d, ...)")
     max_rank: int | None = Field(None, ge=1)
@@ -102,8 +103,10 @@ def _validate(data: dict, source: str) -> DeviceProfile:
         raise EffconvError(error.message, (error.fix or "").replace("README 'Model spec'", "docs/profile.md 'Device profiles'")) from None
 
 
-def load_device(name_or_path: str | Path, threads: int | None = None, remeasure: bool = False) -> DeviceProfile:
-    """A built-in profile by name, or a user's YAML by path. host-cpu is measured (once) and cached."""
+def load_device(name_or_path: str | Path, threads: int | None = None, remeasure: bool = False,
+                calibrated: bool = True) -> DeviceProfile:
+    """A built-in profile by name, or a user's YAML by path. host-cpu is measured (once) and cached,
+    and carries the cached calibration unless `calibrated` is False."""
     text = str(name_or_path)
     if text.endswith((".yaml", ".yml")) or os.sep in text:
         return _validate(read_yaml_mapping(Path(text), "device profile"), text)
@@ -113,7 +116,7 @@ def load_device(name_or_path: str | Path, threads: int | None = None, remeasure:
     with resources.as_file(path) as real_path:
         data = read_yaml_mapping(real_path, "device profile")
     if text == HOST:
-        data = _fill_host(data, threads or default_threads(), remeasure)
+        data = _fill_host(data, threads or default_threads(), remeasure, calibrated)
     return _validate(data, str(path))
 
 
@@ -221,7 +224,7 @@ def _ram_gb() -> float:
         return 8.0
 
 
-def _fill_host(data: dict, threads: int, remeasure: bool) -> dict:
+def _fill_host(data: dict, threads: int, remeasure: bool, calibrated: bool) -> dict:
     """Put this machine's measured figures (and calibration, if any) into the host-cpu template."""
     measurement = host_measurement(threads, remeasure)
     source = f"measured: {measurement['method']}, {measurement['threads']} threads, {measurement['measured_at']}"
@@ -236,10 +239,11 @@ def _fill_host(data: dict, threads: int, remeasure: bool) -> dict:
     data["memory"]["ram_gb"] = {"value": _ram_gb(), "source": "measured: os.sysconf physical pages", "uncertainty": 0.0}
     data["soc"] = f"{cpu_model()}, {os.cpu_count()} logical cores ({threads} threads used)"
     data["measured"] = {"key": host_key(threads), **measurement}
-    calibration = host_calibration(threads)
+    calibration = host_calibration(threads) if calibrated else None
     if calibration:
         unit["efficiency"] = calibration["efficiency"]
         unit["op_overhead_us"] = calibration["op_overhead_us"]
+        unit["narrow_channels"] = calibration.get("narrow_channels", 0.0)
         data["run_overhead_ms"] = calibration["run_overhead_ms"]
         data["model_uncertainty"] = calibration["model_uncertainty"]
         data["validation"] = calibration["validation"]

@@ -67,10 +67,6 @@ class Estimate:
         return 1000.0 * self.frames / self.total_ms
 
     @property
-    def passed(self) -> bool | None:
-        return None if self.budget_ms is None else self.total_ms <= self.budget_ms
-
-    @property
     def flops(self) -> int:
         return sum(op.node.flops for op in self.ops)
 
@@ -123,10 +119,23 @@ def roofline_ms(flops: int, nbytes: int, peak_gops: float, bandwidth_gbps: float
     return flops / (peak_gops * 1e6), nbytes / (bandwidth_gbps * 1e6)
 
 
+NARROW_CATEGORIES = ("conv", "conv_pw", "matmul")
+
+
+def narrow_factor(node: NodeCost, unit: ComputeUnit) -> float:
+    """Share of peak a conv/matmul keeps at its output width: N / (N + narrow_channels). Vector units
+    and GEMM kernels tile over output channels, so an 8-channel layer leaves most lanes idle."""
+    if unit.narrow_channels <= 0 or node.category not in NARROW_CATEGORIES or node.gemm_n <= 0:
+        return 1.0
+    return node.gemm_n / (node.gemm_n + unit.narrow_channels)
+
+
 def op_ms(node: NodeCost, unit: ComputeUnit, dtype: str, device: DeviceProfile) -> tuple[float, float, float]:
-    compute, memory = roofline_ms(node.flops, node.bytes, unit.peak_gops[dtype].value, _unit_bandwidth(unit, device))
+    """(compute ms, memory ms, total ms) of one node on one unit."""
+    peak = unit.peak_gops[dtype].value * narrow_factor(node, unit)
+    compute, memory = roofline_ms(node.flops, node.bytes, peak, _unit_bandwidth(unit, device))
     if node.category == "view":
-        return compute, memory, 0.0
+        return compute, memory, unit.op_overhead_us / 1000
     efficiency = unit.efficiency.get(node.category, 1.0)
     return compute, memory, max(compute, memory) / efficiency + unit.op_overhead_us / 1000
 
