@@ -272,9 +272,10 @@ def calibrate(
 ) -> None:
     """Fit host-cpu's per-op-category efficiencies on measured models and report held-out error.
 
-    Exports and measures 16 small decoders (teachers of the five families, and students) with
-    onnxruntime, fits on half, reports the estimator's error before and after on the other half,
-    and caches the fit so `effconv profile --device host-cpu` uses it. Takes a few minutes.
+    Exports 16 small decoders (teachers of the five families at two sizes, and students), measures
+    them with onnxruntime in interleaved rounds (medians), fits on half, reports the estimator's
+    error before and after on the other half, and caches the fit so `effconv profile --device
+    host-cpu` uses it. Takes a few minutes.
 
     Example: `effconv calibrate --threads 1`
     """

@@ -167,3 +167,36 @@ def test_plot_writes_a_png(cli, tmp_path):
     code, _, _ = cli("profile", LTX, "--device", "galaxy-s24", "--plot", target)
     assert code == 0
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_calibration_fit_recovers_a_known_efficiency_and_overhead():
+    """Records whose node times follow roofline / 0.25 + 0.01 ms: the fit must give those numbers back."""
+    from effconv.profile.calibrate import fit
+
+    host = load_device("host-cpu", threads=1, calibrated=False)
+    unit = host.units["cpu"].model_copy(update={"efficiency": {}, "op_overhead_us": 0.0})
+    plain = host.model_copy(update={"units": {"cpu": unit}, "run_overhead_ms": 0.0})
+    records = []
+    for upsample in (1, 2, 4):
+        graph = _chain(upsample)
+        ops = estimate(graph, plain).ops
+        node_ms = {op.node.name: op.ms / 0.25 + 0.01 for op in ops}
+        wall = sum(node_ms.values())
+        records.append({"name": f"chain{upsample}", "held_out": False, "graph": graph,
+                        "wall": {"median_ms": wall}, "kernels": {"node_ms": node_ms, "kernel_ms": wall, "other_ms": 0.0}})
+    fitted = fit(records, host)
+    assert fitted["efficiency"]["conv"] == pytest.approx(0.25, rel=0.02)
+    assert fitted["efficiency"]["elementwise"] == pytest.approx(0.25, rel=0.02)
+    assert fitted["op_overhead_us"] == pytest.approx(10.0, rel=0.05)
+
+
+def test_calibrate_measures_fits_and_the_host_profile_uses_the_fit():
+    from effconv.profile.calibrate import calibrate, calibration_set
+
+    students = [m for m in calibration_set() if m.name in ("student-w32", "student-w48")]
+    result = calibrate(threads=1, repeats=3, progress=lambda _: None, models=students)
+    assert [row["name"] for row in result["after"]["rows"]] == ["student-w32", "student-w48"]
+    assert result["after"]["held_out"]["n"] == 1
+    host = load_device("host-cpu", threads=1)
+    assert host.units["cpu"].efficiency == result["fit"]["efficiency"]
+    assert "held-out error on 1 models" in host.validation

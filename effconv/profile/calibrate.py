@@ -2,9 +2,8 @@
 efficiencies and overheads on some of them, and report the estimator's error on the others.
 
 The set: teacher decoders of all five families (random init, tiny and small widths, two clip sizes)
-and Turbo-VAED-style students (depthwise-separable Conv3d blocks + decoupled pixel shuffle) of two
-widths. Models are split by name into fit and held-out sets, so every family is in both and the
-held-out models are larger than the fitted ones.
+and Turbo-VAED-style students (depthwise-separable Conv3d blocks + decoupled pixel shuffle) of four
+widths. Half are fitted, half held out: every family is in both sets, at different sizes.
 
 Fit (per-node kernel times from onnxruntime's profiler, fused kernels mapped back to the node they
 absorbed): the per-node overhead is the median time of reshape-like nodes; for each op category,
@@ -31,7 +30,7 @@ from torch import nn
 from effconv.profile.cost import CATEGORIES, graph_cost, load_graph
 from effconv.profile.devices import HOST, host_key, load_device, write_cache_entry
 from effconv.profile.estimate import NARROW_CATEGORIES, estimate, op_ms
-from effconv.profile.measure import measure, node_times
+from effconv.profile.measure import measure_many
 from effconv.rewrites.pixel_shuffle import DecoupledPixelShuffle3d
 
 ZERO4, ZERO8 = [0.0] * 4, [0.0] * 8
@@ -135,15 +134,17 @@ def _student(width: int, blocks: int, latent: tuple[int, int, int]):
 
 
 def calibration_set() -> list[CalibrationModel]:
+    """16 decoders; every family has one model in the fit set and one held out, alternating which
+    size is held out, so the held-out models span the same range of sizes as the fitted ones."""
     models = []
-    for family, (_, _, clip) in TEACHERS.items():
-        models.append(CalibrationModel(f"{family}-tiny", False, _teacher(family, 1, clip)))
-        models.append(CalibrationModel(f"{family}-small", True, _teacher(family, 2, (clip[0], 64, 96))))
+    for index, (family, (_, _, clip)) in enumerate(TEACHERS.items()):
+        models.append(CalibrationModel(f"{family}-tiny", index % 2 == 1, _teacher(family, 1, clip)))
+        models.append(CalibrationModel(f"{family}-small", index % 2 == 0, _teacher(family, 2, (clip[0], 64, 96))))
     models += [
         CalibrationModel("student-w32", False, _student(32, 3, (3, 4, 6))),
-        CalibrationModel("student-w64", False, _student(64, 4, (3, 8, 8))),
         CalibrationModel("student-w48", True, _student(48, 3, (3, 6, 8))),
-        CalibrationModel("student-w96", True, _student(96, 4, (3, 8, 12))),
+        CalibrationModel("student-w64", True, _student(64, 4, (3, 8, 8))),
+        CalibrationModel("student-w96", False, _student(96, 4, (3, 8, 12))),
     ]
     return models
 
@@ -158,17 +159,20 @@ def _export(entry: CalibrationModel, directory: Path) -> Path:
 
 
 def measure_set(models: list[CalibrationModel], threads: int, repeats: int, progress=print) -> list[dict]:
-    """Export and measure every model: wall-clock median, and per-node kernel times from the profiler."""
-    records = []
+    """Export every model, then measure all of them in interleaved rounds (wall-clock and profiled)."""
     with tempfile.TemporaryDirectory() as tmp:
+        paths, graphs = [], []
         for entry in models:
             started = time.perf_counter()
-            path = _export(entry, Path(tmp))
-            graph = load_graph(path)
-            wall = measure(path, threads, warmup=2, repeats=repeats)
-            kernels = node_times(path, threads, {node.name for node in graph.graph.node}, runs=max(3, repeats // 2))
-            records.append({"name": entry.name, "held_out": entry.held_out, "wall": wall, "kernels": kernels, "graph": graph})
-            progress(f"measured {entry.name}: {wall['median_ms']:.1f} ms median ({time.perf_counter() - started:.0f} s)")
+            paths.append(_export(entry, Path(tmp)))
+            graphs.append(load_graph(paths[-1]))
+            progress(f"exported {entry.name} ({time.perf_counter() - started:.0f} s)")
+        progress(f"measuring {len(models)} models in {repeats} interleaved rounds...")
+        results = measure_many(paths, [{n.name for n in g.graph.node} for g in graphs], threads, repeats=repeats)
+    records = []
+    for entry, graph, (wall, kernels) in zip(models, graphs, results):
+        records.append({"name": entry.name, "held_out": entry.held_out, "wall": wall, "kernels": kernels, "graph": graph})
+        progress(f"measured {entry.name}: {wall['median_ms']:.1f} ms median")
     return records
 
 

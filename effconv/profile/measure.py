@@ -1,9 +1,10 @@
-"""Measure an ONNX model on this machine with onnxruntime: wall-clock median of N runs after warm-up,
-and (for calibration) per-node kernel times from onnxruntime's profiler."""
+"""Measure ONNX models on this machine with onnxruntime: wall-clock median of N runs after warm-up,
+and (for calibration) per-node kernel times from onnxruntime's profiler, in interleaved rounds."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -15,6 +16,7 @@ import numpy as np
 
 
 OTHER = "(added by onnxruntime)"
+MIN_ROUND_MS, MAX_RUNS_PER_ROUND = 30.0, 10
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
@@ -40,27 +42,58 @@ def _feed(session, seed: int = 0) -> dict:
     return feed
 
 
-def measure(path: Path, threads: int, warmup: int = 2, repeats: int = 10) -> dict:
-    """Median wall-clock ms of `repeats` runs after `warmup` runs (median: the machine may be shared)."""
-    session = _session(path, threads)
-    feed = _feed(session)
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - started) * 1000)
-    times.sort()
+def _summary(times: list[float], threads: int, warmup: int) -> dict:
+    times = sorted(times)
     return {
         "median_ms": statistics.median(times),
         "min_ms": times[0],
         "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
         "threads": threads,
         "warmup": warmup,
-        "repeats": repeats,
+        "repeats": len(times),
         "provider": "CPUExecutionProvider",
     }
+
+
+def _timed_run(session, feed) -> float:
+    started = time.perf_counter()
+    session.run(None, feed)
+    return (time.perf_counter() - started) * 1000
+
+
+def measure(path: Path, threads: int, warmup: int = 2, repeats: int = 10) -> dict:
+    """Median wall-clock ms of `repeats` runs after `warmup` runs (median: the machine may be shared)."""
+    session = _session(path, threads)
+    feed = _feed(session)
+    for _ in range(warmup):
+        session.run(None, feed)
+    return _summary([_timed_run(session, feed) for _ in range(repeats)], threads, warmup)
+
+
+def measure_many(paths: list[Path], graph_nodes: list[set[str]], threads: int, warmup: int = 2,
+                 repeats: int = 10) -> list[tuple[dict, dict]]:
+    """Wall-clock summary and per-node kernel times for several models, measured in interleaved rounds
+    (timed runs and one profiled run of each model per round), so that a burst of load from other
+    processes is spread over all models instead of inflating whichever model was running at the time.
+    Short models get several timed runs per round (up to MIN_ROUND_MS of runs), so their medians rest
+    on enough samples to see through load that comes and goes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = [_session(path, threads) for path in paths]
+        profiled = [_session(path, threads, os.path.join(tmp, f"ort{i}")) for i, path in enumerate(paths)]
+        feeds = [_feed(session) for session in plain]
+        per_round = []
+        for session, other, feed in zip(plain, profiled, feeds):
+            for _ in range(warmup):
+                session.run(None, feed)
+            other.run(None, feed)  # the profiler's warm-up, dropped when parsing
+            per_round.append(max(1, min(MAX_RUNS_PER_ROUND, math.ceil(MIN_ROUND_MS / max(_timed_run(session, feed), 1e-3)))))
+        walls: list[list[float]] = [[] for _ in paths]
+        for _ in range(repeats):
+            for index, (session, other, feed) in enumerate(zip(plain, profiled, feeds)):
+                walls[index].extend(_timed_run(session, feed) for _ in range(per_round[index]))
+                other.run(None, feed)
+        profiles = [json.loads(Path(session.end_profiling()).read_text()) for session in profiled]
+    return [(_summary(w, threads, warmup), _parse_profile(events, nodes)) for w, events, nodes in zip(walls, profiles, graph_nodes)]
 
 
 def _graph_node(event: dict, graph_nodes: set[str]) -> str | None:
@@ -73,16 +106,9 @@ def _graph_node(event: dict, graph_nodes: set[str]) -> str | None:
     return head if head in graph_nodes else None
 
 
-def node_times(path: Path, threads: int, graph_nodes: set[str], runs: int = 5) -> dict:
-    """Per-node kernel ms (median over runs) from onnxruntime's profiler. Nodes fused away get no entry
-    (their work is in the node they were fused into); kernels onnxruntime added are summed in `other_ms`."""
-    with tempfile.TemporaryDirectory() as tmp:
-        session = _session(path, threads, profile_prefix=os.path.join(tmp, "ort"))
-        feed = _feed(session)
-        session.run(None, feed)  # warm-up
-        for _ in range(runs):
-            session.run(None, feed)
-        events = json.loads(Path(session.end_profiling()).read_text())
+def _parse_profile(events: list[dict], graph_nodes: set[str]) -> dict:
+    """Per-node kernel ms (median over runs, the first run dropped as warm-up). Nodes fused away get no
+    entry (their work is in the node they were fused into); kernels onnxruntime added go to `other_ms`."""
     kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
     first = kernels[0]["name"] if kernels else None
     runs_ms: list[dict[str, float]] = []
@@ -90,7 +116,7 @@ def node_times(path: Path, threads: int, graph_nodes: set[str], runs: int = 5) -
         if event["name"] == first:
             runs_ms.append(defaultdict(float))
         runs_ms[-1][_graph_node(event, graph_nodes) or OTHER] += event["dur"] / 1000
-    measured = runs_ms[1:] or runs_ms  # the first profiled run is a warm-up
+    measured = runs_ms[1:] or runs_ms
     names = set().union(*measured) - {OTHER}
     return {
         "node_ms": {name: statistics.median(run.get(name, 0.0) for run in measured) for name in names},
