@@ -263,6 +263,24 @@ def profile(
     check_budget(result)
 
 
+def _render_calibration(result: dict) -> None:
+    table = Table(title="host-cpu estimator error (|predicted - measured| / measured)")
+    for column in ("model", "set", "measured ms", "before ms", "after ms", "error before", "error after"):
+        table.add_column(column)
+    for before, after in zip(result["before"]["rows"], result["after"]["rows"]):
+        table.add_row(before["name"], "held-out" if before["held_out"] else "fit", f"{before['measured_ms']:.1f}",
+                      f"{before['predicted_ms']:.1f}", f"{after['predicted_ms']:.1f}",
+                      f"{before['rel_error']:+.0%}", f"{after['rel_error']:+.0%}")
+    out.print(table)
+    for label in ("before", "after"):
+        held = result[label]["held_out"]
+        out.print(f"held-out ({held['n']} models) {label}: median {held['median_abs']:.0%}, p90 {held['p90_abs']:.0%}, max {held['max_abs']:.0%}")
+    fit = result["fit"]
+    out.print(f"fit: efficiency {', '.join(f'{k} {v:.2f}' for k, v in fit['efficiency'].items())}; "
+              f"op overhead {fit['op_overhead_us']:.1f} us; narrow channels {fit['narrow_channels']:g}; "
+              f"wall/kernels {fit['wall_over_kernels']:.2f}. Stored in the host-cpu cache.")
+
+
 @app.command()
 def calibrate(
     threads: int | None = typer.Option(None, "--threads", help="onnxruntime threads [default: all cores]."),
@@ -282,22 +300,12 @@ def calibrate(
     from effconv.profile.calibrate import calibrate as run_calibrate
     from effconv.profile.devices import HOST, default_threads, load_device
 
+    if repeats < 1 or (threads is not None and threads < 1):
+        raise EffconvError("--repeats and --threads must be at least 1.", "pass positive numbers.")
     threads = threads or default_threads()
     load_device(HOST, threads=threads, remeasure=remeasure)
     result = run_calibrate(threads, repeats=repeats, progress=lambda m: err.print(m, highlight=False))
-    table = Table(title="host-cpu estimator error (|predicted - measured| / measured)")
-    for column in ("model", "set", "measured ms", "before ms", "after ms", "error before", "error after"):
-        table.add_column(column)
-    for before, after in zip(result["before"]["rows"], result["after"]["rows"]):
-        table.add_row(before["name"], "held-out" if before["held_out"] else "fit", f"{before['measured_ms']:.1f}",
-                      f"{before['predicted_ms']:.1f}", f"{after['predicted_ms']:.1f}",
-                      f"{before['rel_error']:+.0%}", f"{after['rel_error']:+.0%}")
-    out.print(table)
-    for label in ("before", "after"):
-        held = result[label]["held_out"]
-        out.print(f"held-out ({held['n']} models) {label}: median {held['median_abs']:.0%}, p90 {held['p90_abs']:.0%}, max {held['max_abs']:.0%}")
-    out.print(f"fit: efficiency {', '.join(f'{k} {v:.2f}' for k, v in result['fit']['efficiency'].items())}; "
-              f"op overhead {result['fit']['op_overhead_us']:.1f} us; run overhead {result['fit']['run_overhead_ms']:.2f} ms")
+    _render_calibration(result)
     if report is not None:
         from effconv.artifacts import staged_output
 
