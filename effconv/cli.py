@@ -246,8 +246,6 @@ def profile(
     """
     from effconv.profile.run import check_budget, run
 
-    if budget_ms is not None and fps is not None:
-        raise EffconvError("--budget-ms and --fps are mutually exclusive.", "give one of them.")
     with err.status(f"Profiling {target.name} on {device}..."):
         result = run(target, device, resolution, frames, dtype, budget_ms, fps, do_measure, threads, allow_import=allow_import)
     if plot is not None:

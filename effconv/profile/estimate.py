@@ -1,7 +1,7 @@
 """Latency estimate: a per-op roofline on the compute unit each op can run on, with an error band.
 
-time(op) = max(FLOPs / peak[dtype], bytes / bandwidth) / efficiency[category] + dispatch overhead,
-plus, whenever an op's input was produced on another compute unit, a hand-off (fixed cost + the tensor
+time(op) = max(FLOPs / (peak[dtype] x narrow), bytes / bandwidth) / efficiency[category] + dispatch
+overhead, where narrow = N / (N + narrow_channels) for convs and matmuls of output width N; plus, whenever an op's input was produced on another compute unit, a hand-off (fixed cost + the tensor
 over DRAM). The total carries a relative band from the profile's model uncertainty and the
 uncertainty of the figures it used. It is a model, not a measurement.
 """

@@ -87,12 +87,16 @@ class ProfileResult:
         return (1 if comp["causal"] else 0) + comp["temporal"] * (k - (1 if comp["causal"] else 0))
 
 
-def budget(budget_ms: float | None, fps: float | None, frames: int) -> tuple[float | None, str | None]:
+def check_budget_args(budget_ms: float | None, fps: float | None) -> None:
     if budget_ms is not None and fps is not None:
         raise EffconvError("--budget-ms and --fps are mutually exclusive.", "give one of them.")
     for flag, value in (("--budget-ms", budget_ms), ("--fps", fps)):
         if value is not None and not value > 0:
             raise EffconvError(f"{flag} must be a positive number, got {value}.", f"pass {flag} > 0.")
+
+
+def budget(budget_ms: float | None, fps: float | None, frames: int) -> tuple[float | None, str | None]:
+    """The latency budget in ms for one decode call of `frames` video frames, and where it came from."""
     if fps is not None:
         return 1000.0 * frames / fps, f"{fps:g} FPS x {frames} frames"
     return budget_ms, ("--budget-ms" if budget_ms is not None else None)
@@ -102,8 +106,7 @@ def run(target: Path, device_name: str, resolution: str | None = None, frames: i
         dtype: str | None = None, budget_ms: float | None = None, fps: float | None = None,
         do_measure: bool = False, threads: int | None = None, repeats: int = 10,
         allow_import: bool = False) -> ProfileResult:
-    if budget_ms is not None and fps is not None:
-        budget(budget_ms, fps, 1)
+    check_budget_args(budget_ms, fps)
     if dtype is not None and dtype not in DTYPE_BYTES:
         raise EffconvError(f"unknown --dtype '{dtype}'.", f"use one of: {', '.join(DTYPE_BYTES)}.")
     if do_measure and device_name != HOST:
@@ -117,8 +120,8 @@ def run(target: Path, device_name: str, resolution: str | None = None, frames: i
         measured = measure(source.onnx_path, threads, repeats=repeats) if do_measure else None
     limit, limit_from = budget(budget_ms, fps, result_estimate.frames)
     result_estimate.budget_ms = limit
-    uses_threads = device.name == HOST
-    return ProfileResult(source, device, result_estimate, threads if uses_threads else None, measured, limit_from)
+    host_threads = threads if device.name == HOST else None
+    return ProfileResult(source, device, result_estimate, host_threads, measured, limit_from)
 
 
 def check_budget(result: ProfileResult) -> None:
