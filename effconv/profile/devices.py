@@ -1,0 +1,251 @@
+"""Device profiles: the figures the latency estimate divides by, each with a source and an uncertainty.
+
+Profiles are YAML files in `effconv/device_profiles/` (or a user's file, `--device path.yaml`),
+validated like specs. `host-cpu` is the exception: its peak throughput and bandwidth are measured on
+this machine the first time they are needed (a matmul and a copy) and cached, together with the
+calibration that `effconv calibrate` fits, under `$EFFCONV_CACHE_DIR` (default ~/.cache/effconv).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+
+from effconv.errors import EffconvError
+from effconv.spec import SAFE_NAME, StrictModel, format_validation_error, read_yaml_mapping
+
+Dtype = Literal["fp32", "fp16", "int8"]
+HOST = "host-cpu"
+CACHE_ENV = "EFFCONV_CACHE_DIR"
+CACHE_FILE = "host-cpu.json"
+MATMUL_SIZE = 1024
+COPY_MIB = 256
+
+
+class Figure(StrictModel):
+    value: float = Field(gt=0)
+    source: str = Field(min_length=3, description="URL or document, 'derived: how', or 'measured: how'")
+    uncertainty: float = Field(ge=0, le=10, description="relative: 0.2 means the true value is within +-20%")
+
+
+class ComputeUnit(StrictModel):
+    kind: Literal["npu", "gpu", "cpu"]
+    peak_gops: dict[Dtype, Figure] = Field(description="GFLOP/s for fp32/fp16, GOP/s for int8")
+    bandwidth_gbps: Figure | None = Field(None, description="if lower than the device's DRAM bandwidth")
+    op_overhead_us: float = Field(0.0, ge=0, description="fixed dispatch cost per op")
+    narrow_channels: float = Field(0.0, ge=0, description="conv/matmul output width at which compute efficiency halves (0: off)")
+    efficiency: dict[str, float] = Field(default_factory=dict, description="per op category: share of the roofline reached")
+    unsupported_ops: list[str] = Field(default_factory=list, description="ONNX op types or kinds (Conv3d, DilatedConv2d, ...)")
+    max_rank: int | None = Field(None, ge=1)
+    max_upsample: float | None = Field(None, ge=1)
+    note: str = ""
+
+    @field_validator("efficiency")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        from effconv.profile.cost import CATEGORIES
+
+        for category, factor in value.items():
+            if category not in CATEGORIES:
+                raise ValueError(f"unknown op category '{category}' (use one of {', '.join(CATEGORIES)})")
+            if not 0 < factor <= 10:
+                raise ValueError(f"efficiency for '{category}' must be in (0, 10]")
+        return value
+
+
+class Memory(StrictModel):
+    ram_gb: Figure
+    bandwidth_gbps: Figure
+    app_fraction: float = Field(0.5, gt=0, le=1, description="share of RAM one app can use")
+
+
+class Source(StrictModel):
+    title: str
+    url: str
+
+
+class DeviceProfile(StrictModel):
+    name: str = Field(pattern=SAFE_NAME)
+    description: str
+    soc: str
+    backends: list[str] = Field(min_length=1)
+    legality: list[str] = Field(default_factory=list, description="backend rules that apply (see `effconv lint`)")
+    memory: Memory
+    units: dict[str, ComputeUnit] = Field(min_length=1, description="in placement order: first legal unit runs the op")
+    fallback_us: Figure = Field(description="fixed cost each time execution moves between compute units")
+    run_overhead_ms: float = Field(0.0, ge=0, description="fixed cost per inference call")
+    model_uncertainty: float = Field(gt=0, le=10, description="relative error of the estimate itself")
+    validation: str = Field(description="how (and whether) estimates for this device were checked")
+    sources: list[Source] = Field(min_length=1)
+    measured: dict = Field(default_factory=dict, description="host-cpu only: what was measured, when, how")
+
+
+def profiles_dir():
+    return resources.files("effconv") / "device_profiles"
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in profiles_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def _validate(data: dict, source: str) -> DeviceProfile:
+    try:
+        return DeviceProfile.model_validate(data)
+    except ValidationError as exc:
+        error = format_validation_error(exc, source)
+        raise EffconvError(error.message, (error.fix or "").replace("README 'Model spec'", "docs/profile.md 'Device profiles'")) from None
+
+
+def load_device(name_or_path: str | Path, threads: int | None = None, remeasure: bool = False,
+                calibrated: bool = True) -> DeviceProfile:
+    """A built-in profile by name, or a user's YAML by path. host-cpu is measured (once) and cached,
+    and carries the cached calibration unless `calibrated` is False."""
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or os.sep in text:
+        return _validate(read_yaml_mapping(Path(text), "device profile"), text)
+    if text not in builtin_names():
+        raise EffconvError(f"unknown device '{text}'.", f"use one of: {', '.join(builtin_names())}, or a path to a profile YAML.")
+    path = profiles_dir() / f"{text}.yaml"
+    with resources.as_file(path) as real_path:
+        data = read_yaml_mapping(real_path, "device profile")
+    if text == HOST:
+        data = _fill_host(data, threads or default_threads(), remeasure, calibrated)
+    return _validate(data, str(path))
+
+
+def default_threads() -> int:
+    return os.cpu_count() or 1
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "effconv")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_key(threads: int) -> str:
+    import torch
+
+    return f"{cpu_model()}|cores={os.cpu_count()}|torch={torch.__version__}|threads={threads}"
+
+
+def read_cache() -> dict:
+    path = cache_dir() / CACHE_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def write_cache_entry(key: str, section: str, value: dict) -> None:
+    """Update one section of one host entry; written via a temp file so a crash never leaves half a cache."""
+    directory = cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        cache = read_cache()
+        cache.setdefault(key, {})[section] = value
+        temp = directory / f".{CACHE_FILE}.{os.getpid()}.tmp"
+        temp.write_text(json.dumps(cache, indent=2), encoding="utf-8")
+        os.replace(temp, directory / CACHE_FILE)
+    except OSError as exc:
+        raise EffconvError(f"cannot write the host-cpu cache in '{directory}': {exc.strerror}.",
+                           f"set {CACHE_ENV} to a writable directory.") from None
+
+
+def _best_seconds(run, repeats: int) -> float:
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def measure_host(threads: int) -> dict:
+    """Peak fp32 GFLOP/s from a square matmul and DRAM GB/s from a large copy, both best-of-N with
+    `threads` threads (best, not median: a peak is what the roofline needs; noise only slows runs)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+        b = torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+        matmul_s = _best_seconds(lambda: torch.mm(a, b), repeats=10)
+        elements = COPY_MIB * 2**20 // 4
+        src = torch.ones(elements)
+        dst = torch.empty(elements)
+        copy_s = _best_seconds(lambda: dst.copy_(src), repeats=5)
+    finally:
+        torch.set_num_threads(previous)
+    return {
+        "peak_fp32_gflops": 2 * MATMUL_SIZE**3 / matmul_s / 1e9,
+        "bandwidth_gbps": 2 * elements * 4 / copy_s / 1e9,  # read + write
+        "threads": threads,
+        "method": f"torch.mm {MATMUL_SIZE}^2 fp32 best of 10; tensor copy {COPY_MIB} MiB best of 5",
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def host_measurement(threads: int, remeasure: bool = False) -> dict:
+    key = host_key(threads)
+    cached = read_cache().get(key, {}).get("measurement")
+    if cached and not remeasure:
+        return cached
+    measurement = measure_host(threads)
+    write_cache_entry(key, "measurement", measurement)
+    return measurement
+
+
+def host_calibration(threads: int) -> dict | None:
+    return read_cache().get(host_key(threads), {}).get("calibration")
+
+
+def _ram_gb() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError, AttributeError):
+        return 8.0
+
+
+def _fill_host(data: dict, threads: int, remeasure: bool, calibrated: bool) -> dict:
+    """Put this machine's measured figures (and calibration, if any) into the host-cpu template."""
+    measurement = host_measurement(threads, remeasure)
+    source = f"measured: {measurement['method']}, {measurement['threads']} threads, {measurement['measured_at']}"
+    peak = measurement["peak_fp32_gflops"]
+    unit = data["units"]["cpu"]
+    unit["peak_gops"] = {
+        "fp32": {"value": peak, "source": source, "uncertainty": 0.1},
+        "fp16": {"value": peak, "source": "derived: onnxruntime's CPU provider computes most fp16 ops in fp32", "uncertainty": 0.5},
+        "int8": {"value": 2 * peak, "source": "derived: 2x fp32 (int8 dot-product kernels; DESIGN.md s2 measured 3-5x on dense Conv3d)", "uncertainty": 0.6},
+    }
+    data["memory"]["bandwidth_gbps"] = {"value": measurement["bandwidth_gbps"], "source": source, "uncertainty": 0.1}
+    data["memory"]["ram_gb"] = {"value": _ram_gb(), "source": "measured: os.sysconf physical pages", "uncertainty": 0.0}
+    data["soc"] = f"{cpu_model()}, {os.cpu_count()} logical cores ({threads} threads used)"
+    data["measured"] = {"key": host_key(threads), **measurement}
+    calibration = host_calibration(threads) if calibrated else None
+    if calibration:
+        unit["efficiency"] = calibration["efficiency"]
+        unit["op_overhead_us"] = calibration["op_overhead_us"]
+        unit["narrow_channels"] = calibration.get("narrow_channels", 0.0)
+        data["run_overhead_ms"] = calibration["run_overhead_ms"]
+        data["model_uncertainty"] = calibration["model_uncertainty"]
+        data["validation"] = calibration["validation"]
+        data["measured"]["calibrated_at"] = calibration["calibrated_at"]
+    return data

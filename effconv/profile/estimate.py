@@ -1,0 +1,218 @@
+"""Latency estimate: a per-op roofline on the compute unit each op can run on, with an error band.
+
+time(op) = max(FLOPs / (peak[dtype] x narrow), bytes / bandwidth) / efficiency[category] + dispatch
+overhead, where narrow = N / (N + narrow_channels) for convs and matmuls of output width N; plus, whenever an op's input was produced on another compute unit, a hand-off (fixed cost + the tensor
+over DRAM). The total carries a relative band from the profile's model uncertainty and the
+uncertainty of the figures it used. It is a model, not a measurement.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import onnx
+
+from effconv.profile.cost import GraphCost, NodeCost, artifact_dtype, graph_cost
+from effconv.profile.devices import ComputeUnit, DeviceProfile
+
+DTYPE_FALLBACK = ("fp16", "fp32", "int8")
+
+
+@dataclass(frozen=True)
+class OpEstimate:
+    node: NodeCost
+    unit: str
+    dtype: str
+    compute_ms: float
+    memory_ms: float
+    handoff_ms: float
+    ms: float
+    legal: bool
+
+    @property
+    def bound(self) -> str:
+        return "compute" if self.compute_ms >= self.memory_ms else "memory"
+
+
+@dataclass
+class Estimate:
+    device: str
+    dtype: str
+    ops: list[OpEstimate]
+    total_ms: float
+    low_ms: float
+    high_ms: float
+    uncertainty: float
+    frames: int
+    weight_bytes: int
+    peak_activation_bytes: int
+    usable_ram_bytes: int
+    chunk_latent_frames: int | None
+    budget_ms: float | None = None
+    preferred_unit: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.weight_bytes + self.peak_activation_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.memory_bytes <= self.usable_ram_bytes
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 * self.frames / self.total_ms
+
+    @property
+    def flops(self) -> int:
+        return sum(op.node.flops for op in self.ops)
+
+    def by(self, key: str) -> dict[str, float]:
+        totals: dict[str, float] = defaultdict(float)
+        for op in self.ops:
+            totals[op.node.category if key == "category" else op.unit] += op.ms
+        return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+    def fallbacks(self) -> dict[str, int]:
+        """Ops that did not run on the first (preferred) unit, by kind."""
+        counts: dict[str, int] = defaultdict(int)
+        for op in self.ops:
+            if op.node.category != "view" and op.unit != self.preferred_unit:
+                counts[op.node.kind] += 1
+        return dict(counts)
+
+
+def unit_accepts(unit: ComputeUnit, node: NodeCost) -> bool:
+    """Whether a compute unit can run a node, from the profile's per-unit constraints (data, not code)."""
+    if node.op_type in unit.unsupported_ops or node.kind in unit.unsupported_ops:
+        return False
+    if unit.max_rank is not None and node.max_rank > unit.max_rank:
+        return False
+    return unit.max_upsample is None or node.upsample <= unit.max_upsample
+
+
+def place(node: NodeCost, device: DeviceProfile) -> tuple[str, bool]:
+    """The first unit, in the profile's order, that accepts the node. When none does, the op is not
+    legal on this device at all (it needs a rewrite); it is costed on the last unit and flagged."""
+    for name, unit in device.units.items():
+        if unit_accepts(unit, node):
+            return name, True
+    return list(device.units)[-1], False
+
+
+def execution_dtype(unit: ComputeUnit, wanted: str) -> str:
+    """The artifact's dtype if the unit computes in it, else the unit's nearest (ANE: fp32 -> fp16)."""
+    if wanted in unit.peak_gops:
+        return wanted
+    return next(d for d in DTYPE_FALLBACK if d in unit.peak_gops)
+
+
+def _unit_bandwidth(unit: ComputeUnit, device: DeviceProfile) -> float:
+    return (unit.bandwidth_gbps or device.memory.bandwidth_gbps).value
+
+
+def roofline_ms(flops: int, nbytes: int, peak_gops: float, bandwidth_gbps: float) -> tuple[float, float]:
+    """(compute ms, memory ms); the op takes the larger of the two."""
+    return flops / (peak_gops * 1e6), nbytes / (bandwidth_gbps * 1e6)
+
+
+NARROW_CATEGORIES = ("conv", "conv_pw", "matmul")
+
+
+def narrow_factor(node: NodeCost, unit: ComputeUnit) -> float:
+    """Share of peak a conv/matmul keeps at its output width: N / (N + narrow_channels). Vector units
+    and GEMM kernels tile over output channels, so an 8-channel layer leaves most lanes idle."""
+    if unit.narrow_channels <= 0 or node.category not in NARROW_CATEGORIES or node.gemm_n <= 0:
+        return 1.0
+    return node.gemm_n / (node.gemm_n + unit.narrow_channels)
+
+
+def op_ms(node: NodeCost, unit: ComputeUnit, dtype: str, device: DeviceProfile) -> tuple[float, float, float]:
+    """(compute ms, memory ms, total ms) of one node on one unit."""
+    peak = unit.peak_gops[dtype].value * narrow_factor(node, unit)
+    compute, memory = roofline_ms(node.flops, node.bytes, peak, _unit_bandwidth(unit, device))
+    if node.category == "view":
+        return compute, memory, unit.op_overhead_us / 1000
+    efficiency = unit.efficiency.get(node.category, 1.0)
+    return compute, memory, max(compute, memory) / efficiency + unit.op_overhead_us / 1000
+
+
+def _uncertainty(device: DeviceProfile, used: set[tuple[str, str]]) -> float:
+    figures = [device.memory.bandwidth_gbps.uncertainty]
+    figures += [device.units[unit].peak_gops[dtype].uncertainty for unit, dtype in used]
+    return math.hypot(device.model_uncertainty, max(figures))
+
+
+def _chunk(peak_act: int, weights: int, usable: int, latent_frames: int) -> int | None:
+    if weights + peak_act <= usable or latent_frames < 1:
+        return None
+    per_frame = peak_act / latent_frames
+    return max(0, int((usable - weights) // per_frame))
+
+
+def estimate(model: onnx.ModelProto, device: DeviceProfile, dtype: str | None = None,
+             budget_ms: float | None = None) -> Estimate:
+    """Estimate a shape-inferred ONNX model on a device. `dtype` overrides the artifact's own dtype."""
+    wanted = dtype or artifact_dtype(model)
+    costs: dict[str, GraphCost] = {}
+
+    def cost_in(d: str) -> GraphCost:
+        if d not in costs:
+            costs[d] = graph_cost(model, d)
+        return costs[d]
+
+    base = cost_in(wanted)
+    producer_unit: dict[str, str] = {}
+    tensor_bytes: dict[str, int] = {}
+    fallback_ms = device.fallback_us.value / 1000
+    ops, used = [], set()
+    for index, node in enumerate(base.nodes):
+        unit_name, legal = place(node, device)
+        unit = device.units[unit_name]
+        run_dtype = execution_dtype(unit, wanted)
+        used.add((unit_name, run_dtype))
+        costed = cost_in(run_dtype).nodes[index]
+        compute, memory, ms = op_ms(costed, unit, run_dtype, device)
+        handoff = 0.0
+        for name in costed.inputs:
+            source = producer_unit.get(name)
+            if source is not None and source != unit_name:
+                handoff += fallback_ms + 2 * tensor_bytes[name] / (device.memory.bandwidth_gbps.value * 1e6)
+        for name, size in zip(costed.outputs, costed.output_byte_sizes):
+            producer_unit[name] = unit_name
+            tensor_bytes[name] = size
+        ops.append(OpEstimate(costed, unit_name, run_dtype, compute, memory, handoff, ms + handoff, legal))
+    total = sum(op.ms for op in ops) + device.run_overhead_ms
+    uncertainty = _uncertainty(device, used)
+    first_unit = next(iter(device.units.values()))
+    peak_act = cost_in(execution_dtype(first_unit, wanted)).peak_activation_bytes
+    weights = cost_in(execution_dtype(first_unit, wanted)).weight_bytes
+    usable = int(device.memory.ram_gb.value * 1e9 * device.memory.app_fraction)
+    input_shape = next(iter(base.input_shapes.values()), ())
+    output_shape = next(iter(base.output_shapes.values()), ())
+    frames = output_shape[2] if len(output_shape) == 5 else 1
+    latent_frames = input_shape[2] if len(input_shape) == 5 else 0
+    result = Estimate(
+        device=device.name,
+        dtype=wanted,
+        ops=ops,
+        total_ms=total,
+        low_ms=total / (1 + uncertainty),
+        high_ms=total * (1 + uncertainty),
+        uncertainty=uncertainty,
+        frames=frames,
+        weight_bytes=weights,
+        peak_activation_bytes=peak_act,
+        usable_ram_bytes=usable,
+        chunk_latent_frames=_chunk(peak_act, weights, usable, latent_frames),
+        budget_ms=budget_ms,
+        preferred_unit=next(iter(device.units)),
+    )
+    illegal = sorted({op.node.kind for op in ops if not op.legal})
+    if illegal:
+        result.notes.append(f"not runnable on any {device.name} unit without a rewrite: {', '.join(illegal)} "
+                            f"(costed on {list(device.units)[-1]}; see `effconv lint`).")
+    return result

@@ -1,0 +1,125 @@
+"""Measure ONNX models on this machine with onnxruntime: wall-clock median of N runs after warm-up,
+and (for calibration) per-node kernel times from onnxruntime's profiler, in interleaved rounds."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+OTHER = "(added by onnxruntime)"
+MIN_ROUND_MS, MAX_RUNS_PER_ROUND = 30.0, 10
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def _session(path: Path, threads: int, profile_prefix: str | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _feed(session, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for tensor in session.get_inputs():
+        shape = [d if isinstance(d, int) else 1 for d in tensor.shape]
+        feed[tensor.name] = rng.standard_normal(shape).astype(ORT_TYPES.get(tensor.type, np.float32))
+    return feed
+
+
+def _summary(times: list[float], threads: int, warmup: int) -> dict:
+    times = sorted(times)
+    return {
+        "median_ms": statistics.median(times),
+        "min_ms": times[0],
+        "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
+        "threads": threads,
+        "warmup": warmup,
+        "repeats": len(times),
+        "provider": "CPUExecutionProvider",
+    }
+
+
+def _timed_run(session, feed) -> float:
+    started = time.perf_counter()
+    session.run(None, feed)
+    return (time.perf_counter() - started) * 1000
+
+
+def measure(path: Path, threads: int, warmup: int = 2, repeats: int = 10) -> dict:
+    """Median wall-clock ms of `repeats` runs after `warmup` runs (median: the machine may be shared)."""
+    session = _session(path, threads)
+    feed = _feed(session)
+    for _ in range(warmup):
+        session.run(None, feed)
+    return _summary([_timed_run(session, feed) for _ in range(repeats)], threads, warmup)
+
+
+def measure_many(paths: list[Path], graph_nodes: list[set[str]], threads: int, warmup: int = 2,
+                 repeats: int = 10) -> list[tuple[dict, dict]]:
+    """Wall-clock summary and per-node kernel times for several models, measured in interleaved rounds
+    (timed runs and one profiled run of each model per round), so that a burst of load from other
+    processes is spread over all models instead of inflating whichever model was running at the time.
+    Short models get several timed runs per round (up to MIN_ROUND_MS of runs), so their medians rest
+    on enough samples to see through load that comes and goes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = [_session(path, threads) for path in paths]
+        profiled = [_session(path, threads, os.path.join(tmp, f"ort{i}")) for i, path in enumerate(paths)]
+        feeds = [_feed(session) for session in plain]
+        per_round = []
+        for session, other, feed in zip(plain, profiled, feeds):
+            for _ in range(warmup):
+                session.run(None, feed)
+            other.run(None, feed)  # the profiler's warm-up, dropped when parsing
+            per_round.append(max(1, min(MAX_RUNS_PER_ROUND, math.ceil(MIN_ROUND_MS / max(_timed_run(session, feed), 1e-3)))))
+        walls: list[list[float]] = [[] for _ in paths]
+        for _ in range(repeats):
+            for index, (session, other, feed) in enumerate(zip(plain, profiled, feeds)):
+                walls[index].extend(_timed_run(session, feed) for _ in range(per_round[index]))
+                other.run(None, feed)
+        profiles = [json.loads(Path(session.end_profiling()).read_text()) for session in profiled]
+    return [(_summary(w, threads, warmup), _parse_profile(events, nodes)) for w, events, nodes in zip(walls, profiles, graph_nodes)]
+
+
+def _graph_node(event: dict, graph_nodes: set[str]) -> str | None:
+    """The ONNX node an onnxruntime kernel event belongs to: its own name, or for a fused kernel
+    ('node_silu_6/QuickGeluFusion/') the node it was fused into."""
+    name = event["name"].removesuffix("_kernel_time")
+    if name in graph_nodes:
+        return name
+    head = name.split("/", 1)[0]
+    return head if head in graph_nodes else None
+
+
+def _parse_profile(events: list[dict], graph_nodes: set[str]) -> dict:
+    """Per-node kernel ms (median over runs, the first run dropped as warm-up). Nodes fused away get no
+    entry (their work is in the node they were fused into); kernels onnxruntime added go to `other_ms`."""
+    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    first = kernels[0]["name"] if kernels else None
+    runs_ms: list[dict[str, float]] = []
+    for event in kernels:
+        if event["name"] == first:
+            runs_ms.append(defaultdict(float))
+        runs_ms[-1][_graph_node(event, graph_nodes) or OTHER] += event["dur"] / 1000
+    measured = runs_ms[1:] or runs_ms
+    names = set().union(*measured) - {OTHER}
+    return {
+        "node_ms": {name: statistics.median(run.get(name, 0.0) for run in measured) for name in names},
+        "other_ms": statistics.median(run.get(OTHER, 0.0) for run in measured),
+        "kernel_ms": statistics.median(sum(run.values()) for run in measured),
+    }

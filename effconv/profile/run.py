@@ -1,0 +1,133 @@
+"""The profile stage: resolve the model, estimate it on a device, optionally measure it here, judge a budget."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from effconv.errors import EffconvError
+from effconv.profile.cost import DTYPE_BYTES, load_graph
+from effconv.profile.devices import HOST, DeviceProfile, default_threads, load_device
+from effconv.profile.estimate import Estimate, estimate
+from effconv.profile.inputs import ProfileInput, resolve
+from effconv.profile.measure import measure
+
+
+class BudgetMissed(EffconvError):
+    """The estimate (or measurement) is over the latency budget: exit 1, after the result is printed."""
+
+    exit_code = 1
+
+
+@dataclass
+class ProfileResult:
+    source: ProfileInput
+    device: DeviceProfile
+    estimate: Estimate
+    threads: int | None
+    measured: dict | None
+    budget_from: str | None
+
+    @property
+    def judged_ms(self) -> float:
+        """What the budget is judged on: the measurement when there is one, else the estimate."""
+        return self.measured["median_ms"] if self.measured else self.estimate.total_ms
+
+    @property
+    def passed(self) -> bool | None:
+        limit = self.estimate.budget_ms
+        return None if limit is None else self.judged_ms <= limit
+
+    @property
+    def rel_error(self) -> float | None:
+        if not self.measured:
+            return None
+        return (self.estimate.total_ms - self.measured["median_ms"]) / self.measured["median_ms"]
+
+    def to_dict(self, top: int = 10) -> dict:
+        est = self.estimate
+        ops = sorted(est.ops, key=lambda op: -op.ms)[:top]
+        return {
+            "model": self.source.name,
+            "source": self.source.how,
+            "device": self.device.name,
+            "device_description": self.device.description,
+            "dtype": est.dtype,
+            "latency_ms": {"estimate": est.total_ms, "low": est.low_ms, "high": est.high_ms, "uncertainty": est.uncertainty},
+            "frames": est.frames,
+            "fps": {"estimate": est.fps, "low": 1000 * est.frames / est.high_ms, "high": 1000 * est.frames / est.low_ms},
+            "gflops": est.flops / 1e9,
+            "memory": {"weights_mb": est.weight_bytes / 1e6, "peak_activations_mb": est.peak_activation_bytes / 1e6,
+                       "total_mb": est.memory_bytes / 1e6, "usable_ram_mb": est.usable_ram_bytes / 1e6, "fits": est.fits,
+                       "chunk_latent_frames": est.chunk_latent_frames, "chunk_frames": self.chunk_frames},
+            "budget_ms": est.budget_ms,
+            "budget_from": self.budget_from,
+            "passed": self.passed,
+            "judged_on": "measured" if self.measured else "estimate",
+            "by_category_ms": est.by("category"),
+            "by_unit_ms": est.by("unit"),
+            "fallbacks": est.fallbacks(),
+            "notes": est.notes,
+            "top_ops": [{"name": op.node.name, "kind": op.node.kind, "unit": op.unit, "dtype": op.dtype,
+                         "gflops": op.node.flops / 1e9, "mb": op.node.bytes / 1e6, "ms": op.ms, "bound": op.bound,
+                         "handoff_ms": op.handoff_ms} for op in ops],
+            "measured": self.measured,
+            "rel_error": self.rel_error,
+            "validation": self.device.validation,
+        }
+
+    @property
+    def chunk_frames(self) -> int | None:
+        """The suggested chunk in pixel frames (a causal VAE decodes 1 + s_t * (k - 1) frames from k latents)."""
+        k = self.estimate.chunk_latent_frames
+        comp = self.source.compression
+        if k is None or k < 1 or not comp:
+            return None
+        return (1 if comp["causal"] else 0) + comp["temporal"] * (k - (1 if comp["causal"] else 0))
+
+
+def check_budget_args(budget_ms: float | None, fps: float | None) -> None:
+    if budget_ms is not None and fps is not None:
+        raise EffconvError("--budget-ms and --fps are mutually exclusive.", "give one of them.")
+    for flag, value in (("--budget-ms", budget_ms), ("--fps", fps)):
+        if value is not None and not value > 0:
+            raise EffconvError(f"{flag} must be a positive number, got {value}.", f"pass {flag} > 0.")
+
+
+def budget(budget_ms: float | None, fps: float | None, frames: int) -> tuple[float | None, str | None]:
+    """The latency budget in ms for one decode call of `frames` video frames, and where it came from."""
+    if fps is not None:
+        return 1000.0 * frames / fps, f"{fps:g} FPS x {frames} frames"
+    return budget_ms, ("--budget-ms" if budget_ms is not None else None)
+
+
+def run(target: Path, device_name: str, resolution: str | None = None, frames: int | None = None,
+        dtype: str | None = None, budget_ms: float | None = None, fps: float | None = None,
+        do_measure: bool = False, threads: int | None = None, repeats: int = 10,
+        allow_import: bool = False) -> ProfileResult:
+    check_budget_args(budget_ms, fps)
+    if dtype is not None and dtype not in DTYPE_BYTES:
+        raise EffconvError(f"unknown --dtype '{dtype}'.", f"use one of: {', '.join(DTYPE_BYTES)}.")
+    if do_measure and device_name != HOST:
+        raise EffconvError(f"--measure runs the model on this machine, not on '{device_name}'.", f"use --device {HOST}.")
+    threads = threads or default_threads()
+    device = load_device(device_name, threads=threads)
+    with tempfile.TemporaryDirectory(prefix="effconv-profile-") as workdir:
+        source = resolve(target, Path(workdir), resolution, frames, allow_import)
+        graph = load_graph(source.onnx_path)
+        result_estimate = estimate(graph, device, dtype or source.dtype)
+        measured = measure(source.onnx_path, threads, repeats=repeats) if do_measure else None
+    limit, limit_from = budget(budget_ms, fps, result_estimate.frames)
+    result_estimate.budget_ms = limit
+    host_threads = threads if device.name == HOST else None
+    return ProfileResult(source, device, result_estimate, host_threads, measured, limit_from)
+
+
+def check_budget(result: ProfileResult) -> None:
+    if result.passed is False:
+        what = "measured" if result.measured else "estimated"
+        raise BudgetMissed(
+            f"{what} {result.judged_ms:.1f} ms is over the budget of {result.estimate.budget_ms:.1f} ms on {result.device.name}.",
+            "shrink the model (fewer/narrower blocks), lower --resolution, quantize, or relax the budget.",
+        )

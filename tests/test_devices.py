@@ -1,0 +1,105 @@
+"""Device profiles: every shipped figure is sourced, bad profiles are one-line errors, host-cpu is cached."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from effconv.errors import EffconvError
+from effconv.profile import devices
+from effconv.profile.devices import HOST, builtin_names, load_device
+
+PHONES = ["iphone16pro", "pixel9", "galaxy-s24", "sd8-elite"]
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(devices.CACHE_ENV, str(tmp_path / "cache"))
+
+
+def _figures(profile):
+    yield profile.memory.ram_gb
+    yield profile.memory.bandwidth_gbps
+    yield profile.fallback_us
+    for unit in profile.units.values():
+        yield from unit.peak_gops.values()
+
+
+def test_builtin_profiles_are_the_six_devices():
+    assert set(builtin_names()) == {*PHONES, "rpi5", HOST}
+
+
+@pytest.mark.parametrize("name", [*PHONES, "rpi5"])
+def test_every_figure_has_a_source_and_an_uncertainty(name):
+    profile = load_device(name)
+    for figure in _figures(profile):
+        assert "https://" in figure.source or figure.source.startswith("derived: ")
+        assert 0 <= figure.uncertainty <= 10
+    assert any(source.url.startswith("https://") for source in profile.sources)
+    assert "Not measured on a" in profile.validation
+
+
+def test_galaxy_s24_names_its_soc_variant():
+    profile = load_device("galaxy-s24")
+    assert "Snapdragon 8 Gen 3" in profile.soc and "Exynos" in profile.description
+
+
+def test_unknown_device_name_is_a_one_line_error():
+    with pytest.raises(EffconvError, match="unknown device 'nokia3310'"):
+        load_device("nokia3310")
+
+
+def test_user_profile_with_an_unknown_key_is_rejected(tmp_path):
+    text = (devices.profiles_dir() / "rpi5.yaml").read_text()
+    bad = tmp_path / "mine.yaml"
+    bad.write_text(text.replace("soc:", "turbo: true\nsoc:"))
+    with pytest.raises(EffconvError, match="unknown key 'turbo'"):
+        load_device(str(bad))
+
+
+def test_user_profile_loads_from_a_path(tmp_path):
+    text = (devices.profiles_dir() / "rpi5.yaml").read_text().replace("name: rpi5", "name: rpi5-4gb")
+    path = tmp_path / "rpi5-4gb.yaml"
+    path.write_text(text.replace("ram_gb: {value: 8", "ram_gb: {value: 4"))
+    profile = load_device(str(path))
+    assert profile.name == "rpi5-4gb" and profile.memory.ram_gb.value == 4
+
+
+def test_bad_device_yaml_exits_2_with_one_line(cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nunits: [1, 2\n")
+    code, out, err = cli("profile", "whatever.onnx", "--device", str(bad))
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "malformed YAML" in err
+
+
+def test_host_measurement_is_cached_and_not_repeated(tmp_path):
+    first = load_device(HOST, threads=1)
+    cache_file = tmp_path / "cache" / devices.CACHE_FILE
+    stamp = cache_file.stat().st_mtime_ns
+    second = load_device(HOST, threads=1)
+    assert cache_file.stat().st_mtime_ns == stamp
+    assert second.measured == first.measured
+    assert first.units["cpu"].peak_gops["fp32"].value > 0.1
+    assert first.memory.bandwidth_gbps.value > 0.1
+    entry = json.loads(cache_file.read_text())[devices.host_key(1)]
+    assert entry["measurement"]["peak_fp32_gflops"] == first.units["cpu"].peak_gops["fp32"].value
+
+
+def test_cached_calibration_replaces_the_default_efficiencies():
+    load_device(HOST, threads=1)
+    fit = {"efficiency": {"conv": 0.7}, "op_overhead_us": 3.0, "narrow_channels": 16.0, "run_overhead_ms": 0.4, "model_uncertainty": 0.2,
+           "validation": "calibrated in a test", "calibrated_at": "now"}
+    devices.write_cache_entry(devices.host_key(1), "calibration", fit)
+    calibrated = load_device(HOST, threads=1)
+    assert calibrated.units["cpu"].efficiency == {"conv": 0.7}
+    assert calibrated.units["cpu"].narrow_channels == 16.0 and calibrated.units["cpu"].op_overhead_us == 3.0
+    assert calibrated.model_uncertainty == 0.2 and calibrated.run_overhead_ms == 0.4
+    assert load_device(HOST, threads=1, calibrated=False).units["cpu"].efficiency != {"conv": 0.7}
+
+
+def test_devices_command_lists_every_profile(cli):
+    code, out, _ = cli("devices", "--json")
+    assert code == 0
+    assert {p["name"] for p in json.loads(out)} == set(builtin_names())

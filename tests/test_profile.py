@@ -1,0 +1,211 @@
+"""Latency estimate and the profile command: roofline, placement with hand-offs, budgets, --measure, plots."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from effconv.profile import devices
+from effconv.profile.cost import graph_cost
+from effconv.profile.devices import ComputeUnit, DeviceProfile, load_device
+from effconv.profile.estimate import estimate, op_ms, place, roofline_ms
+
+from conftest import SPECS
+
+LTX = SPECS / "ltx-tiny.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(devices.CACHE_ENV, str(tmp_path / "cache"))
+
+
+def _figure(value):
+    return {"value": value, "source": "derived: test", "uncertainty": 0.0}
+
+
+def _device(units: dict, fallback_us=100.0) -> DeviceProfile:
+    return DeviceProfile.model_validate({
+        "name": "toy", "description": "test device", "soc": "none", "backends": ["onnx"],
+        "memory": {"ram_gb": _figure(1), "bandwidth_gbps": _figure(10)},
+        "units": units, "fallback_us": _figure(fallback_us), "model_uncertainty": 0.5,
+        "validation": "test", "sources": [{"title": "t", "url": "https://example.org"}],
+    })
+
+
+def _unit(kind="cpu", peak=100.0, **rules):
+    return {"kind": kind, "peak_gops": {"fp32": _figure(peak), "fp16": _figure(peak)}, **rules}
+
+
+def _chain(upsample: int = 1, flatten: bool = False) -> onnx.ModelProto:
+    """conv -> resize(upsample) -> relu on a (1, 4, 2, 8, 8) clip, optionally -> reshape (a view)."""
+    weight = numpy_helper.from_array(np.zeros((4, 4, 3, 3, 3), np.float32), "w")
+    scales = numpy_helper.from_array(np.array([1, 1, 1, upsample, upsample], np.float32), "s")
+    shape = numpy_helper.from_array(np.array([1, -1], np.int64), "shape")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1] * 6, kernel_shape=[3, 3, 3], name="conv"),
+             helper.make_node("Resize", ["a", "", "s"], ["b"], mode="nearest", name="up"),
+             helper.make_node("Relu", ["b"], ["c" if flatten else "y"], name="act")]
+    if flatten:
+        nodes.append(helper.make_node("Reshape", ["c", "shape"], ["y"], name="flat"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              initializer=[weight, scales, shape])
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+
+
+def test_roofline_takes_the_larger_of_compute_and_memory_time():
+    assert roofline_ms(2e9, 1e6, peak_gops=1000, bandwidth_gbps=10) == pytest.approx((2.0, 0.1))
+    node = graph_cost(_chain()).nodes[0]
+    device = _device({"cpu": _unit(peak=1.0)})
+    compute, memory, ms = op_ms(node, device.units["cpu"], "fp32", device)
+    assert compute == pytest.approx(node.flops / 1e6) and memory == pytest.approx(node.bytes / 1e7)
+    assert ms == pytest.approx(max(compute, memory))
+    fast = _device({"cpu": _unit(peak=1e6)})
+    assert op_ms(node, fast.units["cpu"], "fp32", fast)[2] == pytest.approx(node.bytes / 1e7)
+
+
+def test_efficiency_and_overhead_scale_the_roofline():
+    node = graph_cost(_chain()).nodes[0]
+    device = _device({"cpu": _unit(peak=1.0, efficiency={"conv": 0.25}, op_overhead_us=50)})
+    compute, memory, ms = op_ms(node, device.units["cpu"], "fp32", device)
+    assert ms == pytest.approx(max(compute, memory) / 0.25 + 0.05)
+
+
+def test_ops_an_npu_rejects_fall_back_to_the_next_unit_and_pay_a_hand_off():
+    device = _device({"npu": _unit("npu", peak=1000, max_upsample=2), "cpu": _unit(peak=10)}, fallback_us=100)
+    small, big = estimate(_chain(2), device), estimate(_chain(4), device)
+    assert [op.unit for op in small.ops] == ["npu", "npu", "npu"]
+    assert [op.unit for op in big.ops] == ["npu", "cpu", "npu"]
+    assert big.fallbacks() == {"Resize": 1}
+    # two unit changes (npu -> cpu -> npu), each 0.1 ms plus a write and a read of the crossing tensor
+    crossing = [graph_cost(_chain(4)).nodes[0].output_bytes, graph_cost(_chain(4)).nodes[1].output_bytes]
+    expected = sum(0.1 + 2 * b / 1e7 for b in crossing)
+    assert sum(op.handoff_ms for op in big.ops) == pytest.approx(expected)
+
+
+def test_an_op_no_unit_accepts_is_flagged():
+    device = _device({"npu": _unit("npu", unsupported_ops=["Conv3d"])})
+    node = graph_cost(_chain()).nodes[0]
+    assert place(node, device) == ("npu", False)
+    assert "Conv3d" in estimate(_chain(), device).notes[0]
+
+
+def test_fp32_model_on_an_fp16_only_unit_runs_in_fp16_and_moves_half_the_bytes():
+    device = _device({"ane": {"kind": "npu", "peak_gops": {"fp16": _figure(100)}}})
+    result = estimate(_chain(), device)
+    assert {op.dtype for op in result.ops} == {"fp16"}
+    assert result.ops[0].node.bytes * 2 == graph_cost(_chain(), "fp32").nodes[0].bytes
+
+
+def test_band_contains_the_estimate_and_widens_with_uncertainty():
+    result = estimate(_chain(), _device({"cpu": _unit()}))
+    assert result.low_ms < result.total_ms < result.high_ms
+    assert result.high_ms / result.total_ms == pytest.approx(1.5)
+
+
+def test_memory_that_does_not_fit_suggests_a_chunk():
+    device = _device({"cpu": _unit()})
+    tiny_ram = device.model_copy(update={"memory": device.memory.model_copy(update={"ram_gb": devices.Figure(**_figure(9.6e-6))})})
+    result = estimate(_chain(), tiny_ram)
+    # 4.8 kB usable; 1.7 kB of weights + 4 kB of activations for two latent frames do not fit, one does
+    assert not result.fits
+    assert result.chunk_latent_frames == 1
+
+
+def test_profile_spec_on_a_phone_prints_estimate_fps_memory_and_budget(cli):
+    code, out, _ = cli("profile", LTX, "--device", "iphone16pro", "--resolution", "64x96", "--fps", "24")
+    assert code == 0, out
+    assert "FPS" in out and "MB peak" in out and "PASS" in out and "ane" in out
+
+
+def test_missed_budget_exits_1_after_printing_the_result(cli):
+    code, out, err = cli("profile", LTX, "--device", "rpi5", "--budget-ms", "0.001")
+    assert code == 1
+    assert "FAIL" in out and "over the budget" in err
+
+
+def test_budget_ms_and_fps_together_exit_2(cli):
+    code, _, err = cli("profile", LTX, "--device", "rpi5", "--budget-ms", "10", "--fps", "24")
+    assert code == 2 and "mutually exclusive" in err
+
+
+def test_resolution_that_breaks_the_spatial_compression_exits_2(cli):
+    code, _, err = cli("profile", LTX, "--device", "rpi5", "--resolution", "30x30")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "spatial compression" in err
+
+
+def test_artifact_is_re_exported_at_a_new_resolution_and_measured_on_host(cli, tmp_path):
+    assert cli("convert", LTX, "--out", tmp_path)[0] == 0
+    artifact = tmp_path / "ltx-tiny.onnx"
+    code, out, _ = cli("profile", artifact, "--device", "host-cpu", "--measure", "--threads", "1", "--json")
+    assert code == 0
+    as_built = json.loads(out)
+    assert as_built["measured"]["median_ms"] > 0 and as_built["measured"]["threads"] == 1
+    assert as_built["rel_error"] == pytest.approx(
+        (as_built["latency_ms"]["estimate"] - as_built["measured"]["median_ms"]) / as_built["measured"]["median_ms"])
+    code, out, _ = cli("profile", artifact, "--device", "host-cpu", "--resolution", "64x96", "--threads", "1", "--json")
+    bigger = json.loads(out)
+    assert code == 0 and "re-exported" in bigger["source"]
+    assert bigger["gflops"] == pytest.approx(4 * as_built["gflops"], rel=0.05)  # 4x the pixels (32x48 -> 64x96)
+
+
+def test_int8_costing_moves_fewer_bytes_than_fp32(cli):
+    _, out32, _ = cli("profile", LTX, "--device", "rpi5", "--json")
+    _, out8, _ = cli("profile", LTX, "--device", "rpi5", "--dtype", "int8", "--json")
+    fp32, int8 = json.loads(out32), json.loads(out8)
+    assert int8["memory"]["peak_activations_mb"] == pytest.approx(fp32["memory"]["peak_activations_mb"] / 4)
+    assert int8["latency_ms"]["estimate"] < fp32["latency_ms"]["estimate"]
+
+
+def test_measure_on_a_phone_is_refused(cli):
+    code, _, err = cli("profile", LTX, "--device", "pixel9", "--measure")
+    assert code == 2 and "--device host-cpu" in err
+
+
+def test_plot_writes_a_png(cli, tmp_path):
+    target = tmp_path / "plots" / "ltx.png"
+    code, _, _ = cli("profile", LTX, "--device", "galaxy-s24", "--plot", target)
+    assert code == 0
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_calibration_fit_recovers_a_known_efficiency_and_overhead():
+    """Records whose node times follow roofline / 0.25 + 0.01 ms (views: the 0.01 ms alone), as the
+    estimate models them: the fit must give those numbers back."""
+    from effconv.profile.calibrate import fit
+
+    host = load_device("host-cpu", threads=1, calibrated=False)
+    unit = host.units["cpu"].model_copy(update={"efficiency": {}, "op_overhead_us": 0.0})
+    plain = host.model_copy(update={"units": {"cpu": unit}, "run_overhead_ms": 0.0})
+    records = []
+    for upsample in (1, 2, 4):
+        graph = _chain(upsample, flatten=True)
+        ops = estimate(graph, plain).ops
+        node_ms = {op.node.name: op.ms / 0.25 + 0.01 for op in ops}
+        wall = sum(node_ms.values())
+        records.append({"name": f"chain{upsample}", "held_out": False, "graph": graph,
+                        "wall": {"median_ms": wall}, "kernels": {"node_ms": node_ms, "kernel_ms": wall, "other_ms": 0.0}})
+    fitted = fit(records, host)
+    assert fitted["efficiency"]["conv"] == pytest.approx(0.25, rel=0.02)
+    assert fitted["efficiency"]["elementwise"] == pytest.approx(0.25, rel=0.02)
+    assert fitted["op_overhead_us"] == pytest.approx(10.0, rel=0.05)
+
+
+def test_calibrate_measures_fits_and_the_host_profile_uses_the_fit(capsys):
+    from effconv.cli import _render_calibration
+    from effconv.profile.calibrate import calibrate, calibration_set
+
+    students = [m for m in calibration_set() if m.name in ("student-w32", "student-w48")]
+    result = calibrate(threads=1, repeats=3, progress=lambda _: None, models=students)
+    assert [row["name"] for row in result["after"]["rows"]] == ["student-w32", "student-w48"]
+    assert result["after"]["held_out"]["n"] == 1
+    host = load_device("host-cpu", threads=1)
+    assert host.units["cpu"].efficiency == result["fit"]["efficiency"]
+    assert "held-out error on 1 models" in host.validation
+    _render_calibration(result)
+    printed = capsys.readouterr().out
+    assert "held-out (1 models) after" in printed and "Stored in the host-cpu cache" in printed
