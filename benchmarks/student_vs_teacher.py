@@ -2,7 +2,8 @@
 
 For each family's published default diffusers config (random weights: speed and size do not
 depend on the values): export teacher and student decoders to ONNX, time them in the same process
-(warm-up, then the median of N runs), count params and FLOPs, and measure this machine's fp32
+(one warm-up run, then the median of N runs: 1 for teachers, 3 for students by default, because a
+full-size Hunyuan teacher takes minutes per run on 2 shared cores), count params and FLOPs, and measure this machine's fp32
 matmul peak to put the student's achieved GFLOP/s in context.
 
     PYTHONPATH=. python benchmarks/student_vs_teacher.py                      # hunyuan 17x256x256, others 9x128x128
@@ -110,8 +111,8 @@ def main() -> None:
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma list of: " + ", ".join(FAMILIES))
     parser.add_argument("--recipes", default="turbo-vaed,turbo-vaed-lite", help="student recipes (comma list)")
     parser.add_argument("--full-size", action="store_true", help="every family at 17x256x256 (slow teachers)")
-    parser.add_argument("--teacher-runs", type=int, default=3)
-    parser.add_argument("--student-runs", type=int, default=10)
+    parser.add_argument("--teacher-runs", type=int, default=1)
+    parser.add_argument("--student-runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -133,10 +134,14 @@ def main() -> None:
                       f"{c['params']['teacher'] / 1e6:.1f} M = {c['params']['ratio']:.1%}; FLOPs "
                       f"{c['flops_per_frame']['ratio']:.1%}; speedup {student['speedup']:.1f}x; "
                       f"{student['gflops_per_s']:.1f} GFLOP/s ({student['share_of_peak']:.0%} of peak)", flush=True)
-    report["machine"]["load_avg_at_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=float) + "\n")
+            _write(report, args.out)  # after every family, so a long run keeps what it measured
     print(f"wrote {args.out}")
+
+
+def _write(report: dict, path: Path) -> None:
+    report["machine"]["load_avg_at_end"] = os.getloadavg()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=float) + "\n")
 
 
 if __name__ == "__main__":
