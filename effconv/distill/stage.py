@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import yaml
 
 from effconv.artifacts import Manifest, TensorInfo, staged_output, write_manifest
 from effconv.distill.data import ClipSampler, VideoSet, center_clips, load_videos
@@ -21,7 +20,7 @@ from effconv.distill.trainer import Distiller, World, run_steps
 from effconv.errors import EffconvError
 from effconv.models.loader import load_model
 from effconv.recipe import load_recipe
-from effconv.rewrites.rewrite import STUDENT_SUFFIX, student_spec
+from effconv.rewrites.rewrite import STUDENT_SUFFIX, student_spec, write_student
 from effconv.rewrites.student import build_student
 from effconv.rewrites.teacher_init import init_from_teacher
 from effconv.spec import LoadedSpec
@@ -84,12 +83,7 @@ def distill(loaded: LoadedSpec, recipe_ref: str | Path, data: list[Path], out_di
     ema_student = distiller.ema_student.to("cpu").eval()
     final_eval = {"eval_psnr_db": round(distiller.evaluate(eval_clips), 3)} if eval_clips else {}
     with staged_output(out_dir) as stage:
-        ema_student.save_pretrained(stage / name, safe_serialization=True)
-        (stage / f"{name}.yaml").write_text(
-            f"# Student of {loaded.spec.name}, distilled by `effconv distill` (recipe {source}).\n"
-            + yaml.safe_dump(spec_data, sort_keys=False),
-            encoding="utf-8",
-        )
+        write_student(stage, ema_student, spec_data, f"Student of {loaded.spec.name}, distilled by `effconv distill` (recipe {source}).")
         manifest = Manifest(
             name=MANIFEST_NAME,
             backend="pytorch",

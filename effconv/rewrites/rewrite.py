@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import get_args
 
 import yaml
+from torch import nn
 
 from effconv.artifacts import Manifest, TensorInfo, staged_output, write_manifest
 from effconv.errors import EffconvError, VerificationFailed
@@ -36,6 +37,13 @@ def student_spec(teacher: LoadedSpec, name: str) -> dict:
     return data
 
 
+def write_student(directory: Path, student: nn.Module, spec_data: dict, header: str) -> None:
+    """The student directory (save_pretrained) and its spec, both named after the spec's name."""
+    name = spec_data["name"]
+    student.save_pretrained(directory / name, safe_serialization=True)
+    (directory / f"{name}.yaml").write_text(f"# {header}\n" + yaml.safe_dump(spec_data, sort_keys=False), encoding="utf-8")
+
+
 def _check_init(init: str) -> None:
     if init not in INIT_MODES:
         raise EffconvError(f"unknown --init '{init}'.", f"use one of: {', '.join(INIT_MODES)}.")
@@ -55,12 +63,7 @@ def rewrite(loaded: LoadedSpec, recipe_ref: str | Path, out_dir: Path, init: str
     comparison = compare(teacher, student)
     shapes = comparison["output_shape"]
     with staged_output(out_dir) as stage:
-        student.save_pretrained(stage / name, safe_serialization=True)
-        (stage / f"{name}.yaml").write_text(
-            f"# Student of {loaded.spec.name}, written by `effconv rewrite` (recipe {source}).\n"
-            + yaml.safe_dump(spec_data, sort_keys=False),
-            encoding="utf-8",
-        )
+        write_student(stage, student, spec_data, f"Student of {loaded.spec.name}, written by `effconv rewrite` (recipe {source}).")
         manifest = Manifest(
             name=name,
             backend="pytorch",
