@@ -89,8 +89,9 @@ def test_training_lowers_the_loss_and_writes_a_convertible_student(tmp_path, cli
 
 def test_existing_run_needs_resume(tmp_path):
     distill(_teacher(), RECIPE, [VIDEO], tmp_path, steps=2)
-    with pytest.raises(EffconvError, match="--resume"):
+    with pytest.raises(EffconvError, match="already holds a run") as raised:
         distill(_teacher(), RECIPE, [VIDEO], tmp_path, steps=2)
+    assert "--resume" in raised.value.fix
 
 
 def test_two_process_ddp_keeps_ranks_in_sync(tmp_path):
