@@ -91,6 +91,16 @@ def group_norm_rank3(x: torch.Tensor, groups: int, weight, bias, eps: float) -> 
     return x
 
 
+def repeat_interleave_low_rank(x: torch.Tensor, repeats: int, dim: int) -> torch.Tensor:
+    """`x.repeat_interleave(repeats, dim)` through a rank-3 broadcast (the stock lowering adds a dimension)."""
+    dim %= x.dim()
+    shape = list(x.shape)
+    outer, inner = math.prod(shape[: dim + 1]), math.prod(shape[dim + 1 :])
+    x = x.reshape(outer, 1, inner).expand(outer, repeats, inner)
+    shape[dim] *= repeats
+    return x.reshape(shape)
+
+
 def square(x: torch.Tensor) -> torch.Tensor:
     return x * x
 

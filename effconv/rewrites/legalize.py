@@ -176,6 +176,17 @@ def group_norm_rank3(gm: fx.GraphModule) -> int:
     return count
 
 
+def repeat_interleave_low_rank(gm: fx.GraphModule) -> int:
+    count = 0
+    for node in _calls(gm.graph, {aten.repeat_interleave.self_int}):
+        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
+        if dim is None or not isinstance(node.args[1], int):
+            continue
+        _replace(gm.graph, node, legal_ops.repeat_interleave_low_rank, (node.args[0], node.args[1], dim))
+        count += 1
+    return count
+
+
 def pow_as_multiply(gm: fx.GraphModule) -> int:
     count = 0
     for node in _calls(gm.graph, {aten.pow.Tensor_Scalar}):
@@ -196,6 +207,14 @@ def empty_concat_inputs(gm: fx.GraphModule) -> int:
             _replace(gm.graph, node, aten.cat.default, (kept, dim))
             count += 1
     return count
+
+
+def alias_as_identity(gm: fx.GraphModule) -> int:
+    """`alias` (a view of the whole tensor, from CogVideoX's conv cache) is the tensor itself."""
+    nodes = _calls(gm.graph, {aten.alias.default})
+    for node in nodes:
+        node.replace_all_uses_with(node.args[0])
+    return len(nodes)
 
 
 def _conv3d_nodes(gm: fx.GraphModule, grouped: bool) -> list[fx.Node]:
@@ -240,10 +259,14 @@ REWRITES: dict[str, Rewrite] = {
                 "repeat (identical for integer factors)", ("coreml", "tflite"), nearest_upsample_legal),
         Rewrite("groupnorm-rank3", "5-D GroupNorm -> normalize on a (B, groups, rest) view, so no rank-6 "
                 "reshape is created", ("coreml",), group_norm_rank3),
+        Rewrite("repeat-interleave-rank3", "repeat_interleave -> a rank-3 broadcast; the stock lowering "
+                "unsqueezes a 5-D tensor to rank 6", ("coreml", "tflite"), repeat_interleave_low_rank),
         Rewrite("pow-as-mul", "x ** 2 -> x * x (TFLite has no legal POW for float tensors)", ("coreml", "tflite"),
                 pow_as_multiply),
         Rewrite("drop-empty-concat", "zero-frame pieces of a concatenation (0-rep repeat) are removed",
                 ("coreml", "tflite"), empty_concat_inputs),
+        Rewrite("alias-as-identity", "alias (a full view) -> the tensor itself; coremltools has no alias "
+                "converter", ("coreml", "tflite"), alias_as_identity),
         Rewrite("conv3d-as-conv2d", "dense Conv3d -> one Conv2d over time-shifted frames stacked on channels "
                 "(XNNPACK, GPU delegate and int8 have no CONV_3D)", ("tflite",), dense_conv3d_as_conv2d),
         Rewrite("dwconv3d-as-conv2d-taps", "grouped/depthwise Conv3d -> sum of grouped Conv2d, one per temporal "
@@ -266,7 +289,9 @@ def resolve(names: list[str]) -> list[Rewrite]:
 def export_graph(module: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     """The module as an fx graph of ATen ops, with shapes on every node (node.meta['val'])."""
     with torch.no_grad(), captured_stdout():
-        return torch.export.export(module.eval(), (example,)).module()
+        graph = torch.export.export(module, (example,)).module()
+    graph.training = False  # exported graphs refuse .eval(); converters read this flag
+    return graph
 
 
 def apply_rewrites(gm: fx.GraphModule, rewrites: list[Rewrite]) -> dict[str, int]:
