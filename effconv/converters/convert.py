@@ -119,7 +119,7 @@ def _verify_without_prediction(model: LoadedModel, example, reference, export_in
 def convert_legalized(model: LoadedModel, target, out_dir: Path, atol: float | None = None,
                       precision: str = "fp16") -> Manifest:
     """Core ML / TFLite: legalize the graph (checked lossless), fail early on ops no unit can run, export, verify."""
-    from effconv.profile.lint import check_exportable, lint_module
+    from effconv.profile.lint import check_exportable, lint_graph
     from effconv.rewrites.legalize import legalize, rewrites_for
 
     backend = target.NAME
@@ -131,7 +131,7 @@ def convert_legalized(model: LoadedModel, target, out_dir: Path, atol: float | N
     with torch.no_grad():
         reference = model.module(example).numpy()
     legal = legalize(model.module, example, rewrites_for(backend))
-    lint = lint_module(legal.module, example, backend)
+    lint = lint_graph(legal.module.graph, backend)
     check_exportable(lint, "after effconv's rewrites")
     if not legal.report()["equivalence"]["passed"]:
         raise VerificationFailed(

@@ -8,7 +8,9 @@ shapes, and fp16 numerics simulated in torch.
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
+import io
 import logging
 import platform
 from pathlib import Path
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 from effconv.errors import EffconvError, missing_extra
-from effconv.quiet import captured_stdout, quiet_imports
+from effconv.quiet import captured_stdout, is_debug, quiet_imports
 
 NAME = "coreml"
 SUFFIX = ".mlpackage"
@@ -46,26 +48,30 @@ def check_precision(precision: str) -> None:
         raise EffconvError(f"unknown precision '{precision}'.", f"use one of: {', '.join(PRECISIONS)}.")
 
 
-def program_summary(mlmodel) -> dict:
-    """Op inventory and the largest tensor rank of the ML program (readable on Linux)."""
+def program_summary(path: Path) -> dict:
+    """Op inventory, largest tensor rank and output shape, read from the saved .mlpackage (works on Linux)."""
+    ct = _coremltools()
+    spec = ct.utils.load_spec(str(path))
     ops: collections.Counter = collections.Counter()
     max_rank = 0
-    for function in mlmodel._mil_program.functions.values():
-        for op in function.operations:
-            ops[op.op_type] += 1
-            for output in op.outputs:
-                max_rank = max(max_rank, int(getattr(output, "rank", 0) or 0))
-    main = mlmodel._mil_program.functions["main"]
-    shapes = [[int(d) for d in var.shape] for var in main.outputs]
-    return {"ops": dict(sorted(ops.items())), "max_rank": max_rank, "output_shapes": shapes}
+    for function in spec.mlProgram.functions.values():
+        for block in function.block_specializations.values():
+            for op in block.operations:
+                ops[op.type] += 1
+                for output in op.outputs:
+                    if output.type.HasField("tensorType"):
+                        max_rank = max(max_rank, int(output.type.tensorType.rank))
+    output_shape = [int(d) for d in spec.description.output[0].type.multiArrayType.shape]
+    return {"ops": dict(sorted(ops.items())), "max_rank": max_rank, "output_shape": output_shape}
 
 
 def export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str,
            precision: str = "fp16") -> dict:
     check_precision(precision)
     ct = _coremltools()
+    progress_bars = contextlib.nullcontext() if is_debug() else contextlib.redirect_stderr(io.StringIO())
     try:
-        with torch.no_grad(), captured_stdout():
+        with torch.no_grad(), captured_stdout(), progress_bars:
             program = torch.export.export(module, (example,)).run_decompositions()
             mlmodel = ct.convert(
                 program,
@@ -85,14 +91,12 @@ def export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str
             f"Core ML conversion failed: {reason}",
             "run `effconv lint SPEC --backend coreml` to see which op blocks it; rerun with --debug for details.",
         ) from None
-    summary = program_summary(mlmodel)
+    summary = program_summary(path)
     return {
         "precision": precision,
         "minimum_deployment_target": DEPLOYMENT_TARGET,
         "compute_units": "ALL (ANE when every op is ANE-legal)",
-        "max_rank": summary["max_rank"],
-        "output_shape": summary["output_shapes"][0],
-        "ops": summary["ops"],
+        **summary,
     }
 
 
