@@ -71,6 +71,13 @@ class CausalRepeatPad(nn.Module):
         return torch.cat([x[:, :, :1].repeat(1, 1, self.pad, 1, 1), x], dim=2) * 2
 
 
+class ReplicatePad(nn.Module):
+    """HunyuanVideo's causal conv padding: replicate H and W on both sides, time on the left only."""
+
+    def forward(self, x):
+        return F.pad(x, (1, 1, 2, 0, 2, 0), mode="replicate") + 1
+
+
 class Alias(nn.Module):
     def forward(self, x):
         return torch.ops.aten.alias(x) * 3
@@ -96,6 +103,7 @@ CASES = {
     "groupnorm-rank3": [(nn.GroupNorm(4, 8), 8), (nn.GroupNorm(2, 6, affine=False), 6)],
     "repeat-interleave-rank3": [(RepeatInterleave(), 3)],
     "pow-as-mul": [(RMSNormPow(), 5)],
+    "replicate-pad-as-concat": [(ReplicatePad(), 3)],
     "drop-empty-concat": [(CausalRepeatPad(0), 3)],
     "alias-as-identity": [(Alias(), 3)],
     "conv3d-as-conv2d": [

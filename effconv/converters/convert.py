@@ -131,7 +131,7 @@ def convert_legalized(model: LoadedModel, target, out_dir: Path, atol: float | N
     with torch.no_grad():
         reference = model.module(example).numpy()
     legal = legalize(model.module, example, rewrites_for(backend))
-    lint = lint_graph(legal.module.graph, backend)
+    lint = lint_graph(legal.module.graph, backend, applied=tuple(legal.counts))
     check_exportable(lint, "after effconv's rewrites")
     if not legal.report()["equivalence"]["passed"]:
         raise VerificationFailed(

@@ -2,7 +2,7 @@
 
 The rules are data (`effconv/profile/rules/<backend>.yaml`), one table per backend, each rule with
 its source. A rule matches op nodes of the torch.export ATen graph by op name and a condition
-(rank, upsample factor, grouping, dilation, zero repeats; `except_ops` leaves ops to a more specific rule), rules out some compute units, and
+(rank, upsample factor, grouping, dilation, pad mode, zero repeats; `except_ops` leaves ops to a more specific rule), rules out some compute units, and
 names the effconv rewrite that fixes it. An op that no unit of the backend can run blocks export.
 """
 
@@ -75,6 +75,8 @@ def node_facts(node: fx.Node) -> dict:
         facts["grouped"] = bool(len(args) > 6 and isinstance(args[6], int) and args[6] > 1)
         dilation = args[5] if len(args) > 5 and isinstance(args[5], (list, tuple)) else [1]
         facts["dilation"] = max(dilation)
+    if facts["op"] == "pad":
+        facts["mode"] = args[2] if len(args) > 2 else node.kwargs.get("mode", "constant")
     if facts["op"] == "repeat" and len(args) > 1:
         facts["zero_reps"] = any(r == 0 for r in args[1])
     return facts
@@ -92,6 +94,8 @@ def _matches(rule: dict, facts: dict) -> bool:
     if "dilation_above" in rule and facts.get("dilation", 1) <= rule["dilation_above"]:
         return False
     if "grouped" in rule and facts.get("grouped") != rule["grouped"]:
+        return False
+    if "mode" in rule and facts.get("mode") != rule["mode"]:
         return False
     if "zero_reps" in rule and facts.get("zero_reps", False) != rule["zero_reps"]:
         return False
@@ -144,7 +148,8 @@ def _add_unique(items: list[str], value: str) -> None:
         items.append(value)
 
 
-def lint_graph(graph: fx.Graph, backend: str, device: str | None = None) -> LintReport:
+def lint_graph(graph: fx.Graph, backend: str, device: str | None = None, applied: tuple[str, ...] = ()) -> LintReport:
+    """Per-op legality. `applied`: rewrites already run on this graph; what they left is not theirs to fix."""
     table = rule_table(backend)
     units = device_units(backend, device)
     all_units = set(table["units"])
@@ -161,7 +166,7 @@ def lint_graph(graph: fx.Graph, backend: str, device: str | None = None) -> Lint
                 continue
             ruled_out |= set(rule["illegal_on"])
             _add_unique(row.why, rule["why"].format(rank=facts["rank"], factor=facts.get("factor", 1)))
-            for rewrite in rule.get("fix") or ["none"]:
+            for rewrite in [f for f in rule.get("fix") or [] if f not in applied] or ["none"]:
                 _add_unique(row.fix, rewrite)
             _add_unique(row.sources, rule["source"])
         for unit in units:
@@ -204,7 +209,7 @@ def lint_model(model, backend: str, device: str | None = None) -> LintResult:
     before = lint_module(model.module, example, backend, device)
     legal = legalize(model.module, example, rewrites_for(backend)) if backend != "onnx" else None
     # effconv's replacement functions appear as single nodes; they are legal by construction.
-    after = lint_graph(legal.module.graph, backend, device) if legal else before
+    after = lint_graph(legal.module.graph, backend, device, tuple(legal.counts)) if legal else before
     return LintResult(before=before, after=after, rewrites=legal.counts if legal else {})
 
 

@@ -101,6 +101,24 @@ def repeat_interleave_low_rank(x: torch.Tensor, repeats: int, dim: int) -> torch
     return x.reshape(shape)
 
 
+def replicate_pad(x: torch.Tensor, pad: list[int]) -> torch.Tensor:
+    """`F.pad(x, pad, mode="replicate")` as concatenations of broadcast edge slices (no gather)."""
+    for index in range(0, len(pad), 2):
+        dim = x.dim() - 1 - index // 2
+        before, after = pad[index], pad[index + 1]
+        pieces = []
+        if before:
+            edge = x.narrow(dim, 0, 1)
+            pieces.append(edge.expand(*[before if d == dim else -1 for d in range(x.dim())]))
+        pieces.append(x)
+        if after:
+            edge = x.narrow(dim, x.shape[dim] - 1, 1)
+            pieces.append(edge.expand(*[after if d == dim else -1 for d in range(x.dim())]))
+        if len(pieces) > 1:
+            x = torch.cat(pieces, dim=dim)
+    return x
+
+
 def square(x: torch.Tensor) -> torch.Tensor:
     return x * x
 

@@ -187,6 +187,18 @@ def repeat_interleave_low_rank(gm: fx.GraphModule) -> int:
     return count
 
 
+def replicate_pad_as_concat(gm: fx.GraphModule) -> int:
+    count = 0
+    for node in _calls(gm.graph, {aten.pad.default}):
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        pad = list(node.args[1])
+        if mode != "replicate" or any(p < 0 for p in pad):
+            continue
+        _replace(gm.graph, node, legal_ops.replicate_pad, (node.args[0], pad))
+        count += 1
+    return count
+
+
 def pow_as_multiply(gm: fx.GraphModule) -> int:
     count = 0
     for node in _calls(gm.graph, {aten.pow.Tensor_Scalar}):
@@ -261,6 +273,8 @@ REWRITES: dict[str, Rewrite] = {
                 "reshape is created", ("coreml",), group_norm_rank3),
         Rewrite("repeat-interleave-rank3", "repeat_interleave -> a rank-3 broadcast; the stock lowering "
                 "unsqueezes a 5-D tensor to rank 6", ("coreml", "tflite"), repeat_interleave_low_rank),
+        Rewrite("replicate-pad-as-concat", "replicate padding -> concatenated copies of the edge frames/rows "
+                "(the stock lowering is a gather)", ("coreml", "tflite"), replicate_pad_as_concat),
         Rewrite("pow-as-mul", "x ** 2 -> x * x (TFLite has no legal POW for float tensors)", ("coreml", "tflite"),
                 pow_as_multiply),
         Rewrite("drop-empty-concat", "zero-frame pieces of a concatenation (0-rep repeat) are removed",
