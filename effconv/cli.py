@@ -172,6 +172,9 @@ def inspect(
         out.print(f"backend {backend}: {status}")
 
 
+LINT_TABLE_WIDTH = 160
+
+
 def _mark(illegal: int, count: int) -> str:
     if not illegal:
         return "[green]yes[/]"
@@ -184,17 +187,18 @@ def _print_lint(report, as_json: bool, problems_only: bool = False, title: str =
         return
     device = f" on {report.device}" if report.device else ""
     table = Table(title=title or f"{report.backend}{device}: op legality per compute unit")
-    table.add_column("op", overflow="fold")
+    table.add_column("op", no_wrap=True)
     table.add_column("count", justify="right")
     for unit in report.units:
         table.add_column(unit, no_wrap=True)
     table.add_column("why not", ratio=3)
-    table.add_column("fixed by", overflow="fold", ratio=1)
+    table.add_column("fixed by", no_wrap=True)
     for row in report.problems if problems_only else report.rows:
         marks = [_mark(row.illegal[unit], row.count) for unit in report.units]
         name = f"[bold red]{row.op}[/]" if row.blocking else row.op
-        table.add_row(name, str(row.count), *marks, "; ".join(row.why), ", ".join(row.fix))
-    out.print(table)
+        table.add_row(name, str(row.count), *marks, "; ".join(row.why), "\n".join(row.fix))
+    # piped output (logs, CI) has no terminal width to respect: keep the table readable there
+    (out if out.is_terminal else Console(width=LINT_TABLE_WIDTH)).print(table)
 
 
 @app.command()

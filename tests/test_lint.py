@@ -47,10 +47,10 @@ def test_ltx_on_tflite_pow_blocks_and_conv3d_falls_back_until_rewritten():
 
 
 def test_cli_lint_explains_each_decision(cli):
-    code, out, _ = cli("lint", spec_path("wan21"), "--backend", "coreml", "--device", "iphone16pro")
+    code, out, _ = cli("lint", spec_path("hunyuan"), "--backend", "coreml", "--device", "iphone16pro")
     assert code == 0
-    for text in ("_upsample_nearest_exact2d", "upsample-nearest", "stack-as-permute", "rank <= 5",
-                 "nothing blocks coreml"):
+    for text in ("upsample_nearest3d", "upsample-nearest", "group_norm", "groupnorm-rank3",
+                 "one rank above Core ML's limit", "nothing blocks coreml"):
         assert text in " ".join(out.split()), text
 
 

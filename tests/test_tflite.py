@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from backend_cases import FAMILY_PARAMS, WAN_REALISTIC, spec_path
 from effconv.converters import tflite
 from effconv.converters.convert import convert
 from effconv.converters.verify import psnr_db
+from effconv.models.loader import load_model
 from effconv.spec import load_spec, spec_from_dict
 
 DELEGATE_UNFRIENDLY = {"CONV_3D", "GATHER_ND", "POW"}
@@ -25,28 +27,26 @@ def _check(manifest, artifact):
     assert ops.get("CONV_2D", 0) >= 1
 
 
-@pytest.mark.parametrize("family", FAMILY_PARAMS)
-def test_decoder_converts_to_tflite_and_matches_pytorch(family, tmp_path):
-    manifest = convert(load_spec(spec_path(family)), "tflite", tmp_path)
-    _check(manifest, tmp_path / manifest.artifact)
-
-
-def test_tflite_output_recomputed_from_the_file_matches_pytorch(tmp_path):
-    """Independent of the manifest: run the written .tflite again and compare with the torch module."""
-    import torch
-
-    from effconv.models.loader import load_model
-
-    loaded = load_spec(spec_path("ltx"))
-    manifest = convert(loaded, "tflite", tmp_path)
+def _rerun_matches_pytorch(loaded, artifact):
+    """Independent of the manifest: run the written .tflite on another input and compare with torch."""
     model = load_model(loaded)
     example = model.example_input(7)  # not the seed the manifest was verified with
     with torch.no_grad():
         reference = model.module(example).numpy()
-    assert psnr_db(reference, tflite.predict(tmp_path / manifest.artifact, example)) >= 60.0
+    assert psnr_db(reference, tflite.predict(artifact, example)) >= 60.0
+
+
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
+def test_decoder_converts_to_tflite_and_matches_pytorch(family, tmp_path):
+    loaded = load_spec(spec_path(family))
+    manifest = convert(loaded, "tflite", tmp_path)
+    _check(manifest, tmp_path / manifest.artifact)
+    _rerun_matches_pytorch(loaded, tmp_path / manifest.artifact)
 
 
 @pytest.mark.slow
 def test_realistic_width_wan_decoder_converts(tmp_path):
-    manifest = convert(spec_from_dict(WAN_REALISTIC, tmp_path), "tflite", tmp_path)
+    loaded = spec_from_dict(WAN_REALISTIC, tmp_path)
+    manifest = convert(loaded, "tflite", tmp_path)
     _check(manifest, tmp_path / manifest.artifact)
+    _rerun_matches_pytorch(loaded, tmp_path / manifest.artifact)

@@ -1,0 +1,1 @@
+"""Device profiles, per-op cost, latency estimates and backend legality lint."""
