@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effconv.rewrites.legal_ops import permute_low_rank
+from effconv.rewrites.legal_ops import conv3d_as_conv2d, permute_low_rank
 from effconv.rewrites.legalize import EQUIVALENCE_ATOL, MAX_RANK, REWRITES, _rank, legalize, resolve, rewrites_for
 
 
@@ -183,3 +183,12 @@ def test_unknown_rewrite_name_is_a_one_line_error():
 
     with pytest.raises(EffconvError, match="unknown rewrite"):
         resolve(["no-such-rewrite"])
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_conv3d_as_conv2d_equals_torch_conv3d(groups):
+    x = torch.randn(2, 6, 7, 9, 5)
+    weight, bias = torch.randn(6, 6 // groups, 3, 3, 2), torch.randn(6)
+    kwargs = dict(stride=(2, 1, 2), padding=(1, 1, 0), dilation=(1, 2, 1), groups=groups)
+    expected = F.conv3d(x, weight, bias, **kwargs)
+    assert torch.allclose(conv3d_as_conv2d(x, weight, bias, **kwargs), expected, atol=EQUIVALENCE_ATOL, rtol=0)

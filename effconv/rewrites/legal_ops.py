@@ -132,28 +132,41 @@ def _time_taps(x: torch.Tensor, kernel_t: int, stride_t: int, dilation_t: int) -
     return [by_time[:, k * dilation_t : k * dilation_t + last : stride_t] for k in range(kernel_t)], out_frames
 
 
-def conv3d_as_conv2d(x, weight, bias=None, stride=(1, 1, 1), padding=(0, 0, 0), dilation=(1, 1, 1), groups=1):
-    """Conv3d as 2D convolutions over frames folded into the batch.
+def conv3d_weight_for_conv2d(weight: torch.Tensor, groups: int):
+    """Conv3d weight (O, C/g, kt, kh, kw) in the form the 2D rewrite consumes: for groups == 1 one
+    (O, kt*C, kh, kw) weight matching frames stacked tap-major on channels, else one weight per tap."""
+    out_channels, channels, kernel_t, kernel_h, kernel_w = weight.shape
+    if groups == 1:
+        return weight.permute(0, 2, 1, 3, 4).reshape(out_channels, kernel_t * channels, kernel_h, kernel_w)
+    return weight.unbind(2)
 
-    groups == 1: the kernel_t shifted frame sequences are stacked on channels and one Conv2d with
-    the (O, kernel_t*C, kh, kw) weight sums over them. Grouped (e.g. depthwise): a sum of one
-    grouped Conv2d per temporal tap, since stacking would interleave the groups.
+
+def conv3d_frames_as_conv2d(x, prepared_weight, bias, kernel_t: int, stride, padding, dilation, groups: int):
+    """Conv3d as 2D convolutions over frames folded into the batch, given `conv3d_weight_for_conv2d`.
+
+    groups == 1: the kernel_t shifted frame sequences are stacked on channels and one Conv2d sums
+    over them. Grouped (e.g. depthwise): a sum of one grouped Conv2d per temporal tap, since
+    stacking would interleave the groups.
     """
-    stride, padding, dilation = (list(v) * 3 if len(v) == 1 else list(v) for v in (stride, padding, dilation))
     if padding[0]:
         x = F.pad(x, (0, 0, 0, 0, padding[0], padding[0]))
     batch, channels, _, height, width = x.shape
-    out_channels, _, kernel_t, kernel_h, kernel_w = weight.shape
     taps, out_frames = _time_taps(x, kernel_t, stride[0], dilation[0])
-    conv = dict(stride=stride[1:], padding=padding[1:], dilation=dilation[1:])
+    conv = dict(stride=stride[1:], padding=padding[1:], dilation=dilation[1:], groups=groups)
     if groups == 1:
         stacked = torch.cat(taps, dim=2).reshape(batch * out_frames, kernel_t * channels, height, width)
-        flat_weight = weight.permute(0, 2, 1, 3, 4).reshape(out_channels, kernel_t * channels, kernel_h, kernel_w)
-        y = F.conv2d(stacked, flat_weight, bias, groups=1, **conv)
+        y = F.conv2d(stacked, prepared_weight, bias, **conv)
     else:
         y = None
         for k, tap in enumerate(taps):
-            term = F.conv2d(tap.reshape(batch * out_frames, channels, height, width), weight[:, :, k],
-                            bias if k == 0 else None, groups=groups, **conv)
+            term = F.conv2d(tap.reshape(batch * out_frames, channels, height, width), prepared_weight[k],
+                            bias if k == 0 else None, **conv)
             y = term if y is None else y + term
-    return y.reshape(batch, out_frames, out_channels, y.shape[-2], y.shape[-1]).transpose(1, 2)
+    return y.reshape(batch, out_frames, y.shape[1], y.shape[-2], y.shape[-1]).transpose(1, 2)
+
+
+def conv3d_as_conv2d(x, weight, bias=None, stride=(1, 1, 1), padding=(0, 0, 0), dilation=(1, 1, 1), groups=1):
+    """`F.conv3d` computed with 2D convolutions only."""
+    stride, padding, dilation = (list(v) * 3 if len(v) == 1 else list(v) for v in (stride, padding, dilation))
+    prepared = conv3d_weight_for_conv2d(weight, groups)
+    return conv3d_frames_as_conv2d(x, prepared, bias, weight.shape[2], stride, padding, dilation, groups)

@@ -240,12 +240,27 @@ def _conv3d_nodes(gm: fx.GraphModule, grouped: bool) -> list[fx.Node]:
     return nodes
 
 
+def _triple(values) -> list[int]:
+    values = list(values)
+    return values * 3 if len(values) == 1 else values
+
+
 def _conv3d_to_2d(gm: fx.GraphModule, grouped: bool) -> int:
+    """Replace Conv3d nodes; each weight is reshaped for 2D once, however many calls share it
+    (Wan decodes frame by frame), so the converter folds one constant per weight, not one per call."""
     nodes = _conv3d_nodes(gm, grouped)
+    prepared: dict[tuple, fx.Node] = {}
     for node in nodes:
         x, weight, bias, stride, padding, dilation, groups = (list(node.args) + [None] * 7)[:7]
-        _replace(gm.graph, node, legal_ops.conv3d_as_conv2d,
-                 (x, weight, bias, stride or [1], padding or [0], dilation or [1], groups or 1))
+        groups = groups or 1
+        key = (weight, groups)
+        if key not in prepared:
+            with gm.graph.inserting_after(weight):
+                prepared[key] = gm.graph.call_function(legal_ops.conv3d_weight_for_conv2d, (weight, groups))
+        kernel_t = _shape(weight)[2]
+        _replace(gm.graph, node, legal_ops.conv3d_frames_as_conv2d,
+                 (x, prepared[key], bias, kernel_t, _triple(stride or [1]), _triple(padding or [0]),
+                  _triple(dilation or [1]), groups))
     return len(nodes)
 
 
