@@ -102,7 +102,7 @@ def convert(
     to: str = typer.Option("onnx", "--to", help="Target backend: onnx, coreml or tflite."),
     out_dir: Path = typer.Option(..., "--out", help="Output directory (created if missing).", show_default=False),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 18 for the dynamo exporter)."),
-    atol: float | None = typer.Option(None, "--atol", help="Max abs error allowed vs PyTorch [default: 1e-3]."),
+    atol: float | None = typer.Option(None, "--atol", help="Max abs error allowed vs PyTorch [default: 1e-3; 5e-2 for Core ML fp16]."),
     precision: str = typer.Option("fp16", "--precision", help="Core ML compute precision: fp16 (ANE) or fp32."),
     as_json: bool = JsonFlag,
     allow_import: bool = AllowImport,

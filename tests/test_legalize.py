@@ -78,6 +78,13 @@ class ReplicatePad(nn.Module):
         return F.pad(x, (1, 1, 2, 0, 2, 0), mode="replicate") + 1
 
 
+class ChunkedNorm(nn.Module):
+    """Mochi's chunked GroupNorm: split the batch into chunks (one chunk here), normalize, concatenate."""
+
+    def forward(self, x):
+        return torch.cat([F.group_norm(chunk, 1) for chunk in x.split(8, dim=0)], dim=0)
+
+
 class Alias(nn.Module):
     def forward(self, x):
         return torch.ops.aten.alias(x) * 3
@@ -106,6 +113,7 @@ CASES = {
     "replicate-pad-as-concat": [(ReplicatePad(), 3)],
     "drop-empty-concat": [(CausalRepeatPad(0), 3)],
     "alias-as-identity": [(Alias(), 3)],
+    "single-split-as-identity": [(ChunkedNorm(), 3)],
     "conv3d-as-conv2d": [
         (conv3d(in_channels=3, out_channels=5, kernel_size=3), 3),
         (conv3d(in_channels=4, out_channels=6, kernel_size=(3, 3, 1), stride=(2, 1, 2), padding=(1, 1, 0)), 4),

@@ -111,7 +111,7 @@ def _verify_without_prediction(model: LoadedModel, example, reference, export_in
         if simulated is None:
             verify["fp16_simulation"] = "not run: torch has no CPU fp16 kernel for an op of this model"
         else:
-            verify["fp16_simulation"] = compare(reference, simulated, coreml_backend.FP16_SIMULATION_ATOL)
+            verify["fp16_simulation"] = compare(reference, simulated, atol)
             passed = passed and verify["fp16_simulation"]["passed"]
     return verify | {"passed": bool(passed), "atol": atol}
 
@@ -123,10 +123,12 @@ def convert_legalized(model: LoadedModel, target, out_dir: Path, atol: float | N
     from effconv.rewrites.legalize import legalize, rewrites_for
 
     backend = target.NAME
-    atol = target.DEFAULT_ATOL if atol is None else atol
-    options = {"precision": precision} if backend == coreml_backend.NAME else {}
+    options = {}
     if backend == coreml_backend.NAME:
         coreml_backend.check_precision(precision)
+        options = {"precision": precision}
+        atol = coreml_backend.default_atol(precision) if atol is None else atol
+    atol = target.DEFAULT_ATOL if atol is None else atol
     example = model.example_input(VERIFY_SEED)
     with torch.no_grad():
         reference = model.module(example).numpy()
@@ -153,7 +155,8 @@ def convert_legalized(model: LoadedModel, target, out_dir: Path, atol: float | N
         manifest = Manifest(
             **_base_manifest(model, backend, artifact, reference.shape, verify),
             legalize=legal.report() | {"shape": list(example.shape)},
-            lint={"blocking": [], "rules": f"effconv/profile/rules/{backend}.yaml"},
+            lint={"rules": f"effconv/profile/rules/{backend}.yaml", "blocking": [],
+                  "remaining": [row.as_dict() for row in lint.problems]},
             export={**export_info, "seconds": round(export_seconds, 2)},
             versions=target.runtime_versions(),
         )

@@ -24,8 +24,8 @@ from effconv.quiet import captured_stdout, is_debug, quiet_imports
 
 NAME = "coreml"
 SUFFIX = ".mlpackage"
-DEFAULT_ATOL = 1e-3
-FP16_SIMULATION_ATOL = 5e-2  # fp16 has an 11-bit mantissa; decoders in [-1, 1] stay well inside this
+DEFAULT_ATOL = 1e-3  # fp32
+FP16_ATOL = 5e-2  # fp16 has an 11-bit mantissa; decoders in [-1, 1] stay well inside this
 PRECISIONS = ("fp16", "fp32")
 # iOS 17 / macOS 14 is the first Core ML with fp16 Conv3d in ML programs that can run on the ANE.
 DEPLOYMENT_TARGET = "iOS17"
@@ -41,6 +41,10 @@ def _coremltools():
     except ImportError:
         raise missing_extra("coremltools", "coreml") from None
     return coremltools
+
+
+def default_atol(precision: str) -> float:
+    return FP16_ATOL if precision == "fp16" else DEFAULT_ATOL
 
 
 def check_precision(precision: str) -> None:

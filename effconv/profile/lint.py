@@ -2,7 +2,7 @@
 
 The rules are data (`effconv/profile/rules/<backend>.yaml`), one table per backend, each rule with
 its source. A rule matches op nodes of the torch.export ATen graph by op name and a condition
-(rank, upsample factor, grouping, dilation, pad mode, zero repeats; `except_ops` leaves ops to a more specific rule), rules out some compute units, and
+(rank, upsample factor, grouping, dilation, pad mode, split pieces, zero repeats; `except_ops` leaves ops to a more specific rule), rules out some compute units, and
 names the effconv rewrite that fixes it. An op that no unit of the backend can run blocks export.
 """
 
@@ -75,6 +75,9 @@ def node_facts(node: fx.Node) -> dict:
         facts["grouped"] = bool(len(args) > 6 and isinstance(args[6], int) and args[6] > 1)
         dilation = args[5] if len(args) > 5 and isinstance(args[5], (list, tuple)) else [1]
         facts["dilation"] = max(dilation)
+    if facts["op"].startswith("split"):
+        pieces = node.meta.get("val")
+        facts["pieces"] = len(pieces) if isinstance(pieces, (list, tuple)) else 0
     if facts["op"] == "pad":
         facts["mode"] = args[2] if len(args) > 2 else node.kwargs.get("mode", "constant")
     if facts["op"] == "repeat" and len(args) > 1:
@@ -94,6 +97,8 @@ def _matches(rule: dict, facts: dict) -> bool:
     if "dilation_above" in rule and facts.get("dilation", 1) <= rule["dilation_above"]:
         return False
     if "grouped" in rule and facts.get("grouped") != rule["grouped"]:
+        return False
+    if "pieces" in rule and facts.get("pieces") != rule["pieces"]:
         return False
     if "mode" in rule and facts.get("mode") != rule["mode"]:
         return False

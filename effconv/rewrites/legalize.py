@@ -10,6 +10,7 @@ not on module classes: each pass replaces matching op nodes by the equivalent fu
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Callable
 
@@ -229,6 +230,22 @@ def alias_as_identity(gm: fx.GraphModule) -> int:
     return len(nodes)
 
 
+def single_split_as_identity(gm: fx.GraphModule) -> int:
+    """A split that yields one piece (Mochi's chunked GroupNorm on batch 1) is the tensor itself."""
+    count = 0
+    for node in _calls(gm.graph, {aten.split.Tensor, aten.split_with_sizes.default}):
+        pieces = node.meta.get("val")
+        users = list(node.users)
+        if not isinstance(pieces, (list, tuple)) or len(pieces) != 1:
+            continue
+        if not all(user.target is operator.getitem and user.args[1] == 0 for user in users):
+            continue
+        for user in users:
+            user.replace_all_uses_with(node.args[0])
+        count += 1
+    return count
+
+
 def _conv3d_nodes(gm: fx.GraphModule, grouped: bool) -> list[fx.Node]:
     nodes = []
     for node in _calls(gm.graph, {aten.conv3d.default}):
@@ -296,6 +313,8 @@ REWRITES: dict[str, Rewrite] = {
                 ("coreml", "tflite"), empty_concat_inputs),
         Rewrite("alias-as-identity", "alias (a full view) -> the tensor itself; coremltools has no alias "
                 "converter", ("coreml", "tflite"), alias_as_identity),
+        Rewrite("single-split-as-identity", "a split into one piece -> the tensor itself; litert-torch fails on "
+                "one-piece split_with_sizes", ("coreml", "tflite"), single_split_as_identity),
         Rewrite("conv3d-as-conv2d", "dense Conv3d -> one Conv2d over time-shifted frames stacked on channels "
                 "(XNNPACK, GPU delegate and int8 have no CONV_3D)", ("tflite",), dense_conv3d_as_conv2d),
         Rewrite("dwconv3d-as-conv2d-taps", "grouped/depthwise Conv3d -> sum of grouped Conv2d, one per temporal "
