@@ -1,9 +1,11 @@
 """Backend legality: which ops of an exported graph each backend's compute units can run, and why not.
 
 The rules are data (`effconv/profile/rules/<backend>.yaml`), one table per backend, each rule with
-its source. A rule matches op nodes of the torch.export ATen graph by op name and a condition
-(rank, upsample factor, grouping, dilation, pad mode, split pieces, zero repeats; `except_ops` leaves ops to a more specific rule), rules out some compute units, and
-names the effconv rewrite that fixes it. An op that no unit of the backend can run blocks export.
+its source. A rule matches op nodes of the torch.export ATen graph by op name (`ops`, or
+`except_ops` to leave some to a more specific rule) and conditions (`rank_above`, `factor_above`,
+`dilation_above`, `grouped`, `mode`, `pieces`, `zero_reps`), rules out some compute units
+(`illegal_on`), and names the effconv rewrites that fix it. An op that no unit of the backend can
+run blocks export.
 """
 
 from __future__ import annotations
