@@ -8,13 +8,16 @@ from pathlib import Path
 import torch
 
 from effconv.artifacts import Manifest, TensorInfo, staged_output, write_manifest
+from effconv.converters import coreml as coreml_backend
 from effconv.converters import onnx as onnx_backend
+from effconv.converters import tflite as tflite_backend
 from effconv.converters.verify import compare
 from effconv.errors import EffconvError, VerificationFailed
 from effconv.models.loader import LoadedModel, load_model
 from effconv.spec import LoadedSpec
 
-BACKENDS = {onnx_backend.NAME: onnx_backend}
+BACKENDS = {backend.NAME: backend for backend in (onnx_backend, coreml_backend, tflite_backend)}
+LEGALIZED_BACKENDS = (coreml_backend.NAME, tflite_backend.NAME)
 VERIFY_SEED = 0
 
 
@@ -30,9 +33,11 @@ def _tensor_info(name: str, shape, dtype: str = "float32") -> TensorInfo:
 
 
 def convert_model(model: LoadedModel, backend: str, out_dir: Path, atol: float | None = None,
-                  opset: int = onnx_backend.DEFAULT_OPSET) -> Manifest:
+                  opset: int = onnx_backend.DEFAULT_OPSET, precision: str = "fp16") -> Manifest:
     """Export an already-loaded model part; raise VerificationFailed (after writing) if off tolerance."""
     target = backend_module(backend)
+    if backend in LEGALIZED_BACKENDS:
+        return convert_legalized(model, target, out_dir, atol=atol, precision=precision)
     atol = target.DEFAULT_ATOL if atol is None else atol
     name = model.spec.spec.name
     example = model.example_input(VERIFY_SEED)
@@ -75,9 +80,106 @@ def convert_model(model: LoadedModel, backend: str, out_dir: Path, atol: float |
     return manifest
 
 
+def _base_manifest(model: LoadedModel, backend: str, artifact: Path, reference_shape, verify: dict) -> dict:
+    return dict(
+        name=model.spec.spec.name,
+        backend=backend,
+        artifact=artifact.name,
+        spec=model.spec.resolved(),
+        inputs=[_tensor_info(model.input_name, model.input_shape)],
+        outputs=[_tensor_info(model.output_name, reference_shape)],
+        params=model.num_params(),
+        verify=verify,
+        family=model.adapter.family,
+        compression={
+            "latent_channels": model.compression.latent_channels,
+            "temporal": model.compression.temporal,
+            "spatial": model.compression.spatial,
+            "causal": model.compression.causal,
+        },
+    )
+
+
+def _verify_without_prediction(model: LoadedModel, example, reference, export_info: dict, legal, precision: str,
+                               atol: float) -> dict:
+    """Core ML off macOS: check ranks, output shape and the rewrite, and simulate fp16 in torch."""
+    checks = coreml_backend.static_checks(export_info, reference.shape)
+    verify = {"prediction": coreml_backend.NOT_RUN, **checks}
+    passed = checks["rank_ok"] and checks["output_shape_ok"] and legal.report()["equivalence"]["passed"]
+    if precision == "fp16":
+        simulated = coreml_backend.simulate_fp16(model.module, example)
+        if simulated is None:
+            verify["fp16_simulation"] = "not run: torch has no CPU fp16 kernel for an op of this model"
+        else:
+            verify["fp16_simulation"] = compare(reference, simulated, atol)
+            passed = passed and verify["fp16_simulation"]["passed"]
+    return verify | {"passed": bool(passed), "atol": atol}
+
+
+def convert_legalized(model: LoadedModel, target, out_dir: Path, atol: float | None = None,
+                      precision: str = "fp16") -> Manifest:
+    """Core ML / TFLite: legalize the graph (checked lossless), fail early on ops no unit can run, export, verify."""
+    from effconv.profile.lint import check_exportable, lint_graph
+    from effconv.rewrites.legalize import legalize, rewrites_for
+
+    backend = target.NAME
+    options = {}
+    if backend == coreml_backend.NAME:
+        coreml_backend.check_precision(precision)
+        options = {"precision": precision}
+        atol = coreml_backend.default_atol(precision) if atol is None else atol
+    atol = target.DEFAULT_ATOL if atol is None else atol
+    example = model.example_input(VERIFY_SEED)
+    with torch.no_grad():
+        reference = model.module(example).numpy()
+    legal = legalize(model.module, example, rewrites_for(backend))
+    lint = lint_graph(legal.module.graph, backend, applied=tuple(legal.counts))
+    check_exportable(lint, "after effconv's rewrites")
+    if not legal.report()["equivalence"]["passed"]:
+        raise VerificationFailed(
+            f"the legalizing rewrites changed the output (max abs error {legal.max_abs_err:.3g}).",
+            "report this as an effconv bug; export to onnx meanwhile.",
+        )
+    name = model.spec.spec.name
+    with staged_output(out_dir) as stage:
+        artifact = stage / f"{name}{target.SUFFIX}"
+        started = time.perf_counter()
+        export_info = target.export(legal.module, example, artifact, model.input_name, model.output_name, **options)
+        export_seconds = time.perf_counter() - started
+        candidate = target.predict(artifact, example)
+        if candidate is None:
+            verify = _verify_without_prediction(model, example, reference, export_info, legal, precision, atol)
+        else:
+            verify = compare(reference, candidate, atol) | {"prediction": "run"}
+        verify |= {"seed": VERIFY_SEED, "input": "seeded standard normal"}
+        manifest = Manifest(
+            **_base_manifest(model, backend, artifact, reference.shape, verify),
+            legalize=legal.report() | {"shape": list(example.shape)},
+            lint={"rules": f"effconv/profile/rules/{backend}.yaml", "blocking": [],
+                  "remaining": [row.as_dict() for row in lint.problems]},
+            export={**export_info, "seconds": round(export_seconds, 2)},
+            versions=target.runtime_versions(),
+        )
+        write_manifest(manifest, stage)
+    if not verify["passed"]:
+        detail = verify.get("reason") or (
+            f"max abs error {verify['max_abs_err']:.3g} > atol {atol:g}" if "max_abs_err" in verify
+            else "a static check failed (see verify in the manifest)"
+        )
+        raise VerificationFailed(
+            f"{backend} output does not match PyTorch: {detail}.",
+            f"inspect {Path(out_dir) / (name + '.json')}; raise --atol only if that error is acceptable.",
+            manifest=manifest,
+        )
+    return manifest
+
+
 def convert(loaded: LoadedSpec, backend: str, out_dir: Path, atol: float | None = None,
-            opset: int = onnx_backend.DEFAULT_OPSET, allow_import: bool = False) -> Manifest:
+            opset: int = onnx_backend.DEFAULT_OPSET, allow_import: bool = False, precision: str = "fp16") -> Manifest:
     backend_module(backend)
-    onnx_backend.check_opset(opset)
+    if backend == onnx_backend.NAME:
+        onnx_backend.check_opset(opset)
+    if backend == coreml_backend.NAME:
+        coreml_backend.check_precision(precision)
     model = load_model(loaded, allow_import=allow_import)
-    return convert_model(model, backend, out_dir, atol=atol, opset=opset)
+    return convert_model(model, backend, out_dir, atol=atol, opset=opset, precision=precision)

@@ -1,1 +1,1 @@
-"""Profiling: device profiles, per-op cost (FLOPs, bytes), latency estimates, host measurement, calibration."""
+"""Profiling: device profiles, per-op cost (FLOPs, bytes), backend legality lint, latency estimates, host measurement, calibration."""

@@ -1,0 +1,138 @@
+"""Core ML backend: coremltools ML program (.mlpackage) from the legalized torch.export graph.
+
+Core ML builds on Linux but predicts only on macOS. Here `predict` returns None and verification
+covers what Linux can check: the MIL program's op inventory and tensor ranks, the input/output
+shapes, and fp16 numerics simulated in torch.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import copy
+import io
+import logging
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from effconv.errors import EffconvError, missing_extra
+from effconv.quiet import captured_stdout, is_debug, quiet_imports
+
+NAME = "coreml"
+SUFFIX = ".mlpackage"
+DEFAULT_ATOL = 1e-3  # fp32
+FP16_ATOL = 5e-2  # fp16 has an 11-bit mantissa; decoders in [-1, 1] stay well inside this
+PRECISIONS = ("fp16", "fp32")
+# iOS 17 / macOS 14 is the first Core ML with fp16 Conv3d in ML programs that can run on the ANE.
+DEPLOYMENT_TARGET = "iOS17"
+MAX_RANK = 5
+NOT_RUN = "not run: Core ML prediction needs macOS"
+
+
+def _coremltools():
+    try:
+        with quiet_imports(), captured_stdout():
+            logging.getLogger("coremltools").setLevel(logging.ERROR)
+            import coremltools
+    except ImportError:
+        raise missing_extra("coremltools", "coreml") from None
+    return coremltools
+
+
+def default_atol(precision: str) -> float:
+    return FP16_ATOL if precision == "fp16" else DEFAULT_ATOL
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise EffconvError(f"unknown precision '{precision}'.", f"use one of: {', '.join(PRECISIONS)}.")
+
+
+def program_summary(path: Path) -> dict:
+    """Op inventory, largest tensor rank and output shape, read from the saved .mlpackage (works on Linux)."""
+    ct = _coremltools()
+    spec = ct.utils.load_spec(str(path))
+    ops: collections.Counter = collections.Counter()
+    max_rank = 0
+    for function in spec.mlProgram.functions.values():
+        for block in function.block_specializations.values():
+            for op in block.operations:
+                ops[op.type] += 1
+                for output in op.outputs:
+                    if output.type.HasField("tensorType"):
+                        max_rank = max(max_rank, int(output.type.tensorType.rank))
+    output_shape = [int(d) for d in spec.description.output[0].type.multiArrayType.shape]
+    return {"ops": dict(sorted(ops.items())), "max_rank": max_rank, "output_shape": output_shape}
+
+
+def export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str,
+           precision: str = "fp16") -> dict:
+    check_precision(precision)
+    ct = _coremltools()
+    progress_bars = contextlib.nullcontext() if is_debug() else contextlib.redirect_stderr(io.StringIO())
+    try:
+        with torch.no_grad(), captured_stdout(), progress_bars:
+            program = torch.export.export(module, (example,)).run_decompositions()
+            mlmodel = ct.convert(
+                program,
+                inputs=[ct.TensorType(name=input_name, shape=tuple(example.shape), dtype=np.float32)],
+                outputs=[ct.TensorType(name=output_name, dtype=np.float32)],
+                convert_to="mlprogram",
+                minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
+                compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+                skip_model_load=True,
+            )
+            mlmodel.save(str(path))
+    except EffconvError:
+        raise
+    except Exception as exc:  # coremltools raises NotImplementedError, ValueError, RuntimeError...; all mean "did not convert"
+        reason = " ".join(str(exc).split())[:400] or type(exc).__name__
+        raise EffconvError(
+            f"Core ML conversion failed: {reason}",
+            "run `effconv lint SPEC --backend coreml` to see which op blocks it; rerun with --debug for details.",
+        ) from None
+    summary = program_summary(path)
+    return {
+        "precision": precision,
+        "minimum_deployment_target": DEPLOYMENT_TARGET,
+        "compute_units": "ALL (ANE when every op is ANE-legal)",
+        **summary,
+    }
+
+
+def static_checks(export_info: dict, reference_shape) -> dict:
+    """What can be verified without running Core ML: ranks and the program's output shape."""
+    return {
+        "max_rank": export_info["max_rank"],
+        "rank_ok": export_info["max_rank"] <= MAX_RANK,
+        "output_shape_ok": export_info["output_shape"] == [int(d) for d in reference_shape],
+    }
+
+
+def simulate_fp16(module: nn.Module, example: torch.Tensor) -> np.ndarray | None:
+    """The model run in torch fp16 (weights and activations), as an ANE fp16 stand-in; None if torch lacks a kernel."""
+    try:
+        with torch.no_grad():
+            return copy.deepcopy(module).half()(example.half()).float().numpy()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+
+
+def predict(path: Path, example: torch.Tensor) -> np.ndarray | None:
+    """Core ML prediction (macOS only); None elsewhere."""
+    if platform.system() != "Darwin":
+        return None
+    ct = _coremltools()
+    mlmodel = ct.models.MLModel(str(path))
+    input_name = mlmodel.get_spec().description.input[0].name
+    outputs = mlmodel.predict({input_name: example.detach().cpu().numpy()})
+    return np.asarray(next(iter(outputs.values())), dtype=np.float32)
+
+
+def runtime_versions() -> dict:
+    ct = _coremltools()
+    return {"torch": torch.__version__, "coremltools": ct.__version__}

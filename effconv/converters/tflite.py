@@ -1,0 +1,88 @@
+"""TFLite / LiteRT backend: litert-torch conversion of the legalized graph, verified in the LiteRT
+Interpreter (`ai_edge_litert`, or the older `tflite_runtime` with the same API when that is what is installed)."""
+
+from __future__ import annotations
+
+import collections
+import importlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from effconv.errors import EffconvError, missing_extra
+from effconv.quiet import captured_stdout, quiet_imports
+
+NAME = "tflite"
+SUFFIX = ".tflite"
+DEFAULT_ATOL = 1e-3
+INTERPRETER_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
+
+
+def _litert_torch():
+    try:
+        with quiet_imports(), captured_stdout():
+            import litert_torch
+    except ImportError:
+        raise missing_extra("litert-torch", "tflite") from None
+    return litert_torch
+
+
+def _interpreter_module():
+    for name in INTERPRETER_MODULES:
+        try:
+            with quiet_imports():
+                return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise missing_extra("ai-edge-litert", "tflite")
+
+
+def export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str) -> dict:
+    litert_torch = _litert_torch()
+    try:
+        with torch.no_grad(), captured_stdout():
+            litert_torch.convert(module, (example,)).export(str(path))
+    except EffconvError:
+        raise
+    except Exception as exc:  # the MLIR converter raises ValueError/RuntimeError with the failing op; all mean "did not convert"
+        reason = " ".join(str(exc).split())[:400] or type(exc).__name__
+        raise EffconvError(
+            f"TFLite conversion failed: {reason}",
+            "run `effconv lint SPEC --backend tflite` to see which op blocks it; rerun with --debug for details.",
+        ) from None
+    return {"converter": "litert-torch", "ops": op_inventory(path)}
+
+
+def interpreter(path: Path, threads: int | None = None):
+    module = _interpreter_module()
+    runner = module.Interpreter(model_path=str(path), num_threads=threads)
+    runner.allocate_tensors()
+    return runner
+
+
+def op_inventory(path: Path) -> dict[str, int]:
+    """Builtin op counts of a .tflite file, read through the interpreter's op details."""
+    runner = _interpreter_module().Interpreter(model_path=str(path))
+    counts = collections.Counter(op["op_name"] for op in runner._get_ops_details())
+    return dict(sorted(counts.items()))
+
+
+def predict(path: Path, example: torch.Tensor) -> np.ndarray:
+    runner = interpreter(path)
+    runner.set_tensor(runner.get_input_details()[0]["index"], example.detach().cpu().numpy())
+    runner.invoke()
+    return np.array(runner.get_tensor(runner.get_output_details()[0]["index"]))
+
+
+def runtime_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"torch": torch.__version__}
+    for package in ("litert-torch", "ai-edge-litert", "tflite-runtime"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return versions

@@ -1,0 +1,376 @@
+"""Named lossless rewrites that make an exported graph legal for Core ML and TFLite.
+
+diffusers writes the ops that mobile backends lack (8-D permutes, nearest-exact resizes, 3D
+nearest upsampling, `pow`) inline in forward methods, next to caching logic such as Wan's
+per-frame feature cache. So the rewrites act on the graph `torch.export` traces from the module,
+not on module classes: each pass replaces matching op nodes by the equivalent functions in
+`effconv.rewrites.legal_ops` and returns how many it replaced. The result is again an
+`nn.Module` (an fx GraphModule), checked against the original on the real input shape.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import fx, nn
+
+from effconv.errors import EffconvError
+from effconv.quiet import captured_stdout
+from effconv.rewrites import legal_ops
+
+aten = torch.ops.aten
+MAX_RANK = 5
+EQUIVALENCE_ATOL = 1e-4
+
+RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
+            aten.unflatten.int, aten.squeeze.dim, aten.unsqueeze.default}
+PERMUTES = {aten.permute.default, aten.transpose.int, aten.movedim.int}
+COPIES = {aten.contiguous.default, aten.clone.default}
+LAYOUT_OPS = RESHAPES | PERMUTES | COPIES
+NEAREST_UPSAMPLES = {aten.upsample_nearest3d.vec, aten.upsample_nearest2d.vec,
+                     aten._upsample_nearest_exact2d.vec, aten._upsample_nearest_exact3d.vec}
+LTX_SHUFFLE_PERM = (0, 1, 5, 2, 6, 3, 7, 4)
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    name: str
+    reason: str
+    backends: tuple[str, ...]
+    apply: Callable[[fx.GraphModule], int]
+
+
+def _value(node) -> torch.Tensor | None:
+    value = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _rank(node) -> int:
+    value = _value(node)
+    return value.dim() if value is not None else 0
+
+
+def _shape(node) -> list[int]:
+    return [int(d) for d in _value(node).shape]
+
+
+def _calls(graph: fx.Graph, targets) -> list[fx.Node]:
+    return [n for n in graph.nodes if n.op == "call_function" and n.target in targets]
+
+
+def _replace(graph: fx.Graph, old: fx.Node, function, args: tuple) -> fx.Node:
+    with graph.inserting_before(old):
+        new = graph.call_function(function, args)
+    new.meta["val"] = old.meta.get("val")
+    old.replace_all_uses_with(new)
+    return new
+
+
+def stack_of_selects_as_permute(gm: fx.GraphModule) -> int:
+    """`stack([x.select(d, 0), ..., x.select(d, n-1)], k)` is `x.movedim(d, k)` (Wan's time upsampler)."""
+    count = 0
+    for node in _calls(gm.graph, {aten.stack.default}):
+        parts = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else 0
+        if not parts or not all(isinstance(p, fx.Node) and p.target == aten.select.int for p in parts):
+            continue
+        source, axis = parts[0].args[0], parts[0].args[1] % _rank(parts[0].args[0])
+        in_order = all(p.args[0] is source and p.args[1] % _rank(source) == axis
+                       and p.args[2] % _shape(source)[axis] == i for i, p in enumerate(parts))
+        if in_order and len(parts) == _shape(source)[axis]:
+            _replace(gm.graph, node, aten.movedim.int, (source, axis, dim % _rank(node)))
+            count += 1
+    return count
+
+
+def _layout_steps(chain: list[fx.Node]) -> list:
+    steps: list = []
+    for node in chain:
+        if node.target in COPIES:
+            continue
+        if node.target in RESHAPES:
+            if steps and steps[-1][0] == "reshape":
+                steps.pop()
+            steps.append(("reshape", tuple(_shape(node))))
+            continue
+        rank = _rank(node.args[0])
+        order = list(range(rank))
+        if node.target == aten.permute.default:
+            order = [axis % rank for axis in node.args[1]]
+        elif node.target == aten.transpose.int:
+            a, b = node.args[1] % rank, node.args[2] % rank
+            order[a], order[b] = order[b], order[a]
+        else:
+            order.insert(node.args[2] % rank, order.pop(node.args[1] % rank))
+        steps.append(("permute", tuple(order)))
+    return steps
+
+
+def _high_rank_chains(gm: fx.GraphModule) -> list[tuple[fx.Node, list[fx.Node]]]:
+    """Chains of layout ops that go above rank 5 from a rank <= 5 input and come back down."""
+    chains = []
+    for node in _calls(gm.graph, LAYOUT_OPS):
+        source = node.args[0]
+        if _rank(node) <= MAX_RANK or not isinstance(source, fx.Node) or _rank(source) > MAX_RANK:
+            continue
+        chain = [node]
+        while _rank(chain[-1]) > MAX_RANK:
+            users = list(chain[-1].users)
+            if len(users) != 1 or users[0].target not in LAYOUT_OPS or users[0].args[0] is not chain[-1]:
+                break
+            chain.append(users[0])
+        if _rank(chain[-1]) <= MAX_RANK:
+            chains.append((source, chain))
+    return chains
+
+
+def _shuffle_factors(source: fx.Node, steps: list) -> tuple[int, int, int] | None:
+    if len(steps) != 3 or steps[1] != ("permute", LTX_SHUFFLE_PERM) or len(steps[0][1]) != 8:
+        return None
+    batch, channels, s_t, s_h, s_w, frames, height, width = steps[0][1]
+    expected = [batch, channels, frames * s_t, height * s_h, width * s_w]
+    if _shape(source) == [batch, channels * s_t * s_h * s_w, frames, height, width] and list(steps[2][1]) == expected:
+        return s_t, s_h, s_w
+    return None
+
+
+def depth_to_space_as_decoupled_shuffle(gm: fx.GraphModule) -> int:
+    count = 0
+    for source, chain in _high_rank_chains(gm):
+        factors = _shuffle_factors(source, _layout_steps(chain))
+        if factors:
+            _replace(gm.graph, chain[-1], legal_ops.depth_to_space_3d, (source, *factors))
+            count += 1
+    return count
+
+
+def layout_chains_rank4(gm: fx.GraphModule) -> int:
+    count = 0
+    for source, chain in _high_rank_chains(gm):
+        _replace(gm.graph, chain[-1], legal_ops.layout_chain, (source, _layout_steps(chain), _shape(chain[-1])))
+        count += 1
+    return count
+
+
+def nearest_upsample_legal(gm: fx.GraphModule) -> int:
+    count = 0
+    for node in _calls(gm.graph, NEAREST_UPSAMPLES):
+        before, after = _shape(node.args[0])[2:], _shape(node)[2:]
+        if any(a % b for a, b in zip(after, before)):
+            continue
+        _replace(gm.graph, node, legal_ops.upsample_nearest, (node.args[0], [a // b for a, b in zip(after, before)]))
+        count += 1
+    return count
+
+
+def group_norm_rank3(gm: fx.GraphModule) -> int:
+    count = 0
+    for node in _calls(gm.graph, {aten.group_norm.default}):
+        if _rank(node) <= 4:
+            continue
+        x, groups, weight, bias, eps = (list(node.args) + [None, None, 1e-5])[:5]
+        _replace(gm.graph, node, legal_ops.group_norm_rank3, (x, groups, weight, bias, eps))
+        count += 1
+    return count
+
+
+def repeat_interleave_low_rank(gm: fx.GraphModule) -> int:
+    count = 0
+    for node in _calls(gm.graph, {aten.repeat_interleave.self_int}):
+        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
+        if dim is None or not isinstance(node.args[1], int):
+            continue
+        _replace(gm.graph, node, legal_ops.repeat_interleave_low_rank, (node.args[0], node.args[1], dim))
+        count += 1
+    return count
+
+
+def replicate_pad_as_concat(gm: fx.GraphModule) -> int:
+    count = 0
+    for node in _calls(gm.graph, {aten.pad.default}):
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        pad = list(node.args[1])
+        if mode != "replicate" or any(p < 0 for p in pad):
+            continue
+        _replace(gm.graph, node, legal_ops.replicate_pad, (node.args[0], pad))
+        count += 1
+    return count
+
+
+def pow_as_multiply(gm: fx.GraphModule) -> int:
+    count = 0
+    for node in _calls(gm.graph, {aten.pow.Tensor_Scalar}):
+        if node.args[1] == 2:
+            _replace(gm.graph, node, legal_ops.square, (node.args[0],))
+            count += 1
+    return count
+
+
+def empty_concat_inputs(gm: fx.GraphModule) -> int:
+    """Drop zero-size pieces from concatenations (a causal pad of 0 frames is `repeat` with 0 reps)."""
+    count = 0
+    for node in _calls(gm.graph, {aten.cat.default, aten.concatenate.default}):
+        parts = list(node.args[0])
+        kept = [p for p in parts if _value(p) is None or _value(p).numel() > 0]
+        if kept and len(kept) < len(parts):
+            dim = node.args[1] if len(node.args) > 1 else 0
+            _replace(gm.graph, node, aten.cat.default, (kept, dim))
+            count += 1
+    return count
+
+
+def alias_as_identity(gm: fx.GraphModule) -> int:
+    """`alias` (a view of the whole tensor, from CogVideoX's conv cache) is the tensor itself."""
+    nodes = _calls(gm.graph, {aten.alias.default})
+    for node in nodes:
+        node.replace_all_uses_with(node.args[0])
+    return len(nodes)
+
+
+def single_split_as_identity(gm: fx.GraphModule) -> int:
+    """A split that yields one piece (Mochi's chunked GroupNorm on batch 1) is the tensor itself."""
+    count = 0
+    for node in _calls(gm.graph, {aten.split.Tensor, aten.split_with_sizes.default}):
+        pieces = node.meta.get("val")
+        users = list(node.users)
+        if not isinstance(pieces, (list, tuple)) or len(pieces) != 1:
+            continue
+        if not all(user.target is operator.getitem and user.args[1] == 0 for user in users):
+            continue
+        for user in users:
+            user.replace_all_uses_with(node.args[0])
+        count += 1
+    return count
+
+
+def _conv3d_nodes(gm: fx.GraphModule, grouped: bool) -> list[fx.Node]:
+    nodes = []
+    for node in _calls(gm.graph, {aten.conv3d.default}):
+        args = list(node.args) + [None] * (7 - len(node.args))
+        groups = args[6] or 1
+        if isinstance(args[4], str) or (groups > 1) != grouped:
+            continue
+        nodes.append(node)
+    return nodes
+
+
+def _triple(values) -> list[int]:
+    values = list(values)
+    return values * 3 if len(values) == 1 else values
+
+
+def _conv3d_to_2d(gm: fx.GraphModule, grouped: bool) -> int:
+    """Replace Conv3d nodes; each weight is reshaped for 2D once, however many calls share it
+    (Wan decodes frame by frame), so the converter folds one constant per weight, not one per call."""
+    nodes = _conv3d_nodes(gm, grouped)
+    prepared: dict[tuple, fx.Node] = {}
+    for node in nodes:
+        x, weight, bias, stride, padding, dilation, groups = (list(node.args) + [None] * 7)[:7]
+        groups = groups or 1
+        key = (weight, groups)
+        if key not in prepared:
+            with gm.graph.inserting_after(weight):
+                prepared[key] = gm.graph.call_function(legal_ops.conv3d_weight_for_conv2d, (weight, groups))
+        kernel_t = _shape(weight)[2]
+        _replace(gm.graph, node, legal_ops.conv3d_frames_as_conv2d,
+                 (x, prepared[key], bias, kernel_t, _triple(stride or [1]), _triple(padding or [0]),
+                  _triple(dilation or [1]), groups))
+    return len(nodes)
+
+
+def dense_conv3d_as_conv2d(gm: fx.GraphModule) -> int:
+    return _conv3d_to_2d(gm, grouped=False)
+
+
+def grouped_conv3d_as_conv2d_taps(gm: fx.GraphModule) -> int:
+    return _conv3d_to_2d(gm, grouped=True)
+
+
+REWRITES: dict[str, Rewrite] = {
+    rewrite.name: rewrite
+    for rewrite in (
+        Rewrite("stack-as-permute", "a stack of all slices along one axis is a permute; exposes Wan's rank-6 "
+                "time interleave to the rank rewrites", ("coreml", "tflite"), stack_of_selects_as_permute),
+        Rewrite("shuffle-decoupled", "8-D depth-to-space permute (LTX, Mochi upsamplers) -> rank-5 decoupled "
+                "pixel shuffle (temporal shuffle, then 2D pixel_shuffle)", ("coreml", "tflite"),
+                depth_to_space_as_decoupled_shuffle),
+        Rewrite("legalize-rank5", "reshape/permute chains above rank 5 -> the same data movement as rank-4 "
+                "block transposes (Core ML allows rank <= 5)", ("coreml", "tflite"), layout_chains_rank4),
+        Rewrite("upsample-nearest", "3D nearest and nearest-exact resizes -> 2D nearest resize + rank-5 time "
+                "repeat (identical for integer factors)", ("coreml", "tflite"), nearest_upsample_legal),
+        Rewrite("groupnorm-rank3", "5-D GroupNorm -> normalize on a (B, groups, rest) view, so no rank-6 "
+                "reshape is created", ("coreml",), group_norm_rank3),
+        Rewrite("repeat-interleave-rank3", "repeat_interleave -> a rank-3 broadcast; the stock lowering "
+                "unsqueezes a 5-D tensor to rank 6", ("coreml", "tflite"), repeat_interleave_low_rank),
+        Rewrite("replicate-pad-as-concat", "replicate padding -> concatenated copies of the edge frames/rows "
+                "(the stock lowering is a gather)", ("coreml", "tflite"), replicate_pad_as_concat),
+        Rewrite("pow-as-mul", "x ** 2 -> x * x (TFLite has no legal POW for float tensors)", ("coreml", "tflite"),
+                pow_as_multiply),
+        Rewrite("drop-empty-concat", "zero-frame pieces of a concatenation (0-rep repeat) are removed",
+                ("coreml", "tflite"), empty_concat_inputs),
+        Rewrite("alias-as-identity", "alias (a full view) -> the tensor itself; coremltools has no alias "
+                "converter", ("coreml", "tflite"), alias_as_identity),
+        Rewrite("single-split-as-identity", "a split into one piece -> the tensor itself; litert-torch fails on "
+                "one-piece split_with_sizes", ("coreml", "tflite"), single_split_as_identity),
+        Rewrite("conv3d-as-conv2d", "dense Conv3d -> one Conv2d over time-shifted frames stacked on channels "
+                "(XNNPACK, GPU delegate and int8 have no CONV_3D)", ("tflite",), dense_conv3d_as_conv2d),
+        Rewrite("dwconv3d-as-conv2d-taps", "grouped/depthwise Conv3d -> sum of grouped Conv2d, one per temporal "
+                "tap", ("tflite",), grouped_conv3d_as_conv2d_taps),
+    )
+}
+
+
+def rewrites_for(backend: str) -> list[Rewrite]:
+    return [rewrite for rewrite in REWRITES.values() if backend in rewrite.backends]
+
+
+def resolve(names: list[str]) -> list[Rewrite]:
+    unknown = [name for name in names if name not in REWRITES]
+    if unknown:
+        raise EffconvError(f"unknown rewrite(s): {', '.join(unknown)}.", f"use any of: {', '.join(REWRITES)}.")
+    return [REWRITES[name] for name in names]
+
+
+def export_graph(module: nn.Module, example: torch.Tensor) -> fx.GraphModule:
+    """The module as an fx graph of ATen ops, with shapes on every node (node.meta['val'])."""
+    with torch.no_grad(), captured_stdout():
+        graph = torch.export.export(module, (example,)).module()
+    graph.training = False  # exported graphs refuse .eval(); converters read this flag
+    return graph
+
+
+def apply_rewrites(gm: fx.GraphModule, rewrites: list[Rewrite]) -> dict[str, int]:
+    counts = {}
+    for rewrite in rewrites:
+        counts[rewrite.name] = rewrite.apply(gm)
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return counts
+
+
+@dataclass
+class Legalized:
+    module: fx.GraphModule
+    counts: dict[str, int]
+    max_abs_err: float
+
+    def report(self) -> dict:
+        return {
+            "rewrites": self.counts,
+            "equivalence": {"max_abs_err": self.max_abs_err, "atol": EQUIVALENCE_ATOL,
+                            "passed": self.max_abs_err <= EQUIVALENCE_ATOL, "dtype": "float32"},
+        }
+
+
+def legalize(module: nn.Module, example: torch.Tensor, rewrites: list[Rewrite]) -> Legalized:
+    """Export, rewrite, and check the rewritten graph against the original module on `example`."""
+    gm = export_graph(module, example)
+    counts = apply_rewrites(gm, rewrites)
+    with torch.no_grad():
+        reference = module(example)
+        rewritten = gm(example)
+    error = float((reference.double() - rewritten.double()).abs().max()) if reference.shape == rewritten.shape else float("inf")
+    return Legalized(module=gm, counts=counts, max_abs_err=error)
