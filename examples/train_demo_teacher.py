@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", type=Path, default=None, help="continue from a saved teacher directory")
     args = parser.parse_args()
 
     with quiet_imports():
@@ -72,10 +73,10 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     train, held_out = split(load_videos([BUNDLED_CLIP], args.frames, args.size, args.size))
-    sampler = ClipSampler(train, args.frames, args.size, args.size, seed=args.seed)
+    sampler = ClipSampler(train, args.frames, args.size, args.size, seed=args.seed + (1 if args.init else 0))
     eval_clips = center_clips(held_out, 17, 64, 64, per_video=2)
 
-    vae = AutoencoderKLWan(**CONFIG)
+    vae = AutoencoderKLWan.from_pretrained(args.init) if args.init else AutoencoderKLWan(**CONFIG)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=1e-4)
     budget = args.minutes * 60
     started = time.perf_counter()
@@ -100,8 +101,10 @@ def main() -> None:
     wall = time.perf_counter() - started
 
     vae.eval()
+    previous = json.loads((args.init / "training.json").read_text()) if args.init else None
     result = {
         "config": CONFIG,
+        "continued_from": previous and {k: previous[k] for k in ("train_clip", "steps", "wall_seconds")},
         "clip": f"{BUNDLED_CLIP.name} frames 0-{TRAIN_FRAMES - 1} (train), {TRAIN_FRAMES}+ (held out)",
         "train_clip": f"{args.frames}x{args.size}x{args.size}, batch {args.batch}",
         "steps": step,
