@@ -51,33 +51,12 @@ def convert_model(model: LoadedModel, backend: str, out_dir: Path, atol: float |
         candidate = target.predict(artifact, example)
         verify = compare(reference, candidate, atol) | {"seed": VERIFY_SEED, "input": "seeded standard normal"}
         manifest = Manifest(
-            name=name,
-            backend=backend,
-            artifact=artifact.name,
-            spec=model.spec.resolved(),
-            inputs=[_tensor_info(model.input_name, model.input_shape)],
-            outputs=[_tensor_info(model.output_name, reference.shape)],
-            params=model.num_params(),
-            verify=verify,
-            family=model.adapter.family,
-            compression={
-                "latent_channels": model.compression.latent_channels,
-                "temporal": model.compression.temporal,
-                "spatial": model.compression.spatial,
-                "causal": model.compression.causal,
-            },
+            **_base_manifest(model, backend, artifact, reference.shape, verify),
             export={**export_info, "seconds": round(export_seconds, 2)},
             versions=target.runtime_versions(),
         )
         write_manifest(manifest, stage)
-    if not verify["passed"]:
-        detail = verify.get("reason") or f"max abs error {verify['max_abs_err']:.3g} > atol {atol:g}"
-        raise VerificationFailed(
-            f"{backend} output does not match PyTorch: {detail}.",
-            f"inspect {Path(out_dir) / (name + '.json')}; raise --atol only if that error is acceptable.",
-            manifest=manifest,
-        )
-    return manifest
+    return _checked(manifest, out_dir, atol)
 
 
 def _base_manifest(model: LoadedModel, backend: str, artifact: Path, reference_shape, verify: dict) -> dict:
@@ -161,17 +140,23 @@ def convert_legalized(model: LoadedModel, target, out_dir: Path, atol: float | N
             versions=target.runtime_versions(),
         )
         write_manifest(manifest, stage)
-    if not verify["passed"]:
-        detail = verify.get("reason") or (
-            f"max abs error {verify['max_abs_err']:.3g} > atol {atol:g}" if "max_abs_err" in verify
-            else "a static check failed (see verify in the manifest)"
-        )
-        raise VerificationFailed(
-            f"{backend} output does not match PyTorch: {detail}.",
-            f"inspect {Path(out_dir) / (name + '.json')}; raise --atol only if that error is acceptable.",
-            manifest=manifest,
-        )
-    return manifest
+    return _checked(manifest, out_dir, atol)
+
+
+def _checked(manifest: Manifest, out_dir: Path, atol: float) -> Manifest:
+    """Return the written manifest, or raise VerificationFailed (exit 1) when it failed its tolerance."""
+    verify = manifest.verify
+    if verify["passed"]:
+        return manifest
+    detail = verify.get("reason") or (
+        f"max abs error {verify['max_abs_err']:.3g} > atol {atol:g}" if "max_abs_err" in verify
+        else "a static check failed (see verify in the manifest)"
+    )
+    raise VerificationFailed(
+        f"{manifest.backend} output does not match PyTorch: {detail}.",
+        f"inspect {Path(out_dir) / (manifest.name + '.json')}; raise --atol only if that error is acceptable.",
+        manifest=manifest,
+    )
 
 
 def convert(loaded: LoadedSpec, backend: str, out_dir: Path, atol: float | None = None,
