@@ -39,10 +39,13 @@ CONFIG = dict(
 KL_WEIGHT = 1e-6
 
 
-def split(videos: VideoSet) -> tuple[VideoSet, VideoSet]:
-    train = VideoSet(videos=[type(v)(path=v.path, frames=v.frames[:TRAIN_FRAMES]) for v in videos.videos])
-    held_out = VideoSet(videos=[type(v)(path=v.path, frames=v.frames[TRAIN_FRAMES:]) for v in videos.videos])
-    return train, held_out
+def frames_range(videos: VideoSet, start: int, stop: int | None = None) -> VideoSet:
+    return VideoSet(videos=[type(v)(path=v.path, frames=v.frames[start:stop]) for v in videos.videos])
+
+
+def held_out_clips() -> list:
+    """Two 17x64x64 centre clips from frames 96+ (decoded at the evaluation size)."""
+    return center_clips(frames_range(load_videos([BUNDLED_CLIP], 17, 64, 64), TRAIN_FRAMES), 17, 64, 64, per_video=2)
 
 
 @torch.no_grad()
@@ -66,15 +69,25 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", type=Path, default=None, help="continue from a saved teacher directory")
+    parser.add_argument("--reevaluate", type=Path, default=None,
+                        help="only recompute held_out_psnr_db of a saved teacher directory and update its training.json")
     args = parser.parse_args()
 
     with quiet_imports():
         from diffusers import AutoencoderKLWan
 
+    if args.reevaluate:
+        record_path = args.reevaluate / "training.json"
+        record = json.loads(record_path.read_text())
+        record["held_out_psnr_db"] = round(reconstruction_psnr(AutoencoderKLWan.from_pretrained(args.reevaluate).eval(), held_out_clips()), 2)
+        record_path.write_text(json.dumps(record, indent=2) + "\n")
+        print(json.dumps(record, indent=2))
+        return
+
     torch.manual_seed(args.seed)
-    train, held_out = split(load_videos([BUNDLED_CLIP], args.frames, args.size, args.size))
+    train = frames_range(load_videos([BUNDLED_CLIP], args.frames, args.size, args.size), 0, TRAIN_FRAMES)
     sampler = ClipSampler(train, args.frames, args.size, args.size, seed=args.seed + (1 if args.init else 0))
-    eval_clips = center_clips(held_out, 17, 64, 64, per_video=2)
+    eval_clips = held_out_clips()
 
     vae = AutoencoderKLWan.from_pretrained(args.init) if args.init else AutoencoderKLWan(**CONFIG)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=1e-4)
