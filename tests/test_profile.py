@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from effconv.profile import devices
 from effconv.profile.cost import graph_cost
-from effconv.profile.devices import ComputeUnit, DeviceProfile, load_device
+from effconv.profile.devices import DeviceProfile, load_device
 from effconv.profile.estimate import estimate, op_ms, place, roofline_ms
 
 from conftest import SPECS
