@@ -538,7 +538,7 @@ def distill(
     loaded = load_spec(spec)
     is_main = World.from_env().is_main
     columns = (TextColumn("distill"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
-    with Progress(*columns, console=err, disable=not is_main) as progress:
+    with Progress(*columns, console=err, disable=not is_main, transient=True) as progress:
         task = progress.add_task("distill", total=None, info="loading teacher and video...")
 
         def on_step(record: dict, elapsed: float) -> None:

@@ -122,3 +122,13 @@ def test_eval_reports_retention_and_writes_strips(tmp_path, cli):
     import matplotlib.pyplot as plt
 
     assert plt.imread(strip).shape[:2] == (3 * 32, 4 * 32)  # 3 rows (truth/teacher/student) x 4 frames
+
+
+def test_cli_distill_on_a_corrupt_video_is_one_line_exit_2(cli, tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(BUNDLED_CLIP.read_bytes()[:3000])
+    code, _, err = cli("distill", TEACHER, "--recipe", RECIPE, "--data", broken, "--out", tmp_path / "out")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2
+    assert len(lines) == 1 and "no usable video clips" in lines[0] and "broken.mp4" in lines[0]
+    assert not (tmp_path / "out").exists()
