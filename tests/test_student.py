@@ -178,3 +178,17 @@ def test_student_spec_rejects_encoder_part(cli, tmp_path):
     (tmp_path / "enc.yaml").write_text(yaml.safe_dump(spec))
     code, _, err = cli("inspect", tmp_path / "enc.yaml")
     assert code == 2 and "decoder only" in err
+
+
+def test_mobile_recipe_is_under_fifteen_percent_of_the_hunyuan_decoder():
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    with torch.device("meta"):
+        hunyuan = AutoencoderKLHunyuanVideo()  # published default config, no weights materialised
+    teacher_params = sum(p.numel() for p in hunyuan.decoder.parameters()) + sum(
+        p.numel() for p in hunyuan.post_quant_conv.parameters()
+    )
+    recipe = load_recipe("turbo-vaed-mobile")[0].student
+    with torch.device("meta"):
+        student = TurboVAEDDecoder(**student_config(Compression(16, 4, 8), "causal", recipe))
+    assert sum(p.numel() for p in student.parameters()) <= 0.15 * teacher_params
