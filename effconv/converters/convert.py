@@ -70,12 +70,7 @@ def _base_manifest(model: LoadedModel, backend: str, artifact: Path, reference_s
         params=model.num_params(),
         verify=verify,
         family=model.adapter.family,
-        compression={
-            "latent_channels": model.compression.latent_channels,
-            "temporal": model.compression.temporal,
-            "spatial": model.compression.spatial,
-            "causal": model.compression.causal,
-        },
+        compression=model.compression.as_dict(),
     )
 
 

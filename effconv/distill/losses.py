@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effconv.distill.config import LossWeights
-from effconv.distill.metrics import ssim
+from effconv.distill.metrics import ssim, video_frames
 from effconv.errors import EffconvError
 
 
@@ -26,11 +26,6 @@ def load_lpips() -> nn.Module:
         raise EffconvError(f"LPIPS weights are not available offline ({exc}).", "cache them first, or drop --lpips.") from None
 
 
-def _frames(video: torch.Tensor) -> torch.Tensor:
-    batch, channels, frames, height, width = video.shape
-    return video.transpose(1, 2).reshape(batch * frames, channels, height, width)
-
-
 class DistillLoss(nn.Module):
     def __init__(self, weights: LossWeights, lpips_model: nn.Module | None = None):
         super().__init__()
@@ -43,7 +38,7 @@ class DistillLoss(nn.Module):
         if self.weights.ssim > 0:
             terms["ssim"] = 1.0 - ssim(prediction, target)
         if self.lpips is not None and self.weights.lpips > 0:
-            terms["lpips"] = self.lpips(_frames(prediction), _frames(target)).mean()
+            terms["lpips"] = self.lpips(video_frames(prediction), video_frames(target)).mean()
         if self.weights.features > 0 and teacher_features:
             terms["features"] = sum(
                 F.mse_loss(student_features[name], teacher_features[name]) for name in teacher_features

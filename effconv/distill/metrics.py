@@ -14,17 +14,21 @@ def psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
     return 10.0 * math.log10(VIDEO_RANGE**2 / max(mse, 1e-12))
 
 
-def _frames(video: torch.Tensor) -> torch.Tensor:
-    """(B, C, T, H, W) -> (B*T, C, H, W) in [0, 1]."""
+def video_frames(video: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B*T, C, H, W): every frame as an image, for per-frame image metrics."""
     batch, channels, frames, height, width = video.shape
-    return ((video.float().clamp(-1, 1) + 1) / 2).transpose(1, 2).reshape(batch * frames, channels, height, width)
+    return video.transpose(1, 2).reshape(batch * frames, channels, height, width)
+
+
+def _unit_range(video: torch.Tensor) -> torch.Tensor:
+    return (video_frames(video).float().clamp(-1, 1) + 1) / 2
 
 
 def ssim(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean per-frame SSIM (11x11 Gaussian window); differentiable, so it also serves as a loss."""
     from pytorch_msssim import ssim as frame_ssim
 
-    pred, ref = _frames(prediction), _frames(target)
+    pred, ref = _unit_range(prediction), _unit_range(target)
     window = min(11, pred.shape[-1], pred.shape[-2])
     window -= 1 - window % 2  # odd
     return frame_ssim(pred, ref, data_range=1.0, win_size=window)

@@ -6,6 +6,7 @@ diffusers sets from it), so a new config of a known family needs no table update
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -56,6 +57,10 @@ class Compression:
     def nearest_side(self, side: int) -> list[int]:
         lower = max(self.spatial, side // self.spatial * self.spatial)
         return sorted({lower, lower + self.spatial} if lower != side else {side})
+
+    def as_dict(self) -> dict:
+        """For manifests and JSON output."""
+        return dataclasses.asdict(self)
 
     def latent_shape(self, frames: int, height: int, width: int, batch: int = 1) -> tuple[int, ...]:
         return (batch, self.latent_channels, self.latent_frames(frames), height // self.spatial, width // self.spatial)

@@ -14,12 +14,7 @@ def summarize(model: LoadedModel) -> dict:
         "part": model.part,
         "params": model.num_params(),
         "blocks": model.block_params(),
-        "compression": {
-            "latent_channels": compression.latent_channels,
-            "temporal": compression.temporal,
-            "spatial": compression.spatial,
-            "causal": compression.causal,
-        },
+        "compression": compression.as_dict(),
         "input": {"name": model.input_name, "shape": list(model.input_shape)},
         "output": {"name": model.output_name, "shape": list(model.output_shape)},
         "backends": dict(model.adapter.known_backends),

@@ -46,9 +46,7 @@ def _export(loaded: LoadedSpec, directory: Path, allow_import: bool) -> tuple[Pa
     model = load_model(loaded, allow_import=allow_import)
     path = directory / f"{loaded.spec.name}.onnx"
     onnx_backend.export(model.module, model.example_input(0), path, model.input_name, model.output_name)
-    compression = {"temporal": model.compression.temporal, "spatial": model.compression.spatial,
-                   "causal": model.compression.causal, "latent_channels": model.compression.latent_channels}
-    return path, compression
+    return path, model.compression.as_dict()
 
 
 def _reshaped(loaded: LoadedSpec, resolution: str | None, frames: int | None) -> LoadedSpec:
