@@ -19,7 +19,7 @@ from effconv.spec import LoadedSpec, load_spec, spec_from_dict
 STRIP_FRAMES = 4
 
 
-def _teacher_of(student_spec_path: Path) -> LoadedSpec:
+def teacher_of(student_spec_path: Path) -> LoadedSpec:
     """A student written by `effconv rewrite`/`distill` has a manifest beside it naming its teacher."""
     for manifest in (student_spec_path.with_suffix(".json"), student_spec_path.parent / "distill.json"):
         if manifest.is_file():
@@ -39,7 +39,7 @@ def resolve_models(spec_path: Path, teacher_path: Path | None, allow_import: boo
     is_student = loaded.spec.model.diffusers == "TurboVAEDDecoder"
     if not is_student:
         return load_model(loaded, allow_import=allow_import), None
-    teacher_spec = load_spec(teacher_path) if teacher_path else _teacher_of(Path(spec_path))
+    teacher_spec = load_spec(teacher_path) if teacher_path else teacher_of(Path(spec_path))
     teacher = load_model(teacher_spec.with_input(**loaded.spec.input.model_dump()), allow_import=allow_import)
     return teacher, load_model(loaded)
 

@@ -1,0 +1,148 @@
+"""Calibration data for post-training quantization: decoder latents with, when they come from real video,
+the ground-truth frames they encode.
+
+Latents come from the teacher VAE's encoder applied to real clips (the artifact's manifest names the
+model; a student's manifest leads to its teacher), from a saved file, or, only when asked for by name,
+from a seeded normal distribution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from effconv.artifacts import Manifest
+from effconv.distill.data import ClipSampler, center_clips, load_videos
+from effconv.distill.evaluate import teacher_of
+from effconv.errors import EffconvError
+from effconv.models.loader import LoadedModel, load_model
+from effconv.spec import LoadedSpec, load_spec, spec_from_dict
+
+RANDOM = "random"
+LATENT_FILE_SUFFIXES = (".npy", ".npz")
+STUDENT_CLASS = "TurboVAEDDecoder"
+CALIBRATION_SEED = 1234  # differs from distillation's seed 0, so calibration clips are other crops
+
+
+@dataclasses.dataclass
+class CalibrationSet:
+    """Samples of batch 1: `latents[i]` decodes to `frames[i]` (None when there is no ground truth)."""
+
+    latents: list[np.ndarray]
+    frames: list[np.ndarray] | None
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def subset(self, indices: range | list[int]) -> CalibrationSet:
+        frames = None if self.frames is None else [self.frames[i] for i in indices]
+        return CalibrationSet([self.latents[i] for i in indices], frames, self.source)
+
+    def split(self, held_out: int) -> tuple[CalibrationSet, CalibrationSet]:
+        """(calibration, held-out): the last `held_out` samples are kept out of calibration."""
+        if not 0 < held_out < len(self):
+            raise EffconvError(f"cannot hold out {held_out} of {len(self)} calibration samples.", "raise --samples (at least 2).")
+        cut = len(self) - held_out
+        return self.subset(range(cut)), self.subset(range(cut, len(self)))
+
+
+def _model_spec(manifest: Manifest) -> LoadedSpec:
+    return spec_from_dict(manifest.spec, Path("."), source="spec in the artifact's manifest")
+
+
+def teacher_spec(manifest: Manifest, teacher: Path | None = None) -> LoadedSpec:
+    """The VAE whose encoder makes calibration latents: --teacher, else the student's recorded teacher,
+    else the artifact's own model (a teacher decoder is calibrated with its own encoder)."""
+    own = _model_spec(manifest)
+    if teacher is not None:
+        found = load_spec(teacher)
+    elif own.spec.model.diffusers == STUDENT_CLASS:
+        found = teacher_of(own.pretrained_dir.with_suffix(".yaml"))
+    else:
+        found = own
+    clip = own.spec.input
+    return found.with_input(clip.frames, clip.height, clip.width)
+
+
+def _check_latent_shape(shape: tuple[int, ...], expected: tuple[int, ...], source: str) -> None:
+    if tuple(shape) != tuple(expected):
+        raise EffconvError(
+            f"{source} has latents of shape {list(shape)}, the artifact takes {list(expected)}.",
+            "make the latents with the teacher of this artifact at the artifact's clip size.",
+        )
+
+
+@torch.no_grad()
+def from_video(teacher: LoadedModel, paths: list[Path], samples: int, seed: int = CALIBRATION_SEED,
+               expected: tuple[int, ...] | None = None) -> CalibrationSet:
+    """`samples` random clips (window, scale crop, flip) of the videos, encoded by the teacher (latent mode)."""
+    _, _, frames, height, width = teacher.clip_shape
+    videos = load_videos(paths, frames, height, width)
+    sampler = ClipSampler(videos, frames, height, width, seed=seed)
+    return _encoded(teacher, [sampler.clip(k) for k in range(samples)], videos, expected)
+
+
+@torch.no_grad()
+def held_out_video(teacher: LoadedModel, paths: list[Path], per_video: int,
+                   expected: tuple[int, ...] | None = None) -> CalibrationSet:
+    """Deterministic evaluation clips (evenly spaced windows, centre crop) of videos kept out of calibration."""
+    _, _, frames, height, width = teacher.clip_shape
+    videos = load_videos(paths, frames, height, width)
+    clips = [clip for _, clip in center_clips(videos, frames, height, width, per_video=per_video)]
+    return _encoded(teacher, clips, videos, expected)
+
+
+def _encoded(teacher: LoadedModel, clips: list[torch.Tensor], videos, expected) -> CalibrationSet:
+    latents, truths = [], []
+    for clip in clips:
+        video = clip.unsqueeze(0)
+        latents.append(teacher.model.encode(video).latent_dist.mode().numpy().astype(np.float32))
+        truths.append(video.numpy().astype(np.float32))
+    names = ", ".join(Path(v.path).name for v in videos.videos)
+    if expected is not None:
+        _check_latent_shape(latents[0].shape, expected, f"the teacher encoder on {names}")
+    return CalibrationSet(latents, truths, f"video: {names}")
+
+
+def from_file(path: Path, expected: tuple[int, ...]) -> CalibrationSet:
+    """A .npy of latents (N, C, T, h, w), or a .npz with `latents` and optional `frames` (N, 3, F, H, W)."""
+    path = Path(path)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if path.suffix == ".npz":
+            latents = np.asarray(loaded["latents"], dtype=np.float32)
+            frames = np.asarray(loaded["frames"], dtype=np.float32) if "frames" in loaded.files else None
+        else:
+            latents, frames = np.asarray(loaded, dtype=np.float32), None
+    except KeyError:
+        raise EffconvError(f"'{path}' has no 'latents' array.", "save it with np.savez(path, latents=..., frames=...).") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise EffconvError(f"cannot read latents file '{path}': {' '.join(str(exc).split())[:200]}.",
+                           "pass a .npy or .npz written by numpy.") from None
+    if latents.ndim != len(expected) or latents.shape[0] < 1:
+        raise EffconvError(f"'{path}' holds an array of shape {list(latents.shape)}.",
+                           f"store latents as (N, {', '.join(map(str, expected[1:]))}).")
+    _check_latent_shape((1, *latents.shape[1:]), expected, f"'{path}'")
+    if not np.isfinite(latents).all():
+        raise EffconvError(f"'{path}' contains NaN or infinite latents.", "regenerate the latents.")
+    if frames is not None and len(frames) != len(latents):
+        raise EffconvError(f"'{path}' has {len(latents)} latents but {len(frames)} frame clips.", "store one clip per latent.")
+    return CalibrationSet(
+        [latent[None] for latent in latents],
+        None if frames is None else [clip[None] for clip in frames],
+        f"latents: {path.name}",
+    )
+
+
+def random_latents(expected: tuple[int, ...], samples: int, seed: int = CALIBRATION_SEED) -> CalibrationSet:
+    generator = np.random.default_rng(seed)
+    latents = [generator.standard_normal(expected).astype(np.float32) for _ in range(samples)]
+    return CalibrationSet(latents, None, "random: seeded standard normal (no ground truth)")
+
+
+def is_latent_file(path: str) -> bool:
+    return Path(path).suffix.lower() in LATENT_FILE_SUFFIXES
