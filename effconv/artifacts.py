@@ -58,6 +58,15 @@ def write_manifest(manifest: Manifest, directory: Path) -> Path:
     return path
 
 
+def replace_json(path: Path, data: dict) -> Path:
+    """Write JSON beside its final name and rename it into place: a reader never sees half a file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
 def read_manifest(path: Path) -> Manifest:
     try:
         return Manifest.model_validate_json(Path(path).read_text(encoding="utf-8"))

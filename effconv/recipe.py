@@ -1,7 +1,8 @@
-"""Recipe schema: how to build (and later distill and ship) a student. YAML, validated by pydantic.
+"""Recipe schema: how to build, distill and ship a student. YAML, validated by pydantic.
 
 A recipe is a file path or the name of a packaged recipe (`effconv/recipes/NAME.yaml`). Each stage
-reads its own optional section; `effconv rewrite` needs `student:`.
+reads its own optional section; `effconv rewrite` needs `student:`, `effconv run` also reads
+`teacher:`, `data:`, `export:`, `quantize:` and `profile:` (paths relative to the recipe file).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from effconv.spec import StrictModel, format_validation_error, read_yaml_mapping
 RECIPE_DIR = "recipes"
 MAX_WIDTH = 65536
 MAX_LAYERS = 64
+BACKEND_NAMES = ("onnx", "coreml", "tflite")
+Backend = Literal["onnx", "coreml", "tflite"]
 
 
 class StudentRecipe(StrictModel):
@@ -57,11 +60,76 @@ class StudentRecipe(StrictModel):
         return [max(step, round(w * self.width_scale / step) * step) for w in self.widths]
 
 
+def _unique(values: list, what: str) -> list:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} lists an entry twice")
+    return values
+
+
+class DataRecipe(StrictModel):
+    """Videos (files or folders) relative to the recipe, or inside the installed package as
+    `effconv:assets/video` (the bundled clip)."""
+
+    train: list[str] = Field(default_factory=list, max_length=1000, description="training videos")
+    eval: list[str] = Field(default_factory=list, max_length=1000, description="held-out videos [default: train]")
+
+
+class ExportRecipe(StrictModel):
+    backends: list[Backend] = Field(default_factory=lambda: list(BACKEND_NAMES), min_length=1)
+
+    @model_validator(mode="after")
+    def _no_repeats(self) -> ExportRecipe:
+        _unique(self.backends, "export.backends")
+        return self
+
+
+class QuantizeRecipe(StrictModel):
+    backends: list[Backend] | None = Field(None, description="[default: every exported backend]; [] = no quantization")
+    samples: int = Field(16, ge=1, le=4096, description="calibration samples (teacher-encoded real clips)")
+    max_psnr_drop: float | None = Field(0.3, ge=0, le=100, description="gate: dB lost vs the float artifact; null = no gate")
+    weights_only: bool = False
+
+    @model_validator(mode="after")
+    def _no_repeats(self) -> QuantizeRecipe:
+        _unique(self.backends or [], "quantize.backends")
+        return self
+
+
+class ProfileRecipe(StrictModel):
+    devices: list[str] = Field(default_factory=lambda: ["iphone16pro"], min_length=1, max_length=32)
+    resolution: str | None = Field(None, description="device estimates at 480p/720p/1080p/HxW [default: the teacher's clip]")
+    host_repeats: int = Field(10, ge=1, le=1000, description="timed onnxruntime runs on this machine (median)")
+
+    @model_validator(mode="after")
+    def _no_repeats(self) -> ProfileRecipe:
+        _unique(self.devices, "profile.devices")
+        return self
+
+
 class Recipe(StrictModel):
     name: str | None = None
     description: str | None = None
+    teacher: Path | dict | None = Field(None, description="teacher spec: a path relative to the recipe, or inline")
+    requires_pretrained: bool = Field(False, description="the teacher needs trained weights (`effconv run --pretrained DIR`)")
     student: StudentRecipe | None = None
     distill: DistillRecipe = DistillRecipe()
+    data: DataRecipe = DataRecipe()
+    export: ExportRecipe = ExportRecipe()
+    quantize: QuantizeRecipe = QuantizeRecipe()
+    profile: ProfileRecipe = ProfileRecipe()
+
+    @model_validator(mode="after")
+    def _quantize_what_is_exported(self) -> Recipe:
+        missing = [b for b in self.quantize.backends or [] if b not in self.export.backends]
+        if missing:
+            raise ValueError(f"quantize.backends {missing} must also be in export.backends (quantization starts "
+                             "from the float artifact)")
+        return self
+
+    @property
+    def quantized_backends(self) -> list[str]:
+        chosen = self.export.backends if self.quantize.backends is None else self.quantize.backends
+        return [b for b in self.export.backends if b in chosen]
 
     def require_student(self, source: str) -> StudentRecipe:
         if self.student is None:

@@ -90,7 +90,7 @@ def _check_config_keys(cls: type, config: dict) -> None:
         )
 
 
-def _pretrained_root(path: Path) -> Path:
+def pretrained_root(path: Path) -> Path:
     if not path.exists():
         raise EffconvError(f"pretrained directory '{path}' does not exist.", "check the 'pretrained' path in the spec.")
     if not path.is_dir():
@@ -111,7 +111,7 @@ def _pretrained_root(path: Path) -> Path:
 
 
 def _load_pretrained(cls: type[nn.Module], path: Path, overrides: dict) -> nn.Module:
-    root = _pretrained_root(path)
+    root = pretrained_root(path)
     try:
         saved_class = json.loads((root / "config.json").read_text()).get("_class_name")
     except (json.JSONDecodeError, UnicodeDecodeError):

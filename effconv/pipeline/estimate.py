@@ -1,0 +1,151 @@
+"""How long a stage will take: measured when this folder has a previous run of it, modelled otherwise.
+
+The model counts the FLOPs a stage computes (teacher and student forwards at the teacher's clip, built on
+the meta device so no weights are loaded) and divides them by this CPU's measured fp32 peak times an
+efficiency, plus a fixed cost per stage for exporting, converting and loading. The efficiencies and the
+fixed costs were fitted on one run of the demo recipe on a 2-core machine (TRAIN_EFFICIENCY and friends
+below); other models and machines will differ. Every estimate says which way it was made.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from effconv.pipeline.plan import HOST_DEVICE, RunInputs, Stage
+
+# Fitted on `effconv run demo` (300 steps) on the 2-core development machine; see docs/pipeline.md.
+TRAIN_EFFICIENCY = 0.05  # share of the fp32 peak reached by a training step (forward + backward, AdamW, EMA)
+INFER_EFFICIENCY = 0.10  # share reached by PyTorch / onnxruntime inference of these decoders
+FIXED_SECONDS = {"distill": 5.0, "eval": 3.0, "convert-onnx": 8.0, "convert-coreml": 20.0, "convert-tflite": 40.0,
+                 "quantize-onnx": 10.0, "quantize-coreml": 15.0, "quantize-tflite": 40.0, "lint": 8.0, "profile": 10.0}
+BACKWARD_FACTOR = 3  # forward + backward of the student is about three forwards
+MEASURE_WARMUP = 2
+
+
+@dataclass
+class Estimate:
+    seconds: float
+    basis: str
+
+
+@dataclass
+class Workload:
+    """FLOPs of one forward at the teacher's clip."""
+
+    teacher_encoder: float
+    teacher_decoder: float
+    student: float
+
+
+def _meta_workload(inputs: RunInputs) -> Workload:
+    import torch
+
+    from effconv.models.loader import load_model, pretrained_root
+    from effconv.rewrites.compare import count_flops
+    from effconv.rewrites.student import build_student
+    from effconv.spec import LoadedSpec
+
+    teacher = inputs.teacher
+    if teacher.pretrained_dir is not None:
+        config = json.loads((pretrained_root(teacher.pretrained_dir) / "config.json").read_text(encoding="utf-8"))
+        merged = {k: v for k, v in config.items() if not k.startswith("_")} | teacher.spec.model.config
+        model = teacher.spec.model.model_copy(update={"pretrained": None, "config": merged})
+        teacher = LoadedSpec(spec=teacher.spec.model_copy(update={"model": model}), base_dir=teacher.base_dir)
+    with torch.device("meta"):
+        loaded = load_model(teacher, allow_import=inputs.allow_import)
+        student = build_student(loaded, inputs.recipe.student)
+    encoder = loaded.adapter.part_module(loaded.model, "encoder")
+    return Workload(
+        teacher_encoder=count_flops(encoder, loaded.clip_shape)[0],
+        teacher_decoder=count_flops(loaded.module, loaded.input_shape)[0],
+        student=count_flops(student, loaded.input_shape)[0],
+    )
+
+
+def _previous_record(out_dir: Path, stage: Stage) -> dict | None:
+    for manifest in sorted((Path(out_dir) / stage.name).glob("*.json")):
+        try:
+            record = json.loads(manifest.read_text(encoding="utf-8")).get("stage")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("seconds"), (int, float)):
+            return record
+    return None
+
+
+class Estimator:
+    """One per plan: the workload is counted once, and only if a stage has no measured time."""
+
+    def __init__(self, inputs: RunInputs, out_dir: Path):
+        self.inputs = inputs
+        self.out_dir = Path(out_dir)
+
+    @cached_property
+    def workload(self) -> Workload:
+        return _meta_workload(self.inputs)
+
+    @cached_property
+    def peak_gflops(self) -> float:
+        from effconv.profile.devices import load_device
+
+        return next(iter(load_device(HOST_DEVICE).units.values())).peak_gops["fp32"].value
+
+    def _seconds(self, flops: float, efficiency: float) -> float:
+        return flops / (self.peak_gflops * 1e9 * efficiency)
+
+    def __call__(self, stage: Stage, steps_done: int = 0) -> Estimate:
+        previous = _previous_record(self.out_dir, stage)
+        if stage.kind == "distill":
+            return self._distill(previous, steps_done)
+        if previous is not None:
+            return Estimate(previous["seconds"], "measured: the previous run of this stage in --out")
+        return self._modelled(stage)
+
+    def _distill(self, previous: dict | None, steps_done: int) -> Estimate:
+        config = self.inputs.recipe.distill
+        steps = config.steps - steps_done
+        manifest = self.out_dir / "distill" / "distill.json"
+        rate = None
+        if previous is not None:
+            run = json.loads(manifest.read_text(encoding="utf-8")).get("run", {})
+            rate = run.get("steps_per_second")
+        if rate:
+            return Estimate(FIXED_SECONDS["distill"] + steps / rate,
+                            f"{steps} steps at {1 / rate:.3g} s/step measured in the previous run here")
+        work = self.workload
+        clips_per_step = config.batch_size * config.grad_accum
+        clips = clips_per_step * config.steps
+        teacher_clips = min(clips, config.clips) if (config.clips and config.cache_latents) else clips
+        teacher_flops = teacher_clips * (work.teacher_encoder + work.teacher_decoder) * steps / config.steps
+        step_seconds = self._seconds(BACKWARD_FACTOR * clips_per_step * work.student, TRAIN_EFFICIENCY)
+        seconds = FIXED_SECONDS["distill"] + steps * step_seconds + self._seconds(teacher_flops, INFER_EFFICIENCY)
+        return Estimate(seconds, f"modelled: {steps} steps x {step_seconds:.3g} s/step "
+                                 f"({BACKWARD_FACTOR * clips_per_step * work.student / 1e9:.3g} GFLOP/step at "
+                                 f"{TRAIN_EFFICIENCY:.0%} of this CPU's {self.peak_gflops:.0f} GFLOP/s) + teacher targets")
+
+    def _modelled(self, stage: Stage) -> Estimate:
+        work = self.workload
+        vae = work.teacher_encoder + work.teacher_decoder
+        if stage.kind == "eval":
+            from effconv.distill.data import expand_paths
+
+            videos = len(expand_paths(list(self.inputs.eval_data)))
+            flops, fixed = videos * (vae + work.student), FIXED_SECONDS["eval"]
+        elif stage.kind == "convert":
+            flops, fixed = 2 * work.student, FIXED_SECONDS[stage.name]
+        elif stage.kind == "quantize":
+            samples = self.inputs.recipe.quantize.samples
+            flops, fixed = samples * (work.teacher_encoder + 2 * work.student), FIXED_SECONDS[stage.name]
+        elif stage.kind == "lint":
+            flops, fixed = 0.0, FIXED_SECONDS["lint"] * len(stage.settings["backends"])
+        else:
+            runs = (MEASURE_WARMUP + stage.settings["repeats"]) if stage.device == HOST_DEVICE else 0
+            models = 2 + ("quantize-onnx" in stage.after)
+            flops = runs * (work.teacher_decoder + (models - 1) * work.student)
+            fixed = FIXED_SECONDS["profile"] * models
+        seconds = fixed + self._seconds(flops, INFER_EFFICIENCY)
+        return Estimate(seconds, f"modelled: {fixed:.0f} s fixed (fitted on the demo) + {flops / 1e9:.3g} GFLOP at "
+                                 f"{INFER_EFFICIENCY:.0%} of this CPU's {self.peak_gflops:.0f} GFLOP/s")

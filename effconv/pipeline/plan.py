@@ -1,0 +1,201 @@
+"""What `effconv run` works on: the recipe with its overrides applied, the teacher, the videos, and the
+ordered list of stages with the settings that define each stage's result.
+
+The first argument is a recipe (a packaged name or a YAML path) whose `teacher:` names the teacher, or a
+teacher spec, which then uses `--recipe` (default `turbo-vaed`) for everything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from effconv.distill.data import expand_paths
+from effconv.errors import EffconvError
+from effconv.models.loader import pretrained_root
+from effconv.recipe import Recipe, load_recipe
+from effconv.rewrites.rewrite import STUDENT_SUFFIX
+from effconv.spec import LoadedSpec, load_spec, read_yaml_mapping, spec_from_dict
+
+DEFAULT_SPEC_RECIPE = "turbo-vaed"
+PACKAGE_PREFIX = "effconv:"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+HOST_DEVICE = "host-cpu"
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    recipe: Recipe
+    recipe_source: str
+    teacher: LoadedSpec
+    train_data: tuple[Path, ...]
+    eval_data: tuple[Path, ...]
+    devices: tuple[str, ...]
+    allow_import: bool = False
+
+    @property
+    def student_name(self) -> str:
+        return f"{self.teacher.spec.name}{STUDENT_SUFFIX}"
+
+    @property
+    def eval_is_train(self) -> bool:
+        return bool(set(expand_paths(list(self.eval_data))) & set(expand_paths(list(self.train_data))))
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the run. `after`: stages whose manifests it reads; `settings` and the content of
+    `files` (with the upstream manifests) define its result, so they make up its hash. `optional`:
+    upstream stages whose failed check does not stop this one (it reports their artifact as failed)."""
+
+    name: str
+    kind: str
+    after: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    settings: dict = field(default_factory=dict)
+    files: tuple[Path, ...] = ()
+    backend: str | None = None
+    device: str | None = None
+
+
+def _is_spec(path: Path) -> bool:
+    return path.suffix in (".yaml", ".yml") and path.is_file() and "model" in read_yaml_mapping(path, "spec or recipe")
+
+
+def video_path(entry: str, base_dir: Path) -> Path:
+    """A recipe's video entry: relative to the recipe, or `effconv:PATH` inside the installed package."""
+    if not entry.startswith(PACKAGE_PREFIX):
+        path = Path(entry)
+        return path if path.is_absolute() else base_dir / path
+    inside = (PACKAGE_DIR / entry.removeprefix(PACKAGE_PREFIX)).resolve()
+    if not inside.is_relative_to(PACKAGE_DIR):
+        raise EffconvError(f"video '{entry}' points outside the effconv package.", "use effconv:assets/video or a normal path.")
+    return inside
+
+
+def _recipe_teacher(recipe: Recipe, source: Path) -> LoadedSpec:
+    if recipe.teacher is None:
+        raise EffconvError(
+            f"recipe '{source}' names no teacher.",
+            f"add 'teacher:' (a spec path or an inline spec) to it, or pass a spec: effconv run SPEC --recipe {source}.",
+        )
+    if isinstance(recipe.teacher, dict):
+        return spec_from_dict(recipe.teacher, source.resolve().parent, source=f"recipe {source}: teacher")
+    path = recipe.teacher if recipe.teacher.is_absolute() else source.resolve().parent / recipe.teacher
+    return load_spec(path)
+
+
+def _with_pretrained(teacher: LoadedSpec, pretrained: Path) -> LoadedSpec:
+    pretrained_root(pretrained)
+    model = teacher.spec.model.model_copy(update={"pretrained": pretrained.resolve()})
+    return LoadedSpec(spec=teacher.spec.model_copy(update={"model": model}), base_dir=teacher.base_dir)
+
+
+def _videos(given: list[Path] | None, entries: list[str], base_dir: Path, what: str, source: str) -> tuple[Path, ...]:
+    paths = [Path(p) for p in given] if given else [video_path(entry, base_dir) for entry in entries]
+    if not paths:
+        raise EffconvError(f"recipe '{source}' names no {what} video.",
+                           f"pass --data VIDEO (files or folders), e.g. --data {PACKAGE_DIR / 'assets' / 'video'}.")
+    if not expand_paths(paths):
+        raise EffconvError(f"no video files in {', '.join(map(str, paths))}.", "pass video files or folders holding them.")
+    return tuple(paths)
+
+
+def _check_devices(devices: list[str]) -> None:
+    from effconv.profile.devices import load_device
+
+    for device in devices:
+        if device != HOST_DEVICE:
+            load_device(device)
+
+
+def resolve(target: str | Path, recipe_name: str | None = None, steps: int | None = None, pretrained: Path | None = None,
+            data: list[Path] | None = None, eval_data: list[Path] | None = None, devices: list[str] | None = None,
+            allow_import: bool = False) -> RunInputs:
+    """Validate everything a run needs before any stage starts; every problem is a one-line EffconvError."""
+    path = Path(target)
+    if _is_spec(path):
+        teacher = load_spec(path)
+        recipe, source = load_recipe(recipe_name or DEFAULT_SPEC_RECIPE)
+    else:
+        if recipe_name is not None:
+            raise EffconvError("--recipe applies only when the first argument is a spec.",
+                               f"drop --recipe, or pass a teacher spec instead of '{target}'.")
+        recipe, source = load_recipe(target)
+        teacher = _recipe_teacher(recipe, Path(source))
+    recipe.require_student(source)
+    if steps is not None:
+        if steps < 1:
+            raise EffconvError(f"--steps must be at least 1, got {steps}.", "pass a positive number of steps.")
+        recipe = recipe.model_copy(update={"distill": recipe.distill.model_copy(update={"steps": steps})})
+    if pretrained is not None:
+        teacher = _with_pretrained(teacher, Path(pretrained))
+    if recipe.requires_pretrained and teacher.pretrained_dir is None:
+        raise EffconvError(
+            f"recipe '{source}' distills {teacher.spec.model.diffusers or 'its teacher'} and needs its trained weights.",
+            "pass --pretrained DIR: a diffusers save_pretrained directory (config.json + safetensors) or a pipeline "
+            "directory with a vae/ subfolder.",
+        )
+    if teacher.spec.part != "decoder":
+        raise EffconvError(f"the teacher spec's part is '{teacher.spec.part}'; effconv run replaces a decoder.",
+                           "set 'part: decoder' in the teacher spec.")
+    base_dir = Path(source).resolve().parent
+    train = _videos(data, recipe.data.train, base_dir, "training", source)
+    held_out = _videos(eval_data, recipe.data.eval, base_dir, "eval", source) if (eval_data or recipe.data.eval) else train
+    chosen = list(devices) if devices else list(recipe.profile.devices)
+    _check_devices(chosen)
+    return RunInputs(recipe=recipe, recipe_source=source, teacher=teacher, train_data=train, eval_data=held_out,
+                     devices=tuple(dict.fromkeys([*chosen, HOST_DEVICE])), allow_import=allow_import)
+
+
+def _teacher_files(teacher: LoadedSpec) -> tuple[Path, ...]:
+    return (pretrained_root(teacher.pretrained_dir),) if teacher.pretrained_dir is not None else ()
+
+
+def _lint_device(backend: str, devices: tuple[str, ...]) -> str | None:
+    """Lint for the first profiled device that has rules for this backend (all compute units otherwise)."""
+    from effconv.profile.lint import rule_table
+
+    listed = rule_table(backend)["devices"]
+    return next((device for device in devices if device in listed), None)
+
+
+def device_label(device: str) -> str:
+    """A device for stage and folder names: a profile name, or a user profile file's stem."""
+    return Path(device).stem if device.endswith((".yaml", ".yml")) else device
+
+
+def stages(inputs: RunInputs) -> list[Stage]:
+    """The stages in the order they run."""
+    from effconv.converters.onnx import DEFAULT_OPSET
+    from effconv.profile.devices import cpu_model, default_threads
+
+    recipe = inputs.recipe
+    backends = recipe.export.backends
+    plan = [
+        Stage("distill", "distill", settings={
+            "teacher": inputs.teacher.resolved(), "student": recipe.student.model_dump(mode="json"),
+            "distill": recipe.distill.model_dump(mode="json"),
+        }, files=_teacher_files(inputs.teacher) + tuple(expand_paths(list(inputs.train_data)))),
+        Stage("eval", "eval", after=("distill",), files=tuple(expand_paths(list(inputs.eval_data)))),
+    ]
+    plan += [Stage(f"convert-{b}", "convert", after=("distill",), backend=b,
+                   settings={"backend": b, "opset": DEFAULT_OPSET, "precision": "fp16"}) for b in backends]
+    plan.append(Stage("lint", "lint", after=("distill",),
+                      settings={"backends": {b: _lint_device(b, inputs.devices) for b in backends}}))
+    onnx_inputs = tuple(name for name in ("convert-onnx", "quantize-onnx") if name in {s.name for s in plan})
+    for device in inputs.devices:
+        host = device == HOST_DEVICE
+        settings = {"device": device, "resolution": None if host else recipe.profile.resolution}
+        if host:
+            settings |= {"measure": True, "repeats": recipe.profile.host_repeats, "threads": default_threads(),
+                         "cpu": cpu_model()}
+        device_file = (Path(device),) if device_label(device) != device else ()
+        plan.append(Stage(f"profile-{device_label(device)}", "profile", after=("distill", *onnx_inputs),
+                          optional=tuple(n for n in onnx_inputs if n.startswith("quantize")), device=device,
+                          settings=settings, files=device_file))
+    names = [stage.name for stage in plan]
+    if len(set(names)) != len(names):
+        raise EffconvError(f"two stages would share a folder: {', '.join(sorted({n for n in names if names.count(n) > 1}))}.",
+                           "give device profile files different names.")
+    return plan

@@ -1,0 +1,359 @@
+"""The run report, DIR/report.md and DIR/report.html, built only from the stages' manifests.
+
+Every number is read from a manifest and formatted here; nothing is recomputed or typed in. The
+Markdown links the images beside it (DIR/eval/frames, DIR/profile-*/); the HTML embeds them, so it opens
+on its own in a browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+import effconv
+from effconv.pipeline.plan import HOST_DEVICE, RunInputs, device_label, stages
+from effconv.pipeline.stages import DISTILL_MANIFEST, EVAL_MANIFEST, INT8_SUFFIX, LINT_MANIFEST, PROFILE_MANIFEST
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+MISSING = "—"
+
+
+def size(num_bytes: int | None) -> str:
+    if num_bytes is None:
+        return MISSING
+    return f"{num_bytes / 1e3:.1f} kB" if num_bytes < 1e6 else f"{num_bytes / 1e6:.2f} MB"
+
+
+def number(value: float | None, digits: int = 2, unit: str = "") -> str:
+    return MISSING if value is None else f"{value:.{digits}f}{unit}"
+
+
+def share(part: float | None, whole: float | None) -> str:
+    return MISSING if part is None or not whole else f"{part / whole:.1%}"
+
+
+def times(before: float | None, after: float | None) -> str:
+    return MISSING if before is None or not after else f"{before / after:.2f}x"
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Image:
+    path: str  # relative to DIR
+    caption: str
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list = field(default_factory=list)  # str (paragraph), Table, Image, or ("code", text)
+
+
+def _load(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+class Manifests:
+    """The manifests of one run, by stage name (None for a stage that has none)."""
+
+    def __init__(self, inputs: RunInputs, out_dir: Path):
+        self.out_dir = Path(out_dir)
+        self.student = inputs.student_name
+        self.stages = stages(inputs)
+        self.backends = inputs.recipe.export.backends
+        self.devices = [d for d in inputs.devices if d != HOST_DEVICE]
+        self.distill = _load(self.out_dir / "distill" / DISTILL_MANIFEST)
+        self.eval = _load(self.out_dir / "eval" / EVAL_MANIFEST)
+        self.lint = _load(self.out_dir / "lint" / LINT_MANIFEST)
+        self.convert = {b: _load(self.out_dir / f"convert-{b}" / f"{self.student}.json") for b in self.backends}
+        self.quantize = {b: _load(self.out_dir / f"quantize-{b}" / f"{self.student}{INT8_SUFFIX}.json")
+                         for b in inputs.recipe.quantized_backends}
+        self.profile = {d: _load(self.out_dir / f"profile-{device_label(d)}" / PROFILE_MANIFEST) for d in inputs.devices}
+
+    def record(self, stage: str) -> dict:
+        for candidate in [self.distill, self.eval, self.lint, *self.convert.values(), *self.quantize.values(),
+                          *self.profile.values()]:
+            if candidate and candidate.get("stage", {}).get("name") == stage:
+                return candidate["stage"]
+        return {}
+
+
+def _artifact_bytes(manifest: dict | None) -> int | None:
+    if not manifest:
+        return None
+    return manifest.get("stage", {}).get("output_bytes", {}).get(manifest["artifact"])
+
+
+def _profiled(m: Manifests, device: str, model: str) -> dict | None:
+    profile = m.profile.get(device)
+    return profile["models"].get(model) if profile else None
+
+
+def _estimate(result: dict | None) -> tuple[str, str]:
+    if not result:
+        return MISSING, MISSING
+    latency, fps = result["latency_ms"], result["fps"]
+    return (f"{latency['estimate']:.2f} ms ({latency['low']:.2f} - {latency['high']:.2f})",
+            f"{fps['estimate']:.1f} ({fps['low']:.1f} - {fps['high']:.1f})")
+
+
+def _measured(result: dict | None) -> tuple[str, str]:
+    if not result or not result.get("measured"):
+        return MISSING, MISSING
+    median = result["measured"]["median_ms"]
+    return f"{median:.2f} ms", f"{1000 * result['frames'] / median:.1f}"
+
+
+def _spec_section(m: Manifests) -> Section:
+    section = Section("Spec")
+    if not m.distill:
+        section.blocks.append("The distill stage has no manifest.")
+        return section
+    recipe = m.distill["recipe"]
+    section.blocks += [
+        f"Teacher (`{m.distill['teacher']['name']}`, {m.distill['teacher']['part']}):",
+        ("code", yaml.safe_dump(m.distill["teacher"], sort_keys=False)),
+        f"Student: recipe `{recipe['source']}`, distilled {m.distill['run']['steps']} steps in "
+        f"{m.distill['run']['wall_seconds']:.0f} s ({m.distill['run']['steps_per_second']} steps/s on "
+        f"{m.distill['run']['device']}).",
+        ("code", yaml.safe_dump({"student": recipe["student"], "distill": recipe["distill"]}, sort_keys=False)),
+    ]
+    return section
+
+
+def _comparison_section(m: Manifests) -> Section:
+    section = Section("Student vs teacher")
+    distill, evaluated = m.distill or {}, (m.eval or {}).get("eval", {})
+    teacher_params, student_params = distill.get("teacher_params"), distill.get("params")
+    rows = [["decoder params", f"{teacher_params:,}" if teacher_params else MISSING,
+             f"{student_params:,}" if student_params else MISSING, share(student_params, teacher_params)]]
+    for backend in m.backends:
+        rows.append([f"{backend} artifact size", MISSING, size(_artifact_bytes(m.convert[backend])), ""])
+    rows += [
+        ["PSNR on the eval clip (dB)", number(evaluated.get("mean_teacher_psnr_db")),
+         number(evaluated.get("mean_student_psnr_db")), share(evaluated.get("mean_student_psnr_db"), evaluated.get("mean_teacher_psnr_db"))],
+        ["SSIM on the eval clip", number(evaluated.get("mean_teacher_ssim"), 4), number(evaluated.get("mean_student_ssim"), 4),
+         share(evaluated.get("mean_student_ssim"), evaluated.get("mean_teacher_ssim"))],
+    ]
+    host_teacher, host_student = _profiled(m, HOST_DEVICE, "teacher"), _profiled(m, HOST_DEVICE, "student")
+    (t_ms, t_fps), (s_ms, s_fps) = _measured(host_teacher), _measured(host_student)
+    speedup = times(*(r["measured"]["median_ms"] if r and r.get("measured") else None for r in (host_teacher, host_student)))
+    threads = (host_student or {}).get("measured", {}) or {}
+    rows += [[f"host latency, measured (onnxruntime CPU, {threads.get('threads', '?')} threads)", t_ms, s_ms, speedup],
+             ["host FPS, measured", t_fps, s_fps, ""]]
+    for device in m.devices:
+        teacher, student = _profiled(m, device, "teacher"), _profiled(m, device, "student")
+        (t_lat, t_fps), (s_lat, s_fps) = _estimate(teacher), _estimate(student)
+        speed = times(*(r["latency_ms"]["estimate"] if r else None for r in (teacher, student)))
+        rows += [[f"{device} latency, estimated (band)", t_lat, s_lat, speed], [f"{device} FPS, estimated (band)", t_fps, s_fps, ""]]
+    section.blocks.append(Table(["", "teacher", "student", "student / teacher"], rows))
+    clip = evaluated.get("clip")
+    if clip:
+        videos = ", ".join(Path(v["video"]).name for v in evaluated.get("videos", []))
+        domain = (" These videos were also used for training, so this is in-domain quality."
+                  if evaluated.get("eval_is_train") else " None of them was used for training.")
+        section.blocks.append(f"PSNR/SSIM: teacher VAE vs teacher encoder -> student decoder, on the centre "
+                              f"{clip['frames']}x{clip['height']}x{clip['width']} clip of: {videos}.{domain} "
+                              "The teacher is not exported (sizes are the student's).")
+    shapes = []
+    for device in [HOST_DEVICE, *m.devices]:
+        result = _profiled(m, device, "student")
+        if result:
+            shapes.append(f"{device}: {result['frames']} frames, {result['source']}")
+    if shapes:
+        section.blocks.append("Latency is per decode call; FPS = video frames / latency. Phone figures are "
+                              "roofline estimates with their error band, not measurements. Shapes: " + "; ".join(shapes) + ".")
+    return section
+
+
+def _conversion_section(m: Manifests) -> Section:
+    rows = []
+    for backend in m.backends:
+        manifest = m.convert[backend]
+        if not manifest:
+            rows.append([backend, MISSING, MISSING, MISSING, "not run"])
+            continue
+        verify = manifest["verify"]
+        error, psnr = verify.get("max_abs_err"), verify.get("psnr_db")
+        if error is None and isinstance(verify.get("fp16_simulation"), dict):
+            error, psnr = verify["fp16_simulation"]["max_abs_err"], verify["fp16_simulation"]["psnr_db"]
+            backend_note = f"{backend} (fp16 simulated in torch; {verify.get('prediction')})"
+        else:
+            backend_note = backend
+        rows.append([backend_note, f"{manifest['artifact']} ({size(_artifact_bytes(manifest))})",
+                     MISSING if error is None else f"{error:.3g}", number(psnr, 1), "yes" if verify["passed"] else "NO"])
+    return Section("Conversion", [Table(["backend", "artifact", "max abs error vs PyTorch", "PSNR vs PyTorch (dB)", "verified"], rows)])
+
+
+def _quantize_section(m: Manifests) -> Section:
+    section = Section("Quantization")
+    if not m.quantize:
+        section.blocks.append("No backend was quantized (the recipe's `quantize.backends` is empty).")
+        return section
+    rows = []
+    for backend, manifest in m.quantize.items():
+        if not manifest:
+            rows.append([backend] + [MISSING] * 8 + ["not run"])
+            continue
+        q = manifest["quantize"]
+        sizes, quality, latency, gate = q["size_bytes"], q["quality"], q["latency_ms"], q["gate"]
+        measured = "float" in latency
+        rows.append([
+            backend, str(q["scheme"]), size(sizes["float"]), size(sizes["quantized"]), f"{sizes['ratio']:.2f}x",
+            number(quality.get("psnr_vs_float_db")), number(quality.get("psnr_drop_db")), number(quality.get("ssim_drop"), 4),
+            f"{latency['float']:.2f} / {latency['quantized']:.2f} ms ({latency['speedup']:.2f}x)" if measured
+            else str(latency.get("not_measured", MISSING)),
+            ("passed" if gate["passed"] else "FAILED") + (f" (max drop {gate['max_psnr_drop']} dB)" if gate.get("max_psnr_drop") is not None else ""),
+        ])
+    section.blocks.append(Table(["backend", "scheme", "float size", "int8 size", "smaller", "PSNR vs float (dB)",
+                                 "PSNR drop (dB)", "SSIM drop", "latency float / int8", "gate"], rows))
+    return section
+
+
+def _lint_section(m: Manifests) -> Section:
+    section = Section("Lint (op legality per backend)")
+    if not m.lint:
+        section.blocks.append("The lint stage has no manifest.")
+        return section
+    rows, remaining = [], []
+    for backend, result in m.lint["backends"].items():
+        before = [op for op in result["before"]["ops"] if op["why"]]
+        after = [op for op in result["after"]["ops"] if op["why"]]
+        applied = ", ".join(f"{name} x{count}" for name, count in result["rewrites"].items() if count) or "none"
+        rows.append([backend, result["device"] or "all units", str(len(before)), applied, str(len(after)),
+                     ", ".join(result["after"]["blocking"]) or "none"])
+        remaining += [f"{backend}: `{op['op']}` x{op['count']}: {'; '.join(op['why'])}" for op in after]
+    section.blocks.append(Table(["backend", "device", "op kinds with a problem as exported", "rewrites applied",
+                                 "op kinds with a problem after rewrites", "blocking"], rows))
+    if remaining:
+        section.blocks.append("Left after the rewrites (they run, but not on every compute unit):\n\n" +
+                              "\n".join(f"- {line}" for line in remaining))
+    return section
+
+
+def _plots_section(m: Manifests) -> Section:
+    section = Section("Plots")
+    for device in m.profile:
+        profile = m.profile[device]
+        if profile:
+            section.blocks.append(Image(f"profile-{device_label(device)}/{profile['plot']}",
+                                        f"student on {device}: estimated latency by op category, and roofline"))
+    frames = (m.eval or {}).get("eval", {}).get("frames", [])
+    section.blocks += [Image(f"eval/{frame}", f"{Path(frame).stem}: rows ground truth, teacher, student") for frame in frames]
+    return section
+
+
+def _stages_section(m: Manifests, result) -> Section:
+    outcomes = {o.stage: o for o in (result.outcomes if result else [])}
+    rows = []
+    for stage in m.stages:
+        record, outcome = m.record(stage.name), outcomes.get(stage.name)
+        action = outcome.action if outcome else MISSING
+        passed = record.get("passed")
+        rows.append([stage.name, action, number(record.get("seconds"), 1, " s") if record else MISSING,
+                     MISSING if passed is None else ("yes" if passed else "NO"), (record.get("hash") or MISSING)[:12]])
+    return Section("Stages", [Table(["stage", "this run", "took (when it ran)", "check passed", "input hash"], rows),
+                              "Each stage's folder holds its manifest; `stage` in it records the inputs its hash covers."])
+
+
+def build(inputs: RunInputs, out_dir: Path, result=None) -> list[Section]:
+    m = Manifests(inputs, out_dir)
+    return [_spec_section(m), _comparison_section(m), _conversion_section(m), _quantize_section(m), _lint_section(m),
+            _plots_section(m), _stages_section(m, result)]
+
+
+def _markdown_table(table: Table) -> str:
+    escape = (lambda cell: cell.replace("|", "\\|").replace("\n", " "))
+    lines = ["| " + " | ".join(map(escape, table.headers)) + " |", "|" + "---|" * len(table.headers)]
+    lines += ["| " + " | ".join(map(escape, row)) + " |" for row in table.rows]
+    return "\n".join(lines)
+
+
+def to_markdown(title: str, sections: list[Section]) -> str:
+    parts = [f"# {title}"]
+    for section in sections:
+        parts.append(f"## {section.title}")
+        for block in section.blocks:
+            if isinstance(block, Table):
+                parts.append(_markdown_table(block))
+            elif isinstance(block, Image):
+                parts.append(f"![{block.caption}]({block.path})\n\n*{block.caption}*")
+            elif isinstance(block, tuple):
+                parts.append(f"```yaml\n{block[1].rstrip()}\n```")
+            else:
+                parts.append(block)
+    return "\n\n".join(parts) + "\n"
+
+
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+         "th{background:#f3f3f3}pre{background:#f6f6f6;padding:8px;overflow-x:auto}img{max-width:100%}"
+         "figcaption{font-style:italic;color:#555}")
+
+
+def _inline_markdown(text: str) -> str:
+    """Paragraph text: escape, then turn `code` spans and '- ' bullet lines into HTML."""
+    escaped = html.escape(text)
+    pieces = escaped.split("`")
+    escaped = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(pieces))
+    lines = escaped.split("\n")
+    bullets = [line[2:] for line in lines if line.startswith("- ")]
+    prose = " ".join(line for line in lines if line and not line.startswith("- "))
+    return f"<p>{prose}</p>" + ("<ul>" + "".join(f"<li>{b}</li>" for b in bullets) + "</ul>" if bullets else "")
+
+
+def _html_image(out_dir: Path, image: Image) -> str:
+    path = out_dir / image.path
+    if not path.is_file():
+        return f"<p>missing image: {html.escape(image.path)}</p>"
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f'<figure><img alt="{html.escape(image.caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(image.caption)}</figcaption></figure>")
+
+
+def to_html(title: str, sections: list[Section], out_dir: Path) -> str:
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for section in sections:
+        body.append(f"<h2>{html.escape(section.title)}</h2>")
+        for block in section.blocks:
+            if isinstance(block, Table):
+                head = "".join(f"<th>{html.escape(h)}</th>" for h in block.headers)
+                rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block.rows)
+                body.append(f"<table><tr>{head}</tr>{rows}</table>")
+            elif isinstance(block, Image):
+                body.append(_html_image(out_dir, block))
+            elif isinstance(block, tuple):
+                body.append(f"<pre>{html.escape(block[1])}</pre>")
+            else:
+                body.append(_inline_markdown(block))
+    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def write_report(inputs: RunInputs, out_dir: Path, result=None) -> Path:
+    """Write DIR/report.md and DIR/report.html; return the Markdown path."""
+    from effconv.artifacts import staged_output
+
+    out_dir = Path(out_dir)
+    sections = build(inputs, out_dir, result)
+    created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    title = f"effconv run: {inputs.student_name} (recipe {Path(inputs.recipe_source).stem}, effconv {effconv.__version__}, {created})"
+    with staged_output(out_dir) as staging:
+        (staging / REPORT_MD).write_text(to_markdown(title, sections), encoding="utf-8")
+        (staging / REPORT_HTML).write_text(to_html(title, sections, out_dir), encoding="utf-8")
+    return out_dir / REPORT_MD

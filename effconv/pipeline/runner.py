@@ -1,0 +1,253 @@
+"""Run the stages in order: skip what is unchanged, resume an interrupted distillation, redo the rest.
+
+Each stage's manifest gets a `stage` record: the hash of its inputs, the inputs themselves (settings,
+file digests, upstream manifest digests, versions), its outputs, how long it took and whether its check
+passed. A stage is skipped when its hash matches and its outputs exist; otherwise it and every stage
+after it that reads it runs again. A distillation killed mid-way resumes from its last checkpoint when
+its hash matches the one recorded when it started.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from effconv.artifacts import STAGING_PREFIX, replace_json
+from effconv.distill.checkpoint import latest_checkpoint
+from effconv.errors import EffconvError, VerificationFailed
+from effconv.pipeline.estimate import Estimate, Estimator
+from effconv.pipeline.hashing import file_digest, inputs_hash, stage_inputs
+from effconv.pipeline.plan import RunInputs, Stage, stages
+from effconv.pipeline.stages import RUNNERS, StageContext, manifest_name
+
+STARTED = "stage-started.json"
+SCRATCH = {"checkpoints", "cache", STARTED}
+RUNS = ("run", "resume")
+
+
+class StageFailed(EffconvError):
+    """A stage raised: the message names the stage; the exit code is the stage's own (3 for a bug)."""
+
+    def __init__(self, stage: str, cause: Exception):
+        if isinstance(cause, EffconvError):
+            super().__init__(f"stage {stage} failed: {cause.message}", cause.fix)
+            self.exit_code = cause.exit_code
+        else:
+            detail = " ".join(str(cause).split())[:300]
+            super().__init__(f"stage {stage} failed: internal error: {type(cause).__name__}: {detail}",
+                             "rerun with --debug for the traceback; the earlier stages' outputs are kept.")
+            self.exit_code = 3
+
+
+@dataclass
+class Decision:
+    stage: Stage
+    action: str  # skip | run | resume | blocked
+    reason: str
+    estimate: Estimate | None = None
+    inputs: dict | None = None
+    steps_done: int = 0
+
+    @property
+    def hash(self) -> str | None:
+        return inputs_hash(self.inputs) if self.inputs is not None else None
+
+
+@dataclass
+class Outcome:
+    stage: str
+    action: str
+    seconds: float
+    passed: bool | None
+    message: str | None = None
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    outcomes: list[Outcome] = field(default_factory=list)
+    report: Path | None = None
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.passed is False]
+
+    def check(self) -> None:
+        """Exit 1 (after everything was written) when a stage's artifact failed its check."""
+        if self.failed:
+            first = self.failed[0]
+            names = ", ".join(o.stage for o in self.failed)
+            raise VerificationFailed(f"stage {names} failed verification: {first.message}",
+                                     f"see {self.report or self.out_dir} and the stage's manifest.")
+
+
+def manifest_path(inputs: RunInputs, stage: Stage, out_dir: Path) -> Path:
+    return Path(out_dir) / stage.name / manifest_name(inputs, stage)
+
+
+def read_record(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8")).get("stage")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _first_difference(old, new, where: str = "") -> str | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            found = _first_difference(old.get(key), new.get(key), f"{where}.{key}" if where else str(key))
+            if found:
+                return found
+        return None
+    if old != new:
+        show = (lambda v: str(v)[:12] + "..." if len(str(v)) > 15 else str(v))
+        return f"{where}: {show(old)} -> {show(new)}" if not isinstance(old, list) else f"{where} changed"
+    return None
+
+
+def _started_hash(directory: Path) -> str | None:
+    try:
+        return json.loads((directory / STARTED).read_text(encoding="utf-8"))["hash"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def decide(inputs: RunInputs, stage: Stage, out_dir: Path, rerun: set[str], blocked: set[str]) -> Decision:
+    """Skip, run, resume, or blocked (a stage it needs failed its check). `rerun`: stages that will run before it."""
+    upstream_rerun = [name for name in stage.after if name in rerun]
+    if upstream_rerun:
+        return Decision(stage, "run", f"{upstream_rerun[0]} reruns")
+    needed_failed = [name for name in stage.after if name in blocked and name not in stage.optional]
+    if needed_failed:
+        return Decision(stage, "blocked", f"{needed_failed[0]} failed its check")
+    by_name = {s.name: s for s in stages(inputs)}
+    upstream = {name: file_digest(manifest_path(inputs, by_name[name], out_dir)) for name in stage.after}
+    hashed = stage_inputs(stage.name, stage.settings, stage.files, upstream)
+    new_hash = inputs_hash(hashed)
+    directory = Path(out_dir) / stage.name
+    record = read_record(manifest_path(inputs, stage, out_dir))
+    if record and record.get("hash") == new_hash and all((directory / name).exists() for name in record.get("outputs", [])):
+        return Decision(stage, "skip", "unchanged" + ("" if record.get("passed", True) else " (failed its check)"), inputs=hashed)
+    if stage.kind == "distill" and _started_hash(directory) == new_hash:
+        checkpoint = latest_checkpoint(directory / "checkpoints")
+        if checkpoint is not None:
+            step = int(checkpoint.name.removeprefix("step-"))
+            return Decision(stage, "resume", f"resumes from step {step}", inputs=hashed, steps_done=step)
+    if record is None:
+        return Decision(stage, "run", "no finished run in --out", inputs=hashed)
+    changed = _first_difference(record.get("inputs"), hashed) or "outputs missing"
+    return Decision(stage, "run", changed, inputs=hashed)
+
+
+def plan(inputs: RunInputs, out_dir: Path) -> list[Decision]:
+    """What a run would do now, stage by stage, with an estimated time for each stage that runs."""
+    decisions, rerun, blocked = [], set(), set()
+    estimator = Estimator(inputs, out_dir)
+    for stage in stages(inputs):
+        decision = decide(inputs, stage, out_dir, rerun, blocked)
+        if decision.action in RUNS:
+            rerun.add(stage.name)
+            decision.estimate = estimator(stage, decision.steps_done)
+        if decision.action == "blocked" or (decision.action == "skip" and "failed" in decision.reason):
+            blocked.add(stage.name)
+        decisions.append(decision)
+    return decisions
+
+
+def _prepare(directory: Path, resume: bool) -> None:
+    if directory.exists() and not resume:
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for leftover in directory.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _discard_failed(directory: Path) -> None:
+    """A failed stage leaves nothing but resumable training state."""
+    if latest_checkpoint(directory / "checkpoints") is None:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def tree_bytes(path: Path) -> int:
+    """Size of a file, or of every file under a directory (an .mlpackage, a student directory)."""
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _record(path: Path, decision: Decision, seconds: float, passed: bool, message: str | None) -> None:
+    directory = path.parent
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    outputs = sorted(p for p in directory.iterdir() if p.name not in SCRATCH and not p.name.startswith("."))
+    manifest["stage"] = {
+        "name": decision.stage.name,
+        "hash": decision.hash,
+        "inputs": decision.inputs,
+        "outputs": [p.name for p in outputs],
+        "output_bytes": {p.name: tree_bytes(p) for p in outputs},
+        "action": decision.action,
+        "seconds": round(seconds, 2),
+        "passed": passed,
+        "message": message,
+    }
+    replace_json(path, manifest)
+
+
+def run_stage(inputs: RunInputs, decision: Decision, out_dir: Path, on_step=None, on_warning=None) -> Outcome:
+    stage = decision.stage
+    directory = Path(out_dir) / stage.name
+    _prepare(directory, resume=decision.action == "resume")
+    replace_json(directory / STARTED, {"hash": decision.hash})
+    context = StageContext(inputs, stage, Path(out_dir), resume=decision.action == "resume", on_step=on_step,
+                           on_warning=on_warning)
+    started = time.perf_counter()
+    passed, message = True, None
+    try:
+        RUNNERS[stage.kind](context)
+    except VerificationFailed as failure:
+        if not manifest_path(inputs, stage, out_dir).is_file():
+            _discard_failed(directory)
+            raise StageFailed(stage.name, failure) from failure
+        passed, message = False, failure.one_line()
+    except BaseException as failure:
+        _discard_failed(directory)
+        if isinstance(failure, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise StageFailed(stage.name, failure) from failure
+    seconds = time.perf_counter() - started
+    _record(manifest_path(inputs, stage, out_dir), decision, seconds, passed, message)
+    (directory / STARTED).unlink()
+    return Outcome(stage.name, decision.action, seconds, passed, message)
+
+
+def execute(inputs: RunInputs, out_dir: Path, on_event: Callable[[str, Decision, dict], None] | None = None,
+            on_warning: Callable[[str], None] | None = None) -> RunResult:
+    """Run every stage that is not up to date, then write the report (DIR/report.md and report.html)."""
+    from effconv.pipeline.report import write_report
+
+    out_dir = Path(out_dir)
+    result = RunResult(out_dir=out_dir)
+    blocked: set[str] = set()
+    notify = on_event or (lambda kind, decision, info: None)
+    estimator = Estimator(inputs, out_dir)
+    for stage in stages(inputs):
+        decision = decide(inputs, stage, out_dir, set(), blocked)
+        if decision.action in RUNS:
+            decision.estimate = estimator(stage, decision.steps_done)
+        notify("start", decision, {})
+        if decision.action in RUNS:
+            outcome = run_stage(inputs, decision, out_dir, on_step=lambda record, elapsed: notify(
+                "step", decision, {"record": record, "elapsed": elapsed}), on_warning=on_warning)
+        else:
+            record = read_record(manifest_path(inputs, stage, out_dir)) or {}
+            outcome = Outcome(stage.name, decision.action, 0.0, record.get("passed") if record else None,
+                              record.get("message"))
+        if outcome.passed is False or decision.action == "blocked":
+            blocked.add(stage.name)
+        result.outcomes.append(outcome)
+        notify("done", decision, {"outcome": outcome})
+    result.report = write_report(inputs, out_dir, result)
+    return result

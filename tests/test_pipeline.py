@@ -1,0 +1,287 @@
+"""`effconv run`: plan, skip / rerun by stage hash, failures named by stage, resume after a kill, the report."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file, save_file
+
+from effconv.distill.data import BUNDLED_CLIP
+from effconv.pipeline.plan import resolve
+from effconv.pipeline.report import number, share, size
+from effconv.pipeline.runner import execute, plan
+from effconv.recipe import load_recipe
+
+from conftest import REPO, SPECS
+
+RECIPE = REPO / "tests" / "data" / "pipeline-tiny.yaml"
+STAGES = ["distill", "eval", "convert-onnx", "lint", "profile-iphone16pro", "profile-host-cpu"]
+STUDENT = "tiny-teacher-student"
+FAMILIES = {"wan": "AutoencoderKLWan", "hunyuan": "AutoencoderKLHunyuanVideo", "cogvideox": "AutoencoderKLCogVideoX",
+            "ltx": "AutoencoderKLLTXVideo", "mochi": "AutoencoderKLMochi"}
+
+
+def _manifest(run_dir: Path, stage: str, name: str) -> dict:
+    return json.loads((run_dir / stage / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """One complete tiny run, shared: tests that change it work on a copy."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    result = execute(resolve(RECIPE), out)
+    assert [o.action for o in result.outcomes] == ["run"] * len(STAGES)
+    assert not result.failed
+    return out
+
+
+def _copy(run_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run_dir, tmp_path / "copy"))
+
+
+def test_dry_run_plans_every_stage_with_an_estimate_and_writes_nothing(cli, tmp_path):
+    code, out, err = cli("run", RECIPE, "--out", tmp_path / "never", "--dry-run", "--json")
+    assert code == 0, err
+    planned = json.loads(out)["plan"]
+    assert [p["stage"] for p in planned] == STAGES
+    assert all(p["action"] == "run" for p in planned)
+    assert [p["reason"] for p in planned] == ["no finished run in --out"] + ["distill reruns"] * (len(STAGES) - 1)
+    assert all(p["estimate_seconds"] > 0 and p["estimate_basis"].startswith("modelled") for p in planned)
+    assert "4 steps" in planned[0]["estimate_basis"]
+    assert not (tmp_path / "never").exists()
+
+
+def test_every_stage_writes_a_manifest_with_its_input_hash(finished_run):
+    for stage, name in [("distill", "distill.json"), ("eval", "eval.json"), ("convert-onnx", f"{STUDENT}.json"),
+                        ("lint", "lint.json"), ("profile-iphone16pro", "profile.json"), ("profile-host-cpu", "profile.json")]:
+        record = _manifest(finished_run, stage, name)["stage"]
+        assert record["name"] == stage and len(record["hash"]) == 64 and record["passed"] is True
+        assert all((finished_run / stage / output).exists() for output in record["outputs"])
+        assert record["inputs"]["versions"]["effconv"]
+    convert = _manifest(finished_run, "convert-onnx", f"{STUDENT}.json")["stage"]["inputs"]
+    assert set(convert["upstream"]) == {"distill"}
+    assert not (finished_run / "distill" / "stage-started.json").exists()
+
+
+def test_second_run_skips_every_stage(finished_run, cli):
+    code, out, err = cli("run", RECIPE, "--out", finished_run, "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert [s["action"] for s in summary["stages"]] == ["skip"] * len(STAGES)
+    assert all(p["reason"] == "unchanged" for p in summary["plan"])
+
+
+def test_changing_steps_reruns_distill_and_everything_after_it(finished_run, tmp_path):
+    run_dir = _copy(finished_run, tmp_path)
+    before = _manifest(run_dir, "convert-onnx", f"{STUDENT}.json")["stage"]["hash"]
+    inputs = resolve(RECIPE, steps=5)
+    decisions = plan(inputs, run_dir)
+    assert [d.action for d in decisions] == ["run"] * len(STAGES)
+    assert decisions[0].reason == "settings.distill.steps: 4 -> 5"
+    assert all(d.reason == "distill reruns" for d in decisions[1:])
+    result = execute(inputs, run_dir)
+    assert [o.action for o in result.outcomes] == ["run"] * len(STAGES)
+    assert _manifest(run_dir, "distill", "distill.json")["run"]["steps"] == 5
+    assert _manifest(run_dir, "convert-onnx", f"{STUDENT}.json")["stage"]["hash"] != before
+
+
+def test_a_renamed_eval_video_reruns_only_eval(finished_run, tmp_path):
+    renamed = tmp_path / "other.mp4"
+    shutil.copy(BUNDLED_CLIP, renamed)
+    decisions = plan(resolve(RECIPE, eval_data=[renamed]), finished_run)
+    assert {d.stage.name: d.action for d in decisions} == {s: "run" if s == "eval" else "skip" for s in STAGES}
+    assert decisions[1].reason == "files changed"
+
+
+def test_failed_stage_is_named_exit_2_and_earlier_outputs_stay(finished_run, tmp_path, cli):
+    run_dir = _copy(finished_run, tmp_path)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(BUNDLED_CLIP.read_bytes()[:3000])
+    distilled = (run_dir / "distill" / "distill.json").read_text()
+    code, _, err = cli("run", RECIPE, "--out", run_dir, "--eval-data", broken)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith("error: stage eval failed: ")
+    assert "Traceback" not in err
+    assert (run_dir / "distill" / "distill.json").read_text() == distilled
+    assert (run_dir / "distill" / f"{STUDENT}.yaml").is_file()
+    assert not (run_dir / "eval").exists()
+
+
+def _report_rows(text: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip("|").split(" | ")]
+            rows.setdefault(cells[0], cells[1:])
+    return rows
+
+
+def test_report_numbers_equal_the_manifests(finished_run):
+    text = (finished_run / "report.md").read_text()
+    rows = _report_rows(text)
+    distill = _manifest(finished_run, "distill", "distill.json")
+    evaluated = _manifest(finished_run, "eval", "eval.json")["eval"]
+    convert = _manifest(finished_run, "convert-onnx", f"{STUDENT}.json")
+    host = _manifest(finished_run, "profile-host-cpu", "profile.json")["models"]
+    phone = _manifest(finished_run, "profile-iphone16pro", "profile.json")["models"]
+
+    assert rows["decoder params"] == [f"{distill['teacher_params']:,}", f"{distill['params']:,}",
+                                      f"{distill['params'] / distill['teacher_params']:.1%}"]
+    onnx_bytes = (finished_run / "convert-onnx" / convert["artifact"]).stat().st_size
+    assert rows["onnx artifact size"][1] == size(onnx_bytes)
+    assert rows["PSNR on the eval clip (dB)"][:2] == [f"{evaluated['mean_teacher_psnr_db']:.2f}",
+                                                      f"{evaluated['mean_student_psnr_db']:.2f}"]
+    assert rows["SSIM on the eval clip"][:2] == [f"{evaluated['mean_teacher_ssim']:.4f}", f"{evaluated['mean_student_ssim']:.4f}"]
+    host_row = next(v for k, v in rows.items() if k.startswith("host latency, measured"))
+    assert host_row[:2] == [f"{host['teacher']['measured']['median_ms']:.2f} ms", f"{host['student']['measured']['median_ms']:.2f} ms"]
+    latency = phone["student"]["latency_ms"]
+    assert rows["iphone16pro latency, estimated (band)"][1] == (
+        f"{latency['estimate']:.2f} ms ({latency['low']:.2f} - {latency['high']:.2f})")
+    assert rows["iphone16pro FPS, estimated (band)"][1].startswith(f"{phone['student']['fps']['estimate']:.1f} ")
+    assert rows["onnx"][1] == f"{convert['verify']['max_abs_err']:.3g}"
+    assert rows["onnx"][2] == number(convert["verify"]["psnr_db"], 1)
+    assert share(evaluated["mean_student_psnr_db"], evaluated["mean_teacher_psnr_db"]) in rows["PSNR on the eval clip (dB)"]
+    assert "![student on iphone16pro" in text and "(eval/frames/bigbuckbunny-strip.png)" in text
+    html = (finished_run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and f"{distill['params']:,}" in html
+
+
+def test_report_says_eval_is_in_domain_when_it_reuses_the_training_video(finished_run):
+    assert "also used for training" in (finished_run / "report.md").read_text()
+
+
+def _student_weights(run_dir: Path) -> dict:
+    return load_file(run_dir / "distill" / STUDENT / "diffusion_pytorch_model.safetensors")
+
+
+def _numbers(run_dir: Path) -> dict:
+    evaluated = _manifest(run_dir, "eval", "eval.json")["eval"]
+    convert = _manifest(run_dir, "convert-onnx", f"{STUDENT}.json")["verify"]
+    phone = _manifest(run_dir, "profile-iphone16pro", "profile.json")["models"]["student"]
+    return {"psnr": evaluated["mean_student_psnr_db"], "ssim": evaluated["mean_student_ssim"],
+            "max_abs_err": convert["max_abs_err"], "phone_ms": phone["latency_ms"]["estimate"]}
+
+
+@pytest.mark.slow
+def test_run_killed_during_distill_resumes_to_the_uninterrupted_result(tmp_path):
+    steps = "24"
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "effconv", "run", str(RECIPE), "--out", str(killed), "--steps", steps]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=os.environ | {"PYTHONPATH": str(REPO)})
+    latest = killed / "distill" / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 300
+    while not latest.is_file() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert latest.is_file(), "no checkpoint before the deadline"
+    assert not (killed / "distill" / "distill.json").exists(), "distillation finished before the kill"
+    stopped_at = json.loads(latest.read_text())["step"]
+    assert 0 < stopped_at < int(steps)
+
+    inputs = resolve(RECIPE, steps=int(steps))
+    assert plan(inputs, killed)[0].action == "resume"
+    resumed = execute(inputs, killed)
+    assert resumed.outcomes[0].action == "resume"
+    assert _manifest(killed, "distill", "distill.json")["run"]["steps_this_run"] < int(steps)
+    straight = tmp_path / "straight"
+    execute(inputs, straight)
+
+    expected, actual = _student_weights(straight), _student_weights(killed)
+    assert expected.keys() == actual.keys()
+    assert max((expected[k] - actual[k]).abs().max().item() for k in expected) < 1e-6
+    assert _numbers(killed) == pytest.approx(_numbers(straight), rel=1e-5, abs=1e-6)
+
+
+def test_spec_argument_uses_the_recipe_option_and_keeps_the_spec_name(cli, tmp_path):
+    code, out, err = cli("run", SPECS / "hunyuan-tiny.yaml", "--recipe", RECIPE, "--out", tmp_path, "--dry-run", "--json")
+    assert code == 0, err
+    assert json.loads(out)["plan"][0]["stage"] == "distill"
+    inputs = resolve(SPECS / "hunyuan-tiny.yaml", recipe_name=str(RECIPE))
+    assert inputs.student_name == "hunyuan-tiny-student"
+    code, _, err = cli("run", RECIPE, "--recipe", "tiny", "--out", tmp_path, "--dry-run")
+    assert code == 2 and "--recipe applies only when the first argument is a spec" in err
+
+
+def test_bad_pipeline_section_is_one_line_exit_2(cli, tmp_path):
+    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe["export"] = {"backends": ["onnx", "caffe"]}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(recipe))
+    code, _, err = cli("run", bad, "--out", tmp_path / "out", "--dry-run")
+    assert code == 2 and "export.backends.1" in err and len(err.strip().splitlines()) == 1
+    recipe["export"] = {"backends": ["onnx"]}
+    recipe["quantize"] = {"backends": ["tflite"]}
+    bad.write_text(yaml.safe_dump(recipe))
+    code, _, err = cli("run", bad, "--out", tmp_path / "out", "--dry-run")
+    assert code == 2 and "must also be in export.backends" in err
+
+
+def test_video_outside_the_package_is_refused(cli, tmp_path):
+    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe["data"] = {"train": ["effconv:../../etc"]}
+    bad = tmp_path / "escape.yaml"
+    bad.write_text(yaml.safe_dump(recipe))
+    code, _, err = cli("run", bad, "--out", tmp_path / "out", "--dry-run")
+    assert code == 2 and "outside the effconv package" in err
+
+
+def test_demo_recipe_teacher_is_the_shipped_demo_spec():
+    recipe, source = load_recipe("demo")
+    inputs = resolve("demo")
+    shipped = yaml.safe_load((SPECS / "demo-teacher.yaml").read_text())
+    assert inputs.teacher.resolved()["model"]["pretrained"] == str((REPO / "effconv" / "assets" / "demo-teacher").resolve())
+    assert {k: v for k, v in recipe.teacher.items() if k != "model"} == {k: v for k, v in shipped.items() if k != "model"}
+    assert inputs.train_data == (REPO / "effconv" / "assets" / "video",) == inputs.eval_data
+
+
+def test_older_commands_accept_pipeline_recipes(cli, tmp_path):
+    code, out, err = cli("rewrite", SPECS / "demo-teacher.yaml", "--recipe", "demo", "--out", tmp_path, "--json")
+    assert code == 0, err
+    assert json.loads(out)["recipe"]["student"]["widths"] == [48, 48, 16, 12, 8]
+
+
+def _fake_pretrained(directory: Path, class_name: str) -> Path:
+    """A pretrained directory with the class's published (default) config and a placeholder weight file:
+    a dry run reads config.json and hashes the weights, it does not load them."""
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"_class_name": class_name}))
+    import torch
+
+    save_file({"placeholder": torch.zeros(1)}, directory / "diffusion_pytorch_model.safetensors")
+    return directory
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_real_family_recipe_plans_with_local_weights(family, cli, tmp_path):
+    recipe = f"turbo-vaed-{family}"
+    code, _, err = cli("run", recipe, "--data", BUNDLED_CLIP, "--out", tmp_path / "out", "--dry-run")
+    assert code == 2 and "--pretrained DIR" in err and len(err.strip().splitlines()) == 1
+    weights = _fake_pretrained(tmp_path / "weights", FAMILIES[family])
+    code, out, err = cli("run", recipe, "--pretrained", weights, "--data", BUNDLED_CLIP, "--out", tmp_path / "out",
+                         "--dry-run", "--json")
+    assert code == 0, err
+    planned = json.loads(out)["plan"]
+    assert [p["stage"] for p in planned] == ["distill", "eval", "convert-onnx", "convert-coreml", "convert-tflite",
+                                             "lint", "profile-iphone16pro", "profile-host-cpu"]
+    assert re.match(r"modelled: 10000 steps x [0-9.e+-]+ s/step", planned[0]["estimate_basis"])
+    assert planned[0]["estimate_seconds"] > 3600  # a paper-size student does not distill in an hour on a CPU
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_on_every_backend(cli, tmp_path):
+    code, _, err = cli("run", "demo", "--out", tmp_path, "--steps", "4")
+    assert code == 0, err
+    text = (tmp_path / "report.md").read_text()
+    for backend in ("onnx", "coreml", "tflite"):
+        assert f"{backend} artifact size" in text
