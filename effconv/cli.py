@@ -342,7 +342,12 @@ def calibrate(
         out.print(f"report: {report}")
 
 
-LINT_TABLE_WIDTH = 160
+WIDE_TABLE_WIDTH = 160
+
+
+def _print_wide(table: Table) -> None:
+    """Piped output (logs, CI) has no terminal width to respect: keep wide tables readable there."""
+    (out if out.is_terminal else Console(width=WIDE_TABLE_WIDTH)).print(table)
 
 
 def _mark(illegal: int, count: int) -> str:
@@ -367,8 +372,7 @@ def _print_lint(report, as_json: bool, problems_only: bool = False, title: str =
         marks = [_mark(row.illegal[unit], row.count) for unit in report.units]
         name = f"[bold red]{row.op}[/]" if row.blocking else row.op
         table.add_row(name, str(row.count), *marks, "; ".join(row.why), "\n".join(row.fix))
-    # piped output (logs, CI) has no terminal width to respect: keep the table readable there
-    (out if out.is_terminal else Console(width=LINT_TABLE_WIDTH)).print(table)
+    _print_wide(table)
 
 
 @app.command()
@@ -665,10 +669,10 @@ def run_pipeline(
         if as_json:
             print(json.dumps({"out": str(out_dir), "plan": _plan_json(decisions)}, indent=2))
         else:
-            out.print(_plan_table(decisions))
+            _print_wide(_plan_table(decisions))
         return
     if not as_json:
-        out.print(_plan_table(decisions))
+        _print_wide(_plan_table(decisions))
     progress = _RunProgress()
     try:
         result = execute(inputs, out_dir, on_event=progress,

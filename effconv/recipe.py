@@ -84,7 +84,8 @@ class ExportRecipe(StrictModel):
 
 
 class QuantizeRecipe(StrictModel):
-    backends: list[Backend] | None = Field(None, description="[default: every exported backend]; [] = no quantization")
+    backends: list[Backend] | None = Field(None, description="[default: every exported backend effconv can quantize]; "
+                                           "[] = no quantization")
     samples: int = Field(16, ge=1, le=4096, description="calibration samples (teacher-encoded real clips)")
     max_psnr_drop: float | None = Field(0.3, ge=0, le=100, description="gate: dB lost vs the float artifact; null = no gate")
     weights_only: bool = False
@@ -125,11 +126,6 @@ class Recipe(StrictModel):
             raise ValueError(f"quantize.backends {missing} must also be in export.backends (quantization starts "
                              "from the float artifact)")
         return self
-
-    @property
-    def quantized_backends(self) -> list[str]:
-        chosen = self.export.backends if self.quantize.backends is None else self.quantize.backends
-        return [b for b in self.export.backends if b in chosen]
 
     def require_student(self, source: str) -> StudentRecipe:
         if self.student is None:

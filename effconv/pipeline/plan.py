@@ -7,6 +7,7 @@ teacher spec, which then uses `--recipe` (default `turbo-vaed`) for everything e
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,6 +161,21 @@ def _lint_device(backend: str, devices: tuple[str, ...]) -> str | None:
     return next((device for device in devices if device in listed), None)
 
 
+def quantized_backends(recipe: Recipe) -> list[str]:
+    """The exported backends to quantize: the recipe's list, or by default every one effconv has a quantizer for."""
+    def available(backend: str) -> bool:
+        return importlib.util.find_spec(f"effconv.quantize.{backend}") is not None
+
+    if recipe.quantize.backends is None:
+        return [b for b in recipe.export.backends if available(b)]
+    missing = [b for b in recipe.quantize.backends if not available(b)]
+    if missing:
+        raise EffconvError(f"this effconv version cannot quantize {', '.join(missing)} artifacts.",
+                           "remove them from quantize.backends, or leave quantize.backends out to quantize every "
+                           "backend that can be.")
+    return [b for b in recipe.export.backends if b in recipe.quantize.backends]
+
+
 def device_label(device: str) -> str:
     """A device for stage and folder names: a profile name, or a user profile file's stem."""
     return Path(device).stem if device.endswith((".yaml", ".yml")) else device
@@ -181,6 +197,10 @@ def stages(inputs: RunInputs) -> list[Stage]:
     ]
     plan += [Stage(f"convert-{b}", "convert", after=("distill",), backend=b,
                    settings={"backend": b, "opset": DEFAULT_OPSET, "precision": "fp16"}) for b in backends]
+    videos = tuple(dict.fromkeys(expand_paths([*inputs.train_data, *inputs.eval_data])))
+    plan += [Stage(f"quantize-{b}", "quantize", after=(f"convert-{b}",), backend=b,
+                   settings={"backend": b, **recipe.quantize.model_dump(mode="json", exclude={"backends"})},
+                   files=videos) for b in quantized_backends(recipe)]
     plan.append(Stage("lint", "lint", after=("distill",),
                       settings={"backends": {b: _lint_device(b, inputs.devices) for b in backends}}))
     onnx_inputs = tuple(name for name in ("convert-onnx", "quantize-onnx") if name in {s.name for s in plan})

@@ -81,8 +81,8 @@ class Manifests:
         self.eval = _load(self.out_dir / "eval" / EVAL_MANIFEST)
         self.lint = _load(self.out_dir / "lint" / LINT_MANIFEST)
         self.convert = {b: _load(self.out_dir / f"convert-{b}" / f"{self.student}.json") for b in self.backends}
-        self.quantize = {b: _load(self.out_dir / f"quantize-{b}" / f"{self.student}{INT8_SUFFIX}.json")
-                         for b in inputs.recipe.quantized_backends}
+        self.quantize = {s.backend: _load(self.out_dir / s.name / f"{self.student}{INT8_SUFFIX}.json")
+                         for s in self.stages if s.kind == "quantize"}
         self.profile = {d: _load(self.out_dir / f"profile-{device_label(d)}" / PROFILE_MANIFEST) for d in inputs.devices}
 
     def record(self, stage: str) -> dict:
@@ -203,7 +203,7 @@ def _conversion_section(m: Manifests) -> Section:
 def _quantize_section(m: Manifests) -> Section:
     section = Section("Quantization")
     if not m.quantize:
-        section.blocks.append("No backend was quantized (the recipe's `quantize.backends` is empty).")
+        section.blocks.append("No backend was quantized (the recipe's `quantize.backends` names none that effconv can quantize).")
         return section
     rows = []
     for backend, manifest in m.quantize.items():

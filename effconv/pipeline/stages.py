@@ -1,8 +1,8 @@
 """Each stage of `effconv run` as a call to the library function its own command uses.
 
-A stage writes only into its own folder `DIR/<stage name>/` and returns the names of its outputs there,
-its manifest first. Stages whose library function returns data rather than writing a manifest (eval,
-lint, profile) write one here, through a staging directory like every other artifact.
+A stage writes only into its own folder `DIR/<stage name>/`, its manifest named by `manifest_name`.
+Stages whose library function returns data rather than writing a manifest (eval, lint, profile) write
+one here, through a staging directory like every other artifact.
 """
 
 from __future__ import annotations
@@ -68,20 +68,18 @@ def _stage_json(name: str, **sections) -> dict:
     return {"name": name, **sections, "effconv_version": effconv.__version__, "created": created}
 
 
-def run_distill(ctx: StageContext) -> list[str]:
+def run_distill(ctx: StageContext) -> None:
     from effconv.distill.stage import distill
 
     recipe = ctx.inputs.recipe
-    result = distill(
+    distill(
         ctx.inputs.teacher, ctx.inputs.recipe_source, list(ctx.inputs.train_data), ctx.directory,
         steps=recipe.distill.steps, resume=ctx.resume, allow_import=ctx.inputs.allow_import, on_step=ctx.on_step,
         on_videos=lambda videos: [ctx.warn(f"skipping {path}: {reason}") for path, reason in videos.skipped],
     )
-    student = result.manifest.artifact
-    return [DISTILL_MANIFEST, student, f"{student}.yaml"]
 
 
-def run_eval(ctx: StageContext) -> list[str]:
+def run_eval(ctx: StageContext) -> None:
     from effconv.distill.evaluate import evaluate
 
     with staged_output(ctx.directory) as staging:
@@ -92,17 +90,27 @@ def run_eval(ctx: StageContext) -> list[str]:
         summary["frames"] = [f"{FRAMES_DIR}/{Path(frame).name}" for frame in summary.get("frames", [])]
         summary["eval_is_train"] = ctx.inputs.eval_is_train
         replace_json(staging / EVAL_MANIFEST, _stage_json("eval", eval=summary))
-    return [EVAL_MANIFEST, FRAMES_DIR]
 
 
-def run_convert(ctx: StageContext) -> list[str]:
+def run_convert(ctx: StageContext) -> None:
     from effconv.converters.convert import convert
 
-    manifest = convert(load_spec(ctx.student_spec), ctx.stage.backend, ctx.directory, allow_import=ctx.inputs.allow_import)
-    return [f"{manifest.name}.json", manifest.artifact]
+    convert(load_spec(ctx.student_spec), ctx.stage.backend, ctx.directory, allow_import=ctx.inputs.allow_import)
 
 
-def run_lint(ctx: StageContext) -> list[str]:
+def run_quantize(ctx: StageContext) -> None:
+    """Calibrate on clips of the training videos; measure quality on the eval videos' centre clips."""
+    from effconv.quantize.stage import quantize_artifact
+
+    settings = ctx.stage.settings
+    converted = ctx.out_dir / f"convert-{ctx.stage.backend}"
+    source = converted / read_manifest(converted / f"{ctx.inputs.student_name}.json").artifact
+    quantize_artifact(source, ctx.directory, calib=[str(p) for p in ctx.inputs.train_data], samples=settings["samples"],
+                      max_psnr_drop=settings["max_psnr_drop"], weights_only=settings["weights_only"],
+                      eval_data=list(ctx.inputs.eval_data))
+
+
+def run_lint(ctx: StageContext) -> None:
     from effconv.profile.lint import lint_target
 
     results = {}
@@ -117,7 +125,6 @@ def run_lint(ctx: StageContext) -> list[str]:
         names = "; ".join(f"{backend}: {', '.join(ops)}" for backend, ops in blocked.items())
         raise VerificationFailed(f"ops no compute unit can run remain after effconv's rewrites ({names}).",
                                  f"see {ctx.directory / LINT_MANIFEST} and docs/backends.md.")
-    return [LINT_MANIFEST]
 
 
 def _profile_targets(ctx: StageContext, teacher_spec: Path) -> dict[str, Path]:
@@ -131,7 +138,7 @@ def _profile_targets(ctx: StageContext, teacher_spec: Path) -> dict[str, Path]:
     return targets
 
 
-def run_profile(ctx: StageContext) -> list[str]:
+def run_profile(ctx: StageContext) -> None:
     from effconv.profile.plot import write_plot
     from effconv.profile.run import run
 
@@ -152,13 +159,13 @@ def run_profile(ctx: StageContext) -> list[str]:
                 write_plot(result, staging / PROFILE_PLOT)
         replace_json(staging / PROFILE_MANIFEST, _stage_json("profile", device=ctx.stage.device, models=results,
                                                              plot=PROFILE_PLOT))
-    return [PROFILE_MANIFEST, PROFILE_PLOT, TEACHER_SPEC]
 
 
-RUNNERS: dict[str, Callable[[StageContext], list[str]]] = {
+RUNNERS: dict[str, Callable[[StageContext], None]] = {
     "distill": run_distill,
     "eval": run_eval,
     "convert": run_convert,
+    "quantize": run_quantize,
     "lint": run_lint,
     "profile": run_profile,
 }
