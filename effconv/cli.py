@@ -633,8 +633,8 @@ def _plan_json(decisions) -> list[dict]:
 
 @app.command(name="run")
 def run_pipeline(
-    target: str = typer.Argument(..., help="A recipe (packaged name such as demo, or a YAML path) or a teacher spec YAML.",
-                                 show_default=False),
+    target: str = typer.Argument(..., metavar="RECIPE_OR_SPEC", show_default=False,
+                                 help="A recipe (packaged name such as demo, or a YAML path) or a teacher spec YAML."),
     out_dir: Path = typer.Option(..., "--out", help="Run folder: one subfolder per stage, report.md, report.html.",
                                  show_default=False),
     recipe: str | None = typer.Option(None, "--recipe", help="With a spec: the recipe to use [default: turbo-vaed]."),

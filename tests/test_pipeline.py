@@ -15,7 +15,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from effconv.distill.data import BUNDLED_CLIP
-from effconv.pipeline.plan import resolve
+from effconv.pipeline.plan import quantized_backends, resolve
 from effconv.pipeline.report import number, share, size
 from effconv.pipeline.runner import execute, plan
 from effconv.recipe import load_recipe
@@ -227,6 +227,13 @@ def test_bad_pipeline_section_is_one_line_exit_2(cli, tmp_path):
     assert code == 2 and "must also be in export.backends" in err
 
 
+def test_device_file_names_cannot_escape_the_run_folder(cli, tmp_path):
+    device = tmp_path / "..yaml"
+    device.write_text("name: x\n")
+    code, _, err = cli("run", RECIPE, "--device", device, "--out", tmp_path / "out", "--dry-run")
+    assert code == 2 and "cannot name a stage folder" in err
+
+
 def test_video_outside_the_package_is_refused(cli, tmp_path):
     recipe = yaml.safe_load(RECIPE.read_text())
     recipe["data"] = {"train": ["effconv:../../etc"]}
@@ -272,8 +279,10 @@ def test_real_family_recipe_plans_with_local_weights(family, cli, tmp_path):
                          "--dry-run", "--json")
     assert code == 0, err
     planned = json.loads(out)["plan"]
+    quantized = [f"quantize-{b}" for b in quantized_backends(load_recipe(recipe)[0])]
+    assert "quantize-onnx" in quantized
     assert [p["stage"] for p in planned] == ["distill", "eval", "convert-onnx", "convert-coreml", "convert-tflite",
-                                             "lint", "profile-iphone16pro", "profile-host-cpu"]
+                                             *quantized, "lint", "profile-iphone16pro", "profile-host-cpu"]
     assert re.match(r"modelled: 10000 steps x [0-9.e+-]+ s/step", planned[0]["estimate_basis"])
     assert planned[0]["estimate_seconds"] > 3600  # a paper-size student does not distill in an hour on a CPU
 

@@ -8,6 +8,8 @@ teacher spec, which then uses `--recipe` (default `turbo-vaed`) for everything e
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from effconv.errors import EffconvError
 from effconv.models.loader import pretrained_root
 from effconv.recipe import Recipe, load_recipe
 from effconv.rewrites.rewrite import STUDENT_SUFFIX
-from effconv.spec import LoadedSpec, load_spec, read_yaml_mapping, spec_from_dict
+from effconv.spec import SAFE_NAME, LoadedSpec, load_spec, read_yaml_mapping, spec_from_dict
 
 DEFAULT_SPEC_RECIPE = "turbo-vaed"
 PACKAGE_PREFIX = "effconv:"
@@ -106,6 +108,7 @@ def _check_devices(devices: list[str]) -> None:
     from effconv.profile.devices import load_device
 
     for device in devices:
+        device_label(device)
         if device != HOST_DEVICE:
             load_device(device)
 
@@ -143,7 +146,8 @@ def resolve(target: str | Path, recipe_name: str | None = None, steps: int | Non
     base_dir = Path(source).resolve().parent
     train = _videos(data, recipe.data.train, base_dir, "training", source)
     held_out = _videos(eval_data, recipe.data.eval, base_dir, "eval", source) if (eval_data or recipe.data.eval) else train
-    chosen = list(devices) if devices else list(recipe.profile.devices)
+    chosen = list(devices) if devices else [
+        str(base_dir / d) if is_device_file(d) and not Path(d).is_absolute() else d for d in recipe.profile.devices]
     _check_devices(chosen)
     return RunInputs(recipe=recipe, recipe_source=source, teacher=teacher, train_data=train, eval_data=held_out,
                      devices=tuple(dict.fromkeys([*chosen, HOST_DEVICE])), allow_import=allow_import)
@@ -176,9 +180,17 @@ def quantized_backends(recipe: Recipe) -> list[str]:
     return [b for b in recipe.export.backends if b in recipe.quantize.backends]
 
 
+def is_device_file(device: str) -> bool:
+    return device.endswith((".yaml", ".yml")) or "/" in device or os.sep in device
+
+
 def device_label(device: str) -> str:
     """A device for stage and folder names: a profile name, or a user profile file's stem."""
-    return Path(device).stem if device.endswith((".yaml", ".yml")) else device
+    label = Path(device).stem if is_device_file(device) else device
+    if not re.fullmatch(SAFE_NAME, label) or label.startswith("."):
+        raise EffconvError(f"device '{device}' cannot name a stage folder.",
+                           "name device profile files with letters, digits, '.', '_' or '-'.")
+    return label
 
 
 def stages(inputs: RunInputs) -> list[Stage]:
@@ -210,7 +222,7 @@ def stages(inputs: RunInputs) -> list[Stage]:
         if host:
             settings |= {"measure": True, "repeats": recipe.profile.host_repeats, "threads": default_threads(),
                          "cpu": cpu_model()}
-        device_file = (Path(device),) if device_label(device) != device else ()
+        device_file = (Path(device),) if is_device_file(device) else ()
         plan.append(Stage(f"profile-{device_label(device)}", "profile", after=("distill", *onnx_inputs),
                           optional=tuple(n for n in onnx_inputs if n.startswith("quantize")), device=device,
                           settings=settings, files=device_file))

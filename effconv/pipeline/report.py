@@ -222,6 +222,16 @@ def _quantize_section(m: Manifests) -> Section:
         ])
     section.blocks.append(Table(["backend", "scheme", "float size", "int8 size", "smaller", "PSNR vs float (dB)",
                                  "PSNR drop (dB)", "SSIM drop", "latency float / int8", "gate"], rows))
+    estimated = []
+    for device in [HOST_DEVICE, *m.devices]:
+        student, int8 = _profiled(m, device, "student"), _profiled(m, device, "student-int8")
+        if student and int8:
+            speed = times(student["latency_ms"]["estimate"], int8["latency_ms"]["estimate"])
+            estimated.append([device, _estimate(student)[0], _estimate(int8)[0], speed])
+    if estimated:
+        section.blocks += [Table(["device", "float ONNX, estimated", "int8 ONNX, estimated", "speedup"], estimated),
+                           "PSNR figures: held-out clips of the eval videos; sizes and host latency as measured by "
+                           "`effconv quantize`; the estimates cost the int8 graph with each device's int8 throughput."]
     return section
 
 
