@@ -158,11 +158,12 @@ def _teacher_files(teacher: LoadedSpec) -> tuple[Path, ...]:
 
 
 def _lint_device(backend: str, devices: tuple[str, ...]) -> str | None:
-    """Lint for the first profiled device that has rules for this backend (all compute units otherwise)."""
+    """Lint for the first profiled target device with rules for this backend (else every compute unit of
+    the backend); host-cpu, always profiled for the host measurement, is not a deployment target."""
     from effconv.profile.lint import rule_table
 
     listed = rule_table(backend)["devices"]
-    return next((device for device in devices if device in listed), None)
+    return next((device for device in devices if device in listed and device != HOST_DEVICE), None)
 
 
 def quantized_backends(recipe: Recipe) -> list[str]:

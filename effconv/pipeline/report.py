@@ -127,11 +127,12 @@ def _spec_section(m: Manifests) -> Section:
     recipe = m.distill["recipe"]
     section.blocks += [
         f"Teacher (`{m.distill['teacher']['name']}`, {m.distill['teacher']['part']}):",
-        ("code", yaml.safe_dump(m.distill["teacher"], sort_keys=False)),
+        ("code", yaml.safe_dump(m.distill["teacher"], sort_keys=False, default_flow_style=None)),
         f"Student: recipe `{recipe['source']}`, distilled {m.distill['run']['steps']} steps in "
         f"{m.distill['run']['wall_seconds']:.0f} s ({m.distill['run']['steps_per_second']} steps/s on "
         f"{m.distill['run']['device']}).",
-        ("code", yaml.safe_dump({"student": recipe["student"], "distill": recipe["distill"]}, sort_keys=False)),
+        ("code", yaml.safe_dump({"student": recipe["student"], "distill": recipe["distill"]}, sort_keys=False,
+                                default_flow_style=None)),
     ]
     return section
 
@@ -242,18 +243,24 @@ def _lint_section(m: Manifests) -> Section:
         return section
     rows, remaining = [], []
     for backend, result in m.lint["backends"].items():
-        before = [op for op in result["before"]["ops"] if op["why"]]
-        after = [op for op in result["after"]["ops"] if op["why"]]
+        before, after = _limited(result["before"]), _limited(result["after"])
         applied = ", ".join(f"{name} x{count}" for name, count in result["rewrites"].items() if count) or "none"
-        rows.append([backend, result["device"] or "all units", str(len(before)), applied, str(len(after)),
+        units = ", ".join(result["after"]["units"])
+        rows.append([backend, f"{result['device'] or 'any device'} ({units})", str(len(before)), applied, str(len(after)),
                      ", ".join(result["after"]["blocking"]) or "none"])
-        remaining += [f"{backend}: `{op['op']}` x{op['count']}: {'; '.join(op['why'])}" for op in after]
-    section.blocks.append(Table(["backend", "device", "op kinds with a problem as exported", "rewrites applied",
-                                 "op kinds with a problem after rewrites", "blocking"], rows))
+        remaining += [f"{backend}: `{op['op']}` x{op['count']}, not on "
+                      f"{', '.join(unit for unit, n in op['illegal'].items() if n)}: {'; '.join(op['why'])}" for op in after]
+    section.blocks.append(Table(["backend", "device (compute units)", "op kinds some unit cannot run, as exported",
+                                 "rewrites applied", "after the rewrites", "blocking"], rows))
     if remaining:
         section.blocks.append("Left after the rewrites (they run, but not on every compute unit):\n\n" +
                               "\n".join(f"- {line}" for line in remaining))
     return section
+
+
+def _limited(report: dict) -> list[dict]:
+    """Op kinds that at least one compute unit of the linted device cannot run."""
+    return [op for op in report["ops"] if any(op["illegal"].values())]
 
 
 def _plots_section(m: Manifests) -> Section:
