@@ -21,10 +21,11 @@ from effconv.pipeline.plan import HOST_DEVICE, RunInputs, Stage
 # student decoded in 39.6 ms in onnxruntime (1.98 GFLOP).
 TRAIN_GFLOPS = 41.6
 INFER_GFLOPS = 50.0
-# Fixed costs per stage (model building, export, conversion, process start), from the stage records of
-# `effconv run demo` on the same machine while it was shared.
-FIXED_SECONDS = {"distill": 5.0, "eval": 3.0, "convert-onnx": 8.0, "convert-coreml": 20.0, "convert-tflite": 40.0,
-                 "quantize-onnx": 10.0, "quantize-coreml": 15.0, "quantize-tflite": 40.0, "lint": 8.0, "profile": 10.0}
+# Fixed costs (model building, export, conversion, quantization search) from the stage records of
+# `effconv run demo` on the same machine while other jobs shared it (load 4-10). Per stage where
+# measured, else per kind; lint is per backend, profile per profiled model.
+FIXED_SECONDS = {"distill": 15.0, "eval": 4.0, "convert-onnx": 6.0, "convert-coreml": 18.0, "convert-tflite": 20.0,
+                 "convert": 20.0, "quantize-onnx": 55.0, "quantize": 55.0, "lint": 3.0, "profile": 4.5}
 BACKWARD_FACTOR = 3  # a training step of the student costs about three forwards
 MEASURE_WARMUP = 2
 @dataclass
@@ -90,6 +91,10 @@ class Estimator:
         return _meta_workload(self.inputs)
 
     @staticmethod
+    def _fixed(stage: Stage) -> float:
+        return FIXED_SECONDS.get(stage.name, FIXED_SECONDS[stage.kind])
+
+    @staticmethod
     def _seconds(flops: float, gflops: float) -> float:
         return flops / (gflops * 1e9)
 
@@ -132,10 +137,10 @@ class Estimator:
             videos = len(expand_paths(list(self.inputs.eval_data)))
             flops, fixed = videos * (vae + work.student), FIXED_SECONDS["eval"]
         elif stage.kind == "convert":
-            flops, fixed = 2 * work.student, FIXED_SECONDS[stage.name]
+            flops, fixed = 2 * work.student, self._fixed(stage)
         elif stage.kind == "quantize":
             samples = self.inputs.recipe.quantize.samples
-            flops, fixed = samples * (work.teacher_encoder + 2 * work.student), FIXED_SECONDS[stage.name]
+            flops, fixed = samples * (work.teacher_encoder + 2 * work.student), self._fixed(stage)
         elif stage.kind == "lint":
             flops, fixed = 0.0, FIXED_SECONDS["lint"] * len(stage.settings["backends"])
         else:
