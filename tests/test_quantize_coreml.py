@@ -8,13 +8,12 @@ student and 48.7 dB on the demo-size student with video latents; the bound sits 
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
 
 from quantize_cases import converted_student
+from effconv.artifacts import Manifest, TensorInfo
 from effconv.converters.coreml import _coremltools
 from effconv.errors import EffconvError
 from effconv.quantize import coreml
@@ -78,35 +77,42 @@ def test_fake_quantize_is_symmetric_per_output_channel():
     assert codes.tolist() == [[64, -127, 32], [127, 64, -32]]
 
 
-def _sets(manifest):
-    return random_latents(tuple(manifest.inputs[0].shape), 2).split(1)
+SHAPE = [1, 8, 3, 16, 16]
 
 
-def test_corrupt_package_is_a_one_line_error(student, tmp_path):
-    _, manifest = student
+def _manifest(precision: str = "fp16", backend: str = "coreml") -> Manifest:
+    return Manifest(name="m", backend=backend, artifact="m.mlpackage", spec={}, params=0, verify={},
+                    inputs=[TensorInfo(name="latent", shape=SHAPE, dtype="float32")],
+                    outputs=[TensorInfo(name="video", shape=[1, 3, 9, 64, 64], dtype="float32")],
+                    export={"precision": precision})
+
+
+def _sets():
+    return random_latents(tuple(SHAPE), 2).split(1)
+
+
+def test_corrupt_package_is_a_one_line_error(tmp_path):
     broken = tmp_path / "broken.mlpackage"
     broken.mkdir()
     (broken / "Manifest.json").write_text("{ not json", encoding="utf-8")
     with pytest.raises(EffconvError, match="cannot read Core ML package") as caught:
-        coreml.quantize(broken, manifest, *_sets(manifest), tmp_path / "out.mlpackage", weights_only=True)
+        coreml.quantize(broken, _manifest(), *_sets(), tmp_path / "out.mlpackage", weights_only=True)
     assert len(caught.value.one_line().splitlines()) == 1
     assert not (tmp_path / "out.mlpackage").exists()
 
 
-def test_already_quantized_package_is_refused(student, quantized, tmp_path):
-    _, manifest = student
+def test_already_quantized_package_is_refused(quantized, tmp_path):
     out, _ = quantized
     with pytest.raises(EffconvError, match="already holds compressed weights"):
-        coreml.quantize(out, manifest, *_sets(manifest), tmp_path / "again.mlpackage", weights_only=True)
+        coreml.quantize(out, _manifest(), *_sets(), tmp_path / "again.mlpackage", weights_only=True)
 
 
-def test_fp32_package_and_other_backend_are_refused(student, tmp_path):
-    artifact, manifest = student
-    fp32 = manifest.model_copy(update={"export": {**manifest.export, "precision": "fp32"}})
-    with pytest.raises(EffconvError, match="fp16"):
-        coreml.quantize(artifact, fp32, *_sets(manifest), tmp_path / "a.mlpackage", weights_only=True)
-    copied = tmp_path / "model.mlpackage"
-    shutil.copytree(artifact, copied)
-    with pytest.raises(EffconvError, match="describes a tflite artifact"):
-        coreml.quantize(copied, manifest.model_copy(update={"backend": "tflite"}), *_sets(manifest),
-                        tmp_path / "b.mlpackage", weights_only=True)
+@pytest.mark.parametrize("manifest, message", [(_manifest(precision="fp32"), "fp16"),
+                                               (_manifest(backend="tflite"), "describes a tflite artifact")],
+                         ids=["fp32-package", "tflite-manifest"])
+def test_fp32_package_and_other_backend_are_refused(manifest, message, tmp_path):
+    package = tmp_path / "model.mlpackage"
+    package.mkdir()
+    with pytest.raises(EffconvError, match=message) as caught:
+        coreml.quantize(package, manifest, *_sets(), tmp_path / "out.mlpackage", weights_only=True)
+    assert "Fix:" in caught.value.one_line()

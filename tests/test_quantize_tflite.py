@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO
 from quantize_cases import converted_student
+from effconv.artifacts import Manifest, TensorInfo
 from effconv.converters import tflite as tflite_backend
 from effconv.errors import EffconvError
 from effconv.models.loader import load_model
@@ -80,8 +82,45 @@ def test_weight_only_keeps_float_compute_and_more_quality(student, tmp_path):
     assert report["calibration_samples"] == 0 and report["float_nodes"] == []
 
 
-def test_corrupt_tflite_is_a_one_line_error(student, tmp_path):
-    _, manifest = student
+class _ConvAbsConv3d(torch.nn.Module):
+    """ai-edge-quantizer has no int8 rule for ABS or CONV_3D (which effconv's legalized export never has)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv2d = torch.nn.Conv2d(4, 8, 3, padding=1)
+        self.conv3d = torch.nn.Conv3d(8, 4, (1, 3, 3), padding=(0, 1, 1))
+
+    def forward(self, x):
+        return self.conv3d(self.conv2d(x).abs().unsqueeze(2)).squeeze(2)
+
+
+@pytest.fixture(scope="module")
+def conv_abs(tmp_path_factory):
+    """(artifact, manifest) of `_ConvAbsConv3d` exported by effconv's TFLite backend without legalizing."""
+    shape = [1, 4, 8, 8]
+    artifact = tmp_path_factory.mktemp("conv-abs") / "conv-abs.tflite"
+    tflite_backend.export(_ConvAbsConv3d().eval(), torch.randn(shape), artifact, "x", "y")
+    manifest = Manifest(name="conv-abs", backend="tflite", artifact=artifact.name, spec={},
+                        inputs=[TensorInfo(name="x", shape=shape, dtype="float32")],
+                        outputs=[TensorInfo(name="y", shape=shape, dtype="float32")], params=0, verify={})
+    return artifact, manifest
+
+
+@pytest.mark.parametrize("weights_only, float_ops", [(False, {"ABS": 1, "CONV_3D": 1}), (True, {"CONV_3D": 1})],
+                         ids=["static", "weight-only"])
+def test_ops_without_int8_rule_stay_float_and_are_listed(conv_abs, tmp_path, weights_only, float_ops):
+    artifact, manifest = conv_abs
+    calib, held_out = _random_sets(manifest, samples=4, held_out=1)
+    out = tmp_path / "conv-abs-int8.tflite"
+    report = tflite.quantize(artifact, manifest, calib, held_out, out, weights_only=weights_only, runs=1)
+    assert {row["op"]: row["count"] for row in report["float_nodes"]} == float_ops
+    assert {row["reason"] for row in report["float_nodes"]} == {tflite.NO_INT8_RULE}
+    assert tflite_backend.op_inventory(out)["CONV_3D"] == 1
+    assert report["quality"]["psnr_vs_float_db"] >= 30.0
+
+
+def test_corrupt_tflite_is_a_one_line_error(conv_abs, tmp_path):
+    _, manifest = conv_abs
     broken = tmp_path / "broken.tflite"
     broken.write_bytes(b"not a flatbuffer" * 8)
     calib, held_out = _random_sets(manifest, samples=2, held_out=1)
@@ -91,13 +130,14 @@ def test_corrupt_tflite_is_a_one_line_error(student, tmp_path):
     assert not (tmp_path / "out.tflite").exists()
 
 
-@pytest.mark.parametrize("backend, name", [("onnx", "model.tflite"), ("tflite", "model.onnx")])
-def test_artifact_of_another_backend_is_refused(student, tmp_path, backend, name):
-    artifact, manifest = student
+@pytest.mark.parametrize("backend, name, message", [("onnx", "model.tflite", "describes a onnx artifact"),
+                                                    ("tflite", "model.onnx", "is not a .tflite file")])
+def test_artifact_of_another_backend_is_refused(conv_abs, tmp_path, backend, name, message):
+    artifact, manifest = conv_abs
     other = tmp_path / name
     other.write_bytes(artifact.read_bytes())
     calib, held_out = _random_sets(manifest, samples=2, held_out=1)
-    with pytest.raises(EffconvError, match="onnx") as caught:
+    with pytest.raises(EffconvError, match=message) as caught:
         tflite.quantize(other, manifest.model_copy(update={"backend": backend}), calib, held_out,
                         tmp_path / "out.tflite", weights_only=False)
     assert "Fix:" in caught.value.one_line()

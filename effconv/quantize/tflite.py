@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 import statistics
 import time
 from pathlib import Path
@@ -34,9 +33,10 @@ WEIGHT_ONLY_SCHEME = ("W8 weight-only: per-channel symmetric int8 weights dequan
 KEEP_FLOAT = ("INPUT", "OUTPUT")  # the model's own input and output stay float32
 NO_QUANTIZE = "no_quantize"
 CONVERSION_OPS = {"QUANTIZE", "DEQUANTIZE"}
-WEIGHTED_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL"}
-FAILED_OP = re.compile(r"\(([A-Z][A-Z0-9_]+)\)")  # LiteRT names the failing node's op: "Node number 7 (MEAN) failed"
-MAX_FALLBACKS = 8
+WEIGHTED_OPS = {"CONV_2D", "CONV_3D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL"}
+NO_INT8_RULE = "ai-edge-quantizer has no int8 rule for this op type, so it stays float32"
+FLOAT_FIX = "re-create it with `effconv convert SPEC --to tflite`."
+INT8_FIX = "quantize with --weights-only (float compute), and report the model to effconv with --debug output."
 WARMUP_RUNS = 2
 TIMED_RUNS = 10
 
@@ -44,10 +44,10 @@ TIMED_RUNS = 10
 def _quantizer_modules():
     try:
         with quiet_imports(), captured_stdout():
-            from ai_edge_quantizer import qtyping, quantizer, recipe
+            from ai_edge_quantizer import quantizer, recipe
     except ImportError:
         raise missing_extra("ai-edge-quantizer", "tflite") from None
-    return quantizer, recipe, qtyping
+    return quantizer, recipe
 
 
 def _quiet():
@@ -66,26 +66,15 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
     check_artifact(artifact, manifest, tflite_backend.NAME, tflite_backend.SUFFIX)
     threads = threads or default_threads()
     signature, input_name = _signature(artifact)
-    kept_float: dict[str, str] = {}
-    while True:
-        model = _quantized_bytes(artifact, calib, signature, input_name, weights_only, kept_float)
-        out_path.write_bytes(model)
-        failure = _run_failure(out_path, held_out.latents[0])
-        if failure is None:
-            break
-        op, message = failure
-        if op is None or op in kept_float or len(kept_float) >= MAX_FALLBACKS:
-            raise EffconvError(f"the int8 .tflite does not run in LiteRT: {message}",
-                               "pass --weights-only, or report the model to effconv with --debug output.")
-        kept_float[op] = f"int8 kernel fails in the LiteRT CPU interpreter: {message}"
-    float_outputs = _predictions(artifact, held_out, threads)
-    quant_outputs = _predictions(out_path, held_out, threads)
+    out_path.write_bytes(_quantized_bytes(artifact, calib, signature, input_name, weights_only))
+    float_outputs = _predictions(artifact, held_out, threads, FLOAT_FIX)
+    quant_outputs = _predictions(out_path, held_out, threads, INT8_FIX)
     return {
         "scheme": WEIGHT_ONLY_SCHEME if weights_only else STATIC_SCHEME,
         "size_bytes": size_report(size_bytes(artifact), size_bytes(out_path)),
         "quality": quality_report(float_outputs, quant_outputs, held_out.frames),
         "latency_ms": host_latency(artifact, out_path, held_out.latents[0], threads, runs),
-        "float_nodes": float_nodes(out_path, weights_only, kept_float),
+        "float_nodes": float_nodes(out_path, weights_only),
         "calibration_samples": 0 if weights_only else len(calib),
         "notes": _notes(weights_only),
     }
@@ -103,12 +92,10 @@ def _signature(artifact: Path) -> tuple[str, str]:
     runner = _interpreter(artifact, threads=1)
     signatures = runner.get_signature_list()
     if len(signatures) != 1:
-        raise EffconvError(f"'{artifact}' has {len(signatures)} signatures; ai-edge-quantizer calibrates one.",
-                           "re-create it with `effconv convert SPEC --to tflite`.")
+        raise EffconvError(f"'{artifact}' has {len(signatures)} signatures; ai-edge-quantizer calibrates one.", FLOAT_FIX)
     (key, io_names), = signatures.items()
     if len(io_names["inputs"]) != 1:
-        raise EffconvError(f"'{artifact}' takes {len(io_names['inputs'])} inputs; an effconv decoder takes one.",
-                           "re-create it with `effconv convert SPEC --to tflite`.")
+        raise EffconvError(f"'{artifact}' takes {len(io_names['inputs'])} inputs; an effconv decoder takes one.", FLOAT_FIX)
     return key, io_names["inputs"][0]
 
 
@@ -116,32 +103,18 @@ def _interpreter(path: Path, threads: int):
     try:
         return tflite_backend.interpreter(path, threads)
     except (ValueError, RuntimeError) as exc:
-        raise EffconvError(f"cannot load '{path}' in LiteRT: {' '.join(str(exc).split())[:200]}.",
-                           "re-create it with `effconv convert SPEC --to tflite`.") from None
+        raise EffconvError(f"cannot load '{path}' in LiteRT: {' '.join(str(exc).split())[:200]}.", FLOAT_FIX) from None
 
 
-def _quantized_bytes(artifact: Path, calib: CalibrationSet, signature: str, input_name: str, weights_only: bool,
-                     kept_float: dict[str, str]) -> bytes:
-    quantizer, recipe, _ = _quantizer_modules()
+def _quantized_bytes(artifact: Path, calib: CalibrationSet, signature: str, input_name: str, weights_only: bool) -> bytes:
+    quantizer, recipe = _quantizer_modules()
     engine = quantizer.Quantizer(str(artifact), recipe.weight_only_wi8_afp32() if weights_only else recipe.static_wi8_ai8())
-    for op in (*KEEP_FLOAT, *kept_float):
+    for op in KEEP_FLOAT:
         engine.update_quantization_recipe(regex=".*", operation_name=op, algorithm_key=NO_QUANTIZE)
     samples = [{input_name: np.asarray(latent, dtype=np.float32)} for latent in calib.latents]
     with _quiet():
         ranges = engine.calibrate({signature: samples}) if engine.need_calibration else None
         return bytes(engine.quantize(ranges, enable_progress_report=False).quantized_model)
-
-
-def _run_failure(path: Path, latent: np.ndarray) -> tuple[str | None, str] | None:
-    """None when the model loads and runs; else (the failing op type when LiteRT names it, the message)."""
-    try:
-        runner = tflite_backend.interpreter(path, threads=1)
-        _invoke(runner, latent)
-    except (RuntimeError, ValueError) as exc:
-        message = " ".join(str(exc).split())[:300]
-        found = FAILED_OP.search(message)
-        return (found.group(1) if found else None), message
-    return None
 
 
 def _invoke(runner, latent: np.ndarray) -> np.ndarray:
@@ -150,9 +123,12 @@ def _invoke(runner, latent: np.ndarray) -> np.ndarray:
     return np.array(runner.get_tensor(runner.get_output_details()[0]["index"]))
 
 
-def _predictions(path: Path, samples: CalibrationSet, threads: int) -> list[np.ndarray]:
-    runner = _interpreter(path, threads)
-    return [_invoke(runner, latent) for latent in samples.latents]
+def _predictions(path: Path, samples: CalibrationSet, threads: int, fix: str) -> list[np.ndarray]:
+    try:
+        runner = tflite_backend.interpreter(path, threads)
+        return [_invoke(runner, latent) for latent in samples.latents]
+    except (ValueError, RuntimeError) as exc:
+        raise EffconvError(f"'{path.name}' does not run in LiteRT: {' '.join(str(exc).split())[:300]}.", fix) from None
 
 
 def host_latency(float_path: Path, quant_path: Path, latent: np.ndarray, threads: int, runs: int) -> dict:
@@ -173,25 +149,23 @@ def host_latency(float_path: Path, quant_path: Path, latent: np.ndarray, threads
             "threads": threads, "runs": runs}
 
 
-def float_nodes(path: Path, weights_only: bool, kept_float: dict[str, str]) -> list[dict]:
-    """Op types the scheme meant to be int8 that run in float, with how many and why.
+def float_nodes(path: Path, weights_only: bool) -> list[dict]:
+    """Op types the scheme meant to be int8 that stay float, with how many and why.
 
-    Static: ops with a float32 output (besides the QUANTIZE/DEQUANTIZE at the model's edges). Weight-only:
-    conv/fully-connected ops whose weight is float32 (not fed by an int8 DEQUANTIZE)."""
+    Static: ops with a float32 output (besides QUANTIZE/DEQUANTIZE). Weight-only: conv/matmul ops whose
+    weight is a float32 constant (an int8 weight reaches its op through a DEQUANTIZE)."""
     runner = tflite_backend._interpreter_module().Interpreter(model_path=str(path))
-    dtypes = {tensor["index"]: np.dtype(tensor["dtype"]) for tensor in runner.get_tensor_details()}
+    is_float = {tensor["index"]: np.dtype(tensor["dtype"]) == np.float32 for tensor in runner.get_tensor_details()}
     ops = runner._get_ops_details()
-    made_by = {int(output): op["op_name"] for op in ops for output in op["outputs"]}
+    computed = {int(index) for op in ops for index in op["outputs"]} | {d["index"] for d in runner.get_input_details()}
     counts: dict[str, int] = {}
     for op in ops:
         name = op["op_name"]
         if weights_only:
             weight = int(op["inputs"][1]) if name in WEIGHTED_OPS and len(op["inputs"]) > 1 else -1
-            in_float = weight >= 0 and dtypes[weight] == np.float32 and made_by.get(weight) != "DEQUANTIZE"
+            stays_float = weight >= 0 and weight not in computed and is_float[weight]
         else:
-            in_float = name not in CONVERSION_OPS and any(dtypes[int(o)] == np.float32 for o in op["outputs"])
-        if in_float:
+            stays_float = name not in CONVERSION_OPS and any(is_float[int(index)] for index in op["outputs"])
+        if stays_float:
             counts[name] = counts.get(name, 0) + 1
-    return [{"op": name, "count": count,
-             "reason": kept_float.get(name, "ai-edge-quantizer has no int8 rule for this op (left float by its policy)")}
-            for name, count in sorted(counts.items())]
+    return [{"op": name, "count": count, "reason": NO_INT8_RULE} for name, count in sorted(counts.items())]
