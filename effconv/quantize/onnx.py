@@ -289,11 +289,22 @@ def _sensitivity(ws: _Workspace, nodes: list[str], kinds: dict[str, str], method
     return sorted(table, key=lambda row: row["psnr_vs_float_db"])
 
 
+ACTIVATIONS = ("auto", "uint8", "int8")
+
+
+def check_activation(activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise EffconvError(f"unknown --activation '{activation}'.", f"use one of: {', '.join(ACTIVATIONS)}.")
+
+
 def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out: CalibrationSet, out_path: Path,
              weights_only: bool = False, max_psnr_drop: float | None = None, progress: Progress | None = None,
-             threads: int | None = None) -> dict:
+             threads: int | None = None, activation: str = "auto", select_by_speed: bool = True) -> dict:
+    """`activation`: auto (timed), uint8 or int8. `select_by_speed=False` quantizes every compute node even
+    where this host's int8 kernels are slower (the target device is not this host)."""
     import onnx
 
+    check_activation(activation)
     progress = progress or (lambda _message: None)
     threads = threads or os.cpu_count() or 1
     try:
@@ -316,8 +327,14 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         ws = _Workspace(tmp, artifact, preprocessed, calib, held_out, threads, float_outputs)
         all_nodes = list(kinds)
         progress(f"calibrating on {len(calib)} samples")
-        activation, activation_report = _choose_activation(ws, all_nodes, progress)
-        nodes, kind_table, left_float = _fast_kinds(ws, kinds, activation, progress)
+        if activation == "auto":
+            activation, activation_report = _choose_activation(ws, all_nodes, progress)
+        else:
+            activation_report = {"chosen": activation, "by": "--activation"}
+        if select_by_speed:
+            nodes, kind_table, left_float = _fast_kinds(ws, kinds, activation, progress)
+        else:
+            nodes, kind_table, left_float = all_nodes, [{"kind": "all", "nodes": len(all_nodes), "quantized": True}], []
         if not nodes:
             raise EffconvError("no node kind runs faster in int8 than in float on this CPU, so int8 would only lose quality.",
                                "use --weights-only for a smaller file, or quantize on the target device's toolchain.")

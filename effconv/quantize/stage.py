@@ -94,13 +94,18 @@ def _gate(quality: dict, max_psnr_drop: float | None) -> dict:
 def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = None, samples: int = DEFAULT_SAMPLES,
                       max_psnr_drop: float | None = DEFAULT_MAX_PSNR_DROP, weights_only: bool = False,
                       teacher: Path | None = None, eval_data: list[Path] | None = None,
-                      progress: Callable[[str], None] | None = None) -> Manifest:
+                      progress: Callable[[str], None] | None = None, activation: str = "auto",
+                      select_by_speed: bool = True) -> Manifest:
     """Write OUT/NAME-int8.{onnx,mlpackage,tflite} + OUT/NAME-int8.json; raise VerificationFailed after
     writing when the held-out PSNR drop exceeds `max_psnr_drop`."""
     artifact = Path(artifact)
     backend = backend_of(artifact)
     source = read_manifest(manifest_path(artifact))
     _check_source(artifact, source, backend)
+    if backend == "onnx":
+        from effconv.quantize.onnx import check_activation
+
+        check_activation(activation)
     if max_psnr_drop is not None and max_psnr_drop < 0:
         raise EffconvError(f"--max-psnr-drop {max_psnr_drop} is negative.", "give the largest acceptable drop in dB, e.g. 0.3.")
     report_progress = progress or (lambda _message: None)
@@ -108,7 +113,8 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
     calib_set, held_out, notes = calibration_sets(source, calib, samples, teacher, eval_data)
     module = _backend(backend)
     name = f"{source.name}{QUANTIZED_SUFFIX}"
-    options = {"max_psnr_drop": max_psnr_drop, "progress": report_progress} if backend == "onnx" else {}
+    options = {"max_psnr_drop": max_psnr_drop, "progress": report_progress, "activation": activation,
+               "select_by_speed": select_by_speed} if backend == "onnx" else {}
     with staged_output(out_dir) as stage:
         out_path = stage / f"{name}{artifact.suffix}"
         report = module.quantize(artifact, source, calib_set, held_out, out_path, weights_only=weights_only, **options)
