@@ -1,0 +1,402 @@
+"""ONNX post-training quantization with onnxruntime: static QDQ, per-channel int8 weights, per-tensor
+activations, chosen by measurement on this machine.
+
+The recipe, in order:
+1. Pre-process (onnxruntime's shape inference + graph optimisation) and calibrate once per method;
+   the tensor ranges are cached, so every variant below reuses them.
+2. Activation type: quantize every compute node with uint8 and with int8 activations, time both against
+   float, keep the faster (u8 activations x s8 weights is the fused VNNI path on x86).
+3. Node kinds (dense / depthwise / pointwise conv, matmul): quantize one kind at a time and time it;
+   a kind whose int8 kernels are not faster than float stays float (DESIGN §2: depthwise Conv3d int8
+   runs slower than float in onnxruntime's CPU kernels).
+4. Calibration method: MinMax and Percentile, keep the one with the better held-out PSNR.
+5. Sensitivity: quantize one node at a time and measure PSNR against the float output (the table is
+   reported); while the PSNR drop on held-out ground truth exceeds the gate, return the most sensitive
+   remaining node to float.
+Only compute ops (Conv, MatMul, Gemm) are quantized: int8 element-wise ops would add Q/DQ pairs
+around cheap ops without removing any float work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from effconv.artifacts import Manifest
+from effconv.errors import EffconvError
+from effconv.quantize.calibration import CalibrationSet
+from effconv.quantize.quality import quality_report
+from effconv.quiet import captured_stdout, is_debug
+
+NAME = "onnx"
+SUFFIX = ".onnx"
+COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
+METHODS = ("MinMax", "Percentile")
+PERCENTILE = 99.999
+MIN_SPEEDUP = 1.03  # a kind must save at least 3% of the float time to be worth its rounding error
+LATENCY_WARMUP, LATENCY_REPEATS = 2, 7
+SENSITIVITY_SAMPLES = 1
+
+Progress = Callable[[str], None]
+
+
+@contextlib.contextmanager
+def _quiet_ort():
+    """onnxruntime.quantization logs advice and per-node notes on the root logger; keep them off the terminal."""
+    root = logging.getLogger()
+    level = root.level
+    if not is_debug():
+        root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+WIDTH_BUCKETS = ((0, 32, "<32 ch"), (32, 128, "32-127 ch"), (128, 1 << 30, ">=128 ch"))
+
+
+def _width_bucket(channels: int) -> str:
+    return next(label for low, high, label in WIDTH_BUCKETS if low <= channels < high)
+
+
+def node_kinds(model) -> dict[str, str]:
+    """Compute nodes by kind and width: dense / depthwise / pointwise conv (from weight shape and group) or
+    matmul, with the narrower of in/out channels bucketed, because int8 GEMM kernels only pay off at
+    enough channels (measured here: a 3x3x3 Conv3d in u8s8 is 0.3x float at 8 channels, 2x at 32, 3x at 128)."""
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    kinds = {}
+    for node in model.graph.node:
+        weight = initializers.get(node.input[1]) if len(node.input) > 1 else None
+        if weight is None or node.op_type not in COMPUTE_OPS:
+            continue  # weights computed at run time cannot be quantized per channel
+        dims = list(weight.dims)
+        if node.op_type != "Conv":
+            kinds[node.name] = f"matmul {_width_bucket(min(dims))}"
+            continue
+        group = next((attr.i for attr in node.attribute if attr.name == "group"), 1)
+        if group > 1 and dims[1] == 1:
+            kinds[node.name] = f"depthwise conv {_width_bucket(dims[0])}"
+        elif all(d == 1 for d in dims[2:]):
+            kinds[node.name] = f"pointwise conv {_width_bucket(min(dims[0], dims[1] * group))}"
+        else:
+            kinds[node.name] = f"dense conv {_width_bucket(min(dims[0], dims[1] * group))}"
+    return kinds
+
+
+def cpu_int8_features() -> list[str]:
+    """The x86 instruction sets onnxruntime's int8 GEMM kernels dispatch on (Linux /proc/cpuinfo)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return []
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    return [flag for flag in wanted if flag in flags]
+
+
+class _LatentReader:
+    """onnxruntime CalibrationDataReader over the calibration latents. With `CalibStridedMinMax: 1`
+    onnxruntime feeds one sample per collection round (via set_range), so histogram calibration holds
+    one sample's activations in memory instead of all of them."""
+
+    def __init__(self, input_name: str, latents: list[np.ndarray]):
+        self._feeds = [{input_name: latent} for latent in latents]
+        self._window = iter(self._feeds)
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._window = iter(self._feeds[start_index:end_index])
+
+    def get_next(self):
+        return next(self._window, None)
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _run_all(path: Path, latents: list[np.ndarray], threads: int) -> list[np.ndarray]:
+    session = _session(path, threads)
+    name = session.get_inputs()[0].name
+    return [session.run(None, {name: latent})[0] for latent in latents]
+
+
+def interleaved_latency(paths: list[Path], feed_latent: np.ndarray, threads: int,
+                        warmup: int = LATENCY_WARMUP, repeats: int = LATENCY_REPEATS) -> list[float]:
+    """Median ms per model, timed in interleaved rounds so that load from other processes hits all alike."""
+    sessions = [_session(path, threads) for path in paths]
+    feeds = [{s.get_inputs()[0].name: feed_latent} for s in sessions]
+    for session, feed in zip(sessions, feeds):
+        for _ in range(warmup):
+            session.run(None, feed)
+    times: list[list[float]] = [[] for _ in paths]
+    for _ in range(repeats):
+        for index, (session, feed) in enumerate(zip(sessions, feeds)):
+            started = time.perf_counter()
+            session.run(None, feed)
+            times[index].append((time.perf_counter() - started) * 1000)
+    return [round(statistics.median(t), 3) for t in times]
+
+
+def file_size(path: Path) -> int:
+    """An .onnx with its external data files, if any."""
+    import onnx
+
+    size = path.stat().st_size
+    model = onnx.load(str(path), load_external_data=False)
+    external = {entry.value for tensor in model.graph.initializer for entry in tensor.external_data if entry.key == "location"}
+    return size + sum((path.parent / name).stat().st_size for name in external)
+
+
+@dataclasses.dataclass
+class _Workspace:
+    """Pre-processed model, cached calibration ranges and the held-out reference outputs."""
+
+    directory: Path
+    original: Path
+    preprocessed: Path
+    calib: CalibrationSet
+    held_out: CalibrationSet
+    threads: int
+    float_outputs: list[np.ndarray]
+    counter: int = 0
+
+    def cache(self, method: str) -> Path:
+        return self.directory / f"calibration-{method}.json"
+
+    def quantize(self, nodes: list[str], method: str, activation: str, out: Path | None = None) -> Path:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        if out is None:
+            self.counter += 1
+            out = self.directory / f"variant-{self.counter}.onnx"
+        extra = {"CalibStridedMinMax": 1, "WeightSymmetric": True, "ActivationSymmetric": False}
+        if method == "Percentile":
+            extra["CalibPercentile"] = PERCENTILE
+        input_name = self.input_name
+        with _quiet_ort(), captured_stdout():
+            quantize_static(
+                str(self.preprocessed), str(out),
+                calibration_data_reader=_LatentReader(input_name, self.calib.latents),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(COMPUTE_OPS),
+                nodes_to_quantize=nodes,
+                per_channel=True,
+                activation_type=QuantType.QUInt8 if activation == "uint8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, method),
+                extra_options=extra,
+                calibration_cache_path=str(self.cache(method)),
+            )
+        return out
+
+    @property
+    def input_name(self) -> str:
+        import onnx
+
+        return onnx.load(str(self.original), load_external_data=False).graph.input[0].name
+
+    def outputs(self, path: Path, latents: list[np.ndarray] | None = None) -> list[np.ndarray]:
+        return _run_all(path, self.held_out.latents if latents is None else latents, self.threads)
+
+    def quality(self, path: Path) -> dict:
+        return quality_report(self.float_outputs, self.outputs(path), self.held_out.frames)
+
+
+def _preprocess(original: Path, target: Path) -> None:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        with _quiet_ort():
+            quant_pre_process(str(original), str(target), skip_symbolic_shape=True)
+    except Exception as exc:  # onnxruntime raises bare Exception/RuntimeError types for malformed graphs
+        raise EffconvError(f"onnxruntime cannot pre-process '{original.name}' for quantization: {' '.join(str(exc).split())[:200]}",
+                           "re-export the model with `effconv convert --to onnx`.") from None
+
+
+def _choose_activation(ws: _Workspace, nodes: list[str], progress: Progress) -> tuple[str, dict]:
+    progress("timing uint8 vs int8 activations")
+    variants = {activation: ws.quantize(nodes, "MinMax", activation) for activation in ("uint8", "int8")}
+    times = interleaved_latency([ws.original, *variants.values()], ws.held_out.latents[0], ws.threads)
+    measured = {"float": times[0], "uint8": times[1], "int8": times[2]}
+    chosen = "uint8" if measured["uint8"] <= measured["int8"] else "int8"
+    return chosen, {"chosen": chosen, "latency_ms_all_nodes_quantized": measured}
+
+
+def _fast_kinds(ws: _Workspace, kinds: dict[str, str], activation: str, progress: Progress) -> tuple[list[str], list[dict], list[dict]]:
+    """Per kind: time float vs only that kind in int8. Returns (nodes to quantize, per-kind table, float nodes)."""
+    groups: dict[str, list[str]] = {}
+    for node, kind in kinds.items():
+        groups.setdefault(kind, []).append(node)
+    progress(f"timing int8 per node kind ({', '.join(groups)})")
+    variants = [ws.quantize(nodes, "MinMax", activation) for nodes in groups.values()]
+    times = interleaved_latency([ws.original, *variants], ws.held_out.latents[0], ws.threads)
+    float_ms, table, keep, left_float = times[0], [], [], []
+    for (kind, nodes), ms in zip(groups.items(), times[1:]):
+        speedup = float_ms / ms
+        fast = speedup >= MIN_SPEEDUP
+        table.append({"kind": kind, "nodes": len(nodes), "float_ms": float_ms, "kind_int8_ms": ms,
+                      "speedup": round(speedup, 3), "quantized": fast})
+        if fast:
+            keep += nodes
+        else:
+            reason = f"int8 {kind} kernels not faster here (model {ms:.1f} ms vs {float_ms:.1f} ms float)"
+            left_float += [{"name": node, "kind": kind, "reason": reason} for node in nodes]
+    return keep, table, left_float
+
+
+def _choose_method(ws: _Workspace, nodes: list[str], activation: str, progress: Progress) -> tuple[str, dict]:
+    progress("comparing MinMax and Percentile calibration")
+    scores = {}
+    for method in METHODS:
+        scores[method] = ws.quality(ws.quantize(nodes, method, activation))
+    key = "psnr_quant_db" if ws.held_out.frames is not None else "psnr_vs_float_db"
+    chosen = max(METHODS, key=lambda method: scores[method][key])
+    return chosen, {"chosen": chosen, "by": f"held-out {key}", "percentile": PERCENTILE,
+                    "scores": {method: scores[method][key] for method in METHODS}}
+
+
+def _sensitivity(ws: _Workspace, nodes: list[str], kinds: dict[str, str], method: str, activation: str,
+                 progress: Progress) -> list[dict]:
+    """PSNR vs float with one node at a time in int8 (lower = more sensitive), on the first held-out sample."""
+    sample = ws.held_out.latents[:SENSITIVITY_SAMPLES]
+    reference = ws.float_outputs[:SENSITIVITY_SAMPLES]
+    table = []
+    for index, node in enumerate(nodes, 1):
+        progress(f"sensitivity {index}/{len(nodes)}: {node}")
+        path = ws.quantize([node], method, activation)
+        single = quality_report(reference, ws.outputs(path, sample), None)["psnr_vs_float_db"]
+        table.append({"name": node, "kind": kinds[node], "psnr_vs_float_db": single})
+        path.unlink()
+    return sorted(table, key=lambda row: row["psnr_vs_float_db"])
+
+
+ACTIVATIONS = ("auto", "uint8", "int8")
+
+
+def check_activation(activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise EffconvError(f"unknown --activation '{activation}'.", f"use one of: {', '.join(ACTIVATIONS)}.")
+
+
+def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out: CalibrationSet, out_path: Path,
+             weights_only: bool = False, max_psnr_drop: float | None = None, progress: Progress | None = None,
+             threads: int | None = None, activation: str = "auto", select_by_speed: bool = True) -> dict:
+    """`activation`: auto (timed), uint8 or int8. `select_by_speed=False` quantizes every compute node even
+    where this host's int8 kernels are slower (the target device is not this host)."""
+    import onnx
+
+    check_activation(activation)
+    progress = progress or (lambda _message: None)
+    threads = threads or os.cpu_count() or 1
+    try:
+        model = onnx.load(str(artifact), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise EffconvError(f"'{artifact}' is not a readable ONNX model ({type(exc).__name__}).",
+                           "re-export it with `effconv convert --to onnx`.") from None
+    kinds = node_kinds(model)
+    if not kinds:
+        raise EffconvError(f"'{artifact.name}' has no Conv/MatMul/Gemm with constant weights to quantize.",
+                           "quantize a decoder exported by `effconv convert --to onnx`.")
+    with tempfile.TemporaryDirectory(prefix="effconv-quantize-") as tmp:
+        tmp = Path(tmp)
+        progress("running the float model on the held-out set")
+        float_outputs = _run_all(artifact, held_out.latents, threads)
+        if weights_only:
+            return _weights_only(artifact, out_path, kinds, held_out, float_outputs, threads, progress)
+        preprocessed = tmp / "preprocessed.onnx"
+        _preprocess(artifact, preprocessed)
+        ws = _Workspace(tmp, artifact, preprocessed, calib, held_out, threads, float_outputs)
+        all_nodes = list(kinds)
+        progress(f"calibrating on {len(calib)} samples")
+        if activation == "auto":
+            activation, activation_report = _choose_activation(ws, all_nodes, progress)
+        else:
+            activation_report = {"chosen": activation, "by": "--activation"}
+        if select_by_speed:
+            nodes, kind_table, left_float = _fast_kinds(ws, kinds, activation, progress)
+        else:
+            nodes, kind_table, left_float = all_nodes, [{"kind": "all", "nodes": len(all_nodes), "quantized": True}], []
+        if not nodes:
+            raise EffconvError("no node kind runs faster in int8 than in float on this CPU, so int8 would only lose quality.",
+                               "use --weights-only for a smaller file, or quantize on the target device's toolchain.")
+        method, method_report = _choose_method(ws, nodes, activation, progress)
+        sensitivity = _sensitivity(ws, nodes, kinds, method, activation, progress)
+        candidate = ws.quantize(nodes, method, activation)
+        quality = ws.quality(candidate)
+        gate_applies = max_psnr_drop is not None and held_out.frames is not None
+        for row in sensitivity:
+            if not gate_applies or quality["psnr_drop_db"] <= max_psnr_drop or len(nodes) == 1:
+                break
+            progress(f"PSNR drop {quality['psnr_drop_db']:.2f} dB > {max_psnr_drop} dB: {row['name']} back to float")
+            nodes.remove(row["name"])
+            left_float.append({"name": row["name"], "kind": row["kind"],
+                               "reason": f"most sensitive remaining node (alone in int8: {row['psnr_vs_float_db']:.1f} dB vs float)"})
+            candidate = ws.quantize(nodes, method, activation)
+            quality = ws.quality(candidate)
+        ws.quantize(nodes, method, activation, out=out_path)
+        progress("timing float vs int8")
+        float_ms, quant_ms = interleaved_latency([artifact, out_path], held_out.latents[0], threads)
+    quantized = set(nodes)
+    for row in sensitivity:
+        row["int8"] = row["name"] in quantized
+    return {
+        "scheme": f"onnxruntime static QDQ: per-channel symmetric int8 weights, per-tensor {activation} activations "
+                  f"({method} calibration) on {', '.join(sorted({kinds[n] for n in quantized}))}",
+        "size_bytes": _sizes(artifact, out_path),
+        "quality": quality,
+        "latency_ms": {"float": float_ms, "quantized": quant_ms, "speedup": round(float_ms / quant_ms, 3),
+                       "threads": threads, "runs": LATENCY_REPEATS, "cpu_int8_features": cpu_int8_features()},
+        "float_nodes": left_float,
+        "nodes": {"int8": len(quantized), "float": len(kinds) - len(quantized), "kinds": kind_table},
+        "activation_type": activation_report,
+        "calibration_method": method_report,
+        "sensitivity": sensitivity,
+        "notes": [f"only {', '.join(COMPUTE_OPS)} are quantized; element-wise ops stay float"],
+    }
+
+
+def _sizes(original: Path, quantized: Path) -> dict:
+    before, after = file_size(original), file_size(quantized)
+    return {"float": before, "quantized": after, "ratio": round(before / after, 3)}
+
+
+def _weights_only(artifact: Path, out_path: Path, kinds: dict[str, str], held_out: CalibrationSet,
+                  float_outputs: list[np.ndarray], threads: int, progress: Progress) -> dict:
+    """Dynamic quantization: int8 weights stored per channel, activations quantized at run time; no calibration."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    progress("weight-only (dynamic) quantization")
+    with _quiet_ort():
+        quantize_dynamic(str(artifact), str(out_path), op_types_to_quantize=list(COMPUTE_OPS), per_channel=True,
+                         weight_type=QuantType.QInt8)
+    outputs = _run_all(out_path, held_out.latents, threads)
+    float_ms, quant_ms = interleaved_latency([artifact, out_path], held_out.latents[0], threads)
+    return {
+        "scheme": "onnxruntime dynamic: per-channel int8 weights, activations quantized at run time (no calibration)",
+        "size_bytes": _sizes(artifact, out_path),
+        "quality": quality_report(float_outputs, outputs, held_out.frames),
+        "latency_ms": {"float": float_ms, "quantized": quant_ms, "speedup": round(float_ms / quant_ms, 3),
+                       "threads": threads, "runs": LATENCY_REPEATS, "cpu_int8_features": cpu_int8_features()},
+        "float_nodes": [],
+        "nodes": {"int8": len(kinds), "float": 0},
+        "notes": ["weight-only mode aims at size; speed is whatever onnxruntime's ConvInteger/MatMulInteger give"],
+    }

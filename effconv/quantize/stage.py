@@ -1,0 +1,143 @@
+"""The quantize stage: an effconv artifact (.onnx, .mlpackage, .tflite) + calibration data -> its int8
+version beside a manifest that says how much smaller, faster and worse it is, measured on held-out data."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+from effconv.artifacts import Manifest, manifest_path, read_manifest, staged_output, write_manifest
+from effconv.distill.data import BUNDLED_CLIP
+from effconv.errors import EffconvError, VerificationFailed
+from effconv.models.loader import load_model
+from effconv.quantize import calibration
+from effconv.quantize.calibration import CalibrationSet
+
+SUFFIXES = {".onnx": "onnx", ".mlpackage": "coreml", ".tflite": "tflite"}
+QUANTIZED_SUFFIX = "-int8"
+DEFAULT_SAMPLES = 16
+DEFAULT_MAX_PSNR_DROP = 0.3
+HELD_OUT_SHARE = 4  # one sample in four measures quality; the rest calibrate
+
+
+def backend_of(artifact: Path) -> str:
+    suffix = artifact.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise EffconvError(f"'{artifact}' is not an .onnx, .mlpackage or .tflite file.",
+                           "pass an artifact written by `effconv convert`.")
+    if not artifact.exists():
+        raise EffconvError(f"artifact '{artifact}' does not exist.", "run `effconv convert SPEC --to BACKEND --out DIR` first.")
+    return SUFFIXES[suffix]
+
+
+def _check_source(artifact: Path, manifest: Manifest, backend: str) -> None:
+    if manifest.backend != backend:
+        raise EffconvError(f"the manifest beside '{artifact.name}' describes a {manifest.backend} artifact.",
+                           "keep each artifact with the manifest `effconv convert` wrote for it.")
+    if "quantize" in (manifest.model_extra or {}):
+        raise EffconvError(f"'{artifact.name}' is already quantized.", "quantize the float artifact it came from.")
+    if manifest.spec.get("part", "decoder") != "decoder":
+        raise EffconvError("effconv quantizes decoders (its calibration data are latents).",
+                           "convert the decoder (`part: decoder`) and quantize that.")
+
+
+def _held_out_count(samples: int) -> int:
+    return max(1, samples // HELD_OUT_SHARE)
+
+
+def calibration_sets(manifest: Manifest, calib: list[str] | None, samples: int, teacher: Path | None,
+                     eval_data: list[Path] | None) -> tuple[CalibrationSet, CalibrationSet, list[str]]:
+    """(calibration, held-out, warnings). Without --calib: clips of the bundled real video."""
+    if samples < 2:
+        raise EffconvError(f"--samples {samples} leaves nothing to measure quality on.", "use --samples 2 or more (default 16).")
+    expected = tuple(manifest.inputs[0].shape)
+    sources = calib or [str(BUNDLED_CLIP)]
+    notes: list[str] = []
+    if calibration.RANDOM in sources:
+        if len(sources) > 1:
+            raise EffconvError("--calib random cannot be mixed with files.", "pass either `--calib random` or files.")
+        notes.append("calibrating on random latents: ranges and quality numbers do not reflect real video")
+        full = calibration.random_latents(expected, samples)
+    elif len(sources) == 1 and calibration.is_latent_file(sources[0]):
+        full = calibration.from_file(Path(sources[0]), expected)
+    elif any(calibration.is_latent_file(source) for source in sources):
+        raise EffconvError("a latents file cannot be mixed with videos in --calib.", "pass one latents file, or videos.")
+    else:
+        teacher_model = load_model(calibration.teacher_spec(manifest, teacher))
+        full = calibration.from_video(teacher_model, [Path(s) for s in sources], samples, expected=expected)
+        if eval_data:
+            held_out = calibration.held_out_video(teacher_model, list(eval_data), _held_out_count(samples), expected=expected)
+            return full, held_out, notes
+    if eval_data:
+        raise EffconvError("--eval-data needs video calibration (the teacher encodes both).", "drop --eval-data, or calibrate from video.")
+    if full.frames is None:
+        notes.append("no ground-truth frames: PSNR drop and the --max-psnr-drop gate cannot be measured, only PSNR vs the float artifact")
+    calib_set, held_out = full.split(_held_out_count(len(full)))
+    return calib_set, held_out, notes
+
+
+def _backend(name: str):
+    return importlib.import_module(f"effconv.quantize.{name}")
+
+
+def _gate(quality: dict, max_psnr_drop: float | None) -> dict:
+    if max_psnr_drop is None:
+        return {"applied": False, "passed": True, "reason": "no --max-psnr-drop given"}
+    if "psnr_drop_db" not in quality:
+        return {"applied": False, "passed": True, "max_psnr_drop": max_psnr_drop,
+                "reason": "no ground-truth frames in the calibration data"}
+    return {"applied": True, "passed": quality["psnr_drop_db"] <= max_psnr_drop, "max_psnr_drop": max_psnr_drop,
+            "psnr_drop_db": quality["psnr_drop_db"]}
+
+
+def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = None, samples: int = DEFAULT_SAMPLES,
+                      max_psnr_drop: float | None = DEFAULT_MAX_PSNR_DROP, weights_only: bool = False,
+                      teacher: Path | None = None, eval_data: list[Path] | None = None,
+                      progress: Callable[[str], None] | None = None, activation: str = "auto",
+                      select_by_speed: bool = True) -> Manifest:
+    """Write OUT/NAME-int8.{onnx,mlpackage,tflite} + OUT/NAME-int8.json; raise VerificationFailed after
+    writing when the held-out PSNR drop exceeds `max_psnr_drop`."""
+    artifact = Path(artifact)
+    backend = backend_of(artifact)
+    source = read_manifest(manifest_path(artifact))
+    _check_source(artifact, source, backend)
+    if backend == "onnx":
+        from effconv.quantize.onnx import check_activation
+
+        check_activation(activation)
+    if max_psnr_drop is not None and max_psnr_drop < 0:
+        raise EffconvError(f"--max-psnr-drop {max_psnr_drop} is negative.", "give the largest acceptable drop in dB, e.g. 0.3.")
+    report_progress = progress or (lambda _message: None)
+    report_progress("making calibration latents")
+    calib_set, held_out, notes = calibration_sets(source, calib, samples, teacher, eval_data)
+    module = _backend(backend)
+    name = f"{source.name}{QUANTIZED_SUFFIX}"
+    options = {"max_psnr_drop": max_psnr_drop, "progress": report_progress, "activation": activation,
+               "select_by_speed": select_by_speed} if backend == "onnx" else {}
+    with staged_output(out_dir) as stage:
+        out_path = stage / f"{name}{artifact.suffix}"
+        report = module.quantize(artifact, source, calib_set, held_out, out_path, weights_only=weights_only, **options)
+        gate = _gate(report["quality"], max_psnr_drop)
+        report["notes"] = notes + report.get("notes", [])
+        manifest = Manifest(
+            **source.model_dump(include={"spec", "inputs", "outputs", "params"}),
+            name=name,
+            backend=backend,
+            artifact=out_path.name,
+            verify={"passed": gate["passed"], "held_out": report["quality"]},
+            quantize={**report, "weights_only": weights_only, "gate": gate, "source_artifact": str(artifact.resolve()),
+                      "calibration": {"source": calib_set.source, "samples": len(calib_set),
+                                      "held_out": len(held_out), "held_out_source": held_out.source}},
+            family=(source.model_extra or {}).get("family"),
+            compression=(source.model_extra or {}).get("compression"),
+            versions=(source.model_extra or {}).get("versions"),
+        )
+        write_manifest(manifest, stage)
+    if not gate["passed"]:
+        raise VerificationFailed(
+            f"int8 {backend} loses {gate['psnr_drop_db']:.2f} dB PSNR on held-out clips, more than --max-psnr-drop {max_psnr_drop}.",
+            f"see {Path(out_dir) / (name + '.json')}; raise --max-psnr-drop, calibrate on more video, or use --weights-only.",
+            manifest=manifest,
+        )
+    return manifest
