@@ -44,7 +44,9 @@ def test_w8a16_package_holds_int8_weights_and_is_1_9x_smaller(quantized):
     assert _op_types(out).count(coreml.DEQUANTIZE_OP) == report["weights_quantized"] >= 20
     assert report["size_bytes"]["ratio"] >= 1.9
     assert report["latency_ms"] == {"not_measured": coreml.LATENCY_NOT_MEASURED}
-    assert all(row["op"] == "conv" and "weight_threshold" in row["reason"] for row in report["float_nodes"])
+    assert report["float_nodes"]  # the thin high-resolution convs
+    assert all(row["op"] == "conv" and row["weights"] <= coreml.WEIGHT_THRESHOLD and row["reason"] == coreml.SMALL_WEIGHT
+               for row in report["float_nodes"])
 
 
 def test_simulated_weights_equal_what_coremltools_wrote(quantized):

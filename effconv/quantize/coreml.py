@@ -33,6 +33,7 @@ SCHEME = "W8A16: per-channel symmetric int8 weights, fp16 activations (coremltoo
 # coremltools' default: smaller tensors (biases, the thin high-resolution convs) stay fp16, where int8
 # would save a few hundred bytes each and add a dequantize op.
 WEIGHT_THRESHOLD = 2048
+SMALL_WEIGHT = f"weight of at most {WEIGHT_THRESHOLD} values (coremltools weight_threshold): kept fp16, int8 would save too little"
 INT8_MAX = 127  # symmetric: int8 codes -127..127, so zero is exact and no zero point is needed
 DEQUANTIZE_OP = "constexpr_affine_dequantize"  # what coremltools writes below iOS 18; effconv targets iOS 17
 WEIGHTED_OPS = ("conv", "conv_transpose", "linear", "matmul")
@@ -160,8 +161,7 @@ def float_weights(program) -> list[dict]:
         weight = op.inputs.get("weight") if op.op_type in WEIGHTED_OPS else None
         if weight is not None and weight.op.op_type == "const":
             size = int(np.asarray(weight.val).size)
-            rows.append({"op": op.op_type, "name": _parameter_key(weight.op.name),
-                         "reason": f"{size} weights <= weight_threshold {WEIGHT_THRESHOLD}: kept fp16 (too small to pay off)"})
+            rows.append({"op": op.op_type, "name": _parameter_key(weight.op.name), "weights": size, "reason": SMALL_WEIGHT})
     return rows
 
 

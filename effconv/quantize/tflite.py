@@ -34,7 +34,6 @@ KEEP_FLOAT = ("INPUT", "OUTPUT")  # the model's own input and output stay float3
 NO_QUANTIZE = "no_quantize"
 CONVERSION_OPS = {"QUANTIZE", "DEQUANTIZE"}
 WEIGHTED_OPS = {"CONV_2D", "CONV_3D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL"}
-NO_INT8_RULE = "ai-edge-quantizer has no int8 rule for this op type, so it stays float32"
 FLOAT_FIX = "re-create it with `effconv convert SPEC --to tflite`."
 INT8_FIX = "quantize with --weights-only (float compute), and report the model to effconv with --debug output."
 WARMUP_RUNS = 2
@@ -150,22 +149,27 @@ def host_latency(float_path: Path, quant_path: Path, latent: np.ndarray, threads
 
 
 def float_nodes(path: Path, weights_only: bool) -> list[dict]:
-    """Op types the scheme meant to be int8 that stay float, with how many and why.
+    """Ops the scheme meant to be int8 that stay float, named by their first output tensor, with why.
 
     Static: ops with a float32 output (besides QUANTIZE/DEQUANTIZE). Weight-only: conv/matmul ops whose
     weight is a float32 constant (an int8 weight reaches its op through a DEQUANTIZE)."""
     runner = tflite_backend._interpreter_module().Interpreter(model_path=str(path))
-    is_float = {tensor["index"]: np.dtype(tensor["dtype"]) == np.float32 for tensor in runner.get_tensor_details()}
+    tensors = {tensor["index"]: tensor for tensor in runner.get_tensor_details()}
+    is_float = {index: np.dtype(tensor["dtype"]) == np.float32 for index, tensor in tensors.items()}
     ops = runner._get_ops_details()
     computed = {int(index) for op in ops for index in op["outputs"]} | {d["index"] for d in runner.get_input_details()}
-    counts: dict[str, int] = {}
+    rows = []
     for op in ops:
-        name = op["op_name"]
+        kind = op["op_name"]
         if weights_only:
-            weight = int(op["inputs"][1]) if name in WEIGHTED_OPS and len(op["inputs"]) > 1 else -1
+            weight = int(op["inputs"][1]) if kind in WEIGHTED_OPS and len(op["inputs"]) > 1 else -1
             stays_float = weight >= 0 and weight not in computed and is_float[weight]
         else:
-            stays_float = name not in CONVERSION_OPS and any(is_float[int(index)] for index in op["outputs"])
+            stays_float = kind not in CONVERSION_OPS and any(is_float[int(index)] for index in op["outputs"])
         if stays_float:
-            counts[name] = counts.get(name, 0) + 1
-    return [{"op": name, "count": count, "reason": NO_INT8_RULE} for name, count in sorted(counts.items())]
+            rows.append({"op": kind, "name": tensors[int(op["outputs"][0])]["name"], "reason": no_int8_rule(kind)})
+    return rows
+
+
+def no_int8_rule(op: str) -> str:
+    return f"{op}: ai-edge-quantizer has no int8 rule for it, so it stays float32"
