@@ -171,7 +171,7 @@ def fake_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     half = weight.detach().half()
     reduce_dims = tuple(range(1, half.dim()))
     max_abs = half.abs().amax(dim=reduce_dims, keepdim=True) if reduce_dims else half.abs()
-    scale = (2 * max_abs) / (2 * INT8_MAX)
+    scale = (2 * max_abs) / (2 * INT8_MAX)  # range / steps, in coremltools' fp16 order, so its rounding matches
     codes = torch.where(scale > 0, torch.round(half / scale), torch.zeros_like(half)).clamp(-INT8_MAX, INT8_MAX)
     return codes.to(torch.int8), scale
 
