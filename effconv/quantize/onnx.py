@@ -34,6 +34,7 @@ import numpy as np
 
 from effconv.artifacts import Manifest
 from effconv.errors import EffconvError
+from effconv.quantize.artifacts import size_report
 from effconv.quantize.calibration import CalibrationSet
 from effconv.quantize.quality import quality_report
 from effconv.quiet import captured_stdout, is_debug
@@ -388,8 +389,7 @@ def _latency(original: Path, quantized: Path, latent: np.ndarray, threads: int) 
 
 
 def _sizes(original: Path, quantized: Path) -> dict:
-    before, after = file_size(original), file_size(quantized)
-    return {"float": before, "quantized": after, "ratio": round(before / after, 3)}
+    return size_report(file_size(original), file_size(quantized))
 
 
 def _weight_axis(node, weight_dims: list[int]) -> int:

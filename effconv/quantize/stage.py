@@ -81,7 +81,12 @@ def _backend(name: str):
     return importlib.import_module(f"effconv.quantize.{name}")
 
 
-def _gate(quality: dict, max_psnr_drop: float | None) -> dict:
+def _gate(report: dict, max_psnr_drop: float | None) -> dict:
+    quality = report["quality"]
+    simulation = report.get("simulation_check")
+    if simulation is not None and not simulation["passed"]:
+        return {"applied": True, "passed": False, "psnr_drop_db": quality.get("psnr_drop_db"),
+                "reason": "the weights in the written artifact differ from the simulated ones the quality was measured on"}
     if max_psnr_drop is None:
         return {"applied": False, "passed": True, "reason": "no --max-psnr-drop given"}
     if "psnr_drop_db" not in quality:
@@ -118,7 +123,7 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
     with staged_output(out_dir) as stage:
         out_path = stage / f"{name}{artifact.suffix}"
         report = module.quantize(artifact, source, calib_set, held_out, out_path, weights_only=weights_only, **options)
-        gate = _gate(report["quality"], max_psnr_drop)
+        gate = _gate(report, max_psnr_drop)
         report["notes"] = notes + report.get("notes", [])
         manifest = Manifest(
             **source.model_dump(include={"spec", "inputs", "outputs", "params"}),
@@ -134,6 +139,8 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
             versions=(source.model_extra or {}).get("versions"),
         )
         write_manifest(manifest, stage)
+    if not gate["passed"] and "reason" in gate:
+        raise VerificationFailed(f"int8 {backend}: {gate['reason']}.", "report this as an effconv bug.", manifest=manifest)
     if not gate["passed"]:
         raise VerificationFailed(
             f"int8 {backend} loses {gate['psnr_drop_db']:.2f} dB PSNR on held-out clips, more than --max-psnr-drop {max_psnr_drop}.",
