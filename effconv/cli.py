@@ -736,6 +736,9 @@ def quantize(
     weights_only: bool = typer.Option(False, "--weights-only", help="Only weights in int8 (ONNX: dynamic quantization), for size."),
     teacher: Path | None = typer.Option(None, "--teacher", help="Teacher spec whose encoder makes latents [default: from the manifests]."),
     eval_data: list[Path] | None = typer.Option(None, "--eval-data", help="Videos kept out of calibration to measure quality (repeatable)."),
+    activation: str = typer.Option("auto", "--activation", help="ONNX activation type: auto (the faster here), uint8 or int8."),
+    all_nodes: bool = typer.Option(False, "--all-nodes", help="ONNX: int8 for every Conv/MatMul, even where this host's int8 "
+                                   "kernels are slower (when the target is not this CPU)."),
     as_json: bool = JsonFlag,
 ) -> None:
     """Per-channel int8 post-training quantization, with a measured quality gate.
@@ -754,7 +757,7 @@ def quantize(
         try:
             manifest = quantize_artifact(artifact, out_dir, calib=calib, samples=samples, max_psnr_drop=max_psnr_drop,
                                          weights_only=weights_only, teacher=teacher, eval_data=eval_data,
-                                         progress=lambda message: status.update(f"Quantizing: {message}..."))
+                                         activation=activation, select_by_speed=not all_nodes, progress=lambda message: status.update(f"Quantizing: {message}..."))
         except VerificationFailed as failure:
             if failure.manifest is not None:
                 _print_quantize(failure.manifest, as_json, out_dir)

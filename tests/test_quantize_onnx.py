@@ -1,0 +1,153 @@
+"""`effconv quantize` on ONNX: static QDQ per-channel int8 on a student of the shipped demo teacher,
+calibrated with teacher latents of the bundled real clip; size, fidelity, gate and bad-input checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from effconv.artifacts import read_manifest
+from effconv.converters.convert import convert
+from effconv.distill.data import BUNDLED_CLIP
+from effconv.quantize.onnx import _run_all, node_kinds
+from effconv.quantize.stage import quantize_artifact
+from effconv.rewrites.rewrite import rewrite
+from effconv.spec import load_spec
+
+from conftest import SPECS
+
+
+@pytest.fixture(scope="module")
+def student_onnx(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("student")
+    rewrite(load_spec(SPECS / "demo-teacher.yaml"), "demo", root)
+    convert(load_spec(root / "demo-teacher-student.yaml"), "onnx", root / "onnx")
+    return root / "onnx" / "demo-teacher-student.onnx"
+
+
+@pytest.fixture(scope="module")
+def teacher_latents(student_onnx):
+    """Teacher-encoder latents (and frames) of 4 clips of the bundled video, made once for the module."""
+    from effconv.models.loader import load_model
+    from effconv.quantize.calibration import from_video, teacher_spec
+
+    source = read_manifest(student_onnx.with_suffix(".json"))
+    return from_video(load_model(teacher_spec(source)), [BUNDLED_CLIP], 4)
+
+
+def _weight_bytes(path: Path) -> int:
+    """Bytes of the constant tensors with more than 64 elements (the conv weights, not scales or shapes)."""
+    model = onnx.load(str(path))
+    return sum(len(t.raw_data) for t in model.graph.initializer if np.prod(t.dims) > 64)
+
+
+def _quantized_ops(path: Path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_all_nodes_int8_is_smaller_and_close_to_float(student_onnx, tmp_path):
+    manifest = quantize_artifact(student_onnx, tmp_path, calib=[str(BUNDLED_CLIP)], samples=4, activation="uint8",
+                                 select_by_speed=False)
+    report = manifest.quantize
+    kinds = node_kinds(onnx.load(str(student_onnx)))
+    assert report["nodes"] == {"int8": len(kinds), "float": 0, "kinds": report["nodes"]["kinds"]}
+    assert _weight_bytes(student_onnx) / _weight_bytes(tmp_path / manifest.artifact) >= 3.9  # fp32 -> int8
+    assert report["size_bytes"]["ratio"] >= 1.4  # a tiny student's file is ~30% graph structure
+    assert report["quality"]["psnr_vs_float_db"] >= 30.0
+    assert report["calibration"] == {"source": "video: bigbuckbunny.mp4", "samples": 3, "held_out": 1,
+                                     "held_out_source": "video: bigbuckbunny.mp4"}
+    assert "QuantizeLinear" in _quantized_ops(tmp_path / manifest.artifact)
+    assert report["activation_type"]["chosen"] == "uint8"
+    table = report["sensitivity"]
+    assert len(table) == len(kinds) and all(row["int8"] for row in table)
+    assert [row["psnr_vs_float_db"] for row in table] == sorted(row["psnr_vs_float_db"] for row in table)
+    written = json.loads((tmp_path / f"{manifest.name}.json").read_text())
+    assert written["quantize"]["size_bytes"] == report["size_bytes"]
+
+
+def test_gate_returns_sensitive_nodes_to_float_or_fails(student_onnx, teacher_latents, tmp_path):
+    """Ground truth = float output + mild noise, so int8 rounding shows as a measurable PSNR drop."""
+    calib = teacher_latents
+    outputs = _run_all(student_onnx, calib.latents, threads=1)
+    rng = np.random.default_rng(0)
+    frames = np.concatenate([o + rng.normal(0, 0.003, o.shape).astype(np.float32) for o in outputs])
+    latents_file = tmp_path / "calib.npz"
+    np.savez(latents_file, latents=np.concatenate(calib.latents), frames=frames)
+
+    loose = quantize_artifact(student_onnx, tmp_path / "loose", calib=[str(latents_file)], samples=4, activation="uint8",
+                              select_by_speed=False, max_psnr_drop=None)
+    drop_all_int8 = loose.quantize["quality"]["psnr_drop_db"]
+    assert drop_all_int8 > 0.05
+    limit = round(drop_all_int8 / 4, 3)
+    from effconv.errors import VerificationFailed
+
+    try:
+        tight = quantize_artifact(student_onnx, tmp_path / "tight", calib=[str(latents_file)], samples=4,
+                                  activation="uint8", select_by_speed=False, max_psnr_drop=limit)
+        assert tight.quantize["quality"]["psnr_drop_db"] <= limit
+    except VerificationFailed as failure:
+        tight = failure.manifest
+        assert tight.quantize["gate"] == {**tight.quantize["gate"], "applied": True, "passed": False}
+    returned = [node for node in tight.quantize["float_nodes"] if node["reason"].startswith("most sensitive")]
+    assert returned and tight.quantize["nodes"]["float"] == len(returned)
+    assert tight.quantize["quality"]["psnr_drop_db"] < drop_all_int8
+
+
+def test_weights_only_stores_int8_and_computes_float(student_onnx, tmp_path):
+    manifest = quantize_artifact(student_onnx, tmp_path, calib=["random"], samples=2, weights_only=True)
+    report = manifest.quantize
+    assert _weight_bytes(student_onnx) / _weight_bytes(tmp_path / manifest.artifact) >= 3.9
+    assert report["size_bytes"]["ratio"] >= 2.0
+    assert report["quality"]["psnr_vs_float_db"] >= 30.0
+    ops = _quantized_ops(tmp_path / manifest.artifact)
+    assert "DequantizeLinear" in ops and "QuantizeLinear" not in ops and "Conv" in ops
+    assert report["gate"]["applied"] is False
+    assert any("random latents" in note for note in report["notes"])
+
+
+def test_speed_selection_keeps_slower_kinds_in_float(student_onnx, tmp_path):
+    manifest = quantize_artifact(student_onnx, tmp_path, calib=["random"], samples=3, activation="uint8")
+    report = manifest.quantize
+    for row in report["nodes"]["kinds"]:
+        assert row["quantized"] == (row["float_ms"] / row["kind_int8_ms"] >= 1.03)
+    float_kinds = {row["kind"] for row in report["nodes"]["kinds"] if not row["quantized"]}
+    assert {node["kind"] for node in report["float_nodes"]} == float_kinds
+    assert _weight_bytes(student_onnx) / _weight_bytes(tmp_path / manifest.artifact) >= 3.9  # int8 storage regardless
+    assert report["latency_ms"]["threads"] >= 1 and report["latency_ms"]["float"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.onnx"], "does not exist"),
+    (["model.txt"], "is not an .onnx, .mlpackage or .tflite"),
+    (["{onnx}", "--samples", "1"], "--samples 1"),
+    (["{onnx}", "--calib", "random", "--calib", "{video}"], "cannot be mixed"),
+    (["{onnx}", "--calib", "{bad_latents}"], "has latents of shape"),
+    (["{onnx}", "--calib", "{garbage_npy}"], "cannot read latents file"),
+    (["{onnx}", "--max-psnr-drop", "-1"], "is negative"),
+    (["{onnx}", "--activation", "int4"], "unknown --activation"),
+    (["{orphan}"], "manifest"),
+])
+def test_bad_input_exits_2_with_one_line(cli, student_onnx, tmp_path, args, message):
+    (tmp_path / "model.txt").write_text("x")
+    np.save(tmp_path / "bad.npy", np.zeros((2, 8, 3, 4, 4), np.float32))
+    (tmp_path / "garbage.npy").write_bytes(b"not numpy at all")
+    orphan = tmp_path / "orphan.onnx"
+    orphan.write_bytes(student_onnx.read_bytes())
+    values = {"onnx": student_onnx, "video": BUNDLED_CLIP, "bad_latents": tmp_path / "bad.npy",
+              "garbage_npy": tmp_path / "garbage.npy", "orphan": orphan}
+    argv = [a.format(**values) if "{" in a else (str(tmp_path / a) if a.endswith((".onnx", ".txt")) else a) for a in args]
+    out_dir = tmp_path / "out"
+    code, _, err = cli("quantize", *argv, "--out", out_dir)
+    assert code == 2, err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_already_quantized_is_refused(cli, student_onnx, tmp_path):
+    quantize_artifact(student_onnx, tmp_path / "q", calib=["random"], samples=2, weights_only=True)
+    code, _, err = cli("quantize", tmp_path / "q" / "demo-teacher-student-int8.onnx", "--out", tmp_path / "again")
+    assert code == 2 and "already quantized" in err
