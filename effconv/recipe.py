@@ -89,6 +89,8 @@ class QuantizeRecipe(StrictModel):
     samples: int = Field(16, ge=1, le=4096, description="calibration samples (teacher-encoded real clips)")
     max_psnr_drop: float | None = Field(0.3, ge=0, le=100, description="gate: dB lost vs the float artifact; null = no gate")
     weights_only: bool = False
+    activation: Literal["auto", "uint8", "int8"] = Field("auto", description="ONNX activations; auto = the faster here")
+    all_nodes: bool = Field(False, description="ONNX: int8 for every Conv/MatMul, not only the kinds faster here")
 
     @model_validator(mode="after")
     def _no_repeats(self) -> QuantizeRecipe:

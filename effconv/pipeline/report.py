@@ -201,6 +201,14 @@ def _conversion_section(m: Manifests) -> Section:
     return Section("Conversion", [Table(["backend", "artifact", "max abs error vs PyTorch", "PSNR vs PyTorch (dB)", "verified"], rows)])
 
 
+def _gate(gate: dict) -> str:
+    if not gate.get("applied"):
+        return f"not applied ({gate.get('reason', 'no gate')})"
+    if gate["passed"]:
+        return f"passed (drop <= {gate['max_psnr_drop']} dB)"
+    return f"FAILED: {gate['reason']}" if gate.get("reason") else f"FAILED (drop > {gate['max_psnr_drop']} dB)"
+
+
 def _quantize_section(m: Manifests) -> Section:
     section = Section("Quantization")
     if not m.quantize:
@@ -219,7 +227,7 @@ def _quantize_section(m: Manifests) -> Section:
             number(quality.get("psnr_vs_float_db")), number(quality.get("psnr_drop_db")), number(quality.get("ssim_drop"), 4),
             f"{latency['float']:.2f} / {latency['quantized']:.2f} ms ({latency['speedup']:.2f}x)" if measured
             else str(latency.get("not_measured", MISSING)),
-            ("passed" if gate["passed"] else "FAILED") + (f" (max drop {gate['max_psnr_drop']} dB)" if gate.get("max_psnr_drop") is not None else ""),
+            _gate(gate),
         ])
     section.blocks.append(Table(["backend", "scheme", "float size", "int8 size", "smaller", "PSNR vs float (dB)",
                                  "PSNR drop (dB)", "SSIM drop", "latency float / int8", "gate"], rows))
