@@ -90,6 +90,11 @@ def _prepare_out_dir(out_dir: Path) -> Path | None:
     return missing[-1] if missing else None
 
 
+def ensure_out_dir(out_dir: Path) -> Path | None:
+    """Create a writable output directory (one-line errors); return the topmost directory created, if any."""
+    return _prepare_out_dir(Path(out_dir))
+
+
 @contextlib.contextmanager
 def staged_output(out_dir: str | Path):
     """Yield a private staging directory inside out_dir; move its files into out_dir only on success.

@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from effconv.distill.config import DistillRecipe
 from effconv.errors import EffconvError
@@ -112,7 +112,7 @@ class ProfileRecipe(StrictModel):
 class Recipe(StrictModel):
     name: str | None = None
     description: str | None = None
-    teacher: Path | dict | None = Field(None, description="teacher spec: a path relative to the recipe, or inline")
+    teacher: str | dict | None = Field(None, description="teacher spec: a path relative to the recipe, or inline")
     requires_pretrained: bool = Field(False, description="the teacher needs trained weights (`effconv run --pretrained DIR`)")
     student: StudentRecipe | None = None
     distill: DistillRecipe = DistillRecipe()
@@ -120,6 +120,13 @@ class Recipe(StrictModel):
     export: ExportRecipe = ExportRecipe()
     quantize: QuantizeRecipe = QuantizeRecipe()
     profile: ProfileRecipe = ProfileRecipe()
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _path_or_mapping(cls, value):
+        if value is not None and not isinstance(value, (str, dict)):
+            raise ValueError("give a spec path or an inline spec (a mapping with name, model, input)")
+        return value
 
     @model_validator(mode="after")
     def _quantize_what_is_exported(self) -> Recipe:

@@ -116,6 +116,14 @@ def test_failed_stage_is_named_exit_2_and_earlier_outputs_stay(finished_run, tmp
     assert not (run_dir / "eval").exists()
 
 
+def test_failure_in_the_first_stage_leaves_no_output_folder(tmp_path, cli):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(BUNDLED_CLIP.read_bytes()[:3000])
+    code, _, err = cli("run", RECIPE, "--data", broken, "--out", tmp_path / "new" / "out")
+    assert code == 2 and "error: stage distill failed: " in err
+    assert not (tmp_path / "new").exists()
+
+
 def _report_rows(text: str) -> dict[str, list[str]]:
     rows = {}
     for line in text.splitlines():

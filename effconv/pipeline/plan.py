@@ -84,8 +84,8 @@ def _recipe_teacher(recipe: Recipe, source: Path) -> LoadedSpec:
         )
     if isinstance(recipe.teacher, dict):
         return spec_from_dict(recipe.teacher, source.resolve().parent, source=f"recipe {source}: teacher")
-    path = recipe.teacher if recipe.teacher.is_absolute() else source.resolve().parent / recipe.teacher
-    return load_spec(path)
+    path = Path(recipe.teacher)
+    return load_spec(path if path.is_absolute() else source.resolve().parent / path)
 
 
 def _with_pretrained(teacher: LoadedSpec, pretrained: Path) -> LoadedSpec:

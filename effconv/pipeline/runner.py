@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from effconv.artifacts import STAGING_PREFIX, replace_json
+from effconv.artifacts import STAGING_PREFIX, ensure_out_dir, replace_json
 from effconv.distill.checkpoint import latest_checkpoint
 from effconv.errors import EffconvError, VerificationFailed
 from effconv.pipeline.estimate import Estimate, Estimator
@@ -27,6 +27,7 @@ from effconv.pipeline.stages import RUNNERS, StageContext, manifest_name
 STARTED = "stage-started.json"
 SCRATCH = {"checkpoints", "cache", STARTED}
 RUNS = ("run", "resume")
+SHOWN_VALUE_CHARS = 20
 
 
 class StageFailed(EffconvError):
@@ -51,6 +52,7 @@ class Decision:
     estimate: Estimate | None = None
     inputs: dict | None = None
     steps_done: int = 0
+    failed_before: bool = False  # skipped, and its recorded check failed
 
     @property
     def hash(self) -> str | None:
@@ -98,16 +100,17 @@ def read_record(path: Path) -> dict | None:
 
 
 def _first_difference(old, new, where: str = "") -> str | None:
+    """The first input that differs, as `settings.distill.steps: 300 -> 600` or `files changed`."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new), key=str):
             found = _first_difference(old.get(key), new.get(key), f"{where}.{key}" if where else str(key))
             if found:
                 return found
         return None
-    if old != new:
-        show = (lambda v: str(v)[:12] + "..." if len(str(v)) > 15 else str(v))
-        return f"{where}: {show(old)} -> {show(new)}" if not isinstance(old, list) else f"{where} changed"
-    return None
+    if old == new:
+        return None
+    short = all(not isinstance(v, (list, dict)) and len(str(v)) <= SHOWN_VALUE_CHARS for v in (old, new))
+    return f"{where}: {old} -> {new}" if short else f"{where} changed"
 
 
 def _started_hash(directory: Path) -> str | None:
@@ -132,7 +135,9 @@ def decide(inputs: RunInputs, stage: Stage, out_dir: Path, rerun: set[str], bloc
     directory = Path(out_dir) / stage.name
     record = read_record(manifest_path(inputs, stage, out_dir))
     if record and record.get("hash") == new_hash and all((directory / name).exists() for name in record.get("outputs", [])):
-        return Decision(stage, "skip", "unchanged" + ("" if record.get("passed", True) else " (failed its check)"), inputs=hashed)
+        failed = record.get("passed") is False
+        return Decision(stage, "skip", "unchanged" + (" (failed its check)" if failed else ""), inputs=hashed,
+                        failed_before=failed)
     if stage.kind == "distill" and _started_hash(directory) == new_hash:
         checkpoint = latest_checkpoint(directory / "checkpoints")
         if checkpoint is not None:
@@ -153,7 +158,7 @@ def plan(inputs: RunInputs, out_dir: Path) -> list[Decision]:
         if decision.action in RUNS:
             rerun.add(stage.name)
             decision.estimate = estimator(stage, decision.steps_done)
-        if decision.action == "blocked" or (decision.action == "skip" and "failed" in decision.reason):
+        if decision.action == "blocked" or decision.failed_before:
             blocked.add(stage.name)
         decisions.append(decision)
     return decisions
@@ -229,6 +234,7 @@ def execute(inputs: RunInputs, out_dir: Path, on_event: Callable[[str, Decision,
     from effconv.pipeline.report import write_report
 
     out_dir = Path(out_dir)
+    created = ensure_out_dir(out_dir)
     result = RunResult(out_dir=out_dir)
     blocked: set[str] = set()
     notify = on_event or (lambda kind, decision, info: None)
@@ -239,8 +245,13 @@ def execute(inputs: RunInputs, out_dir: Path, on_event: Callable[[str, Decision,
             decision.estimate = estimator(stage, decision.steps_done)
         notify("start", decision, {})
         if decision.action in RUNS:
-            outcome = run_stage(inputs, decision, out_dir, on_step=lambda record, elapsed: notify(
-                "step", decision, {"record": record, "elapsed": elapsed}), on_warning=on_warning)
+            try:
+                outcome = run_stage(inputs, decision, out_dir, on_step=lambda record, elapsed: notify(
+                    "step", decision, {"record": record, "elapsed": elapsed}), on_warning=on_warning)
+            except BaseException:
+                if created is not None and not any(out_dir.iterdir()):
+                    shutil.rmtree(created, ignore_errors=True)
+                raise
         else:
             record = read_record(manifest_path(inputs, stage, out_dir)) or {}
             outcome = Outcome(stage.name, decision.action, 0.0, record.get("passed") if record else None,

@@ -71,11 +71,14 @@ def _stage_json(name: str, **sections) -> dict:
 def run_distill(ctx: StageContext) -> None:
     from effconv.distill.stage import distill
 
-    recipe = ctx.inputs.recipe
+    def warn_skipped(videos) -> None:
+        for path, reason in videos.skipped:
+            ctx.warn(f"skipping {path}: {reason}")
+
     distill(
         ctx.inputs.teacher, ctx.inputs.recipe_source, list(ctx.inputs.train_data), ctx.directory,
-        steps=recipe.distill.steps, resume=ctx.resume, allow_import=ctx.inputs.allow_import, on_step=ctx.on_step,
-        on_videos=lambda videos: [ctx.warn(f"skipping {path}: {reason}") for path, reason in videos.skipped],
+        steps=ctx.inputs.recipe.distill.steps, resume=ctx.resume, allow_import=ctx.inputs.allow_import,
+        on_step=ctx.on_step, on_videos=warn_skipped,
     )
 
 
@@ -154,8 +157,8 @@ def run_profile(ctx: StageContext) -> None:
             result = run(target, ctx.stage.device, resolution=settings["resolution"], do_measure=host,
                          threads=settings.get("threads"), repeats=settings.get("repeats", 1),
                          allow_import=ctx.inputs.allow_import)
-            results[label] = result.to_dict() | {"target": str(target.relative_to(staging) if target.parent == staging
-                                                              else target.relative_to(ctx.out_dir))}
+            shown = target.name if target.parent == staging else target.relative_to(ctx.out_dir).as_posix()
+            results[label] = result.to_dict() | {"target": shown}
             if label == "student":
                 write_plot(result, staging / PROFILE_PLOT)
         replace_json(staging / PROFILE_MANIFEST, _stage_json("profile", device=ctx.stage.device, models=results,
