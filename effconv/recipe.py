@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from effconv.distill.config import DistillRecipe
 from effconv.errors import EffconvError
@@ -60,10 +60,13 @@ class StudentRecipe(StrictModel):
         return [max(step, round(w * self.width_scale / step) * step) for w in self.widths]
 
 
-def _unique(values: list, what: str) -> list:
-    if len(set(values)) != len(values):
-        raise ValueError(f"{what} lists an entry twice")
+def _no_repeats(values: list | None) -> list | None:
+    if values is not None and len(set(values)) != len(values):
+        raise ValueError("an entry is listed twice")
     return values
+
+
+Backends = Annotated[list[Backend], AfterValidator(_no_repeats)]
 
 
 class DataRecipe(StrictModel):
@@ -75,38 +78,24 @@ class DataRecipe(StrictModel):
 
 
 class ExportRecipe(StrictModel):
-    backends: list[Backend] = Field(default_factory=lambda: list(BACKEND_NAMES), min_length=1)
-
-    @model_validator(mode="after")
-    def _no_repeats(self) -> ExportRecipe:
-        _unique(self.backends, "export.backends")
-        return self
+    backends: Backends = Field(default_factory=lambda: list(BACKEND_NAMES), min_length=1)
 
 
 class QuantizeRecipe(StrictModel):
-    backends: list[Backend] | None = Field(None, description="[default: every exported backend effconv can quantize]; "
-                                           "[] = no quantization")
-    samples: int = Field(16, ge=1, le=4096, description="calibration samples (teacher-encoded real clips)")
+    backends: Backends | None = Field(None, description="[default: every exported backend effconv can quantize]; "
+                                      "[] = no quantization")
+    samples: int = Field(16, ge=2, le=4096, description="calibration samples (teacher-encoded real clips)")
     max_psnr_drop: float | None = Field(0.3, ge=0, le=100, description="gate: dB lost vs the float artifact; null = no gate")
     weights_only: bool = False
     activation: Literal["auto", "uint8", "int8"] = Field("auto", description="ONNX activations; auto = the faster here")
     all_nodes: bool = Field(False, description="ONNX: int8 for every Conv/MatMul, not only the kinds faster here")
 
-    @model_validator(mode="after")
-    def _no_repeats(self) -> QuantizeRecipe:
-        _unique(self.backends or [], "quantize.backends")
-        return self
-
 
 class ProfileRecipe(StrictModel):
-    devices: list[str] = Field(default_factory=lambda: ["iphone16pro"], min_length=1, max_length=32)
+    devices: Annotated[list[str], AfterValidator(_no_repeats)] = Field(
+        default_factory=lambda: ["iphone16pro"], min_length=1, max_length=32)
     resolution: str | None = Field(None, description="device estimates at 480p/720p/1080p/HxW [default: the teacher's clip]")
     host_repeats: int = Field(10, ge=1, le=1000, description="timed onnxruntime runs on this machine (median)")
-
-    @model_validator(mode="after")
-    def _no_repeats(self) -> ProfileRecipe:
-        _unique(self.devices, "profile.devices")
-        return self
 
 
 class Recipe(StrictModel):

@@ -146,6 +146,14 @@ def resolve(target: str | Path, recipe_name: str | None = None, steps: int | Non
     base_dir = Path(source).resolve().parent
     train = _videos(data, recipe.data.train, base_dir, "training", source)
     held_out = _videos(eval_data, recipe.data.eval, base_dir, "eval", source) if (eval_data or recipe.data.eval) else train
+    if recipe.profile.resolution is not None:
+        from effconv.profile.inputs import parse_resolution
+
+        try:
+            parse_resolution(recipe.profile.resolution)
+        except EffconvError as bad:
+            raise EffconvError(f"recipe '{source}': profile.resolution '{recipe.profile.resolution}' is not understood.",
+                               bad.fix) from None
     chosen = list(devices) if devices else [
         str(base_dir / d) if is_device_file(d) and not Path(d).is_absolute() else d for d in recipe.profile.devices]
     _check_devices(chosen)
