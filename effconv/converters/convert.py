@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -157,6 +158,8 @@ def _checked(manifest: Manifest, out_dir: Path, atol: float) -> Manifest:
 def convert(loaded: LoadedSpec, backend: str, out_dir: Path, atol: float | None = None,
             opset: int = onnx_backend.DEFAULT_OPSET, allow_import: bool = False, precision: str = "fp16") -> Manifest:
     backend_module(backend)
+    if atol is not None and not 0 <= atol < math.inf:
+        raise EffconvError(f"--atol must be a finite number >= 0, got {atol}.", "pass e.g. --atol 1e-3.")
     if backend == onnx_backend.NAME:
         onnx_backend.check_opset(opset)
     if backend == coreml_backend.NAME:

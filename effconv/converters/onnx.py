@@ -22,6 +22,10 @@ PROTOBUF_LIMIT_BYTES = 1_800_000_000  # single-file ONNX must stay under protobu
 def check_opset(opset: int) -> None:
     if opset < MIN_OPSET:
         raise EffconvError(f"opset {opset} is too old for torch's dynamo ONNX exporter.", f"use --opset {MIN_OPSET} or newer.")
+    import onnx
+
+    if opset > onnx.defs.onnx_opset_version():
+        raise EffconvError(f"opset {opset} is newer than onnx {onnx.__version__} knows.", f"use --opset {DEFAULT_OPSET}.")
 
 
 def export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str,
@@ -63,9 +67,24 @@ def session(path: Path, threads: int | None = None):
 
 
 def predict(path: Path, example: torch.Tensor) -> np.ndarray:
-    ort_session = session(path)
+    try:
+        ort_session = session(path)
+    except Exception as exc:  # onnxruntime's pybind error types share no base class below Exception
+        opset = _opset_of(path)
+        if opset <= DEFAULT_OPSET:
+            raise
+        reason = " ".join(str(exc).split())[:200]
+        raise EffconvError(f"onnxruntime cannot load the opset-{opset} export: {reason}",
+                           f"use --opset {DEFAULT_OPSET} (this onnxruntime may not support opset {opset} yet).") from None
     feed = {ort_session.get_inputs()[0].name: example.detach().cpu().numpy()}
     return ort_session.run(None, feed)[0]
+
+
+def _opset_of(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return max((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), default=0)
 
 
 def runtime_versions() -> dict:

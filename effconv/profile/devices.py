@@ -27,10 +27,13 @@ CACHE_ENV = "EFFCONV_CACHE_DIR"
 CACHE_FILE = "host-cpu.json"
 MATMUL_SIZE = 1024
 COPY_MIB = 256
+MAX_THREADS = 1024
+# Ceiling for any figure (GOP/s, GB/s, GB, us, ms): far above real hardware, far below float overflow.
+MAX_FIGURE = 1e9
 
 
 class Figure(StrictModel):
-    value: float = Field(gt=0)
+    value: float = Field(gt=0, le=MAX_FIGURE)
     source: str = Field(min_length=3, description="URL or document, 'derived: how', or 'measured: how'")
     uncertainty: float = Field(ge=0, le=10, description="relative: 0.2 means the true value is within +-20%")
 
@@ -39,8 +42,8 @@ class ComputeUnit(StrictModel):
     kind: Literal["npu", "gpu", "cpu"]
     peak_gops: dict[Dtype, Figure] = Field(description="GFLOP/s for fp32/fp16, GOP/s for int8")
     bandwidth_gbps: Figure | None = Field(None, description="if lower than the device's DRAM bandwidth")
-    op_overhead_us: float = Field(0.0, ge=0, description="fixed dispatch cost per op")
-    narrow_channels: float = Field(0.0, ge=0, description="conv/matmul output width at which compute efficiency halves (0: off)")
+    op_overhead_us: float = Field(0.0, ge=0, le=MAX_FIGURE, description="fixed dispatch cost per op")
+    narrow_channels: float = Field(0.0, ge=0, le=MAX_FIGURE, description="conv/matmul output width at which compute efficiency halves (0: off)")
     efficiency: dict[str, float] = Field(default_factory=dict, description="per op category: share of the roofline reached")
     unsupported_ops: list[str] = Field(default_factory=list, description="ONNX op types or kinds (Conv3d, DilatedConv2d, ...)")
     max_rank: int | None = Field(None, ge=1)
@@ -80,7 +83,7 @@ class DeviceProfile(StrictModel):
     memory: Memory
     units: dict[str, ComputeUnit] = Field(min_length=1, description="in placement order: first legal unit runs the op")
     fallback_us: Figure = Field(description="fixed cost each time execution moves between compute units")
-    run_overhead_ms: float = Field(0.0, ge=0, description="fixed cost per inference call")
+    run_overhead_ms: float = Field(0.0, ge=0, le=MAX_FIGURE, description="fixed cost per inference call")
     model_uncertainty: float = Field(gt=0, le=10, description="relative error of the estimate itself")
     validation: str = Field(description="how (and whether) estimates for this device were checked")
     sources: list[Source] = Field(min_length=1)
@@ -107,6 +110,8 @@ def load_device(name_or_path: str | Path, threads: int | None = None, remeasure:
                 calibrated: bool = True) -> DeviceProfile:
     """A built-in profile by name, or a user's YAML by path. host-cpu is measured (once) and cached,
     and carries the cached calibration unless `calibrated` is False."""
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise EffconvError(f"--threads must be between 1 and {MAX_THREADS}, got {threads}.", f"this machine has {default_threads()} cores.")
     text = str(name_or_path)
     if text.endswith((".yaml", ".yml")) or os.sep in text:
         return _validate(read_yaml_mapping(Path(text), "device profile"), text)
