@@ -439,7 +439,9 @@ def main() -> None:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `effconv`: its message is the help
             print(exc.format_message())
             sys.exit(0)
-        _report_error(" ".join(exc.format_message().split()) + " (see --help)", 2)
+        context = getattr(exc, "ctx", None)
+        command = context.command_path if context is not None else "effconv"
+        _report_error(" ".join(exc.format_message().split()) + f" Fix: see `{command} --help`.", 2)
     except Exception as exc:  # a bug in effconv or a library: say so in one line, unless debugging
         if is_debug():
             raise

@@ -7,9 +7,17 @@ import copy
 import math
 import random
 import resource
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import yaml
+
+from effconv.artifacts import STAGING_PREFIX
+from effconv.profile import devices
+
+from conftest import SPECS
 
 HUGE_NUMBERS = [10**12, 2**63, 10**100, -(10**12), 1e308]
 EDGE_NUMBERS = [0, -1, -0.5, 0.5, 1e-300, math.nan, math.inf, -math.inf, True]
@@ -46,11 +54,14 @@ def _replacement(rng: random.Random, current):
     return value
 
 
-def mutate_tree(tree, rng: random.Random):
+def mutate_tree(tree, rng: random.Random, focus: tuple = ()):
     """One structural mutation: replace a value, delete or rename a key, duplicate a list item, or
-    wrap the node in a list. The root itself may be replaced (a list, a scalar, None)."""
+    wrap the node in a list, somewhere below `focus` (a path prefix) when that node exists. The root
+    itself may be replaced (a list, a scalar, None)."""
     tree = copy.deepcopy(tree)
-    path = rng.choice(list(_paths(tree)))
+    paths = list(_paths(tree))
+    focused = [path for path in paths if len(path) > len(focus) and path[: len(focus)] == focus]
+    path = rng.choice(focused or paths)
     if not path:
         return rng.choice([[tree], "just a scalar", 42, None, []])
     parent, key = _get(tree, path[:-1]), path[-1]
@@ -101,13 +112,14 @@ def billion_laughs(depth: int = 9, key: str = "lol") -> str:
     return "\n".join(rows) + "\n"
 
 
-def mutated_yaml(source: Path, seed: str) -> str:
-    """A seeded hostile variant of a YAML file: structural mutations (1-3), sometimes then a textual one."""
+def mutated_yaml(source: Path, seed: str, focus: tuple = ()) -> str:
+    """A seeded hostile variant of a YAML file: structural mutations (1-3, below `focus` if given),
+    sometimes then a textual one."""
     rng = random.Random(seed)
     text = source.read_text(encoding="utf-8")
     tree = yaml.safe_load(text)
     for _ in range(rng.randint(*MUTATIONS_PER_CASE)):
-        tree = mutate_tree(tree, rng)
+        tree = mutate_tree(tree, rng, focus)
     out = yaml.safe_dump(tree, sort_keys=False, allow_unicode=True, width=1 << 20)
     if rng.random() < 0.25:
         out = mutate_text(out, rng)
@@ -137,8 +149,101 @@ def assert_clean_outcome(code: int, err: str, allowed=(0, 2)) -> None:
     if code == 2:
         lines = error_lines(err)
         assert len(lines) == 1, err[-2000:]
-        assert lines[0].startswith("error: ") and "internal error" not in lines[0], lines[0]
-        assert "Fix:" in lines[0], lines[0]
+        assert lines[0].startswith("error: ") and "Fix:" in lines[0], lines[0]
+        # exit 2 because an allocation failed means effconv's size guards let a memory bomb through
+        assert "allocate memory" not in lines[0], lines[0]
+
+
+def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
+    """One binary mutation: truncate, flip a few bytes, zero a run, or splice in random bytes."""
+    action = rng.choice(["truncate", "flip", "zero", "splice"])
+    at = rng.randrange(len(data) + 1)
+    if action == "truncate":
+        return data[:at]
+    if action == "zero":
+        return data[:at] + bytes(min(4096, len(data) - at)) + data[at + 4096:]
+    if action == "splice":
+        return data[:at] + rng.randbytes(rng.choice([1, 16, 4096])) + data[at:]
+    flipped = bytearray(data)
+    for _ in range(rng.choice([1, 8, 64])):
+        flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+    return bytes(flipped)
+
+
+@dataclass
+class Sandbox:
+    """A tmp dir with inputs in `in/`, the working directory `cwd/` and the --out dir `out/`: `run`
+    checks that a command changed nothing outside out/, and out/ not at all unless it exited 0."""
+
+    root: Path
+    cli: object
+
+    @property
+    def inputs(self) -> Path:
+        return self.root / "in"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+    def write(self, name: str, content: str | bytes) -> Path:
+        path = self.inputs / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+        return path
+
+    def run(self, *args, allowed=(0, 2)) -> tuple[int, str, str]:
+        outside, inside = snapshot(self.root, skip=self.out), snapshot(self.out) if self.out.exists() else None
+        code, stdout, err = self.cli(*args)
+        assert_clean_outcome(code, err, allowed)
+        assert snapshot(self.root, skip=self.out) == outside, "a file outside --out changed"
+        if code != 0:
+            assert (snapshot(self.out) if self.out.exists() else None) == inside, "a failed command changed --out"
+        if self.out.exists():
+            assert not list(self.out.glob(STAGING_PREFIX + "*")), "a staging directory was left in --out"
+        return code, stdout, err
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch, cli) -> Sandbox:
+    for name in ("in", "cwd"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setenv(devices.CACHE_ENV, str(tmp_path.parent / f"{tmp_path.name}-cache"))
+    return Sandbox(tmp_path, cli)
+
+
+@pytest.fixture(scope="module")
+def onnx_artifact(tmp_path_factory) -> Path:
+    """hunyuan-tiny exported by `effconv convert` (the .onnx with its manifest), built once per module."""
+    from effconv.converters.convert import convert
+    from effconv.spec import load_spec
+
+    out = tmp_path_factory.mktemp("artifact")
+    manifest = convert(load_spec(SPECS / "hunyuan-tiny.yaml"), "onnx", out)
+    return out / manifest.artifact
+
+
+def copy_artifact(artifact: Path, directory: Path) -> Path:
+    """The artifact and its manifest, copied so a test may damage them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in (artifact, artifact.with_suffix(".json")):
+        shutil.copy(path, directory / path.name)
+    return directory / artifact.name
+
+
+# Room above what the process already maps: a memory bomb that slips past effconv's guards then
+# fails with an allocation error (which assert_clean_outcome rejects) instead of exhausting a shared machine.
+ADDRESS_SPACE_HEADROOM = 6 << 30
+
+
+@pytest.fixture(autouse=True, scope="module")
+def capped_memory():
+    with AddressSpaceCap(ADDRESS_SPACE_HEADROOM):
+        yield
 
 
 class AddressSpaceCap:

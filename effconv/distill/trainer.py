@@ -156,7 +156,8 @@ class Distiller:
         if not self.align:
             return nn.ModuleDict()
         index = self._clip_index(0, 0, 0)
-        targets = self.targets.get(index, self.sampler.clip(index).unsqueeze(0).to(self.world.device))
+        # compute, not get: nothing is written to --out before a --resume has loaded its checkpoint
+        targets = self.targets.compute(self.sampler.clip(index).unsqueeze(0).to(self.world.device))
         torch.manual_seed(self.recipe.seed)
         with torch.no_grad():
             _, features = self.student(targets["latent"], return_features=True)
