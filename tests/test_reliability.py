@@ -22,6 +22,7 @@ from effconv.distill.trainer import TeacherTargets
 from effconv.errors import EffconvError
 from effconv.models.limits import MAX_MODULES
 from effconv.models.loader import load_model
+from effconv.profile import devices
 from effconv.spec import MAX_YAML_BYTES, MAX_YAML_NODES, load_spec
 
 from conftest import REPO, SPECS
@@ -266,6 +267,36 @@ def test_bad_profile_option_is_one_line_exit_2(case, sandbox):
     assert expected in _one_line(err)
 
 
+@pytest.mark.parametrize("options", [["--threads", "0"], ["--repeats", "0"], ["--threads", "1000000"]])
+def test_bad_calibrate_option_is_refused_before_measuring(options, sandbox):
+    _, _, err = sandbox.run("calibrate", *options, allowed=(2,))
+    assert "--threads" in _one_line(err)
+
+
+def _host_key() -> str:
+    return devices.host_key(devices.default_threads())
+
+
+HOST_CACHE_DAMAGE = {
+    "a-list": lambda: [1],
+    "entry-a-list": lambda: {_host_key(): [1]},
+    "measurement-wrong-types": lambda: {_host_key(): {"measurement": {"peak_fp32_gflops": "fast", "threads": "all"}}},
+    "calibration-a-list": lambda: {_host_key(): {"calibration": [1]}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOST_CACHE_DAMAGE))
+def test_damaged_host_cache_is_measured_again(case, sandbox):
+    """regression: a damaged ~/.cache/effconv/host-cpu.json was AttributeError / TypeError (exit 3)."""
+    cache = devices.cache_dir() / devices.CACHE_FILE
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps(HOST_CACHE_DAMAGE[case]()))
+    code, out, _ = sandbox.run("devices", "--json", allowed=(0,))
+    host = next(profile for profile in json.loads(out) if profile["name"] == devices.HOST)
+    assert host["units"]["cpu"]["peak_gops"]["fp32"]["value"] > 0
+    assert json.loads(cache.read_text())[_host_key()]["measurement"]["peak_fp32_gflops"] > 0
+
+
 # --- artifacts and manifests ---------------------------------------------------------------------------
 
 def test_empty_onnx_file_is_not_profiled_as_an_empty_graph(sandbox, onnx_artifact):
@@ -346,6 +377,18 @@ def test_bad_convert_option_is_refused_before_any_work(options, expected, sandbo
     _, _, err = sandbox.run("convert", TEACHER, "--out", sandbox.out, *options, allowed=(2,))
     assert expected in _one_line(err)
     assert not sandbox.out.exists()
+
+
+@pytest.mark.slow
+def test_opset_onnxruntime_cannot_load_is_one_line_exit_2(sandbox):
+    """regression: an opset the exporter mishandles (26-28 with torch 2.13 / onnxruntime 1.32) was
+    onnxruntime's InvalidGraph, exit 3, after the whole export."""
+    import onnx
+
+    code, _, err = sandbox.run("convert", TEACHER, "--out", sandbox.out, "--opset", onnx.defs.onnx_opset_version())
+    if code == 2:
+        assert "onnxruntime cannot load the opset" in _one_line(err)
+        assert not sandbox.out.exists()
 
 
 # --- videos ------------------------------------------------------------------------------------------------

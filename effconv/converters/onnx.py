@@ -67,24 +67,9 @@ def session(path: Path, threads: int | None = None):
 
 
 def predict(path: Path, example: torch.Tensor) -> np.ndarray:
-    try:
-        ort_session = session(path)
-    except Exception as exc:  # onnxruntime's pybind error types share no base class below Exception
-        opset = _opset_of(path)
-        if opset <= DEFAULT_OPSET:
-            raise
-        reason = " ".join(str(exc).split())[:200]
-        raise EffconvError(f"onnxruntime cannot load the opset-{opset} export: {reason}",
-                           f"use --opset {DEFAULT_OPSET} (this onnxruntime may not support opset {opset} yet).") from None
+    ort_session = session(path)
     feed = {ort_session.get_inputs()[0].name: example.detach().cpu().numpy()}
     return ort_session.run(None, feed)[0]
-
-
-def _opset_of(path: Path) -> int:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return max((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), default=0)
 
 
 def runtime_versions() -> dict:

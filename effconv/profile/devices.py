@@ -9,6 +9,7 @@ calibration that `effconv calibrate` fits, under `$EFFCONV_CACHE_DIR` (default ~
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -28,6 +29,10 @@ CACHE_FILE = "host-cpu.json"
 MATMUL_SIZE = 1024
 COPY_MIB = 256
 MAX_THREADS = 1024
+NUMBER = (int, float)
+MEASUREMENT_FIELDS = {"peak_fp32_gflops": NUMBER, "bandwidth_gbps": NUMBER, "threads": int, "method": str, "measured_at": str}
+CALIBRATION_FIELDS = {"efficiency": dict, "op_overhead_us": NUMBER, "run_overhead_ms": NUMBER, "model_uncertainty": NUMBER,
+                      "validation": str, "calibrated_at": str}
 # Ceiling for any figure (GOP/s, GB/s, GB, us, ms): far above real hardware, far below float overflow.
 MAX_FIGURE = 1e9
 
@@ -152,9 +157,20 @@ def host_key(threads: int) -> str:
 def read_cache() -> dict:
     path = cache_dir() / CACHE_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        cache = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _cached_section(key: str, section: str, fields: dict[str, type | tuple[type, ...]]) -> dict | None:
+    """One section of a host's cache entry, or None when it is missing or not shaped as effconv writes
+    it: a damaged cache is measured again (or left uncalibrated), never trusted."""
+    entry = read_cache().get(key)
+    value = entry.get(section) if isinstance(entry, dict) else None
+    if isinstance(value, dict) and all(isinstance(value.get(name), kind) for name, kind in fields.items()):
+        return value
+    return None
 
 
 def write_cache_entry(key: str, section: str, value: dict) -> None:
@@ -163,7 +179,8 @@ def write_cache_entry(key: str, section: str, value: dict) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         cache = read_cache()
-        cache.setdefault(key, {})[section] = value
+        entry = cache.get(key)
+        cache[key] = (entry if isinstance(entry, dict) else {}) | {section: value}
         temp = directory / f".{CACHE_FILE}.{os.getpid()}.tmp"
         temp.write_text(json.dumps(cache, indent=2), encoding="utf-8")
         os.replace(temp, directory / CACHE_FILE)
@@ -210,8 +227,8 @@ def measure_host(threads: int) -> dict:
 
 def host_measurement(threads: int, remeasure: bool = False) -> dict:
     key = host_key(threads)
-    cached = read_cache().get(key, {}).get("measurement")
-    if cached and not remeasure:
+    cached = _cached_section(key, "measurement", MEASUREMENT_FIELDS)
+    if cached and not remeasure and all(0 < cached[name] < math.inf for name in ("peak_fp32_gflops", "bandwidth_gbps")):
         return cached
     measurement = measure_host(threads)
     write_cache_entry(key, "measurement", measurement)
@@ -219,7 +236,7 @@ def host_measurement(threads: int, remeasure: bool = False) -> dict:
 
 
 def host_calibration(threads: int) -> dict | None:
-    return read_cache().get(host_key(threads), {}).get("calibration")
+    return _cached_section(host_key(threads), "calibration", CALIBRATION_FIELDS)
 
 
 def _ram_gb() -> float:
