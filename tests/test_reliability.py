@@ -291,7 +291,7 @@ def test_damaged_host_cache_is_measured_again(case, sandbox):
     cache = devices.cache_dir() / devices.CACHE_FILE
     cache.parent.mkdir(parents=True)
     cache.write_text(json.dumps(HOST_CACHE_DAMAGE[case]()))
-    code, out, _ = sandbox.run("devices", "--json", allowed=(0,))
+    _, out, _ = sandbox.run("devices", "--json", allowed=(0,))
     host = next(profile for profile in json.loads(out) if profile["name"] == devices.HOST)
     assert host["units"]["cpu"]["peak_gops"]["fp32"]["value"] > 0
     assert json.loads(cache.read_text())[_host_key()]["measurement"]["peak_fp32_gflops"] > 0
@@ -570,5 +570,5 @@ def test_usage_error_is_one_line_exit_2(args, expected, sandbox):
 
 def test_bare_effconv_prints_the_help(sandbox):
     """regression: `effconv` alone raised NoArgsIsHelpError as an internal error (exit 3)."""
-    code, out, _ = sandbox.run(allowed=(0,))
+    _, out, _ = sandbox.run(allowed=(0,))
     assert "Usage" in out and "convert" in out

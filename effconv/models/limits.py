@@ -8,7 +8,7 @@ hooks count its modules and parameter/buffer elements, and the build stops as so
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
