@@ -1,5 +1,6 @@
-"""Hostile inputs for the reliability suite: seeded YAML mutations, and the checks every bad input must
-pass (exit 0 or a one-line exit 2, nothing written outside --out, nothing partial left in it)."""
+"""Hostile inputs for the reliability suite: seeded YAML, JSON-tree and byte mutations, a sandbox that
+checks what every bad input must leave behind (exit 0 or a one-line exit 2, nothing written outside
+--out, --out untouched unless the command succeeded), and a cap on memory while those tests run."""
 
 from __future__ import annotations
 
