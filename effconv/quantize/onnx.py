@@ -344,8 +344,12 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         else:
             nodes, kind_table, left_float = all_nodes, [{"kind": "all", "nodes": len(all_nodes), "quantized": True}], []
         if not nodes:
-            raise EffconvError("no node kind runs faster in int8 than in float on this CPU, so int8 would only lose quality.",
-                               "use --weights-only for a smaller file, or quantize on the target device's toolchain.")
+            report = _weights_only(artifact, out_path, kinds, held_out, float_outputs, threads, progress)
+            report["nodes"]["kinds"] = kind_table
+            report["float_nodes"] = left_float
+            report["notes"].insert(0, "no node kind computes faster in int8 than in float on this CPU: weights are stored "
+                                      "int8, compute stays float (--all-nodes forces int8 compute)")
+            return report
         method, method_report = _choose_method(ws, nodes, activation, progress)
         sensitivity = _sensitivity(ws, nodes, kinds, method, activation, progress)
         candidate = ws.quantize(nodes, method, activation)
