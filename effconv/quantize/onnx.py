@@ -351,10 +351,10 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
                                       "int8, compute stays float (--all-nodes forces int8 compute)")
             return report
         method, method_report = _choose_method(ws, nodes, activation, progress)
-        sensitivity = _sensitivity(ws, nodes, kinds, method, activation, progress)
         candidate = ws.quantize(nodes, method, activation)
         quality = ws.quality(candidate)
         gate_applies = max_psnr_drop is not None and held_out.frames is not None
+        sensitivity = _sensitivity(ws, nodes, kinds, method, activation, progress) if gate_applies else []
         for row in sensitivity:
             if not gate_applies or quality["psnr_drop_db"] <= max_psnr_drop or len(nodes) == 1:
                 break
@@ -382,7 +382,8 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         "calibration_method": method_report,
         "sensitivity": sensitivity,
         "notes": [f"only {', '.join(COMPUTE_OPS)} are quantized; element-wise ops stay float",
-                  "nodes left in float still store int8 weights (dequantized in the graph), so the file shrinks ~4x either way"],
+                  "nodes left in float still store int8 weights (dequantized in the graph), so the file shrinks ~4x either way"]
+                 + ([] if gate_applies else ["per-node sensitivity not computed: no quality gate to meet (needs ground truth and --max-psnr-drop)"]),
     }
 
 
