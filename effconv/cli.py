@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 verification or budget failed, 2 bad input (one-line error),
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -421,6 +422,14 @@ def _report_error(message: str, code: int) -> None:
     sys.exit(code)
 
 
+# Typer >= 0.20 raises the exceptions of its own vendored copy of click, older Typer click's.
+USAGE_ERRORS = (click.exceptions.ClickException, getattr(typer, "TyperException", click.exceptions.ClickException))
+ABORTS = (click.exceptions.Abort, typer.Abort)
+# Failures of the user's files or disk rather than of effconv: one line and exit 2, like bad input.
+ENVIRONMENT_ERRNOS = {errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT,
+                      errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EIO}
+
+
 def main() -> None:
     """Console entry point: maps errors to exit codes, one line each, tracebacks only with --debug."""
     try:
@@ -429,13 +438,20 @@ def main() -> None:
         if is_debug():
             raise
         _report_error(exc.one_line(), exc.exit_code)
-    except click.exceptions.Abort:
+    except ABORTS:
         _report_error("interrupted.", 130)
-    except click.exceptions.ClickException as exc:
-        _report_error(" ".join(exc.format_message().split()) + " (see --help)", 2)
+    except USAGE_ERRORS as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `effconv`: its message is the help
+            print(exc.format_message())
+            sys.exit(0)
+        context = getattr(exc, "ctx", None)
+        command = context.command_path if context is not None else "effconv"
+        _report_error(" ".join(exc.format_message().split()) + f" Fix: see `{command} --help`.", 2)
     except Exception as exc:  # a bug in effconv or a library: say so in one line, unless debugging
         if is_debug():
             raise
+        if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS and exc.filename is not None:
+            _report_error(f"cannot use '{exc.filename}': {exc.strerror}. Fix: check the path, its permissions and free disk space.", 2)
         detail = " ".join(str(exc).split())[:300]
         _report_error(f"internal error: {type(exc).__name__}: {detail} (rerun with --debug for the traceback)", 3)
 

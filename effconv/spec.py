@@ -17,10 +17,12 @@ from effconv.errors import EffconvError
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 MAX_SIDE = 8192
 MAX_FRAMES = 4096
+MAX_YAML_BYTES = 1 << 20  # specs, recipes and device profiles are a few KB
+MAX_YAML_NODES = 100_000  # counted with aliases expanded: a "billion laughs" file stops here
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSource(StrictModel):
@@ -73,20 +75,60 @@ def format_validation_error(exc: ValidationError, source: str) -> EffconvError:
     return EffconvError(f"{source}: '{where}': {message}.", "correct that value (see README 'Model spec').")
 
 
+def _expanded_nodes(data: Any) -> int:
+    """Nodes a consumer walking the tree would visit, each alias counted every time it is used
+    (memoized per object, so this costs one visit per distinct node). Raises ValueError on a
+    structure that contains itself."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise ValueError("an alias refers to a node that contains it")
+        open_nodes.add(key)
+        sizes[key] = 1 + sum(size(child) for child in (node.values() if isinstance(node, dict) else node))
+        open_nodes.discard(key)
+        return sizes[key]
+
+    return size(data)
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        if not path.is_file():
+            raise EffconvError(f"{what} '{path}' does not exist or is not a file.", "check the path.")
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise EffconvError(f"{what} '{path}' is larger than {MAX_YAML_BYTES // 1024} KB.", f"pass a YAML {what}, not a data file.")
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise EffconvError(f"{what} '{path}' is not UTF-8 text.", f"pass a YAML {what}.") from None
+    except OSError as exc:
+        raise EffconvError(f"cannot read {what} '{path}': {exc.strerror or exc}.", "check the path and its permissions.") from None
+
+
 def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping; every failure is a one-line EffconvError."""
     path = Path(path)
-    if not path.is_file():
-        raise EffconvError(f"{what} '{path}' does not exist or is not a file.", "check the path.")
+    text = _read_text(path, what)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise EffconvError(f"{what} '{path}' is not UTF-8 text.", f"pass a YAML {what}.") from None
+        data = yaml.safe_load(text)
+        nodes = _expanded_nodes(data)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise EffconvError(f"{what} '{path}' is malformed YAML{where}: {problem}.", "fix the YAML syntax.") from None
+    except (RecursionError, ValueError) as exc:
+        reason = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise EffconvError(f"{what} '{path}' cannot be used: {reason}.", "write plain nested YAML without recursive aliases.") from None
+    if nodes > MAX_YAML_NODES:
+        raise EffconvError(f"{what} '{path}' expands to more than {MAX_YAML_NODES:,} values (aliases counted where used).",
+                           "write the values out instead of nesting aliases.")
     if not isinstance(data, dict):
         raise EffconvError(f"{what} '{path}' must be a YAML mapping (key: value).", "see README for an example.")
     return data
@@ -115,7 +157,10 @@ class LoadedSpec(BaseModel):
         return data
 
     def with_input(self, frames: int, height: int, width: int) -> LoadedSpec:
-        shape = ClipShape(frames=frames, height=height, width=width)
+        try:
+            shape = ClipShape(frames=frames, height=height, width=width)
+        except ValidationError as exc:
+            raise format_validation_error(exc, f"clip {frames}x{height}x{width}") from None
         return LoadedSpec(spec=self.spec.model_copy(update={"input": shape}), base_dir=self.base_dir)
 
 

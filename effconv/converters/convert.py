@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def convert_model(model: LoadedModel, backend: str, out_dir: Path, atol: float |
         started = time.perf_counter()
         export_info = target.export(model.module, example, artifact, model.input_name, model.output_name, opset=opset)
         export_seconds = time.perf_counter() - started
-        candidate = target.predict(artifact, example)
+        candidate = _predict_at_opset(target, artifact, example, opset)
         verify = compare(reference, candidate, atol) | {"seed": VERIFY_SEED, "input": "seeded standard normal"}
         manifest = Manifest(
             **_base_manifest(model, backend, artifact, reference.shape, verify),
@@ -57,6 +58,19 @@ def convert_model(model: LoadedModel, backend: str, out_dir: Path, atol: float |
         )
         write_manifest(manifest, stage)
     return _checked(manifest, out_dir, atol)
+
+
+def _predict_at_opset(target, artifact: Path, example, opset: int):
+    """Run the export; past the default opset torch's exporter can write graphs onnxruntime rejects
+    (opsets 26-28 with torch 2.13 / onnxruntime 1.32): that is a bad --opset, not an effconv bug."""
+    try:
+        return target.predict(artifact, example)
+    except Exception as exc:  # onnxruntime's pybind error types share no base class below Exception
+        if opset <= onnx_backend.DEFAULT_OPSET:
+            raise
+        reason = " ".join(str(exc).split())[:200]
+        raise EffconvError(f"onnxruntime cannot load the opset-{opset} export: {reason}",
+                           f"use --opset {onnx_backend.DEFAULT_OPSET} (the exporter or onnxruntime does not support opset {opset} here).") from None
 
 
 def _base_manifest(model: LoadedModel, backend: str, artifact: Path, reference_shape, verify: dict) -> dict:
@@ -157,6 +171,8 @@ def _checked(manifest: Manifest, out_dir: Path, atol: float) -> Manifest:
 def convert(loaded: LoadedSpec, backend: str, out_dir: Path, atol: float | None = None,
             opset: int = onnx_backend.DEFAULT_OPSET, allow_import: bool = False, precision: str = "fp16") -> Manifest:
     backend_module(backend)
+    if atol is not None and not 0 <= atol < math.inf:
+        raise EffconvError(f"--atol must be a finite number >= 0, got {atol}.", "pass e.g. --atol 1e-3.")
     if backend == onnx_backend.NAME:
         onnx_backend.check_opset(opset)
     if backend == coreml_backend.NAME:

@@ -22,6 +22,10 @@ PROTOBUF_LIMIT_BYTES = 1_800_000_000  # single-file ONNX must stay under protobu
 def check_opset(opset: int) -> None:
     if opset < MIN_OPSET:
         raise EffconvError(f"opset {opset} is too old for torch's dynamo ONNX exporter.", f"use --opset {MIN_OPSET} or newer.")
+    import onnx
+
+    if opset > onnx.defs.onnx_opset_version():
+        raise EffconvError(f"opset {opset} is newer than onnx {onnx.__version__} knows.", f"use --opset {DEFAULT_OPSET}.")
 
 
 def export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from effconv.errors import EffconvError
 
 LATEST = "latest.json"
+CHECKPOINT_NAME = re.compile(r"step-\d{7,}")
 
 
 def _flatten(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -77,14 +79,34 @@ def save_checkpoint(directory: Path, step: int, modules: dict[str, torch.nn.Modu
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
+    """The checkpoint latest.json names, or (no pointer, or it names a deleted checkpoint) the newest
+    step-* directory: those appear only complete, by rename."""
     pointer = directory / LATEST
-    if not pointer.is_file():
-        return None
-    try:
-        path = directory / json.loads(pointer.read_text())["path"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise EffconvError(f"'{pointer}' is corrupt.", "delete it to resume from the newest step-* directory, or start fresh.") from None
-    return path if path.is_dir() else None
+    if pointer.is_file():
+        try:
+            name = json.loads(pointer.read_text())["path"]
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+            name = None
+        if not isinstance(name, str) or not CHECKPOINT_NAME.fullmatch(name):
+            raise EffconvError(f"'{pointer}' is corrupt.", "delete it to resume from the newest step-* directory, or start fresh.")
+        if (directory / name).is_dir():
+            return directory / name
+    steps = [p for p in directory.glob("step-*") if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir()]
+    return max(steps, key=lambda p: int(p.name.removeprefix("step-")), default=None)
+
+
+def _check_state(state) -> None:
+    """state.json is data from disk: check the fields resuming relies on before using them."""
+    if not isinstance(state, dict):
+        raise ValueError("state.json is not a JSON object")
+    step = state.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"state.json has no valid step (got {step!r})")
+    if not isinstance(state.get("param_groups"), list):
+        raise ValueError("state.json has no list of optimizer param_groups")
+    metrics = state.get("metrics", {})
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("history", []), list):
+        raise ValueError("state.json has malformed metrics")
 
 
 def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> dict:
@@ -93,15 +115,16 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer: 
         moments = load_file(path / "optimizer.safetensors")
         rng = load_file(path / "rng.safetensors")
         state = json.loads((path / "state.json").read_text())
+        _check_state(state)
         for name, module in modules.items():
             module.load_state_dict(_unflatten(name, weights))
         moments.pop("empty", None)
         load_optimizer(optimizer, moments, state["param_groups"])
-    except (OSError, SafetensorError, json.JSONDecodeError, KeyError, RuntimeError, ValueError) as exc:
+        torch.set_rng_state(rng["rng.torch"])
+    except (OSError, SafetensorError, json.JSONDecodeError, KeyError, RuntimeError, ValueError, TypeError) as exc:
         reason = " ".join(str(exc).split())[:200]
         raise EffconvError(
             f"checkpoint '{path}' cannot be loaded: {reason}",
             "start without --resume, or delete that checkpoint to fall back to an older one.",
         ) from None
-    torch.set_rng_state(rng["rng.torch"])
     return state

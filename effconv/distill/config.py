@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field
 
 from effconv.spec import StrictModel
@@ -19,7 +21,7 @@ class DistillRecipe(StrictModel):
     batch_size: int = Field(1, ge=1, le=1024)
     grad_accum: int = Field(8, ge=1, le=1024)
     lr: float = Field(1e-4, gt=0, le=1.0)
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.95)
     weight_decay: float = Field(1e-4, ge=0)
     ema_decay: float = Field(0.999, ge=0, lt=1)
     losses: LossWeights = LossWeights()
@@ -31,4 +33,4 @@ class DistillRecipe(StrictModel):
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1, le=100)
     eval_every: int = Field(100, ge=1)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)

@@ -63,6 +63,10 @@ def distill(loaded: LoadedSpec, recipe_ref: str | Path, data: list[Path], out_di
         raise EffconvError(f"'{checkpoints}' already holds a run.", "pass --resume to continue it, or choose a new --out.")
     world = World.from_env()
     student = build_student(teacher, student_recipe, seed=config.seed)
+    unknown = sorted(set(config.align.values()) - set(student.feature_taps))
+    if unknown:
+        raise EffconvError(f"recipe {source}: distill.align names student feature(s) {', '.join(unknown)}, which this student lacks.",
+                           f"use {', '.join(student.feature_taps)}.")
     if student_recipe.init == "from-teacher":
         init_from_teacher(student, teacher.model)
     distiller = Distiller(

@@ -75,13 +75,20 @@ class TeacherTargets:
             targets |= {f"feature.{name}": value for name, value in features.items()}
         return targets
 
+    def _matches(self, cached: dict[str, torch.Tensor]) -> bool:
+        """A cache entry from another teacher or clip size (or a damaged one) is recomputed, not used."""
+        expected = {"latent"} | {f"feature.{name}" for name in self.taps}
+        return cached.keys() == expected and tuple(cached["latent"].shape) == tuple(self.teacher.latent_shape)
+
     def get(self, index: int, clip: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.cache_dir is None:
             return self.compute(clip)
         path = self.cache_dir / f"clip-{index:08d}.safetensors"
         if path.is_file():
             with contextlib.suppress(OSError, SafetensorError):
-                return load_file(path)
+                cached = load_file(path)
+                if self._matches(cached):
+                    return cached
         targets = self.compute(clip)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".tmp{os.getpid()}")
@@ -149,7 +156,8 @@ class Distiller:
         if not self.align:
             return nn.ModuleDict()
         index = self._clip_index(0, 0, 0)
-        targets = self.targets.get(index, self.sampler.clip(index).unsqueeze(0).to(self.world.device))
+        # compute, not get: nothing is written to --out before a --resume has loaded its checkpoint
+        targets = self.targets.compute(self.sampler.clip(index).unsqueeze(0).to(self.world.device))
         torch.manual_seed(self.recipe.seed)
         with torch.no_grad():
             _, features = self.student(targets["latent"], return_features=True)

@@ -17,6 +17,7 @@ from torch import nn
 from effconv.errors import EffconvError
 from effconv.models.base import Compression, FamilyAdapter
 from effconv.models.generic import GenericAdapter
+from effconv.models.limits import check_size
 from effconv.models.registry import ADAPTERS, adapter_for
 from effconv.spec import LoadedSpec
 
@@ -113,15 +114,19 @@ def pretrained_root(path: Path) -> Path:
 def _load_pretrained(cls: type[nn.Module], path: Path, overrides: dict) -> nn.Module:
     root = pretrained_root(path)
     try:
-        saved_class = json.loads((root / "config.json").read_text()).get("_class_name")
+        saved_config = json.loads((root / "config.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise EffconvError(f"'{root / 'config.json'}' is not valid JSON.", "restore it from the original model.") from None
+    if not isinstance(saved_config, dict):
+        raise EffconvError(f"'{root / 'config.json'}' is not a JSON object of config keys.", "restore it from the original model.")
+    saved_class = saved_config.get("_class_name")
     if saved_class and saved_class != cls.__name__:
         raise EffconvError(
             f"'{root}' holds a {saved_class}, but the spec says {cls.__name__}.",
             f"set model.diffusers to {saved_class}.",
         )
     try:
+        check_size(lambda: cls.from_config({**saved_config, **overrides}), f"the {cls.__name__} in '{root}'")
         return cls.from_pretrained(root, **overrides)
     except (OSError, ValueError, RuntimeError, TypeError, KeyError) as exc:
         reason = " ".join(str(exc).split())[:300]
@@ -132,6 +137,7 @@ def _load_pretrained(cls: type[nn.Module], path: Path, overrides: dict) -> nn.Mo
 
 
 def _build_random(cls: type[nn.Module], config: dict) -> nn.Module:
+    check_size(lambda: cls(**config), f"this {cls.__name__} config")
     torch.manual_seed(INIT_SEED)
     try:
         return cls(**config)

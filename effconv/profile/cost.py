@@ -92,6 +92,9 @@ def load_graph(path: Path) -> onnx.ModelProto:
     except Exception as exc:  # protobuf's DecodeError, OSError, onnx's own errors: all mean unreadable
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise EffconvError(f"'{path}' is not a readable ONNX model: {reason}.", "pass an .onnx written by `effconv convert`.") from None
+    if not model.graph.node:
+        # protobuf parses an empty (or truncated-to-nothing) file as an empty model without complaint
+        raise EffconvError(f"'{path}' holds no ONNX graph (0 nodes).", "pass an .onnx written by `effconv convert`.")
     return onnx.shape_inference.infer_shapes(model, data_prop=True)
 
 

@@ -9,6 +9,7 @@ calibration that `effconv calibrate` fits, under `$EFFCONV_CACHE_DIR` (default ~
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -27,10 +28,17 @@ CACHE_ENV = "EFFCONV_CACHE_DIR"
 CACHE_FILE = "host-cpu.json"
 MATMUL_SIZE = 1024
 COPY_MIB = 256
+MAX_THREADS = 1024
+NUMBER = (int, float)
+MEASUREMENT_FIELDS = {"peak_fp32_gflops": NUMBER, "bandwidth_gbps": NUMBER, "threads": int, "method": str, "measured_at": str}
+CALIBRATION_FIELDS = {"efficiency": dict, "op_overhead_us": NUMBER, "run_overhead_ms": NUMBER, "model_uncertainty": NUMBER,
+                      "validation": str, "calibrated_at": str}
+# Ceiling for any figure (GOP/s, GB/s, GB, us, ms): far above real hardware, far below float overflow.
+MAX_FIGURE = 1e9
 
 
 class Figure(StrictModel):
-    value: float = Field(gt=0)
+    value: float = Field(gt=0, le=MAX_FIGURE)
     source: str = Field(min_length=3, description="URL or document, 'derived: how', or 'measured: how'")
     uncertainty: float = Field(ge=0, le=10, description="relative: 0.2 means the true value is within +-20%")
 
@@ -39,8 +47,8 @@ class ComputeUnit(StrictModel):
     kind: Literal["npu", "gpu", "cpu"]
     peak_gops: dict[Dtype, Figure] = Field(description="GFLOP/s for fp32/fp16, GOP/s for int8")
     bandwidth_gbps: Figure | None = Field(None, description="if lower than the device's DRAM bandwidth")
-    op_overhead_us: float = Field(0.0, ge=0, description="fixed dispatch cost per op")
-    narrow_channels: float = Field(0.0, ge=0, description="conv/matmul output width at which compute efficiency halves (0: off)")
+    op_overhead_us: float = Field(0.0, ge=0, le=MAX_FIGURE, description="fixed dispatch cost per op")
+    narrow_channels: float = Field(0.0, ge=0, le=MAX_FIGURE, description="conv/matmul output width at which compute efficiency halves (0: off)")
     efficiency: dict[str, float] = Field(default_factory=dict, description="per op category: share of the roofline reached")
     unsupported_ops: list[str] = Field(default_factory=list, description="ONNX op types or kinds (Conv3d, DilatedConv2d, ...)")
     max_rank: int | None = Field(None, ge=1)
@@ -80,7 +88,7 @@ class DeviceProfile(StrictModel):
     memory: Memory
     units: dict[str, ComputeUnit] = Field(min_length=1, description="in placement order: first legal unit runs the op")
     fallback_us: Figure = Field(description="fixed cost each time execution moves between compute units")
-    run_overhead_ms: float = Field(0.0, ge=0, description="fixed cost per inference call")
+    run_overhead_ms: float = Field(0.0, ge=0, le=MAX_FIGURE, description="fixed cost per inference call")
     model_uncertainty: float = Field(gt=0, le=10, description="relative error of the estimate itself")
     validation: str = Field(description="how (and whether) estimates for this device were checked")
     sources: list[Source] = Field(min_length=1)
@@ -107,6 +115,8 @@ def load_device(name_or_path: str | Path, threads: int | None = None, remeasure:
                 calibrated: bool = True) -> DeviceProfile:
     """A built-in profile by name, or a user's YAML by path. host-cpu is measured (once) and cached,
     and carries the cached calibration unless `calibrated` is False."""
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise EffconvError(f"--threads must be between 1 and {MAX_THREADS}, got {threads}.", f"this machine has {default_threads()} cores.")
     text = str(name_or_path)
     if text.endswith((".yaml", ".yml")) or os.sep in text:
         return _validate(read_yaml_mapping(Path(text), "device profile"), text)
@@ -147,9 +157,20 @@ def host_key(threads: int) -> str:
 def read_cache() -> dict:
     path = cache_dir() / CACHE_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        cache = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _cached_section(key: str, section: str, fields: dict[str, type | tuple[type, ...]]) -> dict | None:
+    """One section of a host's cache entry, or None when it is missing or not shaped as effconv writes
+    it: a damaged cache is measured again (or left uncalibrated), never trusted."""
+    entry = read_cache().get(key)
+    value = entry.get(section) if isinstance(entry, dict) else None
+    if isinstance(value, dict) and all(isinstance(value.get(name), kind) for name, kind in fields.items()):
+        return value
+    return None
 
 
 def write_cache_entry(key: str, section: str, value: dict) -> None:
@@ -158,7 +179,8 @@ def write_cache_entry(key: str, section: str, value: dict) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         cache = read_cache()
-        cache.setdefault(key, {})[section] = value
+        entry = cache.get(key)
+        cache[key] = (entry if isinstance(entry, dict) else {}) | {section: value}
         temp = directory / f".{CACHE_FILE}.{os.getpid()}.tmp"
         temp.write_text(json.dumps(cache, indent=2), encoding="utf-8")
         os.replace(temp, directory / CACHE_FILE)
@@ -205,8 +227,8 @@ def measure_host(threads: int) -> dict:
 
 def host_measurement(threads: int, remeasure: bool = False) -> dict:
     key = host_key(threads)
-    cached = read_cache().get(key, {}).get("measurement")
-    if cached and not remeasure:
+    cached = _cached_section(key, "measurement", MEASUREMENT_FIELDS)
+    if cached and not remeasure and all(0 < cached[name] < math.inf for name in ("peak_fp32_gflops", "bandwidth_gbps")):
         return cached
     measurement = measure_host(threads)
     write_cache_entry(key, "measurement", measurement)
@@ -214,7 +236,7 @@ def host_measurement(threads: int, remeasure: bool = False) -> dict:
 
 
 def host_calibration(threads: int) -> dict | None:
-    return read_cache().get(host_key(threads), {}).get("calibration")
+    return _cached_section(host_key(threads), "calibration", CALIBRATION_FIELDS)
 
 
 def _ram_gb() -> float:

@@ -8,12 +8,16 @@ kept for the cost (so an int8 artifact is still costed as int8).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import TypeAdapter, ValidationError
+
 from effconv.artifacts import manifest_path, read_manifest
 from effconv.errors import EffconvError
+from effconv.models.base import Compression
 from effconv.profile.cost import artifact_dtype, load_graph
 from effconv.spec import LoadedSpec, load_spec, spec_from_dict
 
@@ -60,6 +64,16 @@ def _clip_text(loaded: LoadedSpec) -> str:
     return f"{clip.frames} frames at {clip.height}x{clip.width}"
 
 
+def _manifest_compression(manifest, source: Path) -> dict | None:
+    raw = getattr(manifest, "compression", None)
+    if raw is None:
+        return None
+    try:
+        return dataclasses.asdict(TypeAdapter(Compression).validate_python(raw))
+    except ValidationError:
+        raise EffconvError(f"manifest '{source}' has an invalid 'compression' section.", "re-create the artifact with effconv.") from None
+
+
 def resolve(target: Path, workdir: Path, resolution: str | None = None, frames: int | None = None,
             allow_import: bool = False) -> ProfileInput:
     target = Path(target)
@@ -74,7 +88,7 @@ def resolve(target: Path, workdir: Path, resolution: str | None = None, frames: 
     dtype = artifact_dtype(load_graph(target))
     manifest_file = manifest_path(target)
     manifest = read_manifest(manifest_file) if manifest_file.is_file() else None
-    compression = getattr(manifest, "compression", None) if manifest else None
+    compression = _manifest_compression(manifest, manifest_file) if manifest else None
     if resolution is None and frames is None:
         return ProfileInput(target.stem, target, dtype, compression, "artifact as exported")
     if manifest is None:

@@ -237,6 +237,8 @@ def lint_target(path: Path, backend: str, device: str | None = None, allow_impor
     device_units(backend, device)
     path = Path(path)
     if path.suffix in ARTIFACT_SUFFIXES:
+        if not path.exists():
+            raise EffconvError(f"artifact '{path}' does not exist.", "pass an artifact effconv wrote, or a spec YAML.")
         manifest = read_manifest(manifest_path(path))
         loaded = spec_from_dict(manifest.spec, path.resolve().parent, source=str(manifest_path(path)))
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,8 +92,8 @@ def check_budget_args(budget_ms: float | None, fps: float | None) -> None:
     if budget_ms is not None and fps is not None:
         raise EffconvError("--budget-ms and --fps are mutually exclusive.", "give one of them.")
     for flag, value in (("--budget-ms", budget_ms), ("--fps", fps)):
-        if value is not None and not value > 0:
-            raise EffconvError(f"{flag} must be a positive number, got {value}.", f"pass {flag} > 0.")
+        if value is not None and not 0 < value < math.inf:
+            raise EffconvError(f"{flag} must be a positive finite number, got {value}.", f"pass {flag} > 0.")
 
 
 def budget(budget_ms: float | None, fps: float | None, frames: int) -> tuple[float | None, str | None]:
@@ -111,7 +112,7 @@ def run(target: Path, device_name: str, resolution: str | None = None, frames: i
         raise EffconvError(f"unknown --dtype '{dtype}'.", f"use one of: {', '.join(DTYPE_BYTES)}.")
     if do_measure and device_name != HOST:
         raise EffconvError(f"--measure runs the model on this machine, not on '{device_name}'.", f"use --device {HOST}.")
-    threads = threads or default_threads()
+    threads = default_threads() if threads is None else threads
     device = load_device(device_name, threads=threads)
     with tempfile.TemporaryDirectory(prefix="effconv-profile-") as workdir:
         source = resolve(target, Path(workdir), resolution, frames, allow_import)

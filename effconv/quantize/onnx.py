@@ -344,13 +344,17 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         else:
             nodes, kind_table, left_float = all_nodes, [{"kind": "all", "nodes": len(all_nodes), "quantized": True}], []
         if not nodes:
-            raise EffconvError("no node kind runs faster in int8 than in float on this CPU, so int8 would only lose quality.",
-                               "use --weights-only for a smaller file, or quantize on the target device's toolchain.")
+            report = _weights_only(artifact, out_path, kinds, held_out, float_outputs, threads, progress)
+            report["nodes"]["kinds"] = kind_table
+            report["float_nodes"] = left_float
+            report["notes"].insert(0, "no node kind computes faster in int8 than in float on this CPU: weights are stored "
+                                      "int8, compute stays float (--all-nodes forces int8 compute)")
+            return report
         method, method_report = _choose_method(ws, nodes, activation, progress)
-        sensitivity = _sensitivity(ws, nodes, kinds, method, activation, progress)
         candidate = ws.quantize(nodes, method, activation)
         quality = ws.quality(candidate)
         gate_applies = max_psnr_drop is not None and held_out.frames is not None
+        sensitivity = _sensitivity(ws, nodes, kinds, method, activation, progress) if gate_applies else []
         for row in sensitivity:
             if not gate_applies or quality["psnr_drop_db"] <= max_psnr_drop or len(nodes) == 1:
                 break
@@ -378,7 +382,8 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         "calibration_method": method_report,
         "sensitivity": sensitivity,
         "notes": [f"only {', '.join(COMPUTE_OPS)} are quantized; element-wise ops stay float",
-                  "nodes left in float still store int8 weights (dequantized in the graph), so the file shrinks ~4x either way"],
+                  "nodes left in float still store int8 weights (dequantized in the graph), so the file shrinks ~4x either way"]
+                 + ([] if gate_applies else ["per-node sensitivity not computed: no quality gate to meet (needs ground truth and --max-psnr-drop)"]),
     }
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from effconv.errors import EffconvError
 from effconv.models.base import Compression
+from effconv.models.limits import check_size
 from effconv.quiet import quiet_imports
 from effconv.recipe import StudentRecipe
 from effconv.rewrites.blocks import DENSE_KERNEL, RMSNorm3d, ResBlock3d
@@ -176,5 +177,7 @@ def build_student(teacher, recipe: StudentRecipe, seed: int = 0) -> TurboVAEDDec
             f"a student replaces a decoder, but the spec selects part '{teacher.part}'.",
             "set 'part: decoder' in the teacher spec.",
         )
+    config = student_config(teacher.compression, teacher.adapter.frame_rule(teacher.model), recipe)
+    check_size(lambda: TurboVAEDDecoder(**config), "the recipe's student")
     torch.manual_seed(seed)
-    return TurboVAEDDecoder(**student_config(teacher.compression, teacher.adapter.frame_rule(teacher.model), recipe)).eval()
+    return TurboVAEDDecoder(**config).eval()
