@@ -104,11 +104,15 @@ def main() -> None:
         results["backends"][key] = {"report": report, "targets": TARGETS[backend], "met": judged(backend, report),
                                     "seconds": round(time.perf_counter() - started, 1)}
         print(json.dumps({key: {k: report[k] for k in ("size_bytes", "quality", "latency_ms")}}, indent=2), flush=True)
+        save(args.label, results)  # after every backend: a long run that is stopped keeps what it measured
+    print(f"wrote {RESULTS}")
+
+
+def save(label: str, results: dict) -> None:
     everything = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    everything[args.label] = results
+    everything[label] = results
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(everything, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -113,8 +113,11 @@ def test_speed_selection_keeps_slower_kinds_in_float(student_onnx, tmp_path):
     manifest = quantize_artifact(student_onnx, tmp_path, calib=["random"], samples=3, activation="uint8")
     report = manifest.quantize
     for row in report["nodes"]["kinds"]:
-        assert row["quantized"] == (row["float_ms"] / row["kind_int8_ms"] >= 1.03)
+        assert row["quantized"] == (row["all_int8_ms"] / row["kind_in_float_ms"] < 1.03)
     float_kinds = {row["kind"] for row in report["nodes"]["kinds"] if not row["quantized"]}
+    if report["nodes"].get("int8_compute") == 0:  # int8 compute did not pay here: weight-only fallback, all float
+        float_kinds = {row["kind"] for row in report["nodes"]["kinds"]}
+        assert report["notes"][0].startswith("int8 compute is not faster than float")
     assert {node["kind"] for node in report["float_nodes"]} == float_kinds
     assert _weight_bytes(student_onnx) / _weight_bytes(tmp_path / manifest.artifact) >= 3.9  # int8 storage regardless
     assert report["latency_ms"]["threads"] >= 1 and report["latency_ms"]["float"] > 0

@@ -6,9 +6,10 @@ The recipe, in order:
    the tensor ranges are cached, so every variant below reuses them.
 2. Activation type: quantize every compute node with uint8 and with int8 activations, time both against
    float, keep the faster (u8 activations x s8 weights is the fused VNNI path on x86).
-3. Node kinds (dense / depthwise / pointwise conv, matmul, each by channel width): quantize one kind at a
-   time and time it; a kind whose int8 kernels are not faster than float computes in float (DESIGN §2;
-   measured here: int8 Conv3d loses below ~32 channels, where Turbo-VAED's full-resolution stages are).
+3. Node kinds (dense / depthwise / pointwise conv, matmul, each by channel width): from everything in
+   int8, take one kind at a time back to float and time it; a kind whose removal makes the model faster
+   computes in float (DESIGN §2; measured here: int8 Conv3d loses below ~32 channels, where Turbo-VAED's
+   full-resolution stages are).
 4. Calibration method: MinMax and Percentile, keep the one with the better held-out PSNR.
 5. Sensitivity: quantize one node at a time and measure PSNR against the float output (the table is
    reported); while the PSNR drop on held-out ground truth exceeds the gate, return the most sensitive
@@ -250,23 +251,29 @@ def _choose_activation(ws: _Workspace, nodes: list[str], progress: Progress) -> 
 
 
 def _fast_kinds(ws: _Workspace, kinds: dict[str, str], activation: str, progress: Progress) -> tuple[list[str], list[dict], list[dict]]:
-    """Per kind: time float vs only that kind in int8. Returns (nodes to quantize, per-kind table, float nodes)."""
+    """Drop one kind at a time: time float, everything in int8, and everything but one kind in int8, in the
+    same interleaved rounds; a kind computes in float when taking it out of int8 makes the model at least
+    MIN_SPEEDUP faster. Dropping (rather than adding) one kind at a time measures each kind with its int8
+    neighbours, whose Q/DQ pairs onnxruntime fuses away; alone in int8, a kind pays conversions on both
+    sides (measured on the paper-size Hunyuan student: pointwise convs 0.91x alone, yet all-int8 2.3x).
+    Returns (nodes to quantize, per-kind table, float nodes)."""
     groups: dict[str, list[str]] = {}
     for node, kind in kinds.items():
         groups.setdefault(kind, []).append(node)
-    progress(f"timing int8 per node kind ({', '.join(groups)})")
-    variants = [ws.quantize(nodes, "MinMax", activation) for nodes in groups.values()]
-    times = interleaved_latency([ws.original, *variants], ws.held_out.latents[0], ws.threads)
-    float_ms, table, keep, left_float = times[0], [], [], []
-    for (kind, nodes), ms in zip(groups.items(), times[1:]):
-        speedup = float_ms / ms
-        fast = speedup >= MIN_SPEEDUP
-        table.append({"kind": kind, "nodes": len(nodes), "float_ms": float_ms, "kind_int8_ms": ms,
-                      "speedup": round(speedup, 3), "quantized": fast})
-        if fast:
+    progress(f"timing int8 without each node kind ({', '.join(groups)})")
+    everything = ws.quantize(list(kinds), "MinMax", activation)
+    variants = [ws.quantize([n for n in kinds if kinds[n] != kind], "MinMax", activation) for kind in groups]
+    times = interleaved_latency([ws.original, everything, *variants], ws.held_out.latents[0], ws.threads)
+    float_ms, all_int8_ms, table, keep, left_float = times[0], times[1], [], [], []
+    for (kind, nodes), without_ms in zip(groups.items(), times[2:]):
+        int8 = all_int8_ms / without_ms < MIN_SPEEDUP
+        table.append({"kind": kind, "nodes": len(nodes), "float_ms": float_ms, "all_int8_ms": all_int8_ms,
+                      "kind_in_float_ms": without_ms, "quantized": int8})
+        if int8:
             keep += nodes
         else:
-            reason = f"int8 {kind} kernels not faster here (model {ms:.1f} ms vs {float_ms:.1f} ms float)"
+            reason = (f"int8 {kind} slows the model here ({all_int8_ms:.1f} ms all int8, {without_ms:.1f} ms with "
+                      f"this kind in float; float model {float_ms:.1f} ms)")
             left_float += [{"name": node, "kind": kind, "reason": reason} for node in nodes]
     return keep, table, left_float
 
@@ -344,12 +351,8 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         else:
             nodes, kind_table, left_float = all_nodes, [{"kind": "all", "nodes": len(all_nodes), "quantized": True}], []
         if not nodes:
-            report = _weights_only(artifact, out_path, kinds, held_out, float_outputs, threads, progress)
-            report["nodes"]["kinds"] = kind_table
-            report["float_nodes"] = left_float
-            report["notes"].insert(0, "no node kind computes faster in int8 than in float on this CPU: weights are stored "
-                                      "int8, compute stays float (--all-nodes forces int8 compute)")
-            return report
+            return _weights_only_fallback(artifact, out_path, kinds, held_out, float_outputs, threads, progress,
+                                          kind_table, left_float)
         method, method_report = _choose_method(ws, nodes, activation, progress)
         candidate = ws.quantize(nodes, method, activation)
         quality = ws.quality(candidate)
@@ -367,6 +370,10 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         ws.quantize(nodes, method, activation, out=out_path)
         progress("timing float vs int8")
         latency = _latency(artifact, out_path, held_out.latents[0], threads)
+        if select_by_speed and latency["speedup"] < 1 / MIN_SPEEDUP:
+            return _weights_only_fallback(artifact, out_path, kinds, held_out, float_outputs, threads, progress, kind_table,
+                                          [{"name": n, "kind": kinds[n], "reason": "the int8 model as a whole was slower "
+                                            f"here ({latency['quantized']:.1f} vs {latency['float']:.1f} ms float)"} for n in kinds])
     quantized = set(nodes)
     for row in sensitivity:
         row["int8"] = row["name"] in quantized
@@ -442,6 +449,18 @@ def store_weights_int8(path: Path, nodes: set[str]) -> int:
     model.graph.node.extend(new_nodes + kept)  # dequantize first: the graph stays topologically sorted
     onnx.save(model, str(path))
     return len(converted)
+
+
+def _weights_only_fallback(artifact: Path, out_path: Path, kinds: dict[str, str], held_out: CalibrationSet,
+                           float_outputs: list[np.ndarray], threads: int, progress: Progress, kind_table: list[dict],
+                           left_float: list[dict]) -> dict:
+    """int8 compute did not pay on this CPU: store int8 weights, compute in float."""
+    report = _weights_only(artifact, out_path, kinds, held_out, float_outputs, threads, progress)
+    report["nodes"]["kinds"] = kind_table
+    report["float_nodes"] = left_float
+    report["notes"].insert(0, "int8 compute is not faster than float on this CPU for this model: weights are stored int8, "
+                              "compute stays float (--all-nodes forces int8 compute)")
+    return report
 
 
 def _weights_only(artifact: Path, out_path: Path, kinds: dict[str, str], held_out: CalibrationSet,
