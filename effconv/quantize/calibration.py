@@ -18,7 +18,7 @@ from effconv.artifacts import Manifest
 from effconv.distill.data import ClipSampler, center_clips, load_videos
 from effconv.distill.evaluate import teacher_of
 from effconv.errors import EffconvError
-from effconv.models.loader import LoadedModel, load_model
+from effconv.models.loader import LoadedModel
 from effconv.spec import LoadedSpec, load_spec, spec_from_dict
 
 RANDOM = "random"
