@@ -101,7 +101,7 @@ def test_weights_only_stores_int8_and_computes_float(student_onnx, tmp_path):
     manifest = quantize_artifact(student_onnx, tmp_path, calib=["random"], samples=2, weights_only=True)
     report = manifest.quantize
     assert _weight_bytes(student_onnx) / _weight_bytes(tmp_path / manifest.artifact) >= 3.9
-    assert report["size_bytes"]["ratio"] >= 2.0
+    assert report["size_bytes"]["ratio"] >= 3.5
     assert report["quality"]["psnr_vs_float_db"] >= 30.0
     ops = _quantized_ops(tmp_path / manifest.artifact)
     assert "DequantizeLinear" in ops and "QuantizeLinear" not in ops and "Conv" in ops

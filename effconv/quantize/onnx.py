@@ -465,11 +465,10 @@ def _weights_only_fallback(artifact: Path, out_path: Path, kinds: dict[str, str]
 
 def _weights_only(artifact: Path, out_path: Path, kinds: dict[str, str], held_out: CalibrationSet,
                   float_outputs: list[np.ndarray], threads: int, progress: Progress) -> dict:
-    """Weight-only: int8 weights in the file, float compute; no calibration needed."""
-    import shutil
-
+    """Weight-only: int8 weights in the file, float compute; no calibration needed. Starts from the same
+    pre-processed graph as static quantization, which also drops the exporter's per-node metadata."""
     progress("weight-only quantization")
-    shutil.copyfile(artifact, out_path)
+    _preprocess(artifact, out_path)
     store_weights_int8(out_path, set(kinds))
     outputs = _run_all(out_path, held_out.latents, threads)
     return {
