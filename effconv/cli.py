@@ -106,14 +106,18 @@ def convert(
     opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 18 for the dynamo exporter)."),
     atol: float | None = typer.Option(None, "--atol", help="Max abs error allowed vs PyTorch [default: 1e-3; 5e-2 for Core ML fp16]."),
     precision: str = typer.Option("fp16", "--precision", help="Core ML compute precision: fp16 (ANE) or fp32."),
+    conv2d: bool = typer.Option(False, "--conv2d", help="ONNX: write every Conv3d as Conv2d over time-stacked frames "
+                                "(lossless). Faster in onnxruntime for Turbo-VAED students (narrow and depthwise "
+                                "convs), slower for teachers; see docs/student.md."),
     as_json: bool = JsonFlag,
     allow_import: bool = AllowImport,
 ) -> None:
     """Export a spec's model part and verify it against PyTorch on a seeded random input.
 
     Writes DIR/NAME.onnx (.mlpackage, .tflite) and the manifest DIR/NAME.json. Core ML and TFLite
-    exports first apply effconv's lossless legalizing rewrites (checked against the original).
-    Exit 1 if the outputs differ by more than --atol or an op no backend unit can run remains.
+    exports first apply effconv's lossless legalizing rewrites (checked against the original); ONNX
+    exports do with --conv2d. Exit 1 if the outputs differ by more than --atol or an op no backend
+    unit can run remains.
 
     Example: `effconv convert examples/specs/hunyuan-tiny.yaml --to tflite --out out/`
     """
@@ -125,7 +129,7 @@ def convert(
     with err.status(f"Exporting {loaded.spec.name} ({loaded.spec.part}) to {to}..."):
         try:
             manifest = run_convert(loaded, to, out_dir, atol=atol, opset=opset, allow_import=allow_import,
-                                   precision=precision)
+                                   precision=precision, conv2d=conv2d)
         except VerificationFailed as failure:
             if failure.manifest is not None:
                 _print_manifest(failure.manifest, as_json, out_dir)
@@ -481,7 +485,10 @@ def _print_rewrite(manifest, out_dir: Path) -> None:
 @app.command()
 def rewrite(
     spec: Path = SpecArg,
-    recipe: str = typer.Option(..., "--recipe", help="Recipe YAML, or a packaged one: turbo-vaed, tiny.", show_default=False),
+    recipe: str = typer.Option("turbo-vaed-mobile", "--recipe",
+                               help="Recipe YAML, or a packaged one: turbo-vaed-mobile (<=15% of a published "
+                                    "teacher's params, the fastest), turbo-vaed (the paper's layout), "
+                                    "turbo-vaed-lite, tiny (for tiny test teachers)."),
     out_dir: Path = typer.Option(..., "--out", help="Output directory (created if missing).", show_default=False),
     init: str | None = typer.Option(None, "--init", help="random | from-teacher [default: the recipe's `init`]."),
     as_json: bool = JsonFlag,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import onnx
 import pytest
 import torch
 import yaml
@@ -123,6 +124,30 @@ def test_rewrite_writes_student_and_spec_that_convert_verifies(cli, tmp_path, te
     converted = json.loads(out)
     assert converted["verify"]["passed"] and converted["verify"]["max_abs_err"] < 1e-4
     assert converted["outputs"][0]["shape"] == manifest["comparison"]["output_shape"]["teacher"]
+
+
+@pytest.mark.parametrize("teacher_spec", [SPECS / "hunyuan-tiny.yaml", SPECS / "wan21-tiny.yaml"], ids=lambda p: p.stem)
+def test_student_onnx_with_conv2d_has_no_conv3d_and_verifies(cli, tmp_path, teacher_spec):
+    code, _, err = cli("rewrite", teacher_spec, "--recipe", "tiny", "--out", tmp_path)
+    assert code == 0, err
+    student_spec = tmp_path / f"{teacher_spec.stem}-student.yaml"
+    code, out, err = cli("convert", student_spec, "--to", "onnx", "--conv2d", "--out", tmp_path / "onnx", "--json")
+    assert code == 0, err
+    manifest = json.loads(out)
+    assert manifest["verify"]["passed"] and manifest["verify"]["max_abs_err"] < 1e-4
+    assert manifest["legalize"]["rewrites"]["conv3d-as-conv2d"] > 0
+    assert manifest["legalize"]["rewrites"]["dwconv3d-as-conv2d-taps"] > 0  # the tiny recipe has separable blocks
+    assert manifest["legalize"]["equivalence"]["max_abs_err"] < 1e-5
+    graph = onnx.load(str(tmp_path / "onnx" / manifest["artifact"])).graph
+    weights = {tensor.name: tensor for tensor in graph.initializer}
+    conv_ranks = {len(weights[node.input[1]].dims) for node in graph.node if node.op_type == "Conv" and node.input[1] in weights}
+    assert conv_ranks == {4}
+
+
+def test_conv2d_is_an_onnx_option(cli, tmp_path):
+    code, out, err = cli("convert", SPECS / "hunyuan-tiny.yaml", "--to", "tflite", "--conv2d", "--out", tmp_path / "t")
+    assert code == 2 and "--conv2d applies to ONNX" in err and "Traceback" not in err
+    assert not (tmp_path / "t").exists()
 
 
 def test_rewrite_params_ratio_counts_both_decoders(cli, tmp_path):

@@ -19,6 +19,8 @@ from effconv.spec import LoadedSpec
 
 BACKENDS = {backend.NAME: backend for backend in (onnx_backend, coreml_backend, tflite_backend)}
 LEGALIZED_BACKENDS = (coreml_backend.NAME, tflite_backend.NAME)
+# Opt-in for ONNX: onnxruntime's CPU Conv2d kernels beat its Conv3d on narrow and depthwise convs.
+ONNX_CONV2D_REWRITES = ("conv3d-as-conv2d", "dwconv3d-as-conv2d-taps")
 VERIFY_SEED = 0
 
 
@@ -34,8 +36,9 @@ def _tensor_info(name: str, shape, dtype: str = "float32") -> TensorInfo:
 
 
 def convert_model(model: LoadedModel, backend: str, out_dir: Path, atol: float | None = None,
-                  opset: int = onnx_backend.DEFAULT_OPSET, precision: str = "fp16") -> Manifest:
-    """Export an already-loaded model part; raise VerificationFailed (after writing) if off tolerance."""
+                  opset: int = onnx_backend.DEFAULT_OPSET, precision: str = "fp16", conv2d: bool = False) -> Manifest:
+    """Export an already-loaded model part; raise VerificationFailed (after writing) if off tolerance.
+    `conv2d` (ONNX only): export Conv3d as Conv2d over time-stacked frames, checked lossless first."""
     target = backend_module(backend)
     if backend in LEGALIZED_BACKENDS:
         return convert_legalized(model, target, out_dir, atol=atol, precision=precision)
@@ -44,10 +47,16 @@ def convert_model(model: LoadedModel, backend: str, out_dir: Path, atol: float |
     example = model.example_input(VERIFY_SEED)
     with torch.no_grad():
         reference = model.module(example).numpy()
+    module, extra = model.module, {}
+    if conv2d:
+        from effconv.rewrites.legalize import resolve
+
+        legal = _checked_rewrites(model, example, resolve(list(ONNX_CONV2D_REWRITES)))
+        module, extra = legal.module, {"legalize": legal.report() | {"shape": list(example.shape)}}
     with staged_output(out_dir) as stage:
         artifact = stage / f"{name}{target.SUFFIX}"
         started = time.perf_counter()
-        export_info = target.export(model.module, example, artifact, model.input_name, model.output_name, opset=opset)
+        export_info = target.export(module, example, artifact, model.input_name, model.output_name, opset=opset)
         export_seconds = time.perf_counter() - started
         candidate = _predict_at_opset(target, artifact, example, opset)
         verify = compare(reference, candidate, atol) | {"seed": VERIFY_SEED, "input": "seeded standard normal"}
@@ -55,9 +64,22 @@ def convert_model(model: LoadedModel, backend: str, out_dir: Path, atol: float |
             **_base_manifest(model, backend, artifact, reference.shape, verify),
             export={**export_info, "seconds": round(export_seconds, 2)},
             versions=target.runtime_versions(),
+            **extra,
         )
         write_manifest(manifest, stage)
     return _checked(manifest, out_dir, atol)
+
+
+def _checked_rewrites(model: LoadedModel, example, rewrites):
+    from effconv.rewrites.legalize import legalize
+
+    legal = legalize(model.module, example, rewrites)
+    if not legal.report()["equivalence"]["passed"]:
+        raise VerificationFailed(
+            f"effconv's rewrites changed the output (max abs error {legal.max_abs_err:.3g}).",
+            "report this as an effconv bug; export without them meanwhile.",
+        )
+    return legal
 
 
 def _predict_at_opset(target, artifact: Path, example, opset: int):
@@ -108,7 +130,7 @@ def convert_legalized(model: LoadedModel, target, out_dir: Path, atol: float | N
                       precision: str = "fp16") -> Manifest:
     """Core ML / TFLite: legalize the graph (checked lossless), fail early on ops no unit can run, export, verify."""
     from effconv.profile.lint import check_exportable, lint_graph
-    from effconv.rewrites.legalize import legalize, rewrites_for
+    from effconv.rewrites.legalize import rewrites_for
 
     backend = target.NAME
     options = {}
@@ -120,14 +142,9 @@ def convert_legalized(model: LoadedModel, target, out_dir: Path, atol: float | N
     example = model.example_input(VERIFY_SEED)
     with torch.no_grad():
         reference = model.module(example).numpy()
-    legal = legalize(model.module, example, rewrites_for(backend))
+    legal = _checked_rewrites(model, example, rewrites_for(backend))
     lint = lint_graph(legal.module.graph, backend, applied=tuple(legal.counts))
     check_exportable(lint, "after effconv's rewrites")
-    if not legal.report()["equivalence"]["passed"]:
-        raise VerificationFailed(
-            f"the legalizing rewrites changed the output (max abs error {legal.max_abs_err:.3g}).",
-            "report this as an effconv bug; export to onnx meanwhile.",
-        )
     name = model.spec.spec.name
     with staged_output(out_dir) as stage:
         artifact = stage / f"{name}{target.SUFFIX}"
@@ -169,7 +186,8 @@ def _checked(manifest: Manifest, out_dir: Path, atol: float) -> Manifest:
 
 
 def convert(loaded: LoadedSpec, backend: str, out_dir: Path, atol: float | None = None,
-            opset: int = onnx_backend.DEFAULT_OPSET, allow_import: bool = False, precision: str = "fp16") -> Manifest:
+            opset: int = onnx_backend.DEFAULT_OPSET, allow_import: bool = False, precision: str = "fp16",
+            conv2d: bool = False) -> Manifest:
     backend_module(backend)
     if atol is not None and not 0 <= atol < math.inf:
         raise EffconvError(f"--atol must be a finite number >= 0, got {atol}.", "pass e.g. --atol 1e-3.")
@@ -177,5 +195,8 @@ def convert(loaded: LoadedSpec, backend: str, out_dir: Path, atol: float | None 
         onnx_backend.check_opset(opset)
     if backend == coreml_backend.NAME:
         coreml_backend.check_precision(precision)
+    if conv2d and backend != onnx_backend.NAME:
+        raise EffconvError(f"--conv2d applies to ONNX exports only; {backend} exports pick their own rewrites.",
+                           "drop --conv2d, or use --to onnx.")
     model = load_model(loaded, allow_import=allow_import)
-    return convert_model(model, backend, out_dir, atol=atol, opset=opset, precision=precision)
+    return convert_model(model, backend, out_dir, atol=atol, opset=opset, precision=precision, conv2d=conv2d)
