@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from effconv.distill.checkpoint import latest_checkpoint
@@ -85,6 +86,17 @@ def test_training_lowers_the_loss_and_writes_a_convertible_student(tmp_path, cli
     assert code == 0, err
     assert json.loads(out)["outputs"][0]["shape"] == [1, 3, 5, 32, 32]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*")) == ["step-0000010", "step-0000012"]
+
+
+def test_manifest_records_what_from_teacher_init_copied(tmp_path):
+    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe["student"]["init"] = "from-teacher"
+    recipe_path = tmp_path / "from-teacher.yaml"
+    recipe_path.write_text(yaml.safe_dump(recipe))
+    init = distill(_teacher(), recipe_path, [VIDEO], tmp_path / "run", steps=1).manifest.init
+    assert init["mode"] == "from-teacher"
+    assert init["tensors"]["conv_in"] == "copied"  # tiny Hunyuan decoder and student both start 16 wide
+    assert init["tensors"]["mid_block.0.conv1"].startswith("separable fit, relative error")
 
 
 def test_existing_run_needs_resume(tmp_path):

@@ -67,8 +67,7 @@ def distill(loaded: LoadedSpec, recipe_ref: str | Path, data: list[Path], out_di
     if unknown:
         raise EffconvError(f"recipe {source}: distill.align names student feature(s) {', '.join(unknown)}, which this student lacks.",
                            f"use {', '.join(student.feature_taps)}.")
-    if student_recipe.init == "from-teacher":
-        init_from_teacher(student, teacher.model)
+    init_report = init_from_teacher(student, teacher.model) if student_recipe.init == "from-teacher" else {}
     distiller = Distiller(
         teacher, student, config, ClipSampler(videos, clip.frames, clip.height, clip.width, seed=config.seed), world,
         cache_dir=out_dir / "cache", lpips_model=load_lpips() if lpips else None,
@@ -101,6 +100,7 @@ def distill(loaded: LoadedSpec, recipe_ref: str | Path, data: list[Path], out_di
             teacher_params=teacher.num_params(),
             recipe={"source": source, "student": student_recipe.model_dump(mode="json"),
                     "distill": config.model_dump(mode="json")},
+            init={"mode": student_recipe.init, "tensors": init_report},
             data=[str(v.path) for v in videos.videos],
             eval_data=sorted({str(path) for path, _ in eval_clips}),
             run=run,
