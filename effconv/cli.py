@@ -476,6 +476,10 @@ def _print_rewrite(manifest, out_dir: Path) -> None:
     table.add_row("output shape", _fmt_shape(shape["teacher"]), _fmt_shape(shape["student"]),
                   "[green]equal[/]" if shape["equal"] else "[red]DIFFERENT[/]")
     out.print(table)
+    if params["ratio"] >= 1:
+        err.print(f"[yellow]warning:[/] the student has {params['ratio']:.1f}x the teacher decoder's parameters: this "
+                  "recipe's widths are absolute, made for published configs; for a small teacher use --recipe tiny "
+                  "or a recipe with `width_scale` below 1.")
     initialized = {k: v for k, v in manifest.init["tensors"].items() if not v.startswith("kept random")}
     out.print(f"init: {manifest.init['mode']}" + (f" ({len(initialized)} tensor groups from the teacher)" if initialized else ""))
     out.print(f"student: {out_dir / manifest.artifact}/  spec: {out_dir / (manifest.name + '.yaml')}  "

@@ -217,3 +217,11 @@ def test_mobile_recipe_is_under_fifteen_percent_of_the_hunyuan_decoder():
     with torch.device("meta"):
         student = TurboVAEDDecoder(**student_config(Compression(16, 4, 8), "causal", recipe))
     assert sum(p.numel() for p in student.parameters()) <= 0.15 * teacher_params
+
+
+def test_default_recipe_on_a_tiny_teacher_warns_that_the_student_is_larger(cli, tmp_path):
+    code, _, err = cli("rewrite", SPECS / "hunyuan-tiny.yaml", "--out", tmp_path)
+    assert code == 0, err
+    assert "warning" in err and "--recipe tiny" in err
+    code, _, err = cli("rewrite", SPECS / "hunyuan-tiny.yaml", "--recipe", "tiny", "--out", tmp_path / "tiny")
+    assert code == 0 and "warning" not in err
