@@ -7,7 +7,7 @@ the teacher's Conv2d form only at the small clip: at 17x256x256 its stacked fram
 24 GiB), time them in the same process
 (one warm-up run, then the median of N runs: 1 for teachers, 3 for students by default, because a
 full-size Hunyuan teacher takes minutes per run on 2 shared cores), count params and FLOPs, and measure this machine's fp32
-matmul peak to put the student's achieved GFLOP/s in context.
+matmul peak in onnxruntime (and, for reference, torch.mm) to put the student's achieved GFLOP/s in context.
 
     PYTHONPATH=. python benchmarks/student_vs_teacher.py                      # hunyuan 17x256x256, others 9x128x128
     PYTHONPATH=. python benchmarks/student_vs_teacher.py --families hunyuan --teacher-runs 1
@@ -50,11 +50,31 @@ SMALL_CLIP = (9, 128, 128)
 RESULTS = Path(__file__).parent / "results" / "student_vs_teacher.json"
 
 
-def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 10) -> float:
+def torch_matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 10) -> float:
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
     torch.mm(a, b)
     best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def onnxruntime_matmul_peak_gflops(threads: int, work: Path, size: int = 2048, repeats: int = 10) -> float:
+    """fp32 MatMul in onnxruntime: the library (MLAS) the timed models run in. torch.mm can take slower
+    code paths on this CPU (an AMD EPYC), so its figure is no ceiling for onnxruntime's convolutions."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    square = [size, size]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, square) for n in "ab"],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, square)])
+    path = work / "matmul.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    session = onnx_backend.session(path, threads)
+    feed = {name: np.random.default_rng(0).standard_normal(square, dtype=np.float32) for name in "ab"}
+    session.run(None, feed)
+    best = min(_timed(lambda: session.run(None, feed)) for _ in range(repeats))
     return 2 * size**3 / best / 1e9
 
 
@@ -140,10 +160,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    peak = matmul_peak_gflops(args.threads)
-    print(f"fp32 matmul peak (torch.mm 2048^2, {args.threads} threads): {peak:.1f} GFLOP/s", flush=True)
+    torch_peak = torch_matmul_peak_gflops(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        peak = onnxruntime_matmul_peak_gflops(args.threads, Path(tmp))
+    print(f"fp32 matmul peak (2048^2, {args.threads} threads): onnxruntime {peak:.1f} GFLOP/s, torch.mm "
+          f"{torch_peak:.1f} GFLOP/s", flush=True)
     report = {"machine": {"cpu_count": os.cpu_count(), "threads": args.threads, "platform": platform.platform(),
-                          "matmul_peak_gflops": peak, "load_avg_at_start": os.getloadavg()},
+                          "matmul_peak_gflops": peak, "matmul_peak_source": "onnxruntime MatMul 2048^2 fp32, best of 10",
+                          "torch_mm_peak_gflops": torch_peak, "load_avg_at_start": os.getloadavg()},
               "recipes": args.recipes.split(","), "runtime": onnx_backend.runtime_versions(), "families": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for family in args.families.split(","):
