@@ -767,6 +767,8 @@ def quantize(
     activation: str = typer.Option("auto", "--activation", help="ONNX activation type: auto (the faster here), uint8 or int8."),
     all_nodes: bool = typer.Option(False, "--all-nodes", help="ONNX: int8 for every Conv/MatMul, even where this host's int8 "
                                    "kernels are slower (when the target is not this CPU)."),
+    sensitivity: bool = typer.Option(False, "--sensitivity", help="ONNX: always compute the per-node sensitivity table "
+                                     "(one quantization and run per node) [default: only when the gate needs it]."),
     as_json: bool = JsonFlag,
 ) -> None:
     """Per-channel int8 post-training quantization, with a measured quality gate.
@@ -785,7 +787,8 @@ def quantize(
         try:
             manifest = quantize_artifact(artifact, out_dir, calib=calib, samples=samples, max_psnr_drop=max_psnr_drop,
                                          weights_only=weights_only, teacher=teacher, eval_data=eval_data,
-                                         activation=activation, select_by_speed=not all_nodes, progress=lambda message: status.update(f"Quantizing: {message}..."))
+                                         activation=activation, select_by_speed=not all_nodes, sensitivity=sensitivity,
+                                         progress=lambda message: status.update(f"Quantizing: {message}..."))
         except VerificationFailed as failure:
             if failure.manifest is not None:
                 _print_quantize(failure.manifest, as_json, out_dir)

@@ -51,7 +51,7 @@ def _quantized_ops(path: Path) -> set[str]:
 
 def test_all_nodes_int8_is_smaller_and_close_to_float(student_onnx, tmp_path):
     manifest = quantize_artifact(student_onnx, tmp_path, calib=[str(BUNDLED_CLIP)], samples=4, activation="uint8",
-                                 select_by_speed=False)
+                                 select_by_speed=False, sensitivity=True)
     report = manifest.quantize
     kinds = node_kinds(onnx.load(str(student_onnx)))
     assert report["nodes"] == {"int8": len(kinds), "float": 0, "kinds": report["nodes"]["kinds"]}
@@ -67,6 +67,15 @@ def test_all_nodes_int8_is_smaller_and_close_to_float(student_onnx, tmp_path):
     assert [row["psnr_vs_float_db"] for row in table] == sorted(row["psnr_vs_float_db"] for row in table)
     written = json.loads((tmp_path / f"{manifest.name}.json").read_text())
     assert written["quantize"]["size_bytes"] == report["size_bytes"]
+
+
+def test_sensitivity_is_skipped_when_int8_already_meets_the_gate(student_onnx, tmp_path):
+    manifest = quantize_artifact(student_onnx, tmp_path, calib=[str(BUNDLED_CLIP)], samples=4, activation="uint8",
+                                 select_by_speed=False, max_psnr_drop=1.0)
+    report = manifest.quantize
+    assert report["quality"]["psnr_drop_db"] <= 1.0 and report["gate"]["passed"]
+    assert report["sensitivity"] == [] and report["nodes"]["float"] == 0
+    assert any("met the gate" in note and "--sensitivity" in note for note in report["notes"])
 
 
 def test_gate_returns_sensitive_nodes_to_float_or_fails(student_onnx, teacher_latents, tmp_path):

@@ -120,6 +120,19 @@ def test_ops_without_int8_rule_stay_float_and_are_listed(conv_abs, tmp_path, wei
     assert report["quality"]["psnr_vs_float_db"] >= 30.0
 
 
+def test_conv_weight_past_the_quantizers_chunked_path_is_refused_up_front(tmp_path):
+    """A 1024->1024 3x3 kernel is 36 MiB: ai-edge-quantizer 0.10 would fail on it inside quantize()."""
+    artifact = tmp_path / "wide.tflite"
+    tflite_backend.export(torch.nn.Conv2d(1024, 1024, 3, padding=1).eval(), torch.randn(1, 1024, 4, 4), artifact, "x", "y")
+    with pytest.raises(EffconvError, match="over 32 MiB") as caught:
+        tflite.check_weight_sizes(artifact)
+    assert "(1024, 3, 3, 1024) (36 MiB)" in str(caught.value) and "turbo-vaed-mobile" in caught.value.fix
+
+
+def test_conv_abs_weights_pass_the_size_check(conv_abs):
+    tflite.check_weight_sizes(conv_abs[0])
+
+
 def test_corrupt_tflite_is_a_one_line_error(conv_abs, tmp_path):
     _, manifest = conv_abs
     broken = tmp_path / "broken.tflite"

@@ -11,9 +11,9 @@ The recipe, in order:
    computes in float (DESIGN §2; measured here: int8 Conv3d loses below ~32 channels, where Turbo-VAED's
    full-resolution stages are).
 4. Calibration method: MinMax and Percentile, keep the one with the better held-out PSNR.
-5. Sensitivity: quantize one node at a time and measure PSNR against the float output (the table is
-   reported); while the PSNR drop on held-out ground truth exceeds the gate, return the most sensitive
-   remaining node to float.
+5. Sensitivity, when the PSNR drop on held-out ground truth exceeds the gate (or when asked): quantize one
+   node at a time and measure PSNR against the float output (the table is reported); while the drop
+   exceeds the gate, return the most sensitive remaining node to float.
 Only compute ops (Conv, MatMul, Gemm) are quantized: int8 element-wise ops would add Q/DQ pairs
 around cheap ops without removing any float work. Nodes that compute in float still store int8 weights
 (a DequantizeLinear on the weight), so the file is ~4x smaller whatever the speed decisions.
@@ -314,9 +314,12 @@ def check_activation(activation: str) -> None:
 
 def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out: CalibrationSet, out_path: Path,
              weights_only: bool = False, max_psnr_drop: float | None = None, progress: Progress | None = None,
-             threads: int | None = None, activation: str = "auto", select_by_speed: bool = True) -> dict:
+             threads: int | None = None, activation: str = "auto", select_by_speed: bool = True,
+             sensitivity: bool = False) -> dict:
     """`activation`: auto (timed), uint8 or int8. `select_by_speed=False` quantizes every compute node even
-    where this host's int8 kernels are slower (the target device is not this host)."""
+    where this host's int8 kernels are slower (the target device is not this host). The per-node sensitivity
+    table costs one quantization and one run per node, so it is computed when the gate needs it (the int8
+    model loses more than `max_psnr_drop`) or when `sensitivity` asks for it."""
     import onnx
 
     check_activation(activation)
@@ -357,8 +360,9 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         candidate = ws.quantize(nodes, method, activation)
         quality = ws.quality(candidate)
         gate_applies = max_psnr_drop is not None and held_out.frames is not None
-        sensitivity = _sensitivity(ws, nodes, kinds, method, activation, progress) if gate_applies else []
-        for row in sensitivity:
+        gate_needs_it = gate_applies and quality["psnr_drop_db"] > max_psnr_drop
+        table = _sensitivity(ws, nodes, kinds, method, activation, progress) if gate_needs_it or sensitivity else []
+        for row in table:
             if not gate_applies or quality["psnr_drop_db"] <= max_psnr_drop or len(nodes) == 1:
                 break
             progress(f"PSNR drop {quality['psnr_drop_db']:.2f} dB > {max_psnr_drop} dB: {row['name']} back to float")
@@ -375,7 +379,7 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
                                           [{"name": n, "kind": kinds[n], "reason": "the int8 model as a whole was slower "
                                             f"here ({latency['quantized']:.1f} vs {latency['float']:.1f} ms float)"} for n in kinds])
     quantized = set(nodes)
-    for row in sensitivity:
+    for row in table:
         row["int8"] = row["name"] in quantized
     return {
         "scheme": f"onnxruntime static QDQ: per-channel symmetric int8 weights, per-tensor {activation} activations "
@@ -387,11 +391,21 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         "nodes": {"int8": len(quantized), "float": len(kinds) - len(quantized), "kinds": kind_table},
         "activation_type": activation_report,
         "calibration_method": method_report,
-        "sensitivity": sensitivity,
+        "sensitivity": table,
         "notes": [f"only {', '.join(COMPUTE_OPS)} are quantized; element-wise ops stay float",
                   "nodes left in float still store int8 weights (dequantized in the graph), so the file shrinks ~4x either way"]
-                 + ([] if gate_applies else ["per-node sensitivity not computed: no quality gate to meet (needs ground truth and --max-psnr-drop)"]),
+                 + _sensitivity_note(bool(table), gate_applies, max_psnr_drop),
     }
+
+
+def _sensitivity_note(computed: bool, gate_applies: bool, max_psnr_drop: float | None) -> list[str]:
+    if computed:
+        return []
+    if not gate_applies:
+        return ["per-node sensitivity not computed: no quality gate to meet (needs ground truth and --max-psnr-drop); "
+                "--sensitivity computes it anyway"]
+    return [f"per-node sensitivity not computed: the int8 model met the gate (--max-psnr-drop {max_psnr_drop}) with every "
+            "selected node in int8; --sensitivity computes it anyway"]
 
 
 def _latency(original: Path, quantized: Path, latent: np.ndarray, threads: int) -> dict:

@@ -100,7 +100,7 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
                       max_psnr_drop: float | None = DEFAULT_MAX_PSNR_DROP, weights_only: bool = False,
                       teacher: Path | None = None, eval_data: list[Path] | None = None,
                       progress: Callable[[str], None] | None = None, activation: str = "auto",
-                      select_by_speed: bool = True) -> Manifest:
+                      select_by_speed: bool = True, sensitivity: bool = False) -> Manifest:
     """Write OUT/NAME-int8.{onnx,mlpackage,tflite} + OUT/NAME-int8.json; raise VerificationFailed after
     writing when the held-out PSNR drop exceeds `max_psnr_drop`."""
     artifact = Path(artifact)
@@ -111,6 +111,10 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
         from effconv.quantize.onnx import check_activation
 
         check_activation(activation)
+    if backend == "tflite":
+        from effconv.quantize.tflite import check_weight_sizes
+
+        check_weight_sizes(artifact)  # before the teacher encodes calibration clips
     if max_psnr_drop is not None and max_psnr_drop < 0:
         raise EffconvError(f"--max-psnr-drop {max_psnr_drop} is negative.", "give the largest acceptable drop in dB, e.g. 0.3.")
     report_progress = progress or (lambda _message: None)
@@ -119,7 +123,7 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
     module = _backend(backend)
     name = f"{source.name}{QUANTIZED_SUFFIX}"
     options = {"max_psnr_drop": max_psnr_drop, "progress": report_progress, "activation": activation,
-               "select_by_speed": select_by_speed} if backend == "onnx" else {}
+               "select_by_speed": select_by_speed, "sensitivity": sensitivity} if backend == "onnx" else {}
     with staged_output(out_dir) as stage:
         out_path = stage / f"{name}{artifact.suffix}"
         report = module.quantize(artifact, source, calib_set, held_out, out_path, weights_only=weights_only, **options)

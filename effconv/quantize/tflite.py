@@ -37,6 +37,7 @@ WEIGHTED_OPS = {"CONV_2D", "CONV_3D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "T
 FLOAT_FIX = "re-create it with `effconv convert SPEC --to tflite`."
 INT8_FIX = "quantize with --weights-only (float compute), and report the model to effconv with --debug output."
 WARMUP_RUNS = 2
+CHUNKED_WEIGHT_BYTES = 32 * 2**20
 TIMED_RUNS = 10
 
 
@@ -65,6 +66,7 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
     check_artifact(artifact, manifest, tflite_backend.NAME, tflite_backend.SUFFIX)
     threads = threads or default_threads()
     signature, input_name = _signature(artifact)
+    check_weight_sizes(artifact)
     out_path.write_bytes(_quantized_bytes(artifact, calib, signature, input_name, weights_only, threads))
     float_outputs = _predictions(artifact, held_out, threads, FLOAT_FIX)
     quant_outputs = _predictions(out_path, held_out, threads, INT8_FIX)
@@ -154,16 +156,50 @@ def host_latency(float_path: Path, quant_path: Path, latent: np.ndarray, threads
             "threads": threads, "runs": runs}
 
 
+def _graph(path: Path) -> tuple[dict[int, dict], list[dict], set[int]]:
+    """(tensors by index, ops, indices of tensors computed at run time: op outputs and the model input)."""
+    try:  # no delegate: XNNPACK would fold the ops into DELEGATE nodes
+        runner = tflite_backend._interpreter_module().Interpreter(model_path=str(path))
+    except (ValueError, RuntimeError) as exc:
+        raise EffconvError(f"cannot load '{path}' in LiteRT: {' '.join(str(exc).split())[:200]}.", FLOAT_FIX) from None
+    tensors = {tensor["index"]: tensor for tensor in runner.get_tensor_details()}
+    ops = runner._get_ops_details()
+    computed = {int(index) for op in ops for index in op["outputs"]} | {d["index"] for d in runner.get_input_details()}
+    return tensors, ops, computed
+
+
+def check_weight_sizes(path: Path) -> None:
+    """ai-edge-quantizer 0.10 quantizes a weight over 32 MiB in chunks, and that path cannot broadcast the
+    per-channel scales of a conv kernel (rank > 2): it fails deep in quantize() with a NumPy error
+    (google-ai-edge/ai-edge-quantizer#512, fix unreleased). Refuse such models up front, with the fix."""
+    tensors, ops, computed = _graph(path)
+    for op in ops:
+        if op["op_name"] not in WEIGHTED_OPS or len(op["inputs"]) < 2:
+            continue
+        weight = tensors[int(op["inputs"][1])]
+        size = int(np.prod(weight["shape"])) * np.dtype(weight["dtype"]).itemsize
+        if weight["index"] not in computed and len(weight["shape"]) > 2 and size > CHUNKED_WEIGHT_BYTES:
+            raise EffconvError(
+                f"ai-edge-quantizer {_quantizer_version()} cannot quantize the {op['op_name']} weight "
+                f"{tuple(int(d) for d in weight['shape'])} ({size / 2**20:.0f} MiB): per-channel weights over 32 MiB "
+                "hit its chunked-quantization bug (google-ai-edge/ai-edge-quantizer#512).",
+                "use a student whose convs have at most 8.4 M weights each (the default recipe turbo-vaed-mobile; "
+                "the paper's 256->2048 upsampler has 14.2 M), or quantize the ONNX or Core ML export.")
+
+
+def _quantizer_version() -> str:
+    from importlib.metadata import version
+
+    return version("ai-edge-quantizer")
+
+
 def float_nodes(path: Path, weights_only: bool) -> list[dict]:
     """Ops the scheme meant to be int8 that stay float, named by their first output tensor, with why.
 
     Static: ops with a float32 output (besides QUANTIZE/DEQUANTIZE). Weight-only: conv/matmul ops whose
     weight is a float32 constant (an int8 weight reaches its op through a DEQUANTIZE)."""
-    runner = tflite_backend._interpreter_module().Interpreter(model_path=str(path))
-    tensors = {tensor["index"]: tensor for tensor in runner.get_tensor_details()}
+    tensors, ops, computed = _graph(path)
     is_float = {index: np.dtype(tensor["dtype"]) == np.float32 for index, tensor in tensors.items()}
-    ops = runner._get_ops_details()
-    computed = {int(index) for op in ops for index in op["outputs"]} | {d["index"] for d in runner.get_input_details()}
     rows = []
     for op in ops:
         kind = op["op_name"]
