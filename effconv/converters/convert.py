@@ -117,12 +117,8 @@ def _verify_without_prediction(model: LoadedModel, example, reference, export_in
     verify = {"prediction": coreml_backend.NOT_RUN, **checks}
     passed = checks["rank_ok"] and checks["output_shape_ok"] and legal.report()["equivalence"]["passed"]
     if precision == "fp16":
-        simulated = coreml_backend.simulate_fp16(model.module, example)
-        if simulated is None:
-            verify["fp16_simulation"] = "not run: torch has no CPU fp16 kernel for an op of this model"
-        else:
-            verify["fp16_simulation"] = compare(reference, simulated, atol)
-            passed = passed and verify["fp16_simulation"]["passed"]
+        verify["fp16_simulation"] = compare(reference, coreml_backend.simulate_fp16(model.module, example), atol)
+        passed = passed and verify["fp16_simulation"]["passed"]
     return verify | {"passed": bool(passed), "atol": atol}
 
 
