@@ -52,6 +52,7 @@ def _session(path: Path, threads: int, profile: bool = False) -> ort.InferenceSe
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     options.enable_profiling = profile
+    options.profile_file_prefix = str(path.with_suffix(""))  # beside the model, in the temporary folder
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -87,7 +88,9 @@ def op_type_profile(path: Path, latent: np.ndarray, threads: int, runs: int = 3)
     session.run(None, {"latent": latent})  # warm-up, excluded below by counting only the last `runs`
     for _ in range(runs):
         session.run(None, {"latent": latent})
-    events = json.loads(Path(session.end_profiling()).read_text())
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
     kernel = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
     per_run = len(kernel) // (runs + 1)
     totals: collections.Counter = collections.Counter()

@@ -2,12 +2,17 @@
 kept out of calibration, and host latency (ONNX in onnxruntime, TFLite in ai-edge-litert).
 
     python benchmarks/quantize.py --student runs/q-student/demo-teacher-student.yaml --out runs/bench-quantize
+    effconv distill examples/specs/demo-teacher.yaml --recipe benchmarks/specs/paper-student-of-demo-teacher.yaml \
+        --data effconv/assets/video --out runs/paper-student
+    python benchmarks/quantize.py --student runs/paper-student/demo-teacher-student.yaml --size 9 128 128 \
+        --label trained-paper-student-9x128x128 --backends onnx coreml --out runs/bench-quantize-paper
     python benchmarks/quantize.py --label paper-size --random-calib --backends onnx tflite coreml \
         --student runs/wide/paper/hunyuan-default-student.yaml --out runs/bench-quantize-wide
 
-The second form measures size and speed on a paper-size student (Turbo-VAED recipe on the default
-HunyuanVideo config, random weights: no trained teacher exists offline), so only PSNR vs float means
-anything there.
+The second and third forms quantize the paper's student layout trained briefly on real clips from the demo
+teacher (likewise benchmarks/specs/mobile-student-of-demo-teacher.yaml for the default layout). The last
+measures size and speed on a paper-size student of the default HunyuanVideo config with random weights, so
+only PSNR vs float means anything there.
 
 The student (from `effconv distill`) is re-exported at the issue's output size (17 x 256 x 256 by
 default); calibration uses teacher-encoder latents of the bundled Big Buck Bunny clip, quality is
