@@ -18,9 +18,7 @@ import argparse
 import collections
 import json
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,7 @@ from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from effconv.converters.convert import convert
-from effconv.quantize.onnx import cpu_int8_features, file_size
+from effconv.quantize.onnx import cpu_int8_features, file_size, interleaved_latency
 from effconv.spec import load_spec
 
 from quantize import resized_spec  # the sibling benchmark script (its folder is on sys.path when run)
@@ -69,19 +67,6 @@ def quantized_variants(float_model: Path, latent: np.ndarray, work: Path) -> dic
     return variants
 
 
-def interleaved_medians(paths: dict[str, Path], latent: np.ndarray, threads: int, rounds: int) -> dict[str, float]:
-    sessions = {label: _session(path, threads) for label, path in paths.items()}
-    for session in sessions.values():
-        session.run(None, {"latent": latent})
-    times: dict[str, list[float]] = {label: [] for label in sessions}
-    for _ in range(rounds):
-        for label, session in sessions.items():
-            started = time.perf_counter()
-            session.run(None, {"latent": latent})
-            times[label].append((time.perf_counter() - started) * 1000)
-    return {label: round(statistics.median(t), 1) for label, t in times.items()}
-
-
 def op_type_profile(path: Path, latent: np.ndarray, threads: int, runs: int = 3) -> dict[str, dict]:
     """Kernel ms per op type (mean per run) and node count, from onnxruntime's profiler."""
     session = _session(path, threads, profile=True)
@@ -107,6 +92,7 @@ def main() -> None:
     parser.add_argument("--size", nargs=3, type=int, default=[17, 256, 256], metavar=("FRAMES", "HEIGHT", "WIDTH"))
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     loaded = load_spec(resized_spec(args.student, *args.size))
@@ -119,7 +105,7 @@ def main() -> None:
             float_model = work / manifest.artifact
             latent = np.random.default_rng(0).standard_normal(manifest.inputs[0].shape).astype(np.float32)
             paths = {"float": float_model, **quantized_variants(float_model, latent, work)}
-            medians = interleaved_medians(paths, latent, args.threads, args.rounds)
+            medians = dict(zip(paths, interleaved_latency(list(paths.values()), latent, args.threads, args.rounds)))
             report["layouts"][layout] = {
                 label: {"median_ms": medians[label], "speedup_vs_float": round(medians["float"] / medians[label], 3),
                         "size_bytes": file_size(path), "op_types": op_type_profile(path, latent, args.threads)}
@@ -127,9 +113,9 @@ def main() -> None:
             for label, row in report["layouts"][layout].items():
                 top = ", ".join(f"{op} {v['ms']:.0f}" for op, v in list(row["op_types"].items())[:4])
                 print(f"{layout:6s} {label:38s} {row['median_ms']:8.1f} ms ({row['speedup_vs_float']:.2f}x)  {top}", flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
