@@ -37,8 +37,8 @@ WEIGHTED_OPS = {"CONV_2D", "CONV_3D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "T
 FLOAT_FIX = "re-create it with `effconv convert SPEC --to tflite`."
 INT8_FIX = "quantize with --weights-only (float compute), and report the model to effconv with --debug output."
 WARMUP_RUNS = 2
-CHUNKED_WEIGHT_BYTES = 32 * 2**20
 TIMED_RUNS = 10
+CHUNKED_WEIGHT_BYTES = 32 * 2**20  # ai-edge-quantizer quantizes larger weights in chunks
 
 
 def _quantizer_modules():
