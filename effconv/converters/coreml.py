@@ -120,8 +120,7 @@ def simulate_fp16(module: nn.Module, example: torch.Tensor) -> np.ndarray:
     simulated = copy.deepcopy(module)
     with torch.no_grad():
         for tensor in [*simulated.parameters(), *simulated.buffers()]:
-            if tensor.is_floating_point():
-                tensor.copy_(_fp16_rounded(tensor))
+            tensor.copy_(_fp16_rounded(tensor))
         for layer in simulated.modules():
             if next(layer.children(), None) is None:
                 layer.register_forward_hook(_round_output_to_fp16)

@@ -66,7 +66,6 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
     check_artifact(artifact, manifest, tflite_backend.NAME, tflite_backend.SUFFIX)
     threads = threads or default_threads()
     signature, input_name = _signature(artifact)
-    check_weight_sizes(artifact)
     out_path.write_bytes(_quantized_bytes(artifact, calib, signature, input_name, weights_only, threads))
     float_outputs = _predictions(artifact, held_out, threads, FLOAT_FIX)
     quant_outputs = _predictions(out_path, held_out, threads, INT8_FIX)
@@ -104,7 +103,11 @@ def _interpreter(path: Path, threads: int):
     try:
         return tflite_backend.interpreter(path, threads)
     except (ValueError, RuntimeError) as exc:
-        raise EffconvError(f"cannot load '{path}' in LiteRT: {' '.join(str(exc).split())[:200]}.", FLOAT_FIX) from None
+        raise _load_error(path, exc) from None
+
+
+def _load_error(path: Path, exc: Exception) -> EffconvError:
+    return EffconvError(f"cannot load '{path}' in LiteRT: {' '.join(str(exc).split())[:200]}.", FLOAT_FIX)
 
 
 def _quantized_bytes(artifact: Path, calib: CalibrationSet, signature: str, input_name: str, weights_only: bool,
@@ -161,7 +164,7 @@ def _graph(path: Path) -> tuple[dict[int, dict], list[dict], set[int]]:
     try:  # no delegate: XNNPACK would fold the ops into DELEGATE nodes
         runner = tflite_backend._interpreter_module().Interpreter(model_path=str(path))
     except (ValueError, RuntimeError) as exc:
-        raise EffconvError(f"cannot load '{path}' in LiteRT: {' '.join(str(exc).split())[:200]}.", FLOAT_FIX) from None
+        raise _load_error(path, exc) from None
     tensors = {tensor["index"]: tensor for tensor in runner.get_tensor_details()}
     ops = runner._get_ops_details()
     computed = {int(index) for op in ops for index in op["outputs"]} | {d["index"] for d in runner.get_input_details()}
@@ -169,7 +172,7 @@ def _graph(path: Path) -> tuple[dict[int, dict], list[dict], set[int]]:
 
 
 def check_weight_sizes(path: Path) -> None:
-    """ai-edge-quantizer 0.10 quantizes a weight over 32 MiB in chunks, and that path cannot broadcast the
+    """Called by the quantize stage before calibration. ai-edge-quantizer 0.10 quantizes a weight over 32 MiB in chunks, and that path cannot broadcast the
     per-channel scales of a conv kernel (rank > 2): it fails deep in quantize() with a NumPy error
     (google-ai-edge/ai-edge-quantizer#512, fix unreleased). Refuse such models up front, with the fix."""
     tensors, ops, computed = _graph(path)
