@@ -761,6 +761,8 @@ def quantize(
         "(no ground truth; warned) [default: the bundled real clip].", show_default=False),
     samples: int = typer.Option(16, "--samples", help="Calibration clips drawn from the videos; a quarter is held out to measure quality."),
     max_psnr_drop: float | None = typer.Option(0.3, "--max-psnr-drop", help="Largest PSNR loss (dB, held-out ground truth) allowed; exit 1 beyond it."),
+    min_psnr_vs_float: float = typer.Option(30.0, "--min-psnr-vs-float", help="Lowest PSNR (dB) of the int8 output against "
+                                            "the float artifact's, ground truth or not; exit 1 below it (0 turns it off)."),
     weights_only: bool = typer.Option(False, "--weights-only", help="Only weights in int8 (ONNX: dynamic quantization), for size."),
     teacher: Path | None = typer.Option(None, "--teacher", help="Teacher spec whose encoder makes latents [default: from the manifests]."),
     eval_data: list[Path] | None = typer.Option(None, "--eval-data", help="Videos kept out of calibration to measure quality (repeatable)."),
@@ -788,6 +790,7 @@ def quantize(
             manifest = quantize_artifact(artifact, out_dir, calib=calib, samples=samples, max_psnr_drop=max_psnr_drop,
                                          weights_only=weights_only, teacher=teacher, eval_data=eval_data,
                                          activation=activation, select_by_speed=not all_nodes, sensitivity=sensitivity,
+                                         min_psnr_vs_float=min_psnr_vs_float or None,
                                          progress=lambda message: status.update(f"Quantizing: {message}..."))
         except VerificationFailed as failure:
             if failure.manifest is not None:
@@ -817,6 +820,11 @@ def _print_quantize(manifest, as_json: bool, out_dir: Path) -> None:
                                               f"(drop {quality['psnr_drop_db']:+.3f} dB)")
         table.add_row("SSIM", f"{quality['ssim_float']:.4f} -> {quality['ssim_quant']:.4f} (drop {quality['ssim_drop']:+.4f})")
     table.add_row("PSNR vs float output", f"{quality['psnr_vs_float_db']:.1f} dB")
+    kernels = report.get("int8_kernels")
+    if kernels:
+        weights = "7-bit weights (no VNNI: avoids int16 saturation)" if kernels["reduce_range"] else "8-bit weights"
+        table.add_row("int8 kernels here", f"{weights}; kernels vs QDQ arithmetic {kernels['kernels_vs_qdq_psnr_db']:.1f} dB "
+                                           f"({', '.join(kernels['cpu_int8_features']) or 'no int8 extensions'})")
     latency = report["latency_ms"]
     if "speedup" in latency:
         table.add_row("host latency", f"{latency['float']:.1f} -> {latency['quantized']:.1f} ms ({latency['speedup']:.2f}x, "

@@ -85,7 +85,10 @@ class QuantizeRecipe(StrictModel):
     backends: Backends | None = Field(None, description="[default: every exported backend effconv can quantize]; "
                                       "[] = no quantization")
     samples: int = Field(16, ge=2, le=4096, description="calibration samples (teacher-encoded real clips)")
-    max_psnr_drop: float | None = Field(0.3, ge=0, le=100, description="gate: dB lost vs the float artifact; null = no gate")
+    max_psnr_drop: float | None = Field(0.3, ge=0, le=100, description="gate: dB of PSNR against held-out ground truth "
+                                        "lost by int8; null = no gate")
+    min_psnr_vs_float: float | None = Field(30.0, ge=0, le=200, description="gate: lowest PSNR of the int8 output against "
+                                            "the float artifact's; null = no gate")
     weights_only: bool = False
     activation: Literal["auto", "uint8", "int8"] = Field("auto", description="ONNX activations; auto = the faster here")
     all_nodes: bool = Field(False, description="ONNX: int8 for every Conv/MatMul, not only the kinds faster here")

@@ -13,7 +13,7 @@ import pytest
 from effconv.artifacts import read_manifest
 from effconv.converters.convert import convert
 from effconv.distill.data import BUNDLED_CLIP
-from effconv.quantize.onnx import _run_all, node_kinds
+from effconv.quantize.onnx import _run_all, int8_kernel_rule, node_kinds
 from effconv.quantize.stage import quantize_artifact
 from effconv.rewrites.rewrite import rewrite
 from effconv.spec import load_spec
@@ -58,6 +58,9 @@ def test_all_nodes_int8_is_smaller_and_close_to_float(student_onnx, tmp_path):
     assert _weight_bytes(student_onnx) / _weight_bytes(tmp_path / manifest.artifact) >= 3.9  # fp32 -> int8
     assert report["size_bytes"]["ratio"] >= 1.4  # a tiny student's file is ~30% graph structure
     assert report["quality"]["psnr_vs_float_db"] >= 30.0
+    kernels = report["int8_kernels"]
+    assert kernels == {**kernels, **int8_kernel_rule()}  # the rule for this host, and what it chose
+    assert kernels["kernels_vs_qdq_psnr_db"] >= 40.0  # int8 kernels compute what the QDQ model says: no saturation
     assert report["calibration"] == {"source": "video: bigbuckbunny.mp4", "samples": 3, "held_out": 1,
                                      "held_out_source": "video: bigbuckbunny.mp4"}
     assert "QuantizeLinear" in _quantized_ops(tmp_path / manifest.artifact)
@@ -104,6 +107,32 @@ def test_gate_returns_sensitive_nodes_to_float_or_fails(student_onnx, teacher_la
     returned = [node for node in tight.quantize["float_nodes"] if node["reason"].startswith("most sensitive")]
     assert returned and tight.quantize["nodes"]["float"] == len(returned)
     assert tight.quantize["quality"]["psnr_drop_db"] < drop_all_int8
+
+
+@pytest.mark.parametrize("machine, features, saturates", [
+    ("x86_64", ["avx2"], True),  # AVX2-only: vpmaddubsw sums pairs into int16
+    ("x86_64", ["avx2", "avx512f"], True),  # AVX-512 without VNNI (Skylake-SP)
+    ("x86_64", ["avx2", "avx512f", "avx512_vnni"], False),
+    ("x86_64", ["avx2", "avx_vnni"], False),
+    ("aarch64", ["asimddp"], False),
+    ("aarch64", [], False),
+])
+def test_int8_kernel_rule_uses_7_bit_weights_exactly_where_u8s8_saturates(machine, features, saturates):
+    rule = int8_kernel_rule(features, machine)
+    assert rule["u8s8_saturation"] is saturates and rule["reduce_range"] is saturates
+    assert rule["cpu_int8_features"] == features and "onnxruntime.ai" in rule["source"]
+
+
+def test_min_psnr_vs_float_gate_fails_a_model_far_from_float_even_without_ground_truth(student_onnx, tmp_path):
+    """Random latents have no ground truth, so only the fidelity bound can catch a damaged int8 model."""
+    from effconv.errors import VerificationFailed
+
+    with pytest.raises(VerificationFailed) as failure:
+        quantize_artifact(student_onnx, tmp_path, calib=["random"], samples=2, weights_only=True, min_psnr_vs_float=150.0)
+    gate = failure.value.manifest.quantize["gate"]
+    assert gate["passed"] is False and gate["failed"] == "psnr_vs_float" and gate["psnr_vs_float_db"] < 150.0
+    assert "--min-psnr-vs-float 150" in failure.value.one_line()
+    assert (tmp_path / f"{failure.value.manifest.name}.json").exists()  # written, then failed: exit 1 with the evidence
 
 
 def test_weights_only_stores_int8_and_computes_float(student_onnx, tmp_path):

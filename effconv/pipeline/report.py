@@ -205,7 +205,8 @@ def _gate(gate: dict) -> str:
     if not gate.get("applied"):
         return f"not applied ({gate.get('reason', 'no gate')})"
     if gate["passed"]:
-        return f"passed (drop <= {gate['max_psnr_drop']} dB)"
+        floor = f", >= {gate['min_psnr_vs_float']:g} dB vs float" if gate.get("min_psnr_vs_float") is not None else ""
+        return f"passed (drop <= {gate['max_psnr_drop']} dB{floor})"
     return f"FAILED: {gate['reason']}" if gate.get("reason") else f"FAILED (drop > {gate['max_psnr_drop']} dB)"
 
 
