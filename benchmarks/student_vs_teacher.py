@@ -29,14 +29,14 @@ from pathlib import Path
 
 import torch
 
-from effconv.converters import onnx as onnx_backend
-from effconv.converters.convert import ONNX_CONV2D_REWRITES
-from effconv.converters.verify import compare as compare_outputs
+from effconv.backends.onnx import export as onnx_backend
+from effconv.convert.stage import ONNX_CONV2D_REWRITES
+from effconv.backends.verify import compare as compare_outputs
 from effconv.models.loader import load_model
 from effconv.recipe import load_recipe
-from effconv.rewrites.compare import compare
-from effconv.rewrites.legalize import legalize, resolve
-from effconv.rewrites.student import build_student
+from effconv.models.turbo_vaed.compare import compare
+from effconv.legalize.rewrites import legalize, resolve
+from effconv.models.turbo_vaed.decoder import build_student
 from effconv.spec import spec_from_dict
 
 FAMILIES = {

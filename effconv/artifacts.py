@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 import effconv
 from effconv.errors import EffconvError
+from effconv.spec import LoadedSpec, spec_from_dict
 
 STAGING_PREFIX = ".effconv-staging-"
 
@@ -120,3 +121,18 @@ def staged_output(out_dir: str | Path):
         shutil.rmtree(staging, ignore_errors=True)
         if not committed and created is not None:
             shutil.rmtree(created, ignore_errors=True)
+
+
+def teacher_of(student_spec_path: Path) -> LoadedSpec:
+    """A student written by `effconv rewrite`/`distill` has a manifest beside it naming its teacher."""
+    for manifest in (student_spec_path.with_suffix(".json"), student_spec_path.parent / "distill.json"):
+        if manifest.is_file():
+            try:
+                teacher = json.loads(manifest.read_text())["teacher"]
+            except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
+                continue
+            return spec_from_dict(teacher, student_spec_path.parent, source=f"teacher in {manifest}")
+    raise EffconvError(
+        f"cannot find the teacher of student spec '{student_spec_path}'.",
+        "pass --teacher TEACHER_SPEC (or keep the manifest written beside the student).",
+    )

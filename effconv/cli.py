@@ -121,8 +121,8 @@ def convert(
 
     Example: `effconv convert examples/specs/hunyuan-tiny.yaml --to tflite --out out/`
     """
-    from effconv.converters.convert import convert as run_convert
-    from effconv.profile.lint import BackendBlocked
+    from effconv.convert.stage import convert as run_convert
+    from effconv.legalize.lint import BackendBlocked
     from effconv.spec import load_spec
 
     loaded = load_spec(spec)
@@ -332,7 +332,8 @@ def calibrate(
     Example: `effconv calibrate --threads 1`
     """
     from effconv.profile.calibrate import calibrate as run_calibrate
-    from effconv.profile.devices import HOST, default_threads, load_device
+    from effconv.host import default_threads
+    from effconv.profile.devices import HOST, load_device
 
     if repeats < 1 or (threads is not None and threads < 1):
         raise EffconvError("--repeats and --threads must be at least 1.", "pass positive numbers.")
@@ -396,11 +397,11 @@ def lint(
 
     Lints the graph as exported, then again after effconv's legalizing rewrites for that backend
     (what `convert` exports). Exit 1 if an op that no unit can run remains after the rewrites.
-    Rules and their sources: effconv/profile/rules/BACKEND.yaml.
+    Rules and their sources: effconv/legalize/rules/BACKEND.yaml.
 
     Example: `effconv lint examples/specs/wan21-tiny.yaml --backend coreml --device iphone16pro`
     """
-    from effconv.profile.lint import check_exportable, lint_target
+    from effconv.legalize.lint import check_exportable, lint_target
 
     with err.status(f"Linting for {backend}..."):
         result = lint_target(target, backend, device, allow_import=allow_import)
@@ -505,7 +506,7 @@ def rewrite(
 
     Example: `effconv rewrite examples/specs/hunyuan-tiny.yaml --recipe tiny --out out/`
     """
-    from effconv.rewrites.rewrite import rewrite as run_rewrite
+    from effconv.rewrite.stage import rewrite as run_rewrite
     from effconv.spec import load_spec
 
     loaded = load_spec(spec)

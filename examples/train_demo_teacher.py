@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from effconv.distill.data import BUNDLED_CLIP, ClipSampler, VideoSet, center_clips, load_videos
-from effconv.distill.metrics import psnr
+from effconv.video.clips import BUNDLED_CLIP, ClipSampler, VideoSet, center_clips, load_videos
+from effconv.video.metrics import psnr
 from effconv.quiet import quiet_imports
 
 TRAIN_FRAMES = 96

@@ -220,7 +220,7 @@ def sandbox(tmp_path, monkeypatch, cli) -> Sandbox:
 @pytest.fixture(scope="module")
 def onnx_artifact(tmp_path_factory) -> Path:
     """hunyuan-tiny exported by `effconv convert` (the .onnx with its manifest), built once per module."""
-    from effconv.converters.convert import convert
+    from effconv.convert.stage import convert
     from effconv.spec import load_spec
 
     out = tmp_path_factory.mktemp("artifact")

@@ -9,8 +9,8 @@ import yaml
 
 from conftest import SPECS
 from effconv.artifacts import read_manifest
-from effconv.converters.convert import convert
-from effconv.rewrites.rewrite import rewrite
+from effconv.convert.stage import convert
+from effconv.rewrite.stage import rewrite
 from effconv.spec import load_spec
 
 DEMO_TEACHER = SPECS / "demo-teacher.yaml"

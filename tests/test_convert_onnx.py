@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from effconv.converters.convert import convert
+from effconv.convert.stage import convert
 from effconv.models.loader import load_model
 from effconv.spec import load_spec
 

@@ -8,8 +8,8 @@ import platform
 import pytest
 
 from backend_cases import FAMILY_PARAMS, WAN_REALISTIC, spec_path
-from effconv.converters import coreml
-from effconv.converters.convert import convert
+from effconv.backends.coreml import export as coreml
+from effconv.convert.stage import convert
 from effconv.spec import load_spec, spec_from_dict
 
 LINUX_ONLY = pytest.mark.skipif(platform.system() == "Darwin", reason="checks the Linux (no prediction) path")

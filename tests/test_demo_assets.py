@@ -4,11 +4,11 @@ import json
 
 import torch
 
-from effconv.distill.data import BUNDLED_CLIP, center_clips, load_videos
-from effconv.distill.metrics import psnr
+from effconv.video.clips import BUNDLED_CLIP, center_clips, load_videos
+from effconv.video.metrics import psnr
 from effconv.models.loader import load_model
 from effconv.recipe import load_recipe
-from effconv.rewrites.student import build_student
+from effconv.models.turbo_vaed.decoder import build_student
 from effconv.spec import load_spec
 
 from conftest import REPO, SPECS

@@ -11,7 +11,7 @@ import yaml
 from safetensors.torch import load_file
 
 from effconv.distill.checkpoint import latest_checkpoint
-from effconv.distill.data import BUNDLED_CLIP, ClipSampler, load_videos
+from effconv.video.clips import BUNDLED_CLIP, ClipSampler, load_videos
 from effconv.distill.stage import distill
 from effconv.errors import EffconvError
 from effconv.spec import load_spec

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from effconv.distill.data import BUNDLED_CLIP
+from effconv.video.clips import BUNDLED_CLIP
 from effconv.recipe import packaged_recipes
 
 from conftest import REPO, SPECS

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effconv.rewrites.legal_ops import conv3d_as_conv2d, permute_low_rank
-from effconv.rewrites.legalize import EQUIVALENCE_ATOL, MAX_RANK, REWRITES, _rank, legalize, resolve, rewrites_for
+from effconv.legalize.ops import conv3d_as_conv2d, permute_low_rank
+from effconv.legalize.rewrites import EQUIVALENCE_ATOL, MAX_RANK, REWRITES, _rank, legalize, resolve, rewrites_for
 
 
 class WanTimeInterleave(nn.Module):

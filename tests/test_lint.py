@@ -10,8 +10,8 @@ import pytest
 from backend_cases import spec_path
 from effconv.errors import EffconvError
 from effconv.models.loader import load_model
-from effconv.profile.lint import RULE_BACKENDS, device_units, lint_model, rule_table
-from effconv.rewrites.legalize import REWRITES
+from effconv.legalize.lint import RULE_BACKENDS, device_units, lint_model, rule_table
+from effconv.legalize.rewrites import REWRITES
 from effconv.spec import load_spec
 
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file, save_file
 
-from effconv.distill.data import BUNDLED_CLIP
+from effconv.video.clips import BUNDLED_CLIP
 from effconv.pipeline.plan import quantized_backends, resolve
 from effconv.pipeline.report import number, share, size
 from effconv.pipeline.runner import execute, plan

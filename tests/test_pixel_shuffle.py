@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from effconv.rewrites.pixel_shuffle import DecoupledPixelShuffle3d
+from effconv.models.turbo_vaed.layers.pixel_shuffle import DecoupledPixelShuffle3d
 
 
 def reference_shuffle(x, s_t, s_h, s_w):

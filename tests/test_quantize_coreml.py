@@ -14,9 +14,9 @@ import torch
 
 from quantize_cases import converted_student
 from effconv.artifacts import Manifest, TensorInfo
-from effconv.converters.coreml import _coremltools
+from effconv.backends.coreml.export import _coremltools
 from effconv.errors import EffconvError
-from effconv.quantize import coreml
+from effconv.backends.coreml import quantize as coreml
 from effconv.quantize.calibration import random_latents
 
 

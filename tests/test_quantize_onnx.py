@@ -11,11 +11,11 @@ import onnx
 import pytest
 
 from effconv.artifacts import read_manifest
-from effconv.converters.convert import convert
-from effconv.distill.data import BUNDLED_CLIP
-from effconv.quantize.onnx import _run_all, int8_kernel_rule, node_kinds
+from effconv.convert.stage import convert
+from effconv.video.clips import BUNDLED_CLIP
+from effconv.backends.onnx.quantize import _run_all, int8_kernel_rule, node_kinds
 from effconv.quantize.stage import quantize_artifact
-from effconv.rewrites.rewrite import rewrite
+from effconv.rewrite.stage import rewrite
 from effconv.spec import load_spec
 
 from conftest import SPECS

@@ -16,10 +16,10 @@ import torch
 from conftest import REPO
 from quantize_cases import converted_student
 from effconv.artifacts import Manifest, TensorInfo
-from effconv.converters import tflite as tflite_backend
+from effconv.backends.tflite import export as tflite_backend
 from effconv.errors import EffconvError
 from effconv.models.loader import load_model
-from effconv.quantize import tflite
+from effconv.backends.tflite import quantize as tflite
 from effconv.quantize.calibration import from_video, random_latents, teacher_spec
 
 VIDEO = REPO / "effconv" / "assets" / "video" / "bigbuckbunny.mp4"

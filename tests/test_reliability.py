@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from effconv.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from effconv.distill.data import BUNDLED_CLIP
+from effconv.video.clips import BUNDLED_CLIP
 from effconv.distill.trainer import TeacherTargets
 from effconv.errors import EffconvError
+from effconv.host import default_threads
 from effconv.models.limits import MAX_MODULES
 from effconv.models.loader import load_model
 from effconv.profile import devices
@@ -274,7 +275,7 @@ def test_bad_calibrate_option_is_refused_before_measuring(options, sandbox):
 
 
 def _host_key() -> str:
-    return devices.host_key(devices.default_threads())
+    return devices.host_key(default_threads())
 
 
 HOST_CACHE_DAMAGE = {

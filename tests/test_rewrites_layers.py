@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from effconv.rewrites.blocks import RMSNorm3d, ResBlock3d
-from effconv.rewrites.separable import CausalConv3d, SeparableConv3d
-from effconv.rewrites.teacher_init import fit_separable
-from effconv.rewrites.upsample import ShuffleUpsampler3d
+from effconv.models.turbo_vaed.layers.blocks import RMSNorm3d, ResBlock3d
+from effconv.models.turbo_vaed.layers.separable import CausalConv3d, SeparableConv3d
+from effconv.models.turbo_vaed.teacher_init import fit_separable
+from effconv.models.turbo_vaed.layers.upsample import ShuffleUpsampler3d
 
 
 def _video(channels=4, frames=5, height=6, width=7):

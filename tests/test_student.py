@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -13,8 +15,8 @@ from effconv.errors import EffconvError
 from effconv.models.base import Compression
 from effconv.models.loader import load_model
 from effconv.recipe import load_recipe
-from effconv.rewrites.student import TurboVAEDDecoder, build_student, plan_upsampling, student_config
-from effconv.rewrites.teacher_init import init_from_teacher
+from effconv.models.turbo_vaed.decoder import TurboVAEDDecoder, build_student, plan_upsampling, student_config
+from effconv.models.turbo_vaed.teacher_init import init_from_teacher
 from effconv.spec import load_spec
 
 from conftest import FAMILY_SPECS, SPECS
@@ -225,3 +227,15 @@ def test_default_recipe_on_a_tiny_teacher_warns_that_the_student_is_larger(cli, 
     assert "warning" in err and "--recipe tiny" in err
     code, _, err = cli("rewrite", SPECS / "hunyuan-tiny.yaml", "--recipe", "tiny", "--out", tmp_path / "tiny")
     assert code == 0 and "warning" not in err
+
+
+LEGACY = Path(__file__).parent / "data" / "legacy-student"
+
+
+def test_student_saved_before_the_move_to_models_loads_and_decodes_the_same():
+    """tests/data/legacy-student was written by `effconv rewrite` when the class lived in effconv.rewrites.student."""
+    model = load_model(load_spec(LEGACY / "hunyuan-tiny-student.yaml"))
+    assert type(model.module) is TurboVAEDDecoder and TurboVAEDDecoder.__module__ == "effconv.models.turbo_vaed.decoder"
+    with torch.no_grad():
+        video = model.module(torch.from_numpy(np.load(LEGACY / "latent.npy")))
+    assert float((video - torch.from_numpy(np.load(LEGACY / "video.npy"))).abs().max()) <= 1e-6

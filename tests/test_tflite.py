@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from backend_cases import FAMILY_PARAMS, WAN_REALISTIC, spec_path
-from effconv.converters import tflite
-from effconv.converters.convert import convert
-from effconv.converters.verify import psnr_db
+from effconv.backends.tflite import export as tflite
+from effconv.convert.stage import convert
+from effconv.backends.verify import psnr_db
 from effconv.models.loader import load_model
 from effconv.spec import load_spec, spec_from_dict
 

@@ -3,35 +3,19 @@ against real frames (PSNR, SSIM, retention), with optional PNG strips ground tru
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from effconv.artifacts import staged_output
-from effconv.distill.data import center_clips, load_videos
-from effconv.distill.metrics import psnr, ssim
+from effconv.artifacts import staged_output, teacher_of
+from effconv.video.clips import center_clips, load_videos
+from effconv.video.metrics import psnr, ssim
 from effconv.errors import EffconvError
 from effconv.models.loader import LoadedModel, load_model
-from effconv.spec import LoadedSpec, load_spec, spec_from_dict
+from effconv.spec import load_spec
 
 STRIP_FRAMES = 4
-
-
-def teacher_of(student_spec_path: Path) -> LoadedSpec:
-    """A student written by `effconv rewrite`/`distill` has a manifest beside it naming its teacher."""
-    for manifest in (student_spec_path.with_suffix(".json"), student_spec_path.parent / "distill.json"):
-        if manifest.is_file():
-            try:
-                teacher = json.loads(manifest.read_text())["teacher"]
-            except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
-                continue
-            return spec_from_dict(teacher, student_spec_path.parent, source=f"teacher in {manifest}")
-    raise EffconvError(
-        f"cannot find the teacher of student spec '{student_spec_path}'.",
-        "pass --teacher TEACHER_SPEC (or keep the manifest written beside the student).",
-    )
 
 
 def resolve_models(spec_path: Path, teacher_path: Path | None, allow_import: bool) -> tuple[LoadedModel, LoadedModel | None]:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from effconv.errors import EffconvError
-from effconv.rewrites.pixel_shuffle import DecoupledPixelShuffle3d
+from effconv.models.turbo_vaed.layers.pixel_shuffle import DecoupledPixelShuffle3d
 
 
 @contextlib.contextmanager

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effconv.distill.config import LossWeights
-from effconv.distill.metrics import ssim, video_frames
+from effconv.recipe import LossWeights
+from effconv.video.metrics import ssim, video_frames
 from effconv.errors import EffconvError
 
 

@@ -14,15 +14,15 @@ from typing import Callable
 import torch
 
 from effconv.artifacts import Manifest, TensorInfo, staged_output, write_manifest
-from effconv.distill.data import ClipSampler, VideoSet, center_clips, load_videos
+from effconv.video.clips import ClipSampler, VideoSet, center_clips, load_videos
 from effconv.distill.losses import load_lpips
 from effconv.distill.trainer import Distiller, World, run_steps
 from effconv.errors import EffconvError
 from effconv.models.loader import load_model
 from effconv.recipe import load_recipe
-from effconv.rewrites.rewrite import STUDENT_SUFFIX, student_spec, write_student
-from effconv.rewrites.student import build_student
-from effconv.rewrites.teacher_init import init_from_teacher
+from effconv.rewrite.stage import STUDENT_SUFFIX, student_spec, write_student
+from effconv.models.turbo_vaed.decoder import build_student
+from effconv.models.turbo_vaed.teacher_init import init_from_teacher
 from effconv.spec import LoadedSpec
 
 MANIFEST_NAME = "distill"

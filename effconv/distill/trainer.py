@@ -21,11 +21,11 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from effconv.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from effconv.distill.config import DistillRecipe
-from effconv.distill.data import ClipSampler
+from effconv.recipe import DistillRecipe
+from effconv.video.clips import ClipSampler
 from effconv.distill.features import FeatureProjection, captured_features
 from effconv.distill.losses import DistillLoss
-from effconv.distill.metrics import psnr
+from effconv.video.metrics import psnr
 from effconv.models.loader import LoadedModel
 
 

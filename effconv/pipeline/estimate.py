@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from effconv.models.loader import load_model, pretrained_root
+from effconv.models.turbo_vaed.compare import count_flops
+from effconv.models.turbo_vaed.decoder import build_student
 from effconv.pipeline.plan import HOST_DEVICE, RunInputs, Stage
+from effconv.spec import LoadedSpec
+from effconv.video.clips import expand_paths
 
 # benchmarks/results/distill_quality.json (idle 2-core machine, 2 torch threads): the demo distilled at
 # 3.50 steps/s with 11.9 counted GFLOP per step (2 clips x 3 x 1.98 GFLOP, forward + backward), and its
@@ -49,10 +54,6 @@ class Workload:
 def _meta_workload(inputs: RunInputs) -> Workload:
     import torch
 
-    from effconv.models.loader import load_model, pretrained_root
-    from effconv.rewrites.compare import count_flops
-    from effconv.rewrites.student import build_student
-    from effconv.spec import LoadedSpec
 
     teacher = inputs.teacher
     if teacher.pretrained_dir is not None:
@@ -135,7 +136,6 @@ class Estimator:
         work = self.workload
         vae = work.teacher_encoder + work.teacher_decoder
         if stage.kind == "eval":
-            from effconv.distill.data import expand_paths
 
             videos = len(expand_paths(list(self.inputs.eval_data)))
             flops, fixed = videos * (vae + work.student), FIXED_SECONDS["eval"]

@@ -13,12 +13,17 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from effconv.distill.data import expand_paths
+from effconv.backends.onnx.export import DEFAULT_OPSET
 from effconv.errors import EffconvError
+from effconv.host import cpu_model, default_threads
+from effconv.legalize.lint import rule_table
 from effconv.models.loader import pretrained_root
+from effconv.profile.devices import load_device
+from effconv.profile.inputs import parse_resolution
 from effconv.recipe import Recipe, load_recipe
-from effconv.rewrites.rewrite import STUDENT_SUFFIX
+from effconv.rewrite.stage import STUDENT_SUFFIX
 from effconv.spec import SAFE_NAME, LoadedSpec, load_spec, read_yaml_mapping, spec_from_dict
+from effconv.video.clips import expand_paths
 
 DEFAULT_SPEC_RECIPE = "turbo-vaed"
 PACKAGE_PREFIX = "effconv:"
@@ -105,8 +110,6 @@ def _videos(given: list[Path] | None, entries: list[str], base_dir: Path, what: 
 
 
 def _check_devices(devices: list[str]) -> None:
-    from effconv.profile.devices import load_device
-
     for device in devices:
         device_label(device)
         if device != HOST_DEVICE:
@@ -147,7 +150,6 @@ def resolve(target: str | Path, recipe_name: str | None = None, steps: int | Non
     train = _videos(data, recipe.data.train, base_dir, "training", source)
     held_out = _videos(eval_data, recipe.data.eval, base_dir, "eval", source) if (eval_data or recipe.data.eval) else train
     if recipe.profile.resolution is not None:
-        from effconv.profile.inputs import parse_resolution
 
         try:
             parse_resolution(recipe.profile.resolution)
@@ -168,7 +170,6 @@ def _teacher_files(teacher: LoadedSpec) -> tuple[Path, ...]:
 def _lint_device(backend: str, devices: tuple[str, ...]) -> str | None:
     """Lint for the first profiled target device with rules for this backend (else every compute unit of
     the backend); host-cpu, always profiled for the host measurement, is not a deployment target."""
-    from effconv.profile.lint import rule_table
 
     listed = rule_table(backend)["devices"]
     return next((device for device in devices if device in listed and device != HOST_DEVICE), None)
@@ -204,9 +205,6 @@ def device_label(device: str) -> str:
 
 def stages(inputs: RunInputs) -> list[Stage]:
     """The stages in the order they run."""
-    from effconv.converters.onnx import DEFAULT_OPSET
-    from effconv.profile.devices import cpu_model, default_threads
-
     recipe = inputs.recipe
     backends = recipe.export.backends
     plan = [

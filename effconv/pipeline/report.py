@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 import effconv
+from effconv.artifacts import staged_output
 from effconv.pipeline.plan import HOST_DEVICE, RunInputs, device_label, stages
 from effconv.pipeline.stages import DISTILL_MANIFEST, EVAL_MANIFEST, INT8_SUFFIX, LINT_MANIFEST, PROFILE_MANIFEST
 
@@ -373,8 +374,6 @@ def to_html(title: str, sections: list[Section], out_dir: Path) -> str:
 
 def write_report(inputs: RunInputs, out_dir: Path, result=None) -> Path:
     """Write DIR/report.md and DIR/report.html; return the Markdown path."""
-    from effconv.artifacts import staged_output
-
     out_dir = Path(out_dir)
     sections = build(inputs, out_dir, result)
     created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

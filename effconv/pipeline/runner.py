@@ -22,6 +22,7 @@ from effconv.errors import EffconvError, VerificationFailed
 from effconv.pipeline.estimate import Estimate, Estimator
 from effconv.pipeline.hashing import file_digest, inputs_hash, stage_inputs
 from effconv.pipeline.plan import RunInputs, Stage, stages
+from effconv.pipeline.report import write_report
 from effconv.pipeline.stages import RUNNERS, StageContext, manifest_name
 
 STARTED = "stage-started.json"
@@ -231,8 +232,6 @@ def run_stage(inputs: RunInputs, decision: Decision, out_dir: Path, on_step=None
 def execute(inputs: RunInputs, out_dir: Path, on_event: Callable[[str, Decision, dict], None] | None = None,
             on_warning: Callable[[str], None] | None = None) -> RunResult:
     """Run every stage that is not up to date, then write the report (DIR/report.md and report.html)."""
-    from effconv.pipeline.report import write_report
-
     out_dir = Path(out_dir)
     created = ensure_out_dir(out_dir)
     result = RunResult(out_dir=out_dir)

@@ -16,8 +16,15 @@ import yaml
 
 import effconv
 from effconv.artifacts import read_manifest, replace_json, staged_output
+from effconv.convert.stage import convert
+from effconv.distill.evaluate import evaluate
+from effconv.distill.stage import distill
 from effconv.errors import VerificationFailed
+from effconv.legalize.lint import lint_target
 from effconv.pipeline.plan import HOST_DEVICE, RunInputs, Stage
+from effconv.profile.plot import write_plot
+from effconv.profile.run import run
+from effconv.quantize.stage import quantize_artifact
 from effconv.spec import load_spec
 
 DISTILL_MANIFEST = "distill.json"
@@ -69,8 +76,6 @@ def _stage_json(name: str, **sections) -> dict:
 
 
 def run_distill(ctx: StageContext) -> None:
-    from effconv.distill.stage import distill
-
     def warn_skipped(videos) -> None:
         for path, reason in videos.skipped:
             ctx.warn(f"skipping {path}: {reason}")
@@ -83,8 +88,6 @@ def run_distill(ctx: StageContext) -> None:
 
 
 def run_eval(ctx: StageContext) -> None:
-    from effconv.distill.evaluate import evaluate
-
     with staged_output(ctx.directory) as staging:
         summary = evaluate(ctx.student_spec, list(ctx.inputs.eval_data), save_frames=staging / FRAMES_DIR,
                            allow_import=ctx.inputs.allow_import)
@@ -96,15 +99,11 @@ def run_eval(ctx: StageContext) -> None:
 
 
 def run_convert(ctx: StageContext) -> None:
-    from effconv.converters.convert import convert
-
     convert(load_spec(ctx.student_spec), ctx.stage.backend, ctx.directory, allow_import=ctx.inputs.allow_import)
 
 
 def run_quantize(ctx: StageContext) -> None:
     """Calibrate on clips of the training videos; measure quality on the eval videos' centre clips."""
-    from effconv.quantize.stage import quantize_artifact
-
     settings = ctx.stage.settings
     converted = ctx.out_dir / f"convert-{ctx.stage.backend}"
     source = converted / read_manifest(converted / f"{ctx.inputs.student_name}.json").artifact
@@ -116,8 +115,6 @@ def run_quantize(ctx: StageContext) -> None:
 
 
 def run_lint(ctx: StageContext) -> None:
-    from effconv.profile.lint import lint_target
-
     results = {}
     for backend, device in ctx.stage.settings["backends"].items():
         linted = lint_target(ctx.student_spec, backend, device, allow_import=ctx.inputs.allow_import)
@@ -144,9 +141,6 @@ def _profile_targets(ctx: StageContext, teacher_spec: Path) -> dict[str, Path]:
 
 
 def run_profile(ctx: StageContext) -> None:
-    from effconv.profile.plot import write_plot
-    from effconv.profile.run import run
-
     settings = ctx.stage.settings
     host = ctx.stage.device == HOST_DEVICE
     teacher = read_manifest(ctx.out_dir / "distill" / DISTILL_MANIFEST).model_extra["teacher"]

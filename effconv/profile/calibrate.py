@@ -27,11 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from effconv.backends.onnx import export as onnx_backend
+from effconv.models.loader import load_model
+from effconv.models.turbo_vaed.layers.pixel_shuffle import DecoupledPixelShuffle3d
 from effconv.profile.cost import CATEGORIES, graph_cost, load_graph
 from effconv.profile.devices import HOST, host_key, load_device, write_cache_entry
 from effconv.profile.estimate import NARROW_CATEGORIES, estimate, op_ms
 from effconv.profile.measure import measure_many
-from effconv.rewrites.pixel_shuffle import DecoupledPixelShuffle3d
+from effconv.spec import spec_from_dict
 
 ZERO4, ZERO8 = [0.0] * 4, [0.0] * 8
 # Tiny random-init decoder configs of each family (the same as examples/specs/*-tiny.yaml), with the
@@ -77,7 +80,7 @@ class _SeparableBlock(nn.Module):
 
 class StudentLikeDecoder(nn.Module):
     """A small Turbo-VAED-shaped decoder used only to calibrate costs of separable convs and pixel
-    shuffles (the real student builder lives in effconv.rewrites)."""
+    shuffles (the real student builder lives in effconv.models.turbo_vaed)."""
 
     def __init__(self, latent_channels: int, width: int, blocks: int):
         super().__init__()
@@ -105,8 +108,6 @@ class CalibrationModel:
 
 def _teacher(family: str, scale: int, clip: tuple[int, int, int]):
     def build():
-        from effconv.models.loader import load_model
-        from effconv.spec import spec_from_dict
 
         class_name, config, _ = TEACHERS[family]
         config = copy.deepcopy(config)
@@ -150,8 +151,6 @@ def calibration_set() -> list[CalibrationModel]:
 
 
 def _export(entry: CalibrationModel, directory: Path) -> Path:
-    from effconv.converters import onnx as onnx_backend
-
     module, example = entry.build()
     path = directory / f"{entry.name}.onnx"
     onnx_backend.export(module, example, path, "latent", "video")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import time
 from importlib import resources
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 
 from effconv.errors import EffconvError
+from effconv.host import cpu_model, default_threads
+from effconv.profile.cost import CATEGORIES
 from effconv.spec import SAFE_NAME, StrictModel, format_validation_error, read_yaml_mapping
 
 Dtype = Literal["fp32", "fp16", "int8"]
@@ -58,7 +59,6 @@ class ComputeUnit(StrictModel):
     @field_validator("efficiency")
     @classmethod
     def _positive(cls, value: dict[str, float]) -> dict[str, float]:
-        from effconv.profile.cost import CATEGORIES
 
         for category, factor in value.items():
             if category not in CATEGORIES:
@@ -130,22 +130,8 @@ def load_device(name_or_path: str | Path, threads: int | None = None, remeasure:
     return _validate(data, str(path))
 
 
-def default_threads() -> int:
-    return os.cpu_count() or 1
-
-
 def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "effconv")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def host_key(threads: int) -> str:

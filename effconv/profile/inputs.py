@@ -16,8 +16,10 @@ from pathlib import Path
 from pydantic import TypeAdapter, ValidationError
 
 from effconv.artifacts import manifest_path, read_manifest
+from effconv.backends.onnx import export as onnx_backend
 from effconv.errors import EffconvError
 from effconv.models.base import Compression
+from effconv.models.loader import load_model
 from effconv.profile.cost import artifact_dtype, load_graph
 from effconv.spec import LoadedSpec, load_spec, spec_from_dict
 
@@ -44,9 +46,6 @@ def parse_resolution(text: str) -> tuple[int, int]:
 
 
 def _export(loaded: LoadedSpec, directory: Path, allow_import: bool) -> tuple[Path, dict]:
-    from effconv.converters import onnx as onnx_backend
-    from effconv.models.loader import load_model
-
     model = load_model(loaded, allow_import=allow_import)
     path = directory / f"{loaded.spec.name}.onnx"
     onnx_backend.export(model.module, model.example_input(0), path, model.input_name, model.output_name)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from effconv.errors import EffconvError
 from effconv.profile.cost import DTYPE_BYTES, load_graph
-from effconv.profile.devices import HOST, DeviceProfile, default_threads, load_device
+from effconv.host import default_threads
+from effconv.profile.devices import HOST, DeviceProfile, load_device
 from effconv.profile.estimate import Estimate, estimate
 from effconv.profile.inputs import ProfileInput, resolve
 from effconv.profile.measure import measure

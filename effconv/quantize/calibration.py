@@ -8,15 +8,14 @@ from a seeded normal distribution.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from effconv.artifacts import Manifest
-from effconv.distill.data import ClipSampler, center_clips, load_videos
-from effconv.distill.evaluate import teacher_of
+from effconv.artifacts import Manifest, teacher_of
+from effconv.backends.base import CalibrationSet
+from effconv.video.clips import ClipSampler, center_clips, load_videos
 from effconv.errors import EffconvError
 from effconv.models.loader import LoadedModel
 from effconv.spec import LoadedSpec, load_spec, spec_from_dict
@@ -25,29 +24,6 @@ RANDOM = "random"
 LATENT_FILE_SUFFIXES = (".npy", ".npz")
 STUDENT_CLASS = "TurboVAEDDecoder"
 CALIBRATION_SEED = 1234  # differs from distillation's seed 0, so calibration clips are other crops
-
-
-@dataclasses.dataclass
-class CalibrationSet:
-    """Samples of batch 1: `latents[i]` decodes to `frames[i]` (None when there is no ground truth)."""
-
-    latents: list[np.ndarray]
-    frames: list[np.ndarray] | None
-    source: str
-
-    def __len__(self) -> int:
-        return len(self.latents)
-
-    def subset(self, indices: range | list[int]) -> CalibrationSet:
-        frames = None if self.frames is None else [self.frames[i] for i in indices]
-        return CalibrationSet([self.latents[i] for i in indices], frames, self.source)
-
-    def split(self, held_out: int) -> tuple[CalibrationSet, CalibrationSet]:
-        """(calibration, held-out): the last `held_out` samples are kept out of calibration."""
-        if not 0 < held_out < len(self):
-            raise EffconvError(f"cannot hold out {held_out} of {len(self)} calibration samples.", "raise --samples (at least 2).")
-        cut = len(self) - held_out
-        return self.subset(range(cut)), self.subset(range(cut, len(self)))
 
 
 def _model_spec(manifest: Manifest) -> LoadedSpec:

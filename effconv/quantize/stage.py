@@ -3,18 +3,17 @@ version beside a manifest that says how much smaller, faster and worse it is, me
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from pathlib import Path
 
 from effconv.artifacts import Manifest, manifest_path, read_manifest, staged_output, write_manifest
-from effconv.distill.data import BUNDLED_CLIP
+from effconv.video.clips import BUNDLED_CLIP
 from effconv.errors import EffconvError, VerificationFailed
 from effconv.models.loader import load_model
 from effconv.quantize import calibration
-from effconv.quantize.calibration import CalibrationSet
+from effconv.backends import registry
+from effconv.backends.base import Backend, CalibrationSet, QuantizeOptions
 
-SUFFIXES = {".onnx": "onnx", ".mlpackage": "coreml", ".tflite": "tflite"}
 QUANTIZED_SUFFIX = "-int8"
 DEFAULT_SAMPLES = 16
 DEFAULT_MAX_PSNR_DROP = 0.3
@@ -25,14 +24,11 @@ DEFAULT_MIN_PSNR_VS_FLOAT = 30.0
 HELD_OUT_SHARE = 4  # one sample in four measures quality; the rest calibrate
 
 
-def backend_of(artifact: Path) -> str:
-    suffix = artifact.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise EffconvError(f"'{artifact}' is not an .onnx, .mlpackage or .tflite file.",
-                           "pass an artifact written by `effconv convert`.")
+def backend_of(artifact: Path) -> Backend:
+    backend = registry.for_artifact(artifact)
     if not artifact.exists():
         raise EffconvError(f"artifact '{artifact}' does not exist.", "run `effconv convert SPEC --to BACKEND --out DIR` first.")
-    return SUFFIXES[suffix]
+    return backend
 
 
 def _check_source(artifact: Path, manifest: Manifest, backend: str) -> None:
@@ -81,10 +77,6 @@ def calibration_sets(manifest: Manifest, calib: list[str] | None, samples: int, 
     return calib_set, held_out, notes
 
 
-def _backend(name: str):
-    return importlib.import_module(f"effconv.quantize.{name}")
-
-
 def _gate(report: dict, max_psnr_drop: float | None, min_psnr_vs_float: float | None) -> dict:
     quality = report["quality"]
     simulation = report.get("simulation_check")
@@ -118,37 +110,29 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
     artifact = Path(artifact)
     backend = backend_of(artifact)
     source = read_manifest(manifest_path(artifact))
-    _check_source(artifact, source, backend)
-    if backend == "onnx":
-        from effconv.quantize.onnx import check_activation
-
-        check_activation(activation)
-    if backend == "tflite":
-        from effconv.quantize.tflite import check_weight_sizes
-
-        check_weight_sizes(artifact)  # before the teacher encodes calibration clips
+    _check_source(artifact, source, backend.name)
+    report_progress = progress or (lambda _message: None)
+    options = QuantizeOptions(weights_only=weights_only, max_psnr_drop=max_psnr_drop, min_psnr_vs_float=min_psnr_vs_float,
+                              activation=activation, select_by_speed=select_by_speed, sensitivity=sensitivity,
+                              progress=report_progress)
+    backend.check_quantizable(artifact, options)  # before the teacher encodes calibration clips
     if max_psnr_drop is not None and max_psnr_drop < 0:
         raise EffconvError(f"--max-psnr-drop {max_psnr_drop} is negative.", "give the largest acceptable drop in dB, e.g. 0.3.")
     if min_psnr_vs_float is not None and not 0 <= min_psnr_vs_float <= 200:
         raise EffconvError(f"--min-psnr-vs-float {min_psnr_vs_float} is outside 0-200 dB.",
                            f"give the lowest acceptable PSNR against the float output, e.g. {DEFAULT_MIN_PSNR_VS_FLOAT:g}.")
-    report_progress = progress or (lambda _message: None)
     report_progress("making calibration latents")
     calib_set, held_out, notes = calibration_sets(source, calib, samples, teacher, eval_data)
-    module = _backend(backend)
     name = f"{source.name}{QUANTIZED_SUFFIX}"
-    options = {"max_psnr_drop": max_psnr_drop, "progress": report_progress, "activation": activation,
-               "select_by_speed": select_by_speed, "sensitivity": sensitivity,
-               "min_psnr_vs_float": min_psnr_vs_float} if backend == "onnx" else {}
     with staged_output(out_dir) as stage:
         out_path = stage / f"{name}{artifact.suffix}"
-        report = module.quantize(artifact, source, calib_set, held_out, out_path, weights_only=weights_only, **options)
+        report = backend.quantize(artifact, source, calib_set, held_out, out_path, options)
         gate = _gate(report, max_psnr_drop, min_psnr_vs_float)
         report["notes"] = notes + report.get("notes", [])
         manifest = Manifest(
             **source.model_dump(include={"spec", "inputs", "outputs", "params"}),
             name=name,
-            backend=backend,
+            backend=backend.name,
             artifact=out_path.name,
             verify={"passed": gate["passed"], "held_out": report["quality"]},
             quantize={**report, "weights_only": weights_only, "gate": gate, "source_artifact": str(artifact.resolve()),
@@ -161,14 +145,14 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
         write_manifest(manifest, stage)
     if gate.get("failed") == "psnr_vs_float":
         raise VerificationFailed(
-            f"int8 {backend}: {gate['reason']}.",
+            f"int8 {backend.name}: {gate['reason']}.",
             f"see {Path(out_dir) / (name + '.json')} (int8_kernels, sensitivity); calibrate on more video, use --weights-only, "
             "or lower --min-psnr-vs-float only if that error is acceptable.", manifest=manifest)
     if gate.get("failed") == "simulation":
-        raise VerificationFailed(f"int8 {backend}: {gate['reason']}.", "report this as an effconv bug.", manifest=manifest)
+        raise VerificationFailed(f"int8 {backend.name}: {gate['reason']}.", "report this as an effconv bug.", manifest=manifest)
     if not gate["passed"]:
         raise VerificationFailed(
-            f"int8 {backend} loses {gate['psnr_drop_db']:.2f} dB PSNR on held-out clips, more than --max-psnr-drop {max_psnr_drop}.",
+            f"int8 {backend.name} loses {gate['psnr_drop_db']:.2f} dB PSNR on held-out clips, more than --max-psnr-drop {max_psnr_drop}.",
             f"see {Path(out_dir) / (name + '.json')}; raise --max-psnr-drop, calibrate on more video, or use --weights-only.",
             manifest=manifest,
         )

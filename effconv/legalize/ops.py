@@ -2,7 +2,7 @@
 
 Each function computes exactly what the op it replaces computes (same values up to float
 rounding) while keeping every tensor at rank <= 5, using nearest upsampling with integer factors,
-and (for TFLite) only 2D convolutions. `effconv.rewrites.legalize` puts them into exported graphs.
+and (for TFLite) only 2D convolutions. `effconv.legalize.rewrites` puts them into exported graphs.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from effconv.rewrites.pixel_shuffle import DecoupledPixelShuffle3d
+from effconv.models.turbo_vaed.layers.pixel_shuffle import DecoupledPixelShuffle3d
 
 
 def permute_low_rank(x: torch.Tensor, shape: list[int], perm: list[int]) -> torch.Tensor:

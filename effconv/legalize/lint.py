@@ -1,6 +1,6 @@
 """Backend legality: which ops of an exported graph each backend's compute units can run, and why not.
 
-The rules are data (`effconv/profile/rules/<backend>.yaml`), one table per backend, each rule with
+The rules are data (`effconv/legalize/rules/<backend>.yaml`), one table per backend, each rule with
 its source. A rule matches op nodes of the torch.export ATen graph by op name (`ops`, or
 `except_ops` to leave some to a more specific rule) and conditions (`rank_above`, `factor_above`,
 `dilation_above`, `grouped`, `mode`, `pieces`, `zero_reps`), rules out some compute units
@@ -18,10 +18,14 @@ import torch
 import yaml
 from torch import fx
 
+from effconv.artifacts import manifest_path, read_manifest
 from effconv.errors import EffconvError
+from effconv.legalize.rewrites import export_graph, legalize, rewrites_for
+from effconv.models.loader import load_model
+from effconv.spec import load_spec, spec_from_dict
 
 RULES_DIR = Path(__file__).with_name("rules")
-RULE_BACKENDS = ("onnx", "coreml", "tflite")
+RULE_BACKENDS = tuple(sorted(path.stem for path in RULES_DIR.glob("*.yaml")))
 
 
 class BackendBlocked(EffconvError):
@@ -196,8 +200,6 @@ def check_exportable(report: LintReport, stage: str) -> None:
 
 
 def lint_module(module, example: torch.Tensor, backend: str, device: str | None = None) -> LintReport:
-    from effconv.rewrites.legalize import export_graph
-
     return lint_graph(export_graph(module, example).graph, backend, device)
 
 
@@ -210,17 +212,16 @@ class LintResult:
 
 def lint_model(model, backend: str, device: str | None = None) -> LintResult:
     """Lint a loaded model part as exported, and again after the backend's legalizing rewrites."""
-    from effconv.rewrites.legalize import legalize, rewrites_for
-
     example = model.example_input(0)
     before = lint_module(model.module, example, backend, device)
-    legal = legalize(model.module, example, rewrites_for(backend)) if backend != "onnx" else None
+    rewrites = rewrites_for(backend)
+    legal = legalize(model.module, example, rewrites) if rewrites else None
     # effconv's replacement functions appear as single nodes; they are legal by construction.
     after = lint_graph(legal.module.graph, backend, device, tuple(legal.counts)) if legal else before
     return LintResult(before=before, after=after, rewrites=legal.counts if legal else {})
 
 
-ARTIFACT_SUFFIXES = (".onnx", ".mlpackage", ".tflite")
+SPEC_SUFFIXES = (".yaml", ".yml")
 
 
 def lint_target(path: Path, backend: str, device: str | None = None, allow_import: bool = False) -> LintResult:
@@ -229,14 +230,10 @@ def lint_target(path: Path, backend: str, device: str | None = None, allow_impor
     Artifacts are not re-parsed op by op: the rules are written for the ATen graph, and an
     artifact's manifest records exactly which spec (and so which graph) it came from.
     """
-    from effconv.artifacts import manifest_path, read_manifest
-    from effconv.models.loader import load_model
-    from effconv.spec import load_spec, spec_from_dict
-
     rule_table(backend)
     device_units(backend, device)
     path = Path(path)
-    if path.suffix in ARTIFACT_SUFFIXES:
+    if path.suffix not in SPEC_SUFFIXES:
         if not path.exists():
             raise EffconvError(f"artifact '{path}' does not exist.", "pass an artifact effconv wrote, or a spec YAML.")
         manifest = read_manifest(manifest_path(path))

@@ -9,6 +9,7 @@ from torch import nn
 
 from effconv.errors import EffconvError
 from effconv.models.base import Compression, FamilyAdapter, FrameRule, expand_blocks
+from effconv.models.turbo_vaed.decoder import TurboVAEDDecoder
 
 
 class TurboStudentAdapter(FamilyAdapter):
@@ -17,8 +18,6 @@ class TurboStudentAdapter(FamilyAdapter):
     known_backends = {"onnx": "exports and verifies (torch.onnx dynamo, opset 18)"}
 
     def model_class(self) -> type[nn.Module]:
-        from effconv.rewrites.student import TurboVAEDDecoder
-
         return TurboVAEDDecoder
 
     def compression(self, vae: nn.Module) -> Compression:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from effconv.rewrites.separable import CausalConv3d, SeparableConv3d
+from effconv.models.turbo_vaed.layers.separable import CausalConv3d, SeparableConv3d
 
 MID_BLOCK_NAMES = ("mid_block", "block_in")
 

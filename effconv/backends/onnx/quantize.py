@@ -35,10 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from effconv.artifacts import Manifest
+from effconv.host import cpu_int8_features
 from effconv.errors import EffconvError
-from effconv.quantize.artifacts import size_report
-from effconv.quantize.calibration import CalibrationSet
-from effconv.quantize.quality import quality_report
+from effconv.backends.files import size_report
+from effconv.backends.base import CalibrationSet
+from effconv.backends.quality import quality_report
 from effconv.quiet import captured_stdout, is_debug
 
 NAME = "onnx"
@@ -97,22 +98,9 @@ def node_kinds(model) -> dict[str, str]:
     return kinds
 
 
-X86_INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-ARM_INT8_FLAGS = ("asimddp", "i8mm")  # ARMv8.2 dot product, ARMv8.6 int8 matrix multiply
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 SATURATION_SOURCE = ("onnxruntime quantization docs, 'When and why do I need to try U8U8?' and 'reduce_range': "
                      "https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html")
-
-
-def cpu_int8_features() -> list[str]:
-    """The instruction sets onnxruntime's int8 GEMM kernels dispatch on (Linux /proc/cpuinfo: x86 `flags`,
-    ARM `Features`)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in lines if line.lower().startswith(("flags", "features"))), [])
-    return [flag for flag in (*X86_INT8_FLAGS, *ARM_INT8_FLAGS) if flag in flags]
 
 
 def int8_kernel_rule(features: list[str] | None = None, machine: str | None = None) -> dict:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effconv.rewrites.separable import CausalConv3d, SeparableConv3d, TemporalPadding
+from effconv.models.turbo_vaed.layers.separable import CausalConv3d, SeparableConv3d, TemporalPadding
 
 RMS_EPS = 1e-8
 DENSE_KERNEL = 3

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from effconv.distill.metrics import psnr, ssim
+from effconv.video.metrics import psnr, ssim
 
 
 def _mean(values: list[float]) -> float:

@@ -16,9 +16,9 @@ from effconv.artifacts import Manifest, TensorInfo, staged_output, write_manifes
 from effconv.errors import EffconvError, VerificationFailed
 from effconv.models.loader import load_model
 from effconv.recipe import StudentRecipe, load_recipe
-from effconv.rewrites.compare import compare
-from effconv.rewrites.student import TurboVAEDDecoder, build_student
-from effconv.rewrites.teacher_init import init_from_teacher
+from effconv.models.turbo_vaed.compare import compare
+from effconv.models.turbo_vaed.decoder import TurboVAEDDecoder, build_student
+from effconv.models.turbo_vaed.teacher_init import init_from_teacher
 from effconv.spec import LoadedSpec, spec_from_dict
 
 INIT_MODES = get_args(StudentRecipe.model_fields["init"].annotation)

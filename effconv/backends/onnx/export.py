@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +78,11 @@ def runtime_versions() -> dict:
     import onnxruntime
 
     return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def op_inventory(path: Path) -> dict[str, int]:
+    """Op type counts of the main graph (weights are not loaded)."""
+    import onnx
+
+    counts = collections.Counter(node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node)
+    return dict(sorted(counts.items()))

@@ -149,3 +149,7 @@ def predict(path: Path, example: torch.Tensor) -> np.ndarray | None:
 def runtime_versions() -> dict:
     ct = _coremltools()
     return {"torch": torch.__version__, "coremltools": ct.__version__}
+
+
+def op_inventory(path: Path) -> dict[str, int]:
+    return program_summary(path)["ops"]

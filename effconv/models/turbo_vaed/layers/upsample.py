@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from effconv.models.base import FRAME_RULES, FrameRule
-from effconv.rewrites.pixel_shuffle import DecoupledPixelShuffle3d
-from effconv.rewrites.separable import CausalConv3d, TemporalPadding
+from effconv.models.turbo_vaed.layers.pixel_shuffle import DecoupledPixelShuffle3d
+from effconv.models.turbo_vaed.layers.separable import CausalConv3d, TemporalPadding
 
 
 def keeps_first_frame_alone(rule: FrameRule, frames: int) -> bool:

@@ -20,9 +20,9 @@ from effconv.models.base import Compression
 from effconv.models.limits import check_size
 from effconv.quiet import quiet_imports
 from effconv.recipe import StudentRecipe
-from effconv.rewrites.blocks import DENSE_KERNEL, RMSNorm3d, ResBlock3d
-from effconv.rewrites.separable import CausalConv3d
-from effconv.rewrites.upsample import ShuffleUpsampler3d
+from effconv.models.turbo_vaed.layers.blocks import DENSE_KERNEL, RMSNorm3d, ResBlock3d
+from effconv.models.turbo_vaed.layers.separable import CausalConv3d
+from effconv.models.turbo_vaed.layers.upsample import ShuffleUpsampler3d
 
 with quiet_imports():
     from diffusers.configuration_utils import ConfigMixin, register_to_config

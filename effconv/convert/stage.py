@@ -9,26 +9,20 @@ from pathlib import Path
 import torch
 
 from effconv.artifacts import Manifest, TensorInfo, staged_output, write_manifest
-from effconv.converters import coreml as coreml_backend
-from effconv.converters import onnx as onnx_backend
-from effconv.converters import tflite as tflite_backend
-from effconv.converters.verify import compare
+from effconv.backends import registry
+from effconv.backends.base import Backend
+from effconv.backends.coreml import export as coreml_backend
+from effconv.backends.onnx import export as onnx_backend
+from effconv.backends.verify import compare
 from effconv.errors import EffconvError, VerificationFailed
+from effconv.legalize.lint import check_exportable, lint_graph
+from effconv.legalize.rewrites import legalize, resolve, rewrites_for
 from effconv.models.loader import LoadedModel, load_model
 from effconv.spec import LoadedSpec
 
-BACKENDS = {backend.NAME: backend for backend in (onnx_backend, coreml_backend, tflite_backend)}
-LEGALIZED_BACKENDS = (coreml_backend.NAME, tflite_backend.NAME)
 # Opt-in for ONNX: onnxruntime's CPU Conv2d kernels beat its Conv3d on narrow and depthwise convs.
 ONNX_CONV2D_REWRITES = ("conv3d-as-conv2d", "dwconv3d-as-conv2d-taps")
 VERIFY_SEED = 0
-
-
-def backend_module(name: str):
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise EffconvError(f"unknown backend '{name}'.", f"use one of: {', '.join(sorted(BACKENDS))}.") from None
 
 
 def _tensor_info(name: str, shape, dtype: str = "float32") -> TensorInfo:
@@ -39,22 +33,21 @@ def convert_model(model: LoadedModel, backend: str, out_dir: Path, atol: float |
                   opset: int = onnx_backend.DEFAULT_OPSET, precision: str = "fp16", conv2d: bool = False) -> Manifest:
     """Export an already-loaded model part; raise VerificationFailed (after writing) if off tolerance.
     `conv2d` (ONNX only): export Conv3d as Conv2d over time-stacked frames, checked lossless first."""
-    target = backend_module(backend)
-    if backend in LEGALIZED_BACKENDS:
+    target = registry.get(backend)
+    if target.legalized:
         return convert_legalized(model, target, out_dir, atol=atol, precision=precision)
-    atol = target.DEFAULT_ATOL if atol is None else atol
+    atol = target.default_atol if atol is None else atol
     name = model.spec.spec.name
     example = model.example_input(VERIFY_SEED)
     with torch.no_grad():
         reference = model.module(example).numpy()
     module, extra = model.module, {}
     if conv2d:
-        from effconv.rewrites.legalize import resolve
 
         legal = _checked_rewrites(model, example, resolve(list(ONNX_CONV2D_REWRITES)))
         module, extra = legal.module, {"legalize": legal.report() | {"shape": list(example.shape)}}
     with staged_output(out_dir) as stage:
-        artifact = stage / f"{name}{target.SUFFIX}"
+        artifact = stage / f"{name}{target.suffix}"
         started = time.perf_counter()
         export_info = target.export(module, example, artifact, model.input_name, model.output_name, opset=opset)
         export_seconds = time.perf_counter() - started
@@ -71,8 +64,6 @@ def convert_model(model: LoadedModel, backend: str, out_dir: Path, atol: float |
 
 
 def _checked_rewrites(model: LoadedModel, example, rewrites):
-    from effconv.rewrites.legalize import legalize
-
     legal = legalize(model.module, example, rewrites)
     if not legal.report()["equivalence"]["passed"]:
         raise VerificationFailed(
@@ -82,7 +73,7 @@ def _checked_rewrites(model: LoadedModel, example, rewrites):
     return legal
 
 
-def _predict_at_opset(target, artifact: Path, example, opset: int):
+def _predict_at_opset(target: Backend, artifact: Path, example, opset: int):
     """Run the export; past the default opset torch's exporter can write graphs onnxruntime rejects
     (opsets 26-28 with torch 2.13 / onnxruntime 1.32): that is a bad --opset, not an effconv bug."""
     try:
@@ -122,19 +113,16 @@ def _verify_without_prediction(model: LoadedModel, example, reference, export_in
     return verify | {"passed": bool(passed), "atol": atol}
 
 
-def convert_legalized(model: LoadedModel, target, out_dir: Path, atol: float | None = None,
+def convert_legalized(model: LoadedModel, target: Backend, out_dir: Path, atol: float | None = None,
                       precision: str = "fp16") -> Manifest:
     """Core ML / TFLite: legalize the graph (checked lossless), fail early on ops no unit can run, export, verify."""
-    from effconv.profile.lint import check_exportable, lint_graph
-    from effconv.rewrites.legalize import rewrites_for
-
-    backend = target.NAME
+    backend = target.name
     options = {}
     if backend == coreml_backend.NAME:
         coreml_backend.check_precision(precision)
         options = {"precision": precision}
         atol = coreml_backend.default_atol(precision) if atol is None else atol
-    atol = target.DEFAULT_ATOL if atol is None else atol
+    atol = target.default_atol if atol is None else atol
     example = model.example_input(VERIFY_SEED)
     with torch.no_grad():
         reference = model.module(example).numpy()
@@ -143,7 +131,7 @@ def convert_legalized(model: LoadedModel, target, out_dir: Path, atol: float | N
     check_exportable(lint, "after effconv's rewrites")
     name = model.spec.spec.name
     with staged_output(out_dir) as stage:
-        artifact = stage / f"{name}{target.SUFFIX}"
+        artifact = stage / f"{name}{target.suffix}"
         started = time.perf_counter()
         export_info = target.export(legal.module, example, artifact, model.input_name, model.output_name, **options)
         export_seconds = time.perf_counter() - started
@@ -156,7 +144,7 @@ def convert_legalized(model: LoadedModel, target, out_dir: Path, atol: float | N
         manifest = Manifest(
             **_base_manifest(model, backend, artifact, reference.shape, verify),
             legalize=legal.report() | {"shape": list(example.shape)},
-            lint={"rules": f"effconv/profile/rules/{backend}.yaml", "blocking": [],
+            lint={"rules": f"effconv/legalize/rules/{backend}.yaml", "blocking": [],
                   "remaining": [row.as_dict() for row in lint.problems]},
             export={**export_info, "seconds": round(export_seconds, 2)},
             versions=target.runtime_versions(),
@@ -184,7 +172,7 @@ def _checked(manifest: Manifest, out_dir: Path, atol: float) -> Manifest:
 def convert(loaded: LoadedSpec, backend: str, out_dir: Path, atol: float | None = None,
             opset: int = onnx_backend.DEFAULT_OPSET, allow_import: bool = False, precision: str = "fp16",
             conv2d: bool = False) -> Manifest:
-    backend_module(backend)
+    registry.get(backend)
     if atol is not None and not 0 <= atol < math.inf:
         raise EffconvError(f"--atol must be a finite number >= 0, got {atol}.", "pass e.g. --atol 1e-3.")
     if backend == onnx_backend.NAME:

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from effconv.artifacts import Manifest
-from effconv.converters import tflite as tflite_backend
+from effconv.backends.tflite import export as tflite_backend
 from effconv.errors import EffconvError, missing_extra
-from effconv.profile.devices import default_threads
-from effconv.quantize.artifacts import check_artifact, size_bytes, size_report
-from effconv.quantize.calibration import CalibrationSet
-from effconv.quantize.quality import quality_report
+from effconv.host import default_threads
+from effconv.backends.files import check_artifact, size_bytes, size_report
+from effconv.backends.base import CalibrationSet
+from effconv.backends.quality import quality_report
 from effconv.quiet import captured_stdout, is_debug, quiet_imports
 
 STATIC_SCHEME = ("W8A8 static int8: per-channel symmetric int8 weights, per-tensor asymmetric int8 activations "

@@ -4,7 +4,7 @@ diffusers writes the ops that mobile backends lack (8-D permutes, nearest-exact 
 nearest upsampling, `pow`) inline in forward methods, next to caching logic such as Wan's
 per-frame feature cache. So the rewrites act on the graph `torch.export` traces from the module,
 not on module classes: each pass replaces matching op nodes by the equivalent functions in
-`effconv.rewrites.legal_ops` and returns how many it replaced. The result is again an
+`effconv.legalize.ops` and returns how many it replaced. The result is again an
 `nn.Module` (an fx GraphModule), checked against the original on the real input shape.
 """
 
@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from effconv.errors import EffconvError
 from effconv.quiet import captured_stdout
-from effconv.rewrites import legal_ops
+from effconv.legalize import ops as legal_ops
 
 aten = torch.ops.aten
 MAX_RANK = 5

@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from effconv.artifacts import Manifest
-from effconv.converters.coreml import NAME, SUFFIX, _coremltools
+from effconv.backends.coreml.export import NAME, SUFFIX, _coremltools
 from effconv.errors import EffconvError
 from effconv.models.loader import load_model
-from effconv.quantize.artifacts import check_artifact, size_bytes, size_report
-from effconv.quantize.calibration import CalibrationSet
-from effconv.quantize.quality import quality_report
+from effconv.backends.files import check_artifact, size_bytes, size_report
+from effconv.backends.base import CalibrationSet
+from effconv.backends.quality import quality_report
 from effconv.quiet import captured_stdout, is_debug
 from effconv.spec import spec_from_dict
 

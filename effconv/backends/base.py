@@ -1,0 +1,75 @@
+"""What every backend implements (`Backend`), and the data that crosses the interface.
+
+A backend is one deployment format: effconv exports a torch module to it, runs the artifact where this host
+can (`predict` returns None where it cannot, e.g. Core ML off macOS), lists the artifact's ops, and quantizes
+it. Heavy libraries are imported inside the functions, so importing a backend costs nothing and a missing
+one fails with a one-line "install effconv[X]" error when it is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from effconv.errors import EffconvError
+
+
+@dataclasses.dataclass
+class CalibrationSet:
+    """Samples of batch 1: `latents[i]` decodes to `frames[i]` (None when there is no ground truth)."""
+
+    latents: list[np.ndarray]
+    frames: list[np.ndarray] | None
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def subset(self, indices: range | list[int]) -> CalibrationSet:
+        frames = None if self.frames is None else [self.frames[i] for i in indices]
+        return CalibrationSet([self.latents[i] for i in indices], frames, self.source)
+
+    def split(self, held_out: int) -> tuple[CalibrationSet, CalibrationSet]:
+        """(calibration, held-out): the last `held_out` samples are kept out of calibration."""
+        if not 0 < held_out < len(self):
+            raise EffconvError(f"cannot hold out {held_out} of {len(self)} calibration samples.", "raise --samples (at least 2).")
+        cut = len(self) - held_out
+        return self.subset(range(cut)), self.subset(range(cut, len(self)))
+
+
+@dataclasses.dataclass
+class QuantizeOptions:
+    """Everything `effconv quantize` can ask of a backend; each backend reads what applies to it and says in
+    its report what it did (e.g. Core ML has one scheme, W8A16, whatever `activation` says)."""
+
+    weights_only: bool = False
+    max_psnr_drop: float | None = None
+    min_psnr_vs_float: float | None = None
+    activation: str = "auto"
+    select_by_speed: bool = True
+    sensitivity: bool = False
+    threads: int | None = None
+    progress: Callable[[str], None] = lambda _message: None
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    name: str
+    suffix: str
+    extra: str | None  # the pip extra that installs its libraries (None: always installed)
+    default_atol: float
+    legalized: bool  # exported after effconv's legalizing rewrites (lint rules `legalize/rules/NAME.yaml`)
+    export: Callable[..., dict]  # (module, example, path, input_name, output_name, **options) -> export info
+    predict: Callable[[Path, Any], np.ndarray | None]  # (artifact, example) -> output, or None off its platform
+    ops: Callable[[Path], dict[str, int]]  # op kind -> count, read from the artifact
+    quantize: Callable[..., dict]  # (artifact, manifest, calib, held_out, out_path, QuantizeOptions) -> report
+    check_quantizable: Callable[[Path, QuantizeOptions], None]  # cheap checks before calibration data is made
+    runtime_versions: Callable[[], dict]
+
+
+def no_checks(_artifact: Path, _options: QuantizeOptions) -> None:
+    """For backends whose quantizer has nothing to check before calibration."""

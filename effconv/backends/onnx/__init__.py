@@ -1,0 +1,24 @@
+"""ONNX: torch.onnx dynamo export, run in onnxruntime; int8 with onnxruntime's static QDQ quantizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from effconv.backends.base import Backend, QuantizeOptions
+from effconv.backends.onnx import export, quantize
+
+
+def _quantize(artifact: Path, manifest, calib, held_out, out_path: Path, options: QuantizeOptions) -> dict:
+    return quantize.quantize(artifact, manifest, calib, held_out, out_path, weights_only=options.weights_only,
+                             max_psnr_drop=options.max_psnr_drop, min_psnr_vs_float=options.min_psnr_vs_float,
+                             progress=options.progress, threads=options.threads, activation=options.activation,
+                             select_by_speed=options.select_by_speed, sensitivity=options.sensitivity)
+
+
+def _check_quantizable(_artifact: Path, options: QuantizeOptions) -> None:
+    quantize.check_activation(options.activation)
+
+
+BACKEND = Backend(name=export.NAME, suffix=export.SUFFIX, extra=None, default_atol=export.DEFAULT_ATOL, legalized=False,
+                  export=export.export, predict=export.predict, ops=export.op_inventory, quantize=_quantize,
+                  check_quantizable=_check_quantizable, runtime_versions=export.runtime_versions)

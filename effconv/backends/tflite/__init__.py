@@ -1,0 +1,23 @@
+"""TFLite / LiteRT: litert-torch conversion of the legalized graph, run in the LiteRT Interpreter; int8 with
+ai-edge-quantizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from effconv.backends.base import Backend, QuantizeOptions
+from effconv.backends.tflite import export, quantize
+
+
+def _quantize(artifact: Path, manifest, calib, held_out, out_path: Path, options: QuantizeOptions) -> dict:
+    return quantize.quantize(artifact, manifest, calib, held_out, out_path, weights_only=options.weights_only,
+                             threads=options.threads)
+
+
+def _check_quantizable(artifact: Path, _options: QuantizeOptions) -> None:
+    quantize.check_weight_sizes(artifact)
+
+
+BACKEND = Backend(name=export.NAME, suffix=export.SUFFIX, extra="tflite", default_atol=export.DEFAULT_ATOL,
+                  legalized=True, export=export.export, predict=export.predict, ops=export.op_inventory,
+                  quantize=_quantize, check_quantizable=_check_quantizable, runtime_versions=export.runtime_versions)

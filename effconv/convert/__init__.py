@@ -1,0 +1,1 @@
+"""The convert stage: spec -> model part -> backend artifact + verified manifest."""

@@ -1,0 +1,1 @@
+"""effconv's Turbo-VAED student decoder: its mobile-friendly layers, the `TurboVAEDDecoder` model, the builder that derives it from a teacher, initialisation from the teacher, and the teacher-vs-student comparison."""

@@ -1,1 +1,0 @@
-"""Mobile-friendly layers and the rewrites that put them into a model."""
