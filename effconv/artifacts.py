@@ -48,7 +48,8 @@ class Manifest(BaseModel):
 
 
 def manifest_path(artifact: Path) -> Path:
-    return artifact.with_name(artifact.name.split(".")[0] + ".json")
+    # Only the artifact's own suffix goes: spec names may contain dots (wan2.1-small.onnx -> wan2.1-small.json).
+    return Path(artifact).with_suffix(".json")
 
 
 def write_manifest(manifest: Manifest, directory: Path) -> Path:

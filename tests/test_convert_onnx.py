@@ -7,8 +7,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from effconv.artifacts import manifest_path, read_manifest
 from effconv.convert.stage import convert
 from effconv.models.loader import load_model
+from effconv.profile.inputs import resolve
 from effconv.spec import load_spec
 
 from conftest import FAMILY_SPECS
@@ -64,3 +66,21 @@ def test_verification_failure_exits_1_and_keeps_the_artifact(cli, tmp_path):
     manifest = json.loads((tmp_path / "hunyuan-tiny.json").read_text())
     assert manifest["verify"]["passed"] is False
     assert manifest["verify"]["max_abs_err"] > 1e-12
+
+
+def test_manifest_path_keeps_dots_in_spec_names(tmp_path):
+    spec = next(p for p in FAMILY_SPECS if p.stem == "wan21-tiny").read_text()
+    spec_path = tmp_path / "wan2.1-small.yaml"
+    spec_path.write_text(spec.replace("name: wan21-tiny", "name: wan2.1-small"))
+    out = tmp_path / "out"
+    manifest = convert(load_spec(spec_path), "onnx", out)
+    artifact = out / manifest.artifact
+
+    assert artifact.name == "wan2.1-small.onnx"
+    assert manifest_path(artifact) == out / "wan2.1-small.json"
+    assert manifest_path(out / "wan2.1-small-int8.onnx") == out / "wan2.1-small-int8.json"
+    assert manifest_path(out / "wan2.1-small.mlpackage") == out / "wan2.1-small.json"
+    assert read_manifest(manifest_path(artifact)).name == "wan2.1-small"
+    # profile reads the compression from the manifest; a missed manifest used to drop it silently
+    assert manifest.compression
+    assert resolve(artifact, tmp_path / "work").compression == manifest.compression
