@@ -24,15 +24,20 @@ NOISY_LOGGERS = (
 _debug = False
 
 
+def _quiet_libraries() -> None:
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
 def set_debug(enabled: bool) -> None:
+    """The CLI's switch. Only the CLI owns the process, so only it may ignore warnings process-wide."""
     global _debug
     _debug = enabled
     if not enabled:
-        for name in NOISY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
+        _quiet_libraries()
         warnings.filterwarnings("ignore")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 def is_debug() -> bool:
@@ -45,7 +50,8 @@ def quiet_imports():
     if _debug:
         yield
         return
-    set_debug(False)
+    # Scoped: a library user's own warning filters survive importing effconv.
+    _quiet_libraries()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield

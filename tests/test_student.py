@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,7 @@ from effconv.models.turbo_vaed.decoder import TurboVAEDDecoder, build_student, p
 from effconv.models.turbo_vaed.teacher_init import init_from_teacher
 from effconv.spec import load_spec
 
-from conftest import FAMILY_SPECS, SPECS
+from conftest import FAMILY_SPECS, REPO, SPECS
 
 PAPER_UPSAMPLE = [False, True, True, True]
 
@@ -239,3 +242,15 @@ def test_student_saved_before_the_move_to_models_loads_and_decodes_the_same():
     with torch.no_grad():
         video = model.module(torch.from_numpy(np.load(LEGACY / "latent.npy")))
     assert float((video - torch.from_numpy(np.load(LEGACY / "video.npy"))).abs().max()) <= 1e-6
+
+
+def test_importing_the_student_leaves_warnings_on():
+    """Quieting third-party imports is scoped: a library user's warnings still show after the import."""
+    code = ("import warnings\n"
+            "import effconv.models.turbo_vaed.decoder\n"
+            "assert ('ignore', None, Warning, None, 0) not in warnings.filters, warnings.filters\n"
+            "warnings.warn('still shown', UserWarning)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env=os.environ | {"PYTHONPATH": str(REPO), "PYTHONWARNINGS": "default"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "still shown" in done.stderr
