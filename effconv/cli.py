@@ -523,6 +523,19 @@ def _warn_skipped(skipped) -> None:
         err.print(f"[yellow]warning:[/] skipping {path}: {reason}", highlight=False, soft_wrap=True)
 
 
+def _step_rate():
+    """(step, elapsed) -> it/s over this run's steps only: after --resume, steps start at the checkpoint's, not 0."""
+    start = None
+
+    def rate(step: int, elapsed: float) -> float:
+        nonlocal start
+        if start is None:
+            start = step - 1  # elapsed is timed from before this run's first step
+        return (step - start) / elapsed if elapsed > 0 else 0.0
+
+    return rate
+
+
 def _relaunch_with_torchrun(nproc: int) -> None:
     """`effconv distill --nproc N ...` = `torchrun --nproc_per_node N -m effconv distill ...`."""
     import subprocess
@@ -574,12 +587,13 @@ def distill(
     with Progress(*columns, console=err, disable=not is_main, transient=True) as progress:
         task = progress.add_task("distill", total=None, info="loading teacher and video...")
 
+        step_rate = _step_rate()
+
         def on_step(record: dict, elapsed: float) -> None:
             terms = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in {"step"})
-            rate = (record["step"] - first[0]) / elapsed if elapsed > 0 else 0.0
+            rate = step_rate(record["step"], elapsed)
             progress.update(task, completed=record["step"], info=f"{terms} | {rate:.2f} it/s")
 
-        first = [0]
         result = run_distill(
             loaded, recipe, data, out_dir, steps=steps, resume=resume, eval_data=eval_data, lpips=lpips,
             allow_import=allow_import, on_step=on_step, on_videos=lambda videos: _warn_skipped(videos.skipped),

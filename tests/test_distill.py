@@ -10,6 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from effconv.cli import _step_rate
 from effconv.distill.checkpoint import latest_checkpoint
 from effconv.video.clips import BUNDLED_CLIP, ClipSampler, load_videos
 from effconv.distill.stage import distill
@@ -144,3 +145,12 @@ def test_cli_distill_on_a_corrupt_video_is_one_line_exit_2(cli, tmp_path):
     assert code == 2
     assert len(lines) == 1 and "no usable video clips" in lines[0] and "broken.mp4" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_distill_rate_counts_only_this_runs_steps():
+    resumed = _step_rate()
+    assert resumed(101, 2.0) == pytest.approx(0.5)  # resumed at step 100: one step in 2 s, not 101
+    assert resumed(110, 10.0) == pytest.approx(1.0)
+    fresh = _step_rate()
+    assert fresh(1, 0.0) == 0.0
+    assert fresh(4, 2.0) == pytest.approx(2.0)
