@@ -24,20 +24,17 @@ NOISY_LOGGERS = (
 _debug = False
 
 
-def _quiet_libraries() -> None:
-    for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-
-
 def set_debug(enabled: bool) -> None:
-    """The CLI's switch. Only the CLI owns the process, so only it may ignore warnings process-wide."""
+    """The CLI's switch. Only the CLI owns the process, so only it quiets loggers and warnings process-wide;
+    a library user keeps their own logging and warning filters."""
     global _debug
     _debug = enabled
     if not enabled:
-        _quiet_libraries()
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
         warnings.filterwarnings("ignore")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 def is_debug() -> bool:
@@ -50,15 +47,9 @@ def quiet_imports():
     if _debug:
         yield
         return
-    # Scoped: a library user's own warning filters survive importing effconv.
-    _quiet_libraries()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # scoped: the caller's warning filters are back after the block
         warnings.simplefilter("ignore")
         yield
-        with contextlib.suppress(ImportError):
-            from diffusers.utils import logging as diffusers_logging
-
-            diffusers_logging.set_verbosity_error()
 
 
 @contextlib.contextmanager

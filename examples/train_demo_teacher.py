@@ -101,7 +101,7 @@ def main() -> None:
             lr = args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget))))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            video = sampler.batch(list(range(step * args.batch, (step + 1) * args.batch)))
+            video = torch.stack([sampler.clip(i) for i in range(step * args.batch, (step + 1) * args.batch)])
             posterior = vae.encode(video).latent_dist
             recon = vae.decode(posterior.sample()).sample
             error = recon - video

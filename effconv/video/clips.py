@@ -144,9 +144,6 @@ class ClipSampler:
             clip = clip.flip(-1)
         return (clip / 127.5 - 1.0).clamp(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()
 
-    def batch(self, indices: list[int]) -> torch.Tensor:
-        return torch.stack([self.clip(i) for i in indices])
-
 
 def center_clips(videos: VideoSet, frames: int, height: int, width: int, per_video: int = 1) -> list[tuple[Path, torch.Tensor]]:
     """Deterministic evaluation clips: evenly spaced windows, centre crop at the largest scale that fits."""
