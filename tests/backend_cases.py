@@ -7,7 +7,7 @@ import pytest
 
 from conftest import SPECS
 
-# Wan, HunyuanVideo and LTX (the "done when" families) by default; the rest convert in
+# Wan, HunyuanVideo and LTX (the three families the paper and the README report) by default; the rest convert in
 # about the same time each but would push the default run past its time budget.
 DEFAULT_FAMILIES = ["wan21", "hunyuan", "ltx"]
 SLOW_FAMILIES = ["cogvideox", "mochi", "wan22"]

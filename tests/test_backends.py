@@ -14,6 +14,7 @@ from effconv.convert.stage import convert
 from effconv.errors import EffconvError
 from effconv.legalize.lint import RULE_BACKENDS, rule_table
 from effconv.quantize.stage import quantize_artifact
+from effconv.recipe import BACKEND_NAMES
 from effconv.spec import load_spec
 
 STUDENT = Path(__file__).parent / "data" / "legacy-student" / "hunyuan-tiny-student.yaml"
@@ -35,8 +36,8 @@ def test_registry_names_every_backend_once_with_its_own_suffix():
         registry.for_artifact(Path("model.bin"))
 
 
-def test_every_backend_has_lint_rules():
-    assert set(registry.names()) == set(RULE_BACKENDS)
+def test_every_backend_has_lint_rules_and_a_recipe_name():
+    assert set(registry.names()) == set(RULE_BACKENDS) == set(BACKEND_NAMES)
     assert all(rule_table(name)["units"] for name in registry.names())
 
 

@@ -7,12 +7,12 @@ teacher spec, which then uses `--recipe` (default `turbo-vaed`) for everything e
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from effconv.backends import registry
 from effconv.backends.onnx.export import DEFAULT_OPSET
 from effconv.errors import EffconvError
 from effconv.host import cpu_model, default_threads
@@ -176,17 +176,10 @@ def _lint_device(backend: str, devices: tuple[str, ...]) -> str | None:
 
 
 def quantized_backends(recipe: Recipe) -> list[str]:
-    """The exported backends to quantize: the recipe's list, or by default every one effconv has a quantizer for."""
-    def available(backend: str) -> bool:
-        return importlib.util.find_spec(f"effconv.quantize.{backend}") is not None
-
+    """The exported backends to quantize: the recipe's list, or by default every exported one (every registered
+    backend has a quantizer)."""
     if recipe.quantize.backends is None:
-        return [b for b in recipe.export.backends if available(b)]
-    missing = [b for b in recipe.quantize.backends if not available(b)]
-    if missing:
-        raise EffconvError(f"this effconv version cannot quantize {', '.join(missing)} artifacts.",
-                           "remove them from quantize.backends, or leave quantize.backends out to quantize every "
-                           "backend that can be.")
+        return [registry.get(b).name for b in recipe.export.backends]
     return [b for b in recipe.export.backends if b in recipe.quantize.backends]
 
 

@@ -241,7 +241,7 @@ def _fill_host(data: dict, threads: int, remeasure: bool, calibrated: bool) -> d
     unit["peak_gops"] = {
         "fp32": {"value": peak, "source": source, "uncertainty": 0.1},
         "fp16": {"value": peak, "source": "derived: onnxruntime's CPU provider computes most fp16 ops in fp32", "uncertainty": 0.5},
-        "int8": {"value": 2 * peak, "source": "derived: 2x fp32 (int8 dot-product kernels; DESIGN.md s2 measured 3-5x on dense Conv3d)", "uncertainty": 0.6},
+        "int8": {"value": 2 * peak, "source": "derived: 2x fp32 (int8 dot-product kernels; measured 3-5x on dense Conv3d in onnxruntime)", "uncertainty": 0.6},
     }
     data["memory"]["bandwidth_gbps"] = {"value": measurement["bandwidth_gbps"], "source": source, "uncertainty": 0.1}
     data["memory"]["ram_gb"] = {"value": _ram_gb(), "source": "measured: os.sysconf physical pages", "uncertainty": 0.0}

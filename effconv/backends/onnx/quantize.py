@@ -8,7 +8,7 @@ The recipe, in order:
    float, keep the faster (u8 activations x s8 weights is the fused VNNI path on x86).
 3. Node kinds (dense / depthwise / pointwise conv, matmul, each by channel width): from everything in
    int8, take one kind at a time back to float and time it; a kind whose removal makes the model faster
-   computes in float (DESIGN §2; measured here: int8 Conv3d loses below ~32 channels, where Turbo-VAED's
+   computes in float (measured here: int8 Conv3d loses below ~32 channels, where Turbo-VAED's
    full-resolution stages are).
 4. Calibration method: MinMax and Percentile, keep the one with the better held-out PSNR.
 5. Sensitivity, when the PSNR drop on held-out ground truth exceeds the gate (or when asked): quantize one

@@ -14,7 +14,7 @@ DENSE_KERNEL = 3
 
 class RMSNorm3d(nn.Module):
     """RMSNorm over channels of (B, C, T, H, W), no affine. Uses x*x rather than pow, which
-    TFLite's int8 path handles badly (DESIGN §2)."""
+    TFLite's int8 path handles badly (measured: see docs/quantize.md)."""
 
     def __init__(self, eps: float = RMS_EPS):
         super().__init__()
