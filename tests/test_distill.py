@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from effconv.cli import _step_rate
+from effconv.cli.student import step_rate
 from effconv.distill.checkpoint import latest_checkpoint
 from effconv.video.clips import BUNDLED_CLIP, ClipSampler, load_videos
 from effconv.distill.stage import distill
@@ -148,9 +148,17 @@ def test_cli_distill_on_a_corrupt_video_is_one_line_exit_2(cli, tmp_path):
 
 
 def test_distill_rate_counts_only_this_runs_steps():
-    resumed = _step_rate()
+    resumed = step_rate()
     assert resumed(101, 2.0) == pytest.approx(0.5)  # resumed at step 100: one step in 2 s, not 101
     assert resumed(110, 10.0) == pytest.approx(1.0)
-    fresh = _step_rate()
+    fresh = step_rate()
     assert fresh(1, 0.0) == 0.0
     assert fresh(4, 2.0) == pytest.approx(2.0)
+
+
+def test_nproc_relaunches_the_same_command_under_torchrun():
+    from effconv.distill.launch import torchrun_command
+
+    argv = ["distill", "t.yaml", "--nproc", "2", "--steps", "3", "--nproc=4", "--json"]
+    assert torchrun_command(2, argv) == [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                         "--nproc_per_node=2", "-m", "effconv", "distill", "t.yaml", "--steps", "3", "--json"]

@@ -9,6 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from effconv.errors import EffconvError
 from effconv.profile import devices
 from effconv.profile.cost import graph_cost
 from effconv.profile.devices import DeviceProfile, load_device
@@ -196,7 +197,7 @@ def test_calibration_fit_recovers_a_known_efficiency_and_overhead():
 
 
 def test_calibrate_measures_fits_and_the_host_profile_uses_the_fit(capsys):
-    from effconv.cli import _render_calibration
+    from effconv.cli.profile import render_calibration
     from effconv.profile.calibrate import calibrate, calibration_set
 
     students = [m for m in calibration_set() if m.name in ("student-w32", "student-w48")]
@@ -206,6 +207,17 @@ def test_calibrate_measures_fits_and_the_host_profile_uses_the_fit(capsys):
     host = load_device("host-cpu", threads=1)
     assert host.units["cpu"].efficiency == result["fit"]["efficiency"]
     assert "held-out error on 1 models" in host.validation
-    _render_calibration(result)
+    render_calibration(result)
     printed = capsys.readouterr().out
     assert "held-out (1 models) after" in printed and "Stored in the host-cpu cache" in printed
+
+
+def test_calibrate_checks_its_arguments_and_writes_its_report(tmp_path):
+    from effconv.profile.calibrate import calibrate_host, write_report
+
+    for threads, repeats in [(0, 10), (None, 0)]:
+        with pytest.raises(EffconvError, match="at least 1"):
+            calibrate_host(threads, repeats=repeats)
+    path = write_report({"threads": 1, "at": tmp_path}, tmp_path / "new" / "calibration.json")
+    assert json.loads(path.read_text()) == {"threads": 1, "at": str(tmp_path)}
+    assert [p.name for p in path.parent.iterdir()] == ["calibration.json"]  # no staging folder left

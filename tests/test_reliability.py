@@ -573,3 +573,11 @@ def test_bare_effconv_prints_the_help(sandbox):
     """regression: `effconv` alone raised NoArgsIsHelpError as an internal error (exit 3)."""
     _, out, _ = sandbox.run(allowed=(0,))
     assert "Usage" in out and "convert" in out
+
+
+def test_help_lists_the_commands_in_pipeline_order():
+    """The command modules register in effconv/cli/__init__.py's import order, the order `effconv --help` shows."""
+    from effconv.cli import app
+
+    assert [c.name or c.callback.__name__ for c in app.registered_commands] == [
+        "convert", "inspect", "devices", "profile", "calibrate", "lint", "rewrite", "distill", "eval", "run", "quantize"]

@@ -209,6 +209,9 @@ class LintResult:
     after: LintReport
     rewrites: dict[str, int]
 
+    def as_dict(self) -> dict:
+        return {"before_rewrites": self.before.as_dict(), "after_rewrites": self.after.as_dict(), "rewrites": self.rewrites}
+
 
 def lint_model(model, backend: str, device: str | None = None) -> LintResult:
     """Lint a loaded model part as exported, and again after the backend's legalizing rewrites."""

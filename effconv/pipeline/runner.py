@@ -59,6 +59,12 @@ class Decision:
     def hash(self) -> str | None:
         return inputs_hash(self.inputs) if self.inputs is not None else None
 
+    def as_dict(self) -> dict:
+        """The plan entry `effconv run --json` prints."""
+        return {"stage": self.stage.name, "action": self.action, "reason": self.reason, "hash": self.hash,
+                "estimate_seconds": round(self.estimate.seconds, 1) if self.estimate else None,
+                "estimate_basis": self.estimate.basis if self.estimate else None}
+
 
 @dataclass
 class Outcome:

@@ -16,6 +16,7 @@ the machine may be shared and noisy.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import statistics
 import tempfile
@@ -27,7 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from effconv.artifacts import staged_output
 from effconv.backends.onnx import export as onnx_backend
+from effconv.errors import EffconvError
+from effconv.host import default_threads
 from effconv.models.loader import load_model
 from effconv.models.turbo_vaed.layers.pixel_shuffle import DecoupledPixelShuffle3d
 from effconv.profile.cost import CATEGORIES, graph_cost, load_graph
@@ -279,8 +283,33 @@ def summarize(rows: list[dict]) -> dict:
     return {"n": len(errors), "median_abs": statistics.median(errors), "p90_abs": errors[p90_index], "max_abs": errors[-1]}
 
 
+def check_arguments(threads: int | None, repeats: int) -> None:
+    if repeats < 1 or (threads is not None and threads < 1):
+        raise EffconvError("--repeats and --threads must be at least 1.", "pass positive numbers.")
+
+
+def calibrate_host(threads: int | None = None, repeats: int = 10, remeasure: bool = False, progress=print) -> dict:
+    """`effconv calibrate`: check the arguments, (re-)measure the host's peaks if needed, then calibrate().
+
+    threads None = all cores; remeasure re-measures host peak GFLOP/s and bandwidth first.
+    """
+    check_arguments(threads, repeats)
+    threads = threads or default_threads()
+    load_device(HOST, threads=threads, remeasure=remeasure)
+    return calibrate(threads, repeats=repeats, progress=progress)
+
+
+def write_report(result: dict, path: str | Path) -> Path:
+    """Write calibrate()'s full result as JSON to path; nothing is left behind if writing fails."""
+    path = Path(path)
+    with staged_output(path.parent) as stage:
+        (stage / path.name).write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
 def calibrate(threads: int, repeats: int = 10, progress=print, models: list[CalibrationModel] | None = None) -> dict:
     """Measure, fit, evaluate before/after on held-out models, and store the fit in the host-cpu cache."""
+    check_arguments(threads, repeats)
     records = measure_set(models or calibration_set(), threads, repeats, progress)
     return fit_and_store(records, threads, repeats)
 

@@ -1,0 +1,177 @@
+"""`effconv devices`, `effconv profile` and `effconv calibrate`: device profiles, estimates, the host fit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from effconv.cli.app import AllowImport, app
+from effconv.cli.render import err, out
+
+
+@app.command()
+def devices(as_json: bool = typer.Option(False, "--json", help="Print the profiles as JSON.")) -> None:
+    """List the device profiles `effconv profile --device` accepts, with their key figures.
+
+    host-cpu is measured on this machine the first time (a few seconds) and cached. Add your own
+    device with `--device path/to/my.yaml` (same schema; see docs/profile.md).
+
+    Example: `effconv devices`
+    """
+    from effconv.profile.devices import builtin_names, load_device
+
+    profiles = [load_device(name) for name in builtin_names()]
+    if as_json:
+        print(json.dumps([p.model_dump(mode="json") for p in profiles], indent=2))
+        return
+    _render_devices(profiles)
+
+
+def _render_devices(profiles) -> None:
+    table = Table(title="device profiles (vendor figures or derived; host-cpu measured here)")
+    for column in ("name", "compute units: peak TOP/s", "DRAM GB/s", "RAM GB", "backends", "band"):
+        table.add_column(column)
+    for p in profiles:
+        units = "\n".join(
+            f"{name} ({u.kind}): " + ", ".join(f"{d} {f.value / 1000:.2g}" for d, f in u.peak_gops.items())
+            for name, u in p.units.items()
+        )
+        table.add_row(p.name, units, f"{p.memory.bandwidth_gbps.value:.1f}", f"{p.memory.ram_gb.value:.0f}",
+                      ", ".join(p.backends), f"x{1 + p.model_uncertainty:.1f}")
+    out.print(table)
+    out.print("Every figure has a source and an uncertainty in its YAML (effconv/device_profiles/); phone "
+              "latencies are estimates, not measurements.")
+
+
+@app.command()
+def profile(
+    target: Path = typer.Argument(..., help="An .onnx written by effconv (manifest beside it) or a spec YAML.", show_default=False),
+    device: str = typer.Option(..., "--device", help="Device profile name (see `effconv devices`) or a profile YAML path.", show_default=False),
+    resolution: str | None = typer.Option(None, "--resolution", help="480p (480x832), 720p (720x1280), 1080p (1088x1920) or HxW."),
+    frames: int | None = typer.Option(None, "--frames", help="Video frames per decode (must fit the temporal compression)."),
+    budget_ms: float | None = typer.Option(None, "--budget-ms", help="Latency budget per decode call, ms."),
+    fps: float | None = typer.Option(None, "--fps", help="Budget as video frames per second (real time = 24)."),
+    do_measure: bool = typer.Option(False, "--measure", help="Also run it here with onnxruntime (host-cpu only)."),
+    threads: int | None = typer.Option(None, "--threads", help="host-cpu threads [default: all cores]."),
+    dtype: str | None = typer.Option(None, "--dtype", help="Cost as fp32/fp16/int8 instead of the artifact's dtype."),
+    top: int = typer.Option(10, "--top", help="How many ops to list."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a latency breakdown + roofline chart (PNG)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    allow_import: bool = AllowImport,
+) -> None:
+    """Estimate latency, FPS and memory on a device (per-op roofline with an error band); judge a budget.
+
+    Exit 1 when the budget (--budget-ms or --fps) is missed; the result is printed first.
+
+    Example: `effconv profile out/student.onnx --device iphone16pro --resolution 720p --fps 24`
+
+    Example: `effconv profile examples/specs/ltx-tiny.yaml --device host-cpu --measure`
+    """
+    from effconv.profile.run import check_budget, run
+
+    with err.status(f"Profiling {target.name} on {device}..."):
+        result = run(target, device, resolution, frames, dtype, budget_ms, fps, do_measure, threads, allow_import=allow_import)
+    if plot is not None:
+        from effconv.profile.plot import write_plot
+
+        write_plot(result, plot)
+    if as_json:
+        print(json.dumps(result.to_dict(top), indent=2))
+    else:
+        _render_profile(result, top)
+        if plot is not None:
+            out.print(f"plot: {plot}")
+    check_budget(result)
+
+
+def _render_profile(result, top: int) -> None:
+    data = result.to_dict(top)
+    est = result.estimate
+    out.print(f"[bold]{data['model']}[/] on [bold]{data['device']}[/] ({result.device.description}); {data['source']}")
+    ops = Table(title=f"top {top} ops by estimated time")
+    for column in ("op", "kind", "unit", "dtype", "GFLOP", "MB", "ms", "bound"):
+        ops.add_column(column, justify="right" if column in ("GFLOP", "MB", "ms") else "left")
+    for op in data["top_ops"]:
+        handoff = f" (+{op['handoff_ms']:.2f} hand-off)" if op["handoff_ms"] else ""
+        ops.add_row(op["name"][:40], op["kind"], op["unit"], op["dtype"], f"{op['gflops']:.3f}", f"{op['mb']:.2f}",
+                    f"{op['ms']:.3f}{handoff}", op["bound"])
+    out.print(ops)
+    shares = ", ".join(f"{k} {v:.1f}" for k, v in data["by_category_ms"].items() if v >= 0.05)
+    out.print(f"by op category (ms): {shares}")
+    if len(data["by_unit_ms"]) > 1:
+        out.print(f"by compute unit (ms): {', '.join(f'{k} {v:.1f}' for k, v in data['by_unit_ms'].items())}")
+    if data["fallbacks"]:
+        fallen = ", ".join(f"{k} x{v}" for k, v in sorted(data["fallbacks"].items(), key=lambda kv: -kv[1]))
+        out.print(f"[yellow]ops off {next(iter(result.device.units))}[/] (each hand-off costs {result.device.fallback_us.value:g} us + a copy): {fallen}")
+    for note in data["notes"]:
+        out.print(f"[yellow]note:[/] {note}")
+    latency, fps, memory = data["latency_ms"], data["fps"], data["memory"]
+    summary = Table(show_header=False, title="estimate (a model, not a measurement)")
+    summary.add_row("latency", f"{latency['estimate']:.1f} ms  (band {latency['low']:.1f} - {latency['high']:.1f} ms)")
+    summary.add_row("frames / FPS", f"{data['frames']} frames -> {fps['estimate']:.1f} FPS  (band {fps['low']:.1f} - {fps['high']:.1f})")
+    summary.add_row("compute", f"{data['gflops']:.2f} GFLOP, {est.dtype}")
+    fits = "[green]fits[/]" if memory["fits"] else "[red]does NOT fit[/]"
+    summary.add_row("memory", f"{memory['total_mb']:.1f} MB peak (weights {memory['weights_mb']:.1f} + activations "
+                    f"{memory['peak_activations_mb']:.1f}) of {memory['usable_ram_mb']:.0f} MB usable: {fits}")
+    if not memory["fits"]:
+        chunk = memory["chunk_latent_frames"]
+        advice = (f"decode in chunks of {chunk} latent frames" + (f" ({memory['chunk_frames']} video frames)" if memory["chunk_frames"] else "")
+                  if chunk else "even one latent frame does not fit: lower the resolution or tile spatially")
+        summary.add_row("suggestion", advice)
+    if data["measured"]:
+        m = data["measured"]
+        summary.add_row("measured here", f"{m['median_ms']:.1f} ms median of {m['repeats']} (after {m['warmup']} warm-up), "
+                        f"onnxruntime CPU, {m['threads']} threads")
+        summary.add_row("predicted vs measured", f"{latency['estimate']:.1f} vs {m['median_ms']:.1f} ms: {data['rel_error']:+.0%}")
+    elif result.threads:
+        summary.add_row("threads", f"{result.threads} (onnxruntime intra-op)")
+    if data["budget_ms"] is not None:
+        verdict = "[green]PASS[/]" if data["passed"] else "[red]FAIL[/]"
+        summary.add_row("budget", f"{data['budget_ms']:.1f} ms ({data['budget_from']}), judged on {data['judged_on']}: {verdict}")
+    out.print(summary)
+    out.print(f"[dim]{result.device.validation}[/]", highlight=False)
+
+
+@app.command()
+def calibrate(
+    threads: int | None = typer.Option(None, "--threads", help="onnxruntime threads [default: all cores]."),
+    repeats: int = typer.Option(10, "--repeats", help="Timed runs per model (median is used)."),
+    remeasure: bool = typer.Option(False, "--remeasure", help="Re-measure host peak GFLOP/s and bandwidth first."),
+    report: Path | None = typer.Option(None, "--report", help="Also write the full result as JSON to this file."),
+) -> None:
+    """Fit host-cpu's per-op-category efficiencies on measured models and report held-out error.
+
+    Exports 16 small decoders (teachers of the five families at two sizes, and students), measures
+    them with onnxruntime in interleaved rounds (medians), fits on half, reports the estimator's
+    error before and after on the other half, and caches the fit so `effconv profile --device
+    host-cpu` uses it. Takes a few minutes.
+
+    Example: `effconv calibrate --threads 1`
+    """
+    from effconv.profile.calibrate import calibrate_host, write_report
+
+    result = calibrate_host(threads, repeats=repeats, remeasure=remeasure, progress=lambda m: err.print(m, highlight=False))
+    render_calibration(result)
+    if report is not None:
+        out.print(f"report: {write_report(result, report)}")
+
+
+def render_calibration(result: dict) -> None:
+    table = Table(title="host-cpu estimator error (|predicted - measured| / measured)")
+    for column in ("model", "set", "measured ms", "before ms", "after ms", "error before", "error after"):
+        table.add_column(column)
+    for before, after in zip(result["before"]["rows"], result["after"]["rows"]):
+        table.add_row(before["name"], "held-out" if before["held_out"] else "fit", f"{before['measured_ms']:.1f}",
+                      f"{before['predicted_ms']:.1f}", f"{after['predicted_ms']:.1f}",
+                      f"{before['rel_error']:+.0%}", f"{after['rel_error']:+.0%}")
+    out.print(table)
+    for label in ("before", "after"):
+        held = result[label]["held_out"]
+        out.print(f"held-out ({held['n']} models) {label}: median {held['median_abs']:.0%}, p90 {held['p90_abs']:.0%}, max {held['max_abs']:.0%}")
+    fit = result["fit"]
+    out.print(f"fit: efficiency {', '.join(f'{k} {v:.2f}' for k, v in fit['efficiency'].items())}; "
+              f"op overhead {fit['op_overhead_us']:.1f} us; narrow channels {fit['narrow_channels']:g}; "
+              f"wall/kernels {fit['wall_over_kernels']:.2f}. Stored in the host-cpu cache.")

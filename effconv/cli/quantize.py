@@ -1,0 +1,102 @@
+"""`effconv quantize`: per-channel int8 post-training quantization with a measured quality gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from effconv.cli.app import JsonFlag, app
+from effconv.cli.render import err, out
+from effconv.errors import VerificationFailed
+
+
+@app.command()
+def quantize(
+    artifact: Path = typer.Argument(..., help="An .onnx, .mlpackage or .tflite written by `effconv convert`.", show_default=False),
+    out_dir: Path = typer.Option(..., "--out", help="Output directory for NAME-int8.* and NAME-int8.json.", show_default=False),
+    calib: list[str] | None = typer.Option(
+        None, "--calib", help="Calibration videos/folders (repeatable), one .npy/.npz latents file, or `random` "
+        "(no ground truth; warned) [default: the bundled real clip].", show_default=False),
+    samples: int = typer.Option(16, "--samples", help="Calibration clips drawn from the videos; a quarter is held out to measure quality."),
+    max_psnr_drop: float | None = typer.Option(0.3, "--max-psnr-drop", help="Largest PSNR loss (dB, held-out ground truth) allowed; exit 1 beyond it."),
+    min_psnr_vs_float: float = typer.Option(30.0, "--min-psnr-vs-float", help="Lowest PSNR (dB) of the int8 output against "
+                                            "the float artifact's, ground truth or not; exit 1 below it (0 turns it off)."),
+    weights_only: bool = typer.Option(False, "--weights-only", help="Only weights in int8 (ONNX: dynamic quantization), for size."),
+    teacher: Path | None = typer.Option(None, "--teacher", help="Teacher spec whose encoder makes latents [default: from the manifests]."),
+    eval_data: list[Path] | None = typer.Option(None, "--eval-data", help="Videos kept out of calibration to measure quality (repeatable)."),
+    activation: str = typer.Option("auto", "--activation", help="ONNX activation type: auto (the faster here), uint8 or int8."),
+    all_nodes: bool = typer.Option(False, "--all-nodes", help="ONNX: int8 for every Conv/MatMul, even where this host's int8 "
+                                   "kernels are slower (when the target is not this CPU)."),
+    sensitivity: bool = typer.Option(False, "--sensitivity", help="ONNX: always compute the per-node sensitivity table "
+                                     "(one quantization and run per node) [default: only when the gate needs it]."),
+    as_json: bool = JsonFlag,
+) -> None:
+    """Per-channel int8 post-training quantization, with a measured quality gate.
+
+    ONNX: onnxruntime static QDQ; the activation type, which node kinds go int8 (only those whose int8
+    kernels are faster here) and the calibration method are chosen by measurement, then the most
+    sensitive nodes return to float until `--max-psnr-drop` holds. Core ML: W8A16 weights
+    (coremltools). TFLite: ai-edge-quantizer static int8. Calibration latents come from the teacher
+    encoder on real clips.
+
+    Example: `effconv quantize out/demo-teacher-student.onnx --calib effconv/assets/video --out out/int8`
+    """
+    from effconv.quantize.stage import quantize_artifact
+
+    with err.status("Quantizing...") as status:
+        try:
+            manifest = quantize_artifact(artifact, out_dir, calib=calib, samples=samples, max_psnr_drop=max_psnr_drop,
+                                         weights_only=weights_only, teacher=teacher, eval_data=eval_data,
+                                         activation=activation, select_by_speed=not all_nodes, sensitivity=sensitivity,
+                                         min_psnr_vs_float=min_psnr_vs_float or None,
+                                         progress=lambda message: status.update(f"Quantizing: {message}..."))
+        except VerificationFailed as failure:
+            if failure.manifest is not None:
+                _print_quantize(failure.manifest, as_json, out_dir)
+            raise
+    _print_quantize(manifest, as_json, out_dir)
+
+
+def _print_quantize(manifest, as_json: bool, out_dir: Path) -> None:
+    if as_json:
+        print(manifest.to_json())
+        return
+    report = manifest.quantize
+    for note in report["notes"]:
+        err.print(f"[yellow]note:[/] {note}")
+    table = Table(title=f"{manifest.name} ({manifest.backend})", show_header=False)
+    table.add_row("artifact", str(out_dir / manifest.artifact))
+    table.add_row("scheme", report["scheme"])
+    calibration = report["calibration"]
+    table.add_row("calibration", f"{calibration['samples']} samples ({calibration['source']}); "
+                                 f"{calibration['held_out']} held out ({calibration['held_out_source']})")
+    size = report["size_bytes"]
+    table.add_row("size", f"{size['float'] / 1e6:.2f} MB -> {size['quantized'] / 1e6:.2f} MB ({size['ratio']:.2f}x smaller)")
+    quality = report["quality"]
+    if "psnr_drop_db" in quality:
+        table.add_row("PSNR vs ground truth", f"{quality['psnr_float_db']:.2f} -> {quality['psnr_quant_db']:.2f} dB "
+                                              f"(drop {quality['psnr_drop_db']:+.3f} dB)")
+        table.add_row("SSIM", f"{quality['ssim_float']:.4f} -> {quality['ssim_quant']:.4f} (drop {quality['ssim_drop']:+.4f})")
+    table.add_row("PSNR vs float output", f"{quality['psnr_vs_float_db']:.1f} dB")
+    kernels = report.get("int8_kernels")
+    if kernels:
+        weights = "7-bit weights (no VNNI: avoids int16 saturation)" if kernels["reduce_range"] else "8-bit weights"
+        table.add_row("int8 kernels here", f"{weights}; kernels vs QDQ arithmetic {kernels['kernels_vs_qdq_psnr_db']:.1f} dB "
+                                           f"({', '.join(kernels['cpu_int8_features']) or 'no int8 extensions'})")
+    latency = report["latency_ms"]
+    if "speedup" in latency:
+        table.add_row("host latency", f"{latency['float']:.1f} -> {latency['quantized']:.1f} ms ({latency['speedup']:.2f}x, "
+                                      f"{latency['threads']} threads)")
+    else:
+        table.add_row("host latency", f"not measured: {latency['not_measured']}")
+    if report["float_nodes"]:
+        reasons: dict[str, int] = {}
+        for node in report["float_nodes"]:
+            reasons[node["reason"]] = reasons.get(node["reason"], 0) + 1
+        table.add_row("left in float", "\n".join(f"{count} x {reason}" for reason, count in reasons.items()))
+    gate = report["gate"]
+    table.add_row("quality gate", ("[green]passed[/]" if gate["passed"] else "[red]FAILED[/]") if gate["applied"]
+                  else f"not applied ({gate['reason']})")
+    out.print(table)
