@@ -1,6 +1,6 @@
 """Estimator error on host-cpu: calibrate on half of a set of decoders, report error on the other half.
 
-Runs `effconv.profile.calibrate.calibrate` (exports 16 small decoders of the five families and
+Runs `effconv.profile.host_fit.calibrate` (exports 16 small decoders of the five families and
 Turbo-VAED-style students, measures each with onnxruntime: warm-up, then the median of N runs) and
 writes benchmarks/results/estimator_error.json. Targets: held-out median |error| <= 10%, p90 <= 25%.
 
@@ -32,7 +32,7 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("EFFCONV_CACHE_DIR", tempfile.mkdtemp(prefix="effconv-bench-cache-"))
 
-    from effconv.profile.calibrate import calibrate
+    from effconv.profile.host_fit import calibrate
     from effconv.profile.devices import HOST, load_device
 
     started = time.perf_counter()

@@ -111,7 +111,7 @@ def test_peak_activation_frees_tensors_after_their_last_reader():
 
 def test_conv_flops_of_an_exported_decoder_match_its_torch_modules(tmp_path):
     from effconv.backends.onnx.export import export
-    from effconv.profile.calibrate import StudentLikeDecoder
+    from effconv.profile.host_fit import StudentLikeDecoder
     from effconv.profile.cost import load_graph
 
     module = StudentLikeDecoder(8, 16, 1).eval()

@@ -177,7 +177,7 @@ def test_plot_writes_a_png(cli, tmp_path):
 def test_calibration_fit_recovers_a_known_efficiency_and_overhead():
     """Records whose node times follow roofline / 0.25 + 0.01 ms (views: the 0.01 ms alone), as the
     estimate models them: the fit must give those numbers back."""
-    from effconv.profile.calibrate import fit
+    from effconv.profile.host_fit import fit
 
     host = load_device("host-cpu", threads=1, calibrated=False)
     unit = host.units["cpu"].model_copy(update={"efficiency": {}, "op_overhead_us": 0.0})
@@ -198,7 +198,7 @@ def test_calibration_fit_recovers_a_known_efficiency_and_overhead():
 
 def test_calibrate_measures_fits_and_the_host_profile_uses_the_fit(capsys):
     from effconv.cli.profile import render_calibration
-    from effconv.profile.calibrate import calibrate, calibration_set
+    from effconv.profile.host_fit import calibrate, calibration_set
 
     students = [m for m in calibration_set() if m.name in ("student-w32", "student-w48")]
     result = calibrate(threads=1, repeats=3, progress=lambda _: None, models=students)
@@ -213,7 +213,7 @@ def test_calibrate_measures_fits_and_the_host_profile_uses_the_fit(capsys):
 
 
 def test_calibrate_checks_its_arguments_and_writes_its_report(tmp_path):
-    from effconv.profile.calibrate import calibrate_host, write_report
+    from effconv.profile.host_fit import calibrate_host, write_report
 
     for threads, repeats in [(0, 10), (None, 0)]:
         with pytest.raises(EffconvError, match="at least 1"):

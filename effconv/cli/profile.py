@@ -151,7 +151,7 @@ def calibrate(
 
     Example: `effconv calibrate --threads 1`
     """
-    from effconv.profile.calibrate import calibrate_host, write_report
+    from effconv.profile.host_fit import calibrate_host, write_report
 
     result = calibrate_host(threads, repeats=repeats, remeasure=remeasure, progress=lambda m: err.print(m, highlight=False))
     render_calibration(result)

@@ -19,7 +19,7 @@ from typing import Callable
 from effconv.artifacts import STAGING_PREFIX, ensure_out_dir, replace_json
 from effconv.distill.checkpoint import latest_checkpoint
 from effconv.errors import EffconvError, VerificationFailed
-from effconv.pipeline.estimate import Estimate, Estimator
+from effconv.pipeline.durations import StageDuration, DurationEstimator
 from effconv.pipeline.hashing import file_digest, inputs_hash, stage_inputs
 from effconv.pipeline.plan import RunInputs, Stage, stages
 from effconv.pipeline.report import write_report
@@ -50,7 +50,7 @@ class Decision:
     stage: Stage
     action: str  # skip | run | resume | blocked
     reason: str
-    estimate: Estimate | None = None
+    estimate: StageDuration | None = None
     inputs: dict | None = None
     steps_done: int = 0
     failed_before: bool = False  # skipped, and its recorded check failed
@@ -94,7 +94,7 @@ class RunResult:
                                      f"see {self.report or self.out_dir} and the stage's manifest.")
 
 
-def manifest_path(inputs: RunInputs, stage: Stage, out_dir: Path) -> Path:
+def stage_manifest_path(inputs: RunInputs, stage: Stage, out_dir: Path) -> Path:
     return Path(out_dir) / stage.name / manifest_name(inputs, stage)
 
 
@@ -136,11 +136,11 @@ def decide(inputs: RunInputs, stage: Stage, out_dir: Path, rerun: set[str], bloc
     if needed_failed:
         return Decision(stage, "blocked", f"{needed_failed[0]} failed its check")
     by_name = {s.name: s for s in stages(inputs)}
-    upstream = {name: file_digest(manifest_path(inputs, by_name[name], out_dir)) for name in stage.after}
+    upstream = {name: file_digest(stage_manifest_path(inputs, by_name[name], out_dir)) for name in stage.after}
     hashed = stage_inputs(stage.name, stage.settings, stage.files, upstream)
     new_hash = inputs_hash(hashed)
     directory = Path(out_dir) / stage.name
-    record = read_record(manifest_path(inputs, stage, out_dir))
+    record = read_record(stage_manifest_path(inputs, stage, out_dir))
     if record and record.get("hash") == new_hash and all((directory / name).exists() for name in record.get("outputs", [])):
         failed = record.get("passed") is False
         return Decision(stage, "skip", "unchanged" + (" (failed its check)" if failed else ""), inputs=hashed,
@@ -159,7 +159,7 @@ def decide(inputs: RunInputs, stage: Stage, out_dir: Path, rerun: set[str], bloc
 def plan(inputs: RunInputs, out_dir: Path) -> list[Decision]:
     """What a run would do now, stage by stage, with an estimated time for each stage that runs."""
     decisions, rerun, blocked = [], set(), set()
-    estimator = Estimator(inputs, out_dir)
+    estimator = DurationEstimator(inputs, out_dir)
     for stage in stages(inputs):
         decision = decide(inputs, stage, out_dir, rerun, blocked)
         if decision.action in RUNS:
@@ -220,7 +220,7 @@ def run_stage(inputs: RunInputs, decision: Decision, out_dir: Path, on_step=None
     try:
         RUNNERS[stage.kind](context)
     except VerificationFailed as failure:
-        if not manifest_path(inputs, stage, out_dir).is_file():
+        if not stage_manifest_path(inputs, stage, out_dir).is_file():
             _discard_failed(directory)
             raise StageFailed(stage.name, failure) from failure
         passed, message = False, failure.one_line()
@@ -230,7 +230,7 @@ def run_stage(inputs: RunInputs, decision: Decision, out_dir: Path, on_step=None
             raise
         raise StageFailed(stage.name, failure) from failure
     seconds = time.perf_counter() - started
-    _record(manifest_path(inputs, stage, out_dir), decision, seconds, passed, message)
+    _record(stage_manifest_path(inputs, stage, out_dir), decision, seconds, passed, message)
     (directory / STARTED).unlink()
     return Outcome(stage.name, decision.action, seconds, passed, message)
 
@@ -243,7 +243,7 @@ def execute(inputs: RunInputs, out_dir: Path, on_event: Callable[[str, Decision,
     result = RunResult(out_dir=out_dir)
     blocked: set[str] = set()
     notify = on_event or (lambda kind, decision, info: None)
-    estimator = Estimator(inputs, out_dir)
+    estimator = DurationEstimator(inputs, out_dir)
     for stage in stages(inputs):
         decision = decide(inputs, stage, out_dir, set(), blocked)
         if decision.action in RUNS:
@@ -258,7 +258,7 @@ def execute(inputs: RunInputs, out_dir: Path, on_event: Callable[[str, Decision,
                     shutil.rmtree(created, ignore_errors=True)
                 raise
         else:
-            record = read_record(manifest_path(inputs, stage, out_dir)) or {}
+            record = read_record(stage_manifest_path(inputs, stage, out_dir)) or {}
             outcome = Outcome(stage.name, decision.action, 0.0, record.get("passed") if record else None,
                               record.get("message"))
         if outcome.passed is False or decision.action == "blocked":

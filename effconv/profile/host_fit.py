@@ -1,4 +1,5 @@
-"""Calibrate the host-cpu profile: measure a set of decoders with onnxruntime, fit per-op-category
+"""Fit the host-cpu latency model (`effconv calibrate`; not to be confused with quantization calibration data,
+`effconv.quantize.calibration`): measure a set of decoders with onnxruntime, fit per-op-category
 efficiencies and overheads on some of them, and report the estimator's error on the others.
 
 The set: teacher decoders of all five families (random init, tiny and small widths, two clip sizes)

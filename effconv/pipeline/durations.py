@@ -37,7 +37,7 @@ FIXED_SECONDS = {"distill": 15.0, "eval": 4.0, "convert-onnx": 6.0, "convert-cor
 BACKWARD_FACTOR = 3  # a training step of the student costs about three forwards
 MEASURE_WARMUP = 2
 @dataclass
-class Estimate:
+class StageDuration:
     seconds: float
     basis: str
 
@@ -83,7 +83,7 @@ def _previous_record(out_dir: Path, stage: Stage) -> dict | None:
     return None
 
 
-class Estimator:
+class DurationEstimator:
     """One per plan: the workload is counted once, and only if a stage has no measured time."""
 
     def __init__(self, inputs: RunInputs, out_dir: Path):
@@ -102,15 +102,15 @@ class Estimator:
     def _seconds(flops: float, gflops: float) -> float:
         return flops / (gflops * 1e9)
 
-    def __call__(self, stage: Stage, steps_done: int = 0) -> Estimate:
+    def __call__(self, stage: Stage, steps_done: int = 0) -> StageDuration:
         previous = _previous_record(self.out_dir, stage)
         if stage.kind == "distill":
             return self._distill(previous, steps_done)
         if previous is not None:
-            return Estimate(previous["seconds"], "measured: the previous run here")
+            return StageDuration(previous["seconds"], "measured: the previous run here")
         return self._modelled(stage)
 
-    def _distill(self, previous: dict | None, steps_done: int) -> Estimate:
+    def _distill(self, previous: dict | None, steps_done: int) -> StageDuration:
         config = self.inputs.recipe.distill
         steps = config.steps - steps_done
         manifest = self.out_dir / "distill" / "distill.json"
@@ -119,7 +119,7 @@ class Estimator:
             run = json.loads(manifest.read_text(encoding="utf-8")).get("run", {})
             rate = run.get("steps_per_second")
         if rate:
-            return Estimate(FIXED_SECONDS["distill"] + steps / rate,
+            return StageDuration(FIXED_SECONDS["distill"] + steps / rate,
                             f"measured: {steps} steps x {1 / rate:.3g} s/step (the previous run here)")
         work = self.workload
         clips_per_step = config.batch_size * config.grad_accum
@@ -129,10 +129,10 @@ class Estimator:
         step_flops = BACKWARD_FACTOR * clips_per_step * work.student
         step_seconds = self._seconds(step_flops, TRAIN_GFLOPS)
         seconds = FIXED_SECONDS["distill"] + steps * step_seconds + self._seconds(teacher_flops, INFER_GFLOPS)
-        return Estimate(seconds, f"modelled: {steps} steps x {step_seconds:.3g} s/step ({step_flops / 1e9:.3g} GFLOP "
+        return StageDuration(seconds, f"modelled: {steps} steps x {step_seconds:.3g} s/step ({step_flops / 1e9:.3g} GFLOP "
                                  f"at {TRAIN_GFLOPS:g} GFLOP/s) + teacher targets")
 
-    def _modelled(self, stage: Stage) -> Estimate:
+    def _modelled(self, stage: Stage) -> StageDuration:
         work = self.workload
         vae = work.teacher_encoder + work.teacher_decoder
         if stage.kind == "eval":
@@ -152,4 +152,4 @@ class Estimator:
             flops = runs * (work.teacher_decoder + (models - 1) * work.student)
             fixed = FIXED_SECONDS["profile"] * models
         seconds = fixed + self._seconds(flops, INFER_GFLOPS)
-        return Estimate(seconds, f"modelled: {fixed:.0f} s fixed + {flops / 1e9:.3g} GFLOP at {INFER_GFLOPS:g} GFLOP/s")
+        return StageDuration(seconds, f"modelled: {fixed:.0f} s fixed + {flops / 1e9:.3g} GFLOP at {INFER_GFLOPS:g} GFLOP/s")
