@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import os
+import sys
 import warnings
 
 NOISY_LOGGERS = (
@@ -62,3 +63,21 @@ def captured_stdout():
     with contextlib.redirect_stdout(buffer), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield buffer
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """C++ runtimes (ExecuTorch's cpuinfo probe, XNNPACK) write to file descriptor 2, which Python-level
+    redirection does not reach; silence it for the block (unless --debug)."""
+    if _debug:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

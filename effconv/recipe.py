@@ -19,7 +19,8 @@ from effconv.spec import StrictModel, format_validation_error, read_yaml_mapping
 RECIPE_DIR = "recipes"
 MAX_WIDTH = 65536
 MAX_LAYERS = 64
-BACKEND_NAMES = ("onnx", "coreml", "tflite")  # the backend registry's names (tests/test_backends.py checks)
+BACKEND_NAMES = ("onnx", "coreml", "tflite", "executorch")  # the backend registry's names (tests/test_backends.py checks)
+DEFAULT_EXPORT_BACKENDS = ("onnx", "coreml", "tflite")  # what `effconv run` exports unless the recipe lists others
 Backend = Literal[BACKEND_NAMES]
 
 
@@ -104,7 +105,7 @@ class DataRecipe(StrictModel):
 
 
 class ExportRecipe(StrictModel):
-    backends: Backends = Field(default_factory=lambda: list(BACKEND_NAMES), min_length=1)
+    backends: Backends = Field(default_factory=lambda: list(DEFAULT_EXPORT_BACKENDS), min_length=1)
 
 
 class QuantizeRecipe(StrictModel):

@@ -7,14 +7,15 @@ import pytest
 
 from conftest import SPECS
 
-# Wan 2.1 and LTX by default. Every rewrite's equivalence is checked on every family at the torch level
-# (test_legalize.py), and tests/test_backends.py runs each backend end to end on a student; converting the
-# other families to Core ML / TFLite takes 10-45 s each, so they run under `-m slow`.
-DEFAULT_FAMILIES = ["wan21", "ltx"]
-SLOW_FAMILIES = ["cogvideox", "hunyuan", "mochi", "wan22"]
-FAMILY_PARAMS = [pytest.param(f, id=f) for f in DEFAULT_FAMILIES] + [
-    pytest.param(f, id=f, marks=pytest.mark.slow) for f in SLOW_FAMILIES
-]
+# Every rewrite's equivalence is checked on every family at the torch level (test_legalize.py), and
+# tests/test_backends.py runs each backend end to end on a student. Conversions of the diffusers teachers cost
+# 10-70 s each on 2 cores, so the default run converts Wan 2.1 and LTX to Core ML and LTX to TFLite (Wan 2.1's
+# TFLite conversion alone takes 70 s); every family runs under `-m slow`.
+ALL_FAMILIES = ["wan21", "ltx", "cogvideox", "hunyuan", "mochi", "wan22"]
+
+
+def family_params(default: list[str]) -> list:
+    return [pytest.param(f, id=f, marks=() if f in default else pytest.mark.slow) for f in ALL_FAMILIES]
 
 # Wan 2.1's real decoder widths (base_dim 96, dim_mult 1-2-4-4, 16 latent channels) at a small clip.
 WAN_REALISTIC = {

@@ -34,3 +34,19 @@ def cli(capsys, monkeypatch):
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def wide_student(tmp_path_factory):
+    """`get(backend)` -> (artifact, manifest) of the wide test student (tests/quantize_cases.py) converted to that
+    backend, once per backend for the session: the quantize tests and the backend registry test share them."""
+    from quantize_cases import converted_student
+
+    made = {}
+
+    def get(backend: str):
+        if backend not in made:
+            made[backend] = converted_student(tmp_path_factory.mktemp(f"wide-{backend}"), backend)
+        return made[backend]
+
+    return get

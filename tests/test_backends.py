@@ -1,4 +1,4 @@
-"""Every backend in the registry, end to end on one tiny student: export + verify, op inventory, lint rules,
+"""Every backend in the registry, end to end on one small student: export + verify, op inventory, lint rules,
 run where this host can, int8. A backend that forgets a piece of the interface fails here."""
 
 from __future__ import annotations
@@ -7,25 +7,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from effconv.artifacts import read_manifest
 from effconv.backends import registry
 from effconv.convert.stage import convert
 from effconv.errors import EffconvError
 from effconv.legalize.lint import RULE_BACKENDS, rule_table
+from effconv.models.loader import load_model
 from effconv.quantize.stage import quantize_artifact
 from effconv.recipe import BACKEND_NAMES
-from effconv.spec import load_spec
+from effconv.spec import load_spec, spec_from_dict
 
-STUDENT = Path(__file__).parent / "data" / "legacy-student" / "hunyuan-tiny-student.yaml"
+from conftest import FAMILY_SPECS
 
 
-@pytest.fixture(scope="module", params=registry.names())
-def converted(request, tmp_path_factory):
-    backend = registry.get(request.param)
-    out = tmp_path_factory.mktemp(backend.name)
-    manifest = convert(load_spec(STUDENT), backend.name, out)
-    return backend, out / manifest.artifact, manifest
+# Lowering a program to ExecuTorch's XNNPACK delegate takes ~45 s on 2 cores (one XNNPACK pass pipeline per
+# delegated subgraph), so its int8 run, which lowers a second program, is a slow test.
+SLOW_TO_LOWER = {"executorch"}
+EXPORT_CASES = registry.names()
+INT8_CASES = [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_TO_LOWER else name for name in registry.names()]
+
+
+@pytest.fixture(scope="module")
+def converted(request, wide_student):
+    artifact, manifest = wide_student(request.param)
+    return registry.get(request.param), artifact, manifest
 
 
 def test_registry_names_every_backend_once_with_its_own_suffix():
@@ -41,37 +47,53 @@ def test_every_backend_has_lint_rules_and_a_recipe_name():
     assert all(rule_table(name)["units"] for name in registry.names())
 
 
+@pytest.mark.parametrize("converted", EXPORT_CASES, indirect=True)
 def test_export_writes_a_verified_artifact_with_its_op_inventory(converted):
     backend, artifact, manifest = converted
     assert artifact.suffix == backend.suffix and artifact.exists()
     assert manifest.backend == backend.name and manifest.verify["passed"]
-    assert read_manifest(artifact.with_suffix(".json")).artifact == artifact.name
     ops = backend.ops(artifact)
     assert ops and all(isinstance(count, int) and count > 0 for count in ops.values())
-    assert not backend.legalized or not {"CONV_3D", "conv3d"} & set(ops)  # legalized graphs have no 3-D convs
-    assert backend.runtime_versions()["torch"]
+    assert not backend.legalized or not any("conv3d" in op.lower() or "conv_3d" in op.lower() for op in ops)
+    assert backend.runtime_versions()["torch"] == torch.__version__
 
 
+@pytest.mark.parametrize("converted", EXPORT_CASES, indirect=True)
 def test_predict_matches_pytorch_where_this_host_can_run_it(converted):
     backend, artifact, manifest = converted
-    from effconv.models.loader import load_model
-
-    model = load_model(load_spec(STUDENT))
+    model = load_model(spec_from_dict(manifest.spec, artifact.parent, source="manifest"))
     example = model.example_input(0)
     output = backend.predict(artifact, example)
     if output is None:  # Core ML off macOS: the manifest says so and checks what Linux can
         assert manifest.verify["prediction"].startswith("not run")
         return
-    reference = model.module(example).detach().numpy()
+    with torch.no_grad():
+        reference = model.module(example).numpy()
     assert float(np.abs(output - reference).max()) <= backend.default_atol
 
 
-def test_quantize_writes_a_smaller_artifact_with_a_report(converted, tmp_path):
+@pytest.mark.parametrize("converted", INT8_CASES, indirect=True)
+def test_static_int8_writes_a_smaller_artifact_close_to_float(converted, tmp_path):
     backend, artifact, _ = converted
-    manifest = quantize_artifact(artifact, tmp_path, calib=["random"], samples=2, weights_only=True,
-                                 max_psnr_drop=None, min_psnr_vs_float=None)
+    manifest = quantize_artifact(artifact, tmp_path, calib=["random"], samples=3, select_by_speed=False,
+                                 max_psnr_drop=None)
     quantized = tmp_path / manifest.artifact
     assert quantized.suffix == backend.suffix and quantized.exists() and manifest.backend == backend.name
     report = manifest.quantize
-    assert report["size_bytes"]["ratio"] > 1.0 and report["quality"]["psnr_vs_float_db"] > 20.0
+    assert report["size_bytes"]["ratio"] >= 1.9 and report["gate"]["psnr_vs_float_db"] >= 30.0
     assert backend.ops(quantized)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", FAMILY_SPECS, ids=lambda path: path.stem)
+def test_every_family_runs_in_executorch_and_agrees_with_onnx(spec, tmp_path):
+    """Each tiny diffusers teacher: the .pte runs in executorch.runtime within 1e-4 of PyTorch, and its output
+    matches the ONNX export's on the same input."""
+    loaded = load_spec(spec)
+    outputs = {}
+    for name in ("executorch", "onnx"):
+        manifest = convert(loaded, name, tmp_path / name)
+        assert manifest.verify["passed"] and manifest.verify["max_abs_err"] <= 1e-4
+        example = load_model(loaded).example_input(0)
+        outputs[name] = registry.get(name).predict(tmp_path / name / manifest.artifact, example)
+    assert float(np.abs(outputs["executorch"] - outputs["onnx"]).max()) <= 1e-4

@@ -7,7 +7,7 @@ import platform
 
 import pytest
 
-from backend_cases import FAMILY_PARAMS, WAN_REALISTIC, spec_path
+from backend_cases import WAN_REALISTIC, family_params, spec_path
 from effconv.backends.coreml import export as coreml
 from effconv.convert.stage import convert
 from effconv.spec import load_spec, spec_from_dict
@@ -27,7 +27,7 @@ def _check_manifest(manifest, artifact):
     assert manifest.export["minimum_deployment_target"] == "iOS17"
 
 
-@pytest.mark.parametrize("family", FAMILY_PARAMS)
+@pytest.mark.parametrize("family", family_params(["wan21", "ltx"]))
 def test_decoder_converts_to_mlpackage_with_rank_at_most_5(family, tmp_path):
     manifest = convert(load_spec(spec_path(family)), "coreml", tmp_path)
     artifact = tmp_path / manifest.artifact

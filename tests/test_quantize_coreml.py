@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from quantize_cases import converted_student
 from effconv.artifacts import Manifest, TensorInfo
 from effconv.backends.coreml.export import _coremltools
 from effconv.errors import EffconvError
@@ -21,8 +20,8 @@ from effconv.quantize.calibration import random_latents
 
 
 @pytest.fixture(scope="module")
-def student(tmp_path_factory):
-    return converted_student(tmp_path_factory.mktemp("coreml-student"), "coreml")
+def student(wide_student):
+    return wide_student("coreml")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from conftest import REPO
-from quantize_cases import converted_student
 from effconv.artifacts import Manifest, TensorInfo
 from effconv.backends.tflite import export as tflite_backend
 from effconv.errors import EffconvError
@@ -27,8 +26,8 @@ CONVS = {"CONV_2D", "DEPTHWISE_CONV_2D"}
 
 
 @pytest.fixture(scope="module")
-def student(tmp_path_factory):
-    return converted_student(tmp_path_factory.mktemp("tflite-student"), "tflite")
+def student(wide_student):
+    return wide_student("tflite")
 
 
 def _random_sets(manifest, samples=6, held_out=2):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from effconv.backends import coreml, onnx, tflite
+from effconv.backends import coreml, executorch, onnx, tflite
 from effconv.backends.base import Backend
 from effconv.errors import EffconvError
 
-BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (onnx.BACKEND, coreml.BACKEND, tflite.BACKEND)}
+BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (onnx.BACKEND, coreml.BACKEND, tflite.BACKEND, executorch.BACKEND)}
 
 
 def names() -> list[str]:

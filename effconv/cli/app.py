@@ -20,7 +20,7 @@ from effconv.quiet import is_debug, set_debug
 app = typer.Typer(
     name="effconv",
     help="Make a video VAE decoder run on phones: rewrite it Turbo-VAED style, distill, quantize, "
-    "export to ONNX / Core ML / TFLite, and profile it.\n\n"
+    "export to ONNX / Core ML / TFLite / ExecuTorch, and profile it.\n\n"
     "Start with `effconv run demo --out runs/demo` (the whole pipeline on the shipped demo), or "
     "`effconv inspect SPEC`, then `effconv convert SPEC --to onnx --out DIR`.",
     no_args_is_help=True,

@@ -16,7 +16,7 @@ from effconv.errors import VerificationFailed
 @app.command()
 def convert(
     spec: Path = SpecArg,
-    to: str = typer.Option("onnx", "--to", help="Target backend: onnx, coreml or tflite."),
+    to: str = typer.Option("onnx", "--to", help="Target backend: onnx, coreml, tflite or executorch."),
     out_dir: Path = typer.Option(..., "--out", help="Output directory (created if missing).", show_default=False),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 18 for the dynamo exporter)."),
     atol: float | None = typer.Option(None, "--atol", help="Max abs error allowed vs PyTorch [default: 1e-3; 5e-2 for Core ML fp16]."),
@@ -29,7 +29,7 @@ def convert(
 ) -> None:
     """Export a spec's model part and verify it against PyTorch on a seeded random input.
 
-    Writes DIR/NAME.onnx (.mlpackage, .tflite) and the manifest DIR/NAME.json. Core ML and TFLite
+    Writes DIR/NAME.onnx (.mlpackage, .tflite, .pte) and the manifest DIR/NAME.json. Core ML, TFLite and ExecuTorch
     exports first apply effconv's lossless legalizing rewrites (checked against the original); ONNX
     exports do with --conv2d. Exit 1 if the outputs differ by more than --atol or an op no backend
     unit can run remains.

@@ -15,7 +15,7 @@ from effconv.cli.render import err, out, print_lint
 def lint(
     target: Path = typer.Argument(..., help="Model spec YAML, or an artifact effconv wrote (its manifest sits beside it).",
                                   show_default=False),
-    backend: str = typer.Option(..., "--backend", help="onnx, coreml or tflite.", show_default=False),
+    backend: str = typer.Option(..., "--backend", help="onnx, coreml, tflite or executorch.", show_default=False),
     device: str | None = typer.Option(None, "--device", help="Only this device's compute units, e.g. iphone16pro, "
                                       "pixel9, galaxy-s24, sd8-elite, rpi5, host-cpu."),
     all_ops: bool = typer.Option(False, "--all", help="List every op kind, not only those with a problem."),

@@ -14,7 +14,7 @@ from effconv.errors import VerificationFailed
 
 @app.command()
 def quantize(
-    artifact: Path = typer.Argument(..., help="An .onnx, .mlpackage or .tflite written by `effconv convert`.", show_default=False),
+    artifact: Path = typer.Argument(..., help="An .onnx, .mlpackage, .tflite or .pte written by `effconv convert`.", show_default=False),
     out_dir: Path = typer.Option(..., "--out", help="Output directory for NAME-int8.* and NAME-int8.json.", show_default=False),
     calib: list[str] | None = typer.Option(
         None, "--calib", help="Calibration videos/folders (repeatable), one .npy/.npz latents file, or `random` "

@@ -262,22 +262,60 @@ def _triple(values) -> list[int]:
     return values * 3 if len(values) == 1 else values
 
 
+def _module_attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
+    owner = gm
+    for name in target.split("."):
+        owner = getattr(owner, name)
+    return owner
+
+
+def _drop_attr(gm: fx.GraphModule, target: str) -> None:
+    owner_path, _, name = target.rpartition(".")
+    owner = _module_attr(gm, owner_path) if owner_path else gm
+    delattr(owner, name)
+
+
+def _prepared_weight(gm: fx.GraphModule, weight: fx.Node, groups: int):
+    """The Conv3d weight in 2D form. A module constant (get_attr) is reshaped now and stored as new constants,
+    so every exporter sees plain Conv2d weights (ExecuTorch's XNNPACK partitioner delegates only convolutions
+    whose weights are constants: computed in the graph, 38 of 38 convs of a small student stayed on the
+    portable kernels, 56x slower); a weight computed at run time is reshaped in the graph."""
+    if weight.op != "get_attr":
+        with gm.graph.inserting_after(weight):
+            return gm.graph.call_function(legal_ops.conv3d_weight_for_conv2d, (weight, groups))
+    prepared = legal_ops.conv3d_weight_for_conv2d(_module_attr(gm, weight.target).detach(), groups)
+    tensors = [prepared] if groups == 1 else list(prepared)
+    nodes = []
+    for index, tensor in enumerate(tensors):
+        name = f"{weight.target.replace('.', '_')}_as_conv2d{'' if groups == 1 else f'_tap{index}'}"
+        gm.register_buffer(name, tensor.contiguous().clone())
+        with gm.graph.inserting_after(weight):
+            nodes.append(gm.graph.get_attr(name))
+    return nodes[0] if groups == 1 else tuple(nodes)
+
+
 def _conv3d_to_2d(gm: fx.GraphModule, grouped: bool) -> int:
-    """Replace Conv3d nodes; each weight is reshaped for 2D once, however many calls share it
-    (Wan decodes frame by frame), so the converter folds one constant per weight, not one per call."""
+    """Replace Conv3d nodes; each weight is prepared for 2D once, however many calls share it (Wan decodes
+    frame by frame), and the original 3-D weight leaves the module when nothing else reads it."""
     nodes = _conv3d_nodes(gm, grouped)
-    prepared: dict[tuple, fx.Node] = {}
+    prepared: dict[tuple, object] = {}
     for node in nodes:
         x, weight, bias, stride, padding, dilation, groups = (list(node.args) + [None] * 7)[:7]
         groups = groups or 1
         key = (weight, groups)
         if key not in prepared:
-            with gm.graph.inserting_after(weight):
-                prepared[key] = gm.graph.call_function(legal_ops.conv3d_weight_for_conv2d, (weight, groups))
+            prepared[key] = _prepared_weight(gm, weight, groups)
         kernel_t = _shape(weight)[2]
         _replace(gm.graph, node, legal_ops.conv3d_frames_as_conv2d,
                  (x, prepared[key], bias, kernel_t, _triple(stride or [1]), _triple(padding or [0]),
                   _triple(dilation or [1]), groups))
+        gm.graph.erase_node(node)
+    for weight, _ in prepared:
+        if weight.op == "get_attr" and not weight.users:
+            target = weight.target
+            gm.graph.erase_node(weight)
+            if not any(n.op == "get_attr" and n.target == target for n in gm.graph.nodes):
+                _drop_attr(gm, target)
     return len(nodes)
 
 
@@ -293,32 +331,32 @@ REWRITES: dict[str, Rewrite] = {
     rewrite.name: rewrite
     for rewrite in (
         Rewrite("stack-as-permute", "a stack of all slices along one axis is a permute; exposes Wan's rank-6 "
-                "time interleave to the rank rewrites", ("coreml", "tflite"), stack_of_selects_as_permute),
+                "time interleave to the rank rewrites", ("coreml", "tflite", "executorch"), stack_of_selects_as_permute),
         Rewrite("shuffle-decoupled", "8-D depth-to-space permute (LTX, Mochi upsamplers) -> rank-5 decoupled "
-                "pixel shuffle (temporal shuffle, then 2D pixel_shuffle)", ("coreml", "tflite"),
+                "pixel shuffle (temporal shuffle, then 2D pixel_shuffle)", ("coreml", "tflite", "executorch"),
                 depth_to_space_as_decoupled_shuffle),
         Rewrite("legalize-rank5", "reshape/permute chains above rank 5 -> the same data movement as rank-4 "
-                "block transposes (Core ML allows rank <= 5)", ("coreml", "tflite"), layout_chains_rank4),
+                "block transposes (Core ML allows rank <= 5)", ("coreml", "tflite", "executorch"), layout_chains_rank4),
         Rewrite("upsample-nearest", "3D nearest and nearest-exact resizes -> 2D nearest resize + rank-5 time "
-                "repeat (identical for integer factors)", ("coreml", "tflite"), nearest_upsample_legal),
+                "repeat (identical for integer factors)", ("coreml", "tflite", "executorch"), nearest_upsample_legal),
         Rewrite("groupnorm-rank3", "5-D GroupNorm -> normalize on a (B, groups, rest) view, so no rank-6 "
                 "reshape is created", ("coreml",), group_norm_rank3),
         Rewrite("repeat-interleave-rank3", "repeat_interleave -> a rank-3 broadcast; the stock lowering "
-                "unsqueezes a 5-D tensor to rank 6", ("coreml", "tflite"), repeat_interleave_low_rank),
+                "unsqueezes a 5-D tensor to rank 6", ("coreml", "tflite", "executorch"), repeat_interleave_low_rank),
         Rewrite("replicate-pad-as-concat", "replicate padding -> concatenated copies of the edge frames/rows "
-                "(the stock lowering is a gather)", ("coreml", "tflite"), replicate_pad_as_concat),
-        Rewrite("pow-as-mul", "x ** 2 -> x * x (TFLite has no legal POW for float tensors)", ("coreml", "tflite"),
+                "(the stock lowering is a gather)", ("coreml", "tflite", "executorch"), replicate_pad_as_concat),
+        Rewrite("pow-as-mul", "x ** 2 -> x * x (TFLite has no legal POW for float tensors)", ("coreml", "tflite", "executorch"),
                 pow_as_multiply),
         Rewrite("drop-empty-concat", "zero-frame pieces of a concatenation (0-rep repeat) are removed",
-                ("coreml", "tflite"), empty_concat_inputs),
+                ("coreml", "tflite", "executorch"), empty_concat_inputs),
         Rewrite("alias-as-identity", "alias (a full view) -> the tensor itself; coremltools has no alias "
-                "converter", ("coreml", "tflite"), alias_as_identity),
+                "converter", ("coreml", "tflite", "executorch"), alias_as_identity),
         Rewrite("single-split-as-identity", "a split into one piece -> the tensor itself; litert-torch fails on "
-                "one-piece split_with_sizes", ("coreml", "tflite"), single_split_as_identity),
+                "one-piece split_with_sizes", ("coreml", "tflite", "executorch"), single_split_as_identity),
         Rewrite("conv3d-as-conv2d", "dense Conv3d -> one Conv2d over time-shifted frames stacked on channels "
-                "(XNNPACK, GPU delegate and int8 have no CONV_3D)", ("tflite",), dense_conv3d_as_conv2d),
+                "(XNNPACK, GPU delegate and int8 have no CONV_3D)", ("tflite", "executorch"), dense_conv3d_as_conv2d),
         Rewrite("dwconv3d-as-conv2d-taps", "grouped/depthwise Conv3d -> sum of grouped Conv2d, one per temporal "
-                "tap", ("tflite",), grouped_conv3d_as_conv2d_taps),
+                "tap", ("tflite", "executorch"), grouped_conv3d_as_conv2d_taps),
     )
 }
 

@@ -1,1 +1,1 @@
-"""Post-training int8 quantization of effconv artifacts (ONNX, Core ML, TFLite) with a quality gate."""
+"""Post-training int8 quantization of effconv artifacts (ONNX, Core ML, TFLite, ExecuTorch) with a quality gate."""

@@ -1,4 +1,4 @@
-"""The quantize stage: an effconv artifact (.onnx, .mlpackage, .tflite) + calibration data -> its int8
+"""The quantize stage: an effconv artifact (.onnx, .mlpackage, .tflite, .pte) + calibration data -> its int8
 version beside a manifest that says how much smaller, faster and worse it is, measured on held-out data."""
 
 from __future__ import annotations

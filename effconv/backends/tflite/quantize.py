@@ -1,4 +1,4 @@
-"""TFLite int8 with ai-edge-quantizer on the legalized (Conv2d-only) .tflite that `effconv convert` wrote.
+"""TFLite int8 with the LiteRT quantizer (litert-quantizer, formerly ai-edge-quantizer) on the legalized (Conv2d-only) .tflite that `effconv convert` wrote.
 
 Default: static int8 (W8A8): per-channel symmetric int8 weights, per-tensor asymmetric int8 activations
 whose ranges come from running the float model on the calibration latents; the model keeps float32 input
@@ -10,9 +10,9 @@ Both models run in the LiteRT Interpreter on the held-out latents (quality) and 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import io
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from effconv.artifacts import Manifest
 from effconv.backends.tflite import export as tflite_backend
 from effconv.errors import EffconvError, missing_extra
 from effconv.host import default_threads
-from effconv.backends.files import check_artifact, size_bytes, size_report
+from effconv.backends.files import alternating_latency, check_artifact, size_bytes, size_report
 from effconv.backends.base import CalibrationSet
 from effconv.backends.quality import quality_report
 from effconv.quiet import captured_stdout, is_debug, quiet_imports
@@ -38,15 +38,24 @@ FLOAT_FIX = "re-create it with `effconv convert SPEC --to tflite`."
 INT8_FIX = "quantize with --weights-only (float compute), and report the model to effconv with --debug output."
 WARMUP_RUNS = 2
 TIMED_RUNS = 10
+QUANTIZER_PACKAGES = (("litert_quantizer", "litert-quantizer"), ("ai_edge_quantizer", "ai-edge-quantizer"))
 CHUNKED_WEIGHT_BYTES = 32 * 2**20  # ai-edge-quantizer quantizes larger weights in chunks
 
 
+def _quantizer_package() -> tuple[str, str]:
+    """(module, distribution) of the LiteRT quantizer installed: `litert-quantizer` (0.11 on), or the
+    `ai-edge-quantizer` it was renamed from."""
+    for module, distribution in QUANTIZER_PACKAGES:
+        if importlib.util.find_spec(module) is not None:
+            return module, distribution
+    raise missing_extra("litert-quantizer", "tflite")
+
+
 def _quantizer_modules():
-    try:
-        with quiet_imports(), captured_stdout():
-            from ai_edge_quantizer import calibrator, quantizer, recipe
-    except ImportError:
-        raise missing_extra("ai-edge-quantizer", "tflite") from None
+    module, _ = _quantizer_package()
+    with quiet_imports(), captured_stdout():
+        calibrator, quantizer, recipe = (importlib.import_module(f"{module}.{name}")
+                                         for name in ("calibrator", "quantizer", "recipe"))
     return quantizer, recipe, calibrator.CalibrationMode
 
 
@@ -142,21 +151,10 @@ def _predictions(path: Path, samples: CalibrationSet, threads: int, fix: str) ->
 
 
 def host_latency(float_path: Path, quant_path: Path, latent: np.ndarray, threads: int, runs: int) -> dict:
-    """Median wall-clock ms of each model, `runs` runs after warm-up, alternating so that load on a shared
-    machine falls on both alike."""
-    runners = [_interpreter(float_path, threads), _interpreter(quant_path, threads)]
-    for runner in runners:
-        for _ in range(WARMUP_RUNS):
-            _invoke(runner, latent)
-    times: list[list[float]] = [[], []]
-    for _ in range(runs):
-        for runner, measured in zip(runners, times):
-            started = time.perf_counter()
-            _invoke(runner, latent)
-            measured.append((time.perf_counter() - started) * 1000)
-    float_ms, quant_ms = (statistics.median(measured) for measured in times)
-    return {"float": round(float_ms, 3), "quantized": round(quant_ms, 3), "speedup": round(float_ms / quant_ms, 3),
-            "threads": threads, "runs": runs}
+    float_runner, quant_runner = _interpreter(float_path, threads), _interpreter(quant_path, threads)
+    latency = alternating_latency(lambda: _invoke(float_runner, latent), lambda: _invoke(quant_runner, latent), runs,
+                                  warmup=WARMUP_RUNS)
+    return latency | {"threads": threads}
 
 
 def _graph(path: Path) -> tuple[dict[int, dict], list[dict], set[int]]:
@@ -172,9 +170,12 @@ def _graph(path: Path) -> tuple[dict[int, dict], list[dict], set[int]]:
 
 
 def check_weight_sizes(path: Path) -> None:
-    """Called by the quantize stage before calibration. ai-edge-quantizer 0.10 quantizes a weight over 32 MiB in chunks, and that path cannot broadcast the
+    """Called by the quantize stage before calibration. The LiteRT quantizer quantizes a weight over 32 MiB in chunks,
+    and that path cannot broadcast the
     per-channel scales of a conv kernel (rank > 2): it fails deep in quantize() with a NumPy error
-    (google-ai-edge/ai-edge-quantizer#512, fix unreleased). Refuse such models up front, with the fix."""
+    (google-ai-edge/ai-edge-quantizer#512; measured on ai-edge-quantizer 0.10.0 and, 2026-12-01, on litert-quantizer
+    0.11.0: 'input operand has more dimensions than allowed by the axis remapping' for a 36 MiB Conv2d, static and
+    weight-only). Refuse such models up front, with the fix."""
     tensors, ops, computed = _graph(path)
     for op in ops:
         if op["op_name"] not in WEIGHTED_OPS or len(op["inputs"]) < 2:
@@ -183,7 +184,7 @@ def check_weight_sizes(path: Path) -> None:
         size = int(np.prod(weight["shape"])) * np.dtype(weight["dtype"]).itemsize
         if weight["index"] not in computed and len(weight["shape"]) > 2 and size > CHUNKED_WEIGHT_BYTES:
             raise EffconvError(
-                f"ai-edge-quantizer {_quantizer_version()} cannot quantize the {op['op_name']} weight "
+                f"{_quantizer_version()} cannot quantize the {op['op_name']} weight "
                 f"{tuple(int(d) for d in weight['shape'])} ({size / 2**20:.0f} MiB): per-channel weights over 32 MiB "
                 "hit its chunked-quantization bug (google-ai-edge/ai-edge-quantizer#512).",
                 "use a student whose convs have at most 8.4 M weights each (the default recipe turbo-vaed-mobile; "
@@ -193,7 +194,8 @@ def check_weight_sizes(path: Path) -> None:
 def _quantizer_version() -> str:
     from importlib.metadata import version
 
-    return version("ai-edge-quantizer")
+    distribution = _quantizer_package()[1]
+    return f"{distribution} {version(distribution)}"
 
 
 def float_nodes(path: Path, weights_only: bool) -> list[dict]:

@@ -1,0 +1,153 @@
+"""ExecuTorch backend: torch.export of the legalized graph, lowered to the XNNPACK delegate
+(`to_edge_transform_and_lower` + `XnnpackPartitioner`), serialized to a `.pte` and run in `executorch.runtime`.
+
+XNNPACK takes only 1-D/2-D convolutions and the portable kernels have no 5-D convolution, so a Conv3d lowers
+but fails when the program runs (pytorch/executorch#11704): effconv exports the graph after the same
+conv3d-as-conv2d rewrites as for TFLite, and refuses, before writing, a program whose non-delegated ops
+include one no portable kernel runs.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from effconv.errors import EffconvError, missing_extra
+from effconv.quiet import captured_stdout, native_stderr_silenced, quiet_imports
+
+NAME = "executorch"
+SUFFIX = ".pte"
+DEFAULT_ATOL = 1e-3
+DELEGATE = "XnnpackBackend"
+# Ops that export can leave outside the delegate but that no portable kernel runs (5-D conv, 3-D nearest).
+NO_KERNEL = {"aten.convolution.default": "a 5-D convolution (Conv3d)", "aten.upsample_nearest3d.vec": "a 3-D nearest resize"}
+FIX = "export with effconv's legalizing rewrites (conv3d-as-conv2d, dwconv3d-as-conv2d-taps, upsample-nearest); see `effconv lint SPEC --backend executorch`."
+
+
+def _lowering():
+    try:
+        with quiet_imports(), captured_stdout():
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+            from executorch.exir import to_edge_transform_and_lower
+    except ImportError:
+        raise missing_extra("executorch", "executorch") from None
+    return to_edge_transform_and_lower, XnnpackPartitioner
+
+
+def runtime():
+    try:
+        with quiet_imports(), captured_stdout(), native_stderr_silenced():
+            from executorch.runtime import Runtime
+
+            return Runtime.get()
+    except ImportError:
+        raise missing_extra("executorch", "executorch") from None
+
+
+def _kernel_less_ops(edge) -> list[str]:
+    """Non-delegated ops of the lowered program that no portable kernel can run (checked on tensor ranks)."""
+    problems = []
+    for node in edge.exported_program().graph_module.graph.nodes:
+        name = str(node.target)
+        if node.op != "call_function" or not any(name.endswith(op.split(".", 1)[1]) for op in NO_KERNEL):
+            continue
+        value = node.args[0].meta.get("val") if node.args and hasattr(node.args[0], "meta") else None
+        if "convolution" in name and value is not None and value.dim() <= 4:
+            continue
+        problems.append(next(text for op, text in NO_KERNEL.items() if name.endswith(op.split(".", 1)[1])))
+    return sorted(set(problems))
+
+
+def lower(program: torch.export.ExportedProgram):
+    """An ExportedProgram lowered to XNNPACK, checked for ops no kernel runs; returns the edge program manager."""
+    to_edge_transform_and_lower, XnnpackPartitioner = _lowering()
+    try:
+        with captured_stdout():
+            edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    except Exception as exc:  # exir raises assorted types for ops it cannot lower; all mean "did not lower"
+        reason = " ".join(str(exc).split())[:400] or type(exc).__name__
+        raise EffconvError(f"ExecuTorch lowering failed: {reason}",
+                           "run `effconv lint SPEC --backend executorch` to see which op blocks it; rerun with --debug.") from None
+    missing = _kernel_less_ops(edge)
+    if missing:
+        raise EffconvError(f"the ExecuTorch program would contain {', '.join(missing)}, which neither XNNPACK nor the "
+                           "portable kernels can run.", FIX)
+    return edge
+
+
+def write(edge, path: Path) -> dict:
+    with captured_stdout():
+        program = edge.to_executorch()
+    Path(path).write_bytes(program.buffer)
+    return op_inventory(path)
+
+
+def export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str) -> dict:
+    try:
+        with torch.no_grad(), captured_stdout():
+            program = torch.export.export(module, (example,))
+    except Exception as exc:  # torch.export raises many types; all mean "this module did not export"
+        reason = " ".join(str(exc).split())[:400] or type(exc).__name__
+        raise EffconvError(f"torch.export failed: {reason}", "rerun with --debug for details.") from None
+    ops = write(lower(program), path)
+    return {"lowering": "to_edge_transform_and_lower + XnnpackPartitioner, then to_executorch",
+            "ops": ops, "delegated_calls": ops.get(f"delegate:{DELEGATE}", 0),
+            "portable_ops": {op: n for op, n in ops.items() if not op.startswith("delegate:")}}
+
+
+def op_inventory(path: Path) -> dict[str, int]:
+    """What the `.pte` runs: `delegate:ID` per delegate call, and each operator left to the portable kernels
+    (name.overload), read from the serialized program."""
+    try:
+        from executorch.exir._serialize._program import deserialize_pte_binary
+    except ImportError:
+        raise missing_extra("executorch", "executorch") from None
+    try:
+        plan = deserialize_pte_binary(Path(path).read_bytes()).program.execution_plan[0]
+    except Exception as exc:  # flatbuffer decoding errors have no common type
+        raise EffconvError(f"'{path}' is not a readable ExecuTorch program ({type(exc).__name__}).",
+                           "re-create it with `effconv convert SPEC --to executorch`.") from None
+    counts: collections.Counter = collections.Counter()
+    operators = [f"{op.name}.{op.overload}" if op.overload else op.name for op in plan.operators]
+    for chain in plan.chains:
+        for instruction in chain.instructions:
+            args = instruction.instr_args
+            if hasattr(args, "op_index"):
+                counts[operators[args.op_index]] += 1
+            elif hasattr(args, "delegate_index"):
+                counts[f"delegate:{plan.delegates[args.delegate_index].id}"] += 1
+    return dict(sorted(counts.items()))
+
+
+def load_method(path: Path):
+    try:
+        with native_stderr_silenced():
+            return runtime().load_program(Path(path)).load_method("forward")
+    except (RuntimeError, ValueError) as exc:
+        raise EffconvError(f"cannot load '{path}' in the ExecuTorch runtime: {' '.join(str(exc).split())[:200]}.",
+                           "re-create it with `effconv convert SPEC --to executorch`.") from None
+
+
+def run(method, latent: np.ndarray | torch.Tensor) -> np.ndarray:
+    tensor = latent if isinstance(latent, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(latent))
+    return method.execute([tensor.contiguous()])[0].numpy()
+
+
+def predict(path: Path, example: torch.Tensor) -> np.ndarray:
+    return run(load_method(path), example.detach().cpu())
+
+
+def runtime_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"torch": torch.__version__}
+    for package in ("executorch", "torchao"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return versions
