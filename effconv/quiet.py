@@ -23,19 +23,25 @@ NOISY_LOGGERS = (
     "onnxscript",
 )
 _debug = False
+_cli_quiet = False
 
 
 def set_debug(enabled: bool) -> None:
     """The CLI's switch. Only the CLI owns the process, so only it quiets loggers and warnings process-wide;
     a library user keeps their own logging and warning filters."""
-    global _debug
+    global _debug, _cli_quiet
     _debug = enabled
-    if not enabled:
-        for name in NOISY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
-        warnings.filterwarnings("ignore")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    _cli_quiet = not enabled
+    if _cli_quiet:
+        _quiet_process()
+
+
+def _quiet_process() -> None:
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 def is_debug() -> bool:
@@ -51,6 +57,8 @@ def quiet_imports():
     with warnings.catch_warnings():  # scoped: the caller's warning filters are back after the block
         warnings.simplefilter("ignore")
         yield
+    if _cli_quiet:  # importing torch sets its loggers' levels anew: quiet them again for the CLI
+        _quiet_process()
 
 
 @contextlib.contextmanager

@@ -97,3 +97,13 @@ def test_every_family_runs_in_executorch_and_agrees_with_onnx(spec, tmp_path):
         example = load_model(loaded).example_input(0)
         outputs[name] = registry.get(name).predict(tmp_path / name / manifest.artifact, example)
     assert float(np.abs(outputs["executorch"] - outputs["onnx"]).max()) <= 1e-4
+
+
+def test_executorch_refuses_a_conv3d_no_kernel_can_run_before_writing(tmp_path):
+    """XNNPACK has no 3-D convolution and the portable kernel takes 3-D/4-D inputs: the program would lower
+    and then fail at run time, so effconv stops before writing and names the rewrite."""
+    backend = registry.get("executorch")
+    artifact = tmp_path / "conv3d.pte"
+    with pytest.raises(EffconvError, match="5-D convolution") as refused:
+        backend.export(torch.nn.Conv3d(4, 4, 3, padding=1).eval(), torch.randn(1, 4, 3, 8, 8), artifact, "x", "y")
+    assert "conv3d-as-conv2d" in refused.value.fix and not artifact.exists()

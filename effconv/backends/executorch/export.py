@@ -23,9 +23,8 @@ NAME = "executorch"
 SUFFIX = ".pte"
 DEFAULT_ATOL = 1e-3
 DELEGATE = "XnnpackBackend"
-# Ops that export can leave outside the delegate but that no portable kernel runs (5-D conv, 3-D nearest).
-NO_KERNEL = {"aten.convolution.default": "a 5-D convolution (Conv3d)", "aten.upsample_nearest3d.vec": "a 3-D nearest resize"}
-FIX = "export with effconv's legalizing rewrites (conv3d-as-conv2d, dwconv3d-as-conv2d-taps, upsample-nearest); see `effconv lint SPEC --backend executorch`."
+FIX = ("export with effconv's legalizing rewrites (conv3d-as-conv2d, dwconv3d-as-conv2d-taps, upsample-nearest); "
+       "see `effconv lint SPEC --backend executorch`.")
 
 
 def _lowering():
@@ -48,18 +47,19 @@ def runtime():
         raise missing_extra("executorch", "executorch") from None
 
 
+def _kernel_less_op(node) -> str | None:
+    """What no portable kernel can run among the ops left outside the delegate: a convolution over a 5-D input
+    (the portable kernel takes 3-D/4-D) or a 3-D nearest resize (no portable kernel)."""
+    name = str(node.target)
+    if "upsample_nearest3d" in name:
+        return "a 3-D nearest resize"
+    value = node.args[0].meta.get("val") if "convolution" in name and node.args else None
+    return "a 5-D convolution (Conv3d)" if value is not None and value.dim() > 4 else None
+
+
 def _kernel_less_ops(edge) -> list[str]:
-    """Non-delegated ops of the lowered program that no portable kernel can run (checked on tensor ranks)."""
-    problems = []
-    for node in edge.exported_program().graph_module.graph.nodes:
-        name = str(node.target)
-        if node.op != "call_function" or not any(name.endswith(op.split(".", 1)[1]) for op in NO_KERNEL):
-            continue
-        value = node.args[0].meta.get("val") if node.args and hasattr(node.args[0], "meta") else None
-        if "convolution" in name and value is not None and value.dim() <= 4:
-            continue
-        problems.append(next(text for op, text in NO_KERNEL.items() if name.endswith(op.split(".", 1)[1])))
-    return sorted(set(problems))
+    nodes = edge.exported_program().graph_module.graph.nodes
+    return sorted({problem for node in nodes if node.op == "call_function" and (problem := _kernel_less_op(node))})
 
 
 def lower(program: torch.export.ExportedProgram):
