@@ -16,7 +16,9 @@ from effconv.spec import load_spec
 from conftest import FAMILY_SPECS
 
 
-@pytest.mark.parametrize("spec_path", FAMILY_SPECS, ids=lambda p: p.stem)
+# Wan 2.2's tiny spec exports in ~30 s (its per-frame decode loop unrolls); the other five cover the exporter.
+@pytest.mark.parametrize("spec_path", [pytest.param(p, marks=pytest.mark.slow) if p.stem == "wan22-tiny" else p
+                                       for p in FAMILY_SPECS], ids=lambda p: p.stem)
 def test_onnx_output_matches_pytorch_and_manifest_shapes_are_real(spec_path, tmp_path):
     loaded = load_spec(spec_path)
     manifest = convert(loaded, "onnx", tmp_path)

@@ -27,7 +27,7 @@ def _check_manifest(manifest, artifact):
     assert manifest.export["minimum_deployment_target"] == "iOS17"
 
 
-@pytest.mark.parametrize("family", family_params(["wan21", "ltx"]))
+@pytest.mark.parametrize("family", family_params(["ltx"]))
 def test_decoder_converts_to_mlpackage_with_rank_at_most_5(family, tmp_path):
     manifest = convert(load_spec(spec_path(family)), "coreml", tmp_path)
     artifact = tmp_path / manifest.artifact

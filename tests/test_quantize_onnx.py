@@ -163,7 +163,7 @@ def test_speed_selection_keeps_slower_kinds_in_float(student_onnx, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["missing.onnx"], "does not exist"),
-    (["model.txt"], "is not an .onnx, .mlpackage or .tflite"),
+    (["model.txt"], "is not an .onnx, .mlpackage, .tflite or .pte"),
     (["{onnx}", "--samples", "1"], "--samples 1"),
     (["{onnx}", "--calib", "random", "--calib", "{video}"], "cannot be mixed"),
     (["{onnx}", "--calib", "{bad_latents}"], "has latents of shape"),

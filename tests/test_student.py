@@ -131,7 +131,8 @@ def test_rewrite_writes_student_and_spec_that_convert_verifies(cli, tmp_path, te
     assert converted["outputs"][0]["shape"] == manifest["comparison"]["output_shape"]["teacher"]
 
 
-@pytest.mark.parametrize("teacher_spec", [SPECS / "hunyuan-tiny.yaml", SPECS / "wan21-tiny.yaml"], ids=lambda p: p.stem)
+@pytest.mark.parametrize("teacher_spec", [pytest.param(SPECS / "hunyuan-tiny.yaml", marks=pytest.mark.slow),
+                                         SPECS / "wan21-tiny.yaml"], ids=lambda p: p.stem)
 def test_student_onnx_with_conv2d_has_no_conv3d_and_verifies(cli, tmp_path, teacher_spec):
     code, _, err = cli("rewrite", teacher_spec, "--recipe", "tiny", "--out", tmp_path)
     assert code == 0, err

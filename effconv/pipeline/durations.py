@@ -30,7 +30,8 @@ INFER_GFLOPS = 50.0
 # `effconv run demo` on the same machine while other jobs shared it (load 4-10). Per stage where
 # measured, else per kind; lint is per backend, profile per profiled model. The ONNX and TFLite quantize
 # figures are twice an idle run's (2026-11-30: 6.6 s and 3.4 s, once the ONNX sensitivity table became
-# on-demand and TFLite calibration profiler-based), to match the load the others were measured under. ExecuTorch: a tiny student's run, 2026-12-01 (lowering to XNNPACK dominates).
+# on-demand and TFLite calibration profiler-based), to match the load the others were measured under.
+# ExecuTorch: a tiny student's idle run, 2026-12-01 (lowering to XNNPACK dominates).
 FIXED_SECONDS = {"distill": 15.0, "eval": 4.0, "convert-onnx": 6.0, "convert-coreml": 18.0, "convert-tflite": 20.0,
                  "convert-executorch": 47.0, "convert": 20.0, "quantize-onnx": 12.0, "quantize-coreml": 29.0,
                  "quantize-tflite": 6.0, "quantize-executorch": 167.0, "quantize": 29.0, "lint": 3.0, "profile": 4.5}

@@ -36,13 +36,13 @@ class CausalConv3d(nn.Module):
     def _pad_frames(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel_size == 1:
             return x
+        # Edge frames copied by concatenating slices, not by repeat: ExecuTorch's XNNPACK delegate takes slice and
+        # concatenate but not repeat, and every op left outside the delegate splits the program in two.
+        first, last = x[:, :, :1], x[:, :, -1:]
         if self.padding == "causal":
-            front = x[:, :, :1].repeat(1, 1, self.kernel_size - 1, 1, 1)
-            return torch.cat([front, x], dim=2)
+            return torch.cat([first] * (self.kernel_size - 1) + [x], dim=2)
         half = self.kernel_size // 2
-        front = x[:, :, :1].repeat(1, 1, half, 1, 1)
-        back = x[:, :, -1:].repeat(1, 1, half, 1, 1)
-        return torch.cat([front, x, back], dim=2)
+        return torch.cat([first] * half + [x] + [last] * half, dim=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self._pad_frames(x))
