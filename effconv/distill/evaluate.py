@@ -11,7 +11,6 @@ import torch
 from effconv.artifacts import staged_output, teacher_of
 from effconv.video.clips import center_clips, load_videos
 from effconv.video.metrics import psnr, ssim
-from effconv.errors import EffconvError
 from effconv.models.loader import LoadedModel, load_model
 from effconv.spec import load_spec
 
