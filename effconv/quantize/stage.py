@@ -104,7 +104,7 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
                       progress: Callable[[str], None] | None = None, activation: str = "auto",
                       select_by_speed: bool = True, sensitivity: bool = False,
                       min_psnr_vs_float: float | None = DEFAULT_MIN_PSNR_VS_FLOAT) -> Manifest:
-    """Write OUT/NAME-int8.{onnx,mlpackage,tflite} + OUT/NAME-int8.json; raise VerificationFailed after
+    """Write OUT/NAME-int8.{onnx,mlpackage,tflite,pte} + OUT/NAME-int8.json; raise VerificationFailed after
     writing when the held-out PSNR drop exceeds `max_psnr_drop` or the output strays from the float artifact's
     by more than `min_psnr_vs_float` allows."""
     artifact = Path(artifact)
