@@ -62,13 +62,31 @@ def _kernel_less_ops(edge) -> list[str]:
     return sorted({problem for node in nodes if node.op == "call_function" and (problem := _kernel_less_op(node))})
 
 
-def lower(program: torch.export.ExportedProgram):
-    """An ExportedProgram lowered to XNNPACK, checked for ops no kernel runs; returns the edge program manager."""
+PASS_THROUGH = "pass through arguments"  # XNNPACK refuses a partition whose output is also one of its inputs
+
+
+def _partitioned(program: torch.export.ExportedProgram, per_op: bool):
     to_edge_transform_and_lower, XnnpackPartitioner = _lowering()
+    with captured_stdout():
+        return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner(per_op_mode=per_op)])
+
+
+def lower(program: torch.export.ExportedProgram):
+    """An ExportedProgram lowered to XNNPACK, checked for ops no kernel runs; returns (the edge program manager,
+    how it was partitioned).
+    Where XNNPACK refuses a partition that passes an input straight through (measured on the CogVideoX,
+    HunyuanVideo and Wan teachers), every op is delegated on its own instead (`per_op_mode`): correct, but
+    lowering takes minutes (tiny HunyuanVideo teacher: 325 s) and each op is its own delegate call."""
     try:
-        with captured_stdout():
-            edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-    except Exception as exc:  # exir raises assorted types for ops it cannot lower; all mean "did not lower"
+        try:
+            edge, partitioning = _partitioned(program, per_op=False), "subgraphs"
+        except Exception as exc:  # exir raises assorted types; only the pass-through refusal has a way around
+            if PASS_THROUGH not in str(exc):
+                raise
+            edge, partitioning = _partitioned(program, per_op=True), "per-op (XNNPACK refused a pass-through partition)"
+    except EffconvError:
+        raise
+    except Exception as exc:  # all mean "did not lower"
         reason = " ".join(str(exc).split())[:400] or type(exc).__name__
         raise EffconvError(f"ExecuTorch lowering failed: {reason}",
                            "run `effconv lint SPEC --backend executorch` to see which op blocks it; rerun with --debug.") from None
@@ -76,7 +94,7 @@ def lower(program: torch.export.ExportedProgram):
     if missing:
         raise EffconvError(f"the ExecuTorch program would contain {', '.join(missing)}, which neither XNNPACK nor the "
                            "portable kernels can run.", FIX)
-    return edge
+    return edge, partitioning
 
 
 def write(edge, path: Path) -> dict:
@@ -93,8 +111,9 @@ def export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str
     except Exception as exc:  # torch.export raises many types; all mean "this module did not export"
         reason = " ".join(str(exc).split())[:400] or type(exc).__name__
         raise EffconvError(f"torch.export failed: {reason}", "rerun with --debug for details.") from None
-    ops = write(lower(program), path)
-    return {"lowering": "to_edge_transform_and_lower + XnnpackPartitioner, then to_executorch",
+    edge, partitioning = lower(program)
+    ops = write(edge, path)
+    return {"lowering": "to_edge_transform_and_lower + XnnpackPartitioner, then to_executorch", "partitioning": partitioning,
             "ops": ops, "delegated_calls": ops.get(f"delegate:{DELEGATE}", 0),
             "portable_ops": {op: n for op, n in ops.items() if not op.startswith("delegate:")}}
 
