@@ -14,6 +14,7 @@ from effconv.convert.stage import convert
 from effconv.errors import EffconvError
 from effconv.legalize.lint import RULE_BACKENDS, rule_table
 from effconv.models.loader import load_model
+from effconv.profile.run import run as profile
 from effconv.quantize.stage import quantize_artifact
 from effconv.recipe import BACKEND_NAMES
 from effconv.spec import load_spec, spec_from_dict
@@ -81,6 +82,22 @@ def test_predict_matches_pytorch_where_this_host_can_run_it(converted):
     assert float(np.abs(output - reference).max()) <= backend.default_atol
 
 
+@pytest.mark.parametrize("converted", EXPORT_CASES, indirect=True)
+def test_profile_costs_the_artifact_and_measures_it_in_its_own_runtime(converted, tmp_path):
+    backend, artifact, manifest = converted
+    if backend.load(artifact, 1) is None:  # Core ML off macOS: estimated, and --measure says why not
+        with pytest.raises(EffconvError, match="cannot run"):
+            profile(artifact, "host-cpu", do_measure=True, threads=1, repeats=2)
+        result = profile(artifact, "iphone16pro")
+        assert result.estimate.dtype == "fp16" and result.estimate.total_ms > 0
+        return
+    result = profile(artifact, "host-cpu", do_measure=True, threads=1, repeats=2)
+    assert result.measured["runtime"] == backend.runtime and result.measured["threads"] == 1
+    assert result.measured["median_ms"] > 0 and result.estimate.dtype == "fp32"
+    assert result.estimate.frames == manifest.outputs[0].shape[2]
+    assert (backend.name == "onnx") == ("measured as shipped" not in result.source.how)
+
+
 @pytest.mark.parametrize("converted", INT8_CASES, indirect=True)
 def test_static_int8_writes_a_smaller_artifact_close_to_float(converted, tmp_path):
     backend, artifact, _ = converted
@@ -92,6 +109,9 @@ def test_static_int8_writes_a_smaller_artifact_close_to_float(converted, tmp_pat
     smallest_ratio = 1.5 if backend.name in SLOW_TO_LOWER else 1.9  # the small saved student's file is ~40% program
     assert report["size_bytes"]["ratio"] >= smallest_ratio and report["gate"]["psnr_vs_float_db"] >= 30.0
     assert backend.ops(quantized)
+    assert profile(quantized, "pixel9").estimate.dtype == ("fp16" if backend.name == "coreml" else "int8")
+    with pytest.raises(EffconvError, match="as it ships"):  # a re-export at a new size would be float, not this file
+        profile(quantized, "host-cpu", frames=manifest.outputs[0].shape[2], do_measure=True, threads=1)
 
 
 @pytest.mark.slow

@@ -9,11 +9,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from effconv.artifacts import Manifest
 from effconv.errors import EffconvError
 from effconv.profile import devices
 from effconv.profile.cost import graph_cost
 from effconv.profile.devices import DeviceProfile, load_device
 from effconv.profile.estimate import estimate, op_ms, place, roofline_ms
+from effconv.profile.inputs import shipped_dtype
 
 from conftest import SPECS
 
@@ -221,3 +223,25 @@ def test_calibrate_checks_its_arguments_and_writes_its_report(tmp_path):
     path = write_report({"threads": 1, "at": tmp_path}, tmp_path / "new" / "calibration.json")
     assert json.loads(path.read_text()) == {"threads": 1, "at": str(tmp_path)}
     assert [p.name for p in path.parent.iterdir()] == ["calibration.json"]  # no staging folder left
+
+
+@pytest.mark.parametrize(("backend", "sections", "dtype"), [
+    ("tflite", {}, "fp32"),
+    ("tflite", {"quantize": {"weights_only": False}}, "int8"),
+    ("executorch", {"quantize": {"weights_only": False}}, "int8"),
+    ("tflite", {"quantize": {"weights_only": True}}, "fp32"),  # int8 weights, float compute
+    ("coreml", {"export": {"precision": "fp32"}}, "fp32"),
+    ("coreml", {"export": {"precision": "fp16"}}, "fp16"),
+    ("coreml", {"export": {"precision": "fp32"}, "quantize": {"weights_only": False}}, "fp16"),  # W8A16
+])
+def test_an_artifact_is_costed_in_the_dtype_it_computes_in(backend, sections, dtype):
+    manifest = Manifest(name="m", backend=backend, artifact="m", spec={}, inputs=[], outputs=[], params=0, verify={},
+                        **sections)
+    assert shipped_dtype(manifest) == dtype
+
+
+def test_a_non_onnx_artifact_without_its_manifest_exits_2(cli, tmp_path):
+    artifact = tmp_path / "student.tflite"
+    artifact.write_bytes(b"TFL3")
+    code, _, err = cli("profile", artifact, "--device", "pixel9")
+    assert code == 2 and "no manifest" in err and len(err.strip().splitlines()) == 1

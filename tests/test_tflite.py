@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from backend_cases import WAN_REALISTIC, family_params, spec_path
-from effconv.backends.tflite import export as tflite
+from effconv.backends.tflite import BACKEND as TFLITE, export as tflite
 from effconv.convert.stage import convert
 from effconv.backends.verify import psnr_db
 from effconv.models.loader import load_model
@@ -33,7 +33,7 @@ def _rerun_matches_pytorch(loaded, artifact):
     example = model.example_input(7)  # not the seed the manifest was verified with
     with torch.no_grad():
         reference = model.module(example).numpy()
-    assert psnr_db(reference, tflite.predict(artifact, example)) >= 60.0
+    assert psnr_db(reference, TFLITE.predict(artifact, example)) >= 60.0
 
 
 @pytest.mark.parametrize("family", family_params(["ltx"]))

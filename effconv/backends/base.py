@@ -64,11 +64,20 @@ class Backend:
     default_atol: float
     legalized: bool  # exported after effconv's legalizing rewrites (lint rules `legalize/rules/NAME.yaml`)
     export: Callable[..., dict]  # (module, example, path, input_name, output_name, **options) -> export info
-    predict: Callable[[Path, Any], np.ndarray | None]  # (artifact, example) -> output, or None off its platform
+    load: Callable[[Path, int | None], Callable[[np.ndarray], np.ndarray] | None]  # (artifact, threads) -> run, or None off its platform
+    runtime: str  # what `load` runs the artifact in, as a user reads it in a report
     ops: Callable[[Path], dict[str, int]]  # op kind -> count, read from the artifact
     quantize: Callable[..., dict]  # (artifact, manifest, calib, held_out, out_path, QuantizeOptions) -> report
     check_quantizable: Callable[[Path, QuantizeOptions], None]  # cheap checks before calibration data is made
     runtime_versions: Callable[[], dict]
+
+    def predict(self, artifact: Path, example: Any) -> np.ndarray | None:
+        """The artifact's output for one input (a tensor or an array), or None where this host cannot run it."""
+        run = self.load(artifact, None)
+        if run is None:
+            return None
+        latent = example.detach().cpu().numpy() if hasattr(example, "detach") else example
+        return run(np.ascontiguousarray(latent))
 
 
 def no_checks(_artifact: Path, _options: QuantizeOptions) -> None:

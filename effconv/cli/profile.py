@@ -48,14 +48,14 @@ def _render_devices(profiles) -> None:
 
 @app.command()
 def profile(
-    target: Path = typer.Argument(..., help="An .onnx written by effconv (manifest beside it) or a spec YAML.", show_default=False),
+    target: Path = typer.Argument(..., help="An artifact written by effconv (.onnx, .tflite, .pte, .mlpackage; manifest beside it) or a spec YAML.", show_default=False),
     device: str = typer.Option(..., "--device", help="Device profile name (see `effconv devices`) or a profile YAML path.", show_default=False),
     resolution: str | None = typer.Option(None, "--resolution", help="480p (480x832), 720p (720x1280), 1080p (1088x1920) or HxW."),
     frames: int | None = typer.Option(None, "--frames", help="Video frames per decode (must fit the temporal compression)."),
     budget_ms: float | None = typer.Option(None, "--budget-ms", help="Latency budget per decode call, ms."),
     fps: float | None = typer.Option(None, "--fps", help="Budget as video frames per second (real time = 24)."),
-    do_measure: bool = typer.Option(False, "--measure", help="Also run it here with onnxruntime (host-cpu only)."),
-    threads: int | None = typer.Option(None, "--threads", help="host-cpu threads [default: all cores]."),
+    do_measure: bool = typer.Option(False, "--measure", help="Also run it here in its own runtime: onnxruntime, LiteRT or ExecuTorch (host-cpu only; Core ML needs macOS)."),
+    threads: int | None = typer.Option(None, "--threads", help="host-cpu threads for the estimate and the runtime [default: all cores]."),
     dtype: str | None = typer.Option(None, "--dtype", help="Cost as fp32/fp16/int8 instead of the artifact's dtype."),
     top: int = typer.Option(10, "--top", help="How many ops to list."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a latency breakdown + roofline chart (PNG)."),
@@ -69,6 +69,12 @@ def profile(
     Example: `effconv profile out/student.onnx --device iphone16pro --resolution 720p --fps 24`
 
     Example: `effconv profile examples/specs/ltx-tiny.yaml --device host-cpu --measure`
+
+    Example: `effconv profile out/student.pte --device host-cpu --measure --threads 2`
+
+    A .tflite, .pte or .mlpackage is costed on the ONNX graph of the spec in its manifest at the dtype it
+    computes in (int8 when statically quantized, float for weight-only int8, fp16 for Core ML), and
+    --measure runs the file itself in its runtime.
     """
     from effconv.profile.run import check_budget, run
 
@@ -124,10 +130,10 @@ def _render_profile(result, top: int) -> None:
     if data["measured"]:
         m = data["measured"]
         summary.add_row("measured here", f"{m['median_ms']:.1f} ms median of {m['repeats']} (after {m['warmup']} warm-up), "
-                        f"onnxruntime CPU, {m['threads']} threads")
+                        f"{m['runtime']}, {m['threads']} threads")
         summary.add_row("predicted vs measured", f"{latency['estimate']:.1f} vs {m['median_ms']:.1f} ms: {data['rel_error']:+.0%}")
     elif result.threads:
-        summary.add_row("threads", f"{result.threads} (onnxruntime intra-op)")
+        summary.add_row("threads", f"{result.threads} (runtime threads the host estimate assumes)")
     if data["budget_ms"] is not None:
         verdict = "[green]PASS[/]" if data["passed"] else "[red]FAIL[/]"
         summary.add_row("budget", f"{data['budget_ms']:.1f} ms ({data['budget_from']}), judged on {data['judged_on']}: {verdict}")

@@ -1,9 +1,11 @@
-"""What `effconv profile` measures: an ONNX file for the requested clip, from an effconv artifact or a spec.
+"""What `effconv profile` costs and measures: an ONNX graph for the estimate, and the artifact to run for --measure.
 
 A spec is built and exported on the fly. An artifact at a different --resolution/--frames is re-exported
 from the spec recorded in its manifest (shapes are fixed in an exported graph, and re-exporting gives
 exact shapes where scaling per-node costs would only approximate them); the artifact's own dtype is
-kept for the cost (so an int8 artifact is still costed as int8).
+kept for the cost (so an int8 artifact is still costed as int8). A .tflite, .pte or .mlpackage is costed
+on the ONNX graph of the spec in its manifest, at the dtype it computes in, and measured as it ships, in its
+own runtime.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from effconv.artifacts import manifest_path, read_manifest
+from effconv.artifacts import Manifest, manifest_path, read_manifest
+from effconv.backends import registry
 from effconv.backends.onnx import export as onnx_backend
 from effconv.errors import EffconvError
 from effconv.models.base import Compression
@@ -33,6 +36,9 @@ class ProfileInput:
     dtype: str
     compression: dict | None
     how: str  # one line: where the graph came from
+    measured_path: Path | None  # what --measure runs: the artifact as it ships, or a spec's fresh ONNX export
+    input_shape: tuple[int, ...]
+    not_measurable: str = ""  # why --measure cannot run it, when measured_path is None
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -45,11 +51,12 @@ def parse_resolution(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def _export(loaded: LoadedSpec, directory: Path, allow_import: bool) -> tuple[Path, dict]:
+def _export(loaded: LoadedSpec, directory: Path, allow_import: bool) -> tuple[Path, dict, tuple[int, ...]]:
     model = load_model(loaded, allow_import=allow_import)
     path = directory / f"{loaded.spec.name}.onnx"
-    onnx_backend.export(model.module, model.example_input(0), path, model.input_name, model.output_name)
-    return path, model.compression.as_dict()
+    example = model.example_input(0)
+    onnx_backend.export(model.module, example, path, model.input_name, model.output_name)
+    return path, model.compression.as_dict(), tuple(example.shape)
 
 
 def _reshaped(loaded: LoadedSpec, resolution: str | None, frames: int | None) -> LoadedSpec:
@@ -73,27 +80,63 @@ def _manifest_compression(manifest, source: Path) -> dict | None:
         raise EffconvError(f"manifest '{source}' has an invalid 'compression' section.", "re-create the artifact with effconv.") from None
 
 
+def shipped_dtype(manifest: Manifest) -> str:
+    """The dtype a non-ONNX artifact computes in, from its manifest: weight-only int8 computes in float, and
+    Core ML (fp16 or W8A16) computes in fp16 on the GPU and Neural Engine."""
+    extra = manifest.model_extra or {}
+    quantize = extra.get("quantize")
+    if manifest.backend == "coreml":
+        return "fp16" if quantize or extra.get("export", {}).get("precision", "fp16") == "fp16" else "fp32"
+    return "int8" if quantize and not quantize.get("weights_only") else "fp32"
+
+
+def _source_spec(manifest, manifest_file: Path, target: Path, resolution: str | None, frames: int | None) -> LoadedSpec:
+    if manifest is None:
+        raise EffconvError(f"'{target}' has fixed shapes and no manifest beside it to re-export from.",
+                           "drop --resolution/--frames, or profile the spec YAML instead.")
+    return _reshaped(spec_from_dict(manifest.spec, target.resolve().parent, source=str(manifest_file)), resolution, frames)
+
+
 def resolve(target: Path, workdir: Path, resolution: str | None = None, frames: int | None = None,
             allow_import: bool = False) -> ProfileInput:
     target = Path(target)
     if not target.exists():
-        raise EffconvError(f"'{target}' does not exist.", "pass an .onnx written by effconv or a spec YAML.")
+        raise EffconvError(f"'{target}' does not exist.", f"pass an artifact written by effconv ({', '.join(registry.suffixes())}) or a spec YAML.")
     if target.suffix in (".yaml", ".yml"):
         loaded = _reshaped(load_spec(target), resolution, frames)
-        path, compression = _export(loaded, workdir, allow_import)
-        return ProfileInput(loaded.spec.name, path, "fp32", compression, f"spec exported to ONNX for {_clip_text(loaded)}")
-    if target.suffix != ".onnx":
-        raise EffconvError(f"'{target}' is neither an .onnx artifact nor a spec YAML.", "pass NAME.onnx or SPEC.yaml.")
-    dtype = artifact_dtype(load_graph(target))
+        path, compression, shape = _export(loaded, workdir, allow_import)
+        return ProfileInput(loaded.spec.name, path, "fp32", compression, f"spec exported to ONNX for {_clip_text(loaded)}", path, shape)
+    backend = registry.for_artifact(target)
     manifest_file = manifest_path(target)
     manifest = read_manifest(manifest_file) if manifest_file.is_file() else None
+    if backend.name == "onnx":
+        dtype = artifact_dtype(load_graph(target))
+    elif manifest is None:
+        raise EffconvError(f"'{target}' has no manifest beside it: effconv costs a {backend.suffix} through the spec it records.",
+                           "keep the .json `effconv convert` wrote beside the artifact, or profile the spec YAML.")
+    else:
+        dtype = shipped_dtype(manifest)
     compression = _manifest_compression(manifest, manifest_file) if manifest else None
-    if resolution is None and frames is None:
-        return ProfileInput(target.stem, target, dtype, compression, "artifact as exported")
-    if manifest is None:
-        raise EffconvError(f"'{target}' has fixed shapes and no manifest beside it to re-export from.",
-                           "drop --resolution/--frames, or profile the spec YAML instead.")
-    loaded = _reshaped(spec_from_dict(manifest.spec, target.resolve().parent, source=str(manifest_file)), resolution, frames)
-    path, compression = _export(loaded, workdir, allow_import)
-    return ProfileInput(loaded.spec.name, path, dtype, compression,
-                        f"re-exported from the manifest's spec for {_clip_text(loaded)}, artifact dtype {dtype} kept")
+    reshaped = resolution is not None or frames is not None
+    if backend.name == "onnx" and not reshaped:
+        return ProfileInput(target.stem, target, dtype, compression, "artifact as exported", target,
+                            tuple(manifest.inputs[0].shape) if manifest else _onnx_input_shape(target))
+    loaded = _source_spec(manifest, manifest_file, target, resolution, frames)
+    path, compression, shape = _export(loaded, workdir, allow_import)
+    if not reshaped:
+        return ProfileInput(loaded.spec.name, path, dtype, compression,
+                            f"{backend.name} artifact measured as shipped; costed on its spec's ONNX graph at {dtype}",
+                            target, tuple(manifest.inputs[0].shape))
+    how = f"re-exported from the manifest's spec for {_clip_text(loaded)}, artifact dtype {dtype} kept"
+    if backend.name == "onnx" and dtype == "fp32":
+        return ProfileInput(loaded.spec.name, path, dtype, compression, how, path, shape)
+    return ProfileInput(loaded.spec.name, path, dtype, compression, how, None, shape,
+                        f"--measure runs the {dtype} {backend.name} artifact as it ships, and --resolution/--frames "
+                        "change its fixed shapes")
+
+
+def _onnx_input_shape(path: Path) -> tuple[int, ...]:
+    graph = load_graph(path).graph
+    weights = {init.name for init in graph.initializer}
+    tensor = next(i for i in graph.input if i.name not in weights)
+    return tuple(d.dim_value or 1 for d in tensor.type.tensor_type.shape.dim)

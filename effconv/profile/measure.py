@@ -1,5 +1,6 @@
-"""Measure ONNX models on this machine with onnxruntime: wall-clock median of N runs after warm-up,
-and (for calibration) per-node kernel times from onnxruntime's profiler, in interleaved rounds."""
+"""Measure artifacts on this machine in their own runtime (onnxruntime, LiteRT, ExecuTorch): wall-clock median
+of N runs after warm-up; and, for calibration, per-node kernel times of ONNX models from onnxruntime's profiler,
+in interleaved rounds."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from effconv.backends import registry
+from effconv.errors import EffconvError
 
 
 OTHER = "(added by onnxruntime)"
@@ -42,7 +46,12 @@ def _feed(session, seed: int = 0) -> dict:
     return feed
 
 
-def _summary(times: list[float], threads: int, warmup: int) -> dict:
+def measure_runtime_of_fit() -> str:
+    """The runtime `effconv calibrate` measures to fit host-cpu's efficiencies."""
+    return registry.get("onnx").runtime
+
+
+def _summary(times: list[float], threads: int, warmup: int, runtime: str | None = None) -> dict:
     times = sorted(times)
     return {
         "median_ms": statistics.median(times),
@@ -51,7 +60,7 @@ def _summary(times: list[float], threads: int, warmup: int) -> dict:
         "threads": threads,
         "warmup": warmup,
         "repeats": len(times),
-        "provider": "CPUExecutionProvider",
+        "runtime": runtime or measure_runtime_of_fit(),
     }
 
 
@@ -61,13 +70,24 @@ def _timed_run(session, feed) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def measure(path: Path, threads: int, warmup: int = 2, repeats: int = 10) -> dict:
-    """Median wall-clock ms of `repeats` runs after `warmup` runs (median: the machine may be shared)."""
-    session = _session(path, threads)
-    feed = _feed(session)
+def _timed_call(run, latent: np.ndarray) -> float:
+    started = time.perf_counter()
+    run(latent)
+    return (time.perf_counter() - started) * 1000
+
+
+def measure(artifact: Path, input_shape: tuple[int, ...], threads: int, warmup: int = 2, repeats: int = 10) -> dict:
+    """Median wall-clock ms of `repeats` runs of the artifact in its own runtime after `warmup` runs (median:
+    the machine may be shared)."""
+    backend = registry.for_artifact(artifact)
+    run = backend.load(artifact, threads)
+    if run is None:
+        raise EffconvError(f"{backend.runtime} cannot run '{Path(artifact).name}' on this machine.",
+                           "drop --measure (the estimate is still printed), or measure the .onnx/.tflite/.pte export.")
+    latent = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
     for _ in range(warmup):
-        session.run(None, feed)
-    return _summary([_timed_run(session, feed) for _ in range(repeats)], threads, warmup)
+        run(latent)
+    return _summary([_timed_call(run, latent) for _ in range(repeats)], threads, warmup, backend.runtime)
 
 
 def measure_many(paths: list[Path], graph_nodes: list[set[str]], threads: int, warmup: int = 2,

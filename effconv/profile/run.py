@@ -13,7 +13,7 @@ from effconv.host import default_threads
 from effconv.profile.devices import HOST, DeviceProfile, load_device
 from effconv.profile.estimate import Estimate, estimate
 from effconv.profile.inputs import ProfileInput, resolve
-from effconv.profile.measure import measure
+from effconv.profile.measure import measure, measure_runtime_of_fit
 
 
 class BudgetMissed(EffconvError):
@@ -119,11 +119,21 @@ def run(target: Path, device_name: str, resolution: str | None = None, frames: i
         source = resolve(target, Path(workdir), resolution, frames, allow_import)
         graph = load_graph(source.onnx_path)
         result_estimate = estimate(graph, device, dtype or source.dtype)
-        measured = measure(source.onnx_path, threads, repeats=repeats) if do_measure else None
+        measured = _measured(source, threads, repeats) if do_measure else None
+    if measured and measured["runtime"] != measure_runtime_of_fit():
+        result_estimate.notes.append(f"host-cpu's efficiencies are fitted to {measure_runtime_of_fit()}; "
+                                     f"{measured['runtime']} runs other kernels, so expect the estimate to differ")
     limit, limit_from = budget(budget_ms, fps, result_estimate.frames)
     result_estimate.budget_ms = limit
     host_threads = threads if device.name == HOST else None
     return ProfileResult(source, device, result_estimate, host_threads, measured, limit_from)
+
+
+def _measured(source: ProfileInput, threads: int, repeats: int) -> dict:
+    if source.measured_path is None:
+        raise EffconvError(f"cannot --measure: {source.not_measurable}.",
+                           "drop --resolution/--frames, or convert (and quantize) the spec at that size and profile that artifact.")
+    return measure(source.measured_path, source.input_shape, threads, repeats=repeats)
 
 
 def check_budget(result: ProfileResult) -> None:

@@ -22,6 +22,7 @@ from torch import nn
 from effconv.errors import EffconvError, missing_extra
 from effconv.quiet import captured_stdout, is_debug, quiet_imports
 
+RUNTIME = "Core ML (macOS only)"
 NAME = "coreml"
 SUFFIX = ".mlpackage"
 DEFAULT_ATOL = 1e-3  # fp32
@@ -135,15 +136,14 @@ def _round_output_to_fp16(_layer: nn.Module, _inputs, output):
     return _fp16_rounded(output) if isinstance(output, torch.Tensor) else output
 
 
-def predict(path: Path, example: torch.Tensor) -> np.ndarray | None:
-    """Core ML prediction (macOS only); None elsewhere."""
+def load(path: Path, _threads: int | None = None):
+    """Core ML prediction (macOS only; Core ML chooses its own threads); None elsewhere."""
     if platform.system() != "Darwin":
         return None
     ct = _coremltools()
     mlmodel = ct.models.MLModel(str(path))
     input_name = mlmodel.get_spec().description.input[0].name
-    outputs = mlmodel.predict({input_name: example.detach().cpu().numpy()})
-    return np.asarray(next(iter(outputs.values())), dtype=np.float32)
+    return lambda latent: np.asarray(next(iter(mlmodel.predict({input_name: latent}).values())), dtype=np.float32)
 
 
 def runtime_versions() -> dict:

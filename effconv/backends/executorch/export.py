@@ -19,6 +19,7 @@ from torch import nn
 from effconv.errors import EffconvError, missing_extra
 from effconv.quiet import captured_stdout, native_stderr_silenced, quiet_imports
 
+RUNTIME = "ExecuTorch runtime (XNNPACK delegate)"
 NAME = "executorch"
 SUFFIX = ".pte"
 DEFAULT_ATOL = 1e-3
@@ -156,8 +157,23 @@ def run(method, latent: np.ndarray | torch.Tensor) -> np.ndarray:
     return method.execute([tensor.contiguous()])[0].numpy()
 
 
-def predict(path: Path, example: torch.Tensor) -> np.ndarray:
-    return run(load_method(path), example.detach().cpu())
+def load(path: Path, threads: int | None = None):
+    """The `.pte`'s forward. `threads` resizes the process-wide threadpool XNNPACK runs on (default: the
+    runtime's, one thread per core); it must happen before the program loads, since a delegate keeps the pool
+    it was loaded with and resizing frees it: programs loaded earlier in the process must not run afterwards."""
+    if threads:
+        _set_threads(threads)
+    method = load_method(path)
+    return lambda latent: run(method, latent)
+
+
+def _set_threads(threads: int) -> None:
+    runtime()
+    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
+
+    with native_stderr_silenced():  # the pool's first use logs what it reads of the CPU
+        if _threadpool_get_thread_count() != threads:
+            _unsafe_reset_threadpool(threads)
 
 
 def runtime_versions() -> dict:

@@ -12,6 +12,7 @@ from torch import nn
 from effconv.errors import EffconvError
 from effconv.quiet import captured_stdout
 
+RUNTIME = "onnxruntime (CPU execution provider)"
 NAME = "onnx"
 SUFFIX = ".onnx"
 DEFAULT_OPSET = 18
@@ -67,10 +68,10 @@ def session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def predict(path: Path, example: torch.Tensor) -> np.ndarray:
-    ort_session = session(path)
-    feed = {ort_session.get_inputs()[0].name: example.detach().cpu().numpy()}
-    return ort_session.run(None, feed)[0]
+def load(path: Path, threads: int | None = None):
+    ort_session = session(path, threads)
+    input_name = ort_session.get_inputs()[0].name
+    return lambda latent: ort_session.run(None, {input_name: latent})[0]
 
 
 def runtime_versions() -> dict:

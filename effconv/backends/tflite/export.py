@@ -14,6 +14,7 @@ from torch import nn
 from effconv.errors import EffconvError, missing_extra
 from effconv.quiet import captured_stdout, quiet_imports
 
+RUNTIME = "LiteRT Interpreter (XNNPACK)"
 NAME = "tflite"
 SUFFIX = ".tflite"
 DEFAULT_ATOL = 1e-3
@@ -69,11 +70,16 @@ def op_inventory(path: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def predict(path: Path, example: torch.Tensor) -> np.ndarray:
-    runner = interpreter(path)
-    runner.set_tensor(runner.get_input_details()[0]["index"], example.detach().cpu().numpy())
-    runner.invoke()
-    return np.array(runner.get_tensor(runner.get_output_details()[0]["index"]))
+def load(path: Path, threads: int | None = None):
+    runner = interpreter(path, threads)
+    input_index, output_index = runner.get_input_details()[0]["index"], runner.get_output_details()[0]["index"]
+
+    def run(latent: np.ndarray) -> np.ndarray:
+        runner.set_tensor(input_index, latent)
+        runner.invoke()
+        return np.array(runner.get_tensor(output_index))
+
+    return run
 
 
 def runtime_versions() -> dict:
