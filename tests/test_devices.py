@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from effconv.errors import EffconvError
 from effconv.profile import devices
@@ -103,3 +104,21 @@ def test_devices_command_lists_every_profile(cli):
     code, out, _ = cli("devices", "--json")
     assert code == 0
     assert {p["name"] for p in json.loads(out)} == set(builtin_names())
+
+
+def test_every_shipped_device_says_how_it_runs_executorch():
+    """ExecuTorch artifacts are lowered to XNNPACK only: each phone profile lists it with a note of where it runs
+    (host-cpu too, checked without measuring the host)."""
+    for name in builtin_names():
+        profile = yaml.safe_load((devices.profiles_dir() / f"{name}.yaml").read_text()) if name == HOST else load_device(name).model_dump()
+        assert "executorch" in profile["backends"] and "XNNPACK" in profile["backend_units"]["executorch"]["note"]
+        assert profile["backend_units"]["executorch"]["units"] == ["cpu"]
+
+
+def test_a_backend_limited_to_some_units_sees_only_those():
+    phone = load_device("iphone16pro")
+    assert set(phone.units) == {"ane", "gpu", "cpu"}
+    assert set(phone.for_backend("executorch").units) == {"cpu"} and phone.for_backend("coreml") is phone
+    data = phone.model_dump() | {"backend_units": {"executorch": {"units": ["npu0"], "note": "x"}}}
+    with pytest.raises(Exception, match="unknown: \\['npu0'\\]"):
+        devices.DeviceProfile.model_validate(data)

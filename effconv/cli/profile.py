@@ -40,10 +40,11 @@ def _render_devices(profiles) -> None:
             for name, u in p.units.items()
         )
         table.add_row(p.name, units, f"{p.memory.bandwidth_gbps.value:.1f}", f"{p.memory.ram_gb.value:.0f}",
-                      ", ".join(p.backends), f"x{1 + p.model_uncertainty:.1f}")
+                      ", ".join(f"{b}*" if b in p.backend_units else b for b in p.backends), f"x{1 + p.model_uncertainty:.1f}")
     out.print(table)
     out.print("Every figure has a source and an uncertainty in its YAML (effconv/device_profiles/); phone "
-              "latencies are estimates, not measurements.")
+              "latencies are estimates, not measurements. * runs on some units only (`backend_units` in "
+              "`effconv devices --json`): e.g. ExecuTorch runs on phone CPUs through XNNPACK, the only delegate effconv builds.")
 
 
 @app.command()

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from effconv.errors import EffconvError
 from effconv.host import cpu_model, default_threads
@@ -79,11 +79,17 @@ class Source(StrictModel):
     url: str
 
 
+class BackendUnits(StrictModel):
+    units: list[str] = Field(min_length=1)
+    note: str
+
+
 class DeviceProfile(StrictModel):
     name: str = Field(pattern=SAFE_NAME)
     description: str
     soc: str
     backends: list[str] = Field(min_length=1)
+    backend_units: dict[str, BackendUnits] = Field(default_factory=dict, description="backends that run on some units only")
     legality: list[str] = Field(default_factory=list, description="backend rules that apply (see `effconv lint`)")
     memory: Memory
     units: dict[str, ComputeUnit] = Field(min_length=1, description="in placement order: first legal unit runs the op")
@@ -93,6 +99,21 @@ class DeviceProfile(StrictModel):
     validation: str = Field(description="how (and whether) estimates for this device were checked")
     sources: list[Source] = Field(min_length=1)
     measured: dict = Field(default_factory=dict, description="host-cpu only: what was measured, when, how")
+
+    @model_validator(mode="after")
+    def _backend_units_exist(self) -> DeviceProfile:
+        for backend, limit in self.backend_units.items():
+            unknown = set(limit.units) - set(self.units)
+            if backend not in self.backends or unknown:
+                raise ValueError(f"backend_units.{backend} must name a listed backend and its units (unknown: {sorted(unknown)})")
+        return self
+
+    def for_backend(self, backend: str) -> DeviceProfile:
+        """This device as an artifact of `backend` sees it: only the units that backend's runtime can use."""
+        limit = self.backend_units.get(backend)
+        if limit is None:
+            return self
+        return self.model_copy(update={"units": {name: unit for name, unit in self.units.items() if name in limit.units}})
 
 
 def profiles_dir():

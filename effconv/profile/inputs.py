@@ -36,6 +36,7 @@ class ProfileInput:
     dtype: str
     compression: dict | None
     how: str  # one line: where the graph came from
+    backend: str  # whose runtime runs it on the device (a spec: onnx)
     measured_path: Path | None  # what --measure runs: the artifact as it ships, or a spec's fresh ONNX export
     input_shape: tuple[int, ...]
     not_measurable: str = ""  # why --measure cannot run it, when measured_path is None
@@ -105,7 +106,7 @@ def resolve(target: Path, workdir: Path, resolution: str | None = None, frames: 
     if target.suffix in (".yaml", ".yml"):
         loaded = _reshaped(load_spec(target), resolution, frames)
         path, compression, shape = _export(loaded, workdir, allow_import)
-        return ProfileInput(loaded.spec.name, path, "fp32", compression, f"spec exported to ONNX for {_clip_text(loaded)}", path, shape)
+        return ProfileInput(loaded.spec.name, path, "fp32", compression, f"spec exported to ONNX for {_clip_text(loaded)}", "onnx", path, shape)
     backend = registry.for_artifact(target)
     manifest_file = manifest_path(target)
     manifest = read_manifest(manifest_file) if manifest_file.is_file() else None
@@ -119,18 +120,18 @@ def resolve(target: Path, workdir: Path, resolution: str | None = None, frames: 
     compression = _manifest_compression(manifest, manifest_file) if manifest else None
     reshaped = resolution is not None or frames is not None
     if backend.name == "onnx" and not reshaped:
-        return ProfileInput(target.stem, target, dtype, compression, "artifact as exported", target,
+        return ProfileInput(target.stem, target, dtype, compression, "artifact as exported", "onnx", target,
                             tuple(manifest.inputs[0].shape) if manifest else _onnx_input_shape(target))
     loaded = _source_spec(manifest, manifest_file, target, resolution, frames)
     path, compression, shape = _export(loaded, workdir, allow_import)
     if not reshaped:
         return ProfileInput(loaded.spec.name, path, dtype, compression,
                             f"{backend.name} artifact measured as shipped; costed on its spec's ONNX graph at {dtype}",
-                            target, tuple(manifest.inputs[0].shape))
+                            backend.name, target, tuple(manifest.inputs[0].shape))
     how = f"re-exported from the manifest's spec for {_clip_text(loaded)}, artifact dtype {dtype} kept"
     if backend.name == "onnx" and dtype == "fp32":
-        return ProfileInput(loaded.spec.name, path, dtype, compression, how, path, shape)
-    return ProfileInput(loaded.spec.name, path, dtype, compression, how, None, shape,
+        return ProfileInput(loaded.spec.name, path, dtype, compression, how, "onnx", path, shape)
+    return ProfileInput(loaded.spec.name, path, dtype, compression, how, backend.name, None, shape,
                         f"--measure runs the {dtype} {backend.name} artifact as it ships, and --resolution/--frames "
                         "change its fixed shapes")
 

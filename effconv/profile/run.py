@@ -118,7 +118,10 @@ def run(target: Path, device_name: str, resolution: str | None = None, frames: i
     with tempfile.TemporaryDirectory(prefix="effconv-profile-") as workdir:
         source = resolve(target, Path(workdir), resolution, frames, allow_import)
         graph = load_graph(source.onnx_path)
+        device = device.for_backend(source.backend)
         result_estimate = estimate(graph, device, dtype or source.dtype)
+    if source.backend in device.backend_units:
+        result_estimate.notes.append(f"{source.backend} on {device.name}: {device.backend_units[source.backend].note}")
         measured = _measured(source, threads, repeats) if do_measure else None
     if measured and measured["runtime"] != measure_runtime_of_fit():
         result_estimate.notes.append(f"host-cpu's efficiencies are fitted to {measure_runtime_of_fit()}; "
