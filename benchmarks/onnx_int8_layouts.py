@@ -101,7 +101,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for layout in ("conv3d", "conv2d"):
             work = Path(tmp) / layout
-            manifest = convert(loaded, "onnx", work, conv2d=layout == "conv2d")
+            manifest = convert(loaded, "onnx", work, layout=layout)
             float_model = work / manifest.artifact
             latent = np.random.default_rng(0).standard_normal(manifest.inputs[0].shape).astype(np.float32)
             paths = {"float": float_model, **quantized_variants(float_model, latent, work)}

@@ -25,6 +25,7 @@ def test_onnx_output_matches_pytorch_and_manifest_shapes_are_real(spec_path, tmp
     assert manifest.verify["passed"]
     assert manifest.verify["max_abs_err"] < 1e-4
     assert manifest.verify["psnr_db"] > 80
+    assert manifest.model_extra["layout"]["chosen"] == "conv3d"  # teachers keep Conv3d unless asked
 
     model = load_model(loaded)
     latent = model.example_input(seed=7)  # not the seed used by verification

@@ -60,7 +60,7 @@ def test_all_nodes_int8_is_smaller_and_close_to_float(student_onnx, tmp_path):
     assert report["quality"]["psnr_vs_float_db"] >= 30.0
     kernels = report["int8_kernels"]
     assert kernels == {**kernels, **int8_kernel_rule()}  # the rule for this host, and what it chose
-    assert kernels["kernels_vs_qdq_psnr_db"] >= 40.0  # int8 kernels compute what the QDQ model says: no saturation
+    assert kernels["kernel_loss_db"] <= 1.0  # the int8 kernels lose nothing to saturation (8-bit weights here: 12 dB)
     assert report["calibration"] == {"source": "video: bigbuckbunny.mp4", "samples": 3, "held_out": 1,
                                      "held_out_source": "video: bigbuckbunny.mp4"}
     assert "QuantizeLinear" in _quantized_ops(tmp_path / manifest.artifact)

@@ -133,13 +133,15 @@ def test_rewrite_writes_student_and_spec_that_convert_verifies(cli, tmp_path, te
 
 @pytest.mark.parametrize("teacher_spec", [pytest.param(SPECS / "hunyuan-tiny.yaml", marks=pytest.mark.slow),
                                          SPECS / "wan21-tiny.yaml"], ids=lambda p: p.stem)
-def test_student_onnx_with_conv2d_has_no_conv3d_and_verifies(cli, tmp_path, teacher_spec):
+def test_student_onnx_is_conv2d_by_default_and_verifies(cli, tmp_path, teacher_spec):
+    """A user who asks for nothing gets the faster ONNX layout for a student (Conv2d), with the reason recorded."""
     code, _, err = cli("rewrite", teacher_spec, "--recipe", "tiny", "--out", tmp_path)
     assert code == 0, err
     student_spec = tmp_path / f"{teacher_spec.stem}-student.yaml"
-    code, out, err = cli("convert", student_spec, "--to", "onnx", "--conv2d", "--out", tmp_path / "onnx", "--json")
+    code, out, err = cli("convert", student_spec, "--to", "onnx", "--out", tmp_path / "onnx", "--json")
     assert code == 0, err
     manifest = json.loads(out)
+    assert manifest["layout"]["chosen"] == "conv2d" and manifest["layout"]["why"].startswith("auto: Turbo-VAED students")
     assert manifest["verify"]["passed"] and manifest["verify"]["max_abs_err"] < 1e-4
     assert manifest["legalize"]["rewrites"]["conv3d-as-conv2d"] > 0
     assert manifest["legalize"]["rewrites"]["dwconv3d-as-conv2d-taps"] > 0  # the tiny recipe has separable blocks
@@ -151,8 +153,8 @@ def test_student_onnx_with_conv2d_has_no_conv3d_and_verifies(cli, tmp_path, teac
 
 
 def test_conv2d_is_an_onnx_option(cli, tmp_path):
-    code, out, err = cli("convert", SPECS / "hunyuan-tiny.yaml", "--to", "tflite", "--conv2d", "--out", tmp_path / "t")
-    assert code == 2 and "--conv2d applies to ONNX" in err and "Traceback" not in err
+    code, out, err = cli("convert", SPECS / "hunyuan-tiny.yaml", "--to", "tflite", "--layout", "conv2d", "--out", tmp_path / "t")
+    assert code == 2 and "--layout applies to ONNX" in err and "Traceback" not in err
     assert not (tmp_path / "t").exists()
 
 

@@ -21,9 +21,9 @@ def convert(
     opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 18 for the dynamo exporter)."),
     atol: float | None = typer.Option(None, "--atol", help="Max abs error allowed vs PyTorch [default: 1e-3; 5e-2 for Core ML fp16]."),
     precision: str = typer.Option("fp16", "--precision", help="Core ML compute precision: fp16 (ANE) or fp32."),
-    conv2d: bool = typer.Option(False, "--conv2d", help="ONNX: write every Conv3d as Conv2d over time-stacked frames "
-                                "(lossless). Faster in onnxruntime for Turbo-VAED students (narrow and depthwise "
-                                "convs), slower for teachers; see docs/student.md."),
+    layout: str = typer.Option("auto", "--layout", help="ONNX: conv2d writes every Conv3d as Conv2d over time-stacked frames "
+                               "(lossless; faster in onnxruntime for Turbo-VAED students), conv3d keeps them; auto: conv2d "
+                               "for students, conv3d for teachers (the reason goes in the manifest). See docs/student.md."),
     as_json: bool = JsonFlag,
     allow_import: bool = AllowImport,
 ) -> None:
@@ -31,7 +31,7 @@ def convert(
 
     Writes DIR/NAME.onnx (.mlpackage, .tflite, .pte) and the manifest DIR/NAME.json. Core ML, TFLite and ExecuTorch
     exports first apply effconv's lossless legalizing rewrites (checked against the original); ONNX
-    exports do with --conv2d. Exit 1 if the outputs differ by more than --atol or an op no backend
+    exports of students do by default (--layout). Exit 1 if the outputs differ by more than --atol or an op no backend
     unit can run remains.
 
     Example: `effconv convert examples/specs/hunyuan-tiny.yaml --to tflite --out out/`
@@ -44,7 +44,7 @@ def convert(
     with err.status(f"Exporting {loaded.spec.name} ({loaded.spec.part}) to {to}..."):
         try:
             manifest = run_convert(loaded, to, out_dir, atol=atol, opset=opset, allow_import=allow_import,
-                                   precision=precision, conv2d=conv2d)
+                                   precision=precision, layout=layout)
         except VerificationFailed as failure:
             if failure.manifest is not None:
                 _print_manifest(failure.manifest, as_json, out_dir)

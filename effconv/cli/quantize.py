@@ -83,8 +83,9 @@ def _print_quantize(manifest, as_json: bool, out_dir: Path) -> None:
     kernels = report.get("int8_kernels")
     if kernels:
         weights = "7-bit weights (no VNNI: avoids int16 saturation)" if kernels["reduce_range"] else "8-bit weights"
-        table.add_row("int8 kernels here", f"{weights}; kernels vs QDQ arithmetic {kernels['kernels_vs_qdq_psnr_db']:.1f} dB "
-                                           f"({', '.join(kernels['cpu_int8_features']) or 'no int8 extensions'})")
+        table.add_row("int8 kernels here", f"{weights}; they lose {kernels['kernel_loss_db']:+.1f} dB vs the QDQ model's exact "
+                                           f"arithmetic ({kernels['qdq_vs_float_psnr_db']:.1f} dB vs float; "
+                                           f"{', '.join(kernels['cpu_int8_features']) or 'no int8 extensions'})")
     latency = report["latency_ms"]
     if "speedup" in latency:
         table.add_row("host latency", f"{latency['float']:.1f} -> {latency['quantized']:.1f} ms ({latency['speedup']:.2f}x, "

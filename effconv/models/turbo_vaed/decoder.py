@@ -22,6 +22,7 @@ from effconv.quiet import quiet_imports
 from effconv.recipe import StudentRecipe
 from effconv.models.turbo_vaed.layers.blocks import DENSE_KERNEL, RMSNorm3d, ResBlock3d
 from effconv.models.turbo_vaed.layers.separable import CausalConv3d
+from effconv.models.turbo_vaed.layers.stream import ChunkStream
 from effconv.models.turbo_vaed.layers.upsample import ShuffleUpsampler3d
 
 with quiet_imports():
@@ -47,13 +48,13 @@ class TurboUpBlock3d(nn.Module):
             for _ in range(layers)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stream: ChunkStream | None = None) -> torch.Tensor:
         if self.conv_in is not None:
-            x = self.conv_in(x)
+            x = self.conv_in(x, stream)
         if self.upsampler is not None:
-            x = self.upsampler(x)
+            x = self.upsampler(x, stream)
         for block in self.resnets:
-            x = block(x)
+            x = block(x, stream)
         return x
 
 
@@ -107,16 +108,38 @@ class TurboVAEDDecoder(ModelMixin, ConfigMixin):
         """Names of the intermediate features `forward(..., return_features=True)` returns."""
         return [MID_TAP] + [f"up_blocks.{i}" for i in range(len(self.up_blocks))]
 
-    def forward(self, latent: torch.Tensor, return_features: bool = False):
-        x = self.conv_in(latent)
+    def forward(self, latent: torch.Tensor, return_features: bool = False, stream: ChunkStream | None = None):
+        x = self.conv_in(latent, stream)
         for block in self.mid_block:
-            x = block(x)
+            x = block(x, stream)
         features = {MID_TAP: x}
         for index, block in enumerate(self.up_blocks):
-            x = block(x)
+            x = block(x, stream)
             features[f"up_blocks.{index}"] = x
-        video = self.conv_out(F.silu(self.norm_out(x)))
+        video = self.conv_out(F.silu(self.norm_out(x)), stream)
         return (video, features) if return_features else video
+
+    def check_streamable(self) -> None:
+        """Chunked decoding is exact for causal padding and a frame rule that does not depend on the clip's length."""
+        if self.config.temporal_padding != "causal":
+            raise EffconvError(f"a student with '{self.config.temporal_padding}' temporal padding cannot stream: each frame "
+                               "depends on frames after it, which the next chunk has not decoded yet.",
+                               "rewrite the teacher with a recipe whose student has 'temporal_padding: causal' (the default).")
+        if self.config.frame_rule == "causal-if-odd":
+            raise EffconvError("this student's teacher (CogVideoX) keeps the first frame alone only when the whole clip "
+                               "has an odd number of latent frames, which a chunk cannot know.",
+                               "decode the whole clip in one call (no --stream).")
+
+    def decode_chunk(self, latent: torch.Tensor, cache: list[torch.Tensor] | None = None
+                     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Decode the latent frames that follow those decoded with `cache` (None: the clip's first chunk); returns
+        the chunk's video frames and the cache for the next chunk. Concatenating the frames of consecutive chunks
+        gives the whole-clip decode (layers/stream.py says why)."""
+        self.check_streamable()
+        stream = ChunkStream(latent.new_tensor(1.0 if cache is None else 0.0), cache)
+        video = self(latent, stream=stream)
+        stream.check_consumed()
+        return (video[:, :, stream.leading:] if cache is None else video), stream.updated
 
 
 def prime_factors(n: int) -> list[int]:

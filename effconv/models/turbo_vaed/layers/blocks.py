@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effconv.models.turbo_vaed.layers.separable import CausalConv3d, SeparableConv3d, TemporalPadding
+from effconv.models.turbo_vaed.layers.stream import ChunkStream
 
 RMS_EPS = 1e-8
 DENSE_KERNEL = 3
@@ -51,8 +52,8 @@ class ResBlock3d(nn.Module):
         self.conv2 = make_conv(out_channels, out_channels, separable, kernel_size, padding)
         self.shortcut = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stream: ChunkStream | None = None) -> torch.Tensor:
         h = self.norm1(x)
         h = F.relu(h) if self.first_relu else F.silu(h)
-        h = self.conv2(F.silu(self.norm2(self.conv1(h))))
+        h = self.conv2(F.silu(self.norm2(self.conv1(h, stream))), stream)
         return h + (self.shortcut(x) if self.shortcut is not None else x)

@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from effconv.models.turbo_vaed.layers.stream import ChunkStream
+
 TemporalPadding = Literal["causal", "symmetric"]
 
 
@@ -44,7 +46,9 @@ class CausalConv3d(nn.Module):
         half = self.kernel_size // 2
         return torch.cat([first] * half + [x] + [last] * half, dim=2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stream: ChunkStream | None = None) -> torch.Tensor:
+        if stream is not None and self.kernel_size > 1:
+            return self.conv(stream.pad(x, self.kernel_size - 1))
         return self.conv(self._pad_frames(x))
 
 
@@ -60,5 +64,5 @@ class SeparableConv3d(nn.Module):
         self.depthwise = CausalConv3d(in_channels, in_channels, kernel_size, groups=in_channels, padding=padding)
         self.pointwise = nn.Conv3d(in_channels, out_channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pointwise(self.depthwise(x))
+    def forward(self, x: torch.Tensor, stream: ChunkStream | None = None) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x, stream))

@@ -9,6 +9,7 @@ from torch import nn
 from effconv.models.base import FRAME_RULES, FrameRule
 from effconv.models.turbo_vaed.layers.pixel_shuffle import DecoupledPixelShuffle3d
 from effconv.models.turbo_vaed.layers.separable import CausalConv3d, TemporalPadding
+from effconv.models.turbo_vaed.layers.stream import ChunkStream
 
 
 def keeps_first_frame_alone(rule: FrameRule, frames: int) -> bool:
@@ -30,9 +31,11 @@ class ShuffleUpsampler3d(nn.Module):
         self.conv = CausalConv3d(channels, channels * s_t * s_h * s_w, 3, padding=padding)
         self.shuffle = DecoupledPixelShuffle3d(s_t, s_h, s_w, causal=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stream: ChunkStream | None = None) -> torch.Tensor:
         frames = x.shape[2]
-        x = self.shuffle(self.conv(x))
+        x = self.shuffle(self.conv(x, stream))
+        if stream is not None:  # the frame rule of a streamed clip cannot depend on its length (see stream.py)
+            return stream.upsampled(x, self.s_t, drops_first=self.frame_rule == "causal")
         if self.s_t > 1 and keeps_first_frame_alone(self.frame_rule, frames):
             x = x[:, :, self.s_t - 1 :]
         return x
