@@ -64,12 +64,18 @@ class Backend:
     default_atol: float
     legalized: bool  # exported after effconv's legalizing rewrites (lint rules `legalize/rules/NAME.yaml`)
     export: Callable[..., dict]  # (module, example, path, input_name, output_name, **options) -> export info
-    load: Callable[[Path, int | None], Callable[[np.ndarray], np.ndarray] | None]  # (artifact, threads) -> run, or None off its platform
+    # (artifact, threads) -> run: arrays in the graph's input order -> arrays in its output order; None off its platform
+    load_all: Callable[[Path, int | None], Callable[[list[np.ndarray]], list[np.ndarray]] | None]
     runtime: str  # what `load` runs the artifact in, as a user reads it in a report
     ops: Callable[[Path], dict[str, int]]  # op kind -> count, read from the artifact
     quantize: Callable[..., dict]  # (artifact, manifest, calib, held_out, out_path, QuantizeOptions) -> report
     check_quantizable: Callable[[Path, QuantizeOptions], None]  # cheap checks before calibration data is made
     runtime_versions: Callable[[], dict]
+
+    def load(self, artifact: Path, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The artifact as a function of its one input to its one output (a decoder), or None off its platform."""
+        run = self.load_all(artifact, threads)
+        return None if run is None else (lambda latent: run([latent])[0])
 
     def predict(self, artifact: Path, example: Any) -> np.ndarray | None:
         """The artifact's output for one input (a tensor or an array), or None where this host cannot run it."""

@@ -24,6 +24,9 @@ def convert(
     layout: str = typer.Option("auto", "--layout", help="ONNX: conv2d writes every Conv3d as Conv2d over time-stacked frames "
                                "(lossless; faster in onnxruntime for Turbo-VAED students), conv3d keeps them; auto: conv2d "
                                "for students, conv3d for teachers (the reason goes in the manifest). See docs/student.md."),
+    stream: int | None = typer.Option(None, "--stream", help="Students: write a streaming artifact that decodes this many "
+                                      "latent frames per call, its temporal cache as extra inputs/outputs (onnx, tflite; "
+                                      "see docs/streaming.md). Decode any length with `effconv decode`."),
     as_json: bool = JsonFlag,
     allow_import: bool = AllowImport,
 ) -> None:
@@ -44,7 +47,7 @@ def convert(
     with err.status(f"Exporting {loaded.spec.name} ({loaded.spec.part}) to {to}..."):
         try:
             manifest = run_convert(loaded, to, out_dir, atol=atol, opset=opset, allow_import=allow_import,
-                                   precision=precision, layout=layout)
+                                   precision=precision, layout=layout, stream=stream)
         except VerificationFailed as failure:
             if failure.manifest is not None:
                 _print_manifest(failure.manifest, as_json, out_dir)

@@ -32,7 +32,7 @@ TEACHER_LAYOUT_WHY = ("a teacher's wide dense convs already run near peak as Con
 VERIFY_SEED = 0
 
 
-def _tensor_info(name: str, shape, dtype: str = "float32") -> TensorInfo:
+def tensor_info(name: str, shape, dtype: str = "float32") -> TensorInfo:
     return TensorInfo(name=name, shape=[int(d) for d in shape], dtype=dtype)
 
 
@@ -68,7 +68,7 @@ def convert_model(model: LoadedModel, backend: str, out_dir: Path, atol: float |
             **extra,
         )
         write_manifest(manifest, stage)
-    return _checked(manifest, out_dir, atol)
+    return checked(manifest, out_dir, atol)
 
 
 def _checked_rewrites(model: LoadedModel, example, rewrites):
@@ -100,8 +100,8 @@ def _base_manifest(model: LoadedModel, backend: str, artifact: Path, reference_s
         backend=backend,
         artifact=artifact.name,
         spec=model.spec.resolved(),
-        inputs=[_tensor_info(model.input_name, model.input_shape)],
-        outputs=[_tensor_info(model.output_name, reference_shape)],
+        inputs=[tensor_info(model.input_name, model.input_shape)],
+        outputs=[tensor_info(model.output_name, reference_shape)],
         params=model.num_params(),
         verify=verify,
         family=model.adapter.family,
@@ -158,10 +158,10 @@ def convert_legalized(model: LoadedModel, target: Backend, out_dir: Path, atol: 
             versions=target.runtime_versions(),
         )
         write_manifest(manifest, stage)
-    return _checked(manifest, out_dir, atol)
+    return checked(manifest, out_dir, atol)
 
 
-def _checked(manifest: Manifest, out_dir: Path, atol: float) -> Manifest:
+def checked(manifest: Manifest, out_dir: Path, atol: float) -> Manifest:
     """Return the written manifest, or raise VerificationFailed (exit 1) when it failed its tolerance."""
     verify = manifest.verify
     if verify["passed"]:
@@ -188,7 +188,8 @@ def onnx_layout(model: LoadedModel, requested: str) -> tuple[str, str]:
 
 def convert(loaded: LoadedSpec, backend: str, out_dir: Path, atol: float | None = None,
             opset: int = onnx_backend.DEFAULT_OPSET, allow_import: bool = False, precision: str = "fp16",
-            layout: str = "auto") -> Manifest:
+            layout: str = "auto", stream: int | None = None) -> Manifest:
+    """`stream` K: a streaming artifact that decodes K latent frames per call (convert/streaming.py)."""
     registry.get(backend)
     if atol is not None and not 0 <= atol < math.inf:
         raise EffconvError(f"--atol must be a finite number >= 0, got {atol}.", "pass e.g. --atol 1e-3.")
@@ -202,4 +203,9 @@ def convert(loaded: LoadedSpec, backend: str, out_dir: Path, atol: float | None 
         raise EffconvError(f"--layout applies to ONNX exports only; {backend} exports pick their own rewrites.",
                            "drop --layout, or use --to onnx.")
     model = load_model(loaded, allow_import=allow_import)
+    if stream is not None:
+        from effconv.convert.streaming import convert_streaming
+
+        options = {"opset": opset} if backend == onnx_backend.NAME else {}
+        return convert_streaming(model, backend, out_dir, stream, atol=atol, layout=layout, **options)
     return convert_model(model, backend, out_dir, atol=atol, opset=opset, precision=precision, layout=layout)

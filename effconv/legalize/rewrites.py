@@ -372,10 +372,27 @@ def resolve(names: list[str]) -> list[Rewrite]:
     return [REWRITES[name] for name in names]
 
 
-def export_graph(module: nn.Module, example: torch.Tensor) -> fx.GraphModule:
+Example = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def as_args(example: Example) -> tuple[torch.Tensor, ...]:
+    """A module's positional inputs: one tensor (a decoder's latent) or several (a streaming step's latent, flag
+    and caches)."""
+    return example if isinstance(example, tuple) else (example,)
+
+
+def as_names(names: str | list[str]) -> list[str]:
+    return [names] if isinstance(names, str) else list(names)
+
+
+def _as_outputs(output) -> list[torch.Tensor]:
+    return list(output) if isinstance(output, (tuple, list)) else [output]
+
+
+def export_graph(module: nn.Module, example: Example) -> fx.GraphModule:
     """The module as an fx graph of ATen ops, with shapes on every node (node.meta['val'])."""
     with torch.no_grad(), captured_stdout():
-        graph = torch.export.export(module, (example,)).module()
+        graph = torch.export.export(module, as_args(example)).module()
     graph.training = False  # exported graphs refuse .eval(); converters read this flag
     return graph
 
@@ -403,12 +420,12 @@ class Legalized:
         }
 
 
-def legalize(module: nn.Module, example: torch.Tensor, rewrites: list[Rewrite]) -> Legalized:
-    """Export, rewrite, and check the rewritten graph against the original module on `example`."""
+def legalize(module: nn.Module, example: Example, rewrites: list[Rewrite]) -> Legalized:
+    """Export, rewrite, and check the rewritten graph against the original module on `example` (every output)."""
     gm = export_graph(module, example)
     counts = apply_rewrites(gm, rewrites)
     with torch.no_grad():
-        reference = module(example)
-        rewritten = gm(example)
-    error = float((reference.double() - rewritten.double()).abs().max()) if reference.shape == rewritten.shape else float("inf")
+        references, rewrittens = _as_outputs(module(*as_args(example))), _as_outputs(gm(*as_args(example)))
+    error = max((float((a.double() - b.double()).abs().max()) if a.shape == b.shape else float("inf")
+                 for a, b in zip(references, rewrittens)), default=0.0) if len(references) == len(rewrittens) else float("inf")
     return Legalized(module=gm, counts=counts, max_abs_err=error)

@@ -14,5 +14,5 @@ def _quantize(artifact: Path, manifest, calib, held_out, out_path: Path, options
 
 
 BACKEND = Backend(name=export.NAME, suffix=export.SUFFIX, extra="coreml", default_atol=export.DEFAULT_ATOL,
-                  legalized=True, export=export.export, load=export.load, runtime=export.RUNTIME, ops=export.op_inventory,
+                  legalized=True, export=export.export, load_all=export.load_all, runtime=export.RUNTIME, ops=export.op_inventory,
                   quantize=_quantize, check_quantizable=no_checks, runtime_versions=export.runtime_versions)

@@ -136,14 +136,20 @@ def _round_output_to_fp16(_layer: nn.Module, _inputs, output):
     return _fp16_rounded(output) if isinstance(output, torch.Tensor) else output
 
 
-def load(path: Path, _threads: int | None = None):
+def load_all(path: Path, _threads: int | None = None):
     """Core ML prediction (macOS only; Core ML chooses its own threads); None elsewhere."""
     if platform.system() != "Darwin":
         return None
     ct = _coremltools()
     mlmodel = ct.models.MLModel(str(path))
-    input_name = mlmodel.get_spec().description.input[0].name
-    return lambda latent: np.asarray(next(iter(mlmodel.predict({input_name: latent}).values())), dtype=np.float32)
+    description = mlmodel.get_spec().description
+    inputs, outputs = [t.name for t in description.input], [t.name for t in description.output]
+
+    def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        predicted = mlmodel.predict(dict(zip(inputs, arrays)))
+        return [np.asarray(predicted[name], dtype=np.float32) for name in outputs]
+
+    return run
 
 
 def runtime_versions() -> dict:

@@ -18,5 +18,5 @@ def _check_quantizable(_artifact: Path, options: QuantizeOptions) -> None:
 
 
 BACKEND = Backend(name=export.NAME, suffix=export.SUFFIX, extra="executorch", default_atol=export.DEFAULT_ATOL,
-                  legalized=True, export=export.export, load=export.load, runtime=export.RUNTIME, ops=export.op_inventory,
+                  legalized=True, export=export.export, load_all=export.load_all, runtime=export.RUNTIME, ops=export.op_inventory,
                   quantize=_quantize, check_quantizable=_check_quantizable, runtime_versions=export.runtime_versions)

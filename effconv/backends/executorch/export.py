@@ -152,19 +152,22 @@ def load_method(path: Path):
                            "re-create it with `effconv convert SPEC --to executorch`.") from None
 
 
+def _tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return (array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))).contiguous()
+
+
 def run(method, latent: np.ndarray | torch.Tensor) -> np.ndarray:
-    tensor = latent if isinstance(latent, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(latent))
-    return method.execute([tensor.contiguous()])[0].numpy()
+    return method.execute([_tensor(latent)])[0].numpy()
 
 
-def load(path: Path, threads: int | None = None):
+def load_all(path: Path, threads: int | None = None):
     """The `.pte`'s forward. `threads` resizes the process-wide threadpool XNNPACK runs on (default: the
     runtime's, one thread per core); it must happen before the program loads, since a delegate keeps the pool
     it was loaded with and resizing frees it: programs loaded earlier in the process must not run afterwards."""
     if threads:
         _set_threads(threads)
     method = load_method(path)
-    return lambda latent: run(method, latent)
+    return lambda arrays: [output.numpy() for output in method.execute([_tensor(array) for array in arrays])]
 
 
 def _set_threads(threads: int) -> None:

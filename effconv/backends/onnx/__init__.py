@@ -20,5 +20,5 @@ def _check_quantizable(_artifact: Path, options: QuantizeOptions) -> None:
 
 
 BACKEND = Backend(name=export.NAME, suffix=export.SUFFIX, extra=None, default_atol=export.DEFAULT_ATOL, legalized=False,
-                  export=export.export, load=export.load, runtime=export.RUNTIME, ops=export.op_inventory, quantize=_quantize,
+                  export=export.export, load_all=export.load_all, runtime=export.RUNTIME, ops=export.op_inventory, quantize=_quantize,
                   check_quantizable=_check_quantizable, runtime_versions=export.runtime_versions)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from effconv.errors import EffconvError
+from effconv.legalize.rewrites import Example, as_args, as_names
 from effconv.quiet import captured_stdout
 
 RUNTIME = "onnxruntime (CPU execution provider)"
@@ -30,7 +31,7 @@ def check_opset(opset: int) -> None:
         raise EffconvError(f"opset {opset} is newer than onnx {onnx.__version__} knows.", f"use --opset {DEFAULT_OPSET}.")
 
 
-def export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str,
+def export(module: nn.Module, example: Example, path: Path, input_name: str | list[str], output_name: str | list[str],
            opset: int = DEFAULT_OPSET) -> dict:
     check_opset(opset)
     weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
@@ -39,11 +40,11 @@ def export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str
         with torch.no_grad(), captured_stdout():
             program = torch.onnx.export(
                 module,
-                (example,),
+                as_args(example),
                 dynamo=True,
                 opset_version=opset,
-                input_names=[input_name],
-                output_names=[output_name],
+                input_names=as_names(input_name),
+                output_names=as_names(output_name),
                 optimize=True,
             )
             program.save(str(path), external_data=external)
@@ -68,10 +69,10 @@ def session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def load(path: Path, threads: int | None = None):
+def load_all(path: Path, threads: int | None = None):
     ort_session = session(path, threads)
-    input_name = ort_session.get_inputs()[0].name
-    return lambda latent: ort_session.run(None, {input_name: latent})[0]
+    names = [tensor.name for tensor in ort_session.get_inputs()]
+    return lambda arrays: ort_session.run(None, dict(zip(names, arrays)))
 
 
 def runtime_versions() -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import importlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from effconv.errors import EffconvError, missing_extra
+from effconv.legalize.rewrites import Example, as_args
 from effconv.quiet import captured_stdout, quiet_imports
 
 RUNTIME = "LiteRT Interpreter (XNNPACK)"
@@ -40,11 +42,14 @@ def _interpreter_module():
     raise missing_extra("ai-edge-litert", "tflite")
 
 
-def export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str) -> dict:
+def export(module: nn.Module, example: Example, path: Path, input_name: str | list[str],
+           output_name: str | list[str]) -> dict:
+    """Inputs and outputs keep their order (load_all reads them back in it); LiteRT names them args_N and output_N,
+    so `input_name`/`output_name` are for the manifest only."""
     litert_torch = _litert_torch()
     try:
         with torch.no_grad(), captured_stdout():
-            litert_torch.convert(module, (example,)).export(str(path))
+            litert_torch.convert(module, as_args(example)).export(str(path))
     except EffconvError:
         raise
     except Exception as exc:  # the MLIR converter raises ValueError/RuntimeError with the failing op; all mean "did not convert"
@@ -70,14 +75,21 @@ def op_inventory(path: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def load(path: Path, threads: int | None = None):
-    runner = interpreter(path, threads)
-    input_index, output_index = runner.get_input_details()[0]["index"], runner.get_output_details()[0]["index"]
+def _in_argument_order(details: list[dict]) -> list[int]:
+    """Tensor indices in the order of the converted module's arguments and outputs: litert-torch names them
+    `args_N` and `output_N`, and the interpreter lists them in another order (args_10 before args_2)."""
+    return [d["index"] for d in sorted(details, key=lambda d: int(re.search(r"(?:args|output)_(\d+)", d["name"])[1]))]
 
-    def run(latent: np.ndarray) -> np.ndarray:
-        runner.set_tensor(input_index, latent)
+
+def load_all(path: Path, threads: int | None = None):
+    runner = interpreter(path, threads)
+    inputs, outputs = _in_argument_order(runner.get_input_details()), _in_argument_order(runner.get_output_details())
+
+    def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        for index, array in zip(inputs, arrays):
+            runner.set_tensor(index, array)
         runner.invoke()
-        return np.array(runner.get_tensor(output_index))
+        return [np.array(runner.get_tensor(index)) for index in outputs]
 
     return run
 

@@ -1,0 +1,93 @@
+"""`effconv convert STUDENT --stream K`: one artifact that decodes K latent frames per call, its temporal cache as
+inputs and outputs, verified by running the chunk loop in the artifact's runtime against the whole-clip decode."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from effconv.artifacts import Manifest, staged_output, write_manifest
+from effconv.backends import registry
+from effconv.backends.streaming import stream_chunks
+from effconv.backends.verify import compare
+from effconv.convert.stage import ONNX_CONV2D_REWRITES, VERIFY_SEED, checked, onnx_layout, tensor_info
+from effconv.errors import EffconvError, VerificationFailed
+from effconv.legalize.lint import check_exportable, lint_graph
+from effconv.legalize.rewrites import legalize, resolve, rewrites_for
+from effconv.models.loader import LoadedModel
+from effconv.models.turbo_vaed.decoder import TurboVAEDDecoder
+from effconv.models.turbo_vaed.streaming import StreamingStep, stream_layout
+
+STREAM_BACKENDS = ("onnx", "tflite")
+VERIFY_CHUNKS = 3  # the verification clip: three calls, the last one short when K > 1
+
+
+def check_stream_request(model: LoadedModel, backend: str, chunk: int) -> None:
+    if backend not in STREAM_BACKENDS:
+        raise EffconvError(f"--stream is not built for {backend} yet.", f"use --to {' or --to '.join(STREAM_BACKENDS)}.")
+    if chunk < 1:
+        raise EffconvError(f"--stream must be at least 1 latent frame, got {chunk}.", "pass e.g. --stream 1.")
+    if not isinstance(model.model, TurboVAEDDecoder) or model.spec.spec.part != "decoder":
+        raise EffconvError(f"--stream exports effconv student decoders; '{model.spec.spec.name}' is a "
+                           f"{type(model.model).__name__} {model.spec.spec.part}.",
+                           "run `effconv rewrite TEACHER.yaml --out DIR` and convert the student spec it writes.")
+    model.model.check_streamable()
+
+
+def _verification_clip(model: LoadedModel, chunk: int) -> torch.Tensor:
+    latent = model.example_input(VERIFY_SEED)
+    frames = VERIFY_CHUNKS * chunk - (1 if chunk > 1 else 0)
+    generator = torch.Generator().manual_seed(VERIFY_SEED)
+    return torch.randn((*latent.shape[:2], frames, *latent.shape[3:]), generator=generator)
+
+
+def convert_streaming(model: LoadedModel, backend: str, out_dir: Path, chunk: int, atol: float | None = None,
+                      layout: str = "auto", **export_options) -> Manifest:
+    check_stream_request(model, backend, chunk)
+    target = registry.get(backend)
+    atol = target.default_atol if atol is None else atol
+    decoder: TurboVAEDDecoder = model.model
+    clip = _verification_clip(model, chunk)
+    shape = stream_layout(decoder, (*clip.shape[:2], chunk, *clip.shape[3:]))
+    step = StreamingStep(decoder).eval()
+    example = shape.first_call(clip[:, :, :chunk])
+    chosen, why = onnx_layout(model, layout) if backend == "onnx" else (None, None)
+    rewrites = rewrites_for(backend) if target.legalized else resolve(list(ONNX_CONV2D_REWRITES)) if chosen == "conv2d" else []
+    module, sections = step, {}
+    if rewrites:
+        legal = legalize(step, example, rewrites)
+        if not legal.report()["equivalence"]["passed"]:
+            raise VerificationFailed(f"effconv's rewrites changed the streaming step's output (max abs error "
+                                     f"{legal.max_abs_err:.3g}).", "report this as an effconv bug.")
+        if target.legalized:
+            check_exportable(lint_graph(legal.module.graph, backend, applied=tuple(legal.counts)), "after effconv's rewrites")
+        module, sections = legal.module, {"legalize": legal.report()}
+    if chosen:
+        sections["layout"] = {"chosen": chosen, "requested": layout, "why": why}
+    with torch.no_grad():
+        reference = decoder(clip).numpy()
+        step_outputs = step(*example)
+    name = model.spec.spec.name
+    with staged_output(out_dir) as stage:
+        artifact = stage / f"{name}{target.suffix}"
+        started = time.perf_counter()
+        export_info = target.export(module, example, artifact, shape.input_names, shape.output_names, **export_options)
+        export_seconds = time.perf_counter() - started
+        run_all = target.load_all(artifact, None)
+        streamed = np.concatenate(list(stream_chunks(run_all, shape.as_manifest(), clip.numpy())), axis=2)
+        verify = compare(reference, streamed, atol) | {
+            "against": f"whole-clip PyTorch decode of {clip.shape[2]} latent frames, streamed {chunk} per call in "
+                       f"{target.runtime}", "seed": VERIFY_SEED, "prediction": "run"}
+        manifest = Manifest(
+            name=name, backend=backend, artifact=artifact.name, spec=model.spec.resolved(),
+            inputs=[tensor_info(n, t.shape) for n, t in zip(shape.input_names, example)],
+            outputs=[tensor_info(n, t.shape) for n, t in zip(shape.output_names, step_outputs)],
+            params=model.num_params(), verify=verify, family=model.adapter.family,
+            compression=model.compression.as_dict(), stream=shape.as_manifest(), **sections,
+            export={**export_info, "seconds": round(export_seconds, 2)}, versions=target.runtime_versions(),
+        )
+        write_manifest(manifest, stage)
+    return checked(manifest, out_dir, atol)
