@@ -21,7 +21,7 @@ LAYERS = [
     {"legalize"},
     {"backends"},
     {"rewrite", "convert"},
-    {"distill", "quantize", "profile"},
+    {"distill", "quantize", "profile", "decode"},
     {"pipeline"},
     {"cli"},
     {"__main__"},

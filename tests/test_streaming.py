@@ -3,13 +3,20 @@ whole-clip decode for every chunk plan; what cannot stream is refused with the r
 
 from __future__ import annotations
 
+import json
+
+import av
+import numpy as np
 import pytest
 import torch
 
+from effconv.artifacts import read_manifest
+from effconv.convert.stage import convert
 from effconv.errors import EffconvError
 from effconv.models.loader import load_model
 from effconv.models.turbo_vaed.decoder import build_student
 from effconv.recipe import StudentRecipe, load_recipe
+from effconv.rewrite.stage import rewrite
 from effconv.spec import load_spec
 
 from conftest import FAMILY_SPECS
@@ -77,3 +84,71 @@ def test_symmetric_padding_and_cogvideox_frame_rule_cannot_stream():
     cogvideox, _ = _student(next(spec for spec in FAMILY_SPECS if spec.stem.startswith("cogvideox")))
     with pytest.raises(EffconvError, match="odd number of latent frames"):
         cogvideox.decode_chunk(_latent(cogvideox, 2))
+
+
+@pytest.fixture(scope="module")
+def streaming_student(tmp_path_factory):
+    """The tiny Wan 2.1 student (a family the other streaming tests leave to PyTorch), exported with --stream 2."""
+    root = tmp_path_factory.mktemp("stream")
+    teacher = next(spec for spec in FAMILY_SPECS if spec.stem.startswith("wan21"))
+    rewrite(load_spec(teacher), "tiny", root)
+    student = load_spec(root / f"{teacher.stem}-student.yaml")
+    return student, {name: root / name / convert(student, name, root / name, stream=2).artifact for name in ("onnx", "tflite")}
+
+
+@pytest.mark.parametrize("backend", ["onnx", "tflite"])
+def test_a_streaming_artifact_decodes_any_length_as_the_whole_clip(streaming_student, backend, cli, tmp_path):
+    student, artifacts = streaming_student
+    manifest = read_manifest(artifacts[backend].with_suffix(".json"))
+    stream = manifest.stream
+    assert manifest.verify["passed"] and manifest.verify["max_abs_err"] <= 1e-4
+    assert [t.name for t in manifest.inputs] == ["latent", "first"] + [c["input"] for c in stream["caches"]]
+    assert stream["latent_frames_per_call"] == 2 and stream["video_frames_per_call"] == 8
+    assert stream["drop_leading_frames_of_first_call"] == 3 and all(c["initial"] == "zeros" for c in stream["caches"])
+    model = load_model(student)
+    for frames in (12, 7):  # 7: the last call is short and padded
+        latent = torch.randn(1, *manifest.inputs[0].shape[1:2], frames, *manifest.inputs[0].shape[3:])
+        np.save(tmp_path / "latent.npy", latent.numpy())
+        code, out, err = cli("decode", artifacts[backend], "--latents", tmp_path / "latent.npy", "--out", tmp_path / "video.npy", "--json")
+        assert code == 0, err
+        with torch.no_grad():
+            whole = model.module(latent).numpy()
+        decoded = np.load(tmp_path / "video.npy")
+        assert decoded.shape == whole.shape and float(np.abs(decoded - whole).max()) <= 1e-4
+        assert json.loads(out)["chunks"] == -(-frames // 2)
+
+
+def test_decode_writes_an_mp4_of_the_stream(streaming_student, cli, tmp_path):
+    _, artifacts = streaming_student
+    np.save(tmp_path / "latent.npy", np.zeros((1, *read_manifest(artifacts["onnx"].with_suffix(".json")).inputs[0].shape[1:2], 3, 4, 6), np.float32))
+    code, _, err = cli("decode", artifacts["onnx"], "--latents", tmp_path / "latent.npy", "--out", tmp_path / "video.mp4")
+    assert code == 0, err
+    with av.open(str(tmp_path / "video.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 9  # 1 + 4 * (3 - 1)
+
+
+def test_decode_refuses_what_it_cannot_stream_in_one_line(streaming_student, cli, tmp_path):
+    student, artifacts = streaming_student
+    whole_clip = tmp_path / "whole" / convert(student, "onnx", tmp_path / "whole").artifact
+    np.save(tmp_path / "latent.npy", np.zeros((1, 4, 3, 4, 6), np.float32))
+    np.save(tmp_path / "f64.npy", np.zeros((1, 4, 3, 4, 6)))
+    np.save(tmp_path / "wide.npy", np.zeros((1, 4, 3, 8, 8), np.float32))
+    cases = [
+        ((whole_clip, "--latents", tmp_path / "latent.npy", "--out", tmp_path / "v.npy"), "--stream 1"),
+        ((artifacts["onnx"], "--latents", tmp_path / "f64.npy", "--out", tmp_path / "v.npy"), "float32"),
+        ((artifacts["onnx"], "--latents", tmp_path / "missing.npy", "--out", tmp_path / "v.npy"), "not found"),
+        ((artifacts["onnx"], "--latents", tmp_path / "wide.npy", "--out", tmp_path / "v.npy"), "re-export it at yours"),
+        ((artifacts["onnx"], "--latents", tmp_path / "latent.npy", "--out", tmp_path / "v.avi"), ".npy or .mp4"),
+    ]
+    for args, fix in cases:
+        code, _, err = cli("decode", *args)
+        assert code == 2 and fix in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "v.npy").exists() and not (tmp_path / "v.avi").exists()
+
+
+def test_stream_export_is_for_students_on_onnx_and_tflite(cli, tmp_path):
+    code, _, err = cli("convert", FAMILY_SPECS[1], "--stream", "1", "--out", tmp_path / "teacher")
+    assert code == 2 and "effconv rewrite" in err
+    code, _, err = cli("convert", FAMILY_SPECS[1], "--to", "coreml", "--stream", "1", "--out", tmp_path / "coreml")
+    assert code == 2 and "not built for coreml" in err
+    assert not (tmp_path / "teacher").exists() and not (tmp_path / "coreml").exists()

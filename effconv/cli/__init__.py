@@ -17,6 +17,7 @@ from effconv.cli import lint  # lint
 from effconv.cli import student  # rewrite, distill, eval
 from effconv.cli import pipeline  # run
 from effconv.cli import quantize  # quantize
+from effconv.cli import decode  # decode
 # isort: on
 
 __all__ = ["app", "main"]

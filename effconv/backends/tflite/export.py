@@ -14,7 +14,7 @@ from torch import nn
 
 from effconv.errors import EffconvError, missing_extra
 from effconv.legalize.rewrites import Example, as_args
-from effconv.quiet import captured_stdout, quiet_imports
+from effconv.quiet import captured_stdout, native_stderr_silenced, quiet_imports
 
 RUNTIME = "LiteRT Interpreter (XNNPACK)"
 NAME = "tflite"
@@ -63,8 +63,9 @@ def export(module: nn.Module, example: Example, path: Path, input_name: str | li
 
 def interpreter(path: Path, threads: int | None = None):
     module = _interpreter_module()
-    runner = module.Interpreter(model_path=str(path), num_threads=threads)
-    runner.allocate_tensors()
+    with native_stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate", on every load
+        runner = module.Interpreter(model_path=str(path), num_threads=threads)
+        runner.allocate_tensors()
     return runner
 
 
