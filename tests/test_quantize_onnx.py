@@ -155,7 +155,7 @@ def test_speed_selection_keeps_slower_kinds_in_float(student_onnx, tmp_path):
     float_kinds = {row["kind"] for row in report["nodes"]["kinds"] if not row["quantized"]}
     if report["nodes"].get("int8_compute") == 0:  # int8 compute did not pay here: weight-only fallback, all float
         float_kinds = {row["kind"] for row in report["nodes"]["kinds"]}
-        assert report["notes"][0].startswith("int8 compute is not faster than float")
+        assert any(note.startswith("int8 compute is not faster than float") for note in report["notes"])
     assert {node["kind"] for node in report["float_nodes"]} == float_kinds
     assert _weight_bytes(student_onnx) / _weight_bytes(tmp_path / manifest.artifact) >= 3.9  # int8 storage regardless
     assert report["latency_ms"]["threads"] >= 1 and report["latency_ms"]["float"] > 0

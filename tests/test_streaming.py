@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from effconv.artifacts import read_manifest
+from effconv.backends import registry
 from effconv.convert.stage import convert
 from effconv.errors import EffconvError
 from effconv.models.loader import load_model
 from effconv.models.turbo_vaed.decoder import build_student
+from effconv.profile.run import run as profile
 from effconv.recipe import StudentRecipe, load_recipe
 from effconv.rewrite.stage import rewrite
 from effconv.spec import load_spec
@@ -152,3 +154,12 @@ def test_stream_export_is_for_students_on_onnx_and_tflite(cli, tmp_path):
     code, _, err = cli("convert", FAMILY_SPECS[1], "--to", "coreml", "--stream", "1", "--out", tmp_path / "coreml")
     assert code == 2 and "not built for coreml" in err
     assert not (tmp_path / "teacher").exists() and not (tmp_path / "coreml").exists()
+
+
+@pytest.mark.parametrize("backend", ["onnx", "tflite"])
+def test_profile_of_a_streaming_artifact_is_per_call(streaming_student, backend):
+    """One call of K latent frames, estimated on its own graph and measured in its runtime as a later call."""
+    _, artifacts = streaming_student
+    result = profile(artifacts[backend], "host-cpu", do_measure=True, threads=1, repeats=2)
+    assert "steady state" in result.source.how and result.estimate.frames == 8  # K=2 latent frames x 4
+    assert result.measured["median_ms"] > 0 and result.measured["runtime"] == registry.get(backend).runtime

@@ -125,7 +125,8 @@ def _render_profile(result, top: int) -> None:
                     f"{memory['peak_activations_mb']:.1f}) of {memory['usable_ram_mb']:.0f} MB usable: {fits}")
     if not memory["fits"]:
         chunk = memory["chunk_latent_frames"]
-        advice = (f"decode in chunks of {chunk} latent frames" + (f" ({memory['chunk_frames']} video frames)" if memory["chunk_frames"] else "")
+        advice = (f"stream it: `effconv convert STUDENT.yaml --stream {chunk}` decodes {chunk} latent frames"
+                  + (f" ({memory['chunk_frames']} video frames)" if memory["chunk_frames"] else "") + " per call (docs/streaming.md)"
                   if chunk else "even one latent frame does not fit: lower the resolution or tile spatially")
         summary.add_row("suggestion", advice)
     if data["measured"]:

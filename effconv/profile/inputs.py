@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+
+import torch
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from effconv.backends.onnx import export as onnx_backend
 from effconv.errors import EffconvError
 from effconv.models.base import Compression
 from effconv.models.loader import load_model
+from effconv.models.turbo_vaed.streaming import StreamingStep, stream_layout
 from effconv.profile.cost import artifact_dtype, load_graph
 from effconv.spec import LoadedSpec, load_spec, spec_from_dict
 
@@ -38,7 +41,7 @@ class ProfileInput:
     how: str  # one line: where the graph came from
     backend: str  # whose runtime runs it on the device (a spec: onnx)
     measured_path: Path | None  # what --measure runs: the artifact as it ships, or a spec's fresh ONNX export
-    input_shape: tuple[int, ...]
+    input_shapes: tuple[tuple[int, ...], ...]  # the artifact's inputs: the latent, then a streaming step's flag and caches
     not_measurable: str = ""  # why --measure cannot run it, when measured_path is None
 
 
@@ -58,6 +61,17 @@ def _export(loaded: LoadedSpec, directory: Path, allow_import: bool) -> tuple[Pa
     example = model.example_input(0)
     onnx_backend.export(model.module, example, path, model.input_name, model.output_name)
     return path, model.compression.as_dict(), tuple(example.shape)
+
+
+def _export_step(loaded: LoadedSpec, directory: Path, stream: dict) -> Path:
+    """The streaming step of a student as ONNX, for costing a streaming artifact of another backend."""
+    model = load_model(loaded)
+    latent = model.example_input(0)
+    layout = stream_layout(model.model, (*latent.shape[:2], stream["latent_frames_per_call"], *latent.shape[3:]))
+    path = directory / f"{loaded.spec.name}-step.onnx"
+    onnx_backend.export(StreamingStep(model.model).eval(), layout.first_call(torch.zeros(layout.latent_shape)), path,
+                        layout.input_names, layout.output_names)
+    return path
 
 
 def _reshaped(loaded: LoadedSpec, resolution: str | None, frames: int | None) -> LoadedSpec:
@@ -106,7 +120,7 @@ def resolve(target: Path, workdir: Path, resolution: str | None = None, frames: 
     if target.suffix in (".yaml", ".yml"):
         loaded = _reshaped(load_spec(target), resolution, frames)
         path, compression, shape = _export(loaded, workdir, allow_import)
-        return ProfileInput(loaded.spec.name, path, "fp32", compression, f"spec exported to ONNX for {_clip_text(loaded)}", "onnx", path, shape)
+        return ProfileInput(loaded.spec.name, path, "fp32", compression, f"spec exported to ONNX for {_clip_text(loaded)}", "onnx", path, (shape,))
     backend = registry.for_artifact(target)
     manifest_file = manifest_path(target)
     manifest = read_manifest(manifest_file) if manifest_file.is_file() else None
@@ -120,24 +134,40 @@ def resolve(target: Path, workdir: Path, resolution: str | None = None, frames: 
     compression = _manifest_compression(manifest, manifest_file) if manifest else None
     reshaped = resolution is not None or frames is not None
     if backend.name == "onnx" and not reshaped:
-        return ProfileInput(target.stem, target, dtype, compression, "artifact as exported", "onnx", target,
-                            tuple(manifest.inputs[0].shape) if manifest else _onnx_input_shape(target))
+        return ProfileInput(target.stem, target, dtype, compression, _as_exported(manifest), "onnx", target,
+                            _manifest_shapes(manifest) if manifest else _onnx_input_shapes(target))
     loaded = _source_spec(manifest, manifest_file, target, resolution, frames)
+    stream = (manifest.model_extra or {}).get("stream")
+    if stream and not reshaped:
+        return ProfileInput(loaded.spec.name, _export_step(loaded, workdir, stream), dtype, compression,
+                            f"{backend.name} {_as_exported(manifest)}; costed on the same step exported to ONNX at {dtype}",
+                            backend.name, target, _manifest_shapes(manifest))
     path, compression, shape = _export(loaded, workdir, allow_import)
     if not reshaped:
         return ProfileInput(loaded.spec.name, path, dtype, compression,
                             f"{backend.name} artifact measured as shipped; costed on its spec's ONNX graph at {dtype}",
-                            backend.name, target, tuple(manifest.inputs[0].shape))
+                            backend.name, target, _manifest_shapes(manifest))
     how = f"re-exported from the manifest's spec for {_clip_text(loaded)}, artifact dtype {dtype} kept"
     if backend.name == "onnx" and dtype == "fp32":
-        return ProfileInput(loaded.spec.name, path, dtype, compression, how, "onnx", path, shape)
-    return ProfileInput(loaded.spec.name, path, dtype, compression, how, backend.name, None, shape,
+        return ProfileInput(loaded.spec.name, path, dtype, compression, how, "onnx", path, (shape,))
+    return ProfileInput(loaded.spec.name, path, dtype, compression, how, backend.name, None, (shape,),
                         f"--measure runs the {dtype} {backend.name} artifact as it ships, and --resolution/--frames "
                         "change its fixed shapes")
 
 
-def _onnx_input_shape(path: Path) -> tuple[int, ...]:
+def _onnx_input_shapes(path: Path) -> tuple[tuple[int, ...], ...]:
     graph = load_graph(path).graph
     weights = {init.name for init in graph.initializer}
-    tensor = next(i for i in graph.input if i.name not in weights)
-    return tuple(d.dim_value or 1 for d in tensor.type.tensor_type.shape.dim)
+    return tuple(tuple(d.dim_value or 1 for d in i.type.tensor_type.shape.dim) for i in graph.input if i.name not in weights)
+
+
+def _manifest_shapes(manifest: Manifest) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(tensor.shape) for tensor in manifest.inputs)
+
+
+def _as_exported(manifest: Manifest | None) -> str:
+    stream = (manifest.model_extra or {}).get("stream") if manifest else None
+    if not stream:
+        return "artifact as exported"
+    return (f"streaming step as exported: one call of {stream['latent_frames_per_call']} latent frames -> "
+            f"{stream['video_frames_per_call']} video frames; FPS is the steady state, memory includes the caches")

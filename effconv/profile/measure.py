@@ -70,24 +70,27 @@ def _timed_run(session, feed) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def _timed_call(run, latent: np.ndarray) -> float:
+def _timed_call(run, inputs: np.ndarray) -> float:
     started = time.perf_counter()
-    run(latent)
+    run(inputs)
     return (time.perf_counter() - started) * 1000
 
 
-def measure(artifact: Path, input_shape: tuple[int, ...], threads: int, warmup: int = 2, repeats: int = 10) -> dict:
+def measure(artifact: Path, input_shapes: tuple[tuple[int, ...], ...], threads: int, warmup: int = 2,
+            repeats: int = 10) -> dict:
     """Median wall-clock ms of `repeats` runs of the artifact in its own runtime after `warmup` runs (median:
-    the machine may be shared)."""
+    the machine may be shared). The first input is a random latent; any others (a streaming step's flag and
+    caches) are zeros: a later call of the stream, its steady state."""
     backend = registry.for_artifact(artifact)
-    run = backend.load(artifact, threads)
-    if run is None:
+    run_all = backend.load_all(artifact, threads)
+    if run_all is None:
         raise EffconvError(f"{backend.runtime} cannot run '{Path(artifact).name}' on this machine.",
                            "drop --measure (the estimate is still printed), or measure the .onnx/.tflite/.pte export.")
-    latent = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
+    inputs = [np.random.default_rng(0).standard_normal(input_shapes[0]).astype(np.float32)]
+    inputs += [np.zeros(shape, np.float32) for shape in input_shapes[1:]]
     for _ in range(warmup):
-        run(latent)
-    return _summary([_timed_call(run, latent) for _ in range(repeats)], threads, warmup, backend.runtime)
+        run_all(inputs)
+    return _summary([_timed_call(run_all, inputs) for _ in range(repeats)], threads, warmup, backend.runtime)
 
 
 def measure_many(paths: list[Path], graph_nodes: list[set[str]], threads: int, warmup: int = 2,

@@ -120,9 +120,9 @@ def run(target: Path, device_name: str, resolution: str | None = None, frames: i
         graph = load_graph(source.onnx_path)
         device = device.for_backend(source.backend)
         result_estimate = estimate(graph, device, dtype or source.dtype)
+        measured = _measured(source, threads, repeats) if do_measure else None
     if source.backend in device.backend_units:
         result_estimate.notes.append(f"{source.backend} on {device.name}: {device.backend_units[source.backend].note}")
-        measured = _measured(source, threads, repeats) if do_measure else None
     if measured and measured["runtime"] != measure_runtime_of_fit():
         result_estimate.notes.append(f"host-cpu's efficiencies are fitted to {measure_runtime_of_fit()}; "
                                      f"{measured['runtime']} runs other kernels, so expect the estimate to differ")
@@ -136,7 +136,7 @@ def _measured(source: ProfileInput, threads: int, repeats: int) -> dict:
     if source.measured_path is None:
         raise EffconvError(f"cannot --measure: {source.not_measurable}.",
                            "drop --resolution/--frames, or convert (and quantize) the spec at that size and profile that artifact.")
-    return measure(source.measured_path, source.input_shape, threads, repeats=repeats)
+    return measure(source.measured_path, source.input_shapes, threads, repeats=repeats)
 
 
 def check_budget(result: ProfileResult) -> None:
