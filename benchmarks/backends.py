@@ -51,6 +51,7 @@ MODELS = {
 
 def student_spec(model: str, work: Path) -> Path:
     teacher = MODELS[model]["teacher"]
+    work.mkdir(parents=True, exist_ok=True)
     if isinstance(teacher, dict):
         path = work / f"{teacher['name']}.yaml"
         path.write_text(yaml.safe_dump(teacher), encoding="utf-8")
@@ -123,6 +124,11 @@ def targets(rows: dict[str, dict]) -> dict:
     }
 
 
+def _earlier_models(path: Path) -> dict:
+    """Models measured by an earlier run with other --models, kept (each entry records its own machine load)."""
+    return json.loads(path.read_text())["models"] if path.is_file() else {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma list of: " + ", ".join(MODELS))
@@ -135,11 +141,12 @@ def main() -> None:
         "cpu": cpu_model(), "cpu_count": os.cpu_count(), "cpu_int8_features": cpu_int8_features(),
         "platform": platform.platform(), "threads": args.threads, "load_avg_at_start": os.getloadavg()},
         "runs": args.runs, "versions": {name: registry.get(name).runtime_versions() for name in BACKENDS},
-        "runtimes": {name: registry.get(name).runtime for name in BACKENDS}, "models": {}}
+        "runtimes": {name: registry.get(name).runtime for name in BACKENDS}, "models": _earlier_models(args.out)}
     with tempfile.TemporaryDirectory(prefix="effconv-backends-") as tmp:
         for model in args.models.split(","):
             work = Path(tmp) / model
             print(f"{model}:", flush=True)
+            load_at_start = os.getloadavg()
             spec = student_spec(model, work)
             made = artifacts(spec, work, args.samples)
             input_shape = read_manifest(made["onnx-conv2d fp32"]["artifact"].with_suffix(".json")).inputs[0].shape
@@ -148,7 +155,8 @@ def main() -> None:
                     for key, entry in made.items()}
             for key, row in rows.items():
                 print(f"  {key:>20}: {row['host_ms']:9.2f} ms  {row['size_bytes'] / 1e6:7.2f} MB", flush=True)
-            report["models"][model] = {"input_shape": input_shape, "rows": rows, "targets": targets(rows)}
+            report["models"][model] = {"input_shape": input_shape, "rows": rows, "targets": targets(rows),
+                                       "load_avg": {"start": load_at_start, "end": os.getloadavg()}}
             print(f"  targets: {report['models'][model]['targets']}", flush=True)
             report["machine"]["load_avg_at_end"] = os.getloadavg()
             args.out.parent.mkdir(parents=True, exist_ok=True)

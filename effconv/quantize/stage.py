@@ -40,6 +40,9 @@ def _check_source(artifact: Path, manifest: Manifest, backend: str) -> None:
     if manifest.spec.get("part", "decoder") != "decoder":
         raise EffconvError("effconv quantizes decoders (its calibration data are latents).",
                            "convert the decoder (`part: decoder`) and quantize that.")
+    if "stream" in (manifest.model_extra or {}):
+        raise EffconvError(f"'{artifact.name}' is a streaming step (inputs: latent, flag, caches); effconv quantizes "
+                           "whole-clip artifacts only so far.", f"quantize the whole-clip export (`effconv convert STUDENT.yaml --to {backend}`).")
 
 
 def _held_out_count(samples: int) -> int:
