@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-
-import torch
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from pydantic import TypeAdapter, ValidationError
 
 from effconv.artifacts import Manifest, manifest_path, read_manifest
