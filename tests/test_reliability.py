@@ -234,7 +234,7 @@ BAD_DEVICES = {
     "ram-inf": ("ram_gb: {value: 8", "ram_gb: {value: .inf", "finite"),
     "bandwidth-zero": ("bandwidth_gbps: {value: 17", "bandwidth_gbps: {value: 0", "greater than 0"),
     "overhead-1e308": ("run_overhead_ms: 0.5", "run_overhead_ms: 1.0e+308", "less than or equal to"),
-    "no-units": ("units:", "units: {}\nold_units:", "at least 1 item"),
+    "no-units": ("\nunits:", "\nunits: {}\nold_units:", "at least 1 item"),
 }
 
 
@@ -321,7 +321,7 @@ def test_garbage_tflite_is_not_profiled(sandbox, onnx_artifact):
     artifact = copy_artifact(onnx_artifact, sandbox.inputs).with_suffix(".tflite")
     artifact.write_bytes(os.urandom(2048))
     _, _, err = sandbox.run("profile", artifact, "--device", "pixel9", allowed=(2,))
-    assert "neither an .onnx artifact nor a spec" in _one_line(err)
+    assert "describes a onnx artifact, not tflite" in _one_line(err)
 
 
 def test_lint_of_a_missing_artifact_is_refused_even_with_its_manifest(sandbox, onnx_artifact):
@@ -580,4 +580,4 @@ def test_help_lists_the_commands_in_pipeline_order():
     from effconv.cli import app
 
     assert [c.name or c.callback.__name__ for c in app.registered_commands] == [
-        "convert", "inspect", "devices", "profile", "calibrate", "lint", "rewrite", "distill", "eval", "run", "quantize"]
+        "convert", "inspect", "devices", "profile", "calibrate", "lint", "rewrite", "distill", "eval", "run", "quantize", "decode"]

@@ -88,17 +88,28 @@ def test_symmetric_padding_and_cogvideox_frame_rule_cannot_stream():
         cogvideox.decode_chunk(_latent(cogvideox, 2))
 
 
+# LiteRT conversion of the streaming step takes about a minute on 2 cores: its runs are slow tests.
+STREAM_BACKENDS = ["onnx", pytest.param("tflite", marks=pytest.mark.slow)]
+
+
 @pytest.fixture(scope="module")
 def streaming_student(tmp_path_factory):
-    """The tiny Wan 2.1 student (a family the other streaming tests leave to PyTorch), exported with --stream 2."""
+    """The tiny Wan 2.1 student (a family the other streaming tests leave to PyTorch), exported with --stream 2 to a
+    backend on first use."""
     root = tmp_path_factory.mktemp("stream")
     teacher = next(spec for spec in FAMILY_SPECS if spec.stem.startswith("wan21"))
     rewrite(load_spec(teacher), "tiny", root)
     student = load_spec(root / f"{teacher.stem}-student.yaml")
-    return student, {name: root / name / convert(student, name, root / name, stream=2).artifact for name in ("onnx", "tflite")}
+
+    class Artifacts(dict):
+        def __missing__(self, name: str) -> Path:
+            self[name] = root / name / convert(student, name, root / name, stream=2).artifact
+            return self[name]
+
+    return student, Artifacts()
 
 
-@pytest.mark.parametrize("backend", ["onnx", "tflite"])
+@pytest.mark.parametrize("backend", STREAM_BACKENDS)
 def test_a_streaming_artifact_decodes_any_length_as_the_whole_clip(streaming_student, backend, cli, tmp_path):
     student, artifacts = streaming_student
     manifest = read_manifest(artifacts[backend].with_suffix(".json"))
@@ -158,7 +169,7 @@ def test_stream_export_is_for_students_on_onnx_and_tflite(cli, tmp_path):
     assert not (tmp_path / "teacher").exists() and not (tmp_path / "coreml").exists()
 
 
-@pytest.mark.parametrize("backend", ["onnx", "tflite"])
+@pytest.mark.parametrize("backend", STREAM_BACKENDS)
 def test_profile_of_a_streaming_artifact_is_per_call(streaming_student, backend):
     """One call of K latent frames, estimated on its own graph and measured in its runtime as a later call."""
     _, artifacts = streaming_student

@@ -129,6 +129,7 @@ def resolve(target: Path, workdir: Path, resolution: str | None = None, frames: 
         raise EffconvError(f"'{target}' has no manifest beside it: effconv costs a {backend.suffix} through the spec it records.",
                            "keep the .json `effconv convert` wrote beside the artifact, or profile the spec YAML.")
     else:
+        _check_readable(target, backend, manifest)
         dtype = shipped_dtype(manifest)
     compression = _manifest_compression(manifest, manifest_file) if manifest else None
     reshaped = resolution is not None or frames is not None
@@ -152,6 +153,20 @@ def resolve(target: Path, workdir: Path, resolution: str | None = None, frames: 
     return ProfileInput(loaded.spec.name, path, dtype, compression, how, backend.name, None, (shape,),
                         f"--measure runs the {dtype} {backend.name} artifact as it ships, and --resolution/--frames "
                         "change its fixed shapes")
+
+
+def _check_readable(target: Path, backend, manifest: Manifest) -> None:
+    """The manifest describes this kind of artifact, and the artifact opens (its ops are listed)."""
+    if manifest.backend != backend.name:
+        raise EffconvError(f"the manifest beside '{target.name}' describes a {manifest.backend} artifact, not {backend.name}.",
+                           "keep each artifact with the manifest `effconv convert` wrote for it.")
+    try:
+        backend.ops(target)
+    except EffconvError:
+        raise
+    except Exception as exc:  # each runtime's reader raises its own types for a damaged file
+        raise EffconvError(f"cannot read '{target.name}' as a {backend.suffix} ({type(exc).__name__}).",
+                           f"re-create it with `effconv convert SPEC --to {backend.name}`.") from None
 
 
 def _onnx_input_shapes(path: Path) -> tuple[tuple[int, ...], ...]:
