@@ -2,7 +2,7 @@
 
 A recipe is a file path or the name of a packaged recipe (`effconv/recipes/NAME.yaml`). Each stage
 reads its own optional section; `effconv rewrite` needs `student:`, `effconv run` also reads
-`teacher:`, `data:`, `export:`, `quantize:` and `profile:` (paths relative to the recipe file).
+`teacher:`, `data:`, `export:`, `quantize:`, `profile:` and `deploy:` (paths relative to the recipe file).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ MAX_WIDTH = 65536
 MAX_LAYERS = 64
 BACKEND_NAMES = ("onnx", "coreml", "tflite", "executorch")  # the backend registry's names (tests/test_backends.py checks)
 DEFAULT_EXPORT_BACKENDS = ("onnx", "coreml", "tflite")  # what `effconv run` exports unless the recipe lists others
+STREAM_BACKENDS = ("onnx", "tflite")  # what `effconv convert --stream` writes
+MAX_STREAM = 64
 Backend = Literal[BACKEND_NAMES]
 
 
@@ -128,6 +130,11 @@ class ProfileRecipe(StrictModel):
     host_repeats: int = Field(10, ge=1, le=1000, description="timed onnxruntime runs on this machine (median)")
 
 
+class DeployRecipe(StrictModel):
+    stream: int | None = Field(None, ge=1, le=MAX_STREAM, description="also export streaming artifacts that decode this "
+                               "many latent frames per call (the ONNX and TFLite exports); null = whole-clip artifacts only")
+
+
 class Recipe(StrictModel):
     name: str | None = None
     description: str | None = None
@@ -139,6 +146,7 @@ class Recipe(StrictModel):
     export: ExportRecipe = ExportRecipe()
     quantize: QuantizeRecipe = QuantizeRecipe()
     profile: ProfileRecipe = ProfileRecipe()
+    deploy: DeployRecipe = DeployRecipe()
 
     @field_validator("teacher", mode="before")
     @classmethod
@@ -154,6 +162,21 @@ class Recipe(StrictModel):
             raise ValueError(f"quantize.backends {missing} must also be in export.backends (quantization starts "
                              "from the float artifact)")
         return self
+
+    @model_validator(mode="after")
+    def _streamable(self) -> Recipe:
+        if self.deploy.stream is None:
+            return self
+        if not set(STREAM_BACKENDS) & set(self.export.backends):
+            raise ValueError(f"deploy.stream needs {' or '.join(STREAM_BACKENDS)} in export.backends (the backends "
+                             "effconv writes streaming artifacts for)")
+        if self.student is not None and self.student.temporal_padding != "causal":
+            raise ValueError("deploy.stream needs student.temporal_padding: causal (symmetric padding looks at later "
+                             "frames, so a chunk cannot be decoded before the next one arrives)")
+        return self
+
+    def streamed_backends(self) -> list[str]:
+        return [b for b in self.export.backends if b in STREAM_BACKENDS] if self.deploy.stream else []
 
     def require_student(self, source: str) -> StudentRecipe:
         if self.student is None:

@@ -66,6 +66,8 @@ def test_export_writes_a_verified_artifact_with_its_op_inventory(converted):
     assert ops and all(isinstance(count, int) and count > 0 for count in ops.values())
     assert not backend.legalized or not any("conv3d" in op.lower() or "conv_3d" in op.lower() for op in ops)
     assert backend.runtime_versions()["torch"] == torch.__version__
+    if backend.name == "executorch":  # RMSNorm's channel mean included: one XNNPACK call, nothing on the portable kernels
+        assert manifest.model_extra["export"]["portable_ops"] == {} and manifest.model_extra["export"]["delegated_calls"] == 1
 
 
 @pytest.mark.parametrize("converted", EXPORT_CASES, indirect=True)

@@ -60,6 +60,13 @@ class RMSNormPow(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-6)
 
 
+class RMSNormSquare(nn.Module):
+    """The students' RMSNorm: a mean over channels that keeps the dim."""
+
+    def forward(self, x):
+        return x * torch.rsqrt((x * x).mean(dim=1, keepdim=True) + 1e-8)
+
+
 class CausalRepeatPad(nn.Module):
     """A causal pad of `pad` copies of the first frame (0 copies for a 1-frame kernel)."""
 
@@ -110,6 +117,7 @@ CASES = {
     "groupnorm-rank3": [(nn.GroupNorm(4, 8), 8), (nn.GroupNorm(2, 6, affine=False), 6)],
     "repeat-interleave-rank3": [(RepeatInterleave(), 3)],
     "pow-as-mul": [(RMSNormPow(), 5)],
+    "channel-mean-as-conv": [(RMSNormSquare(), 5), (RMSNormSquare(), 1)],
     "replicate-pad-as-concat": [(ReplicatePad(), 3)],
     "drop-empty-concat": [(CausalRepeatPad(0), 3)],
     "alias-as-identity": [(Alias(), 3)],
@@ -119,10 +127,12 @@ CASES = {
         (conv3d(in_channels=4, out_channels=6, kernel_size=(3, 3, 1), stride=(2, 1, 2), padding=(1, 1, 0)), 4),
         (conv3d(in_channels=3, out_channels=2, kernel_size=(2, 1, 3), dilation=(2, 1, 1), padding=(2, 0, 1)), 3),
         (conv3d(in_channels=3, out_channels=4, kernel_size=1), 3),
+        (conv3d(in_channels=3, out_channels=4, kernel_size=(1, 3, 3), padding=(0, 1, 1)), 3),
     ],
     "dwconv3d-as-conv2d-taps": [
         (conv3d(in_channels=6, out_channels=6, kernel_size=5, padding=2, groups=6), 6),
         (conv3d(in_channels=4, out_channels=8, kernel_size=3, padding=(1, 0, 1), groups=2), 4),
+        (conv3d(in_channels=4, out_channels=8, kernel_size=1, groups=2), 4),
     ],
 }
 # (frames, height, width): one frame, odd sizes, many frames
@@ -200,3 +210,13 @@ def test_conv3d_as_conv2d_equals_torch_conv3d(groups):
     kwargs = dict(stride=(2, 1, 2), padding=(1, 1, 0), dilation=(1, 2, 1), groups=groups)
     expected = F.conv3d(x, weight, bias, **kwargs)
     assert torch.allclose(conv3d_as_conv2d(x, weight, bias, **kwargs), expected, atol=EQUIVALENCE_ATOL, rtol=0)
+
+
+def test_pointwise_conv3d_becomes_one_conv2d_on_a_view_without_copies():
+    """Most of a separable student's convolutions are 1x1x1: they must not pay for transposes or concatenations."""
+    module, channels = CASES["conv3d-as-conv2d"][3]
+    example = _input(channels, 4, 6, 5, module)
+    legal = legalize(module, example, resolve(["conv3d-as-conv2d"]))
+    ops = {str(node.target) for node in torch.export.export(legal.module, (example,)).graph.nodes if node.op == "call_function"}
+    assert ops & {"aten.conv2d.default", "aten.convolution.default"}
+    assert not ops & {"aten.transpose.int", "aten.permute.default", "aten.cat.default", "aten.clone.default"}

@@ -23,7 +23,7 @@ from effconv.recipe import load_recipe
 from conftest import REPO, SPECS
 
 RECIPE = REPO / "tests" / "data" / "pipeline-tiny.yaml"
-STAGES = ["distill", "eval", "convert-onnx", "lint", "profile-iphone16pro", "profile-host-cpu"]
+STAGES = ["distill", "eval", "convert-onnx", "stream-onnx", "lint", "profile-iphone16pro", "profile-host-cpu"]
 STUDENT = "tiny-teacher-student"
 FAMILIES = {"wan": "AutoencoderKLWan", "hunyuan": "AutoencoderKLHunyuanVideo", "cogvideox": "AutoencoderKLCogVideoX",
             "ltx": "AutoencoderKLLTXVideo", "mochi": "AutoencoderKLMochi"}
@@ -161,6 +161,21 @@ def test_report_numbers_equal_the_manifests(finished_run):
     assert "![student on iphone16pro" in text and "(eval/frames/bigbuckbunny-strip.png)" in text
     html = (finished_run / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and f"{distill['params']:,}" in html
+
+
+def test_deploy_stream_exports_a_verified_streaming_artifact_profiled_per_call(finished_run):
+    streamed = _manifest(finished_run, "stream-onnx", f"{STUDENT}.json")
+    assert streamed["verify"]["passed"] and streamed["verify"]["max_abs_err"] <= 1e-4
+    assert streamed["stream"]["latent_frames_per_call"] == 1 and streamed["stream"]["caches"]
+    host = _manifest(finished_run, "profile-host-cpu", "profile.json")["models"]
+    per_call = host["student-stream"]
+    assert per_call["frames"] == streamed["stream"]["video_frames_per_call"] < host["student"]["frames"]
+    assert per_call["measured"]["median_ms"] > 0
+    assert per_call["memory"]["peak_activations_mb"] < host["student"]["memory"]["peak_activations_mb"]
+    rows = _report_rows((finished_run / "report.md").read_text())
+    row = rows["onnx, streaming"]
+    assert row[0].startswith(streamed["artifact"]) and row[3] == f"{streamed['verify']['max_abs_err']:.3g}"
+    assert rows["host-cpu"][1] == f"{per_call['measured']['median_ms']:.2f} ms"
 
 
 def test_report_says_eval_is_in_domain_when_it_reuses_the_training_video(finished_run):

@@ -20,8 +20,8 @@ from effconv.legalize.rewrites import legalize, resolve, rewrites_for
 from effconv.models.loader import LoadedModel
 from effconv.models.turbo_vaed.decoder import TurboVAEDDecoder
 from effconv.models.turbo_vaed.streaming import StreamingStep, stream_layout
+from effconv.recipe import STREAM_BACKENDS
 
-STREAM_BACKENDS = ("onnx", "tflite")
 VERIFY_CHUNKS = 3  # the verification clip: three calls, the last one short when K > 1
 
 

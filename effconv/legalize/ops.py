@@ -119,6 +119,13 @@ def replicate_pad(x: torch.Tensor, pad: list[int]) -> torch.Tensor:
     return x
 
 
+def channel_mean_as_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`x.mean(dim=1, keepdim=True)` as a 1x1 Conv2d whose weights are 1/C, over a (B, C, rest, 1) view."""
+    shape = x.shape
+    y = F.conv2d(x.reshape(shape[0], shape[1], -1, 1), weight)
+    return y.reshape(shape[0], 1, *shape[2:])
+
+
 def square(x: torch.Tensor) -> torch.Tensor:
     return x * x
 
@@ -141,6 +148,11 @@ def conv3d_weight_for_conv2d(weight: torch.Tensor, groups: int):
     return weight.unbind(2)
 
 
+def _is_pointwise(prepared_weight, kernel_t: int, stride, padding) -> bool:
+    spatial = (prepared_weight if isinstance(prepared_weight, torch.Tensor) else prepared_weight[0]).shape[-2:]
+    return kernel_t == 1 and tuple(spatial) == (1, 1) and list(stride) == [1, 1, 1] and not any(padding)
+
+
 def conv3d_frames_as_conv2d(x, prepared_weight, bias, kernel_t: int, stride, padding, dilation, groups: int):
     """Conv3d as 2D convolutions over frames folded into the batch, given `conv3d_weight_for_conv2d`.
 
@@ -150,11 +162,18 @@ def conv3d_frames_as_conv2d(x, prepared_weight, bias, kernel_t: int, stride, pad
     """
     if padding[0]:
         x = F.pad(x, (0, 0, 0, 0, padding[0], padding[0]))
-    batch, channels, _, height, width = x.shape
+    batch, channels, frames, height, width = x.shape
+    if _is_pointwise(prepared_weight, kernel_t, stride, padding):
+        # A 1x1x1 kernel never mixes frames or pixels: one Conv2d over the (B, C, T*H, W) view of the same
+        # memory, no transposes or copies (most of a separable student's convolutions are pointwise).
+        weight = prepared_weight if groups == 1 else prepared_weight[0]
+        y = F.conv2d(x.reshape(batch, channels, frames * height, width), weight, bias, groups=groups)
+        return y.reshape(batch, y.shape[1], frames, height, width)
     taps, out_frames = _time_taps(x, kernel_t, stride[0], dilation[0])
     conv = dict(stride=stride[1:], padding=padding[1:], dilation=dilation[1:], groups=groups)
     if groups == 1:
-        stacked = torch.cat(taps, dim=2).reshape(batch * out_frames, kernel_t * channels, height, width)
+        stacked = (torch.cat(taps, dim=2) if len(taps) > 1 else taps[0]).reshape(
+            batch * out_frames, kernel_t * channels, height, width)
         y = F.conv2d(stacked, prepared_weight, bias, **conv)
     else:
         y = None

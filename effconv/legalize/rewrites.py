@@ -209,6 +209,29 @@ def pow_as_multiply(gm: fx.GraphModule) -> int:
     return count
 
 
+def channel_mean_as_conv(gm: fx.GraphModule) -> int:
+    """A float mean over channels that keeps the dim (the students' RMSNorm) -> a 1x1 convolution with constant
+    weights 1/C: XNNPACK's mean takes only the H and W axes of a 4-D tensor, so in ExecuTorch every RMSNorm left
+    the delegate and split the program around it."""
+    count = 0
+    for node in _calls(gm.graph, {aten.mean.dim}):
+        x, dims = node.args[0], node.args[1]
+        keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        rank, value = _rank(x), _value(x)
+        if (rank < 3 or not keepdim or node.kwargs.get("dtype") is not None or value.dtype != torch.float32
+                or [d % rank for d in ([dims] if isinstance(dims, int) else dims)] != [1]):
+            continue
+        channels = _shape(x)[1]
+        name = f"channel_mean_weight_{channels}"
+        if not hasattr(gm, name):
+            gm.register_buffer(name, torch.full((1, channels, 1, 1), 1.0 / channels))
+        with gm.graph.inserting_before(node):
+            weight = gm.graph.get_attr(name)
+        _replace(gm.graph, node, legal_ops.channel_mean_as_conv, (x, weight))
+        count += 1
+    return count
+
+
 def empty_concat_inputs(gm: fx.GraphModule) -> int:
     """Drop zero-size pieces from concatenations (a causal pad of 0 frames is `repeat` with 0 reps)."""
     count = 0
@@ -347,6 +370,8 @@ REWRITES: dict[str, Rewrite] = {
                 "(the stock lowering is a gather)", ("coreml", "tflite", "executorch"), replicate_pad_as_concat),
         Rewrite("pow-as-mul", "x ** 2 -> x * x (TFLite has no legal POW for float tensors)", ("coreml", "tflite", "executorch"),
                 pow_as_multiply),
+        Rewrite("channel-mean-as-conv", "mean over channels (RMSNorm) -> a 1x1 Conv2d with weights 1/C; XNNPACK's "
+                "mean takes only H and W of a 4-D tensor", ("executorch",), channel_mean_as_conv),
         Rewrite("drop-empty-concat", "zero-frame pieces of a concatenation (0-rep repeat) are removed",
                 ("coreml", "tflite", "executorch"), empty_concat_inputs),
         Rewrite("alias-as-identity", "alias (a full view) -> the tensor itself; coremltools has no alias "

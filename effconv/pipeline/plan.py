@@ -213,9 +213,13 @@ def stages(inputs: RunInputs) -> list[Stage]:
     plan += [Stage(f"quantize-{b}", "quantize", after=(f"convert-{b}",), backend=b,
                    settings={"backend": b, **recipe.quantize.model_dump(mode="json", exclude={"backends"})},
                    files=videos) for b in quantized_backends(recipe)]
+    plan += [Stage(f"stream-{b}", "stream", after=("distill",), backend=b,
+                   settings={"backend": b, "latent_frames_per_call": recipe.deploy.stream, "opset": DEFAULT_OPSET})
+             for b in recipe.streamed_backends()]
     plan.append(Stage("lint", "lint", after=("distill",),
                       settings={"backends": {b: _lint_device(b, inputs.devices) for b in backends}}))
-    onnx_inputs = tuple(name for name in ("convert-onnx", "quantize-onnx") if name in {s.name for s in plan})
+    profiled = ("convert-onnx", "quantize-onnx", *(f"stream-{b}" for b in recipe.streamed_backends()[:1]))
+    profiled_inputs = tuple(name for name in profiled if name in {s.name for s in plan})
     for device in inputs.devices:
         host = device == HOST_DEVICE
         settings = {"device": device, "resolution": None if host else recipe.profile.resolution}
@@ -223,8 +227,8 @@ def stages(inputs: RunInputs) -> list[Stage]:
             settings |= {"measure": True, "repeats": recipe.profile.host_repeats, "threads": default_threads(),
                          "cpu": cpu_model()}
         device_file = (Path(device),) if is_device_file(device) else ()
-        plan.append(Stage(f"profile-{device_label(device)}", "profile", after=("distill", *onnx_inputs),
-                          optional=tuple(n for n in onnx_inputs if n.startswith("quantize")), device=device,
+        plan.append(Stage(f"profile-{device_label(device)}", "profile", after=("distill", *profiled_inputs),
+                          optional=tuple(n for n in profiled_inputs if n.startswith(("quantize", "stream"))), device=device,
                           settings=settings, files=device_file))
     names = [stage.name for stage in plan]
     if len(set(names)) != len(names):

@@ -11,6 +11,7 @@ import base64
 import datetime
 import html
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,11 +85,13 @@ class Manifests:
         self.convert = {b: _load(self.out_dir / f"convert-{b}" / f"{self.student}.json") for b in self.backends}
         self.quantize = {s.backend: _load(self.out_dir / s.name / f"{self.student}{INT8_SUFFIX}.json")
                          for s in self.stages if s.kind == "quantize"}
+        self.stream = {s.backend: _load(self.out_dir / s.name / f"{self.student}.json")
+                       for s in self.stages if s.kind == "stream"}
         self.profile = {d: _load(self.out_dir / f"profile-{device_label(d)}" / PROFILE_MANIFEST) for d in inputs.devices}
 
     def record(self, stage: str) -> dict:
         for candidate in [self.distill, self.eval, self.lint, *self.convert.values(), *self.quantize.values(),
-                          *self.profile.values()]:
+                          *self.stream.values(), *self.profile.values()]:
             if candidate and candidate.get("stage", {}).get("name") == stage:
                 return candidate["stage"]
         return {}
@@ -246,6 +249,41 @@ def _quantize_section(m: Manifests) -> Section:
     return section
 
 
+def _stream_row(backend: str, manifest: dict | None) -> list[str]:
+    label = f"{backend}, streaming"
+    if not manifest:
+        return [label] + [MISSING] * 4 + ["not run"]
+    stream, verify = manifest["stream"], manifest["verify"]
+    cache_bytes = sum(4 * math.prod(cache["shape"]) for cache in stream["caches"])
+    return [label, f"{manifest['artifact']} ({size(_artifact_bytes(manifest))})",
+            f"{stream['latent_frames_per_call']} -> {stream['video_frames_per_call']} (first call drops "
+            f"{stream['drop_leading_frames_of_first_call']})", f"{len(stream['caches'])} ({size(cache_bytes)})",
+            f"{verify['max_abs_err']:.3g}", "yes" if verify["passed"] else "NO"]
+
+
+def _stream_section(m: Manifests) -> Section:
+    section = Section("Streaming")
+    section.blocks.append(Table(["backend", "artifact", "latent -> video frames per call", "caches",
+                                 "max abs error vs whole-clip decode", "verified"],
+                                [_stream_row(backend, manifest) for backend, manifest in m.stream.items()]))
+    rows = []
+    for device in [HOST_DEVICE, *m.devices]:
+        streamed, whole = _profiled(m, device, "student-stream"), _profiled(m, device, "student")
+        if not streamed:
+            continue
+        measured = _measured(streamed)[0] if streamed.get("measured") else "not measured (estimate only)"
+        rows.append([device, _estimate(streamed)[0], measured, _estimate(streamed)[1],
+                     f"{streamed['memory']['total_mb']:.0f} MB" + (f" (whole clip: {whole['memory']['total_mb']:.0f} MB)"
+                                                                  if whole else "")])
+    if rows:
+        section.blocks += [Table(["device", "per call, estimated", "per call, measured", "steady-state FPS, estimated",
+                                  "memory (weights + caches + one call)"], rows),
+                           "Each call decodes the recipe's `deploy.stream` latent frames; a clip of any length is a "
+                           "loop of calls with the caches fed back (the manifest's `stream.loop` says how; "
+                           "`effconv decode` runs it on this machine)."]
+    return section
+
+
 def _lint_section(m: Manifests) -> Section:
     section = Section("Lint (op legality per backend)")
     if not m.lint:
@@ -300,8 +338,9 @@ def _stages_section(m: Manifests, result) -> Section:
 
 def build(inputs: RunInputs, out_dir: Path, result=None) -> list[Section]:
     m = Manifests(inputs, out_dir)
-    return [_spec_section(m), _comparison_section(m), _conversion_section(m), _quantize_section(m), _lint_section(m),
-            _plots_section(m), _stages_section(m, result)]
+    streaming = [_stream_section(m)] if m.stream else []
+    return [_spec_section(m), _comparison_section(m), _conversion_section(m), _quantize_section(m), *streaming,
+            _lint_section(m), _plots_section(m), _stages_section(m, result)]
 
 
 def _markdown_table(table: Table) -> str:

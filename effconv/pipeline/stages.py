@@ -65,6 +65,7 @@ def manifest_name(inputs: RunInputs, stage: Stage) -> str:
         "eval": EVAL_MANIFEST,
         "convert": f"{inputs.student_name}.json",
         "quantize": f"{inputs.student_name}{INT8_SUFFIX}.json",
+        "stream": f"{inputs.student_name}.json",
         "lint": LINT_MANIFEST,
         "profile": PROFILE_MANIFEST,
     }[stage.kind]
@@ -102,6 +103,12 @@ def run_convert(ctx: StageContext) -> None:
     convert(load_spec(ctx.student_spec), ctx.stage.backend, ctx.directory, allow_import=ctx.inputs.allow_import)
 
 
+def run_stream(ctx: StageContext) -> None:
+    settings = ctx.stage.settings
+    convert(load_spec(ctx.student_spec), ctx.stage.backend, ctx.directory, opset=settings["opset"],
+            stream=settings["latent_frames_per_call"], allow_import=ctx.inputs.allow_import)
+
+
 def run_quantize(ctx: StageContext) -> None:
     """Calibrate on clips of the training videos; measure quality on the eval videos' centre clips."""
     settings = ctx.stage.settings
@@ -130,13 +137,17 @@ def run_lint(ctx: StageContext) -> None:
 
 
 def _profile_targets(ctx: StageContext, teacher_spec: Path) -> dict[str, Path]:
-    """Teacher (its spec, exported on the fly), the student's float ONNX (or its spec), the int8 ONNX."""
+    """Teacher (its spec, exported on the fly), the student's float ONNX (or its spec), the int8 ONNX, and the
+    streaming artifact (per call)."""
     name = ctx.inputs.student_name
     targets = {"teacher": teacher_spec}
     exported = ctx.out_dir / "convert-onnx" / f"{name}.onnx"
     targets["student"] = exported if "convert-onnx" in ctx.stage.after else ctx.student_spec
     if "quantize-onnx" in ctx.stage.after:
         targets["student-int8"] = ctx.out_dir / "quantize-onnx" / f"{name}{INT8_SUFFIX}.onnx"
+    for stream in (stage for stage in ctx.stage.after if stage.startswith("stream-")):
+        folder = ctx.out_dir / stream
+        targets["student-stream"] = folder / read_manifest(folder / f"{name}.json").artifact
     return targets
 
 
@@ -165,6 +176,7 @@ RUNNERS: dict[str, Callable[[StageContext], None]] = {
     "eval": run_eval,
     "convert": run_convert,
     "quantize": run_quantize,
+    "stream": run_stream,
     "lint": run_lint,
     "profile": run_profile,
 }

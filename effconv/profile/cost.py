@@ -95,7 +95,12 @@ def load_graph(path: Path) -> onnx.ModelProto:
     if not model.graph.node:
         # protobuf parses an empty (or truncated-to-nothing) file as an empty model without complaint
         raise EffconvError(f"'{path}' holds no ONNX graph (0 nodes).", "pass an .onnx written by `effconv convert`.")
-    return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:  # onnx's InferenceError / ValidationError: a damaged or hand-edited graph
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise EffconvError(f"'{path}' is not a consistent ONNX graph (shape inference failed: {reason}).",
+                           "pass an .onnx written by `effconv convert`, or re-create it.") from None
 
 
 def artifact_dtype(model: onnx.ModelProto) -> str:
