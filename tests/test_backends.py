@@ -23,10 +23,11 @@ from conftest import FAMILY_SPECS
 
 
 # Lowering a program to ExecuTorch's XNNPACK delegate takes ~45 s on 2 cores, so its int8 run, which lowers a
-# second program, is a slow test.
+# second program, is a slow test; ONNX and Core ML int8 have their own modules (test_quantize_onnx.py,
+# test_quantize_coreml.py), so here only TFLite's runs by default.
 SLOW_TO_LOWER = {"executorch"}
 EXPORT_CASES = registry.names()
-INT8_CASES = [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_TO_LOWER else name for name in registry.names()]
+INT8_CASES = [name if name == "tflite" else pytest.param(name, marks=pytest.mark.slow) for name in registry.names()]
 
 
 LEGACY_STUDENT = Path(__file__).parent / "data" / "legacy-student" / "hunyuan-tiny-student.yaml"
