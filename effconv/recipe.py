@@ -21,7 +21,6 @@ MAX_WIDTH = 65536
 MAX_LAYERS = 64
 BACKEND_NAMES = ("onnx", "coreml", "tflite", "executorch")  # the backend registry's names (tests/test_backends.py checks)
 DEFAULT_EXPORT_BACKENDS = ("onnx", "coreml", "tflite")  # what `effconv run` exports unless the recipe lists others
-STREAM_BACKENDS = ("onnx", "tflite")  # what `effconv convert --stream` writes
 MAX_STREAM = 64
 Backend = Literal[BACKEND_NAMES]
 
@@ -132,7 +131,7 @@ class ProfileRecipe(StrictModel):
 
 class DeployRecipe(StrictModel):
     stream: int | None = Field(None, ge=1, le=MAX_STREAM, description="also export streaming artifacts that decode this "
-                               "many latent frames per call (the ONNX and TFLite exports); null = whole-clip artifacts only")
+                               "many latent frames per call, for every exported backend; null = whole-clip artifacts only")
 
 
 class Recipe(StrictModel):
@@ -167,16 +166,13 @@ class Recipe(StrictModel):
     def _streamable(self) -> Recipe:
         if self.deploy.stream is None:
             return self
-        if not set(STREAM_BACKENDS) & set(self.export.backends):
-            raise ValueError(f"deploy.stream needs {' or '.join(STREAM_BACKENDS)} in export.backends (the backends "
-                             "effconv writes streaming artifacts for)")
         if self.student is not None and self.student.temporal_padding != "causal":
             raise ValueError("deploy.stream needs student.temporal_padding: causal (symmetric padding looks at later "
                              "frames, so a chunk cannot be decoded before the next one arrives)")
         return self
 
     def streamed_backends(self) -> list[str]:
-        return [b for b in self.export.backends if b in STREAM_BACKENDS] if self.deploy.stream else []
+        return list(self.export.backends) if self.deploy.stream else []
 
     def require_student(self, source: str) -> StudentRecipe:
         if self.student is None:

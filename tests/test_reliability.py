@@ -206,8 +206,6 @@ BAD_RECIPES = {
     "weight-decay-inf": ("init: random", "init: random\ndistill:\n  weight_decay: .inf", "finite"),  # regression: NaN training
     "seed-2e64": ("init: random", "init: random\ndistill:\n  seed: 100000000000000000000", "'distill.seed'"),  # regression: exit 3
     "stream-zero": ("init: random", "init: random\ndeploy:\n  stream: 0", "'deploy.stream'"),
-    "stream-without-onnx-or-tflite": ("init: random", "init: random\nexport:\n  backends: [coreml]\ndeploy:\n  stream: 2",
-                                      "deploy.stream needs onnx or tflite"),
     "stream-symmetric": ("temporal_padding: causal\n  init: random",
                          "temporal_padding: symmetric\n  init: random\ndeploy:\n  stream: 2", "temporal_padding: causal"),
 }

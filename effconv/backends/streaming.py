@@ -23,16 +23,18 @@ def check_latent(latent: np.ndarray, stream: dict, expected_shape: list[int]) ->
         raise EffconvError("the latent has no frames.", "pass a latent with T >= 1.")
 
 
+def _video_frames_per_latent(stream: dict) -> int:
+    return stream["video_frames_per_call"] // stream["latent_frames_per_call"]
+
+
 def decoded_frames(stream: dict, latent_frames: int) -> int:
     """How many video frames the whole clip decodes to."""
-    per_latent = stream["video_frames_per_call"] // stream["latent_frames_per_call"]
-    return latent_frames * per_latent - stream["drop_leading_frames_of_first_call"]
+    return latent_frames * _video_frames_per_latent(stream) - stream["drop_leading_frames_of_first_call"]
 
 
 def stream_chunks(run_all: RunAll, stream: dict, latent: np.ndarray) -> Iterator[np.ndarray]:
     """The video frames of each chunk in order; their concatenation is the whole-clip decode."""
-    chunk = stream["latent_frames_per_call"]
-    per_latent = stream["video_frames_per_call"] // chunk
+    chunk, per_latent = stream["latent_frames_per_call"], _video_frames_per_latent(stream)
     caches = [np.zeros(cache["shape"], np.float32) for cache in stream["caches"]]
     for start in range(0, latent.shape[2], chunk):
         piece = np.ascontiguousarray(latent[:, :, start:start + chunk], dtype=np.float32)

@@ -13,7 +13,7 @@ from effconv.cli.render import err, out
 
 @app.command()
 def decode(
-    artifact: Path = typer.Argument(..., help="A streaming .onnx or .tflite (`effconv convert STUDENT --stream K`).", show_default=False),
+    artifact: Path = typer.Argument(..., help="A streaming .onnx, .tflite or .pte (`effconv convert STUDENT --stream K`); .mlpackage needs macOS.", show_default=False),
     out_path: Path = typer.Option(..., "--out", help="OUT.npy (float32 (1, 3, F, H, W), the decoder's raw output) or OUT.mp4.", show_default=False),
     latents: Path | None = typer.Option(None, "--latents", help="Float32 latents (1, C, T, h, w) as .npy, any length T.", show_default=False),
     video: Path | None = typer.Option(None, "--video", help="A real clip instead: encoded by the student's teacher, then stream-decoded.", show_default=False),

@@ -25,7 +25,7 @@ def convert(
                                "(lossless; faster in onnxruntime for Turbo-VAED students), conv3d keeps them; auto: conv2d "
                                "for students, conv3d for teachers (the reason goes in the manifest). See docs/student.md."),
     stream: int | None = typer.Option(None, "--stream", help="Students: write a streaming artifact that decodes this many "
-                                      "latent frames per call, its temporal cache as extra inputs/outputs (onnx, tflite; "
+                                      "latent frames per call, its temporal cache as extra inputs/outputs (every backend; "
                                       "see docs/streaming.md). Decode any length with `effconv decode`."),
     as_json: bool = JsonFlag,
     allow_import: bool = AllowImport,

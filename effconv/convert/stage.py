@@ -52,7 +52,7 @@ def convert_model(model: LoadedModel, backend: str, out_dir: Path, atol: float |
     chosen, why = onnx_layout(model, layout)
     module, extra = model.module, {"layout": {"chosen": chosen, "requested": layout, "why": why}}
     if chosen == "conv2d":
-        legal = _checked_rewrites(model, example, resolve(list(ONNX_CONV2D_REWRITES)))
+        legal = checked_rewrites(model.module, example, resolve(list(ONNX_CONV2D_REWRITES)))
         module, extra = legal.module, extra | {"legalize": legal.report() | {"shape": list(example.shape)}}
     with staged_output(out_dir) as stage:
         artifact = stage / f"{name}{target.suffix}"
@@ -71,8 +71,9 @@ def convert_model(model: LoadedModel, backend: str, out_dir: Path, atol: float |
     return checked(manifest, out_dir, atol)
 
 
-def _checked_rewrites(model: LoadedModel, example, rewrites):
-    legal = legalize(model.module, example, rewrites)
+def checked_rewrites(module, example, rewrites):
+    """The module after `rewrites`, or VerificationFailed when they changed its output on `example`."""
+    legal = legalize(module, example, rewrites)
     if not legal.report()["equivalence"]["passed"]:
         raise VerificationFailed(
             f"effconv's rewrites changed the output (max abs error {legal.max_abs_err:.3g}).",
@@ -134,7 +135,7 @@ def convert_legalized(model: LoadedModel, target: Backend, out_dir: Path, atol: 
     example = model.example_input(VERIFY_SEED)
     with torch.no_grad():
         reference = model.module(example).numpy()
-    legal = _checked_rewrites(model, example, rewrites_for(backend))
+    legal = checked_rewrites(model.module, example, rewrites_for(backend))
     lint = lint_graph(legal.module.graph, backend, applied=tuple(legal.counts))
     check_exportable(lint, "after effconv's rewrites")
     name = model.spec.spec.name
@@ -206,6 +207,7 @@ def convert(loaded: LoadedSpec, backend: str, out_dir: Path, atol: float | None 
     if stream is not None:
         from effconv.convert.streaming import convert_streaming
 
-        options = {"opset": opset} if backend == onnx_backend.NAME else {}
+        options = ({"opset": opset} if backend == onnx_backend.NAME else
+                   {"precision": precision} if backend == coreml_backend.NAME else {})
         return convert_streaming(model, backend, out_dir, stream, atol=atol, layout=layout, **options)
     return convert_model(model, backend, out_dir, atol=atol, opset=opset, precision=precision, layout=layout)

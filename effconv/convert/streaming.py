@@ -11,23 +11,21 @@ import torch
 
 from effconv.artifacts import Manifest, staged_output, write_manifest
 from effconv.backends import registry
+from effconv.backends.coreml import export as coreml_backend
 from effconv.backends.streaming import stream_chunks
 from effconv.backends.verify import compare
-from effconv.convert.stage import ONNX_CONV2D_REWRITES, VERIFY_SEED, checked, onnx_layout, tensor_info
-from effconv.errors import EffconvError, VerificationFailed
+from effconv.convert.stage import ONNX_CONV2D_REWRITES, VERIFY_SEED, checked, checked_rewrites, onnx_layout, tensor_info
+from effconv.errors import EffconvError
 from effconv.legalize.lint import check_exportable, lint_graph
-from effconv.legalize.rewrites import legalize, resolve, rewrites_for
+from effconv.legalize.rewrites import resolve, rewrites_for
 from effconv.models.loader import LoadedModel
 from effconv.models.turbo_vaed.decoder import TurboVAEDDecoder
 from effconv.models.turbo_vaed.streaming import StreamingStep, stream_layout
-from effconv.recipe import STREAM_BACKENDS
 
 VERIFY_CHUNKS = 3  # the verification clip: three calls, the last one short when K > 1
 
 
-def check_stream_request(model: LoadedModel, backend: str, chunk: int) -> None:
-    if backend not in STREAM_BACKENDS:
-        raise EffconvError(f"--stream is not built for {backend} yet.", f"use --to {' or --to '.join(STREAM_BACKENDS)}.")
+def check_stream_request(model: LoadedModel, chunk: int) -> None:
     if chunk < 1:
         raise EffconvError(f"--stream must be at least 1 latent frame, got {chunk}.", "pass e.g. --stream 1.")
     if not isinstance(model.model, TurboVAEDDecoder) or model.spec.spec.part != "decoder":
@@ -44,11 +42,23 @@ def _verification_clip(model: LoadedModel, chunk: int) -> torch.Tensor:
     return torch.randn((*latent.shape[:2], frames, *latent.shape[3:]), generator=generator)
 
 
+def _chunk_runner(target, artifact: Path, step: StreamingStep, video_shape, export_info: dict, precision: str | None):
+    """What runs the chunk loop: the artifact in its runtime; for Core ML off macOS, the step in torch with fp16
+    simulated (as for whole-clip Core ML exports) plus the program's static checks."""
+    run_all = target.load_all(artifact, None)
+    if run_all is not None:
+        return run_all, f"in {target.runtime}", {"prediction": "run"}
+    checks = coreml_backend.static_checks(export_info, video_shape) | {"prediction": coreml_backend.NOT_RUN}
+    return (coreml_backend.simulated(step, precision),
+            f"through the step in torch, {precision} simulated (Core ML predicts only on macOS)", checks)
+
+
 def convert_streaming(model: LoadedModel, backend: str, out_dir: Path, chunk: int, atol: float | None = None,
                       layout: str = "auto", **export_options) -> Manifest:
-    check_stream_request(model, backend, chunk)
+    check_stream_request(model, chunk)
     target = registry.get(backend)
-    atol = target.default_atol if atol is None else atol
+    precision = export_options.get("precision")
+    atol = (coreml_backend.default_atol(precision) if precision else target.default_atol) if atol is None else atol
     decoder: TurboVAEDDecoder = model.model
     clip = _verification_clip(model, chunk)
     shape = stream_layout(decoder, (*clip.shape[:2], chunk, *clip.shape[3:]))
@@ -58,10 +68,7 @@ def convert_streaming(model: LoadedModel, backend: str, out_dir: Path, chunk: in
     rewrites = rewrites_for(backend) if target.legalized else resolve(list(ONNX_CONV2D_REWRITES)) if chosen == "conv2d" else []
     module, sections = step, {}
     if rewrites:
-        legal = legalize(step, example, rewrites)
-        if not legal.report()["equivalence"]["passed"]:
-            raise VerificationFailed(f"effconv's rewrites changed the streaming step's output (max abs error "
-                                     f"{legal.max_abs_err:.3g}).", "report this as an effconv bug.")
+        legal = checked_rewrites(step, example, rewrites)
         if target.legalized:
             check_exportable(lint_graph(legal.module.graph, backend, applied=tuple(legal.counts)), "after effconv's rewrites")
         module, sections = legal.module, {"legalize": legal.report()}
@@ -70,23 +77,24 @@ def convert_streaming(model: LoadedModel, backend: str, out_dir: Path, chunk: in
     with torch.no_grad():
         reference = decoder(clip).numpy()
         step_outputs = step(*example)
-    name = model.spec.spec.name
+    name, stream = model.spec.spec.name, shape.as_manifest()
     with staged_output(out_dir) as stage:
         artifact = stage / f"{name}{target.suffix}"
         started = time.perf_counter()
         export_info = target.export(module, example, artifact, shape.input_names, shape.output_names, **export_options)
         export_seconds = time.perf_counter() - started
-        run_all = target.load_all(artifact, None)
-        streamed = np.concatenate(list(stream_chunks(run_all, shape.as_manifest(), clip.numpy())), axis=2)
-        verify = compare(reference, streamed, atol) | {
-            "against": f"whole-clip PyTorch decode of {clip.shape[2]} latent frames, streamed {chunk} per call in "
-                       f"{target.runtime}", "seed": VERIFY_SEED, "prediction": "run"}
+        run_all, where, checks = _chunk_runner(target, artifact, step, step_outputs[0].shape, export_info, precision)
+        streamed = np.concatenate(list(stream_chunks(run_all, stream, clip.numpy())), axis=2)
+        verify = compare(reference, streamed, atol) | checks | {
+            "against": f"whole-clip PyTorch decode of {clip.shape[2]} latent frames, streamed {chunk} per call {where}",
+            "seed": VERIFY_SEED}
+        verify["passed"] = bool(verify["passed"] and checks.get("rank_ok", True) and checks.get("output_shape_ok", True))
         manifest = Manifest(
             name=name, backend=backend, artifact=artifact.name, spec=model.spec.resolved(),
             inputs=[tensor_info(n, t.shape) for n, t in zip(shape.input_names, example)],
             outputs=[tensor_info(n, t.shape) for n, t in zip(shape.output_names, step_outputs)],
             params=model.num_params(), verify=verify, family=model.adapter.family,
-            compression=model.compression.as_dict(), stream=shape.as_manifest(), **sections,
+            compression=model.compression.as_dict(), stream=stream, **sections,
             export={**export_info, "seconds": round(export_seconds, 2)}, versions=target.runtime_versions(),
         )
         write_manifest(manifest, stage)

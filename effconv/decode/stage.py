@@ -19,7 +19,7 @@ from effconv.backends.streaming import check_latent, decoded_frames, stream_chun
 from effconv.errors import EffconvError
 from effconv.models.loader import load_model
 from effconv.spec import LoadedSpec, load_spec, spec_from_dict
-from effconv.video.clips import decode_video
+from effconv.video.clips import center_crop, decode_video
 from effconv.video.writer import VideoWriter
 
 OUTPUT_SUFFIXES = (".npy", ".mp4")
@@ -83,7 +83,7 @@ def encode_video(video: Path, manifest: Manifest, teacher: Path | None, frames: 
     if usable < 1:
         raise EffconvError(f"video '{video}' has too few frames for the teacher's {compression['temporal']}x temporal compression.",
                            "pass a longer video.")
-    clip = _center_crop(decoded[:usable], height, width)
+    clip = center_crop(decoded[:usable], height, width)
     model = load_model(teacher_for(manifest, teacher).with_input(usable, height, width))
     return model.model.encode(clip.unsqueeze(0)).latent_dist.mode().numpy().astype(np.float32)
 
@@ -93,15 +93,6 @@ def _encodable_frames(available: int, compression: dict) -> int:
     if compression["causal"]:
         return 1 + temporal * ((available - 1) // temporal) if available >= 1 else 0
     return temporal * (available // temporal)
-
-
-def _center_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(T, 3, h, w) uint8 -> (3, T, height, width) in [-1, 1]: resize the short side, crop the centre."""
-    scale = max(height / frames.shape[2], width / frames.shape[3])
-    size = (max(height, round(frames.shape[2] * scale)), max(width, round(frames.shape[3] * scale)))
-    resized = torch.nn.functional.interpolate(frames.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
-    top, left = (size[0] - height) // 2, (size[1] - width) // 2
-    return (resized[:, :, top:top + height, left:left + width] / 127.5 - 1).clamp(-1, 1).permute(1, 0, 2, 3)
 
 
 def decode(artifact: Path, out: Path, latents: Path | None = None, video: Path | None = None,
@@ -119,7 +110,7 @@ def decode(artifact: Path, out: Path, latents: Path | None = None, video: Path |
     backend = registry.for_artifact(artifact)
     run_all = backend.load_all(artifact, threads)
     if run_all is None:
-        raise EffconvError(f"{backend.runtime} cannot run '{artifact.name}' on this machine.", "decode an .onnx or .tflite streaming export.")
+        raise EffconvError(f"{backend.runtime} cannot run '{artifact.name}' on this machine.", "decode an .onnx, .tflite or .pte streaming export here (Core ML predicts only on macOS).")
     chunk_count = -(-latent.shape[2] // stream["latent_frames_per_call"])
     total = decoded_frames(stream, latent.shape[2])
     height, width = manifest.outputs[0].shape[3:]

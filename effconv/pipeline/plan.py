@@ -218,7 +218,8 @@ def stages(inputs: RunInputs) -> list[Stage]:
              for b in recipe.streamed_backends()]
     plan.append(Stage("lint", "lint", after=("distill",),
                       settings={"backends": {b: _lint_device(b, inputs.devices) for b in backends}}))
-    profiled = ("convert-onnx", "quantize-onnx", *(f"stream-{b}" for b in recipe.streamed_backends()[:1]))
+    streamed = sorted(recipe.streamed_backends(), key=lambda b: b != "onnx")[:1]  # the ONNX stream when there is one
+    profiled = ("convert-onnx", "quantize-onnx", *(f"stream-{b}" for b in streamed))
     profiled_inputs = tuple(name for name in profiled if name in {s.name for s in plan})
     for device in inputs.devices:
         host = device == HOST_DEVICE

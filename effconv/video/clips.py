@@ -145,17 +145,23 @@ class ClipSampler:
         return (clip / 127.5 - 1.0).clamp(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()
 
 
+def center_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(T, 3, h, w) uint8 frames -> a (3, T, height, width) clip in [-1, 1]: the centre crop with the target's aspect
+    ratio at the largest scale that fits, resized."""
+    _, _, src_h, src_w = frames.shape
+    scale = min(src_h / height, src_w / width)
+    crop_h, crop_w = int(round(height * scale)), int(round(width * scale))
+    top, left = (src_h - crop_h) // 2, (src_w - crop_w) // 2
+    window = F.interpolate(frames[:, :, top : top + crop_h, left : left + crop_w].float(), size=(height, width),
+                           mode="bilinear", antialias=True, align_corners=False)
+    return (window / 127.5 - 1.0).clamp(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()
+
+
 def center_clips(videos: VideoSet, frames: int, height: int, width: int, per_video: int = 1) -> list[tuple[Path, torch.Tensor]]:
     """Deterministic evaluation clips: evenly spaced windows, centre crop at the largest scale that fits."""
     clips = []
     for video in videos.videos:
-        total, _, src_h, src_w = video.frames.shape
+        total = video.frames.shape[0]
         starts = np.linspace(0, total - frames, num=per_video).round().astype(int) if per_video > 1 else [(total - frames) // 2]
-        scale = min(src_h / height, src_w / width)
-        crop_h, crop_w = int(round(height * scale)), int(round(width * scale))
-        top, left = (src_h - crop_h) // 2, (src_w - crop_w) // 2
-        for start in starts:
-            window = video.frames[start : start + frames, :, top : top + crop_h, left : left + crop_w].float()
-            window = F.interpolate(window, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-            clips.append((video.path, (window / 127.5 - 1.0).clamp(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()))
+        clips += [(video.path, center_crop(video.frames[start : start + frames], height, width)) for start in starts]
     return clips

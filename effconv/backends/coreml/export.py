@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from effconv.errors import EffconvError, missing_extra
+from effconv.legalize.rewrites import Example, as_args, as_names
 from effconv.quiet import captured_stdout, is_debug, quiet_imports
 
 RUNTIME = "Core ML (macOS only)"
@@ -70,18 +71,21 @@ def program_summary(path: Path) -> dict:
     return {"ops": dict(sorted(ops.items())), "max_rank": max_rank, "output_shape": output_shape}
 
 
-def export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str,
+def export(module: nn.Module, example: Example, path: Path, input_name: str | list[str], output_name: str | list[str],
            precision: str = "fp16") -> dict:
+    """One input per tensor of `example` (a streaming step: latent, flag, caches), named in order."""
     check_precision(precision)
     ct = _coremltools()
     progress_bars = contextlib.nullcontext() if is_debug() else contextlib.redirect_stderr(io.StringIO())
+    args = as_args(example)
     try:
         with torch.no_grad(), captured_stdout(), progress_bars:
-            program = torch.export.export(module, (example,)).run_decompositions()
+            program = torch.export.export(module, args).run_decompositions()
             mlmodel = ct.convert(
                 program,
-                inputs=[ct.TensorType(name=input_name, shape=tuple(example.shape), dtype=np.float32)],
-                outputs=[ct.TensorType(name=output_name, dtype=np.float32)],
+                inputs=[ct.TensorType(name=name, shape=tuple(tensor.shape), dtype=np.float32)
+                        for name, tensor in zip(as_names(input_name), args)],
+                outputs=[ct.TensorType(name=name, dtype=np.float32) for name in as_names(output_name)],
                 convert_to="mlprogram",
                 minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
                 compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
@@ -114,18 +118,31 @@ def static_checks(export_info: dict, reference_shape) -> dict:
     }
 
 
-def simulate_fp16(module: nn.Module, example: torch.Tensor) -> np.ndarray:
-    """An fp16 stand-in for the ANE, computed in fp32: the weights, the input and every layer's output rounded
-    to fp16 (where the ANE keeps tensors), arithmetic inside each layer in fp32. torch's own CPU fp16 kernels
-    are a slow reference path (a 40.5 M-parameter student at 9x128x128 ran for over 25 minutes)."""
-    simulated = copy.deepcopy(module)
-    with torch.no_grad():
-        for tensor in [*simulated.parameters(), *simulated.buffers()]:
-            tensor.copy_(_fp16_rounded(tensor))
-        for layer in simulated.modules():
+def simulated(module: nn.Module, precision: str = "fp16"):
+    """Core ML's numerics stood in by torch, as a `load_all`-style function (arrays in, arrays out). fp16: computed
+    in fp32 with the weights, the inputs and every layer's output rounded to fp16 (where the ANE keeps tensors),
+    arithmetic inside each layer in fp32; torch's own CPU fp16 kernels are a slow reference path (a 40.5
+    M-parameter student at 9x128x128 ran for over 25 minutes). fp32: the module as it is."""
+    rounded = _fp16_rounded if precision == "fp16" else (lambda tensor: tensor)
+    simulated_module = copy.deepcopy(module)
+    if precision == "fp16":
+        with torch.no_grad():
+            for tensor in [*simulated_module.parameters(), *simulated_module.buffers()]:
+                tensor.copy_(rounded(tensor))
+        for layer in simulated_module.modules():
             if next(layer.children(), None) is None:
                 layer.register_forward_hook(_round_output_to_fp16)
-        return _fp16_rounded(simulated(_fp16_rounded(example))).numpy()
+
+    @torch.no_grad()
+    def run(arrays: list) -> list[np.ndarray]:
+        outputs = simulated_module(*[rounded(torch.as_tensor(array)) for array in arrays])
+        return [rounded(output).numpy() for output in (outputs if isinstance(outputs, (tuple, list)) else [outputs])]
+
+    return run
+
+
+def simulate_fp16(module: nn.Module, example: torch.Tensor) -> np.ndarray:
+    return simulated(module)([example])[0]
 
 
 def _fp16_rounded(tensor: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from effconv.errors import EffconvError, missing_extra
+from effconv.legalize.rewrites import Example, as_args
 from effconv.quiet import captured_stdout, native_stderr_silenced, quiet_imports
 
 RUNTIME = "ExecuTorch runtime (XNNPACK delegate)"
@@ -105,10 +106,13 @@ def write(edge, path: Path) -> dict:
     return op_inventory(path)
 
 
-def export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str) -> dict:
+def export(module: nn.Module, example: Example, path: Path, input_name: str | list[str],
+           output_name: str | list[str]) -> dict:
+    """Inputs and outputs keep the module's order (load_all feeds and returns them in it); a `.pte` does not name
+    them, so `input_name`/`output_name` are for the manifest only."""
     try:
         with torch.no_grad(), captured_stdout():
-            program = torch.export.export(module, (example,))
+            program = torch.export.export(module, as_args(example))
     except Exception as exc:  # torch.export raises many types; all mean "this module did not export"
         reason = " ".join(str(exc).split())[:400] or type(exc).__name__
         raise EffconvError(f"torch.export failed: {reason}", "rerun with --debug for details.") from None
