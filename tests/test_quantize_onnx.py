@@ -78,6 +78,7 @@ def test_sensitivity_is_skipped_when_int8_already_meets_the_gate(student_onnx, t
     assert any("met the gate" in note and "--sensitivity" in note for note in report["notes"])
 
 
+@pytest.mark.slow  # the per-node sensitivity pass quantizes and runs the student once per node: ~45 s on 2 cores
 def test_gate_returns_sensitive_nodes_to_float_or_fails(student_onnx, teacher_latents, tmp_path):
     """Ground truth = float output + mild noise, so int8 rounding shows as a measurable PSNR drop."""
     calib = teacher_latents
