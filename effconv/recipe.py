@@ -36,7 +36,14 @@ class DistillRecipe(StrictModel):
     steps: int = Field(300, ge=1, le=10_000_000)
     batch_size: int = Field(1, ge=1, le=1024)
     grad_accum: int = Field(8, ge=1, le=1024)
-    lr: float = Field(1e-4, gt=0, le=1.0)
+    lr: float = Field(1e-4, gt=0, le=1.0, description="peak learning rate")
+    warmup_steps: int = Field(0, ge=0, le=10_000_000, description="linear warm-up from lr/warmup_steps to lr")
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="after warm-up: constant, or a cosine "
+                                                       "to min_lr over cosine_steps")
+    cosine_steps: int | None = Field(None, ge=1, le=10_000_000, description="cosine length after warm-up; fixed, not "
+                                     "tied to steps, so raising --steps continues the same curve (min_lr after it)")
+    min_lr: float = Field(0.0, ge=0, le=1.0, description="the cosine's floor")
+    grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient's global L2 norm to this; null = no clipping")
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.95)
     weight_decay: float = Field(1e-4, ge=0)
     ema_decay: float = Field(0.999, ge=0, lt=1)
@@ -50,6 +57,15 @@ class DistillRecipe(StrictModel):
     keep_checkpoints: int = Field(2, ge=1, le=100)
     eval_every: int = Field(100, ge=1)
     seed: int = Field(0, ge=0, le=2**32 - 1)
+
+
+    @model_validator(mode="after")
+    def _schedule(self) -> DistillRecipe:
+        if self.lr_schedule == "cosine" and self.cosine_steps is None:
+            raise ValueError("lr_schedule cosine needs cosine_steps (its length after warm-up)")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr} is above lr {self.lr}")
+        return self
 
 
 class StudentRecipe(StrictModel):

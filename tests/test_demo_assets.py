@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from effconv.video.clips import BUNDLED_CLIP, center_clips, load_videos
+from effconv.video.clips import BUNDLED_CLIP, center_clips, probe_videos
 from effconv.video.metrics import psnr
 from effconv.models.loader import load_model
 from effconv.recipe import load_recipe
@@ -25,7 +25,7 @@ def test_demo_teacher_weights_are_small_and_documented():
 
 def test_demo_teacher_reconstructs_held_out_frames_as_recorded():
     teacher = load_model(load_spec(SPECS / "demo-teacher.yaml").with_input(17, 64, 64))
-    held_out = load_videos([BUNDLED_CLIP], 17, 64, 64)
+    held_out = probe_videos([BUNDLED_CLIP], 17, 64, 64)
     held_out.videos[0].frames = held_out.videos[0].frames[96:]
     clips = center_clips(held_out, 17, 64, 64, per_video=2)
     with torch.no_grad():

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from effconv.cli.student import step_rate
 from effconv.distill.checkpoint import latest_checkpoint
-from effconv.video.clips import BUNDLED_CLIP, ClipSampler, load_videos
+from effconv.video.clips import BUNDLED_CLIP, ClipSampler, probe_videos
 from effconv.distill.stage import distill
 from effconv.errors import EffconvError
 from effconv.spec import load_spec
@@ -29,7 +29,7 @@ def _teacher():
 
 
 def test_clips_are_seeded_scaled_and_shaped():
-    videos = load_videos([VIDEO], 5, 32, 32)
+    videos = probe_videos([VIDEO], 5, 32, 32)
     sampler = ClipSampler(videos, 5, 32, 32, seed=3)
     clip = sampler.clip(7)
     assert clip.shape == (3, 5, 32, 32)
@@ -42,19 +42,19 @@ def test_clips_are_seeded_scaled_and_shaped():
 def test_corrupt_and_short_videos_are_skipped_with_reasons(tmp_path):
     (tmp_path / "broken.mp4").write_bytes(BUNDLED_CLIP.read_bytes()[:4000])
     (tmp_path / "text.mkv").write_text("not a video")
-    videos = load_videos([tmp_path, BUNDLED_CLIP], 5, 32, 32)
+    videos = probe_videos([tmp_path, BUNDLED_CLIP], 5, 32, 32)
     assert [v.path for v in videos.videos] == [BUNDLED_CLIP]
     assert {p.name for p, _ in videos.skipped} == {"broken.mp4", "text.mkv"}
-    too_long = load_videos([BUNDLED_CLIP, tmp_path], 5, 32, 32)
+    too_long = probe_videos([BUNDLED_CLIP, tmp_path], 5, 32, 32)
     assert len(too_long.videos) == 1
 
 
 def test_zero_usable_clips_is_an_error(tmp_path):
     (tmp_path / "text.mp4").write_text("not a video")
     with pytest.raises(EffconvError, match="no usable video clips"):
-        load_videos([tmp_path], 5, 32, 32)
+        probe_videos([tmp_path], 5, 32, 32)
     with pytest.raises(EffconvError, match="no usable video clips"):
-        load_videos([BUNDLED_CLIP], 1000, 32, 32)
+        probe_videos([BUNDLED_CLIP], 1000, 32, 32)
 
 
 def _final_weights(out: Path) -> dict[str, torch.Tensor]:

@@ -79,12 +79,15 @@ def test_second_run_skips_every_stage(finished_run, cli):
     assert all(p["reason"] == "unchanged" for p in summary["plan"])
 
 
-def test_changing_steps_reruns_distill_and_everything_after_it(finished_run):
+def test_more_steps_continue_the_distillation_and_fewer_start_over(finished_run):
     # the plan is what execute() follows (the first run and the resume test execute plans); running it again costs a minute
-    decisions = plan(resolve(RECIPE, steps=5), finished_run)
-    assert [d.action for d in decisions] == ["run"] * len(STAGES)
-    assert decisions[0].reason == "settings.distill.steps: 4 -> 5"
-    assert all(d.reason == "distill reruns" for d in decisions[1:])
+    more = plan(resolve(RECIPE, steps=6), finished_run)
+    assert [d.action for d in more] == ["resume"] + ["run"] * (len(STAGES) - 1)
+    assert more[0].reason == "resumes from step 4" and more[0].steps_done == 4
+    assert all(d.reason == "distill reruns" for d in more[1:])
+    fewer = plan(resolve(RECIPE, steps=3), finished_run)
+    assert [d.action for d in fewer] == ["run"] * len(STAGES)
+    assert fewer[0].reason == "settings.distill.steps: 4 -> 3"
 
 
 def test_a_renamed_eval_video_reruns_only_eval(finished_run, tmp_path):

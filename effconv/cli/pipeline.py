@@ -23,8 +23,12 @@ def run_pipeline(
     steps: int | None = typer.Option(None, "--steps", min=1, help="Distillation steps [default: the recipe's]."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print which stages would run or be skipped, with estimated times."),
     pretrained: Path | None = typer.Option(None, "--pretrained", help="The teacher's trained weights (save_pretrained dir)."),
-    data: list[Path] | None = typer.Option(None, "--data", help="Training videos, files or folders (repeatable) [default: the recipe's]."),
+    data: list[Path] | None = typer.Option(None, "--data", help="Training videos: files, folders, or LIST.txt files (repeatable) [default: the recipe's]."),
     eval_data: list[Path] | None = typer.Option(None, "--eval-data", help="Eval videos (repeatable) [default: the recipe's, else --data]."),
+    train_device: str = typer.Option("auto", "--train-device", help="Where distillation runs: auto (CUDA when torch sees "
+                                     "a GPU), cpu, cuda, cuda:N."),
+    workers: int | None = typer.Option(None, "--workers", min=0, max=64, help="Video-decoding processes for distillation "
+                                       "[default: 1 beside CPU training, up to 8 beside a GPU]."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan and the outcome as JSON."),
     allow_import: bool = AllowImport,
 ) -> None:
@@ -32,7 +36,8 @@ def run_pipeline(
 
     Each stage writes DIR/STAGE/ with its manifest, which records a hash of the stage's inputs. A
     rerun skips stages whose inputs are unchanged, redoes the rest and everything after them, and
-    resumes an interrupted distillation from its last checkpoint. Exit 2 for bad input and exit 3 for
+    resumes an interrupted distillation from its last checkpoint (also a finished one, when --steps
+    asks for more). Exit 2 for bad input and exit 3 for
     an internal error, both naming the failed stage; exit 1 when an artifact failed its check (the
     report is still written).
 
@@ -43,7 +48,8 @@ def run_pipeline(
     from effconv.pipeline.plan import resolve
     from effconv.pipeline.runner import execute, plan
 
-    inputs = resolve(target, recipe, steps, pretrained, data, eval_data, device, allow_import=allow_import)
+    inputs = resolve(target, recipe, steps, pretrained, data, eval_data, device, allow_import=allow_import,
+                     train_device=train_device, workers=workers)
     with err.status("Planning (hashing inputs)..."):
         decisions = plan(inputs, out_dir)
     if not as_json:

@@ -75,20 +75,25 @@ def _print_rewrite(manifest, out_dir: Path) -> None:
 def distill(
     spec: Path = SpecArg,
     recipe: str = typer.Option(..., "--recipe", help="Recipe YAML or packaged name (its student: and distill: sections).", show_default=False),
-    data: list[Path] = typer.Option(..., "--data", help="Training video files or folders (repeatable).", show_default=False),
+    data: list[Path] = typer.Option(..., "--data", help="Training videos: files, folders, or LIST.txt files of paths (repeatable).", show_default=False),
     out_dir: Path = typer.Option(..., "--out", help="Output directory: checkpoints/, the student, distill.json.", show_default=False),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Optimizer steps [default: the recipe's]."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
     eval_data: list[Path] | None = typer.Option(None, "--eval-data", help="Held-out videos for periodic eval (repeatable)."),
     lpips: bool = typer.Option(False, "--lpips", help="Add LPIPS(VGG) loss (needs the lpips package and cached weights)."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes for DDP (launches torchrun; gloo on CPU, nccl on GPU)."),
+    device: str = typer.Option("auto", "--device", help="Training device: auto (CUDA when torch sees a GPU), cpu, cuda, cuda:N."),
+    workers: int | None = typer.Option(None, "--workers", min=0, max=64, help="Video-decoding processes [default: 1 "
+                                       "beside CPU training, up to 8 beside a GPU; 0 = decode in the training process]."),
     as_json: bool = JsonFlag,
     allow_import: bool = AllowImport,
 ) -> None:
     """Distill the teacher's decoder into a Turbo-VAED student on real video (decoder-only).
 
     The frozen teacher encodes clips to latents; the student learns to reconstruct the frames
-    (L1 + SSIM [+ LPIPS] + feature alignment). Checkpoints every K steps; `--resume` continues exactly.
+    (L1 + SSIM [+ LPIPS] + feature alignment). Videos (files, folders, or LIST.txt files of paths) are
+    decoded on demand in worker processes, so memory does not grow with the dataset. Checkpoints every K
+    steps; `--resume` continues exactly, also with a larger `--steps` than the run was started with.
 
     Example: `effconv distill examples/specs/demo-teacher.yaml --recipe demo --data effconv/assets/video --out runs/demo --steps 200`
     """
@@ -100,10 +105,11 @@ def distill(
     if nproc > 1:
         sys.exit(relaunch_with_torchrun(nproc))
     loaded = load_spec(spec)
-    with _distill_progress(enabled=World.from_env().is_main) as on_step:
+    with _distill_progress(enabled=World.from_env(device).is_main) as on_step:
         result = run_distill(
             loaded, recipe, data, out_dir, steps=steps, resume=resume, eval_data=eval_data, lpips=lpips,
             allow_import=allow_import, on_step=on_step, on_videos=lambda videos: _warn_skipped(videos.skipped),
+            device=device, workers=workers,
         )
     if result.manifest is None:
         return
@@ -148,6 +154,10 @@ def _print_distilled(manifest, out_dir: Path) -> None:
     run = manifest.run
     out.print(f"distilled {run['steps']} steps ({run['steps_this_run']} this run) in {run['wall_seconds']:.0f} s "
               f"({run['steps_per_second']} steps/s on {run['device']}, {run['world_size']} process(es))")
+    shares = ", ".join(f"{name} {share:.0%}" for name, share in run["phase_share"].items())
+    memory = f"peak RSS {run['peak_host_rss_mb']:.0f} MB" + (
+        f", peak GPU memory {run['peak_device_memory_mb']:.0f} MB" if "peak_device_memory_mb" in run else "")
+    out.print(f"time: {shares} ({run['data_workers']} data worker(s)); {memory}")
     if "eval_psnr_db" in manifest.verify:
         out.print(f"held-out PSNR (EMA student vs real frames): {manifest.verify['eval_psnr_db']:.2f} dB")
     out.print(f"student: {out_dir / manifest.artifact}/  spec: {out_dir / (manifest.artifact + '.yaml')}  "
@@ -162,7 +172,7 @@ def _warn_skipped(skipped) -> None:
 @app.command(name="eval")
 def evaluate(
     spec: Path = typer.Argument(..., help="A student spec (from rewrite/distill) or a teacher spec.", show_default=False),
-    data: list[Path] = typer.Option(..., "--data", help="Video files or folders (repeatable).", show_default=False),
+    data: list[Path] = typer.Option(..., "--data", help="Videos: files, folders, or LIST.txt files of paths (repeatable).", show_default=False),
     teacher: Path | None = typer.Option(None, "--teacher", help="Teacher spec [default: from the student's manifest]."),
     save_frames: Path | None = typer.Option(None, "--save-frames", help="Write ground truth / teacher / student PNG strips here."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),

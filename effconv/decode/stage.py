@@ -19,7 +19,8 @@ from effconv.backends.streaming import check_latent, decoded_frames, stream_chun
 from effconv.errors import EffconvError
 from effconv.models.loader import load_model
 from effconv.spec import LoadedSpec, load_spec, spec_from_dict
-from effconv.video.clips import center_crop, decode_video
+from effconv.video.clips import center_crop
+from effconv.video.reader import VideoReader, probe
 from effconv.video.writer import VideoWriter
 
 OUTPUT_SUFFIXES = (".npy", ".mp4")
@@ -74,16 +75,17 @@ def teacher_for(manifest: Manifest, teacher: Path | None) -> LoadedSpec:
 def encode_video(video: Path, manifest: Manifest, teacher: Path | None, frames: int | None) -> np.ndarray:
     """The teacher's latent (mode) of the video's first frames, resized and centre-cropped to the artifact's size."""
     height, width = manifest.outputs[0].shape[3:]
+    compression = manifest.model_extra["compression"]
     try:
-        decoded = decode_video(video, max(height, width))
+        info = probe(video, max(height, width))
+        usable = _encodable_frames(min(frames or info.frames, info.frames), compression)
+        if usable < 1:
+            raise EffconvError(f"video '{video}' has too few frames for the teacher's {compression['temporal']}x temporal "
+                               "compression.", "pass a longer video.")
+        decoded = VideoReader().window(info, 0, usable)
     except ValueError as exc:
         raise EffconvError(f"cannot read video '{video}': {exc}.", "pass a readable video file (mp4, mkv, webm, ...).") from None
-    compression = manifest.model_extra["compression"]
-    usable = _encodable_frames(min(frames or decoded.shape[0], decoded.shape[0]), compression)
-    if usable < 1:
-        raise EffconvError(f"video '{video}' has too few frames for the teacher's {compression['temporal']}x temporal compression.",
-                           "pass a longer video.")
-    clip = center_crop(decoded[:usable], height, width)
+    clip = center_crop(decoded, height, width)
     model = load_model(teacher_for(manifest, teacher).with_input(usable, height, width))
     return model.model.encode(clip.unsqueeze(0)).latent_dist.mode().numpy().astype(np.float32)
 

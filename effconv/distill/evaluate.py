@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from effconv.artifacts import staged_output, teacher_of
-from effconv.video.clips import center_clips, load_videos
+from effconv.video.clips import center_clips, probe_videos
 from effconv.video.metrics import psnr, ssim
 from effconv.models.loader import LoadedModel, load_model
 from effconv.spec import load_spec
@@ -44,7 +44,7 @@ def evaluate(spec_path: Path, data: list[Path], teacher_path: Path | None = None
              allow_import: bool = False) -> dict:
     teacher, student = resolve_models(spec_path, teacher_path, allow_import)
     clip = teacher.spec.spec.input
-    videos = load_videos(data, clip.frames, clip.height, clip.width)
+    videos = probe_videos(data, clip.frames, clip.height, clip.width)
     results, strips = [], {}
     for path, video in center_clips(videos, clip.frames, clip.height, clip.width):
         video = video.unsqueeze(0)

@@ -1,32 +1,60 @@
 """Decoder-only distillation loop: frozen teacher VAE -> latents (+ features) -> student decoder.
 
-Deterministic by construction: the clips of step k are a function of (seed, k, rank), so resuming from
-a checkpoint reproduces the uninterrupted run. Runs single-process or under torchrun (DDP: gloo on
-CPU, nccl on GPU; clips sharded by rank; only rank 0 writes).
+Deterministic by construction: the clips of step k are a function of (seed, k, rank), and the learning
+rate of step k a function of k alone, so resuming from a checkpoint reproduces the uninterrupted run, also
+when `--steps` was raised in between. Runs single-process or under torchrun (DDP: gloo on CPU, nccl on GPU;
+clips sharded by rank; only rank 0 writes). Every tensor reaches the model through `to_device`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel
 
 from effconv.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from effconv.distill.data import DistillClips, StepBatches, auto_workers, clip_loader
+from effconv.distill.features import FeatureProjection
+from effconv.distill.losses import DistillLoss
+from effconv.distill.targets import CLIP_KEY, TargetCache, TeacherTargets, cache_key
+from effconv.distill.throughput import PhaseClock, throughput
+from effconv.errors import EffconvError
+from effconv.models.loader import LoadedModel
 from effconv.recipe import DistillRecipe
 from effconv.video.clips import ClipSampler
-from effconv.distill.features import FeatureProjection, captured_features
-from effconv.distill.losses import DistillLoss
-from effconv.video.metrics import psnr
-from effconv.models.loader import LoadedModel
+from effconv.video.metrics import VIDEO_RANGE
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` (CUDA when torch sees a GPU, else CPU), `cpu`, `cuda` or `cuda:N`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise EffconvError(f"--device '{name}' is not a training device.", f"use {DEVICE_CHOICES}.")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EffconvError(f"--device {name}: this torch ({torch.__version__}) sees no CUDA GPU.",
+                               "install a CUDA build of torch on a machine with an NVIDIA driver, or use --device cpu.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise EffconvError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible.",
+                               f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+    return device
 
 
 @dataclass
@@ -40,61 +68,40 @@ class World:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls) -> World:
-        """Join the torchrun process group when launched by torchrun; otherwise one process."""
+    def from_env(cls, device: str = "auto") -> World:
+        """Join the torchrun process group when launched by torchrun (each rank on its LOCAL_RANK GPU when
+        training on CUDA); otherwise one process on `device`."""
+        chosen = resolve_device(device)
         size = int(os.environ.get("WORLD_SIZE", "1"))
         if size == 1:
-            return cls(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank)
-            device = torch.device("cuda", local_rank)
-        else:
-            device = torch.device("cpu")
+            return cls(device=chosen)
+        if chosen.type == "cuda":
+            chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(chosen)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return cls(rank=dist.get_rank(), size=dist.get_world_size(), device=device)
+            dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+        return cls(rank=dist.get_rank(), size=dist.get_world_size(), device=chosen)
 
 
-class TeacherTargets:
-    """Teacher latents (and tapped features) for a clip index, optionally cached on disk."""
+def to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: value.to(device, non_blocking=True) for name, value in tensors.items()}
 
-    def __init__(self, teacher: LoadedModel, taps: dict[str, str], cache_dir: Path | None):
-        self.teacher = teacher
-        self.taps = taps
-        self.cache_dir = cache_dir
 
-    @torch.no_grad()
-    def compute(self, clip: torch.Tensor) -> dict[str, torch.Tensor]:
-        vae = self.teacher.model
-        latent = vae.encode(clip).latent_dist.mode()
-        targets = {"latent": latent}
-        if self.taps:
-            with captured_features(vae, self.taps) as features:
-                self.teacher.module(latent)
-            targets |= {f"feature.{name}": value for name, value in features.items()}
-        return targets
+def learning_rate_factor(recipe: DistillRecipe):
+    """LR multiplier of step k: linear warm-up over `warmup_steps`, then constant, or a cosine from the peak to
+    `min_lr` over `cosine_steps` (then `min_lr`). Independent of the total step count, so more steps continue
+    the same curve."""
 
-    def _matches(self, cached: dict[str, torch.Tensor]) -> bool:
-        """A cache entry from another teacher or clip size (or a damaged one) is recomputed, not used."""
-        expected = {"latent"} | {f"feature.{name}" for name in self.taps}
-        return cached.keys() == expected and tuple(cached["latent"].shape) == tuple(self.teacher.latent_shape)
+    def factor(step: int) -> float:
+        if step < recipe.warmup_steps:
+            return (step + 1) / recipe.warmup_steps
+        if recipe.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - recipe.warmup_steps) / recipe.cosine_steps)
+        floor = recipe.min_lr / recipe.lr
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    def get(self, index: int, clip: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.cache_dir is None:
-            return self.compute(clip)
-        path = self.cache_dir / f"clip-{index:08d}.safetensors"
-        if path.is_file():
-            with contextlib.suppress(OSError, SafetensorError):
-                cached = load_file(path)
-                if self._matches(cached):
-                    return cached
-        targets = self.compute(clip)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({k: v.contiguous() for k, v in targets.items()}, temporary)
-        os.replace(temporary, path)
-        return targets
+    return factor
 
 
 def ema_with_warmup(decay: float):
@@ -102,8 +109,8 @@ def ema_with_warmup(decay: float):
     short runs are not dominated by the random initialisation."""
 
     def average(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        n = float(num_averaged)
-        effective = min(decay, (1.0 + n) / (10.0 + n))
+        # tensor arithmetic on the EMA's device: no host sync per step
+        effective = ((1.0 + num_averaged) / (10.0 + num_averaged)).clamp(max=decay)
         return effective * averaged + (1.0 - effective) * current
 
     return average
@@ -126,14 +133,19 @@ class StudentWithProjections(nn.Module):
 
 class Distiller:
     def __init__(self, teacher: LoadedModel, student: nn.Module, recipe: DistillRecipe, sampler: ClipSampler,
-                 world: World, cache_dir: Path | None = None, lpips_model: nn.Module | None = None):
+                 world: World, cache_root: Path | None = None, lpips_model: nn.Module | None = None,
+                 workers: int | None = None):
         self.teacher, self.recipe, self.sampler, self.world = teacher, recipe, sampler, world
-        self.student = student.to(world.device).train()
-        self.teacher.model.to(world.device).eval().requires_grad_(False)
         taps = teacher.adapter.feature_taps if recipe.losses.features > 0 else {}
         self.align = {name: recipe.align[name] for name in taps if name in recipe.align}
-        self.targets = TeacherTargets(teacher, {name: taps[name] for name in self.align},
-                                      cache_dir if recipe.cache_latents and recipe.clips else None)
+        self.targets = TeacherTargets(teacher, {name: taps[name] for name in self.align})
+        self.cache = None
+        if cache_root is not None and recipe.cache_latents and recipe.clips:
+            key = cache_key(teacher, self.targets.taps, sampler.videos, recipe.seed)  # hashed before leaving the CPU
+            self.cache = TargetCache(cache_root, key, self.targets.keys, teacher.clip_shape[1:])
+        self.student = student.to(world.device).train()
+        self.teacher.model.to(world.device).eval().requires_grad_(False)
+        self.workers = auto_workers(world.device) if workers is None else workers
         self.projections = self._build_projections()
         self.trainable = StudentWithProjections(self.student, self.projections, self.align)
         self.model = self.trainable
@@ -142,10 +154,13 @@ class Distiller:
             self.model = nn.parallel.DistributedDataParallel(self.trainable, device_ids=device_ids)
         self.optimizer = torch.optim.AdamW(self.trainable.parameters(), lr=recipe.lr, betas=recipe.betas,
                                            weight_decay=recipe.weight_decay)
+        self.scheduler = LambdaLR(self.optimizer, learning_rate_factor(recipe))
         self.ema = AveragedModel(self.student, avg_fn=ema_with_warmup(recipe.ema_decay), use_buffers=True)
         self.loss = DistillLoss(recipe.losses, lpips_model).to(world.device)
+        self.clock = PhaseClock(world.device)
         self.step = 0
         self.history: list[dict] = []
+        self.failed_videos: dict[Path, str] = {}
 
     def _clip_index(self, step: int, micro: int, item: int) -> int:
         r = self.recipe
@@ -155,9 +170,9 @@ class Distiller:
     def _build_projections(self) -> nn.ModuleDict:
         if not self.align:
             return nn.ModuleDict()
-        index = self._clip_index(0, 0, 0)
-        # compute, not get: nothing is written to --out before a --resume has loaded its checkpoint
-        targets = self.targets.compute(self.sampler.clip(index).unsqueeze(0).to(self.world.device))
+        clip = self.sampler.clip(self._clip_index(0, 0, 0)).unsqueeze(0)
+        # computed, not cached: nothing is written to --out before a --resume has loaded its checkpoint
+        targets = self.targets.compute(clip.to(self.world.device))
         torch.manual_seed(self.recipe.seed)
         with torch.no_grad():
             _, features = self.student(targets["latent"], return_features=True)
@@ -167,38 +182,62 @@ class Distiller:
             for name, student_name in self.align.items()
         }).to(self.world.device)
 
-    def _batch(self, step: int, micro: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        indices = [self._clip_index(step, micro, i) for i in range(self.recipe.batch_size)]
-        clips = [self.sampler.clip(i).unsqueeze(0).to(self.world.device) for i in indices]
-        per_clip = [self.targets.get(i, c) for i, c in zip(indices, clips)]
-        targets = {key: torch.cat([t[key] for t in per_clip]) for key in per_clip[0]}
-        return torch.cat(clips), targets
+    def batches(self, total_steps: int) -> Iterator[list[dict]]:
+        """The micro-batches from the current step to `total_steps`, decoded in worker processes."""
+        plan = StepBatches(self._clip_index, self.step, total_steps, self.recipe.grad_accum, self.recipe.batch_size)
+        return iter(clip_loader(DistillClips(self.sampler, self.cache), plan, self.workers,
+                                pin_memory=self.world.device.type == "cuda"))
+
+    def _targets(self, item: dict) -> dict[str, torch.Tensor]:
+        """One clip and its teacher targets on the training device; computed (and cached) when not cached."""
+        if self.targets.keys <= item.keys():
+            return to_device({key: item[key] for key in self.targets.keys | {CLIP_KEY}}, self.world.device)
+        clip = item[CLIP_KEY].unsqueeze(0).to(self.world.device, non_blocking=True)
+        targets = {key: value[0] for key, value in self.targets.compute(clip).items()}
+        if self.cache is not None:
+            self.cache.save(item["index"], {CLIP_KEY: item[CLIP_KEY], **targets})
+        return {CLIP_KEY: clip[0], **targets}
+
+    def _micro_batch(self, batches: Iterator[list[dict]]) -> dict[str, torch.Tensor]:
+        with self.clock.phase("data"):
+            items = next(batches)
+        for item in items:
+            self.failed_videos |= item["failed"]
+        with self.clock.phase("teacher"):
+            per_clip = [self._targets(item) for item in items]
+        return {key: torch.stack([clip[key] for clip in per_clip]) for key in per_clip[0]}
 
     def _autocast(self):
         if self.world.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _forward(self, clips: torch.Tensor, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with self._autocast():
-            video, projected = self.model(targets["latent"])
-        teacher_features = {name: targets[f"feature.{name}"] for name in self.align}
-        return self.loss(video.float(), clips, {k: v.float() for k, v in projected.items()}, teacher_features)
+            video, projected = self.model(batch["latent"])
+        teacher_features = {name: batch[f"feature.{name}"] for name in self.align}
+        return self.loss(video.float(), batch[CLIP_KEY], {k: v.float() for k, v in projected.items()}, teacher_features)
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self, batches: Iterator[list[dict]]) -> dict[str, torch.Tensor]:
+        """One optimizer step over `grad_accum` micro-batches. Returns the loss terms and the gradient norm as
+        tensors on the training device (read them when needed: each read waits for the device)."""
         self.optimizer.zero_grad(set_to_none=True)
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}
         for micro in range(self.recipe.grad_accum):
-            clips, targets = self._batch(self.step, micro)
+            batch = self._micro_batch(batches)
             last = micro == self.recipe.grad_accum - 1
             sync = self.model.no_sync() if (self.world.size > 1 and not last) else contextlib.nullcontext()
-            with sync:
-                terms = self._forward(clips, targets)
+            with self.clock.phase("student"), sync:
+                terms = self._forward(batch)
                 (terms["total"] / self.recipe.grad_accum).backward()
             for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + value.item() / self.recipe.grad_accum
-        self.optimizer.step()
-        self.ema.update_parameters(self.student)
+                totals[name] = totals.get(name, 0.0) + value.detach() / self.recipe.grad_accum
+        with self.clock.phase("optimizer"):
+            limit = self.recipe.grad_clip if self.recipe.grad_clip is not None else math.inf
+            totals["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.trainable.parameters(), limit)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.ema.update_parameters(self.student)
         self.step += 1
         return totals
 
@@ -211,7 +250,8 @@ class Distiller:
 
     def save(self, directory: Path, metrics: dict) -> Path:
         return save_checkpoint(directory, self.step, self.modules_to_save(), self.optimizer,
-                               {"metrics": metrics}, keep=self.recipe.keep_checkpoints)
+                               {"metrics": metrics, "scheduler": self.scheduler.state_dict()},
+                               keep=self.recipe.keep_checkpoints)
 
     def resume(self, directory: Path) -> bool:
         path = latest_checkpoint(directory)
@@ -219,18 +259,25 @@ class Distiller:
             return False
         state = load_checkpoint(path, self.modules_to_save(), self.optimizer)
         self.step = int(state["step"])
+        if "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
         self.history = list(state.get("metrics", {}).get("history", []))
         return True
 
     @torch.no_grad()
-    def evaluate(self, clips: list[tuple[Path, torch.Tensor]]) -> float:
-        scores = []
+    def eval_psnr(self, clips: list[tuple[Path, torch.Tensor]]) -> torch.Tensor:
+        """Mean PSNR (dB) of the EMA student against the real frames, a tensor on the training device."""
         student = self.ema_student.eval()
+        scores = []
         for _, clip in clips:
             clip = clip.unsqueeze(0).to(self.world.device)
             latent = self.teacher.model.encode(clip).latent_dist.mode()
-            scores.append(psnr(student(latent), clip))
-        return sum(scores) / len(scores)
+            error = torch.mean((student(latent).float().clamp(-1, 1) - clip) ** 2).clamp(min=1e-12)
+            scores.append(10.0 * torch.log10(VIDEO_RANGE**2 / error))
+        return torch.stack(scores).mean()
+
+    def evaluate(self, clips: list[tuple[Path, torch.Tensor]]) -> float:
+        return float(self.eval_psnr(clips))
 
     def max_rank_divergence(self) -> float:
         """Largest |param - rank 0's param| over all ranks (0.0 when the ranks are in sync)."""
@@ -239,20 +286,27 @@ class Distiller:
         flat = torch.cat([p.detach().flatten() for p in self.trainable.parameters()])
         reference = flat.clone()
         dist.broadcast(reference, src=0)
-        divergence = torch.tensor([(flat - reference).abs().max().item()])
+        divergence = torch.tensor([(flat - reference).abs().max().item()], device=flat.device)
         dist.all_reduce(divergence, op=dist.ReduceOp.MAX)
         return float(divergence.item())
 
 
+def _record(step: int, terms: dict[str, torch.Tensor]) -> dict:
+    values = torch.stack([value.float() for value in terms.values()]).tolist()  # one device sync
+    return {"step": step, **{name: round(value, 5) for name, value in zip(terms, values)}}
+
+
 def run_steps(distiller: Distiller, total_steps: int, checkpoint_dir: Path, eval_clips, on_step=None) -> dict:
-    """Train until `total_steps`, checkpointing and evaluating on schedule. Returns run metrics."""
+    """Train until `total_steps`, checkpointing and evaluating on schedule. Returns run metrics with the
+    throughput breakdown."""
     recipe = distiller.recipe
     started = time.perf_counter()
     first_step = distiller.step
+    batches = distiller.batches(total_steps)
     while distiller.step < total_steps:
-        terms = distiller.train_step()
+        terms = distiller.train_step(batches)
         step = distiller.step
-        record = {"step": step, **{k: round(v, 5) for k, v in terms.items()}}
+        record = _record(step, terms)
         if eval_clips and (step % recipe.eval_every == 0 or step == total_steps) and distiller.world.is_main:
             record["eval_psnr_db"] = round(distiller.evaluate(eval_clips), 3)
         distiller.history.append(record)
@@ -263,11 +317,12 @@ def run_steps(distiller: Distiller, total_steps: int, checkpoint_dir: Path, eval
                 dist.barrier()
         if on_step is not None:
             on_step(record, time.perf_counter() - started)
+    del batches  # stops the loader's workers
     wall = time.perf_counter() - started
     steps_run = distiller.step - first_step
     return {
         "steps": distiller.step,
         "steps_this_run": steps_run,
         "wall_seconds": round(wall, 2),
-        "steps_per_second": round(steps_run / wall, 4) if wall > 0 else None,
+        **throughput(distiller.clock, wall, steps_run, distiller.workers),
     }

