@@ -61,20 +61,33 @@ def _final_weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(latest_checkpoint(out / "checkpoints") / "weights.safetensors")
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path):
-    straight = tmp_path / "straight"
-    distill(_teacher(), RECIPE, [VIDEO], straight, steps=4)
+def test_resume_with_more_steps_reproduces_the_uninterrupted_run(tmp_path):
+    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe["distill"] |= {"warmup_steps": 2, "lr_schedule": "cosine", "cosine_steps": 3, "min_lr": 1e-4, "grad_clip": 0.5}
+    scheduled = tmp_path / "scheduled.yaml"
+    scheduled.write_text(yaml.safe_dump(recipe))
+    straight = distill(_teacher(), scheduled, [VIDEO], tmp_path / "straight", steps=4, workers=0)
     resumed = tmp_path / "resumed"
-    distill(_teacher(), RECIPE, [VIDEO], resumed, steps=2)
-    result = distill(_teacher(), RECIPE, [VIDEO], resumed, steps=4, resume=True)
+    distill(_teacher(), scheduled, [VIDEO], resumed, steps=2, workers=1)
+    result = distill(_teacher(), scheduled, [VIDEO], resumed, steps=4, resume=True, workers=1)
     assert result.manifest.run["steps_this_run"] == 2
-    expected, actual = _final_weights(straight), _final_weights(resumed)
+    expected, actual = _final_weights(tmp_path / "straight"), _final_weights(resumed)
     assert expected.keys() == actual.keys()
     worst = max((expected[k] - actual[k]).abs().max().item() for k in expected)
     assert worst < 1e-6
+    assert [r["total"] for r in result.manifest.history] == pytest.approx([r["total"] for r in straight.manifest.history],
+                                                                         rel=1e-6)
+    assert all(r["grad_norm"] > 0 for r in straight.manifest.history)
     # the student actually trained: its weights moved from the random init
-    first = load_file(next((resumed / "checkpoints").glob("step-*")) / "weights.safetensors")
+    first = load_file(sorted(resumed.glob("checkpoints/step-*"))[0] / "weights.safetensors")
     assert any(not torch.equal(first[k], actual[k]) for k in actual if k.startswith("student."))
+    run = straight.manifest.run  # where the time went
+    assert set(run["phase_seconds"]) == {"data", "teacher", "student", "optimizer", "other"}
+    assert sum(run["phase_seconds"].values()) == pytest.approx(run["wall_seconds"], abs=0.05)
+    assert run["phase_seconds"]["student"] > 0 and run["peak_host_rss_mb"] > 100
+    assert run["device"] == "cpu" and run["world_size"] == 1 and run["data_workers"] == 0
+    with pytest.raises(EffconvError, match="below the 4 steps already trained"):
+        distill(_teacher(), scheduled, [VIDEO], resumed, steps=3, resume=True)
 
 
 def test_training_lowers_the_loss_and_writes_a_convertible_student(tmp_path, cli):

@@ -31,7 +31,7 @@ def test_a_window_read_by_seeking_equals_the_same_frames_of_the_whole_decode(sta
     info = probe(BIKES, 64)
     assert info.frames == 250
     whole = VideoReader().window(info, 0, info.frames)
-    seeking = VideoReader(whole_video_bytes=0)  # never caches: every window is read from its keyframe
+    seeking = VideoReader(cache_bytes=0)  # every window is read from its keyframe
     assert torch.equal(seeking.window(info, start, 5), whole[start : start + 5])
 
 
@@ -40,7 +40,7 @@ def test_a_container_without_a_frame_count_is_counted(tmp_path):
     _write_video(video, 23)
     info = probe(video, 32)
     assert info.frames == 23
-    frames = VideoReader(whole_video_bytes=0).window(info, 20, 3)
+    frames = VideoReader(cache_bytes=0).window(info, 20, 3)
     assert [int(f.float().mean().round()) for f in frames] == pytest.approx([160, 168, 176], abs=3)
 
 

@@ -82,7 +82,7 @@ def encode_video(video: Path, manifest: Manifest, teacher: Path | None, frames: 
         if usable < 1:
             raise EffconvError(f"video '{video}' has too few frames for the teacher's {compression['temporal']}x temporal "
                                "compression.", "pass a longer video.")
-        decoded = VideoReader().window(info, 0, usable)
+        decoded = VideoReader(cache_bytes=0).window(info, 0, usable)
     except ValueError as exc:
         raise EffconvError(f"cannot read video '{video}': {exc}.", "pass a readable video file (mp4, mkv, webm, ...).") from None
     clip = center_crop(decoded, height, width)

@@ -108,11 +108,10 @@ class ClipSampler:
     files are unreadable: a window that fails to decode is redrawn from the same generator, and its file is
     listed in `failed`)."""
 
-    def __init__(self, videos: VideoSet, frames: int, height: int, width: int, seed: int = 0,
-                 reader: VideoReader | None = None):
+    def __init__(self, videos: VideoSet, frames: int, height: int, width: int, seed: int = 0):
         self.videos = videos.videos
         self.frames, self.height, self.width, self.seed = frames, height, width, seed
-        self.reader = reader or VideoReader()
+        self.reader = VideoReader.for_videos(self.videos)
         self.failed: dict[Path, str] = {}
 
     def clip(self, index: int) -> torch.Tensor:
@@ -146,10 +145,9 @@ def center_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return (window / 127.5 - 1.0).clamp(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()
 
 
-def center_clips(videos: VideoSet, frames: int, height: int, width: int, per_video: int = 1,
-                 reader: VideoReader | None = None) -> list[tuple[Path, torch.Tensor]]:
+def center_clips(videos: VideoSet, frames: int, height: int, width: int, per_video: int = 1) -> list[tuple[Path, torch.Tensor]]:
     """Deterministic evaluation clips: evenly spaced windows, centre crop at the largest scale that fits."""
-    reader = reader or VideoReader()
+    reader = VideoReader.for_videos(videos.videos)
     clips = []
     for video in videos.videos:
         starts = np.linspace(0, video.frames - frames, num=per_video).round().astype(int) if per_video > 1 else [(video.frames - frames) // 2]

@@ -1,9 +1,9 @@
 """Video files read with PyAV on demand: a probe (frame count, size) up front, then only the frames a clip
 needs, at a working resolution.
 
-Memory stays flat however many or long the videos are: a video whose frames at the working resolution fit
-`WHOLE_VIDEO_BYTES` is decoded once and kept in a small LRU cache (a short clip drawn from many times is
-decoded once); a longer one is read window by window, seeking to the keyframe before the window.
+Memory stays flat however many or long the videos are. When all of a set's videos fit `CACHE_BYTES` at the
+working resolution, each is decoded once, whole, and kept (a short clip drawn from many times is decoded
+once); otherwise every clip reads its own window, seeking to the keyframe before it, and nothing is kept.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 CACHE_BYTES = 64 << 20
-WHOLE_VIDEO_BYTES = 16 << 20
 WORKING_SCALE = 1.5
 
 
@@ -112,18 +111,24 @@ def _decode_frames(info: VideoInfo, start: int, count: int) -> np.ndarray:
 
 
 class VideoReader:
-    """Reads (count, 3, H, W) uint8 windows of probed videos; whole short videos are kept in an LRU cache
-    of at most `cache_bytes`."""
+    """Reads (count, 3, H, W) uint8 windows of probed videos; whole videos that fit are kept in an LRU cache of
+    at most `cache_bytes` (0: read every window from the file)."""
 
-    def __init__(self, cache_bytes: int = CACHE_BYTES, whole_video_bytes: int = WHOLE_VIDEO_BYTES):
-        self.cache_bytes, self.whole_video_bytes = cache_bytes, min(whole_video_bytes, cache_bytes)
+    def __init__(self, cache_bytes: int = CACHE_BYTES):
+        self.cache_bytes = cache_bytes
         self._cache: OrderedDict[Path, torch.Tensor] = OrderedDict()
+
+    @classmethod
+    def for_videos(cls, videos: list[VideoInfo]) -> VideoReader:
+        """Caches whole videos only when the whole set fits: with more, random draws would evict each video
+        before it is drawn again, and decoding it whole would cost more than its window."""
+        return cls(CACHE_BYTES if sum(video.decoded_bytes for video in videos) <= CACHE_BYTES else 0)
 
     def window(self, info: VideoInfo, start: int, count: int) -> torch.Tensor:
         """Raises ValueError when the frames cannot be decoded (a corrupt or truncated file)."""
         if not 0 <= start <= info.frames - count:
             raise ValueError(f"frames {start}-{start + count - 1} are outside its {info.frames} frames")
-        if info.decoded_bytes > self.whole_video_bytes:
+        if info.decoded_bytes > self.cache_bytes:
             return self._decoded(info, start, count)
         frames = self._cache.get(info.path)
         if frames is None:
