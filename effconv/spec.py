@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from effconv.errors import EffconvError
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+VARIANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"  # the part of a weights file name between dots
 MAX_SIDE = 8192
 MAX_FRAMES = 4096
 MAX_YAML_BYTES = 1 << 20  # specs, recipes and device profiles are a few KB
@@ -28,7 +29,11 @@ class StrictModel(BaseModel):
 class ModelSource(StrictModel):
     diffusers: str | None = Field(None, description="diffusers class name, e.g. AutoencoderKLWan")
     factory: str | None = Field(None, description="'package.module:function' returning an nn.Module")
-    pretrained: Path | None = Field(None, description="local save_pretrained directory")
+    pretrained: Path | None = Field(
+        None, description="local save_pretrained directory (or a pipeline directory with vae/), or one .safetensors checkpoint")
+    variant: str | None = Field(
+        None, pattern=VARIANT_NAME, description="weights variant of a save_pretrained directory, e.g. fp16 "
+        "(diffusion_pytorch_model.fp16.safetensors); default: the plain weights, else the only variant present")
     config: dict[str, Any] = Field(default_factory=dict, description="config for random init, or overrides")
 
     @model_validator(mode="after")

@@ -22,7 +22,7 @@ def run_pipeline(
     device: list[str] | None = typer.Option(None, "--device", help="Profile on this device instead of the recipe's (repeatable)."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Distillation steps [default: the recipe's]."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print which stages would run or be skipped, with estimated times."),
-    pretrained: Path | None = typer.Option(None, "--pretrained", help="The teacher's trained weights (save_pretrained dir)."),
+    pretrained: Path | None = typer.Option(None, "--pretrained", help="The teacher's trained weights (save_pretrained dir, or one .safetensors checkpoint)."),
     data: list[Path] | None = typer.Option(None, "--data", help="Training videos: files, folders, or LIST.txt files (repeatable) [default: the recipe's]."),
     eval_data: list[Path] | None = typer.Option(None, "--eval-data", help="Eval videos (repeatable) [default: the recipe's, else --data]."),
     train_device: str = typer.Option("auto", "--train-device", help="Where distillation runs: auto (CUDA when torch sees "

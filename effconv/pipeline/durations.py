@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from effconv.models.loader import load_model, pretrained_root
+from effconv.models.loader import load_model, pretrained_config
 from effconv.models.turbo_vaed.compare import count_flops
 from effconv.models.turbo_vaed.decoder import build_student
 from effconv.pipeline.plan import HOST_DEVICE, RunInputs, Stage
@@ -58,9 +58,9 @@ def _meta_workload(inputs: RunInputs) -> Workload:
 
     teacher = inputs.teacher
     if teacher.pretrained_dir is not None:
-        config = json.loads((pretrained_root(teacher.pretrained_dir) / "config.json").read_text(encoding="utf-8"))
+        config = pretrained_config(teacher.pretrained_dir)
         merged = {k: v for k, v in config.items() if not k.startswith("_")} | teacher.spec.model.config
-        model = teacher.spec.model.model_copy(update={"pretrained": None, "config": merged})
+        model = teacher.spec.model.model_copy(update={"pretrained": None, "variant": None, "config": merged})
         teacher = LoadedSpec(spec=teacher.spec.model_copy(update={"model": model}), base_dir=teacher.base_dir)
     with torch.device("meta"):
         loaded = load_model(teacher, allow_import=inputs.allow_import)

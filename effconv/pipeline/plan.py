@@ -18,7 +18,7 @@ from effconv.errors import EffconvError
 from effconv.host import cpu_model, default_threads
 from effconv.legalize.lint import rule_table
 from effconv.distill.trainer import resolve_device
-from effconv.models.loader import pretrained_root
+from effconv.models.loader import check_pretrained, pretrained_root
 from effconv.profile.devices import load_device
 from effconv.profile.inputs import parse_resolution
 from effconv.recipe import Recipe, load_recipe
@@ -144,9 +144,10 @@ def resolve(target: str | Path, recipe_name: str | None = None, steps: int | Non
     if recipe.requires_pretrained and teacher.pretrained_dir is None:
         raise EffconvError(
             f"recipe '{source}' distills {teacher.spec.model.diffusers or 'its teacher'} and needs its trained weights.",
-            "pass --pretrained DIR: a diffusers save_pretrained directory (config.json + safetensors) or a pipeline "
-            "directory with a vae/ subfolder.",
+            "pass --pretrained DIR: a diffusers save_pretrained directory (config.json + safetensors), a pipeline "
+            "directory with a vae/ subfolder, or a single .safetensors checkpoint.",
         )
+    check_pretrained(teacher)
     if teacher.spec.part != "decoder":
         raise EffconvError(f"the teacher spec's part is '{teacher.spec.part}'; effconv run replaces a decoder.",
                            "set 'part: decoder' in the teacher spec.")
