@@ -33,3 +33,13 @@ WAN_REALISTIC = {
 
 def spec_path(family: str):
     return SPECS / f"{family}-tiny.yaml"
+
+
+def small_clip(loaded):
+    """The spec at a smaller clip that still has two latent frames and a non-square 2x3 latent: what these
+    conversion tests check does not depend on the size, and export and verification time grow with it."""
+    from effconv.models.loader import load_model
+
+    compression = load_model(loaded).compression
+    frames = compression.pixel_frames(2)
+    return loaded.with_input(frames, 2 * compression.spatial, 3 * compression.spatial)

@@ -13,6 +13,7 @@ from effconv.models.loader import load_model
 from effconv.profile.inputs import resolve
 from effconv.spec import load_spec
 
+from backend_cases import small_clip
 from conftest import FAMILY_SPECS
 
 
@@ -20,7 +21,7 @@ from conftest import FAMILY_SPECS
 @pytest.mark.parametrize("spec_path", [pytest.param(p, marks=pytest.mark.slow) if p.stem == "wan22-tiny" else p
                                        for p in FAMILY_SPECS], ids=lambda p: p.stem)
 def test_onnx_output_matches_pytorch_and_manifest_shapes_are_real(spec_path, tmp_path):
-    loaded = load_spec(spec_path)
+    loaded = small_clip(load_spec(spec_path))
     manifest = convert(loaded, "onnx", tmp_path)
     assert manifest.verify["passed"]
     assert manifest.verify["max_abs_err"] < 1e-4

@@ -63,7 +63,9 @@ def _final_weights(out: Path) -> dict[str, torch.Tensor]:
 
 def test_resume_with_more_steps_reproduces_the_uninterrupted_run(tmp_path):
     recipe = yaml.safe_load(RECIPE.read_text())
-    recipe["distill"] |= {"warmup_steps": 2, "lr_schedule": "cosine", "cosine_steps": 3, "min_lr": 1e-4, "grad_clip": 0.5}
+    # batches of 2 from a pool of 3 clips: step 1 has one clip from the cache and one through the teacher
+    recipe["distill"] |= {"warmup_steps": 2, "lr_schedule": "cosine", "cosine_steps": 3, "min_lr": 1e-4, "grad_clip": 0.5,
+                          "batch_size": 2, "grad_accum": 1}
     scheduled = tmp_path / "scheduled.yaml"
     scheduled.write_text(yaml.safe_dump(recipe))
     straight = distill(_teacher(), scheduled, [VIDEO], tmp_path / "straight", steps=4, workers=0)

@@ -26,6 +26,12 @@ DEVICE_SOURCES = sorted((REPO / "effconv" / "device_profiles").glob("*.yaml"))
 TEACHER = SPECS / "hunyuan-tiny.yaml"
 SPEC_CASES, RECIPE_CASES, DEVICE_CASES, MANIFEST_CASES, ONNX_CASES, VIDEO_CASES = 150, 60, 120, 40, 24, 10
 
+
+def cases(count: int) -> list:
+    """Seeds 0..count-1: the first half in the default run, the rest under `-m slow` (the default run has a time budget)."""
+    return [case if case < count // 2 else pytest.param(case, marks=pytest.mark.slow) for case in range(count)]
+
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -36,26 +42,26 @@ RECIPE_FOCUS = [(), ("student",)]
 DEVICE_FOCUS = [(), ("units",), (), ("memory",)]
 
 
-@pytest.mark.parametrize("case", range(SPEC_CASES), ids=lambda i: f"spec-{i}")
+@pytest.mark.parametrize("case", cases(SPEC_CASES), ids=lambda i: f"spec-{i}")
 def test_mutated_spec(case, sandbox):
     source = SPEC_SOURCES[case % len(SPEC_SOURCES)]
     text = mutated_yaml(source, f"spec-{case}", SPEC_FOCUS[case % 2]).replace("../../effconv/", f"{REPO}/effconv/")  # weights path from in/
     sandbox.run("inspect", sandbox.write("spec.yaml", text))
 
 
-@pytest.mark.parametrize("case", range(RECIPE_CASES), ids=lambda i: f"recipe-{i}")
+@pytest.mark.parametrize("case", cases(RECIPE_CASES), ids=lambda i: f"recipe-{i}")
 def test_mutated_recipe(case, sandbox):
     recipe = sandbox.write("recipe.yaml", mutated_yaml(RECIPE_SOURCES[case % len(RECIPE_SOURCES)], f"recipe-{case}", RECIPE_FOCUS[case % 2]))
     sandbox.run("rewrite", TEACHER, "--recipe", recipe, "--out", sandbox.out)
 
 
-@pytest.mark.parametrize("case", range(DEVICE_CASES), ids=lambda i: f"device-{i}")
+@pytest.mark.parametrize("case", cases(DEVICE_CASES), ids=lambda i: f"device-{i}")
 def test_mutated_device_profile(case, sandbox, onnx_artifact):
     device = sandbox.write("device.yaml", mutated_yaml(DEVICE_SOURCES[case % len(DEVICE_SOURCES)], f"device-{case}", DEVICE_FOCUS[case % 4]))
     sandbox.run("profile", onnx_artifact, "--device", device, "--json")
 
 
-@pytest.mark.parametrize("case", range(MANIFEST_CASES), ids=lambda i: f"manifest-{i}")
+@pytest.mark.parametrize("case", cases(MANIFEST_CASES), ids=lambda i: f"manifest-{i}")
 def test_mutated_manifest(case, sandbox, onnx_artifact):
     artifact = copy_artifact(onnx_artifact, sandbox.inputs)
     manifest = artifact.with_suffix(".json")
@@ -67,14 +73,14 @@ def test_mutated_manifest(case, sandbox, onnx_artifact):
     sandbox.run("profile", artifact, "--device", "pixel9")
 
 
-@pytest.mark.parametrize("case", range(ONNX_CASES), ids=lambda i: f"onnx-{i}")
+@pytest.mark.parametrize("case", cases(ONNX_CASES), ids=lambda i: f"onnx-{i}")
 def test_mutated_onnx(case, sandbox, onnx_artifact):
     artifact = copy_artifact(onnx_artifact, sandbox.inputs)
     artifact.write_bytes(mutate_bytes(artifact.read_bytes(), random.Random(f"onnx-{case}")))
     sandbox.run("profile", artifact, "--device", "iphone16pro")
 
 
-@pytest.mark.parametrize("case", range(VIDEO_CASES), ids=lambda i: f"video-{i}")
+@pytest.mark.parametrize("case", cases(VIDEO_CASES), ids=lambda i: f"video-{i}")
 def test_mutated_video(case, sandbox):
     video = sandbox.write("clip.mp4", mutate_bytes(BUNDLED_CLIP.read_bytes(), random.Random(f"video-{case}")))
     sandbox.run("eval", TEACHER, "--data", video)

@@ -18,7 +18,7 @@ from torch import nn
 
 from effconv.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from effconv.video.clips import BUNDLED_CLIP
-from effconv.distill.trainer import TeacherTargets
+from effconv.distill.targets import TargetCache, TeacherTargets
 from effconv.errors import EffconvError
 from effconv.host import default_threads
 from effconv.models.limits import MAX_MODULES
@@ -544,17 +544,18 @@ def test_missing_pointer_falls_back_to_the_newest_checkpoint(tmp_path):
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step-0000002"
 
 
-def test_cached_latents_of_another_shape_are_recomputed(tmp_path):
+def test_cached_targets_of_another_shape_or_damaged_are_not_used(tmp_path):
     """regression: a stale or damaged cache entry was used as is (RuntimeError in torch.cat, exit 3)."""
     from safetensors.torch import save_file
 
     teacher = load_model(load_spec(TEACHER).with_input(5, 32, 32))
-    targets = TeacherTargets(teacher, {}, tmp_path)
-    save_file({"latent": torch.zeros(1, 2, 3)}, tmp_path / "clip-00000000.safetensors")
-    clip = torch.rand(1, 3, 5, 32, 32) * 2 - 1
-    latent = targets.get(0, clip)["latent"]
-    assert tuple(latent.shape) == teacher.latent_shape
-    assert torch.equal(latent, targets.compute(clip)["latent"])
+    cache = TargetCache(tmp_path, "key", TeacherTargets(teacher, {}).keys, teacher.clip_shape[1:], teacher.latent_shape[1:])
+    clip = torch.rand(3, 5, 32, 32) * 2 - 1
+    cache.save(0, {"clip": clip, "latent": torch.zeros(1, 2, 3)})
+    (cache.directory / "clip-00000001.safetensors").write_bytes(b"not safetensors")
+    cache.save(2, {"clip": clip, "latent": torch.zeros(teacher.latent_shape[1:])})
+    assert cache.load(0) is None and cache.load(1) is None and cache.load(3) is None
+    assert torch.equal(cache.load(2)["clip"], clip)
 
 
 # --- the command line itself ----------------------------------------------------------------------------------

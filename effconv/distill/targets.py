@@ -54,13 +54,14 @@ def cache_key(teacher: LoadedModel, taps: dict[str, str], videos: list[VideoInfo
 
 
 class TargetCache:
-    """clip-NNNNNNNN.safetensors files (clip, latent, feature.*) under `root/key/`; a damaged file or one whose
-    keys or shapes differ is treated as missing."""
+    """clip-NNNNNNNN.safetensors files (clip, latent, feature.*) under `root/key/`; a damaged file, or one whose
+    keys or clip and latent shapes differ, is treated as missing."""
 
-    def __init__(self, root: Path, key: str, expected_keys: set[str], clip_shape: tuple[int, ...]):
+    def __init__(self, root: Path, key: str, expected_keys: set[str], clip_shape: tuple[int, ...],
+                 latent_shape: tuple[int, ...]):
         self.directory = Path(root) / key
         self.expected_keys = expected_keys | {CLIP_KEY}
-        self.clip_shape = clip_shape
+        self.expected_shapes = {CLIP_KEY: tuple(clip_shape), LATENT_KEY: tuple(latent_shape)}
 
     def _path(self, index: int) -> Path:
         return self.directory / f"clip-{index:08d}.safetensors"
@@ -71,7 +72,8 @@ class TargetCache:
             return None
         with contextlib.suppress(OSError, SafetensorError):
             cached = load_file(path)
-            if cached.keys() == self.expected_keys and tuple(cached[CLIP_KEY].shape) == self.clip_shape:
+            if cached.keys() == self.expected_keys and all(
+                    tuple(cached[name].shape) == shape for name, shape in self.expected_shapes.items()):
                 return cached
         return None
 

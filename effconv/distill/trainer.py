@@ -3,7 +3,8 @@
 Deterministic by construction: the clips of step k are a function of (seed, k, rank), and the learning
 rate of step k a function of k alone, so resuming from a checkpoint reproduces the uninterrupted run, also
 when `--steps` was raised in between. Runs single-process or under torchrun (DDP: gloo on CPU, nccl on GPU;
-clips sharded by rank; only rank 0 writes). Every tensor reaches the model through `to_device`.
+clips sharded by rank; only rank 0 writes). Every training tensor reaches the model through `_micro_batch`,
+which moves it to the training device.
 """
 
 from __future__ import annotations
@@ -83,10 +84,6 @@ class World:
         return cls(rank=dist.get_rank(), size=dist.get_world_size(), device=chosen)
 
 
-def to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {name: value.to(device, non_blocking=True) for name, value in tensors.items()}
-
-
 def learning_rate_factor(recipe: DistillRecipe):
     """LR multiplier of step k: linear warm-up over `warmup_steps`, then constant, or a cosine from the peak to
     `min_lr` over `cosine_steps` (then `min_lr`). Independent of the total step count, so more steps continue
@@ -142,7 +139,7 @@ class Distiller:
         self.cache = None
         if cache_root is not None and recipe.cache_latents and recipe.clips:
             key = cache_key(teacher, self.targets.taps, sampler.videos, recipe.seed)  # hashed before leaving the CPU
-            self.cache = TargetCache(cache_root, key, self.targets.keys, teacher.clip_shape[1:])
+            self.cache = TargetCache(cache_root, key, self.targets.keys, teacher.clip_shape[1:], teacher.latent_shape[1:])
         self.student = student.to(world.device).train()
         self.teacher.model.to(world.device).eval().requires_grad_(False)
         self.workers = auto_workers(world.device) if workers is None else workers
@@ -188,15 +185,21 @@ class Distiller:
         return iter(clip_loader(DistillClips(self.sampler, self.cache), plan, self.workers,
                                 pin_memory=self.world.device.type == "cuda"))
 
-    def _targets(self, item: dict) -> dict[str, torch.Tensor]:
-        """One clip and its teacher targets on the training device; computed (and cached) when not cached."""
-        if self.targets.keys <= item.keys():
-            return to_device({key: item[key] for key in self.targets.keys | {CLIP_KEY}}, self.world.device)
-        clip = item[CLIP_KEY].unsqueeze(0).to(self.world.device, non_blocking=True)
-        targets = {key: value[0] for key, value in self.targets.compute(clip).items()}
-        if self.cache is not None:
-            self.cache.save(item["index"], {CLIP_KEY: item[CLIP_KEY], **targets})
-        return {CLIP_KEY: clip[0], **targets}
+    def _with_targets(self, items: list[dict]) -> list[dict]:
+        """The items with their teacher targets: the clips the cache did not have go through the teacher as one
+        batch (and into the cache)."""
+        missing = [index for index, item in enumerate(items) if not self.targets.keys <= item.keys()]
+        if not missing:
+            return items
+        clips = torch.stack([items[index][CLIP_KEY] for index in missing]).to(self.world.device, non_blocking=True)
+        computed = self.targets.compute(clips)
+        items = list(items)
+        for row, index in enumerate(missing):
+            targets = {key: value[row] for key, value in computed.items()}
+            if self.cache is not None:
+                self.cache.save(items[index]["index"], {CLIP_KEY: items[index][CLIP_KEY], **targets})
+            items[index] = items[index] | targets
+        return items
 
     def _micro_batch(self, batches: Iterator[list[dict]]) -> dict[str, torch.Tensor]:
         with self.clock.phase("data"):
@@ -204,8 +207,10 @@ class Distiller:
         for item in items:
             self.failed_videos |= item["failed"]
         with self.clock.phase("teacher"):
-            per_clip = [self._targets(item) for item in items]
-        return {key: torch.stack([clip[key] for clip in per_clip]) for key in per_clip[0]}
+            items = self._with_targets(items)
+            # cached targets arrive on the CPU, computed ones on the device: each moves before they are stacked
+            return {key: torch.stack([item[key].to(self.world.device, non_blocking=True) for item in items])
+                    for key in self.targets.keys | {CLIP_KEY}}
 
     def _autocast(self):
         if self.world.device.type == "cuda":
