@@ -26,6 +26,12 @@ class VerificationFailed(EffconvError):
         self.manifest = manifest
 
 
+def exception_text(exc: BaseException, limit: int = 300) -> str:
+    """A library exception's message on one line, cut to `limit` characters (its type name when it has none), for
+    the middle of an EffconvError's message."""
+    return " ".join(str(exc).split())[:limit] or type(exc).__name__
+
+
 def missing_extra(package: str, extra: str) -> EffconvError:
     return EffconvError(
         f"{package} is not installed.", f"pip install 'effconv[{extra}]' (or pip install {package})."

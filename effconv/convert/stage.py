@@ -14,7 +14,7 @@ from effconv.backends.base import Backend
 from effconv.backends.coreml import export as coreml_backend
 from effconv.backends.onnx import export as onnx_backend
 from effconv.backends.verify import compare
-from effconv.errors import EffconvError, VerificationFailed
+from effconv.errors import EffconvError, VerificationFailed, exception_text
 from effconv.legalize.lint import check_exportable, lint_graph
 from effconv.legalize.rewrites import legalize, resolve, rewrites_for
 from effconv.models.loader import LoadedModel, load_model
@@ -90,7 +90,7 @@ def _predict_at_opset(target: Backend, artifact: Path, example, opset: int):
     except Exception as exc:  # onnxruntime's pybind error types share no base class below Exception
         if opset <= onnx_backend.DEFAULT_OPSET:
             raise
-        reason = " ".join(str(exc).split())[:200]
+        reason = exception_text(exc, 200)
         raise EffconvError(f"onnxruntime cannot load the opset-{opset} export: {reason}",
                            f"use --opset {onnx_backend.DEFAULT_OPSET} (the exporter or onnxruntime does not support opset {opset} here).") from None
 

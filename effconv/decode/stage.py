@@ -16,7 +16,7 @@ import torch
 from effconv.artifacts import Manifest, manifest_path, read_manifest, staged_output, teacher_of
 from effconv.backends import registry
 from effconv.backends.streaming import check_latent, decoded_frames, stream_chunks
-from effconv.errors import EffconvError
+from effconv.errors import EffconvError, exception_text
 from effconv.models.loader import load_model
 from effconv.spec import LoadedSpec, load_spec, spec_from_dict
 from effconv.video.clips import center_crop
@@ -54,7 +54,7 @@ def read_latents(path: Path) -> np.ndarray:
     except FileNotFoundError:
         raise EffconvError(f"latents '{path}' not found.", "pass a .npy of float32 latents (1, C, T, h, w).") from None
     except (ValueError, OSError) as exc:
-        raise EffconvError(f"cannot read '{path}' as a .npy array ({' '.join(str(exc).split())[:120]}).",
+        raise EffconvError(f"cannot read '{path}' as a .npy array ({exception_text(exc, 120)}).",
                            "pass a .npy written by numpy.save.") from None
     if latent.dtype != np.float32:
         raise EffconvError(f"latents '{path}' are {latent.dtype}, not float32.", "save them with .astype(numpy.float32).")

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from effconv.errors import EffconvError
+from effconv.errors import EffconvError, exception_text
 
 LATEST = "latest.json"
 CHECKPOINT_NAME = re.compile(r"step-\d{7,}")
@@ -122,7 +122,7 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer: 
         load_optimizer(optimizer, moments, state["param_groups"])
         torch.set_rng_state(rng["rng.torch"])
     except (OSError, SafetensorError, json.JSONDecodeError, KeyError, RuntimeError, ValueError, TypeError) as exc:
-        reason = " ".join(str(exc).split())[:200]
+        reason = exception_text(exc, 200)
         raise EffconvError(
             f"checkpoint '{path}' cannot be loaded: {reason}",
             "start without --resume, or delete that checkpoint to fall back to an older one.",

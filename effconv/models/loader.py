@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from effconv.errors import EffconvError
+from effconv.errors import EffconvError, exception_text
 from effconv.models.base import Compression, FamilyAdapter
 from effconv.models.generic import GenericAdapter
 from effconv.models.limits import check_size
@@ -107,10 +107,6 @@ def _check_config_keys(cls: type, config: dict) -> None:
             f"{cls.__name__} does not take config key(s) {', '.join(unknown)}.",
             f"remove them; it accepts: {', '.join(sorted(accepted))}.",
         )
-
-
-def _reason(exc: Exception) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 def _check_single_file_name(path: Path) -> None:
@@ -233,7 +229,7 @@ def _load_directory(cls: type[nn.Module], root: Path, overrides: dict, variant: 
         return cls.from_pretrained(root, variant=variant, **overrides)
     except (OSError, ValueError, RuntimeError, TypeError, KeyError) as exc:
         raise EffconvError(
-            f"could not load {cls.__name__} weights from '{root}': {_reason(exc)}",
+            f"could not load {cls.__name__} weights from '{root}': {exception_text(exc)}",
             "check that the weights are complete and match config.json (config overrides must not change shapes).",
         ) from None
 
@@ -251,7 +247,7 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
     try:
         return safetensors.torch.load_file(file)
     except (SafetensorError, OSError) as exc:
-        raise EffconvError(f"pretrained file '{file}' is not a readable safetensors file: {_reason(exc)}.",
+        raise EffconvError(f"pretrained file '{file}' is not a readable safetensors file: {exception_text(exc)}.",
                            "copy it again from the original release (a truncated download fails like this).") from None
 
 
@@ -358,7 +354,7 @@ def _build_random(cls: type[nn.Module], config: dict) -> nn.Module:
         return cls(**config)
     except (TypeError, ValueError, RuntimeError, AssertionError, IndexError, KeyError, ZeroDivisionError) as exc:
         raise EffconvError(
-            f"{cls.__name__} cannot be built from this config: {_reason(exc)}",
+            f"{cls.__name__} cannot be built from this config: {exception_text(exc)}",
             "fix model.config (see the diffusers docs for the class).",
         ) from None
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-from effconv.errors import EffconvError
+from effconv.errors import EffconvError, exception_text
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
@@ -90,7 +90,7 @@ def load_graph(path: Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError, OSError, onnx's own errors: all mean unreadable
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        reason = exception_text(exc, 200)
         raise EffconvError(f"'{path}' is not a readable ONNX model: {reason}.", "pass an .onnx written by `effconv convert`.") from None
     if not model.graph.node:
         # protobuf parses an empty (or truncated-to-nothing) file as an empty model without complaint
@@ -98,7 +98,7 @@ def load_graph(path: Path) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:  # onnx's InferenceError / ValidationError: a damaged or hand-edited graph
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        reason = exception_text(exc, 200)
         raise EffconvError(f"'{path}' is not a consistent ONNX graph (shape inference failed: {reason}).",
                            "pass an .onnx written by `effconv convert`, or re-create it.") from None
 

@@ -16,7 +16,7 @@ import torch
 from effconv.artifacts import Manifest, teacher_of
 from effconv.backends.base import CalibrationSet
 from effconv.video.clips import ClipSampler, center_clips, probe_videos
-from effconv.errors import EffconvError
+from effconv.errors import EffconvError, exception_text
 from effconv.models.loader import LoadedModel
 from effconv.spec import LoadedSpec, load_spec, spec_from_dict
 
@@ -97,7 +97,7 @@ def from_file(path: Path, expected: tuple[int, ...]) -> CalibrationSet:
     except KeyError:
         raise EffconvError(f"'{path}' has no 'latents' array.", "save it with np.savez(path, latents=..., frames=...).") from None
     except (OSError, ValueError, EOFError) as exc:
-        raise EffconvError(f"cannot read latents file '{path}': {' '.join(str(exc).split())[:200]}.",
+        raise EffconvError(f"cannot read latents file '{path}': {exception_text(exc, 200)}.",
                            "pass a .npy or .npz written by numpy.") from None
     if latents.ndim != len(expected) or latents.shape[0] < 1:
         raise EffconvError(f"'{path}' holds an array of shape {list(latents.shape)}.",

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from effconv.errors import exception_text
+
 CACHE_BYTES = 64 << 20
 WORKING_SCALE = 1.5
 
@@ -40,7 +42,7 @@ def working_size(width: int, height: int, target_long_side: int) -> tuple[int, i
 
 
 def _reason(exc: Exception) -> str:
-    return f"cannot decode ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+    return f"cannot decode ({type(exc).__name__}: {exception_text(exc, 120)})"
 
 
 def _decode_errors():

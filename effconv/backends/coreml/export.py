@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from effconv.errors import EffconvError, missing_extra
+from effconv.errors import EffconvError, exception_text, missing_extra
 from effconv.legalize.rewrites import Example, as_args, as_names
 from effconv.quiet import captured_stdout, is_debug, quiet_imports
 
@@ -95,7 +95,7 @@ def export(module: nn.Module, example: Example, path: Path, input_name: str | li
     except EffconvError:
         raise
     except Exception as exc:  # coremltools raises NotImplementedError, ValueError, RuntimeError...; all mean "did not convert"
-        reason = " ".join(str(exc).split())[:400] or type(exc).__name__
+        reason = exception_text(exc, 400)
         raise EffconvError(
             f"Core ML conversion failed: {reason}",
             "run `effconv lint SPEC --backend coreml` to see which op blocks it; rerun with --debug for details.",

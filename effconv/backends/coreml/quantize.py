@@ -21,7 +21,7 @@ from torch import nn
 
 from effconv.artifacts import Manifest
 from effconv.backends.coreml.export import NAME, SUFFIX, _coremltools
-from effconv.errors import EffconvError
+from effconv.errors import EffconvError, exception_text
 from effconv.models.loader import load_model
 from effconv.backends.files import check_artifact, size_bytes, size_report
 from effconv.backends.base import CalibrationSet
@@ -94,7 +94,7 @@ def _load(ct, artifact: Path):
             model = ct.models.MLModel(str(artifact), skip_model_load=True)
             spec = model.get_spec()
     except Exception as exc:  # coremltools raises plain Exception/protobuf errors for a damaged package
-        raise EffconvError(f"cannot read Core ML package '{artifact}': {' '.join(str(exc).split())[:200]}.",
+        raise EffconvError(f"cannot read Core ML package '{artifact}': {exception_text(exc, 200)}.",
                            "re-create it with `effconv convert SPEC --to coreml`.") from None
     if not spec.HasField("mlProgram"):
         raise EffconvError(f"'{artifact}' is not an ML program.", "re-create it with `effconv convert SPEC --to coreml`.")

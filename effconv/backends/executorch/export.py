@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from effconv.errors import EffconvError, missing_extra
+from effconv.errors import EffconvError, exception_text, missing_extra
 from effconv.legalize.rewrites import Example, as_args
 from effconv.quiet import captured_stdout, native_stderr_silenced, quiet_imports
 
@@ -89,7 +89,7 @@ def lower(program: torch.export.ExportedProgram):
     except EffconvError:
         raise
     except Exception as exc:  # all mean "did not lower"
-        reason = " ".join(str(exc).split())[:400] or type(exc).__name__
+        reason = exception_text(exc, 400)
         raise EffconvError(f"ExecuTorch lowering failed: {reason}",
                            "run `effconv lint SPEC --backend executorch` to see which op blocks it; rerun with --debug.") from None
     missing = _kernel_less_ops(edge)
@@ -114,7 +114,7 @@ def export(module: nn.Module, example: Example, path: Path, input_name: str | li
         with torch.no_grad(), captured_stdout():
             program = torch.export.export(module, as_args(example))
     except Exception as exc:  # torch.export raises many types; all mean "this module did not export"
-        reason = " ".join(str(exc).split())[:400] or type(exc).__name__
+        reason = exception_text(exc, 400)
         raise EffconvError(f"torch.export failed: {reason}", "rerun with --debug for details.") from None
     edge, partitioning = lower(program)
     ops = write(edge, path)
@@ -152,7 +152,7 @@ def load_method(path: Path):
         with native_stderr_silenced():
             return runtime().load_program(Path(path)).load_method("forward")
     except (RuntimeError, ValueError) as exc:
-        raise EffconvError(f"cannot load '{path}' in the ExecuTorch runtime: {' '.join(str(exc).split())[:200]}.",
+        raise EffconvError(f"cannot load '{path}' in the ExecuTorch runtime: {exception_text(exc, 200)}.",
                            "re-create it with `effconv convert SPEC --to executorch`.") from None
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from effconv.errors import EffconvError
+from effconv.errors import EffconvError, exception_text
 from effconv.legalize.rewrites import Example, as_args, as_names
 from effconv.quiet import captured_stdout
 
@@ -51,7 +51,7 @@ def export(module: nn.Module, example: Example, path: Path, input_name: str | li
     except EffconvError:
         raise
     except Exception as exc:  # the exporter raises many unrelated types; all mean "this model did not export"
-        reason = " ".join(str(exc).split())[:400] or type(exc).__name__
+        reason = exception_text(exc, 400)
         raise EffconvError(
             f"ONNX export failed: {reason}",
             "run `effconv lint SPEC --backend onnx` to see which op is unsupported; rerun with --debug for details.",

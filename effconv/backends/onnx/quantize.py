@@ -36,7 +36,7 @@ import numpy as np
 
 from effconv.artifacts import Manifest
 from effconv.host import cpu_int8_features
-from effconv.errors import EffconvError
+from effconv.errors import EffconvError, exception_text
 from effconv.backends.files import size_report
 from effconv.backends.base import CalibrationSet
 from effconv.backends.quality import quality_report
@@ -256,7 +256,7 @@ def _preprocess(original: Path, target: Path) -> None:
         with _quiet_ort():
             quant_pre_process(str(original), str(target), skip_symbolic_shape=True)
     except Exception as exc:  # onnxruntime raises bare Exception/RuntimeError types for malformed graphs
-        raise EffconvError(f"onnxruntime cannot pre-process '{original.name}' for quantization: {' '.join(str(exc).split())[:200]}",
+        raise EffconvError(f"onnxruntime cannot pre-process '{original.name}' for quantization: {exception_text(exc, 200)}",
                            "re-export the model with `effconv convert --to onnx`.") from None
     _drop_exporter_notes(target)
 

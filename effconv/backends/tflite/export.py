@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from effconv.errors import EffconvError, missing_extra
+from effconv.errors import EffconvError, exception_text, missing_extra
 from effconv.legalize.rewrites import Example, as_args
 from effconv.quiet import captured_stdout, native_stderr_silenced, quiet_imports
 
@@ -53,7 +53,7 @@ def export(module: nn.Module, example: Example, path: Path, input_name: str | li
     except EffconvError:
         raise
     except Exception as exc:  # the MLIR converter raises ValueError/RuntimeError with the failing op; all mean "did not convert"
-        reason = " ".join(str(exc).split())[:400] or type(exc).__name__
+        reason = exception_text(exc, 400)
         raise EffconvError(
             f"TFLite conversion failed: {reason}",
             "run `effconv lint SPEC --backend tflite` to see which op blocks it; rerun with --debug for details.",

@@ -19,7 +19,7 @@ import numpy as np
 
 from effconv.artifacts import Manifest
 from effconv.backends.tflite import export as tflite_backend
-from effconv.errors import EffconvError, missing_extra
+from effconv.errors import EffconvError, exception_text, missing_extra
 from effconv.host import default_threads
 from effconv.backends.files import alternating_latency, check_artifact, size_bytes, size_report
 from effconv.backends.base import CalibrationSet
@@ -116,7 +116,7 @@ def _interpreter(path: Path, threads: int):
 
 
 def _load_error(path: Path, exc: Exception) -> EffconvError:
-    return EffconvError(f"cannot load '{path}' in LiteRT: {' '.join(str(exc).split())[:200]}.", FLOAT_FIX)
+    return EffconvError(f"cannot load '{path}' in LiteRT: {exception_text(exc, 200)}.", FLOAT_FIX)
 
 
 def _quantized_bytes(artifact: Path, calib: CalibrationSet, signature: str, input_name: str, weights_only: bool,
@@ -147,7 +147,7 @@ def _predictions(path: Path, samples: CalibrationSet, threads: int, fix: str) ->
         runner = tflite_backend.interpreter(path, threads)
         return [_invoke(runner, latent) for latent in samples.latents]
     except (ValueError, RuntimeError) as exc:
-        raise EffconvError(f"'{path.name}' does not run in LiteRT: {' '.join(str(exc).split())[:300]}.", fix) from None
+        raise EffconvError(f"'{path.name}' does not run in LiteRT: {exception_text(exc, 300)}.", fix) from None
 
 
 def host_latency(float_path: Path, quant_path: Path, latent: np.ndarray, threads: int, runs: int) -> dict:
