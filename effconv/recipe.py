@@ -58,7 +58,6 @@ class DistillRecipe(StrictModel):
     eval_every: int = Field(100, ge=1)
     seed: int = Field(0, ge=0, le=2**32 - 1)
 
-
     @model_validator(mode="after")
     def _schedule(self) -> DistillRecipe:
         if self.lr_schedule == "cosine" and self.cosine_steps is None:

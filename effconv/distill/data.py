@@ -32,9 +32,6 @@ class DistillClips(Dataset):
     def __init__(self, sampler: ClipSampler, cache: TargetCache | None):
         self.sampler, self.cache = sampler, cache
 
-    def __len__(self) -> int:
-        return len(self.sampler.videos)  # not used for sampling: the batch sampler names clip indices
-
     def __getitem__(self, index: int) -> dict:
         cached = self.cache.load(index) if self.cache is not None else None
         if cached is not None:

@@ -33,7 +33,7 @@ from effconv.errors import EffconvError
 from effconv.models.loader import LoadedModel
 from effconv.recipe import DistillRecipe
 from effconv.video.clips import ClipSampler
-from effconv.video.metrics import VIDEO_RANGE
+from effconv.video.metrics import psnr_tensor
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 
@@ -277,8 +277,7 @@ class Distiller:
         for _, clip in clips:
             clip = clip.unsqueeze(0).to(self.world.device)
             latent = self.teacher.model.encode(clip).latent_dist.mode()
-            error = torch.mean((student(latent).float().clamp(-1, 1) - clip) ** 2).clamp(min=1e-12)
-            scores.append(10.0 * torch.log10(VIDEO_RANGE**2 / error))
+            scores.append(psnr_tensor(student(latent), clip))
         return torch.stack(scores).mean()
 
     def evaluate(self, clips: list[tuple[Path, torch.Tensor]]) -> float:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 VIDEO_RANGE = 2.0  # [-1, 1]
 
 
+def psnr_tensor(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB) as a 0-d float64 tensor on the inputs' device: reading it is the only host sync."""
+    mse = torch.mean((prediction.float().clamp(-1, 1) - target.float()) ** 2).double().clamp(min=1e-12)
+    return 10.0 * torch.log10(VIDEO_RANGE**2 / mse)
+
+
 def psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
-    mse = torch.mean((prediction.float().clamp(-1, 1) - target.float()) ** 2).item()
-    return 10.0 * math.log10(VIDEO_RANGE**2 / max(mse, 1e-12))
+    return float(psnr_tensor(prediction, target))
 
 
 def video_frames(video: torch.Tensor) -> torch.Tensor:
