@@ -27,7 +27,8 @@ from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from effconv.convert.stage import convert
-from effconv.backends.onnx.quantize import cpu_int8_features, file_size, interleaved_latency
+from effconv.backends.onnx.quantize import cpu_int8_features, file_size
+from effconv.backends.onnx.search import interleaved_latency
 from effconv.spec import load_spec
 
 from quantize import resized_spec  # the sibling benchmark script (its folder is on sys.path when run)

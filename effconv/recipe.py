@@ -16,6 +16,8 @@ from pydantic import AfterValidator, Field, ValidationError, field_validator, mo
 from effconv.errors import EffconvError
 from effconv.spec import StrictModel, format_validation_error, read_yaml_mapping
 
+DEFAULT_SEARCH_SECONDS = 60.0  # ONNX int8: measuring choices past this is left to stated rules
+
 RECIPE_DIR = "recipes"
 MAX_WIDTH = 65536
 MAX_LAYERS = 64
@@ -135,6 +137,8 @@ class QuantizeRecipe(StrictModel):
     weights_only: bool = False
     activation: Literal["auto", "uint8", "int8"] = Field("auto", description="ONNX activations; auto = the faster here")
     all_nodes: bool = Field(False, description="ONNX: int8 for every Conv/MatMul, not only the kinds faster here")
+    search_seconds: float = Field(DEFAULT_SEARCH_SECONDS, ge=0, le=86_400, description="ONNX: time the int8 choices may "
+                                  "spend measuring before stated rules decide the rest")
 
 
 class ProfileRecipe(StrictModel):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from effconv.errors import EffconvError
+from effconv.recipe import DEFAULT_SEARCH_SECONDS
 
 
 @dataclasses.dataclass
@@ -41,6 +42,9 @@ class CalibrationSet:
         return self.subset(range(cut)), self.subset(range(cut, len(self)))
 
 
+HOST_DEVICE = "host-cpu"
+
+
 @dataclasses.dataclass
 class QuantizeOptions:
     """Everything `effconv quantize` can ask of a backend; each backend reads what applies to it and says in
@@ -54,6 +58,9 @@ class QuantizeOptions:
     sensitivity: bool = False
     threads: int | None = None
     progress: Callable[[str], None] = lambda _message: None
+    target_device: str = HOST_DEVICE  # where the int8 model will run: this host, or a device profile's name
+    kind_decisions: dict[str, dict] | None = None  # ONNX: kind -> {int8, why} from the target's profile (None: time here)
+    search_seconds: float = DEFAULT_SEARCH_SECONDS  # ONNX: time the choices may take before rules decide the rest
 
 
 @dataclasses.dataclass(frozen=True)

@@ -113,6 +113,8 @@ class _RunProgress:
                 self.task = self.bar.add_task(name, total=decision.stage.settings["distill"]["steps"], info="")
             loss = info["record"].get("total")
             self.bar.update(self.task, completed=info["record"]["step"], info=f"loss {loss:.4f}" if loss is not None else "")
+        elif kind == "progress":
+            err.print(f"{name}: {info['message']}", style="dim", highlight=False, soft_wrap=True)
         elif kind == "done":
             self.close()
             outcome = info["outcome"]

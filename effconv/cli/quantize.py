@@ -8,8 +8,9 @@ import typer
 from rich.table import Table
 
 from effconv.cli.app import JsonFlag, app
-from effconv.cli.render import err, out
+from effconv.cli.render import err, out, progress_lines
 from effconv.errors import VerificationFailed
+from effconv.recipe import DEFAULT_SEARCH_SECONDS
 
 
 @app.command()
@@ -31,32 +32,53 @@ def quantize(
                                    "kernels are slower (when the target is not this CPU)."),
     sensitivity: bool = typer.Option(False, "--sensitivity", help="ONNX: always compute the per-node sensitivity table "
                                      "(one quantization and run per node) [default: only when the gate needs it]."),
+    device: str = typer.Option("host-cpu", "--device", help="Where the int8 model will run (`effconv devices`). ONNX: "
+                               "host-cpu times which node kinds are faster in int8 here; another device decides it "
+                               "from its profile, since this CPU's int8 kernels say nothing about a phone's."),
+    search_seconds: float = typer.Option(DEFAULT_SEARCH_SECONDS, "--search-seconds", help="ONNX: time the int8 choices (activation type, "
+                                         "node kinds, calibration method, sensitivity fallback) may spend measuring; "
+                                         "a choice that does not fit is made by a stated rule (0: rules only)."),
     as_json: bool = JsonFlag,
 ) -> None:
     """Per-channel int8 post-training quantization, with a measured quality gate.
 
-    ONNX: onnxruntime static QDQ; the activation type, which node kinds go int8 (only those whose int8
-    kernels are faster here) and the calibration method are chosen by measurement, then the most
-    sensitive nodes return to float until `--max-psnr-drop` holds. Core ML: W8A16 weights
-    (coremltools). TFLite: ai-edge-quantizer static int8. Calibration latents come from the teacher
-    encoder on real clips.
+    ONNX: onnxruntime static QDQ; the activation type, which node kinds go int8 (on host-cpu, those
+    whose int8 kernels are faster here; on another `--device`, those its profile estimates faster) and
+    the calibration method are chosen on a validation split of the calibration clips, then the most
+    sensitive nodes return to float until the gate holds there; the held-out clips only measure the
+    result. Each measured choice must fit `--search-seconds`. Core ML: W8A16 weights (coremltools).
+    TFLite: LiteRT quantizer static int8. Calibration latents come from the teacher encoder on real clips.
 
     Example: `effconv quantize out/demo-teacher-student.onnx --calib effconv/assets/video --out out/int8`
+
+    Example: `effconv quantize student.onnx --device pixel9 --calib clips/ --out int8/` (kinds by the Pixel 9's profile)
     """
     from effconv.quantize.stage import quantize_artifact
 
-    with err.status("Quantizing...") as status:
+    decisions = _kind_decisions(artifact, device)
+    with progress_lines("Quantizing") as progress:
         try:
             manifest = quantize_artifact(artifact, out_dir, calib=calib, samples=samples, max_psnr_drop=max_psnr_drop,
                                          weights_only=weights_only, teacher=teacher, eval_data=eval_data,
                                          activation=activation, select_by_speed=not all_nodes, sensitivity=sensitivity,
-                                         min_psnr_vs_float=min_psnr_vs_float or None,
-                                         progress=lambda message: status.update(f"Quantizing: {message}..."))
+                                         min_psnr_vs_float=min_psnr_vs_float or None, target_device=device,
+                                         kind_decisions=decisions, search_seconds=search_seconds, progress=progress)
         except VerificationFailed as failure:
             if failure.manifest is not None:
                 _print_quantize(failure.manifest, as_json, out_dir)
             raise
     _print_quantize(manifest, as_json, out_dir)
+
+
+def _kind_decisions(artifact: Path, device: str) -> dict[str, dict] | None:
+    """For an ONNX model bound for another device: which node kinds compute in int8, from that device's profile."""
+    from effconv.profile.devices import HOST, load_device
+    from effconv.profile.int8_kinds import kind_decisions
+
+    load_device(device)  # an unknown device is an error for every backend, before any work
+    if device == HOST or artifact.suffix != ".onnx" or not artifact.is_file():
+        return None
+    return kind_decisions(artifact, device)
 
 
 def _print_quantize(manifest, as_json: bool, out_dir: Path) -> None:
@@ -69,6 +91,11 @@ def _print_quantize(manifest, as_json: bool, out_dir: Path) -> None:
     table = Table(title=f"{manifest.name} ({manifest.backend})", show_header=False)
     table.add_row("artifact", str(out_dir / manifest.artifact))
     table.add_row("scheme", report["scheme"])
+    if "search" in report:
+        search = report["search"]
+        table.add_row("choices", f"for {report['target_device']}, scored on the validation split ({report['validation']['split']}); "
+                                 f"{search['spent_seconds']:.0f} s of --search-seconds {search['seconds']:g} (one float run "
+                                 f"{search['float_run_seconds']:.1f} s)")
     calibration = report["calibration"]
     table.add_row("calibration", f"{calibration['samples']} samples ({calibration['source']}); "
                                  f"{calibration['held_out']} held out ({calibration['held_out_source']})")

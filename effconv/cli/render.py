@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -15,6 +18,29 @@ WIDE_TABLE_WIDTH = 160
 
 def fmt_shape(shape) -> str:
     return "x".join(str(d) for d in shape)
+
+
+@contextlib.contextmanager
+def progress_lines(title: str) -> Iterator[Callable[[str], None]]:
+    """Report long work's steps: a spinner on a terminal; where stderr is a log (CI, nohup, a pipe) and a spinner
+    prints nothing, a timestamped line per finished step with its duration. A step that fails is not logged:
+    the error says what went wrong, in one line."""
+    if err.is_terminal:
+        with err.status(f"{title}...") as status:
+            yield lambda message: status.update(f"{title}: {message}...")
+        return
+    started = time.monotonic()
+    step = {"message": None, "since": started}
+
+    def finish_step(message: str | None) -> None:
+        now = time.monotonic()
+        if step["message"] is not None:
+            err.print(f"[{now - started:5.0f} s] {title}: {step['message']} ({now - step['since']:.1f} s)",
+                      highlight=False, soft_wrap=True)
+        step.update(message=message, since=now)
+
+    yield finish_step
+    finish_step(None)
 
 
 def print_wide(table: Table) -> None:

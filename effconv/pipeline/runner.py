@@ -227,7 +227,8 @@ def _record(path: Path, decision: Decision, seconds: float, passed: bool, messag
     replace_json(path, manifest)
 
 
-def run_stage(inputs: RunInputs, decision: Decision, out_dir: Path, on_step=None, on_warning=None) -> Outcome:
+def run_stage(inputs: RunInputs, decision: Decision, out_dir: Path, on_step=None, on_warning=None,
+              on_progress=None) -> Outcome:
     stage = decision.stage
     directory = Path(out_dir) / stage.name
     _prepare(directory, resume=decision.action == "resume")
@@ -236,7 +237,7 @@ def run_stage(inputs: RunInputs, decision: Decision, out_dir: Path, on_step=None
         started_record["continuation"] = inputs_hash(_without_steps(decision.inputs))
     replace_json(directory / STARTED, started_record)
     context = StageContext(inputs, stage, Path(out_dir), resume=decision.action == "resume", on_step=on_step,
-                           on_warning=on_warning)
+                           on_warning=on_warning, on_progress=on_progress)
     started = time.perf_counter()
     passed, message = True, None
     try:
@@ -274,7 +275,8 @@ def execute(inputs: RunInputs, out_dir: Path, on_event: Callable[[str, Decision,
         if decision.action in RUNS:
             try:
                 outcome = run_stage(inputs, decision, out_dir, on_step=lambda record, elapsed: notify(
-                    "step", decision, {"record": record, "elapsed": elapsed}), on_warning=on_warning)
+                    "step", decision, {"record": record, "elapsed": elapsed}), on_warning=on_warning,
+                    on_progress=lambda message: notify("progress", decision, {"message": message}))
             except BaseException:
                 if created is not None and not any(out_dir.iterdir()):
                     shutil.rmtree(created, ignore_errors=True)

@@ -45,6 +45,7 @@ class StageContext:
     resume: bool = False
     on_step: Callable[[dict, float], None] | None = None
     on_warning: Callable[[str], None] | None = None
+    on_progress: Callable[[str], None] | None = None  # a long stage's current step, in words
 
     @property
     def directory(self) -> Path:
@@ -118,7 +119,8 @@ def run_quantize(ctx: StageContext) -> None:
                       max_psnr_drop=settings["max_psnr_drop"], weights_only=settings["weights_only"],
                       min_psnr_vs_float=settings["min_psnr_vs_float"],
                       eval_data=list(ctx.inputs.eval_data), activation=settings["activation"],
-                      select_by_speed=not settings["all_nodes"])
+                      select_by_speed=not settings["all_nodes"], search_seconds=settings["search_seconds"],
+                      progress=ctx.on_progress)
 
 
 def run_lint(ctx: StageContext) -> None:

@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from effconv.recipe import DEFAULT_SEARCH_SECONDS
 from effconv.artifacts import Manifest, manifest_path, read_manifest, staged_output, write_manifest
 from effconv.video.clips import BUNDLED_CLIP
 from effconv.errors import EffconvError, VerificationFailed
 from effconv.models.loader import load_model
 from effconv.quantize import calibration
 from effconv.backends import registry
-from effconv.backends.base import Backend, CalibrationSet, QuantizeOptions
+from effconv.backends.base import HOST_DEVICE, Backend, CalibrationSet, QuantizeOptions
 
 QUANTIZED_SUFFIX = "-int8"
 DEFAULT_SAMPLES = 16
@@ -22,6 +23,7 @@ DEFAULT_MAX_PSNR_DROP = 0.3
 # with exact QDQ arithmetic; saturated x86 kernels gave 22.6 dB; trained students 37-74 dB on every backend.
 DEFAULT_MIN_PSNR_VS_FLOAT = 30.0
 HELD_OUT_SHARE = 4  # one sample in four measures quality; the rest calibrate
+MAX_SEARCH_SECONDS = 86_400
 
 
 def backend_of(artifact: Path) -> Backend:
@@ -106,10 +108,13 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
                       teacher: Path | None = None, eval_data: list[Path] | None = None,
                       progress: Callable[[str], None] | None = None, activation: str = "auto",
                       select_by_speed: bool = True, sensitivity: bool = False,
-                      min_psnr_vs_float: float | None = DEFAULT_MIN_PSNR_VS_FLOAT) -> Manifest:
+                      min_psnr_vs_float: float | None = DEFAULT_MIN_PSNR_VS_FLOAT, target_device: str = HOST_DEVICE,
+                      kind_decisions: dict[str, dict] | None = None,
+                      search_seconds: float = DEFAULT_SEARCH_SECONDS) -> Manifest:
     """Write OUT/NAME-int8.{onnx,mlpackage,tflite,pte} + OUT/NAME-int8.json; raise VerificationFailed after
     writing when the held-out PSNR drop exceeds `max_psnr_drop` or the output strays from the float artifact's
-    by more than `min_psnr_vs_float` allows."""
+    by more than `min_psnr_vs_float` allows. `kind_decisions` (ONNX node kind -> {int8, why}) come from the
+    profile of `target_device` when that is not this host."""
     artifact = Path(artifact)
     backend = backend_of(artifact)
     source = read_manifest(manifest_path(artifact))
@@ -117,8 +122,12 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
     report_progress = progress or (lambda _message: None)
     options = QuantizeOptions(weights_only=weights_only, max_psnr_drop=max_psnr_drop, min_psnr_vs_float=min_psnr_vs_float,
                               activation=activation, select_by_speed=select_by_speed, sensitivity=sensitivity,
-                              progress=report_progress)
+                              progress=report_progress, target_device=target_device, kind_decisions=kind_decisions,
+                              search_seconds=search_seconds)
     backend.check_quantizable(artifact, options)  # before the teacher encodes calibration clips
+    if not 0 <= search_seconds <= MAX_SEARCH_SECONDS:
+        raise EffconvError(f"--search-seconds {search_seconds:g} is outside 0-{MAX_SEARCH_SECONDS}.",
+                           f"give the seconds the int8 choices may spend measuring, e.g. {DEFAULT_SEARCH_SECONDS:g}.")
     if max_psnr_drop is not None and max_psnr_drop < 0:
         raise EffconvError(f"--max-psnr-drop {max_psnr_drop} is negative.", "give the largest acceptable drop in dB, e.g. 0.3.")
     if min_psnr_vs_float is not None and not 0 <= min_psnr_vs_float <= 200:

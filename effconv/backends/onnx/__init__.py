@@ -12,7 +12,9 @@ def _quantize(artifact: Path, manifest, calib, held_out, out_path: Path, options
     return quantize.quantize(artifact, manifest, calib, held_out, out_path, weights_only=options.weights_only,
                              max_psnr_drop=options.max_psnr_drop, min_psnr_vs_float=options.min_psnr_vs_float,
                              progress=options.progress, threads=options.threads, activation=options.activation,
-                             select_by_speed=options.select_by_speed, sensitivity=options.sensitivity)
+                             select_by_speed=options.select_by_speed, sensitivity=options.sensitivity,
+                             kind_decisions=options.kind_decisions, target_device=options.target_device,
+                             search_seconds=options.search_seconds)
 
 
 def _check_quantizable(_artifact: Path, options: QuantizeOptions) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -59,12 +58,17 @@ def export(module: nn.Module, example: Example, path: Path, input_name: str | li
     return {"opset": opset, "external_data": external}
 
 
-def session(path: Path, threads: int | None = None):
+def session(path: Path, threads: int | None = None, fused: bool = True):
+    """`fused=False` turns graph optimizations off: a QDQ model then runs as DequantizeLinear -> float op ->
+    QuantizeLinear, the exact arithmetic the model file defines, without onnxruntime's int8 kernels."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if not fused:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 

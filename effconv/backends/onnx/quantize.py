@@ -1,19 +1,20 @@
 """ONNX post-training quantization with onnxruntime: static QDQ, per-channel int8 weights, per-tensor
-activations, chosen by measurement on this machine.
+activations.
 
-The recipe, in order:
-1. Pre-process (onnxruntime's shape inference + graph optimisation) and calibrate once per method;
-   the tensor ranges are cached, so every variant below reuses them.
-2. Activation type: quantize every compute node with uint8 and with int8 activations, time both against
-   float, keep the faster (u8 activations x s8 weights is the fused VNNI path on x86).
-3. Node kinds (dense / depthwise / pointwise conv, matmul, each by channel width): from everything in
-   int8, take one kind at a time back to float and time it; a kind whose removal makes the model faster
-   computes in float (measured here: int8 Conv3d loses below ~32 channels, where Turbo-VAED's
-   full-resolution stages are).
-4. Calibration method: MinMax and Percentile, keep the one with the better held-out PSNR.
-5. Sensitivity, when the PSNR drop on held-out ground truth exceeds the gate (or when asked): quantize one
-   node at a time and measure PSNR against the float output (the table is reported); while the drop
-   exceeds the gate, return the most sensitive remaining node to float.
+The recipe, in order (the choices, each measured only when it fits --search-seconds, are in search.py):
+1. Pre-process (onnxruntime's shape inference + graph optimisation); split the calibration samples into the
+   ones whose ranges are collected and a validation split that scores the choices. Ranges are cached per
+   method, so every variant reuses them.
+2. Activation type: uint8 or int8 activations, the faster on this host.
+3. Node kinds (dense / depthwise / pointwise conv, matmul, each by channel width): for another device, from
+   its profile; for this host, timed: from everything in int8, one kind at a time back to float (measured
+   here: int8 Conv3d loses below ~32 channels, where Turbo-VAED's full-resolution stages are).
+4. Calibration method: MinMax or Percentile, the better on the validation split.
+5. Sensitivity, when the model misses the gate on the validation split (or when asked): quantize one node at
+   a time and measure PSNR against the float output (the table is reported); while the gate is missed,
+   return the most sensitive remaining node to float.
+6. Write the model calibrated with the chosen method; run it and the float model in alternation on the
+   held-out samples, which give its quality, the gate's verdict and its speed.
 Only compute ops (Conv, MatMul, Gemm) are quantized: int8 element-wise ops would add Q/DQ pairs
 around cheap ops without removing any float work. Nodes that compute in float still store int8 weights
 (a DequantizeLinear on the weight), so the file is ~4x smaller whatever the speed decisions.
@@ -29,7 +30,6 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,20 +38,19 @@ from effconv.artifacts import Manifest
 from effconv.host import cpu_int8_features
 from effconv.errors import EffconvError, exception_text
 from effconv.backends.files import size_report
-from effconv.backends.base import CalibrationSet
+from effconv.backends.base import HOST_DEVICE, CalibrationSet
+from effconv.backends.onnx.export import session
+from effconv.backends.onnx.search import (MIN_REPEATS, MIN_SPEEDUP, Budget, Progress, Search,
+                                         choose_activation, choose_method, device_kinds, fast_kinds, sensitivity_table)
 from effconv.backends.quality import quality_report
 from effconv.quiet import captured_stdout, is_debug
+from effconv.recipe import DEFAULT_SEARCH_SECONDS
 
 NAME = "onnx"
 SUFFIX = ".onnx"
 COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
-METHODS = ("MinMax", "Percentile")
 PERCENTILE = 99.999
-MIN_SPEEDUP = 1.03  # a kind must save at least 3% of the float time to be worth its rounding error
-LATENCY_REPEATS, MIN_REPEATS, TIMING_BUDGET_MS = 7, 3, 20_000.0
-SENSITIVITY_SAMPLES = 1
-
-Progress = Callable[[str], None]
+MIN_VALIDATION_SPLIT = 3
 
 
 @contextlib.contextmanager
@@ -139,45 +138,19 @@ class _LatentReader:
         return next(self._window, None)
 
 
-def _session(path: Path, threads: int, fused: bool = True):
-    """`fused=False` turns graph optimizations off: a QDQ model then runs as DequantizeLinear -> float op ->
-    QuantizeLinear, the exact arithmetic the model file defines, without onnxruntime's int8 kernels."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if not fused:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def _run_all(path: Path, latents: list[np.ndarray], threads: int, fused: bool = True) -> list[np.ndarray]:
-    session = _session(path, threads, fused)
-    name = session.get_inputs()[0].name
-    return [session.run(None, {name: latent})[0] for latent in latents]
+    runner = session(path, threads, fused)
+    name = runner.get_inputs()[0].name
+    return [runner.run(None, {name: latent})[0] for latent in latents]
 
 
-def interleaved_latency(paths: list[Path], feed_latent: np.ndarray, threads: int,
-                        max_repeats: int = LATENCY_REPEATS) -> list[float]:
-    """Median ms per model, timed in interleaved rounds so that load from other processes hits all alike.
-    Slow models get fewer rounds (at least MIN_REPEATS): about TIMING_BUDGET_MS of timed runs per model."""
-    sessions = [_session(path, threads) for path in paths]
-    feeds = [{s.get_inputs()[0].name: feed_latent} for s in sessions]
-    first = []
-    for session, feed in zip(sessions, feeds):
-        started = time.perf_counter()
-        session.run(None, feed)  # warm-up: allocations and kernel selection
-        first.append((time.perf_counter() - started) * 1000)
-    repeats = max(MIN_REPEATS, min(max_repeats, int(TIMING_BUDGET_MS / max(first))))
-    times: list[list[float]] = [[] for _ in paths]
-    for _ in range(repeats):
-        for index, (session, feed) in enumerate(zip(sessions, feeds)):
-            started = time.perf_counter()
-            session.run(None, feed)
-            times[index].append((time.perf_counter() - started) * 1000)
-    return [round(statistics.median(t), 3) for t in times]
+def _timed_run(path: Path, latent: np.ndarray, threads: int) -> float:
+    """Seconds of one float run after a warm-up-free session start: what the search budget counts in."""
+    runner = session(path, threads)
+    started = time.perf_counter()
+    runner.run(None, {runner.get_inputs()[0].name: latent})
+    return time.perf_counter() - started
+
 
 
 def file_size(path: Path) -> int:
@@ -192,15 +165,12 @@ def file_size(path: Path) -> int:
 
 @dataclasses.dataclass
 class _Workspace:
-    """Pre-processed model, cached calibration ranges and the held-out reference outputs."""
+    """The pre-processed model and the calibration ranges cached per method, from which QDQ variants are made."""
 
     directory: Path
     original: Path
     preprocessed: Path
     calib: CalibrationSet
-    held_out: CalibrationSet
-    threads: int
-    float_outputs: list[np.ndarray]
     compute_nodes: list[str]
     reduce_range: bool
     counter: int = 0
@@ -242,12 +212,6 @@ class _Workspace:
 
         return onnx.load(str(self.original), load_external_data=False).graph.input[0].name
 
-    def outputs(self, path: Path, latents: list[np.ndarray] | None = None) -> list[np.ndarray]:
-        return _run_all(path, self.held_out.latents if latents is None else latents, self.threads)
-
-    def quality(self, path: Path) -> dict:
-        return quality_report(self.float_outputs, self.outputs(path), self.held_out.frames)
-
 
 def _preprocess(original: Path, target: Path) -> None:
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -276,69 +240,6 @@ def _drop_exporter_notes(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def _choose_activation(ws: _Workspace, nodes: list[str], progress: Progress) -> tuple[str, dict]:
-    progress("timing uint8 vs int8 activations")
-    variants = {activation: ws.quantize(nodes, "MinMax", activation) for activation in ("uint8", "int8")}
-    times = interleaved_latency([ws.original, *variants.values()], ws.held_out.latents[0], ws.threads)
-    measured = {"float": times[0], "uint8": times[1], "int8": times[2]}
-    chosen = "uint8" if measured["uint8"] <= measured["int8"] else "int8"
-    return chosen, {"chosen": chosen, "latency_ms_all_nodes_quantized": measured}
-
-
-def _fast_kinds(ws: _Workspace, kinds: dict[str, str], activation: str, progress: Progress) -> tuple[list[str], list[dict], list[dict]]:
-    """Drop one kind at a time: time float, everything in int8, and everything but one kind in int8, in the
-    same interleaved rounds; a kind computes in float when taking it out of int8 makes the model at least
-    MIN_SPEEDUP faster. Dropping (rather than adding) one kind at a time measures each kind with its int8
-    neighbours, whose Q/DQ pairs onnxruntime fuses away; alone in int8, a kind pays conversions on both
-    sides (measured on the paper-size Hunyuan student: pointwise convs 0.91x alone, yet all-int8 2.3x).
-    Returns (nodes to quantize, per-kind table, float nodes)."""
-    groups: dict[str, list[str]] = {}
-    for node, kind in kinds.items():
-        groups.setdefault(kind, []).append(node)
-    progress(f"timing int8 without each node kind ({', '.join(groups)})")
-    everything = ws.quantize(list(kinds), "MinMax", activation)
-    variants = [ws.quantize([n for n in kinds if kinds[n] != kind], "MinMax", activation) for kind in groups]
-    times = interleaved_latency([ws.original, everything, *variants], ws.held_out.latents[0], ws.threads)
-    float_ms, all_int8_ms, table, keep, left_float = times[0], times[1], [], [], []
-    for (kind, nodes), without_ms in zip(groups.items(), times[2:]):
-        int8 = all_int8_ms / without_ms < MIN_SPEEDUP
-        table.append({"kind": kind, "nodes": len(nodes), "float_ms": float_ms, "all_int8_ms": all_int8_ms,
-                      "kind_in_float_ms": without_ms, "quantized": int8})
-        if int8:
-            keep += nodes
-        else:
-            reason = (f"int8 {kind} slows the model here ({all_int8_ms:.1f} ms all int8, {without_ms:.1f} ms with "
-                      f"this kind in float; float model {float_ms:.1f} ms)")
-            left_float += [{"name": node, "kind": kind, "reason": reason} for node in nodes]
-    return keep, table, left_float
-
-
-def _choose_method(ws: _Workspace, nodes: list[str], activation: str, progress: Progress) -> tuple[str, dict]:
-    progress("comparing MinMax and Percentile calibration")
-    scores = {}
-    for method in METHODS:
-        scores[method] = ws.quality(ws.quantize(nodes, method, activation))
-    key = "psnr_quant_db" if ws.held_out.frames is not None else "psnr_vs_float_db"
-    chosen = max(METHODS, key=lambda method: scores[method][key])
-    return chosen, {"chosen": chosen, "by": f"held-out {key}", "percentile": PERCENTILE,
-                    "scores": {method: scores[method][key] for method in METHODS}}
-
-
-def _sensitivity(ws: _Workspace, nodes: list[str], kinds: dict[str, str], method: str, activation: str,
-                 progress: Progress) -> list[dict]:
-    """PSNR vs float with one node at a time in int8 (lower = more sensitive), on the first held-out sample."""
-    sample = ws.held_out.latents[:SENSITIVITY_SAMPLES]
-    reference = ws.float_outputs[:SENSITIVITY_SAMPLES]
-    table = []
-    for index, node in enumerate(nodes, 1):
-        progress(f"sensitivity {index}/{len(nodes)}: {node}")
-        path = ws.quantize([node], method, activation)
-        single = quality_report(reference, ws.outputs(path, sample), None)["psnr_vs_float_db"]
-        table.append({"name": node, "kind": kinds[node], "psnr_vs_float_db": single})
-        path.unlink()
-    return sorted(table, key=lambda row: row["psnr_vs_float_db"])
-
-
 ACTIVATIONS = ("auto", "uint8", "int8")
 
 
@@ -350,12 +251,16 @@ def check_activation(activation: str) -> None:
 def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out: CalibrationSet, out_path: Path,
              weights_only: bool = False, max_psnr_drop: float | None = None, progress: Progress | None = None,
              threads: int | None = None, activation: str = "auto", select_by_speed: bool = True,
-             sensitivity: bool = False, min_psnr_vs_float: float | None = None) -> dict:
-    """`activation`: auto (timed), uint8 or int8. `select_by_speed=False` quantizes every compute node even
-    where this host's int8 kernels are slower (the target device is not this host). The per-node sensitivity
-    table costs one quantization and one run per node, so it is computed when the gate needs it (the int8
-    model loses more than `max_psnr_drop` against ground truth, or is further than `min_psnr_vs_float` from the float
-    output) or when `sensitivity` asks for it."""
+             sensitivity: bool = False, min_psnr_vs_float: float | None = None,
+             kind_decisions: dict[str, dict] | None = None, target_device: str = HOST_DEVICE,
+             search_seconds: float = DEFAULT_SEARCH_SECONDS) -> dict:
+    """`activation`: auto (timed), uint8 or int8. Which node kinds compute in int8: `kind_decisions` (kind ->
+    {int8, why}) when the target is another device, decided from its profile; else timed on this host;
+    `select_by_speed=False` quantizes every compute node. Choices are made on a validation split of `calib`
+    within `search_seconds` (search.py); `held_out` only measures the written model. The per-node
+    sensitivity table is computed when the model misses the gate on the validation split (loses more than
+    `max_psnr_drop` against ground truth, or is further than `min_psnr_vs_float` from the float output) or
+    when `sensitivity` asks for it."""
     import onnx
 
     check_activation(activation)
@@ -370,51 +275,46 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
     if not kinds:
         raise EffconvError(f"'{artifact.name}' has no Conv/MatMul/Gemm with constant weights to quantize.",
                            "quantize a decoder exported by `effconv convert --to onnx`.")
+    host_target = kind_decisions is None
     with tempfile.TemporaryDirectory(prefix="effconv-quantize-") as tmp:
         tmp = Path(tmp)
-        progress("running the float model on the held-out set")
-        float_outputs = _run_all(artifact, held_out.latents, threads)
         if weights_only:
-            return _weights_only(artifact, out_path, kinds, held_out, float_outputs, threads, progress)
+            return _weights_only(artifact, out_path, kinds, held_out, threads, progress)
         preprocessed = tmp / "preprocessed.onnx"
+        progress("pre-processing the graph (onnxruntime shape inference and optimisation)")
         _preprocess(artifact, preprocessed)
         kernels = int8_kernel_rule()
-        ws = _Workspace(tmp, artifact, preprocessed, calib, held_out, threads, float_outputs, list(kinds),
-                        reduce_range=kernels["reduce_range"])
+        fit, validation, validation_report = _validation_split(calib)
+        ws = _Workspace(tmp, artifact, preprocessed, fit, list(kinds), reduce_range=kernels["reduce_range"])
+        progress("timing one float run (the search budget is counted in runs)")
+        budget = Budget(search_seconds, _timed_run(artifact, validation.latents[0], threads))
+        search = Search(ws.quantize, lambda path, latents: _run_all(path, latents, threads), threads, artifact,
+                        validation.latents, validation.frames, budget, progress)
         all_nodes = list(kinds)
-        progress(f"calibrating on {len(calib)} samples")
         if activation == "auto":
-            activation, activation_report = _choose_activation(ws, all_nodes, progress)
+            activation, activation_report = choose_activation(search, all_nodes)
         else:
             activation_report = {"chosen": activation, "by": "--activation"}
-        if select_by_speed:
-            nodes, kind_table, left_float = _fast_kinds(ws, kinds, activation, progress)
+        if not host_target:
+            nodes, kind_table, left_float = device_kinds(kinds, kind_decisions, target_device)
+        elif select_by_speed:
+            nodes, kind_table, left_float = fast_kinds(search, kinds, activation)
         else:
             nodes, kind_table, left_float = all_nodes, [{"kind": "all", "nodes": len(all_nodes), "quantized": True}], []
         if not nodes:
-            return _weights_only_fallback(artifact, out_path, kinds, held_out, float_outputs, threads, progress,
-                                          kind_table, left_float)
-        method, method_report = _choose_method(ws, nodes, activation, progress)
-        candidate = ws.quantize(nodes, method, activation)
-        quality = ws.quality(candidate)
-        gate = _Gate(max_psnr_drop if held_out.frames is not None else None, min_psnr_vs_float)
-        table = _sensitivity(ws, nodes, kinds, method, activation, progress) if gate.missed(quality) or sensitivity else []
-        for row in table:
-            if not gate.missed(quality) or len(nodes) == 1:
-                break
-            progress(f"{gate.missed(quality)}: {row['name']} back to float")
-            nodes.remove(row["name"])
-            left_float.append({"name": row["name"], "kind": row["kind"],
-                               "reason": f"most sensitive remaining node (alone in int8: {row['psnr_vs_float_db']:.1f} dB vs float)"})
-            candidate = ws.quantize(nodes, method, activation)
-            quality = ws.quality(candidate)
+            return _weights_only_fallback(artifact, out_path, kinds, held_out, threads, progress, kind_table, left_float)
+        method, method_report = choose_method(search, nodes, activation, len(fit))
+        gate = _Gate(max_psnr_drop if validation.frames is not None else None, min_psnr_vs_float)
+        table, skipped = _fall_back_on_validation(search, gate, nodes, kinds, method, activation, sensitivity, left_float)
+        progress(f"calibrating ({method}, {len(fit)} samples) and writing the int8 model")
         ws.quantize(nodes, method, activation, out=out_path)
+        progress(f"running float and int8 on the {len(held_out)} held-out samples")
+        float_outputs, quant_outputs, latency = _final_runs(artifact, out_path, held_out.latents, threads)
+        quality = quality_report(float_outputs, quant_outputs, held_out.frames)
         progress("checking this CPU's int8 kernels against the QDQ model's own arithmetic")
-        kernels |= kernel_fidelity(out_path, held_out.latents, threads, ws.float_outputs, quality["psnr_vs_float_db"])
-        progress("timing float vs int8")
-        latency = _latency(artifact, out_path, held_out.latents[0], threads)
-        if select_by_speed and latency["speedup"] < 1 / MIN_SPEEDUP:
-            return _weights_only_fallback(artifact, out_path, kinds, held_out, float_outputs, threads, progress, kind_table,
+        kernels |= kernel_fidelity(out_path, held_out.latents[:1], threads, float_outputs[:1], quant_outputs[:1])
+        if host_target and select_by_speed and latency["speedup"] < 1 / MIN_SPEEDUP:
+            return _weights_only_fallback(artifact, out_path, kinds, held_out, threads, progress, kind_table,
                                           [{"name": n, "kind": kinds[n], "reason": "the int8 model as a whole was slower "
                                             f"here ({latency['quantized']:.1f} vs {latency['float']:.1f} ms float)"} for n in kinds])
     quantized = set(nodes)
@@ -429,19 +329,85 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         "latency_ms": latency,
         "float_nodes": left_float,
         "nodes": {"int8": len(quantized), "float": len(kinds) - len(quantized), "kinds": kind_table},
+        "target_device": target_device,
         "activation_type": activation_report,
         "int8_kernels": kernels,
         "calibration_method": method_report,
+        "validation": validation_report,
+        "search": budget.as_dict(),
         "sensitivity": table,
         "notes": [f"only {', '.join(COMPUTE_OPS)} are quantized; element-wise ops stay float",
                   "nodes left in float still store int8 weights (dequantized in the graph), so the file shrinks ~4x either way"]
                  + _kernel_notes(kernels)
-                 + _sensitivity_note(bool(table), gate),
+                 + ([validation_report["note"]] if "note" in validation_report else [])
+                 + _sensitivity_note(bool(table), skipped, gate),
     }
 
 
+def _validation_split(calib: CalibrationSet) -> tuple[CalibrationSet, CalibrationSet, dict]:
+    """(ranges, validation, report): a third of the calibration samples (at least one) choose the method and
+    the sensitivity fallback without taking part in the ranges. With fewer than three samples the choices
+    are validated on the calibration samples themselves, and the report says so."""
+    if len(calib) < MIN_VALIDATION_SPLIT:
+        return calib, calib, {"samples": len(calib), "split": "in-sample",
+                              "note": f"choices validated on the {len(calib)} calibration samples themselves (a separate "
+                                      f"validation split needs {MIN_VALIDATION_SPLIT}; raise --samples)"}
+    fit, validation = calib.split(max(1, len(calib) // 3))
+    return fit, validation, {"samples": len(validation), "split": f"last {len(validation)} of {len(calib)} calibration "
+                                                                  "samples, kept out of the ranges"}
+
+
+def _fall_back_on_validation(search: Search, gate: "_Gate", nodes: list[str], kinds: dict[str, str], method: str,
+                             activation: str, forced: bool, left_float: list[dict]) -> tuple[list[dict], str]:
+    """While the candidate misses the gate on the validation split, return its most sensitive node to float
+    (`nodes` and `left_float` are updated). Returns (sensitivity table, why part of it was skipped or '')."""
+    if not gate.describe() and not forced:
+        return [], ""
+    if not forced and not search.budget.affords(search.validation_runs()):
+        return [], search.budget.over(search.validation_runs(), "the gate on the validation split")
+    validated = search.quality(search.quantize(nodes, method, activation))
+    if not forced and not gate.missed(validated):
+        return [], ""
+    table, skipped = sensitivity_table(search, nodes, kinds, method, activation, forced)
+    for row in table:
+        if not gate.missed(validated) or len(nodes) == 1:
+            break
+        if not search.budget.affords(search.validation_runs()):
+            return table, search.budget.over(search.validation_runs(), "returning more sensitive nodes to float")
+        search.progress(f"{gate.missed(validated)} on the validation split: {row['name']} back to float")
+        nodes.remove(row["name"])
+        left_float.append({"name": row["name"], "kind": row["kind"],
+                           "reason": f"most sensitive remaining node (alone in int8: {row['psnr_vs_float_db']:.1f} dB vs float)"})
+        validated = search.quality(search.quantize(nodes, method, activation))
+    return table, skipped
+
+
+def _final_runs(original: Path, quantized: Path, latents: list[np.ndarray], threads: int) -> tuple[list, list, dict]:
+    """Float and int8 outputs on the held-out latents, run in alternation so the same runs also time both
+    models under the same load: each model's first run is its warm-up, the rest are timed (topped up with the
+    first sample to MIN_REPEATS timed runs)."""
+    sessions = [session(original, threads), session(quantized, threads)]
+    feeds = latents + [latents[0]] * max(0, MIN_REPEATS + 1 - len(latents))
+    outputs: list[list[np.ndarray]] = [[], []]
+    times: list[list[float]] = [[], []]
+    for index, latent in enumerate(feeds):
+        for which, runner in enumerate(sessions):
+            started = time.perf_counter()
+            result = runner.run(None, {runner.get_inputs()[0].name: latent})[0]
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            if index < len(latents):
+                outputs[which].append(result)
+            if index > 0:
+                times[which].append(elapsed_ms)
+    float_ms, quant_ms = (round(statistics.median(t), 3) for t in times)
+    latency = {"float": float_ms, "quantized": quant_ms, "speedup": round(float_ms / quant_ms, 3), "threads": threads,
+               "timed_runs": len(times[0]), "cpu_int8_features": cpu_int8_features()}
+    return outputs[0], outputs[1], latency
+
+
+
 def kernel_fidelity(path: Path, latents: list[np.ndarray], threads: int, float_outputs: list[np.ndarray],
-                    kernels_vs_float_db: float) -> dict:
+                    fused_outputs: list[np.ndarray]) -> dict:
     """How much fidelity to the float model onnxruntime's fused int8 kernels lose against the QDQ model's exact
     arithmetic (the model run op by op in float, DequantizeLinear -> op -> QuantizeLinear). Saturating int16
     kernels (x86 without VNNI, 8-bit weights) lose 11-13 dB; correct kernels lose about nothing. Fused and exact
@@ -450,7 +416,9 @@ def kernel_fidelity(path: Path, latents: list[np.ndarray], threads: int, float_o
     much as either differs from float, while their distance to float is the same."""
     exact = _run_all(path, latents, threads, fused=False)
     qdq_vs_float_db = quality_report(float_outputs, exact, None)["psnr_vs_float_db"]
-    return {"qdq_vs_float_psnr_db": qdq_vs_float_db, "kernel_loss_db": round(qdq_vs_float_db - kernels_vs_float_db, 3)}
+    kernels_vs_float_db = quality_report(float_outputs, fused_outputs, None)["psnr_vs_float_db"]
+    return {"qdq_vs_float_psnr_db": qdq_vs_float_db, "kernel_loss_db": round(qdq_vs_float_db - kernels_vs_float_db, 3),
+            "samples": len(latents)}
 
 
 def _kernel_notes(kernels: dict) -> list[str]:
@@ -482,20 +450,17 @@ class _Gate:
         return ", ".join(bound for bound in bounds if bound)
 
 
-def _sensitivity_note(computed: bool, gate: _Gate) -> list[str]:
+def _sensitivity_note(computed: bool, skipped: str, gate: _Gate) -> list[str]:
+    if skipped:
+        return [f"{skipped}; the gate is applied to the held-out samples below (raise --search-seconds, or pass "
+                "--sensitivity, to let the fallback run)"]
     if computed:
         return []
     if not gate.describe():
         return ["per-node sensitivity not computed: no quality gate to meet (--max-psnr-drop with ground truth, or "
                 "--min-psnr-vs-float); --sensitivity computes it anyway"]
-    return [f"per-node sensitivity not computed: the int8 model met the gate ({gate.describe()}) with every "
-            "selected node in int8; --sensitivity computes it anyway"]
-
-
-def _latency(original: Path, quantized: Path, latent: np.ndarray, threads: int) -> dict:
-    float_ms, quant_ms = interleaved_latency([original, quantized], latent, threads)
-    return {"float": float_ms, "quantized": quant_ms, "speedup": round(float_ms / quant_ms, 3), "threads": threads,
-            "max_runs": LATENCY_REPEATS, "cpu_int8_features": cpu_int8_features()}
+    return [f"per-node sensitivity not computed: the int8 model met the gate ({gate.describe()}) on the validation "
+            "split with every selected node in int8; --sensitivity computes it anyway"]
 
 
 def _sizes(original: Path, quantized: Path) -> dict:
@@ -550,10 +515,9 @@ def store_weights_int8(path: Path, nodes: set[str]) -> int:
 
 
 def _weights_only_fallback(artifact: Path, out_path: Path, kinds: dict[str, str], held_out: CalibrationSet,
-                           float_outputs: list[np.ndarray], threads: int, progress: Progress, kind_table: list[dict],
-                           left_float: list[dict]) -> dict:
+                           threads: int, progress: Progress, kind_table: list[dict], left_float: list[dict]) -> dict:
     """int8 compute did not pay on this CPU: store int8 weights, compute in float."""
-    report = _weights_only(artifact, out_path, kinds, held_out, float_outputs, threads, progress)
+    report = _weights_only(artifact, out_path, kinds, held_out, threads, progress)
     report["nodes"]["kinds"] = kind_table
     report["float_nodes"] = left_float
     report["notes"].insert(0, "int8 compute is not faster than float on this CPU for this model: weights are stored int8, "
@@ -562,18 +526,19 @@ def _weights_only_fallback(artifact: Path, out_path: Path, kinds: dict[str, str]
 
 
 def _weights_only(artifact: Path, out_path: Path, kinds: dict[str, str], held_out: CalibrationSet,
-                  float_outputs: list[np.ndarray], threads: int, progress: Progress) -> dict:
+                  threads: int, progress: Progress) -> dict:
     """Weight-only: int8 weights in the file, float compute; no calibration needed. Starts from the same
     pre-processed graph as static quantization, which also drops the exporter's per-node metadata."""
     progress("weight-only quantization")
     _preprocess(artifact, out_path)
     store_weights_int8(out_path, set(kinds))
-    outputs = _run_all(out_path, held_out.latents, threads)
+    progress(f"running float and int8-weight models on the {len(held_out)} held-out samples")
+    float_outputs, outputs, latency = _final_runs(artifact, out_path, held_out.latents, threads)
     return {
         "scheme": "weight-only: per-channel symmetric int8 weights dequantized in the graph (DequantizeLinear), float compute",
         "size_bytes": _sizes(artifact, out_path),
         "quality": quality_report(float_outputs, outputs, held_out.frames),
-        "latency_ms": _latency(artifact, out_path, held_out.latents[0], threads),
+        "latency_ms": latency,
         "float_nodes": [],
         "nodes": {"int8_weights": len(kinds), "int8_compute": 0},
         "notes": ["weight-only mode shrinks the file; compute stays float, so expect float speed"],
