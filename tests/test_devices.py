@@ -106,19 +106,42 @@ def test_devices_command_lists_every_profile(cli):
     assert {p["name"] for p in json.loads(out)} == set(builtin_names())
 
 
+def _shipped(name: str) -> devices.DeviceProfile:
+    """host-cpu as written (not measured): which unit runs what does not depend on its figures."""
+    if name == HOST:
+        return devices.DeviceProfile.model_validate(yaml.safe_load((devices.profiles_dir() / f"{HOST}.yaml").read_text()))
+    return load_device(name)
+
+
 def test_every_shipped_device_says_how_it_runs_executorch():
-    """ExecuTorch artifacts are lowered to XNNPACK only: each phone profile lists it with a note of where it runs
-    (host-cpu too, checked without measuring the host)."""
+    """ExecuTorch artifacts are lowered to XNNPACK only: each profile runs them on its CPU, with a note saying so."""
     for name in builtin_names():
-        profile = yaml.safe_load((devices.profiles_dir() / f"{name}.yaml").read_text()) if name == HOST else load_device(name).model_dump()
-        assert "executorch" in profile["backends"] and "XNNPACK" in profile["backend_units"]["executorch"]["note"]
-        assert profile["backend_units"]["executorch"]["units"] == ["cpu"]
+        profile = _shipped(name)
+        assert "executorch" in profile.backends and "XNNPACK" in profile.backend_units["executorch"].note
+        assert list(profile.for_backend("executorch").units) == ["cpu"]
 
 
 def test_a_backend_limited_to_some_units_sees_only_those():
     phone = load_device("iphone16pro")
-    assert set(phone.units) == {"ane", "gpu", "cpu"}
-    assert set(phone.for_backend("executorch").units) == {"cpu"} and phone.for_backend("coreml") is phone
-    data = phone.model_dump() | {"backend_units": {"executorch": {"units": ["npu0"], "note": "x"}}}
-    with pytest.raises(Exception, match="unknown: \\['npu0'\\]"):
-        devices.DeviceProfile.model_validate(data)
+    assert list(phone.units) == ["ane", "gpu", "cpu"]
+    assert list(phone.for_backend("executorch").units) == ["cpu"]
+    assert list(phone.for_backend("coreml").units) == ["ane", "gpu", "cpu"] and phone.for_backend("coreml").backends == ["coreml"]
+    # a spec's ONNX graph on an iPhone is placed as the Core ML model it converts to
+    assert phone.for_backend("onnx").backends == ["coreml"]
+    assert list(load_device("galaxy-s24").for_backend("onnx").units) == ["htp", "cpu"]
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("lint_units: {onnx: [cpu], tflite", "lint_units: {onnx: [npu0], tflite", r"unknown onnx lint unit\(s\) \['npu0'\] \(use: npu, qnn, cpu\)"),
+    ("backends: [onnx, tflite, executorch]", "backends: [onnx-qnn, tflite, executorch]", "backend 'onnx-qnn' has no lint rules"),
+    ("tflite: [xnnpack, builtin]", "tflite: [xnnpack]", "rules/tflite.yaml gives rpi5 \\['builtin', 'xnnpack'\\]"),
+    ("    lint_units:", "    max_rank: 4\n    lint_units:", "max_rank: a unit no longer lists what it cannot run"),
+])
+def test_a_unit_that_is_not_lint_units_is_a_one_line_error(tmp_path, old, new, message):
+    text = (devices.profiles_dir() / "rpi5.yaml").read_text()
+    assert old in text
+    path = tmp_path / "mine.yaml"
+    path.write_text(text.replace(old, new))
+    with pytest.raises(EffconvError, match=message) as caught:
+        load_device(str(path))
+    assert len(caught.value.one_line().splitlines()) == 1

@@ -10,6 +10,7 @@ import pytest
 from backend_cases import spec_path
 from effconv.errors import EffconvError
 from effconv.models.loader import load_model
+from effconv.legalize import lint
 from effconv.legalize.lint import RULE_BACKENDS, device_units, lint_model, rule_table
 from effconv.legalize.rewrites import REWRITES
 from effconv.spec import load_spec
@@ -40,6 +41,7 @@ def test_ltx_on_tflite_pow_blocks_and_conv3d_falls_back_until_rewritten():
     result = lint_model(load_model(load_spec(spec_path("ltx"))), "tflite", "pixel9")
     rows = {row.op: row for row in result.before.rows}
     assert rows["pow"].blocking == rows["pow"].count == 11 and rows["pow"].fix == ["pow-as-mul"]
+    assert rows["pow"].why[0].startswith("pow: ")  # the rule's id, which `effconv profile` notes cite too
     conv = rows["conv3d"]
     assert conv.illegal == {"npu": 14, "gpu": 14, "xnnpack": 14, "builtin": 0} and conv.blocking == 0
     assert conv.fix == ["conv3d-as-conv2d"]
@@ -75,6 +77,18 @@ def test_every_rule_has_a_source_and_known_fixes():
             assert set(rule.get("fix") or []) <= set(REWRITES), rule["id"]
         for units in table["devices"].values():
             assert set(units) <= set(table["units"])
+
+
+def test_a_rule_that_rules_out_a_unit_must_say_how_the_estimate_sees_it(tmp_path, monkeypatch):
+    text = (lint.RULES_DIR / "tflite.yaml").read_text()
+    (tmp_path / "tflite.yaml").write_text(text.replace("    cost_nodes: [{kinds: [Pow]}]\n", ""))
+    monkeypatch.setattr(lint, "RULES_DIR", tmp_path)
+    lint.rule_table.cache_clear()
+    try:
+        with pytest.raises(EffconvError, match="rule 'pow' needs exactly one of cost_nodes and cost_unseen"):
+            lint.rule_table("tflite")
+    finally:
+        lint.rule_table.cache_clear()
 
 
 def test_lint_of_an_artifact_uses_its_manifest(cli, tmp_path):

@@ -31,30 +31,34 @@ def _figure(value):
     return {"value": value, "source": "derived: test", "uncertainty": 0.0}
 
 
-def _device(units: dict, fallback_us=100.0) -> DeviceProfile:
+def _device(units: dict, fallback_us=100.0, backend="onnx") -> DeviceProfile:
     return DeviceProfile.model_validate({
-        "name": "toy", "description": "test device", "soc": "none", "backends": ["onnx"],
+        "name": "toy", "description": "test device", "soc": "none", "backends": [backend],
         "memory": {"ram_gb": _figure(1), "bandwidth_gbps": _figure(10)},
         "units": units, "fallback_us": _figure(fallback_us), "model_uncertainty": 0.5,
         "validation": "test", "sources": [{"title": "t", "url": "https://example.org"}],
     })
 
 
-def _unit(kind="cpu", peak=100.0, **rules):
-    return {"kind": kind, "peak_gops": {"fp32": _figure(peak), "fp16": _figure(peak)}, **rules}
+def _unit(kind="cpu", peak=100.0, lint_units=None, **figures):
+    """A compute unit that is, for its device's backend, these lint units (default: onnxruntime's CPU)."""
+    return {"kind": kind, "peak_gops": {"fp32": _figure(peak), "fp16": _figure(peak)},
+            "lint_units": lint_units or {"onnx": ["cpu"]}, **figures}
 
 
-def _chain(upsample: int = 1, flatten: bool = False) -> onnx.ModelProto:
-    """conv -> resize(upsample) -> relu on a (1, 4, 2, 8, 8) clip, optionally -> reshape (a view)."""
-    weight = numpy_helper.from_array(np.zeros((4, 4, 3, 3, 3), np.float32), "w")
-    scales = numpy_helper.from_array(np.array([1, 1, 1, upsample, upsample], np.float32), "s")
+def _chain(upsample: int = 1, flatten: bool = False, frames: int | None = 2) -> onnx.ModelProto:
+    """conv -> resize(upsample) -> relu on a (1, 4, frames, 8, 8) clip (an (1, 4, 8, 8) image when frames is None),
+    optionally -> reshape (a view)."""
+    spatial = [8, 8] if frames is None else [frames, 8, 8]
+    weight = numpy_helper.from_array(np.zeros((4, 4, *[3] * len(spatial)), np.float32), "w")
+    scales = numpy_helper.from_array(np.array([1, 1, *[1] * (len(spatial) - 2), upsample, upsample], np.float32), "s")
     shape = numpy_helper.from_array(np.array([1, -1], np.int64), "shape")
-    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1] * 6, kernel_shape=[3, 3, 3], name="conv"),
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1] * 2 * len(spatial), kernel_shape=[3] * len(spatial), name="conv"),
              helper.make_node("Resize", ["a", "", "s"], ["b"], mode="nearest", name="up"),
              helper.make_node("Relu", ["b"], ["c" if flatten else "y"], name="act")]
     if flatten:
         nodes.append(helper.make_node("Reshape", ["c", "shape"], ["y"], name="flat"))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 8, 8])],
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, *spatial])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               initializer=[weight, scales, shape])
     return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
@@ -79,26 +83,31 @@ def test_efficiency_and_overhead_scale_the_roofline():
 
 
 def test_ops_an_npu_rejects_fall_back_to_the_next_unit_and_pay_a_hand_off():
-    device = _device({"npu": _unit("npu", peak=1000, max_upsample=2), "cpu": _unit(peak=10)}, fallback_us=100)
-    small, big = estimate(_chain(2), device), estimate(_chain(4), device)
+    """Core ML's rule ane-upsample-factor keeps a 2-D resize by more than 2 off the Neural Engine."""
+    device = _device({"npu": _unit("npu", peak=1000, lint_units={"coreml": ["ane"]}),
+                      "cpu": _unit(peak=10, lint_units={"coreml": ["cpu"]})}, fallback_us=100, backend="coreml")
+    small, big = estimate(_chain(2, frames=None), device), estimate(_chain(4, frames=None), device)
     assert [op.unit for op in small.ops] == ["npu", "npu", "npu"]
     assert [op.unit for op in big.ops] == ["npu", "cpu", "npu"]
     assert big.fallbacks() == {"Resize": 1}
+    assert big.notes == ["kept off npu by coreml lint rules: ane-upsample-factor (Resize x1; fix: none)."]
     # two unit changes (npu -> cpu -> npu), each 0.1 ms plus a write and a read of the crossing tensor
-    crossing = [graph_cost(_chain(4)).nodes[0].output_bytes, graph_cost(_chain(4)).nodes[1].output_bytes]
+    chain = graph_cost(_chain(4, frames=None))
+    crossing = [chain.nodes[0].output_bytes, chain.nodes[1].output_bytes]
     expected = sum(0.1 + 2 * b / 1e7 for b in crossing)
     assert sum(op.handoff_ms for op in big.ops) == pytest.approx(expected)
 
 
-def test_an_op_no_unit_accepts_is_flagged():
-    device = _device({"npu": _unit("npu", unsupported_ops=["Conv3d"])})
+def test_an_op_no_unit_accepts_is_flagged_with_the_lint_rule_and_its_fix():
+    device = _device({"npu": _unit("npu", lint_units={"tflite": ["npu"]})}, backend="tflite")
     node = graph_cost(_chain()).nodes[0]
     assert place(node, device) == ("npu", False)
-    assert "Conv3d" in estimate(_chain(), device).notes[0]
+    note = estimate(_chain(), device).notes[0]
+    assert "not runnable on any toy unit as tflite" in note and "conv3d-dense (Conv3d x1; fix: conv3d-as-conv2d)" in note
 
 
 def test_fp32_model_on_an_fp16_only_unit_runs_in_fp16_and_moves_half_the_bytes():
-    device = _device({"ane": {"kind": "npu", "peak_gops": {"fp16": _figure(100)}}})
+    device = _device({"ane": {"kind": "npu", "peak_gops": {"fp16": _figure(100)}, "lint_units": {"onnx": ["cpu"]}}})
     result = estimate(_chain(), device)
     assert {op.dtype for op in result.ops} == {"fp16"}
     assert result.ops[0].node.bytes * 2 == graph_cost(_chain(), "fp32").nodes[0].bytes
@@ -123,6 +132,8 @@ def test_profile_spec_on_a_phone_prints_estimate_fps_memory_and_budget(cli):
     code, out, _ = cli("profile", LTX, "--device", "iphone16pro", "--resolution", "64x96", "--fps", "24")
     assert code == 0, out
     assert "FPS" in out and "MB peak" in out and "PASS" in out and "ane" in out
+    # LTX's rank-8 depth-to-space: placed as the Core ML model it converts to, named by lint's rule and fixes
+    assert "rank-above-5 (Reshape x6, Transpose x3; fix: shuffle-decoupled, legalize-rank5)" in " ".join(out.split())
 
 
 def test_missed_budget_exits_1_after_printing_the_result(cli):

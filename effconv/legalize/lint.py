@@ -6,6 +6,10 @@ its source. A rule matches op nodes of the torch.export ATen graph by op name (`
 `dilation_above`, `grouped`, `mode`, `pieces`, `zero_reps`), rules out some compute units
 (`illegal_on`), and names the effconv rewrites that fix it. An op that no unit of the backend can
 run blocks export.
+
+The same rules place ops in `effconv profile`'s latency estimate, which costs the ONNX graph: a rule
+that rules out a unit says which nodes of that graph it concerns (`cost_nodes`, read by
+effconv/profile/legality.py), or why that graph cannot show it (`cost_unseen`).
 """
 
 from __future__ import annotations
@@ -38,12 +42,32 @@ class BackendBlocked(EffconvError):
         self.report = report
 
 
+# What a `cost_nodes` entry may test on a costed node (effconv/profile/cost.py NodeCost): its kind or ONNX op
+# type, its largest tensor rank, its upsampling factor, and how many outputs it has.
+COST_NODE_KEYS = {"kinds", "rank_above", "rank_at_most", "factor_above", "outputs"}
+
+
 @cache
 def rule_table(backend: str) -> dict:
     if backend not in RULE_BACKENDS:
         raise EffconvError(f"unknown backend '{backend}'.", f"use one of: {', '.join(RULE_BACKENDS)}.")
     with open(RULES_DIR / f"{backend}.yaml", encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+        table = yaml.safe_load(handle)
+    for rule in table["rules"]:
+        _check_cost_side(rule, backend)
+    return table
+
+
+def _check_cost_side(rule: dict, backend: str) -> None:
+    """A rule that rules out a unit must say how the estimate sees it, so the two cannot silently drift apart."""
+    where = f"effconv/legalize/rules/{backend}.yaml rule '{rule['id']}'"
+    if rule["illegal_on"] and ("cost_nodes" in rule) == ("cost_unseen" in rule):
+        raise EffconvError(f"{where} needs exactly one of cost_nodes and cost_unseen.",
+                           "list the costed ONNX nodes it concerns (cost_nodes), or say why that graph cannot show it (cost_unseen).")
+    for matcher in rule.get("cost_nodes", ()):
+        unknown = set(matcher) - COST_NODE_KEYS
+        if unknown:
+            raise EffconvError(f"{where}: unknown cost_nodes key(s) {sorted(unknown)}.", f"use only: {', '.join(sorted(COST_NODE_KEYS))}.")
 
 
 def device_units(backend: str, device: str | None) -> list[str]:
@@ -113,6 +137,15 @@ def _matches(rule: dict, facts: dict) -> bool:
     return True
 
 
+def op_facts(graph: fx.Graph) -> list[dict]:
+    """The facts of every op node the rules judge (export's runtime asserts are not ops)."""
+    return [node_facts(node) for node in graph.nodes if node.op == "call_function" and not op_name(node).startswith("_assert")]
+
+
+def matching_rules(table: dict, facts: dict) -> list[dict]:
+    return [rule for rule in table["rules"] if _matches(rule, facts)]
+
+
 @dataclass
 class OpRow:
     """One op kind: how many nodes, how many each unit cannot run, and why."""
@@ -165,18 +198,14 @@ def lint_graph(graph: fx.Graph, backend: str, device: str | None = None, applied
     units = device_units(backend, device)
     all_units = set(table["units"])
     rows: dict[str, OpRow] = {}
-    for node in graph.nodes:
-        if node.op != "call_function" or op_name(node).startswith("_assert"):
-            continue
-        facts = node_facts(node)
+    for facts in op_facts(graph):
         row = rows.setdefault(facts["op"], OpRow(op=facts["op"], illegal={unit: 0 for unit in units}))
         row.count += 1
         ruled_out: set[str] = set()
-        for rule in table["rules"]:
-            if not _matches(rule, facts):
-                continue
+        for rule in matching_rules(table, facts):
             ruled_out |= set(rule["illegal_on"])
-            _add_unique(row.why, rule["why"].format(rank=facts["rank"], factor=facts.get("factor", 1)))
+            why = rule["why"].format(rank=facts["rank"], factor=facts.get("factor", 1))
+            _add_unique(row.why, f"{rule['id']}: {why}")
             for rewrite in [f for f in rule.get("fix") or [] if f not in applied] or ["none"]:
                 _add_unique(row.fix, rewrite)
             _add_unique(row.sources, rule["source"])

@@ -1,9 +1,11 @@
 """Device profiles: the figures the latency estimate divides by, each with a source and an uncertainty.
 
 Profiles are YAML files in `effconv/device_profiles/` (or a user's file, `--device path.yaml`),
-validated like specs. `host-cpu` is the exception: its peak throughput and bandwidth are measured on
-this machine the first time they are needed (a matmul and a copy) and cached, together with the
-calibration that `effconv calibrate` fits, under `$EFFCONV_CACHE_DIR` (default ~/.cache/effconv).
+validated like specs. Which unit can run which op is not in them: each unit names the `effconv lint` units
+it is, per backend, and the lint rules decide (effconv/profile/legality.py). `host-cpu` is the exception:
+its peak throughput and bandwidth are measured on this machine the first time they are needed (a matmul
+and a copy) and cached, together with the calibration that `effconv calibrate` fits, under
+`$EFFCONV_CACHE_DIR` (default ~/.cache/effconv).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from effconv.errors import EffconvError
 from effconv.host import cpu_model, default_threads
 from effconv.profile.cost import CATEGORIES
+from effconv.profile.legality import check_lint_units
 from effconv.spec import SAFE_NAME, StrictModel, format_validation_error, read_yaml_mapping
 
 Dtype = Literal["fp32", "fp16", "int8"]
@@ -51,10 +54,19 @@ class ComputeUnit(StrictModel):
     op_overhead_us: float = Field(0.0, ge=0, le=MAX_FIGURE, description="fixed dispatch cost per op")
     narrow_channels: float = Field(0.0, ge=0, le=MAX_FIGURE, description="conv/matmul output width at which compute efficiency halves (0: off)")
     efficiency: dict[str, float] = Field(default_factory=dict, description="per op category: share of the roofline reached")
-    unsupported_ops: list[str] = Field(default_factory=list, description="ONNX op types or kinds (Conv3d, DilatedConv2d, ...)")
-    max_rank: int | None = Field(None, ge=1)
-    max_upsample: float | None = Field(None, ge=1)
+    lint_units: dict[str, list[str]] = Field(min_length=1, description="per backend, the units of effconv/legalize/rules/<backend>.yaml "
+                                             "this unit is: it runs an op unless those rules rule out all of them")
     note: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_own_legality(cls, data):
+        """Profiles written before legality moved to the lint rules get told where it went, not 'unknown key'."""
+        removed = sorted({"unsupported_ops", "max_rank", "max_upsample"} & set(data)) if isinstance(data, dict) else []
+        if removed:
+            raise ValueError(f"{', '.join(removed)}: a unit no longer lists what it cannot run; name its lint units "
+                             "(lint_units: {tflite: [npu]}) and the rules in effconv/legalize/rules decide")
+        return data
 
     @field_validator("efficiency")
     @classmethod
@@ -80,17 +92,16 @@ class Source(StrictModel):
 
 
 class BackendUnits(StrictModel):
-    units: list[str] = Field(min_length=1)
-    note: str
+    note: str = Field(description="why this backend runs on some units only (which ones: the units whose lint_units name it)")
 
 
 class DeviceProfile(StrictModel):
     name: str = Field(pattern=SAFE_NAME)
     description: str
     soc: str
-    backends: list[str] = Field(min_length=1)
+    backends: list[str] = Field(min_length=1, description="lint backends whose artifacts run here; an artifact of another "
+                                "backend (a spec's ONNX graph on an iPhone) is placed as the first")
     backend_units: dict[str, BackendUnits] = Field(default_factory=dict, description="backends that run on some units only")
-    legality: list[str] = Field(default_factory=list, description="backend rules that apply (see `effconv lint`)")
     memory: Memory
     units: dict[str, ComputeUnit] = Field(min_length=1, description="in placement order: first legal unit runs the op")
     fallback_us: Figure = Field(description="fixed cost each time execution moves between compute units")
@@ -101,19 +112,20 @@ class DeviceProfile(StrictModel):
     measured: dict = Field(default_factory=dict, description="host-cpu only: what was measured, when, how")
 
     @model_validator(mode="after")
-    def _backend_units_exist(self) -> DeviceProfile:
-        for backend, limit in self.backend_units.items():
-            unknown = set(limit.units) - set(self.units)
-            if backend not in self.backends or unknown:
-                raise ValueError(f"backend_units.{backend} must name a listed backend and its units (unknown: {sorted(unknown)})")
+    def _units_are_lint_units(self) -> DeviceProfile:
+        check_lint_units(self.name, self.backends, {name: unit.lint_units for name, unit in self.units.items()})
+        for backend in self.backend_units:
+            if backend not in self.backends:
+                raise ValueError(f"backend_units.{backend} must name a listed backend")
         return self
 
     def for_backend(self, backend: str) -> DeviceProfile:
-        """This device as an artifact of `backend` sees it: only the units that backend's runtime can use."""
-        limit = self.backend_units.get(backend)
-        if limit is None:
-            return self
-        return self.model_copy(update={"units": {name: unit for name, unit in self.units.items() if name in limit.units}})
+        """This device as an artifact of `backend` sees it: the units that backend's runtime uses, in order, placed
+        by its lint rules (`backends` becomes that one backend). A backend the device does not list is placed as
+        the device's first: a spec's ONNX graph on an iPhone runs as the Core ML model it would be converted to."""
+        placed = backend if backend in self.backends else self.backends[0]
+        units = {name: unit for name, unit in self.units.items() if placed in unit.lint_units}
+        return self.model_copy(update={"backends": [placed], "units": units})
 
 
 def profiles_dir():

@@ -16,6 +16,7 @@ import onnx
 
 from effconv.profile.cost import GraphCost, NodeCost, artifact_dtype, graph_cost
 from effconv.profile.devices import ComputeUnit, DeviceProfile
+from effconv.profile.legality import placement_notes, runs_on
 
 DTYPE_FALLBACK = ("fp16", "fp32", "int8")
 
@@ -85,22 +86,21 @@ class Estimate:
         return dict(counts)
 
 
-def unit_accepts(unit: ComputeUnit, node: NodeCost) -> bool:
-    """Whether a compute unit can run a node, from the profile's per-unit constraints (data, not code)."""
-    if node.op_type in unit.unsupported_ops or node.kind in unit.unsupported_ops:
-        return False
-    if unit.max_rank is not None and node.max_rank > unit.max_rank:
-        return False
-    return unit.max_upsample is None or node.upsample <= unit.max_upsample
+def unit_accepts(unit: ComputeUnit, node: NodeCost, backend: str) -> bool:
+    """Whether a compute unit can run a node: `effconv lint`'s rules for `backend` on the lint units it is."""
+    return runs_on(node, backend, unit.lint_units[backend])
 
 
 def place(node: NodeCost, device: DeviceProfile) -> tuple[str, bool]:
-    """The first unit, in the profile's order, that accepts the node. When none does, the op is not
-    legal on this device at all (it needs a rewrite); it is costed on the last unit and flagged."""
-    for name, unit in device.units.items():
-        if unit_accepts(unit, node):
+    """The first unit, in the profile's order, that accepts the node as its first backend runs it (`for_backend`
+    narrows a device to the artifact's). When none does, the op is not legal on this device at all (it needs a
+    rewrite); it is costed on the last unit and flagged."""
+    backend = device.backends[0]
+    units = [name for name, unit in device.units.items() if backend in unit.lint_units]
+    for name in units:
+        if unit_accepts(device.units[name], node, backend):
             return name, True
-    return list(device.units)[-1], False
+    return units[-1], False
 
 
 def execution_dtype(unit: ComputeUnit, wanted: str) -> str:
@@ -211,8 +211,5 @@ def estimate(model: onnx.ModelProto, device: DeviceProfile, dtype: str | None = 
         budget_ms=budget_ms,
         preferred_unit=next(iter(device.units)),
     )
-    illegal = sorted({op.node.kind for op in ops if not op.legal})
-    if illegal:
-        result.notes.append(f"not runnable on any {device.name} unit without a rewrite: {', '.join(illegal)} "
-                            f"(costed on {list(device.units)[-1]}; see `effconv lint`).")
+    result.notes += placement_notes(device, [(op.node, op.unit, op.legal) for op in ops])
     return result
