@@ -171,6 +171,8 @@ def test_speed_selection_keeps_slower_kinds_in_float(student_onnx, tmp_path):
     (["{onnx}", "--calib", "{garbage_npy}"], "cannot read latents file"),
     (["{onnx}", "--max-psnr-drop", "-1"], "is negative"),
     (["{onnx}", "--activation", "int4"], "unknown --activation"),
+    (["{onnx}", "--device", "nokia3310"], "nokia3310"),
+    (["{onnx}", "--search-seconds", "-1"], "--search-seconds -1"),
     (["{orphan}"], "manifest"),
 ])
 def test_bad_input_exits_2_with_one_line(cli, student_onnx, tmp_path, args, message):
@@ -193,3 +195,94 @@ def test_already_quantized_is_refused(cli, student_onnx, tmp_path):
     quantize_artifact(student_onnx, tmp_path / "q", calib=["random"], samples=2, weights_only=True)
     code, _, err = cli("quantize", tmp_path / "q" / "demo-teacher-student-int8.onnx", "--out", tmp_path / "again")
     assert code == 2 and "already quantized" in err
+
+
+def test_ranges_collected_with_optimizations_equal_onnxruntimes_own(student_onnx, tmp_path):
+    """effconv runs onnxruntime's calibrator with graph optimizations on (3x faster on the paper-size student); the
+    ranges must be the ones onnxruntime's own unoptimized calibration session gives."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator, load_tensors_data
+
+    from effconv.backends.base import CalibrationSet
+    from effconv.backends.onnx.quantize import COMPUTE_OPS, _LatentReader, _Workspace, _preprocess
+
+    shape = read_manifest(student_onnx.with_suffix(".json")).inputs[0].shape
+    latents = [np.random.default_rng(seed).standard_normal(shape).astype(np.float32) for seed in range(2)]
+    preprocessed = tmp_path / "pre.onnx"
+    _preprocess(student_onnx, preprocessed)
+    workspace = _Workspace(tmp_path, student_onnx, preprocessed, CalibrationSet(latents, None, "test"), [], False, threads=2)
+    ours = load_tensors_data(workspace.ranges("MinMax")).data
+    reference = create_calibrator(preprocessed, list(COMPUTE_OPS), augmented_model_path=str(tmp_path / "aug.onnx"),
+                                  calibrate_method=CalibrationMethod.MinMax)
+    reference.collect_data(_LatentReader(workspace.input_name, latents))
+    theirs = reference.compute_data().data
+    assert ours.keys() == theirs.keys() and len(ours) > 50
+    for name, expected in theirs.items():
+        low, high = (float(np.asarray(v).ravel()[0]) for v in ours[name].range_value)
+        want_low, want_high = (float(np.asarray(v).ravel()[0]) for v in expected.range_value)
+        assert low == pytest.approx(want_low, rel=1e-4, abs=1e-6) and high == pytest.approx(want_high, rel=1e-4, abs=1e-6)
+
+
+def test_validation_split_sizes():
+    from effconv.backends.base import CalibrationSet
+    from effconv.backends.onnx.quantize import _validation_split
+
+    def sizes(count: int) -> tuple[int, int, str]:
+        latents = [np.full((1, 2), index, np.float32) for index in range(count)]
+        fit, validation, report = _validation_split(CalibrationSet(latents, None, "test"))
+        assert not {float(x[0, 0]) for x in fit.latents} & {float(x[0, 0]) for x in validation.latents} or count < 3
+        return len(fit), len(validation), report["split"]
+
+    assert sizes(2) == (2, 2, "in-sample")
+    assert sizes(3) == (2, 1, "last 1 of 3 calibration samples, kept out of the ranges")
+    assert sizes(12)[:2] == (8, 4)
+
+
+def test_zero_search_seconds_decides_every_choice_by_a_stated_rule(student_onnx, tmp_path):
+    manifest = quantize_artifact(student_onnx, tmp_path, calib=["random"], samples=8, search_seconds=0)
+    report = manifest.quantize
+    assert report["activation_type"]["chosen"] == "uint8" and "not measured" in report["activation_type"]["not_timed"]
+    assert report["calibration_method"]["chosen"] == "MinMax" and "not measured" in report["calibration_method"]["not_compared"]
+    assert all(row["quantized"] and row["by"].startswith("rule") for row in report["nodes"]["kinds"])
+    assert report["search"]["seconds"] == 0 and report["search"]["float_run_seconds"] > 0
+    assert report["validation"]["samples"] == 2 and report["quality"]["samples"] == 2  # 8 = 4 ranges + 2 validation + 2 held out
+    if report["nodes"].get("int8_compute") != 0:  # unless int8 lost to float here and fell back to float compute
+        assert any("the gate on the validation split not measured" in note for note in report["notes"])
+
+
+def test_choices_are_scored_on_the_validation_split(student_onnx, tmp_path):
+    manifest = quantize_artifact(student_onnx, tmp_path, calib=["random"], samples=8, activation="uint8",
+                                 select_by_speed=False, search_seconds=600)
+    report = manifest.quantize
+    assert report["validation"] == {"samples": 2, "split": "last 2 of 6 calibration samples, kept out of the ranges"}
+    assert report["calibration_method"]["by"] == "validation psnr_vs_float_db"
+    assert set(report["calibration_method"]["scores"]) == {"MinMax", "Percentile"}
+    assert report["quality"]["samples"] == 2 and report["latency_ms"]["timed_runs"] == 3  # topped up to 3 timed runs
+
+
+def test_another_device_decides_kinds_from_its_profile(student_onnx, tmp_path):
+    from effconv.profile.int8_kinds import kind_decisions
+
+    decisions = kind_decisions(student_onnx, "pixel9")
+    assert set(decisions) == set(node_kinds(onnx.load(str(student_onnx))).values())
+    assert all(d["int8"] == (d["float_ms"] / d["int8_ms"] >= 1.03) for d in decisions.values())
+    kept_float = sorted(decisions)[0]
+    decisions[kept_float] = {**decisions[kept_float], "int8": False, "why": "test: kept float"}
+    manifest = quantize_artifact(student_onnx, tmp_path, calib=["random"], samples=4, activation="uint8",
+                                 target_device="pixel9", kind_decisions=decisions, search_seconds=0)
+    report = manifest.quantize
+    assert report["target_device"] == "pixel9"
+    assert all(row["by"] == "device profile pixel9" for row in report["nodes"]["kinds"])
+    kinds = node_kinds(onnx.load(str(student_onnx)))
+    expected_float = {n for n, k in kinds.items() if not decisions[k]["int8"]}
+    assert {node["name"] for node in report["float_nodes"]} == expected_float
+    assert report["nodes"]["float"] == len(expected_float) > 0
+
+
+def test_progress_is_logged_when_stderr_is_not_a_terminal(cli, student_onnx, tmp_path):
+    code, _, err = cli("quantize", student_onnx, "--calib", "random", "--samples", "4", "--search-seconds", "0",
+                       "--out", tmp_path / "out")
+    assert code in (0, 1), err
+    lines = [line for line in err.splitlines() if "] Quantizing: " in line]
+    assert lines[0].lstrip("[ ").startswith("0 s] Quantizing: making calibration latents (")
+    assert any("running float and int8 on the 1 held-out samples" in line for line in lines)

@@ -20,7 +20,7 @@ from effconv.profile.estimate import execution_dtype, op_ms, place
 
 def kind_decisions(onnx_path: Path, device_name: str) -> dict[str, dict]:
     """kind -> {"int8": bool, "why": str, "float_ms": .., "int8_ms": ..} for the float ONNX model at `onnx_path`."""
-    device = load_device(device_name)
+    device = load_device(device_name).for_backend("onnx")
     graph = load_graph(onnx_path)
     kinds = node_kinds(graph)
     float_nodes = {node.name: node for node in graph_cost(graph, "fp32").nodes}
