@@ -312,11 +312,21 @@ def upsample_factor(input_shape: tuple[int, ...], output_shape: tuple[int, ...])
 
 def activation_dtype(reads: tuple[TensorUse, ...], writes: tuple[TensorUse, ...]) -> str:
     """What an op of a typed graph (LiteRT, ML program) computes in, from its activations: int8 when any is int8,
-    fp16 when all are fp16, else fp32."""
+    fp16 when all are fp16, fp32 otherwise; "" for an op on masks and indices alone (see `settled`)."""
     activations = {t.stored for t in (*reads, *writes) if not t.constant and t.is_data()}
+    if not activations:
+        return ""
     if "int8" in activations:
         return "int8"
     return "fp16" if activations == {"fp16"} else "fp32"
+
+
+def settled(nodes: list[NodeCost]) -> list[NodeCost]:
+    """Ops on masks and indices alone (bool, int32: an attention mask's comparisons) have no data dtype of their
+    own: they take the graph's most common one, so an fp16 program does not report them as fp32."""
+    common = Counter(node.dtype for node in nodes if node.dtype).most_common(1)
+    default = common[0][0] if common else "fp32"
+    return [node if node.dtype else node.at(default) for node in nodes]
 
 
 def simple_flops(category: str, output_elements: int, input_elements: int, transcendental: bool = False) -> int:

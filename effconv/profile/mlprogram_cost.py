@@ -23,7 +23,7 @@ from pathlib import Path
 from effconv.errors import EffconvError, exception_text
 from effconv.profile.cost import (
     GraphCost, NodeCost, TensorUse, activation_dtype, conv_flops, conv_kind, conv_transpose_flops, matmul_flops, numel,
-    resize_flops, simple_flops, upsample_factor,
+    resize_flops, settled, simple_flops, upsample_factor,
 )
 
 FIX = "re-create it with `effconv convert SPEC --to coreml`."
@@ -234,6 +234,6 @@ def mlprogram_cost(path: Path) -> GraphCost:
                 nodes.append(_node(op, values, notes))
     except (KeyError, IndexError) as exc:  # an op that reads a value the program never defines
         raise EffconvError(f"'{path}' is not a consistent ML program: {exception_text(exc, 200)}.", FIX) from None
-    return GraphCost(nodes=nodes, inputs=tuple(values.use(value.name) for value in function.inputs),
+    return GraphCost(nodes=settled(nodes), inputs=tuple(values.use(value.name) for value in function.inputs),
                      output_shapes={name: values.shapes[name] for name in block.outputs if name in values.shapes},
                      notes=tuple(dict.fromkeys(notes)))

@@ -25,7 +25,7 @@ from pathlib import Path
 from effconv.errors import EffconvError, exception_text, missing_extra
 from effconv.profile.cost import (
     GraphCost, NodeCost, TensorUse, activation_dtype, conv_flops, conv_kind, conv_transpose_flops, matmul_flops, numel, resize_flops,
-    simple_flops, upsample_factor,
+    settled, simple_flops, upsample_factor,
 )
 from effconv.quiet import quiet_imports
 
@@ -46,6 +46,7 @@ OPS = {
     "SELECT": ("Where", "elementwise", False), "SELECT_V2": ("Where", "elementwise", False),
     "ADD_N": ("Sum", "elementwise", False), "EQUAL": ("Equal", "elementwise", False),
     "NOT_EQUAL": ("NotEqual", "elementwise", False), "LESS": ("Less", "elementwise", False),
+    "LESS_EQUAL": ("LessOrEqual", "elementwise", False), "GREATER_EQUAL": ("GreaterOrEqual", "elementwise", False),
     "GREATER": ("Greater", "elementwise", False), "LOGICAL_NOT": ("Not", "elementwise", False),
     "LOGICAL_AND": ("And", "elementwise", False), "LOGICAL_OR": ("Or", "elementwise", False),
     "LOGISTIC": ("Sigmoid", "elementwise", True), "TANH": ("Tanh", "elementwise", True),
@@ -238,7 +239,7 @@ def tflite_cost(path: Path) -> GraphCost:
         raise EffconvError(f"'{path}' is not a consistent TFLite model: {exception_text(exc, 200)}.", FIX) from None
     graph_inputs = _in_argument_order(tuple(tensors.use(int(i)) for i in subgraph.inputs))
     graph_outputs = _in_argument_order(tuple(tensors.use(int(i)) for i in subgraph.outputs))
-    return GraphCost(nodes=nodes, inputs=graph_inputs, output_shapes={t.name: t.shape for t in graph_outputs},
+    return GraphCost(nodes=settled(nodes), inputs=graph_inputs, output_shapes={t.name: t.shape for t in graph_outputs},
                      notes=tuple(dict.fromkeys(notes)))
 
 
