@@ -251,11 +251,18 @@ class GraphCost:
 
 def peak_activation_bytes(nodes: list[NodeCost], inputs: tuple[TensorUse, ...]) -> int:
     """Largest set of activations alive at once, running nodes in graph order and freeing a tensor
-    after its last reader. Views alias their input, so they add nothing. Graph inputs count as stored."""
+    after its last reader. Views alias their input, so they add nothing, and a tensor lives as long as its
+    views are read. Graph inputs count as stored."""
+    source: dict[str, str] = {}  # a view's output -> the tensor it aliases
+    for node in nodes:
+        if node.category == "view":
+            data = [t.name for t in node.reads if not t.constant]
+            for name in node.outputs[:1] if data else ():
+                source[name] = source.get(data[0], data[0])
     last_use: dict[str, int] = {}
     for index, node in enumerate(nodes):
         for name in node.inputs:
-            last_use[name] = index
+            last_use[source.get(name, name)] = index
     sizes = {tensor.name: tensor.stored_bytes for tensor in inputs}
     live = sum(sizes.values())
     peak = live
@@ -265,7 +272,7 @@ def peak_activation_bytes(nodes: list[NodeCost], inputs: tuple[TensorUse, ...]) 
                 sizes[name] = size
                 live += size
         peak = max(peak, live)
-        for name in node.inputs:
+        for name in {source.get(name, name) for name in node.inputs}:
             if last_use.get(name) == index and name in sizes:
                 live -= sizes.pop(name)
     return peak

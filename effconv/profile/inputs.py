@@ -155,30 +155,32 @@ def resolve(target: Path, workdir: Path, resolution: str | None = None, frames: 
         _check_readable(target, backend, manifest)
     compression = _manifest_compression(manifest, manifest_file) if manifest else None
     if resolution is None and frames is None:
-        return _as_shipped(target, backend.name, manifest, compression, workdir)
+        return _as_shipped(target, backend.name, manifest, compression, workdir, allow_import)
     return _re_exported(target, backend.name, manifest, compression, workdir,
                         _source_spec(manifest, manifest_file, target, resolution, frames), allow_import)
 
 
-def _as_shipped(target: Path, backend: str, manifest: Manifest | None, compression: dict | None,
-                workdir: Path) -> ProfileInput:
-    shapes = _manifest_shapes(manifest) if manifest else _onnx_input_shapes(target)
+def _as_shipped(target: Path, backend: str, manifest: Manifest | None, compression: dict | None, workdir: Path,
+                allow_import: bool) -> ProfileInput:
     if backend in OWN_GRAPH:
         what, read = OWN_GRAPH[backend]
         cost = read(target)
-        exported = _as_exported(manifest) if backend == "onnx" else f"{backend} {_as_exported(manifest)}, measured as shipped"
+        shapes = _manifest_shapes(manifest) if manifest else _fixed(cost.input_shapes.values())
+        exported = _as_exported(manifest)
+        if backend != "onnx":
+            exported = f"{backend} {exported}, measured as shipped"
         how = f"{exported}; costed on {what} ({cost.dtype})"
         return ProfileInput(target.stem, cost, compression, how, backend, target, shapes)
     loaded = spec_from_dict(manifest.spec, target.resolve().parent, source=str(manifest_path(target)))
     stream = (manifest.model_extra or {}).get("stream")
-    path = _export_step(loaded, workdir, stream) if stream else _export(loaded, workdir, False)[0]
+    path = _export_step(loaded, workdir, stream) if stream else _export(loaded, workdir, allow_import)[0]
     cost = graph_cost(load_graph(path))
     if statically_quantized(manifest):
         cost = cost.with_precisions(_executorch_precisions(cost))
     return ProfileInput(loaded.spec.name, cost, compression,
                         f"{backend} {_as_exported(manifest)}, measured as shipped; costed on its spec's ONNX graph"
                         f"{' (the same step)' if stream else ''} with the dtypes the .pte ships ({cost.dtype})",
-                        backend, target, shapes)
+                        backend, target, _manifest_shapes(manifest))
 
 
 def _re_exported(target: Path, backend: str, manifest: Manifest, compression: dict | None, workdir: Path,
@@ -199,7 +201,7 @@ def _re_exported(target: Path, backend: str, manifest: Manifest, compression: di
                  "to XNNPACK here)")
     cost = fresh.with_precisions(precisions)
     how = f"{where}; each op kind keeps the shipped artifact's dtype ({cost.dtype})"
-    shapes = tuple(fresh.input_shapes.values())
+    shapes = _fixed(fresh.input_shapes.values())
     if backend == "onnx" and not precisions:
         return ProfileInput(loaded.spec.name, cost, compression, how, "onnx", path, shapes)
     return ProfileInput(loaded.spec.name, cost, compression, how, backend, None, shapes,
@@ -245,10 +247,9 @@ def _check_readable(target: Path, backend, manifest: Manifest) -> None:
                            f"re-create it with `effconv convert SPEC --to {backend.name}`.") from None
 
 
-def _onnx_input_shapes(path: Path) -> tuple[tuple[int, ...], ...]:
-    graph = load_graph(path).graph
-    weights = {init.name for init in graph.initializer}
-    return tuple(tuple(d.dim_value or 1 for d in i.type.tensor_type.shape.dim) for i in graph.input if i.name not in weights)
+def _fixed(shapes) -> tuple[tuple[int, ...], ...]:
+    """Input shapes to feed --measure: a dimension the graph leaves open is fed as 1."""
+    return tuple(tuple(d if d > 0 else 1 for d in shape) for shape in shapes)
 
 
 def _manifest_shapes(manifest: Manifest) -> tuple[tuple[int, ...], ...]:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from effconv.errors import EffconvError, exception_text, missing_extra
 from effconv.profile.cost import (
-    GraphCost, NodeCost, TensorUse, activation_dtype, conv_flops, conv_kind, conv_transpose_flops, matmul_flops, numel, resize_flops,
-    settled, simple_flops, upsample_factor,
+    GraphCost, NodeCost, TensorUse, activation_dtype, conv_flops, conv_kind, conv_transpose_flops, matmul_flops, numel,
+    resize_flops, settled, simple_flops, upsample_factor,
 )
 from effconv.quiet import quiet_imports
 
@@ -114,14 +114,15 @@ def _read(path: Path, schema):
 
 
 class _Tensors:
-    """The main subgraph's tensors as cost.py sees them, with weights that a DEQUANTIZE widens kept narrow."""
+    """The main subgraph's tensors as cost.py sees them. A DEQUANTIZE of a constant (weight-only int8) hands its
+    reader a weight still stored in the constant's narrow dtype."""
 
     def __init__(self, subgraph, type_names: dict[int, str]):
         self.subgraph = subgraph
-        produced = {int(index) for op in subgraph.operators for index in (op.outputs if op.outputs is not None else [])}
-        self.computed = produced | {int(index) for index in subgraph.inputs}
+        produced = {index for op in subgraph.operators or [] for index in _indices(op.outputs)}
+        self.computed = produced | set(_indices(subgraph.inputs))
         self.type_names = type_names
-        self.widened_weights: dict[int, str] = {}
+        self.dequantized_weights: dict[int, str] = {}
 
     def stored(self, index: int) -> str:
         name = self.type_names.get(self.subgraph.tensors[index].type, "")
@@ -135,8 +136,8 @@ class _Tensors:
         name = self.subgraph.tensors[index].name
         label = name.decode() if isinstance(name, bytes) else str(name)
         tensor_name = f"{index}:{label}"
-        if index in self.widened_weights:
-            return TensorUse(tensor_name, self.shape(index), self.widened_weights[index], constant=True)
+        if index in self.dequantized_weights:
+            return TensorUse(tensor_name, self.shape(index), self.dequantized_weights[index], constant=True)
         return TensorUse(tensor_name, self.shape(index), self.stored(index), constant=index not in self.computed)
 
 
@@ -210,9 +211,11 @@ def _node(index: int, name: str, op, tensors: _Tensors, notes: list[str]) -> Nod
         flops = simple_flops(category, out_elements, in_elements, transcendental)
     if name == "DEPTH_TO_SPACE" and op.builtinOptions is not None:
         upsample = float(op.builtinOptions.blockSize)
-    label = writes[0].name.split(":", 1)[1] if writes else ""
-    return NodeCost(name=f"{name}_{index}" + (f" {label}" if label else ""), op_type=name, kind=kind, category=category,
-                    dtype=activation_dtype(tuple(reads), tuple(writes)), flops=int(flops), reads=tuple(reads), writes=tuple(writes),
+    # litert-torch names tensors after torch.export's tracing wrappers, not the model's modules: the op's position
+    # in the file is what finds it again (e.g. in Netron)
+    reads, writes = tuple(reads), tuple(writes)
+    return NodeCost(name=f"{name}_{index}", op_type=name, kind=kind, category=category,
+                    dtype=activation_dtype(reads, writes), flops=int(flops), reads=reads, writes=writes,
                     upsample=upsample, gemm_n=int(gemm_n))
 
 
@@ -230,12 +233,15 @@ def tflite_cost(path: Path) -> GraphCost:
     try:
         for index, op in enumerate(subgraph.operators or []):
             code = model.operatorCodes[op.opcodeIndex]
-            name = op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), f"CUSTOM:{code.customCode}")
+            name = op_names[max(code.builtinCode, code.deprecatedBuiltinCode)]
+            if name == "CUSTOM":
+                custom = code.customCode
+                name = f"CUSTOM {custom.decode() if isinstance(custom, bytes) else custom}"
             inputs = _indices(op.inputs)
             if name == "DEQUANTIZE" and inputs and inputs[0] not in tensors.computed:
-                tensors.widened_weights[int(op.outputs[0])] = tensors.stored(inputs[0])
+                tensors.dequantized_weights[int(op.outputs[0])] = tensors.stored(inputs[0])
             nodes.append(_node(index, name, op, tensors, notes))
-    except (IndexError, TypeError, KeyError) as exc:  # an op that points at a tensor the file does not have
+    except (IndexError, TypeError, KeyError) as exc:  # an op pointing at a tensor or op code the file lacks
         raise EffconvError(f"'{path}' is not a consistent TFLite model: {exception_text(exc, 200)}.", FIX) from None
     graph_inputs = _in_argument_order(tuple(tensors.use(int(i)) for i in subgraph.inputs))
     graph_outputs = _in_argument_order(tuple(tensors.use(int(i)) for i in subgraph.outputs))
