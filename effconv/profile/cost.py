@@ -173,10 +173,6 @@ class GraphCost:
     notes: tuple[str, ...] = ()  # what the reader could not map exactly (an unknown op costed as elementwise)
 
     @property
-    def input_names(self) -> tuple[str, ...]:
-        return tuple(tensor.name for tensor in self.inputs)
-
-    @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         return {tensor.name: tensor.shape for tensor in self.inputs}
 
@@ -217,7 +213,8 @@ class GraphCost:
         return " + ".join(f"{dtype} ({count} ops)" for dtype, count in counts.items())
 
     def dtype_table(self) -> dict[str, dict]:
-        """Per compute dtype: ops, share of the FLOPs, and how many of those ops read int8-stored weights."""
+        """Per compute dtype: ops, share of the FLOPs, and how many of those ops read weights stored narrower than
+        they compute (weight-only int8, W8A16)."""
         total = self.flops or 1
         flops: dict[str, int] = defaultdict(int)
         narrow: dict[str, int] = defaultdict(int)
