@@ -10,7 +10,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from effconv.profile.cost import artifact_dtype, graph_cost
+from effconv.profile.onnx_cost import graph_cost
 
 
 def _model(nodes, inputs, outputs, initializers) -> onnx.ModelProto:
@@ -77,16 +77,19 @@ def test_bytes_halve_for_fp16_and_quarter_for_int8(dtype, ratio):
     assert full.flops == reduced.flops
 
 
-def test_artifact_dtype_follows_weights_and_qdq_nodes():
-    assert artifact_dtype(_conv3d(4, 4, 3)) == "fp32"
+def test_node_dtype_follows_weights_and_qdq_nodes():
+    assert graph_cost(_conv3d(4, 4, 3)).dtype == "fp32"
     node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[1, 1, 1], name="c")
     half = _model([node], [_value("x", [1, 4, 2, 2, 2], TensorProto.FLOAT16)], [_value("y", None, TensorProto.FLOAT16)],
                   [_weight("w", (4, 4, 1, 1, 1), np.float16)])
-    assert artifact_dtype(half) == "fp16"
+    assert graph_cost(half).dtype == "fp16"
+    # a DequantizeLinear on the weight only is weight-only int8: float compute on int8 weight bytes
     dq = helper.make_node("DequantizeLinear", ["q", "s", "z"], ["w"], name="dq")
-    int8 = _model([dq, node], [_value("x", [1, 4, 2, 2, 2])], [_value("y", None)],
-                  [_weight("q", (4, 4, 1, 1, 1), np.int8), _weight("s", (), np.float32), _weight("z", (), np.int8)])
-    assert artifact_dtype(int8) == "int8"
+    weight_only = _model([dq, node], [_value("x", [1, 4, 2, 2, 2])], [_value("y", None)],
+                         [_weight("q", (4, 4, 1, 1, 1), np.int8), _weight("s", (), np.float32), _weight("z", (), np.int8)])
+    conv = graph_cost(weight_only).nodes[1]
+    assert graph_cost(weight_only).dtype == "fp32" and conv.dtype == "fp32"
+    assert conv.weight_bytes == 16 and conv.input_bytes == 4 * 32
 
 
 def test_resize_records_its_upsample_factor_and_views_move_no_bytes():
@@ -112,7 +115,7 @@ def test_peak_activation_frees_tensors_after_their_last_reader():
 def test_conv_flops_of_an_exported_decoder_match_its_torch_modules(tmp_path):
     from effconv.backends.onnx.export import export
     from effconv.profile.host_fit import StudentLikeDecoder
-    from effconv.profile.cost import load_graph
+    from effconv.profile.onnx_cost import load_graph
 
     module = StudentLikeDecoder(8, 16, 1).eval()
     example = torch.randn(1, 8, 2, 4, 4)

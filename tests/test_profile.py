@@ -12,10 +12,10 @@ from onnx import TensorProto, helper, numpy_helper
 from effconv.artifacts import Manifest
 from effconv.errors import EffconvError
 from effconv.profile import devices
-from effconv.profile.cost import graph_cost
+from effconv.profile.onnx_cost import graph_cost
 from effconv.profile.devices import DeviceProfile, load_device
 from effconv.profile.estimate import estimate, op_ms, place, roofline_ms
-from effconv.profile.inputs import shipped_dtype
+from effconv.profile.inputs import statically_quantized
 
 from conftest import SPECS
 
@@ -236,19 +236,16 @@ def test_calibrate_checks_its_arguments_and_writes_its_report(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["calibration.json"]  # no staging folder left
 
 
-@pytest.mark.parametrize(("backend", "sections", "dtype"), [
-    ("tflite", {}, "fp32"),
-    ("tflite", {"quantize": {"weights_only": False}}, "int8"),
-    ("executorch", {"quantize": {"weights_only": False}}, "int8"),
-    ("tflite", {"quantize": {"weights_only": True}}, "fp32"),  # int8 weights, float compute
-    ("coreml", {"export": {"precision": "fp32"}}, "fp32"),
-    ("coreml", {"export": {"precision": "fp16"}}, "fp16"),
-    ("coreml", {"export": {"precision": "fp32"}, "quantize": {"weights_only": False}}, "fp16"),  # W8A16
+@pytest.mark.parametrize(("sections", "int8"), [
+    ({}, False),
+    ({"quantize": {"weights_only": False}}, True),
 ])
-def test_an_artifact_is_costed_in_the_dtype_it_computes_in(backend, sections, dtype):
-    manifest = Manifest(name="m", backend=backend, artifact="m", spec={}, inputs=[], outputs=[], params=0, verify={},
-                        **sections)
-    assert shipped_dtype(manifest) == dtype
+def test_a_pte_is_costed_int8_when_statically_quantized(sections, int8):
+    """A .pte is costed on its spec's ONNX graph, so its dtype comes from its manifest; .tflite and .mlpackage
+    files are costed on their own graphs (tests/test_artifact_costs.py)."""
+    manifest = Manifest(name="m", backend="executorch", artifact="m", spec={}, inputs=[], outputs=[], params=0,
+                        verify={}, **sections)
+    assert statically_quantized(manifest) == int8
 
 
 def test_a_non_onnx_artifact_without_its_manifest_exits_2(cli, tmp_path):

@@ -1,81 +1,180 @@
-"""Per-node cost of an ONNX graph: FLOPs and bytes moved, from shapes that ONNX shape inference fills in.
+"""Per-node cost of a decoder graph, whatever format it was read from: FLOPs, bytes moved, and the dtype each
+node computes in. The readers (onnx_cost.py, tflite_cost.py, mlprogram_cost.py) map their ops onto this one
+vocabulary of kinds and categories and use the FLOP rules below, so the same model costs the same in every format.
 
 Conventions (also in docs/profile.md):
 - A multiply-add counts as 2 FLOPs. A convolution costs 2 * outputs * (C_in / groups) * prod(kernel),
-  plus one FLOP per output for the bias. MatMul costs 2 * outputs * K.
+  plus one FLOP per output for the bias (a transposed convolution counts per input element). A matrix
+  product costs 2 * outputs * K (+ one per output for a bias).
 - Elementwise ops cost 1 FLOP per output element; transcendental ones (Sigmoid, Exp, Tanh, Erf, ...)
-  4; normalizations 5 per element (mean, variance, subtract, scale, shift).
-- Bytes = weights (initializers) + activations read + activations written. Reshape-like ops are
-  views: 0 bytes. Float tensors are counted at the execution dtype (fp32 4 B, fp16 2 B, int8 1 B), so
-  the same graph moves half the bytes in fp16 and a quarter in int8. Integer tensors keep their size.
-- Quantize/Dequantize nodes of an int8 (QDQ) artifact are folded into their neighbours, as int8
-  backends do: they cost nothing and the graph is counted in int8.
+  4; normalizations 5 per element (mean, variance, subtract, scale, shift); reductions 1 per input
+  element; resizes 2 x taps per output (nearest 0, linear 2 per spatial dim, cubic 4).
+- Each node computes in one dtype (fp32, fp16 or int8), read from the artifact per node.
+- Bytes = weights + activations read + activations written. Reshape-like ops are views: 0 bytes.
+  Activations are counted at the node's compute dtype (fp32 4 B, fp16 2 B, int8 1 B). A weight is
+  counted at its stored dtype when that is narrower than the compute dtype (int8 weights of a
+  weight-only int8 model: 1 B while the op computes in float), else at the compute dtype. Index and
+  shape tensors keep their own size.
+- Quantize/Dequantize nodes are folded into their neighbours, as int8 backends do: they cost nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-import onnx
-from onnx import TensorProto
-
-from effconv.errors import EffconvError, exception_text
+import numpy as np
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
-FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
-INT8_TYPES = {TensorProto.INT8, TensorProto.UINT8}
-
-VIEW_OPS = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Constant", "Size",
-            "ConstantOfShape", "Range", "QuantizeLinear", "DequantizeLinear", "Cast"}
-LAYOUT_OPS = {"Transpose", "Concat", "Slice", "Split", "Pad", "Tile", "Expand", "Gather", "GatherND",
-              "GatherElements", "ScatterND", "Where", "DepthToSpace", "SpaceToDepth", "Trilu"}
-NORM_OPS = {"InstanceNormalization", "GroupNormalization", "LayerNormalization", "BatchNormalization",
-            "RMSNormalization", "LpNormalization", "SimplifiedLayerNormalization"}
-REDUCE_OPS = {"ReduceMean", "ReduceSum", "ReduceL2", "ReduceMax", "ReduceMin", "ReduceProd",
-              "ReduceSumSquare", "ReduceL1", "ReduceLogSumExp", "ArgMax", "ArgMin"}
-TRANSCENDENTAL_OPS = {"Sigmoid", "Tanh", "Exp", "Log", "Erf", "Softmax", "LogSoftmax", "Sqrt",
-                      "Reciprocal", "Pow", "Gelu", "HardSwish", "Softplus", "Mish", "Sin", "Cos", "Elu"}
-MATMUL_OPS = {"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul"}
-CONV_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv"}
+CATEGORIES = ("conv", "conv_dw", "conv_pw", "matmul", "norm", "elementwise", "reduce", "resize", "layout", "view")
+CONV_CATEGORIES = ("conv", "conv_dw", "conv_pw")
+TRANSCENDENTAL_FLOPS = 4
+NORM_FLOPS = 5
 RESIZE_TAPS = {"nearest": 0, "linear": 2, "cubic": 4}
 
-CATEGORIES = ("conv", "conv_dw", "conv_pw", "matmul", "norm", "elementwise", "reduce", "resize", "layout", "view")
+
+def numel(shape: tuple[int, ...]) -> int:
+    """Elements of a tensor; 0 when a dimension is unknown (costed as nothing rather than guessed)."""
+    if any(d < 0 for d in shape):
+        return 0
+    return math.prod(shape)
+
+
+@dataclass(frozen=True)
+class TensorUse:
+    """A tensor a node reads or writes. `stored` is its dtype in the artifact: fp32/fp16/int8 for data (counted
+    at the compute dtype, a constant never above its stored size), or a numpy dtype name (int64 shapes, int32
+    indices, bool masks) that keeps its own size."""
+
+    name: str
+    shape: tuple[int, ...]
+    stored: str
+    constant: bool
+
+    def bytes_at(self, compute: str) -> int:
+        elements = numel(self.shape)
+        if self.stored not in DTYPE_BYTES:
+            return elements * np.dtype(self.stored).itemsize
+        if self.constant:
+            return elements * min(DTYPE_BYTES[self.stored], DTYPE_BYTES[compute])
+        return elements * DTYPE_BYTES[compute]
+
+    def is_data(self) -> bool:
+        return self.stored in DTYPE_BYTES
+
+    @property
+    def stored_bytes(self) -> int:
+        return self.bytes_at(self.stored if self.is_data() else "fp32")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a node computes in, and how its weight is stored (int8 weights of a float op: weight-only int8)."""
+
+    compute: str
+    weights: str
 
 
 @dataclass(frozen=True)
 class NodeCost:
     name: str
-    op_type: str
-    kind: str  # op_type refined by rank, e.g. Conv3d, ConvTranspose3d, DepthwiseConv3d
+    op_type: str  # the format's own op name: Conv, CONV_2D, conv
+    kind: str  # op refined by rank and shape, in ONNX's vocabulary: Conv3d, DepthwiseConv2d, Sigmoid, Resize
     category: str
+    dtype: str  # what the node computes in
     flops: int
-    weight_bytes: int
-    input_bytes: int
-    output_bytes: int
-    output_elements: int
-    max_rank: int
-    upsample: float  # largest Resize/DepthToSpace scale factor (1 when not an upsampler)
-    gemm_n: int  # output channels per group (conv) or output columns (matmul): the vectorized width
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    output_byte_sizes: tuple[int, ...]
+    reads: tuple[TensorUse, ...]
+    writes: tuple[TensorUse, ...]
+    upsample: float = 1.0  # largest Resize/DepthToSpace scale factor (1 when not an upsampler)
+    gemm_n: int = 0  # output channels per group (conv) or output columns (matmul): the vectorized width
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(tensor.name for tensor in self.reads)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return tuple(tensor.name for tensor in self.writes)
+
+    @property
+    def max_rank(self) -> int:
+        return max((len(tensor.shape) for tensor in (*self.reads, *self.writes)), default=0)
+
+    @property
+    def output_elements(self) -> int:
+        return sum(numel(tensor.shape) for tensor in self.writes)
+
+    @property
+    def output_byte_sizes(self) -> tuple[int, ...]:
+        return tuple(tensor.bytes_at(self.dtype) for tensor in self.writes)
+
+    @property
+    def weight_bytes(self) -> int:
+        if self.category == "view":
+            return 0
+        return sum(tensor.bytes_at(self.dtype) for tensor in self.reads if tensor.constant)
+
+    @property
+    def input_bytes(self) -> int:
+        if self.category == "view":
+            return 0
+        return sum(tensor.bytes_at(self.dtype) for tensor in self.reads if not tensor.constant)
+
+    @property
+    def output_bytes(self) -> int:
+        return 0 if self.category == "view" else sum(self.output_byte_sizes)
 
     @property
     def bytes(self) -> int:
         return self.weight_bytes + self.input_bytes + self.output_bytes
 
+    @property
+    def weight(self) -> TensorUse | None:
+        """The node's largest constant data tensor (a conv's or matmul's weight), if it reads one."""
+        constants = [tensor for tensor in self.reads if tensor.constant and tensor.is_data()]
+        return max(constants, key=lambda tensor: numel(tensor.shape), default=None)
+
+    @property
+    def precision(self) -> Precision:
+        weight = self.weight
+        narrower = weight is not None and DTYPE_BYTES[weight.stored] < DTYPE_BYTES[self.dtype]
+        return Precision(self.dtype, weight.stored if narrower else self.dtype)
+
+    def at(self, dtype: str) -> NodeCost:
+        """This node run in another dtype (a unit without the node's own): stored int8 weights stay int8."""
+        return dataclasses.replace(self, dtype=dtype)
+
+    def forced(self, dtype: str) -> NodeCost:
+        """What the node would cost if its model were `dtype` throughout, weights included (`--dtype`)."""
+        def restored(tensor: TensorUse) -> TensorUse:
+            return dataclasses.replace(tensor, stored=dtype) if tensor.is_data() else tensor
+
+        return dataclasses.replace(self, dtype=dtype, reads=tuple(map(restored, self.reads)),
+                                   writes=tuple(map(restored, self.writes)))
+
+    def with_precision(self, precision: Precision) -> NodeCost:
+        """The node computing as `precision` says, its weight stored in `precision.weights`."""
+        weight = self.weight
+        if weight is None or weight.stored == precision.weights:
+            return self.at(precision.compute)
+        narrowed = dataclasses.replace(weight, stored=precision.weights)
+        reads = tuple(narrowed if tensor is weight else tensor for tensor in self.reads)
+        return dataclasses.replace(self, dtype=precision.compute, reads=reads)
+
 
 @dataclass(frozen=True)
 class GraphCost:
     nodes: list[NodeCost]
-    dtype: str
-    input_names: tuple[str, ...]
-    input_shapes: dict[str, tuple[int, ...]]
+    inputs: tuple[TensorUse, ...]  # the graph's inputs, in the order the model takes them
     output_shapes: dict[str, tuple[int, ...]]
-    weight_bytes: int
-    peak_activation_bytes: int
+    notes: tuple[str, ...] = ()  # what the reader could not map exactly (an unknown op costed as elementwise)
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {tensor.name: tensor.shape for tensor in self.inputs}
 
     @property
     def flops(self) -> int:
@@ -85,220 +184,84 @@ class GraphCost:
     def bytes(self) -> int:
         return sum(node.bytes for node in self.nodes)
 
+    @property
+    def weight_bytes(self) -> int:
+        """Each weight once, at the size its first (non-view) reader counts it."""
+        sizes: dict[str, int] = {}
+        for node in self.nodes:
+            if node.category != "view":
+                for tensor in node.reads:
+                    if tensor.constant:
+                        sizes.setdefault(tensor.name, tensor.bytes_at(node.dtype))
+        return sum(sizes.values())
 
-def load_graph(path: Path) -> onnx.ModelProto:
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError, OSError, onnx's own errors: all mean unreadable
-        reason = exception_text(exc, 200)
-        raise EffconvError(f"'{path}' is not a readable ONNX model: {reason}.", "pass an .onnx written by `effconv convert`.") from None
-    if not model.graph.node:
-        # protobuf parses an empty (or truncated-to-nothing) file as an empty model without complaint
-        raise EffconvError(f"'{path}' holds no ONNX graph (0 nodes).", "pass an .onnx written by `effconv convert`.")
-    try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception as exc:  # onnx's InferenceError / ValidationError: a damaged or hand-edited graph
-        reason = exception_text(exc, 200)
-        raise EffconvError(f"'{path}' is not a consistent ONNX graph (shape inference failed: {reason}).",
-                           "pass an .onnx written by `effconv convert`, or re-create it.") from None
+    @property
+    def peak_activation_bytes(self) -> int:
+        return peak_activation_bytes(self.nodes, self.inputs)
 
+    @property
+    def dtype_ops(self) -> dict[str, int]:
+        """Compute nodes (views excluded) per dtype, most first."""
+        return dict(Counter(node.dtype for node in self.nodes if node.category != "view").most_common())
 
-def artifact_dtype(model: onnx.ModelProto) -> str:
-    """int8 when the graph carries quantized tensors or QDQ nodes, fp16 when its weights are fp16, else fp32."""
-    graph = model.graph
-    ops = {node.op_type for node in graph.node}
-    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}:
-        return "int8"
-    types = [init.data_type for init in graph.initializer]
-    if any(t in INT8_TYPES for t in types):
-        return "int8"
-    if any(t == TensorProto.FLOAT16 for t in types):
-        return "fp16"
-    return "fp32"
+    @property
+    def dtype(self) -> str:
+        """One dtype, or a mix such as 'int8 (61 ops) + fp32 (12 ops)'."""
+        counts = self.dtype_ops
+        if len(counts) <= 1:
+            return next(iter(counts), "fp32")
+        return " + ".join(f"{dtype} ({count} ops)" for dtype, count in counts.items())
 
+    def dtype_table(self) -> dict[str, dict]:
+        """Per compute dtype: ops, share of the FLOPs, and how many of those ops read weights stored narrower than
+        they compute (weight-only int8, W8A16)."""
+        total = self.flops or 1
+        flops: dict[str, int] = defaultdict(int)
+        narrow: dict[str, int] = defaultdict(int)
+        for node in self.nodes:
+            if node.category != "view":
+                flops[node.dtype] += node.flops
+                narrow[node.dtype] += node.precision.weights != node.dtype
+        return {dtype: {"ops": count, "flop_share": flops[dtype] / total, "narrow_weight_ops": narrow[dtype]}
+                for dtype, count in self.dtype_ops.items()}
 
-def _tensor_table(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...], int]]:
-    table: dict[str, tuple[tuple[int, ...], int]] = {}
-    graph = model.graph
-    for info in [*graph.input, *graph.value_info, *graph.output]:
-        tensor_type = info.type.tensor_type
-        if not tensor_type.HasField("shape"):
-            continue
-        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim)
-        table[info.name] = (dims, tensor_type.elem_type)
-    for init in graph.initializer:
-        table[init.name] = (tuple(init.dims), init.data_type)
-    return table
+    def mapped(self, change: Callable[[NodeCost], NodeCost]) -> GraphCost:
+        return dataclasses.replace(self, nodes=[change(node) for node in self.nodes])
 
+    def forced(self, dtype: str) -> GraphCost:
+        inputs = tuple(dataclasses.replace(t, stored=dtype) if t.is_data() else t for t in self.inputs)
+        return dataclasses.replace(self.mapped(lambda node: node.forced(dtype)), inputs=inputs)
 
-def _numel(shape: tuple[int, ...]) -> int:
-    if any(d < 0 for d in shape):
-        return 0
-    return math.prod(shape)
+    def precisions_by_kind(self) -> dict[str, Precision]:
+        """The most common precision of each node kind (views aside): what another export of the same model at
+        another shape should compute in, kind by kind."""
+        seen: dict[str, Counter] = defaultdict(Counter)
+        for node in self.nodes:
+            if node.category != "view":
+                seen[node.kind][node.precision] += 1
+        return {kind: counts.most_common(1)[0][0] for kind, counts in seen.items()}
 
-
-def _element_bytes(elem_type: int, dtype: str) -> int:
-    if elem_type in FLOAT_TYPES or elem_type in INT8_TYPES:
-        return DTYPE_BYTES[dtype]
-    return onnx.helper.tensor_dtype_to_np_dtype(elem_type).itemsize if elem_type else 4
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return onnx.helper.get_attribute_value(attribute)
-    return default
+    def with_precisions(self, by_kind: dict[str, Precision]) -> GraphCost:
+        """Each node as `by_kind` says for its kind; kinds it does not name keep their own precision."""
+        return self.mapped(lambda node: node.with_precision(by_kind[node.kind]) if node.kind in by_kind else node)
 
 
-def _conv_kind(node, weight_shape, input_shape) -> tuple[str, str]:
-    spatial_dims = max(len(weight_shape) - 2, 1)
-    suffix = f"{spatial_dims}d"
-    if node.op_type == "ConvTranspose":
-        return f"ConvTranspose{suffix}", "conv"
-    group = int(_attr(node, "group", 1))
-    in_channels = input_shape[1] if len(input_shape) > 1 else -1
-    if group > 1 and group == in_channels and weight_shape[1] == 1:
-        return f"DepthwiseConv{suffix}", "conv_dw"
-    dilations = _attr(node, "dilations", [])
-    prefix = "Dilated" if any(d > 1 for d in dilations) else ""
-    if all(k == 1 for k in weight_shape[2:]):
-        return f"{prefix}PointwiseConv{suffix}", "conv_pw"
-    return f"{prefix}Conv{suffix}", "conv"
-
-
-def _conv_flops(node, weight_shape, input_shape, output_shape, has_bias: bool) -> int:
-    out_elements = _numel(output_shape)
-    kernel = math.prod(weight_shape[2:])
-    if node.op_type == "ConvTranspose":
-        macs = _numel(input_shape) * weight_shape[1] * kernel
-    else:
-        macs = out_elements * weight_shape[1] * kernel
-    return 2 * macs + (out_elements if has_bias else 0)
-
-
-def _resize_factor(node, shapes) -> float:
-    if not node.input or not node.output:
-        return 1.0
-    inp, out = shapes.get(node.input[0], ((), 0))[0], shapes.get(node.output[0], ((), 0))[0]
-    if len(inp) != len(out) or not inp:
-        return 1.0
-    ratios = [o / i for i, o in zip(inp, out) if i > 0 and o > 0]
-    return max(ratios, default=1.0)
-
-
-def _node_flops(node, category, shapes, out_elements, in_elements) -> int:
-    op = node.op_type
-    if category in ("conv", "conv_dw", "conv_pw"):
-        weight = shapes[node.input[1]][0]
-        has_bias = len(node.input) > 2 and bool(node.input[2])
-        return _conv_flops(node, weight, shapes[node.input[0]][0], shapes[node.output[0]][0], has_bias)
-    if category == "matmul":
-        a_shape = shapes.get(node.input[0], ((), 0))[0]
-        k = a_shape[-1] if a_shape else 0
-        if op == "Gemm" and int(_attr(node, "transA", 0)):
-            k = a_shape[0]
-        bias = out_elements if op == "Gemm" and len(node.input) > 2 and node.input[2] else 0
-        return 2 * out_elements * k + bias
-    if category == "norm":
-        return 5 * out_elements
-    if category == "reduce":
-        return in_elements
-    if category == "resize":
-        mode = _attr(node, "mode", b"nearest")
-        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
-        rank = len(shapes.get(node.output[0], ((), 0))[0])
-        taps = RESIZE_TAPS.get(mode, 2) ** max(rank - 2, 0)
-        return 2 * taps * out_elements
-    if category == "elementwise":
-        return (4 if op in TRANSCENDENTAL_OPS else 1) * out_elements
-    return 0
-
-
-def _category(op: str) -> str:
-    if op in VIEW_OPS:
-        return "view"
-    if op in LAYOUT_OPS:
-        return "layout"
-    if op in NORM_OPS:
-        return "norm"
-    if op in REDUCE_OPS:
-        return "reduce"
-    if op in MATMUL_OPS:
-        return "matmul"
-    if op in ("Resize", "Upsample"):
-        return "resize"
-    return "elementwise"
-
-
-def _node_cost(node: onnx.NodeProto, shapes, weights: set[str], dtype: str) -> NodeCost:
-    op = node.op_type
-    category, kind = _category(op), op
-    if op in CONV_OPS:
-        kind, category = _conv_kind(node, shapes[node.input[1]][0], shapes[node.input[0]][0])
-    inputs = tuple(name for name in node.input if name)
-    weight_bytes = input_bytes = in_elements = 0
-    ranks = [0]
-    for name in inputs:
-        shape, elem = shapes.get(name, ((), 0))
-        size = _numel(shape) * _element_bytes(elem, dtype)
-        ranks.append(len(shape))
-        if name in weights:
-            weight_bytes += size
-        else:
-            input_bytes += size
-            in_elements += _numel(shape)
-    out_sizes, out_elements = [], 0
-    for name in node.output:
-        shape, elem = shapes.get(name, ((), 0))
-        out_sizes.append(_numel(shape) * _element_bytes(elem, dtype))
-        out_elements += _numel(shape)
-        ranks.append(len(shape))
-    if category == "view":
-        weight_bytes = input_bytes = 0
-        flops = 0
-    else:
-        flops = _node_flops(node, category, shapes, out_elements, in_elements)
-    if len(inputs) > 1 and category != "view":
-        missing = [n for n in inputs[:2] if n not in shapes]
-        if missing and category in ("conv", "conv_dw", "conv_pw", "matmul"):
-            raise EffconvError(f"shape of '{missing[0]}' (input of {op} '{node.name}') is unknown.",
-                               "export with fixed input shapes (effconv convert does).")
-    gemm_n = 0
-    if category in ("conv", "conv_dw", "conv_pw"):
-        gemm_n = shapes[node.input[1]][0][0] // int(_attr(node, "group", 1))
-    elif category == "matmul":
-        gemm_n = max(shapes.get(node.output[0], ((0,), 0))[0][-1:] or (0,))
-    upsample = _resize_factor(node, shapes) if op in ("Resize", "Upsample") else 1.0
-    if op == "DepthToSpace":
-        upsample = float(_attr(node, "blocksize", 1))
-    return NodeCost(
-        name=node.name or f"{op}_{node.output[0]}",
-        op_type=op,
-        kind=kind,
-        category=category,
-        flops=int(flops),
-        weight_bytes=int(weight_bytes),
-        input_bytes=int(input_bytes),
-        output_bytes=0 if category == "view" else int(sum(out_sizes)),
-        output_elements=int(out_elements),
-        max_rank=max(ranks),
-        upsample=upsample,
-        gemm_n=int(gemm_n),
-        inputs=inputs,
-        outputs=tuple(node.output),
-        output_byte_sizes=tuple(int(s) for s in out_sizes),
-    )
-
-
-def _peak_activation_bytes(nodes: list[NodeCost], graph_inputs: dict[str, int], weights: set[str]) -> int:
+def peak_activation_bytes(nodes: list[NodeCost], inputs: tuple[TensorUse, ...]) -> int:
     """Largest set of activations alive at once, running nodes in graph order and freeing a tensor
-    after its last reader. Views alias their input, so they add nothing."""
+    after its last reader. Views alias their input, so they add nothing, and a tensor lives as long as its
+    views are read. Graph inputs count as stored."""
+    source: dict[str, str] = {}  # a view's output -> the tensor it aliases
+    for node in nodes:
+        if node.category == "view":
+            data = [t.name for t in node.reads if not t.constant]
+            for name in node.outputs[:1] if data else ():
+                source[name] = source.get(data[0], data[0])
     last_use: dict[str, int] = {}
     for index, node in enumerate(nodes):
         for name in node.inputs:
-            last_use[name] = index
-    sizes = dict(graph_inputs)
-    live = sum(graph_inputs.values())
+            last_use[source.get(name, name)] = index
+    sizes = {tensor.name: tensor.stored_bytes for tensor in inputs}
+    live = sum(sizes.values())
     peak = live
     for index, node in enumerate(nodes):
         if node.category != "view":
@@ -306,29 +269,76 @@ def _peak_activation_bytes(nodes: list[NodeCost], graph_inputs: dict[str, int], 
                 sizes[name] = size
                 live += size
         peak = max(peak, live)
-        for name in node.inputs:
-            if last_use.get(name) == index and name in sizes and name not in weights:
+        for name in {source.get(name, name) for name in node.inputs}:
+            if last_use.get(name) == index and name in sizes:
                 live -= sizes.pop(name)
     return peak
 
 
-def graph_cost(model: onnx.ModelProto, dtype: str | None = None) -> GraphCost:
-    """Cost every node of a shape-inferred ONNX model; `dtype` overrides the artifact's own dtype."""
-    dtype = dtype or artifact_dtype(model)
-    if dtype not in DTYPE_BYTES:
-        raise EffconvError(f"unknown dtype '{dtype}'.", f"use one of: {', '.join(DTYPE_BYTES)}.")
-    shapes = _tensor_table(model)
-    weights = {init.name for init in model.graph.initializer}
-    nodes = [_node_cost(node, shapes, weights, dtype) for node in model.graph.node]
-    input_names = tuple(i.name for i in model.graph.input if i.name not in weights)
-    graph_inputs = {name: _numel(shapes[name][0]) * _element_bytes(shapes[name][1], dtype) for name in input_names}
-    weight_bytes = sum(_numel(shapes[name][0]) * _element_bytes(shapes[name][1], dtype) for name in weights)
-    return GraphCost(
-        nodes=nodes,
-        dtype=dtype,
-        input_names=input_names,
-        input_shapes={name: shapes[name][0] for name in input_names},
-        output_shapes={o.name: shapes[o.name][0] for o in model.graph.output if o.name in shapes},
-        weight_bytes=weight_bytes,
-        peak_activation_bytes=_peak_activation_bytes(nodes, graph_inputs, weights),
-    )
+def conv_kind(spatial_dims: int, groups: int, in_channels: int, in_channels_per_group: int, kernel: tuple[int, ...],
+              dilated: bool, transposed: bool) -> tuple[str, str]:
+    """(kind, category) of a convolution: Conv3d, DepthwiseConv2d, PointwiseConv3d, DilatedConv2d, ConvTranspose3d."""
+    suffix = f"{max(spatial_dims, 1)}d"
+    if transposed:
+        return f"ConvTranspose{suffix}", "conv"
+    if groups > 1 and groups == in_channels and in_channels_per_group == 1:
+        return f"DepthwiseConv{suffix}", "conv_dw"
+    prefix = "Dilated" if dilated else ""
+    if all(k == 1 for k in kernel):
+        return f"{prefix}PointwiseConv{suffix}", "conv_pw"
+    return f"{prefix}Conv{suffix}", "conv"
+
+
+def conv_flops(output_elements: int, in_channels_per_group: int, kernel: tuple[int, ...], has_bias: bool) -> int:
+    return 2 * output_elements * in_channels_per_group * math.prod(kernel) + (output_elements if has_bias else 0)
+
+
+def conv_transpose_flops(input_elements: int, out_channels_per_group: int, kernel: tuple[int, ...],
+                         output_elements: int, has_bias: bool) -> int:
+    """Counted per input element: each one is scattered through the kernel into the output."""
+    return 2 * input_elements * out_channels_per_group * math.prod(kernel) + (output_elements if has_bias else 0)
+
+
+def matmul_flops(output_elements: int, inner: int, has_bias: bool) -> int:
+    return 2 * output_elements * inner + (output_elements if has_bias else 0)
+
+
+def resize_flops(output_elements: int, mode: str, spatial_dims: int) -> int:
+    return 2 * RESIZE_TAPS.get(mode, 2) ** max(spatial_dims, 0) * output_elements
+
+
+def upsample_factor(input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> float:
+    if len(input_shape) != len(output_shape) or not input_shape:
+        return 1.0
+    ratios = [o / i for i, o in zip(input_shape, output_shape) if i > 0 and o > 0]
+    return max(ratios, default=1.0)
+
+
+def activation_dtype(reads: tuple[TensorUse, ...], writes: tuple[TensorUse, ...]) -> str:
+    """What an op of a typed graph (LiteRT, ML program) computes in, from its activations: int8 when any is int8,
+    fp16 when all are fp16, fp32 otherwise; "" for an op on masks and indices alone (see `settled`)."""
+    activations = {t.stored for t in (*reads, *writes) if not t.constant and t.is_data()}
+    if not activations:
+        return ""
+    if "int8" in activations:
+        return "int8"
+    return "fp16" if activations == {"fp16"} else "fp32"
+
+
+def settled(nodes: list[NodeCost]) -> list[NodeCost]:
+    """Ops on masks and indices alone (bool, int32: an attention mask's comparisons) have no data dtype of their
+    own: they take the graph's most common one, so an fp16 program does not report them as fp32."""
+    common = Counter(node.dtype for node in nodes if node.dtype).most_common(1)
+    default = common[0][0] if common else "fp32"
+    return [node if node.dtype else node.at(default) for node in nodes]
+
+
+def simple_flops(category: str, output_elements: int, input_elements: int, transcendental: bool = False) -> int:
+    """FLOPs of the categories with a per-element rule: norms, reductions, elementwise ops; none for layout and views."""
+    if category == "norm":
+        return NORM_FLOPS * output_elements
+    if category == "reduce":
+        return input_elements
+    if category == "elementwise":
+        return (TRANSCENDENTAL_FLOPS if transcendental else 1) * output_elements
+    return 0

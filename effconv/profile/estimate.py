@@ -3,7 +3,8 @@
 time(op) = max(FLOPs / (peak[dtype] x narrow), bytes / bandwidth) / efficiency[category] + dispatch
 overhead, where narrow = N / (N + narrow_channels) for convs and matmuls of output width N; plus, whenever an op's input was produced on another compute unit, a hand-off (fixed cost + the tensor
 over DRAM). The total carries a relative band from the profile's model uncertainty and the
-uncertainty of the figures it used. It is a model, not a measurement.
+uncertainty of the figures it used. It is a model, not a measurement. dtype is each op's own compute dtype
+(cost.py), or the unit's nearest when the unit lacks it.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from effconv.profile.cost import GraphCost, NodeCost, artifact_dtype, graph_cost
+from effconv.profile.cost import GraphCost, NodeCost
 from effconv.profile.devices import ComputeUnit, DeviceProfile
 from effconv.profile.legality import placement_notes, runs_on
+from effconv.profile.onnx_cost import graph_cost
 
 DTYPE_FALLBACK = ("fp16", "fp32", "int8")
 
@@ -40,7 +42,8 @@ class OpEstimate:
 @dataclass
 class Estimate:
     device: str
-    dtype: str
+    dtype: str  # what the artifact's ops compute in: one dtype, or a mix such as "int8 (61 ops) + fp32 (12 ops)"
+    dtypes: dict[str, dict]  # per compute dtype: ops, FLOP share, ops reading int8-stored weights (GraphCost.dtype_table)
     ops: list[OpEstimate]
     total_ms: float
     low_ms: float
@@ -104,7 +107,7 @@ def place(node: NodeCost, device: DeviceProfile) -> tuple[str, bool]:
 
 
 def execution_dtype(unit: ComputeUnit, wanted: str) -> str:
-    """The artifact's dtype if the unit computes in it, else the unit's nearest (ANE: fp32 -> fp16)."""
+    """The node's own dtype if the unit computes in it, else the unit's nearest (ANE: fp32 -> fp16)."""
     if wanted in unit.peak_gops:
         return wanted
     return next(d for d in DTYPE_FALLBACK if d in unit.peak_gops)
@@ -155,26 +158,22 @@ def _chunk(peak_act: int, weights: int, usable: int, latent_frames: int) -> int 
 
 def estimate(model: onnx.ModelProto, device: DeviceProfile, dtype: str | None = None,
              budget_ms: float | None = None) -> Estimate:
-    """Estimate a shape-inferred ONNX model on a device. `dtype` overrides the artifact's own dtype."""
-    wanted = dtype or artifact_dtype(model)
-    costs: dict[str, GraphCost] = {}
+    """Estimate a shape-inferred ONNX model on a device. `dtype` forces one dtype on every node."""
+    return estimate_cost(graph_cost(model, dtype), device, budget_ms)
 
-    def cost_in(d: str) -> GraphCost:
-        if d not in costs:
-            costs[d] = graph_cost(model, d)
-        return costs[d]
 
-    base = cost_in(wanted)
+def estimate_cost(cost: GraphCost, device: DeviceProfile, budget_ms: float | None = None) -> Estimate:
+    """Estimate a costed graph on a device: each node runs in its own dtype where its unit has it."""
     producer_unit: dict[str, str] = {}
     tensor_bytes: dict[str, int] = {}
     fallback_ms = device.fallback_us.value / 1000
     ops, used = [], set()
-    for index, node in enumerate(base.nodes):
+    for node in cost.nodes:
         unit_name, legal = place(node, device)
         unit = device.units[unit_name]
-        run_dtype = execution_dtype(unit, wanted)
+        run_dtype = execution_dtype(unit, node.dtype)
         used.add((unit_name, run_dtype))
-        costed = cost_in(run_dtype).nodes[index]
+        costed = node.at(run_dtype)
         compute, memory, ms = op_ms(costed, unit, run_dtype, device)
         handoff = 0.0
         for name in costed.inputs:
@@ -188,16 +187,17 @@ def estimate(model: onnx.ModelProto, device: DeviceProfile, dtype: str | None = 
     total = sum(op.ms for op in ops) + device.run_overhead_ms
     uncertainty = _uncertainty(device, used)
     first_unit = next(iter(device.units.values()))
-    peak_act = cost_in(execution_dtype(first_unit, wanted)).peak_activation_bytes
-    weights = cost_in(execution_dtype(first_unit, wanted)).weight_bytes
+    on_first_unit = cost.mapped(lambda node: node.at(execution_dtype(first_unit, node.dtype)))
+    peak_act, weights = on_first_unit.peak_activation_bytes, on_first_unit.weight_bytes
     usable = int(device.memory.ram_gb.value * 1e9 * device.memory.app_fraction)
-    input_shape = next(iter(base.input_shapes.values()), ())
-    output_shape = next(iter(base.output_shapes.values()), ())
+    input_shape = next(iter(cost.input_shapes.values()), ())
+    output_shape = next(iter(cost.output_shapes.values()), ())
     frames = output_shape[2] if len(output_shape) == 5 else 1
     latent_frames = input_shape[2] if len(input_shape) == 5 else 0
     result = Estimate(
         device=device.name,
-        dtype=wanted,
+        dtype=cost.dtype,
+        dtypes=cost.dtype_table(),
         ops=ops,
         total_ms=total,
         low_ms=total / (1 + uncertainty),
@@ -210,6 +210,7 @@ def estimate(model: onnx.ModelProto, device: DeviceProfile, dtype: str | None = 
         chunk_latent_frames=_chunk(peak_act, weights, usable, latent_frames),
         budget_ms=budget_ms,
         preferred_unit=next(iter(device.units)),
+        notes=list(cost.notes),
     )
     result.notes += placement_notes(device, [(op.node, op.unit, op.legal) for op in ops])
     return result

@@ -35,7 +35,8 @@ from effconv.errors import EffconvError
 from effconv.host import default_threads
 from effconv.models.loader import load_model
 from effconv.models.turbo_vaed.layers.pixel_shuffle import DecoupledPixelShuffle3d
-from effconv.profile.cost import CATEGORIES, graph_cost, load_graph
+from effconv.profile.cost import CATEGORIES
+from effconv.profile.onnx_cost import graph_cost, load_graph
 from effconv.profile.devices import HOST, host_key, load_device, write_cache_entry
 from effconv.profile.estimate import NARROW_CATEGORIES, estimate, op_ms
 from effconv.profile.measure import measure_many

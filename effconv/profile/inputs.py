@@ -1,11 +1,18 @@
-"""What `effconv profile` costs and measures: an ONNX graph for the estimate, and the artifact to run for --measure.
+"""What `effconv profile` costs and measures: the graph each target is costed on, and the file --measure runs.
 
-A spec is built and exported on the fly. An artifact at a different --resolution/--frames is re-exported
-from the spec recorded in its manifest (shapes are fixed in an exported graph, and re-exporting gives
-exact shapes where scaling per-node costs would only approximate them); the artifact's own dtype is
-kept for the cost (so an int8 artifact is still costed as int8). A .tflite, .pte or .mlpackage is costed
-on the ONNX graph of the spec in its manifest, at the dtype it computes in, and measured as it ships, in its
-own runtime.
+- A spec YAML is built and exported to ONNX on the fly (fp32).
+- An .onnx is costed on its own graph, a .tflite on its own flatbuffer (tflite_cost.py), a .mlpackage on its own
+  ML program (mlprogram_cost.py), each node in the dtype it computes in there.
+- A .pte is costed on the ONNX graph of the spec in its manifest (ExecuTorch's serialized XNNPACK program does not
+  list per-op shapes), with the dtypes the .pte ships: static int8 computes the kinds XNNPACKQuantizer quantizes in
+  int8 (XNNPACK_INT8_KINDS), the rest in fp32.
+- At another --resolution/--frames an artifact is re-exported from the spec in its manifest (shapes are fixed in an
+  exported graph, and re-exporting gives exact shapes where scaling per-node costs would only approximate them):
+  to its own backend with `effconv convert`'s library function (ONNX, TFLite and Core ML convert here), a .pte to
+  ONNX (lowering to XNNPACK takes minutes). The re-export is float; each node kind then takes the precision it has
+  in the shipped artifact (GraphCost.precisions_by_kind: compute dtype and weight storage, the most common per kind),
+  so an int8 artifact is still costed as int8 and a weight-only one as float with int8 weights.
+- --measure runs the artifact as it ships, in its own runtime.
 """
 
 from __future__ import annotations
@@ -21,23 +28,35 @@ from pydantic import TypeAdapter, ValidationError
 from effconv.artifacts import Manifest, manifest_path, read_manifest
 from effconv.backends import registry
 from effconv.backends.onnx import export as onnx_backend
-from effconv.errors import EffconvError
+from effconv.convert.stage import convert
+from effconv.errors import EffconvError, VerificationFailed
 from effconv.models.base import Compression
 from effconv.models.loader import load_model
 from effconv.models.turbo_vaed.streaming import StreamingStep, stream_layout
-from effconv.profile.cost import artifact_dtype, load_graph
+from effconv.profile.cost import CONV_CATEGORIES, GraphCost, NodeCost, Precision
+from effconv.profile.mlprogram_cost import mlprogram_cost
+from effconv.profile.onnx_cost import graph_cost, load_graph
+from effconv.profile.tflite_cost import tflite_cost
 from effconv.spec import LoadedSpec, load_spec, spec_from_dict
 
 RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280), "1080p": (1088, 1920)}
+# What each backend's artifact is costed on, read from the file itself
+OWN_GRAPH = {"onnx": ("its own ONNX graph", lambda path: graph_cost(load_graph(path))),
+             "tflite": ("its own LiteRT flatbuffer", tflite_cost),
+             "coreml": ("its own ML program", mlprogram_cost)}
+# XNNPACKQuantizer's static int8 patterns: conv, conv_transpose, linear, add, mul, cat (each also fused with relu):
+# https://github.com/pytorch/executorch/blob/main/backends/xnnpack/quantizer/xnnpack_quantizer.py (SUPPORTED_PATTERNS)
+XNNPACK_INT8_KINDS = {"Add", "Mul", "Concat", "Relu"}
+INT8 = Precision("int8", "int8")
+FLOAT = Precision("fp32", "fp32")
 
 
 @dataclass
 class ProfileInput:
     name: str
-    onnx_path: Path
-    dtype: str
+    cost: GraphCost
     compression: dict | None
-    how: str  # one line: where the graph came from
+    how: str  # one line: what graph was costed, and how its dtypes were chosen
     backend: str  # whose runtime runs it on the device (a spec: onnx)
     measured_path: Path | None  # what --measure runs: the artifact as it ships, or a spec's fresh ONNX export
     input_shapes: tuple[tuple[int, ...], ...]  # the artifact's inputs: the latent, then a streaming step's flag and caches
@@ -94,14 +113,18 @@ def _manifest_compression(manifest, source: Path) -> dict | None:
         raise EffconvError(f"manifest '{source}' has an invalid 'compression' section.", "re-create the artifact with effconv.") from None
 
 
-def shipped_dtype(manifest: Manifest) -> str:
-    """The dtype a non-ONNX artifact computes in, from its manifest: weight-only int8 computes in float, and
-    Core ML (fp16 or W8A16) computes in fp16 on the GPU and Neural Engine."""
-    extra = manifest.model_extra or {}
-    quantize = extra.get("quantize")
-    if manifest.backend == "coreml":
-        return "fp16" if quantize or extra.get("export", {}).get("precision", "fp16") == "fp16" else "fp32"
-    return "int8" if quantize and not quantize.get("weights_only") else "fp32"
+def statically_quantized(manifest: Manifest) -> bool:
+    """Whether an artifact is statically quantized (int8 compute), from its manifest."""
+    quantize = (manifest.model_extra or {}).get("quantize")
+    return bool(quantize) and not quantize.get("weights_only")
+
+
+def _executorch_precisions(cost: GraphCost) -> dict[str, Precision]:
+    """Per kind, what a statically quantized .pte computes in int8: the kinds XNNPACKQuantizer annotates."""
+    def quantized(node: NodeCost) -> bool:
+        return node.category in (*CONV_CATEGORIES, "matmul") or node.kind in XNNPACK_INT8_KINDS
+
+    return {node.kind: INT8 for node in cost.nodes if quantized(node)}
 
 
 def _source_spec(manifest, manifest_file: Path, target: Path, resolution: str | None, frames: int | None) -> LoadedSpec:
@@ -119,40 +142,95 @@ def resolve(target: Path, workdir: Path, resolution: str | None = None, frames: 
     if target.suffix in (".yaml", ".yml"):
         loaded = _reshaped(load_spec(target), resolution, frames)
         path, compression, shape = _export(loaded, workdir, allow_import)
-        return ProfileInput(loaded.spec.name, path, "fp32", compression, f"spec exported to ONNX for {_clip_text(loaded)}", "onnx", path, (shape,))
+        return ProfileInput(loaded.spec.name, graph_cost(load_graph(path)), compression,
+                            f"spec exported to ONNX for {_clip_text(loaded)}", "onnx", path, (shape,))
     backend = registry.for_artifact(target)
     manifest_file = manifest_path(target)
     manifest = read_manifest(manifest_file) if manifest_file.is_file() else None
-    if backend.name == "onnx":
-        dtype = artifact_dtype(load_graph(target))
-    elif manifest is None:
-        raise EffconvError(f"'{target}' has no manifest beside it: effconv costs a {backend.suffix} through the spec it records.",
-                           "keep the .json `effconv convert` wrote beside the artifact, or profile the spec YAML.")
-    else:
+    if backend.name != "onnx":
+        if manifest is None:
+            raise EffconvError(f"'{target}' has no manifest beside it: effconv reads a {backend.suffix}'s spec, inputs "
+                               "and compression from it.",
+                               "keep the .json `effconv convert` wrote beside the artifact, or profile the spec YAML.")
         _check_readable(target, backend, manifest)
-        dtype = shipped_dtype(manifest)
     compression = _manifest_compression(manifest, manifest_file) if manifest else None
-    reshaped = resolution is not None or frames is not None
-    if backend.name == "onnx" and not reshaped:
-        return ProfileInput(target.stem, target, dtype, compression, _as_exported(manifest), "onnx", target,
-                            _manifest_shapes(manifest) if manifest else _onnx_input_shapes(target))
-    loaded = _source_spec(manifest, manifest_file, target, resolution, frames)
+    if resolution is None and frames is None:
+        return _as_shipped(target, backend.name, manifest, compression, workdir, allow_import)
+    return _re_exported(target, backend.name, manifest, compression, workdir,
+                        _source_spec(manifest, manifest_file, target, resolution, frames), allow_import)
+
+
+def _as_shipped(target: Path, backend: str, manifest: Manifest | None, compression: dict | None, workdir: Path,
+                allow_import: bool) -> ProfileInput:
+    if backend in OWN_GRAPH:
+        what, read = OWN_GRAPH[backend]
+        cost = read(target)
+        shapes = _manifest_shapes(manifest) if manifest else _fixed(cost.input_shapes.values())
+        exported = _as_exported(manifest)
+        if backend != "onnx":
+            exported = f"{backend} {exported}, measured as shipped"
+        how = f"{exported}; costed on {what} ({cost.dtype})"
+        return ProfileInput(target.stem, cost, compression, how, backend, target, shapes)
+    loaded = spec_from_dict(manifest.spec, target.resolve().parent, source=str(manifest_path(target)))
     stream = (manifest.model_extra or {}).get("stream")
-    if stream and not reshaped:
-        return ProfileInput(loaded.spec.name, _export_step(loaded, workdir, stream), dtype, compression,
-                            f"{backend.name} {_as_exported(manifest)}; costed on the same step exported to ONNX at {dtype}",
-                            backend.name, target, _manifest_shapes(manifest))
-    path, compression, shape = _export(loaded, workdir, allow_import)
-    if not reshaped:
-        return ProfileInput(loaded.spec.name, path, dtype, compression,
-                            f"{backend.name} artifact measured as shipped; costed on its spec's ONNX graph at {dtype}",
-                            backend.name, target, _manifest_shapes(manifest))
-    how = f"re-exported from the manifest's spec for {_clip_text(loaded)}, artifact dtype {dtype} kept"
-    if backend.name == "onnx" and dtype == "fp32":
-        return ProfileInput(loaded.spec.name, path, dtype, compression, how, "onnx", path, (shape,))
-    return ProfileInput(loaded.spec.name, path, dtype, compression, how, backend.name, None, (shape,),
-                        f"--measure runs the {dtype} {backend.name} artifact as it ships, and --resolution/--frames "
+    path = _export_step(loaded, workdir, stream) if stream else _export(loaded, workdir, allow_import)[0]
+    cost = graph_cost(load_graph(path))
+    if statically_quantized(manifest):
+        cost = cost.with_precisions(_executorch_precisions(cost))
+    return ProfileInput(loaded.spec.name, cost, compression,
+                        f"{backend} {_as_exported(manifest)}, measured as shipped; costed on its spec's ONNX graph"
+                        f"{' (the same step)' if stream else ''} with the dtypes the .pte ships ({cost.dtype})",
+                        backend, target, _manifest_shapes(manifest))
+
+
+def _re_exported(target: Path, backend: str, manifest: Manifest, compression: dict | None, workdir: Path,
+                 loaded: LoadedSpec, allow_import: bool) -> ProfileInput:
+    """The artifact at another shape: re-exported from its spec, each node kind at the shipped artifact's precision."""
+    if backend in OWN_GRAPH:
+        read = OWN_GRAPH[backend][1]
+        shipped = read(target)
+        path = _converted(loaded, backend, manifest, workdir, allow_import)
+        fresh = read(path)
+        precisions = {} if _is_float(shipped) else shipped.precisions_by_kind()
+        where = f"re-exported to {backend} from the manifest's spec for {_clip_text(loaded)}"
+    else:
+        path, _, _ = _export(loaded, workdir, allow_import)
+        fresh = graph_cost(load_graph(path))
+        precisions = _executorch_precisions(fresh) if statically_quantized(manifest) else {}
+        where = (f"re-exported to ONNX from the manifest's spec for {_clip_text(loaded)} (a .pte is not re-lowered "
+                 "to XNNPACK here)")
+    cost = fresh.with_precisions(precisions)
+    how = f"{where}; each op kind keeps the shipped artifact's dtype ({cost.dtype})"
+    shapes = _fixed(fresh.input_shapes.values())
+    if backend == "onnx" and not precisions:
+        return ProfileInput(loaded.spec.name, cost, compression, how, "onnx", path, shapes)
+    return ProfileInput(loaded.spec.name, cost, compression, how, backend, None, shapes,
+                        f"--measure runs the {backend} artifact as it ships ({cost.dtype}), and --resolution/--frames "
                         "change its fixed shapes")
+
+
+def _is_float(cost: GraphCost) -> bool:
+    """Every op computes in fp32 on fp32 weights: nothing for a re-export to carry over."""
+    return all(node.precision == FLOAT for node in cost.nodes if node.category != "view")
+
+
+def _converted(loaded: LoadedSpec, backend: str, manifest: Manifest, directory: Path, allow_import: bool) -> Path:
+    """`effconv convert` of the spec to the artifact's backend, with the options the artifact was exported with."""
+    extra = manifest.model_extra or {}
+    options: dict = {}
+    if backend == "onnx":
+        options = {"layout": extra.get("layout", {}).get("requested", "auto"),
+                   "opset": extra.get("export", {}).get("opset", onnx_backend.DEFAULT_OPSET)}
+    elif backend == "coreml":
+        options = {"precision": extra.get("export", {}).get("precision", "fp16")}
+    stream = extra.get("stream")
+    directory = directory / backend
+    try:
+        written = convert(loaded, backend, directory, allow_import=allow_import,
+                          stream=stream["latent_frames_per_call"] if stream else None, **options)
+    except VerificationFailed as failed:  # a tolerance missed at this shape does not change what the graph costs
+        written = failed.manifest
+    return directory / written.artifact
 
 
 def _check_readable(target: Path, backend, manifest: Manifest) -> None:
@@ -169,10 +247,9 @@ def _check_readable(target: Path, backend, manifest: Manifest) -> None:
                            f"re-create it with `effconv convert SPEC --to {backend.name}`.") from None
 
 
-def _onnx_input_shapes(path: Path) -> tuple[tuple[int, ...], ...]:
-    graph = load_graph(path).graph
-    weights = {init.name for init in graph.initializer}
-    return tuple(tuple(d.dim_value or 1 for d in i.type.tensor_type.shape.dim) for i in graph.input if i.name not in weights)
+def _fixed(shapes) -> tuple[tuple[int, ...], ...]:
+    """Input shapes to feed --measure: a dimension the graph leaves open is fed as 1."""
+    return tuple(tuple(d if d > 0 else 1 for d in shape) for shape in shapes)
 
 
 def _manifest_shapes(manifest: Manifest) -> tuple[tuple[int, ...], ...]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from effconv.backends.onnx.quantize import node_kinds
 from effconv.backends.onnx.search import MIN_SPEEDUP
-from effconv.profile.cost import graph_cost, load_graph
+from effconv.profile.onnx_cost import graph_cost, load_graph
 from effconv.profile.devices import load_device
 from effconv.profile.estimate import execution_dtype, op_ms, place
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from effconv.errors import EffconvError
-from effconv.profile.cost import DTYPE_BYTES, load_graph
+from effconv.profile.cost import DTYPE_BYTES
 from effconv.host import default_threads
 from effconv.profile.devices import HOST, DeviceProfile, load_device
-from effconv.profile.estimate import Estimate, estimate
+from effconv.profile.estimate import Estimate, estimate_cost
 from effconv.profile.inputs import ProfileInput, resolve
 from effconv.profile.measure import measure, measure_runtime_of_fit
 
@@ -56,6 +56,7 @@ class ProfileResult:
             "device": self.device.name,
             "device_description": self.device.description,
             "dtype": est.dtype,
+            "dtypes": est.dtypes,
             "latency_ms": {"estimate": est.total_ms, "low": est.low_ms, "high": est.high_ms, "uncertainty": est.uncertainty},
             "frames": est.frames,
             "fps": {"estimate": est.fps, "low": 1000 * est.frames / est.high_ms, "high": 1000 * est.frames / est.low_ms},
@@ -117,9 +118,8 @@ def run(target: Path, device_name: str, resolution: str | None = None, frames: i
     device = load_device(device_name, threads=threads)
     with tempfile.TemporaryDirectory(prefix="effconv-profile-") as workdir:
         source = resolve(target, Path(workdir), resolution, frames, allow_import)
-        graph = load_graph(source.onnx_path)
         device = device.for_backend(source.backend)
-        result_estimate = estimate(graph, device, dtype or source.dtype)
+        result_estimate = estimate_cost(source.cost.forced(dtype) if dtype else source.cost, device)
         measured = _measured(source, threads, repeats) if do_measure else None
     if source.backend in device.backend_units:
         result_estimate.notes.append(f"{source.backend} on {device.name}: {device.backend_units[source.backend].note}")

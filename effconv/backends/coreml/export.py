@@ -54,10 +54,14 @@ def check_precision(precision: str) -> None:
         raise EffconvError(f"unknown precision '{precision}'.", f"use one of: {', '.join(PRECISIONS)}.")
 
 
+def program_spec(path: Path):
+    """The saved .mlpackage's model spec (protobuf: its ML program with typed ops), read without compiling it."""
+    return _coremltools().utils.load_spec(str(path))
+
+
 def program_summary(path: Path) -> dict:
     """Op inventory, largest tensor rank and output shape, read from the saved .mlpackage (works on Linux)."""
-    ct = _coremltools()
-    spec = ct.utils.load_spec(str(path))
+    spec = program_spec(path)
     ops: collections.Counter = collections.Counter()
     max_rank = 0
     for function in spec.mlProgram.functions.values():

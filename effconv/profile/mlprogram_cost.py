@@ -1,0 +1,239 @@
+"""A Core ML ML program (.mlpackage) as per-node costs (cost.py's conventions), read from the saved program's
+protobuf with coremltools on any OS: no compilation, no prediction. Every op output in an ML program carries its
+tensor type and dims (https://apple.github.io/coremltools/mlmodel/Format/MIL.html), so shapes and dtypes are
+the program's own.
+
+MIL ops map onto the ONNX vocabulary of kinds and categories (table below, and docs/profile.md), with the same
+FLOP rules; `silu` counts 5 per element (a sigmoid, 4, and a multiply), as ONNX and LiteRT export it. MIL weights
+use PyTorch's layouts: conv [C_out, C_in / groups, *kernel], conv_transpose [C_in, C_out / groups, *kernel],
+linear [out, in].
+
+Compute dtype per op: its activations' dtype (an fp16 program computes in fp16, as the Neural Engine does; an
+int8 activation makes it int8). `const` ops are weights, not nodes. A `constexpr_*` op (coremltools'
+compressed weights: constexpr_affine_dequantize, constexpr_blockwise_shift_scale, constexpr_lut_to_dense, ...;
+https://apple.github.io/coremltools/source/coremltools.converters.mil.mil.ops.defs.html#module-coremltools.converters.mil.mil.ops.defs.iOS18.compression)
+is a weight stored int8 (sub-byte palettes are counted as int8, an upper bound): the op reading it computes in
+fp16 with int8 weight bytes (W8A16).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from effconv.errors import EffconvError, exception_text
+from effconv.profile.cost import (
+    GraphCost, NodeCost, TensorUse, activation_dtype, conv_flops, conv_kind, conv_transpose_flops, matmul_flops, numel,
+    resize_flops, settled, simple_flops, upsample_factor,
+)
+
+FIX = "re-create it with `effconv convert SPEC --to coreml`."
+FUNCTION = "main"
+
+# MIL op -> (kind in ONNX's vocabulary, category, transcendental); convs, matmuls and resizes are refined below.
+OPS = {
+    "add": ("Add", "elementwise", False), "sub": ("Sub", "elementwise", False), "mul": ("Mul", "elementwise", False),
+    "real_div": ("Div", "elementwise", False), "floor_div": ("Div", "elementwise", False),
+    "maximum": ("Max", "elementwise", False), "minimum": ("Min", "elementwise", False),
+    "abs": ("Abs", "elementwise", False), "square": ("Square", "elementwise", False),
+    "relu": ("Relu", "elementwise", False), "relu6": ("Clip", "elementwise", False),
+    "clip": ("Clip", "elementwise", False), "leaky_relu": ("LeakyRelu", "elementwise", False),
+    "prelu": ("PRelu", "elementwise", False), "floor": ("Floor", "elementwise", False),
+    "ceil": ("Ceil", "elementwise", False), "round": ("Round", "elementwise", False),
+    "sign": ("Sign", "elementwise", False), "select": ("Where", "elementwise", False),
+    "equal": ("Equal", "elementwise", False), "not_equal": ("NotEqual", "elementwise", False),
+    "less": ("Less", "elementwise", False), "greater": ("Greater", "elementwise", False),
+    "less_equal": ("LessOrEqual", "elementwise", False), "greater_equal": ("GreaterOrEqual", "elementwise", False),
+    "logical_not": ("Not", "elementwise", False), "logical_and": ("And", "elementwise", False),
+    "logical_or": ("Or", "elementwise", False),
+    "sigmoid": ("Sigmoid", "elementwise", True), "silu": ("Silu", "elementwise", True),
+    "tanh": ("Tanh", "elementwise", True), "exp": ("Exp", "elementwise", True), "exp2": ("Exp", "elementwise", True),
+    "log": ("Log", "elementwise", True), "sqrt": ("Sqrt", "elementwise", True), "rsqrt": ("Rsqrt", "elementwise", True),
+    "inverse": ("Reciprocal", "elementwise", True), "pow": ("Pow", "elementwise", True),
+    "erf": ("Erf", "elementwise", True), "gelu": ("Gelu", "elementwise", True),
+    "softmax": ("Softmax", "elementwise", True), "softplus": ("Softplus", "elementwise", True),
+    "elu": ("Elu", "elementwise", True), "sin": ("Sin", "elementwise", True), "cos": ("Cos", "elementwise", True),
+    "layer_norm": ("LayerNormalization", "norm", False), "instance_norm": ("InstanceNormalization", "norm", False),
+    "batch_norm": ("BatchNormalization", "norm", False), "l2_norm": ("LpNormalization", "norm", False),
+    "reduce_mean": ("ReduceMean", "reduce", False), "reduce_sum": ("ReduceSum", "reduce", False),
+    "reduce_max": ("ReduceMax", "reduce", False), "reduce_min": ("ReduceMin", "reduce", False),
+    "reduce_prod": ("ReduceProd", "reduce", False), "reduce_l2_norm": ("ReduceL2", "reduce", False),
+    "reduce_l1_norm": ("ReduceL1", "reduce", False), "reduce_sum_square": ("ReduceSumSquare", "reduce", False),
+    "reduce_argmax": ("ArgMax", "reduce", False), "reduce_argmin": ("ArgMin", "reduce", False),
+    "transpose": ("Transpose", "layout", False), "concat": ("Concat", "layout", False),
+    "stack": ("Concat", "layout", False), "slice_by_index": ("Slice", "layout", False),
+    "slice_by_size": ("Slice", "layout", False), "split": ("Split", "layout", False), "pad": ("Pad", "layout", False),
+    "tile": ("Tile", "layout", False), "gather": ("Gather", "layout", False), "gather_nd": ("GatherND", "layout", False),
+    "gather_along_axis": ("GatherElements", "layout", False), "scatter_nd": ("ScatterND", "layout", False),
+    "reverse": ("ReverseSequence", "layout", False), "depth_to_space": ("DepthToSpace", "layout", False),
+    "pixel_shuffle": ("DepthToSpace", "layout", False), "space_to_depth": ("SpaceToDepth", "layout", False),
+    "upsample_nearest_neighbor": ("Resize", "resize", False), "resize_nearest_neighbor": ("Resize", "resize", False),
+    "upsample_bilinear": ("Resize", "resize", False), "resize_bilinear": ("Resize", "resize", False),
+    "reshape": ("Reshape", "view", False), "reshape_like": ("Reshape", "view", False),
+    "squeeze": ("Squeeze", "view", False), "expand_dims": ("Unsqueeze", "view", False),
+    "identity": ("Identity", "view", False), "cast": ("Cast", "view", False), "shape": ("Shape", "view", False),
+    "fill": ("ConstantOfShape", "view", False), "fill_like": ("ConstantOfShape", "view", False),
+    "quantize": ("QuantizeLinear", "view", False), "dequantize": ("DequantizeLinear", "view", False),
+    "conv": ("Conv", "conv", False), "conv_transpose": ("ConvTranspose", "conv", False),
+    "linear": ("Gemm", "matmul", False), "matmul": ("MatMul", "matmul", False),
+}
+NEAREST = {"upsample_nearest_neighbor", "resize_nearest_neighbor"}
+BLOCK_PARAMETERS = {"depth_to_space": "block_size", "pixel_shuffle": "upscale_factor"}
+# MIL DataType names -> cost.py's stored dtypes; sub-byte and fp8 weights count as int8 (an upper bound: effconv writes int8)
+DATA_TYPES = {"FLOAT32": "fp32", "FLOAT16": "fp16", "BFLOAT16": "fp16", "INT8": "int8", "UINT8": "int8",
+              "INT4": "int8", "UINT4": "int8", "UINT3": "int8", "UINT2": "int8", "UINT1": "int8", "UINT6": "int8",
+              "FLOAT8E4M3FN": "int8", "FLOAT8E5M2": "int8"}
+OTHER_TYPES = {"FLOAT64": "float64", "INT16": "int16", "UINT16": "uint16", "INT32": "int32", "UINT32": "uint32",
+               "INT64": "int64", "UINT64": "uint64", "BOOL": "bool"}
+HANDLE = "int32"  # strings: counted as one word each, they never carry activations
+
+
+def _load(path: Path):
+    from effconv.backends.coreml import export as coreml_backend
+
+    try:
+        spec = coreml_backend.program_spec(path)
+    except EffconvError:
+        raise
+    except Exception as exc:  # coremltools raises plain Exception / protobuf errors / OSError for a damaged package
+        raise EffconvError(f"cannot read '{path}' as a .mlpackage: {exception_text(exc, 200)}.", FIX) from None
+    if not spec.HasField("mlProgram") or FUNCTION not in spec.mlProgram.functions:
+        raise EffconvError(f"'{path}' is not an ML program with a '{FUNCTION}' function.", FIX)
+    return spec
+
+
+class _Values:
+    """Every named value of the main block: its shape and stored dtype, whether it is a weight, and the small
+    integer constants (groups, dilations, block sizes) that ops take as parameters."""
+
+    def __init__(self, function, type_names: dict[int, str]):
+        self.type_names = type_names
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.stored: dict[str, str] = {}
+        self.constants: set[str] = set()
+        self.integers: dict[str, list[int]] = {}
+        for value in function.inputs:
+            self._record(value.name, value.type)
+
+    def _dtype(self, data_type: int) -> str:
+        name = self.type_names.get(data_type, "")
+        return DATA_TYPES.get(name) or OTHER_TYPES.get(name, HANDLE)
+
+    def _record(self, name: str, value_type) -> None:
+        tensor = value_type.tensorType
+        self.shapes[name] = tuple(int(d.constant.size) if d.HasField("constant") else -1 for d in tensor.dimensions)
+        self.stored[name] = self._dtype(tensor.dataType)
+
+    def add_outputs(self, op) -> None:
+        for output in op.outputs:
+            self._record(output.name, output.type)
+        if op.type == "const" or op.type.startswith("constexpr_"):
+            for output in op.outputs:
+                self.constants.add(output.name)
+        if op.type == "const" and "val" in op.attributes:
+            immediate = _immediate_integers(op.attributes["val"])
+            if immediate:
+                self.integers[op.outputs[0].name] = immediate
+        if op.type.startswith("constexpr_"):
+            # the payload (quantized data, palette indices) is an attribute (iOS 16/17 ops) or a const input (iOS 18)
+            payload = [self._dtype(a.type.tensorType.dataType) for key, a in op.attributes.items() if key != "name"]
+            payload += [self.stored[b.name] for argument in op.inputs.values() for b in argument.arguments if b.name]
+            if "int8" in payload:
+                for output in op.outputs:
+                    self.stored[output.name] = "int8"
+
+    def use(self, name: str) -> TensorUse:
+        return TensorUse(name, self.shapes.get(name, ()), self.stored.get(name, "fp32"), constant=name in self.constants)
+
+    def integer(self, op, key: str, default: list[int]) -> list[int]:
+        argument = op.inputs.get(key)
+        if argument is None or not argument.arguments:
+            return default
+        binding = argument.arguments[0]
+        if binding.name:
+            return self.integers.get(binding.name, default)
+        return _immediate_integers(binding.value) or default
+
+
+def _immediate_integers(value) -> list[int]:
+    tensor = value.immediateValue.tensor
+    return [int(v) for v in (tensor.ints.values or tensor.bools.values)]
+
+
+def _argument(op, key: str) -> str | None:
+    argument = op.inputs.get(key)
+    return argument.arguments[0].name if argument is not None and argument.arguments else None
+
+
+def _conv(op, values: _Values) -> tuple[str, str, int, int]:
+    """(kind, category, flops, gemm_n) of a conv or conv_transpose, in PyTorch's weight layout."""
+    x, y = values.shapes[_argument(op, "x")], values.shapes[op.outputs[0].name]
+    weight = values.shapes[_argument(op, "weight")]
+    groups = values.integer(op, "groups", [1])[0]
+    kernel = weight[2:]
+    has_bias = _argument(op, "bias") is not None
+    dilated = any(d > 1 for d in values.integer(op, "dilations", []))
+    transposed = op.type == "conv_transpose"
+    channels = x[1] if len(x) > 1 else -1
+    kind, category = conv_kind(len(weight) - 2, groups, channels, weight[1], kernel, dilated, transposed)
+    if transposed:
+        return kind, category, conv_transpose_flops(numel(x), weight[1], kernel, numel(y), has_bias), weight[1]
+    return kind, category, conv_flops(numel(y), weight[1], kernel, has_bias), weight[0] // max(groups, 1)
+
+
+def _matmul_flops(op, values: _Values, out_elements: int) -> int:
+    x = values.shapes[_argument(op, "x")]
+    if op.type == "linear":
+        return matmul_flops(out_elements, x[-1], _argument(op, "bias") is not None)
+    transposed = bool(values.integer(op, "transpose_x", [0])[0]) if "transpose_x" in op.inputs else False
+    return matmul_flops(out_elements, x[-2] if transposed else x[-1], False)
+
+
+def _node(op, values: _Values, notes: list[str]) -> NodeCost:
+    known = OPS.get(op.type)
+    if known is None:
+        notes.append(f"MIL op {op.type} has no cost rule in effconv: costed as elementwise (1 FLOP per output element).")
+    kind, category, transcendental = known or (op.type, "elementwise", False)
+    reads = tuple(values.use(b.name) for argument in op.inputs.values() for b in argument.arguments if b.name)
+    writes = tuple(values.use(output.name) for output in op.outputs)
+    out_elements = sum(numel(t.shape) for t in writes)
+    in_elements = sum(numel(t.shape) for t in reads if not t.constant)
+    gemm_n, upsample = 0, 1.0
+    if category == "conv":
+        kind, category, flops, gemm_n = _conv(op, values)
+    elif category == "matmul":
+        flops = _matmul_flops(op, values, out_elements)
+        gemm_n = writes[0].shape[-1] if writes[0].shape else 0
+    elif category == "resize":
+        mode = "nearest" if op.type in NEAREST else "linear"
+        flops = resize_flops(out_elements, mode, len(writes[0].shape) - 2)
+        upsample = upsample_factor(values.shapes[_argument(op, "x")], writes[0].shape)
+    else:
+        flops = simple_flops(category, out_elements, in_elements, transcendental) + (out_elements if op.type == "silu" else 0)
+    if op.type in BLOCK_PARAMETERS:
+        upsample = float(values.integer(op, BLOCK_PARAMETERS[op.type], [1])[0])
+    return NodeCost(name=writes[0].name if writes else op.type, op_type=op.type, kind=kind, category=category,
+                    dtype=activation_dtype(reads, writes), flops=int(flops), reads=reads, writes=writes,
+                    upsample=upsample, gemm_n=int(gemm_n))
+
+
+def mlprogram_cost(path: Path) -> GraphCost:
+    """Cost every op of the ML program's main function, each in the dtype it computes in."""
+    spec = _load(path)
+    from coremltools.proto import MIL_pb2  # importable once _load has imported coremltools (quietly)
+
+    function = spec.mlProgram.functions[FUNCTION]
+    block = function.block_specializations.get(function.opset)
+    if block is None:
+        raise EffconvError(f"'{path}' has no block for its opset {function.opset}.", FIX)
+    values = _Values(function, {value: name for name, value in MIL_pb2.DataType.items()})
+    nodes, notes = [], []
+    try:
+        for op in block.operations:
+            values.add_outputs(op)
+            if op.type != "const" and not op.type.startswith("constexpr_"):
+                nodes.append(_node(op, values, notes))
+    except (KeyError, IndexError) as exc:  # an op that reads a value the program never defines
+        raise EffconvError(f"'{path}' is not a consistent ML program: {exception_text(exc, 200)}.", FIX) from None
+    return GraphCost(nodes=settled(nodes), inputs=tuple(values.use(value.name) for value in function.inputs),
+                     output_shapes={name: values.shapes[name] for name in block.outputs if name in values.shapes},
+                     notes=tuple(dict.fromkeys(notes)))
