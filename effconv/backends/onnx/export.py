@@ -58,14 +58,20 @@ def export(module: nn.Module, example: Example, path: Path, input_name: str | li
     return {"opset": opset, "external_data": external}
 
 
-def session(path: Path, threads: int | None = None, fused: bool = True):
+def session(path: Path, threads: int | None = None, fused: bool = True, lean: bool = False):
     """`fused=False` turns graph optimizations off: a QDQ model then runs as DequantizeLinear -> float op ->
-    QuantizeLinear, the exact arithmetic the model file defines, without onnxruntime's int8 kernels."""
+    QuantizeLinear, the exact arithmetic the model file defines, without onnxruntime's int8 kernels.
+    `lean=True` orders nodes by priority and frees each tensor to the system: for a graph with many side
+    branches (a calibration model's ReduceMin/ReduceMax on every conv tensor), measured on the paper-size
+    HunyuanVideo student at 17x256x256: 1.9 GB and 24 s a run, against 10.3 GB and 90 s by default."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if not fused:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if lean:
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+        options.enable_cpu_mem_arena = False
     if threads:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
