@@ -94,8 +94,8 @@ def _print_quantize(manifest, as_json: bool, out_dir: Path) -> None:
     if "search" in report:
         search = report["search"]
         table.add_row("choices", f"for {report['target_device']}, scored on the validation split ({report['validation']['split']}); "
-                                 f"{search['spent_seconds']:.0f} s of --search-seconds {search['seconds']:g} (one float run "
-                                 f"{search['float_run_seconds']:.1f} s)")
+                                 f"{search['spent_seconds']:.0f} s of --search-seconds {search['seconds']:g} (one run of the "
+                                 f"model {search['run_seconds']:.1f} s)")
     calibration = report["calibration"]
     table.add_row("calibration", f"{calibration['samples']} samples ({calibration['source']}); "
                                  f"{calibration['held_out']} held out ({calibration['held_out_source']})")

@@ -142,15 +142,6 @@ def _run_all(path: Path, latents: list[np.ndarray], threads: int, fused: bool = 
     return [runner.run(None, {name: latent})[0] for latent in latents]
 
 
-def _timed_run(path: Path, latent: np.ndarray, threads: int) -> float:
-    """Seconds of one float run after a warm-up-free session start: what the search budget counts in."""
-    runner = session(path, threads)
-    started = time.perf_counter()
-    runner.run(None, {runner.get_inputs()[0].name: latent})
-    return time.perf_counter() - started
-
-
-
 def file_size(path: Path) -> int:
     """An .onnx with its external data files, if any."""
     import onnx
@@ -173,6 +164,7 @@ class _Workspace:
     reduce_range: bool
     threads: int
     counter: int = 0
+    sample_seconds: float = 0.0  # one calibration sample's run: the search budget's unit
 
     def ranges(self, method: str) -> Path:
         """The tensor ranges of `method`, collected once into onnxruntime's calibration cache (which
@@ -194,9 +186,11 @@ class _Workspace:
                                            providers=["CPUExecutionProvider"], extra_options=options)
             calibrator.infer_session = session(Path(calibrator.augmented_model_path), self.threads, lean=True)
             reader = _LatentReader(self.input_name, self.calib.latents)
+            started = time.perf_counter()
             for start in range(len(reader)):  # one sample at a time: a histogram holds one sample's activations
                 reader.set_range(start, start + 1)
                 calibrator.collect_data(reader)
+            self.sample_seconds = (time.perf_counter() - started) / len(reader)
             save_tensors_data(calibrator.compute_data(), cache)
         Path(calibrator.augmented_model_path).unlink()
         return cache
@@ -307,8 +301,11 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         kernels = int8_kernel_rule()
         fit, validation, validation_report = _validation_split(calib)
         ws = _Workspace(tmp, artifact, preprocessed, fit, list(kinds), reduce_range=kernels["reduce_range"], threads=threads)
-        progress("timing one float run (the search budget is counted in runs)")
-        budget = Budget(search_seconds, _timed_run(artifact, validation.latents[0], threads))
+        progress(f"collecting MinMax ranges on {len(fit)} samples (every choice below reuses them)")
+        ws.ranges("MinMax")
+        # a calibration run (the model plus a min and max of every conv tensor) is the budget's unit: a little
+        # above a plain float run, so the budget errs on the safe side, and no run is spent only on timing
+        budget = Budget(search_seconds, ws.sample_seconds)
         search = Search(ws.quantize, lambda path, latents: _run_all(path, latents, threads), threads, artifact,
                         validation.latents, validation.frames, budget, progress)
         all_nodes = list(kinds)
@@ -322,12 +319,14 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
             nodes, kind_table, left_float = fast_kinds(search, kinds, activation)
         else:
             nodes, kind_table, left_float = all_nodes, [{"kind": "all", "nodes": len(all_nodes), "quantized": True}], []
+        decided = {"target_device": target_device, "activation_type": activation_report, "validation": validation_report}
         if not nodes:
-            return _weights_only_fallback(artifact, out_path, kinds, held_out, threads, progress, kind_table, left_float)
+            return _weights_only_fallback(artifact, out_path, kinds, held_out, threads, progress, kind_table, left_float) | decided
         method, method_report = choose_method(search, nodes, activation, len(fit))
         gate = _Gate(max_psnr_drop if validation.frames is not None else None, min_psnr_vs_float)
         table, skipped = _fall_back_on_validation(search, gate, nodes, kinds, method, activation, sensitivity, left_float)
-        progress(f"calibrating ({method}, {len(fit)} samples) and writing the int8 model")
+        search_report = budget.as_dict()
+        progress(f"writing the int8 model ({method} ranges)")
         ws.quantize(nodes, method, activation, out=out_path)
         progress(f"running float and int8 on the {len(held_out)} held-out samples")
         float_outputs, quant_outputs, latency = _final_runs(artifact, out_path, held_out.latents, threads)
@@ -335,9 +334,11 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         progress("checking this CPU's int8 kernels against the QDQ model's own arithmetic")
         kernels |= kernel_fidelity(out_path, held_out.latents[:1], threads, float_outputs[:1], quant_outputs[:1])
         if host_target and select_by_speed and latency["speedup"] < 1 / MIN_SPEEDUP:
-            return _weights_only_fallback(artifact, out_path, kinds, held_out, threads, progress, kind_table,
-                                          [{"name": n, "kind": kinds[n], "reason": "the int8 model as a whole was slower "
-                                            f"here ({latency['quantized']:.1f} vs {latency['float']:.1f} ms float)"} for n in kinds])
+            fallback = _weights_only_fallback(artifact, out_path, kinds, held_out, threads, progress, kind_table,
+                                              [{"name": n, "kind": kinds[n], "reason": "the int8 model as a whole was slower "
+                                                f"here ({latency['quantized']:.1f} vs {latency['float']:.1f} ms float)"} for n in kinds])
+            rejected = {"latency_ms": latency, "quality": quality, "int8_kernels": kernels, "nodes": len(nodes)}
+            return fallback | decided | {"calibration_method": method_report, "search": search_report, "rejected_int8": rejected}
     quantized = set(nodes)
     for row in table:
         row["int8"] = row["name"] in quantized
@@ -355,7 +356,7 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         "int8_kernels": kernels,
         "calibration_method": method_report,
         "validation": validation_report,
-        "search": budget.as_dict(),
+        "search": search_report,
         "sensitivity": table,
         "notes": [f"only {', '.join(COMPUTE_OPS)} are quantized; element-wise ops stay float",
                   "nodes left in float still store int8 weights (dequantized in the graph), so the file shrinks ~4x either way"]

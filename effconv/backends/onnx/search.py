@@ -3,7 +3,7 @@
 Which activation type, which node kinds compute in int8, which calibration method, and which nodes return to
 float when the quality gate is missed: each is decided on the validation split (calibration samples kept out
 of the range statistics; never the held-out clips whose quality is reported and gated) or by timing on this
-host. A choice is measured only when its cost, counted in float runs of the model (one was timed first), fits
+host. A choice is measured only when its cost, counted in runs of the model (timed while calibrating), fits
 what is left of the budget; otherwise it is made by a stated rule, and the report says which rule and what
 measuring would have cost. A small student measures everything in seconds; the paper-size HunyuanVideo student
 (about 10 s per run on 2 cores) would need tens of minutes, so it is decided by rule and only checked as a
@@ -63,7 +63,7 @@ def timed_runs(models: int) -> int:
 
 @dataclasses.dataclass
 class Budget:
-    """Seconds the search may spend, and the cost of one float run of the model, timed once up front."""
+    """Seconds the search may spend, and the cost of one run of the model (a calibration sample's)."""
 
     seconds: float
     run_seconds: float
@@ -77,11 +77,11 @@ class Budget:
 
     def over(self, runs: float, what: str) -> str:
         """Why `what` was not measured."""
-        return (f"{what} not measured: about {runs * self.run_seconds:.0f} s here (one float run takes "
+        return (f"{what} not measured: about {runs * self.run_seconds:.0f} s here (one run of the model takes "
                 f"{self.run_seconds:.1f} s), over the {max(self.left(), 0):.0f} s left of --search-seconds {self.seconds:g}")
 
     def as_dict(self) -> dict:
-        return {"seconds": self.seconds, "float_run_seconds": round(self.run_seconds, 3),
+        return {"seconds": self.seconds, "run_seconds": round(self.run_seconds, 3),
                 "spent_seconds": round(time.perf_counter() - self.started, 1)}
 
 
