@@ -336,9 +336,15 @@ def _disagreement(float_result: dict, int8_result: dict | None, quantize: dict |
     return "; ".join(found) + ". Facts: " + "; ".join(facts + _profile_facts(int8_result or float_result)) + "."
 
 
+def _dtype_text(result: dict) -> str:
+    """The costed compute dtypes, and how many ops read int8-stored weights (a W8A16 .mlpackage computes in fp16)."""
+    narrow = sum(share["narrow_weight_ops"] for share in result["dtypes"].values())
+    return result["dtype"] + (f", int8 weights on {narrow} ops" if narrow else "")
+
+
 def _artifact_cell(backend: str, float_result: dict, int8_result: dict | None) -> str:
-    cell = f"{backend}: {float_result['target']} ({float_result['dtype']})"
-    return cell + (f" / {int8_result['target']} ({int8_result['dtype']})" if int8_result else "")
+    cell = f"{backend}: {float_result['target']} ({_dtype_text(float_result)})"
+    return cell + (f" / {int8_result['target']} ({_dtype_text(int8_result)})" if int8_result else "")
 
 
 def _backend_row(m: Manifests, device: str, backend: str) -> list[str] | None:
@@ -363,11 +369,11 @@ def _device_rows(m: Manifests, device: str) -> list[list[str]]:
     rows = [_backend_row(m, device, backend) for backend in profile["backends"]]
     spec = profile["models"].get(SPEC_STUDENT)
     if spec:
-        rows.append([device, f"student spec as ONNX ({spec['dtype']}): none of its backends is exported",
+        rows.append([device, f"student spec as ONNX ({_dtype_text(spec)}): none of its backends is exported",
                      _latency_cell(spec), _fps_cell(spec)] + [MISSING] * 3 + [_disagreement(spec, None, None)])
     teacher = profile["models"].get("teacher")
     if teacher:
-        rows.append([device, f"teacher: spec as ONNX ({teacher['dtype']})", _latency_cell(teacher), _fps_cell(teacher)]
+        rows.append([device, f"teacher: spec as ONNX ({_dtype_text(teacher)})", _latency_cell(teacher), _fps_cell(teacher)]
                     + [MISSING] * 3 + [_disagreement(teacher, None, None)])
     return [row for row in rows if row]
 
