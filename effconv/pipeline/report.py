@@ -298,15 +298,15 @@ def _direction(float_result: dict, int8_result: dict) -> str | None:
 
 
 def _quantize_facts(quantize: dict | None) -> list[str]:
-    """What the int8 artifact's manifest says about its compute: weight-only, nodes left float, 7-bit kernels."""
+    """What the int8 artifact's manifest says about its compute: weight-only, nodes left in float, 7-bit kernels."""
     q = (quantize or {}).get("quantize") or {}
     facts = []
-    if q.get("weights_only"):
-        facts.append(f"it is weight-only int8, float compute (quantize `scheme`: {q['scheme']})")
-    nodes = q.get("nodes") or {}
-    if nodes.get("float"):
-        facts.append(f"{nodes['float']} of {nodes['float'] + nodes['int8']} quantizable nodes fell back to float compute "
-                     "(quantize `nodes`)")
+    if q.get("weights_only") or str(q.get("scheme", "")).startswith("weight-only"):
+        facts.append("the int8 artifact is weight-only: int8 weights, float compute (quantize `scheme`)")
+    left_float = q.get("float_nodes") or []
+    if left_float:
+        facts.append(f"{len(left_float)} quantizable nodes compute in float: {left_float[0]['reason']} "
+                     "(quantize `float_nodes`)")
     kernels = q.get("int8_kernels") or {}
     if kernels.get("reduce_range"):
         facts.append(f"this CPU's int8 kernels: {kernels['why']} (quantize `int8_kernels`)")
