@@ -24,6 +24,7 @@ MAX_LAYERS = 64
 BACKEND_NAMES = ("onnx", "coreml", "tflite", "executorch")  # the backend registry's names (tests/test_backends.py checks)
 DEFAULT_EXPORT_BACKENDS = ("onnx", "coreml", "tflite")  # what `effconv run` exports unless the recipe lists others
 MAX_STREAM = 64
+HOST_DEVICE = "host-cpu"  # always profiled by `effconv run`, so profile.backends may map it without listing it
 Backend = Literal[BACKEND_NAMES]
 
 
@@ -145,7 +146,10 @@ class ProfileRecipe(StrictModel):
     devices: Annotated[list[str], AfterValidator(_no_repeats)] = Field(
         default_factory=lambda: ["iphone16pro"], min_length=1, max_length=32)
     resolution: str | None = Field(None, description="device estimates at 480p/720p/1080p/HxW [default: the teacher's clip]")
-    host_repeats: int = Field(10, ge=1, le=1000, description="timed onnxruntime runs on this machine (median)")
+    host_repeats: int = Field(10, ge=1, le=1000, description="timed runs of each artifact on this machine (median)")
+    backends: dict[str, Backends] | None = Field(
+        None, description="device -> backends whose artifacts its rows cost [default: the exported backends its "
+        "profile lists; on host-cpu those that also run on this machine]")
 
 
 class DeployRecipe(StrictModel):
@@ -179,6 +183,18 @@ class Recipe(StrictModel):
         if missing:
             raise ValueError(f"quantize.backends {missing} must also be in export.backends (quantization starts "
                              "from the float artifact)")
+        return self
+
+    @model_validator(mode="after")
+    def _profile_what_is_exported(self) -> Recipe:
+        for device, backends in (self.profile.backends or {}).items():
+            if device not in (*self.profile.devices, HOST_DEVICE):
+                raise ValueError(f"profile.backends names device '{device}', which profile.devices does not list "
+                                 f"(add it there, or drop it from profile.backends)")
+            missing = [b for b in backends if b not in self.export.backends]
+            if missing:
+                raise ValueError(f"profile.backends.{device} {missing} must also be in export.backends (a device row "
+                                 "costs the exported artifact)")
         return self
 
     @model_validator(mode="after")

@@ -15,16 +15,20 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from effconv.video.clips import BUNDLED_CLIP
-from effconv.pipeline.plan import quantized_backends, resolve
-from effconv.pipeline.report import number, share, size
+from effconv.pipeline.plan import quantized_backends, resolve, stages
+from effconv.pipeline.report import number, share, size, write_report
 from effconv.pipeline.runner import execute, plan
 from effconv.recipe import load_recipe
 
 from conftest import REPO, SPECS
 
 RECIPE = REPO / "tests" / "data" / "pipeline-tiny.yaml"
-STAGES = ["distill", "eval", "convert-onnx", "stream-onnx", "lint", "profile-iphone16pro", "profile-host-cpu"]
+STAGES = ["distill", "eval", "convert-onnx", "convert-coreml", "quantize-onnx", "quantize-coreml", "stream-onnx",
+          "stream-coreml", "lint", "profile-iphone16pro", "profile-host-cpu"]
 STUDENT = "tiny-teacher-student"
+# why each stage after distill reruns when distill does: the first stage it reads that reruns
+RERUN_REASONS = [f"{'convert-' + s.removeprefix('quantize-') if s.startswith('quantize-') else 'distill'} reruns"
+                 for s in STAGES[1:]]
 FAMILIES = {"wan": "AutoencoderKLWan", "hunyuan": "AutoencoderKLHunyuanVideo", "cogvideox": "AutoencoderKLCogVideoX",
             "ltx": "AutoencoderKLLTXVideo", "mochi": "AutoencoderKLMochi"}
 
@@ -53,7 +57,7 @@ def test_dry_run_plans_every_stage_with_an_estimate_and_writes_nothing(cli, tmp_
     planned = json.loads(out)["plan"]
     assert [p["stage"] for p in planned] == STAGES
     assert all(p["action"] == "run" for p in planned)
-    assert [p["reason"] for p in planned] == ["no finished run in --out"] + ["distill reruns"] * (len(STAGES) - 1)
+    assert [p["reason"] for p in planned] == ["no finished run in --out"] + RERUN_REASONS
     assert all(p["estimate_seconds"] > 0 and p["estimate_basis"].startswith("modelled") for p in planned)
     assert "4 steps" in planned[0]["estimate_basis"]
     assert not (tmp_path / "never").exists()
@@ -84,17 +88,19 @@ def test_more_steps_continue_the_distillation_and_fewer_start_over(finished_run)
     more = plan(resolve(RECIPE, steps=6), finished_run)
     assert [d.action for d in more] == ["resume"] + ["run"] * (len(STAGES) - 1)
     assert more[0].reason == "resumes from step 4" and more[0].steps_done == 4
-    assert all(d.reason == "distill reruns" for d in more[1:])
+    assert [d.reason for d in more[1:]] == RERUN_REASONS
     fewer = plan(resolve(RECIPE, steps=3), finished_run)
     assert [d.action for d in fewer] == ["run"] * len(STAGES)
     assert fewer[0].reason == "settings.distill.steps: 4 -> 3"
 
 
-def test_a_renamed_eval_video_reruns_only_eval(finished_run, tmp_path):
+def test_a_renamed_eval_video_reruns_eval_and_what_measures_on_it(finished_run, tmp_path):
     renamed = tmp_path / "other.mp4"
     shutil.copy(BUNDLED_CLIP, renamed)
     decisions = plan(resolve(RECIPE, eval_data=[renamed]), finished_run)
-    assert {d.stage.name: d.action for d in decisions} == {s: "run" if s == "eval" else "skip" for s in STAGES}
+    # quantize measures int8 quality on the eval videos; each device's profile costs its backend's int8 artifact
+    reruns = {"eval", "quantize-onnx", "quantize-coreml", "profile-iphone16pro", "profile-host-cpu"}
+    assert {d.stage.name: d.action for d in decisions} == {s: "run" if s in reruns else "skip" for s in STAGES}
     assert decisions[1].reason == "files changed"
 
 
@@ -147,11 +153,12 @@ def test_report_numbers_equal_the_manifests(finished_run):
                                                       f"{evaluated['mean_student_psnr_db']:.2f}"]
     assert rows["SSIM on the eval clip"][:2] == [f"{evaluated['mean_teacher_ssim']:.4f}", f"{evaluated['mean_student_ssim']:.4f}"]
     host_row = next(v for k, v in rows.items() if k.startswith("host latency, measured"))
-    assert host_row[:2] == [f"{host['teacher']['measured']['median_ms']:.2f} ms", f"{host['student']['measured']['median_ms']:.2f} ms"]
-    latency = phone["student"]["latency_ms"]
+    assert host_row[:2] == [f"{host['teacher']['measured']['median_ms']:.2f} ms",
+                            f"{host['student-onnx']['measured']['median_ms']:.2f} ms"]
+    latency = phone["student-coreml"]["latency_ms"]
     assert rows["iphone16pro latency, estimated (band)"][1] == (
         f"{latency['estimate']:.2f} ms ({latency['low']:.2f} - {latency['high']:.2f})")
-    assert rows["iphone16pro FPS, estimated (band)"][1].startswith(f"{phone['student']['fps']['estimate']:.1f} ")
+    assert rows["iphone16pro FPS, estimated (band)"][1].startswith(f"{phone['student-coreml']['fps']['estimate']:.1f} ")
     assert rows["onnx"][1] == f"{convert['verify']['max_abs_err']:.3g}"
     assert rows["onnx"][2] == number(convert["verify"]["psnr_db"], 1)
     assert share(evaluated["mean_student_psnr_db"], evaluated["mean_teacher_psnr_db"]) in rows["PSNR on the eval clip (dB)"]
@@ -166,13 +173,165 @@ def test_deploy_stream_exports_a_verified_streaming_artifact_profiled_per_call(f
     assert streamed["stream"]["latent_frames_per_call"] == 1 and streamed["stream"]["caches"]
     host = _manifest(finished_run, "profile-host-cpu", "profile.json")["models"]
     per_call = host["student-stream"]
-    assert per_call["frames"] == streamed["stream"]["video_frames_per_call"] < host["student"]["frames"]
+    assert per_call["target"] == f"stream-onnx/{streamed['artifact']}"
+    assert per_call["frames"] == streamed["stream"]["video_frames_per_call"] < host["student-onnx"]["frames"]
     assert per_call["measured"]["median_ms"] > 0
     rows = _report_rows((finished_run / "report.md").read_text())
     row = rows["onnx, streaming"]
     assert row[0].startswith(streamed["artifact"]) and row[3] == f"{streamed['verify']['max_abs_err']:.3g}"
-    assert rows["host-cpu"][1] == f"{per_call['measured']['median_ms']:.2f} ms"
-    assert rows["host-cpu"][3].startswith(f"{per_call['memory']['total_mb']:.0f} MB (whole clip: ")
+    phone = _manifest(finished_run, "profile-iphone16pro", "profile.json")["models"]["student-stream"]
+    assert phone["target"].startswith("stream-coreml/") and phone["backend"] == "coreml"
+    assert rows["host-cpu (stream-onnx/tiny-teacher-student.onnx)"][1] == f"{per_call['measured']['median_ms']:.2f} ms"
+    assert rows["host-cpu (stream-onnx/tiny-teacher-student.onnx)"][3].startswith(f"{per_call['memory']['total_mb']:.0f} MB (whole clip: ")
+
+
+def _recipe_with(tmp_path: Path, **sections) -> Path:
+    recipe = yaml.safe_load(RECIPE.read_text()) | sections
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _profile_stages(recipe: Path) -> dict:
+    return {s.device: s for s in stages(resolve(recipe)) if s.kind == "profile"}
+
+
+def test_each_device_costs_the_exported_backends_its_profile_lists(tmp_path, cli):
+    recipe = _recipe_with(tmp_path, export={"backends": ["onnx", "coreml", "tflite"]},
+                          profile={"devices": ["iphone16pro", "pixel9"]})
+    profiled = _profile_stages(recipe)
+    assert {device: stage.settings["backends"] for device, stage in profiled.items()} == {
+        "iphone16pro": ["coreml"], "pixel9": ["tflite", "onnx"],  # pixel9.yaml: backends [tflite, onnx, executorch]
+        "host-cpu": ["onnx", "tflite"]}  # host-cpu.yaml lists coreml too, but a .mlpackage predicts only on macOS
+    # the fixture quantizes onnx and coreml only
+    assert profiled["pixel9"].after == ("distill", "convert-tflite", "convert-onnx", "quantize-onnx", "stream-tflite")
+    assert profiled["pixel9"].optional == ("quantize-onnx", "stream-tflite")
+    assert "tflite (float), onnx (float, int8), stream-tflite" in profiled["pixel9"].note
+    assert "convert-coreml" not in profiled["pixel9"].after and "convert-tflite" not in profiled["iphone16pro"].after
+    code, out, err = cli("run", recipe, "--out", tmp_path / "out", "--dry-run", "--json")
+    assert code == 0, err
+    notes = {p["stage"]: p["note"] for p in json.loads(out)["plan"]}
+    assert notes["profile-iphone16pro"] == ("costs teacher, coreml (float, int8), stream-coreml: the exported backends "
+                                            "iphone16pro's profile lists (coreml, executorch)")
+    assert notes["profile-host-cpu"].startswith("costs teacher, onnx (float, int8), tflite (float), stream-onnx: ")
+    assert notes["lint"] is None
+    code, out, err = cli("run", recipe, "--out", tmp_path / "out", "--dry-run")
+    assert code == 0 and "costs teacher, coreml (float, int8)" in " ".join(out.split())
+
+
+def test_recipe_profile_backends_override_the_mapping_and_bad_ones_exit_2(tmp_path, cli):
+    export = {"backends": ["onnx", "coreml", "tflite"]}
+    recipe = _recipe_with(tmp_path, export=export, profile={"devices": ["iphone16pro", "pixel9"], "backends": {
+        "iphone16pro": ["onnx"], "pixel9": ["tflite"]}})
+    profiled = _profile_stages(recipe)
+    assert [profiled[d].settings["backends"] for d in ("iphone16pro", "pixel9", "host-cpu")] == [
+        ["onnx"], ["tflite"], ["onnx", "tflite"]]
+    assert "the recipe's profile.backends" in profiled["pixel9"].note
+    for backends, message in [({"pixel9": ["caffe"]}, "profile.backends.pixel9.0"),
+                              ({"pixel9": ["executorch"]}, "must also be in export.backends"),
+                              ({"galaxy-s24": ["tflite"]}, "profile.devices does not list")]:
+        bad = _recipe_with(tmp_path, export=export, profile={"devices": ["pixel9"], "backends": backends})
+        code, _, err = cli("run", bad, "--out", tmp_path / "out", "--dry-run")
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def _section_rows(text: str, title: str) -> list[list[str]]:
+    section = text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| device |")]
+
+
+def _band(result: dict) -> str:
+    latency = result["latency_ms"]
+    return f"{latency['estimate']:.2f} ms ({latency['low']:.2f} - {latency['high']:.2f})"
+
+
+def _disagrees(float_result: dict, int8_result: dict) -> bool:
+    outside = any(not r["latency_ms"]["low"] <= r["measured"]["median_ms"] <= r["latency_ms"]["high"]
+                  for r in (float_result, int8_result))
+    estimated = float_result["latency_ms"]["estimate"] / int8_result["latency_ms"]["estimate"]
+    measured = float_result["measured"]["median_ms"] / int8_result["measured"]["median_ms"]
+    return outside or (estimated > 1) != (measured > 1)
+
+
+def test_device_rows_name_the_costed_artifacts_with_float_and_int8_side_by_side(finished_run):
+    text = (finished_run / "report.md").read_text()
+    rows = _section_rows(text, "Devices: the artifact each row costs")
+    host = _manifest(finished_run, "profile-host-cpu", "profile.json")["models"]
+    phone = _manifest(finished_run, "profile-iphone16pro", "profile.json")["models"]
+    by_artifact = {(row[0], row[1].split(":")[0]): row for row in rows}
+    assert set(by_artifact) == {("host-cpu", "onnx"), ("host-cpu", "teacher"), ("iphone16pro", "coreml"),
+                                ("iphone16pro", "teacher")}
+
+    onnx, onnx_int8 = host["student-onnx"], host["student-onnx-int8"]
+    row = by_artifact[("host-cpu", "onnx")]
+    assert row[1].startswith(f"onnx: convert-onnx/{STUDENT}.onnx ({onnx['dtype']}) / quantize-onnx/{STUDENT}-int8.onnx "
+                             f"({onnx_int8['dtype']}")
+    assert "int8" in row[1].split(" / ")[1]  # int8 compute, or int8 weights where the quantizer fell back to weight-only
+    assert row[2] == f"{_band(onnx)}; measured {onnx['measured']['median_ms']:.2f} ms"
+    assert row[4] == f"{_band(onnx_int8)}; measured {onnx_int8['measured']['median_ms']:.2f} ms"
+    assert row[6] == (f"{onnx['latency_ms']['estimate'] / onnx_int8['latency_ms']['estimate']:.2f}x; measured "
+                      f"{onnx['measured']['median_ms'] / onnx_int8['measured']['median_ms']:.2f}x")
+    assert bool(row[7]) == _disagrees(onnx, onnx_int8)  # a note exactly where measurement and estimate disagree
+
+    coreml, coreml_int8 = phone["student-coreml"], phone["student-coreml-int8"]
+    row = by_artifact[("iphone16pro", "coreml")]
+    assert row[1].startswith(f"coreml: convert-coreml/{STUDENT}.mlpackage (fp16) / quantize-coreml/{STUDENT}-int8.mlpackage")
+    assert coreml["source"].endswith("costed on its own ML program (fp16)") and coreml["backend"] == "coreml"
+    assert row[2] == _band(coreml) and row[4] == _band(coreml_int8)  # estimates only: nothing measured off the host
+    assert row[6] == f"{coreml['latency_ms']['estimate'] / coreml_int8['latency_ms']['estimate']:.2f}x"
+    assert by_artifact[("iphone16pro", "teacher")][1] == "teacher: spec as ONNX (fp32)"
+    assert "Each row costs the artifact named in it" in text
+
+
+def test_a_measurement_against_its_estimate_gets_an_explanation_from_the_manifests(finished_run, tmp_path):
+    run_dir = _copy(finished_run, tmp_path)
+    path = run_dir / "profile-host-cpu" / "profile.json"
+    profile = json.loads(path.read_text())
+    onnx, onnx_int8 = profile["models"]["student-onnx"], profile["models"]["student-onnx-int8"]
+    estimated_faster = onnx["latency_ms"]["estimate"] > onnx_int8["latency_ms"]["estimate"]
+    # the measurement says the opposite of the estimate: int8 twice as slow (or twice as fast)
+    onnx_int8["measured"]["median_ms"] = onnx["measured"]["median_ms"] * (2 if estimated_faster else 0.5)
+    path.write_text(json.dumps(profile))
+    write_report(resolve(RECIPE), run_dir)
+    rows = _section_rows((run_dir / "report.md").read_text(), "Devices: the artifact each row costs")
+    note = next(row[7] for row in rows if row[0] == "host-cpu" and row[1].startswith("onnx:"))
+    measured = onnx["measured"]["median_ms"] / onnx_int8["measured"]["median_ms"]
+    estimated = onnx["latency_ms"]["estimate"] / onnx_int8["latency_ms"]["estimate"]
+    direction = ("faster", "slower") if estimated_faster else ("slower", "faster")
+    assert (f"int8 estimated {direction[0]} ({estimated:.2f}x) but measured {direction[1]} ({measured:.2f}x)") in note
+    quantized = _manifest(run_dir, "quantize-onnx", f"{STUDENT}-int8.json")["quantize"]
+    # which facts apply depends on what the quantizer chose on this CPU; each one it recorded is in the note
+    if quantized.get("int8_kernels", {}).get("reduce_range"):  # x86 without VNNI: 7-bit weights
+        assert f"this CPU's int8 kernels: {quantized['int8_kernels']['why']}" in note
+    if quantized["scheme"].startswith("weight-only"):  # int8 compute was slower here: the quantizer kept float compute
+        assert "the int8 artifact is weight-only: int8 weights, float compute" in note
+    if quantized["float_nodes"]:
+        assert f"{len(quantized['float_nodes'])} quantizable nodes compute in float: " in note
+    assert f"host-cpu profile: {onnx_int8['validation'].split('. ')[0].rstrip('.')}" in note
+    shares = onnx_int8["dtypes"]
+    assert f"costed FLOPs by dtype: " + ", ".join(f"{d} {v['flop_share']:.0%}" for d, v in shares.items()) in note
+    assert "\n" not in note
+
+
+def test_a_failed_int8_blocks_only_its_devices_int8_row(finished_run, tmp_path):
+    run_dir = _copy(finished_run, tmp_path)
+    path = run_dir / "quantize-coreml" / f"{STUDENT}-int8.json"
+    manifest = json.loads(path.read_text())
+    manifest["stage"] |= {"passed": False, "message": "int8 lost 2 dB"}
+    path.write_text(json.dumps(manifest))
+    decisions = {d.stage.name: d for d in plan(resolve(RECIPE), run_dir)}
+    assert decisions["quantize-coreml"].failed_before
+    assert decisions["profile-iphone16pro"].action == "run"  # optional: its float rows are still costed
+    assert decisions["profile-host-cpu"].action == "skip"  # it costs no Core ML artifact
+    result = execute(resolve(RECIPE), run_dir)
+    assert [o.stage for o in result.outcomes if o.action == "run"] == ["profile-iphone16pro"]
+    phone = _manifest(run_dir, "profile-iphone16pro", "profile.json")
+    assert "student-coreml-int8" not in phone["models"] and "student-coreml" in phone["models"]
+    rows = _section_rows((run_dir / "report.md").read_text(), "Devices: the artifact each row costs")
+    row = next(row for row in rows if row[0] == "iphone16pro" and row[1].startswith("coreml:"))
+    assert row[4:7] == ["—"] * 3 and row[7] == phone["not_costed"]["student-coreml-int8"]
+    assert row[7].startswith("quantize-coreml failed its check")
 
 
 def test_report_says_eval_is_in_domain_when_it_reuses_the_training_video(finished_run):
@@ -186,7 +345,7 @@ def _student_weights(run_dir: Path) -> dict:
 def _numbers(run_dir: Path) -> dict:
     evaluated = _manifest(run_dir, "eval", "eval.json")["eval"]
     convert = _manifest(run_dir, "convert-onnx", f"{STUDENT}.json")["verify"]
-    phone = _manifest(run_dir, "profile-iphone16pro", "profile.json")["models"]["student"]
+    phone = _manifest(run_dir, "profile-iphone16pro", "profile.json")["models"]["student-coreml"]
     return {"psnr": evaluated["mean_student_psnr_db"], "ssim": evaluated["mean_student_ssim"],
             "max_abs_err": convert["max_abs_err"], "phone_ms": phone["latency_ms"]["estimate"]}
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from effconv.cli.app import AllowImport, app
@@ -79,7 +80,8 @@ def _plan_table(decisions) -> Table:
     colours = {"skip": "green", "run": "yellow", "resume": "yellow", "blocked": "red"}
     for d in decisions:
         seconds = f"~{d.estimate.seconds:.0f} s" if d.estimate else ""
-        table.add_row(d.stage.name, f"[{colours[d.action]}]{d.action}[/]", d.reason, seconds,
+        why = f"{d.reason}\n[dim]{escape(d.stage.note)}[/]" if d.stage.note else d.reason
+        table.add_row(d.stage.name, f"[{colours[d.action]}]{d.action}[/]", why, seconds,
                       d.estimate.basis if d.estimate else "")
     total = sum(d.estimate.seconds for d in decisions if d.estimate)
     table.caption = f"about {total / 60:.1f} min in all (an estimate)"

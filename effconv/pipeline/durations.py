@@ -149,7 +149,7 @@ class DurationEstimator:
             flops, fixed = 0.0, FIXED_SECONDS["lint"] * len(stage.settings["backends"])
         else:
             runs = (MEASURE_WARMUP + stage.settings["repeats"]) if stage.device == HOST_DEVICE else 0
-            models = 2 + ("quantize-onnx" in stage.after)
+            models = 1 + max(1, sum(name.startswith(("convert-", "quantize-", "stream-")) for name in stage.after))
             flops = runs * (work.teacher_decoder + (models - 1) * work.student)
             fixed = FIXED_SECONDS["profile"] * models
         seconds = fixed + self._seconds(flops, INFER_GFLOPS)

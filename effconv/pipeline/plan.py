@@ -8,8 +8,10 @@ teacher spec, which then uses `--recipe` (default `turbo-vaed`) for everything e
 from __future__ import annotations
 
 import os
+import platform
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from effconv.backends import registry
@@ -19,9 +21,9 @@ from effconv.host import cpu_model, default_threads
 from effconv.legalize.lint import rule_table
 from effconv.distill.trainer import resolve_device
 from effconv.models.loader import check_pretrained, pretrained_root
-from effconv.profile.devices import load_device
+from effconv.profile.devices import load_device, profiles_dir
 from effconv.profile.inputs import parse_resolution
-from effconv.recipe import Recipe, load_recipe
+from effconv.recipe import HOST_DEVICE, Recipe, load_recipe
 from effconv.rewrite.stage import STUDENT_SUFFIX
 from effconv.spec import SAFE_NAME, LoadedSpec, load_spec, read_yaml_mapping, spec_from_dict
 from effconv.video.clips import expand_paths
@@ -29,7 +31,6 @@ from effconv.video.clips import expand_paths
 DEFAULT_SPEC_RECIPE = "turbo-vaed"
 PACKAGE_PREFIX = "effconv:"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-HOST_DEVICE = "host-cpu"
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Stage:
     files: tuple[Path, ...] = ()
     backend: str | None = None
     device: str | None = None
+    note: str = ""  # what the plan shows beside the stage's reason: for a profile stage, the artifacts it costs and why
 
 
 def _is_spec(path: Path) -> bool:
@@ -202,6 +204,58 @@ def device_label(device: str) -> str:
     return label
 
 
+def runs_on_this_machine(backend: str) -> bool:
+    """Whether this machine runs the backend's artifact (host-cpu's rows are measured): Core ML predicts only on
+    macOS (backends/coreml/export.py `load_all`); onnxruntime, LiteRT and ExecuTorch run on any host."""
+    return backend != "coreml" or platform.system() == "Darwin"
+
+
+def listed_backends(device: str) -> list[str]:
+    """The backends a device's profile lists; host-cpu's read from its YAML, so planning does not measure the host."""
+    if device != HOST_DEVICE:
+        return load_device(device).backends
+    with resources.as_file(profiles_dir() / f"{HOST_DEVICE}.yaml") as path:
+        return read_yaml_mapping(path, "device profile")["backends"]
+
+
+def device_backends(recipe: Recipe, device: str) -> tuple[list[str], str]:
+    """The backends whose artifacts a device's rows cost, and why: the recipe's `profile.backends` entry, else the
+    exported backends the device's profile lists, in its order (on host-cpu only those that run here)."""
+    chosen = {device_label(name): backends for name, backends in (recipe.profile.backends or {}).items()}
+    if device_label(device) in chosen:
+        return list(chosen[device_label(device)]), "the recipe's profile.backends"
+    listed = listed_backends(device)
+    exported = [b for b in listed if b in recipe.export.backends]
+    why = f"the exported backends {device_label(device)}'s profile lists ({', '.join(listed)})"
+    if device == HOST_DEVICE:
+        elsewhere = [b for b in exported if not runs_on_this_machine(b)]
+        exported = [b for b in exported if runs_on_this_machine(b)]
+        why += f" that run on this machine ({', '.join(elsewhere)} does not)" if elsewhere else " and this machine runs"
+    if not exported:
+        why += ": none is exported, so the student's spec is costed as ONNX"
+    return exported, why
+
+
+def _profile_stage(inputs: RunInputs, device: str, planned: set[str]) -> Stage:
+    """Per mapped backend the float artifact and, when quantized, its int8; the streaming artifact of the first
+    mapped backend; the teacher (exported from its spec) always. Quantized and streaming artifacts are optional:
+    one that failed its check is reported as such, and the device's other rows are still costed."""
+    recipe, host = inputs.recipe, device == HOST_DEVICE
+    backends, why = device_backends(recipe, device)
+    floats = [f"convert-{b}" for b in backends]
+    int8 = [f"quantize-{b}" for b in backends if f"quantize-{b}" in planned]
+    stream = [f"stream-{b}" for b in backends if f"stream-{b}" in planned][:1]
+    settings = {"device": device, "resolution": None if host else recipe.profile.resolution, "backends": backends}
+    if host:
+        settings |= {"measure": True, "repeats": recipe.profile.host_repeats, "threads": default_threads(),
+                     "cpu": cpu_model()}
+    costed = [f"{b} (float{', int8' if f'quantize-{b}' in int8 else ''})" for b in backends] or ["student spec as ONNX"]
+    note = f"costs teacher, {', '.join(costed)}{''.join(f', {s}' for s in stream)}: {why}"
+    return Stage(f"profile-{device_label(device)}", "profile", after=("distill", *floats, *int8, *stream),
+                 optional=(*int8, *stream), device=device, settings=settings,
+                 files=(Path(device),) if is_device_file(device) else (), note=note)
+
+
 def stages(inputs: RunInputs) -> list[Stage]:
     """The stages in the order they run."""
     recipe = inputs.recipe
@@ -224,19 +278,8 @@ def stages(inputs: RunInputs) -> list[Stage]:
              for b in recipe.streamed_backends()]
     plan.append(Stage("lint", "lint", after=("distill",),
                       settings={"backends": {b: _lint_device(b, inputs.devices) for b in backends}}))
-    streamed = sorted(recipe.streamed_backends(), key=lambda b: b != "onnx")[:1]  # the ONNX stream when there is one
-    profiled = ("convert-onnx", "quantize-onnx", *(f"stream-{b}" for b in streamed))
-    profiled_inputs = tuple(name for name in profiled if name in {s.name for s in plan})
-    for device in inputs.devices:
-        host = device == HOST_DEVICE
-        settings = {"device": device, "resolution": None if host else recipe.profile.resolution}
-        if host:
-            settings |= {"measure": True, "repeats": recipe.profile.host_repeats, "threads": default_threads(),
-                         "cpu": cpu_model()}
-        device_file = (Path(device),) if is_device_file(device) else ()
-        plan.append(Stage(f"profile-{device_label(device)}", "profile", after=("distill", *profiled_inputs),
-                          optional=tuple(n for n in profiled_inputs if n.startswith(("quantize", "stream"))), device=device,
-                          settings=settings, files=device_file))
+    planned = {stage.name for stage in plan}
+    plan += [_profile_stage(inputs, device, planned) for device in inputs.devices]
     names = [stage.name for stage in plan]
     if len(set(names)) != len(names):
         raise EffconvError(f"two stages would share a folder: {', '.join(sorted({n for n in names if names.count(n) > 1}))}.",

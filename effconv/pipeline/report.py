@@ -20,7 +20,9 @@ import yaml
 import effconv
 from effconv.artifacts import staged_output
 from effconv.pipeline.plan import HOST_DEVICE, RunInputs, device_label, stages
-from effconv.pipeline.stages import DISTILL_MANIFEST, EVAL_MANIFEST, INT8_SUFFIX, LINT_MANIFEST, PROFILE_MANIFEST
+from effconv.pipeline.stages import (DISTILL_MANIFEST, EVAL_MANIFEST, INT8_SUFFIX, LINT_MANIFEST, PROFILE_MANIFEST,
+                                     SPEC_STUDENT, STREAM_STUDENT, student_label)
+from effconv.profile.measure import measure_runtime_of_fit
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -108,6 +110,14 @@ def _profiled(m: Manifests, device: str, model: str) -> dict | None:
     return profile["models"].get(model) if profile else None
 
 
+def _student(m: Manifests, device: str) -> dict | None:
+    """The student as the device's first costed backend ships it (its spec as ONNX when it costs none)."""
+    profile = m.profile.get(device)
+    if not profile:
+        return None
+    return _profiled(m, device, student_label(profile["backends"][0], "float") if profile["backends"] else SPEC_STUDENT)
+
+
 def _estimate(result: dict | None) -> tuple[str, str]:
     if not result:
         return MISSING, MISSING
@@ -161,14 +171,14 @@ def _comparison_section(m: Manifests) -> Section:
         ["SSIM on the eval clip", number(evaluated.get("mean_teacher_ssim"), 4), number(evaluated.get("mean_student_ssim"), 4),
          share(evaluated.get("mean_student_ssim"), evaluated.get("mean_teacher_ssim"))],
     ]
-    host_teacher, host_student = _profiled(m, HOST_DEVICE, "teacher"), _profiled(m, HOST_DEVICE, "student")
+    host_teacher, host_student = _profiled(m, HOST_DEVICE, "teacher"), _student(m, HOST_DEVICE)
     (t_ms, t_fps), (s_ms, s_fps) = _measured(host_teacher), _measured(host_student)
     speedup = times(*(r["measured"]["median_ms"] if r and r.get("measured") else None for r in (host_teacher, host_student)))
-    threads = (host_student or {}).get("measured", {}) or {}
-    rows += [[f"host latency, measured (onnxruntime CPU, {threads.get('threads', '?')} threads)", t_ms, s_ms, speedup],
+    run = (host_student or {}).get("measured", {}) or {}
+    rows += [[f"host latency, measured ({run.get('runtime', '?')}, {run.get('threads', '?')} threads)", t_ms, s_ms, speedup],
              ["host FPS, measured", t_fps, s_fps, ""]]
     for device in m.devices:
-        teacher, student = _profiled(m, device, "teacher"), _profiled(m, device, "student")
+        teacher, student = _profiled(m, device, "teacher"), _student(m, device)
         (t_lat, t_fps), (s_lat, s_fps) = _estimate(teacher), _estimate(student)
         speed = times(*(r["latency_ms"]["estimate"] if r else None for r in (teacher, student)))
         rows += [[f"{device} latency, estimated (band)", t_lat, s_lat, speed], [f"{device} FPS, estimated (band)", t_fps, s_fps, ""]]
@@ -183,12 +193,14 @@ def _comparison_section(m: Manifests) -> Section:
                               "The teacher is not exported (sizes are the student's).")
     shapes = []
     for device in [HOST_DEVICE, *m.devices]:
-        result = _profiled(m, device, "student")
+        result = _student(m, device)
         if result:
-            shapes.append(f"{device}: {result['frames']} frames, {result['source']}")
+            shapes.append(f"{device}: {result['frames']} frames, {result['target']}: {result['source']}")
     if shapes:
         section.blocks.append("Latency is per decode call; FPS = video frames / latency. Phone figures are "
-                              "roofline estimates with their error band, not measurements. Shapes: " + "; ".join(shapes) + ".")
+                              "roofline estimates with their error band, not measurements. The student column is the "
+                              "artifact of each device's first costed backend (all of them: Devices, below). Shapes and "
+                              "graphs: " + "; ".join(shapes) + ".")
     return section
 
 
@@ -242,17 +254,142 @@ def _quantize_section(m: Manifests) -> Section:
         ])
     section.blocks.append(Table(["backend", "scheme", "float size", "int8 size", "smaller", "PSNR vs float (dB)",
                                  "PSNR drop (dB)", "SSIM drop", "latency float / int8", "gate"], rows))
-    estimated = []
-    for device in [HOST_DEVICE, *m.devices]:
-        student, int8 = _profiled(m, device, "student"), _profiled(m, device, "student-int8")
-        if student and int8:
-            speed = times(student["latency_ms"]["estimate"], int8["latency_ms"]["estimate"])
-            estimated.append([device, _estimate(student)[0], _estimate(int8)[0], speed])
-    if estimated:
-        section.blocks += [Table(["device", "float ONNX, estimated", "int8 ONNX, estimated", "speedup"], estimated),
-                           "PSNR figures: held-out clips of the eval videos; sizes and host latency as measured by "
-                           "`effconv quantize`; the estimates cost the int8 graph with each device's int8 throughput."]
+    section.blocks.append("PSNR figures: held-out clips of the eval videos; sizes and host latency as measured by "
+                          "`effconv quantize`. Each device's float and int8 latency: Devices, above.")
     return section
+
+
+def _latency_cell(result: dict) -> str:
+    """`12.30 ms (6.15 - 24.60)`, the estimate and its band, then `; measured 14.10 ms` where it ran here."""
+    cell = _estimate(result)[0]
+    return cell + (f"; measured {result['measured']['median_ms']:.2f} ms" if result.get("measured") else "")
+
+
+def _fps_cell(result: dict) -> str:
+    cell = _estimate(result)[1]
+    return cell + (f"; measured {_measured(result)[1]}" if result.get("measured") else "")
+
+
+def _speedups(float_result: dict, int8_result: dict) -> tuple[float, float | None]:
+    """int8's speed-up over float: estimated, and measured where both ran here."""
+    estimated = float_result["latency_ms"]["estimate"] / int8_result["latency_ms"]["estimate"]
+    both = float_result.get("measured") and int8_result.get("measured")
+    return estimated, float_result["measured"]["median_ms"] / int8_result["measured"]["median_ms"] if both else None
+
+
+def _speedup_cell(float_result: dict, int8_result: dict) -> str:
+    estimated, measured = _speedups(float_result, int8_result)
+    return f"{estimated:.2f}x" + (f"; measured {measured:.2f}x" if measured is not None else "")
+
+
+def _outside_band(label: str, result: dict) -> str | None:
+    latency, measured = result["latency_ms"], (result.get("measured") or {}).get("median_ms")
+    if measured is None or latency["low"] <= measured <= latency["high"]:
+        return None
+    return f"{label} measured {measured:.2f} ms is outside the estimate's band ({latency['low']:.2f} - {latency['high']:.2f} ms)"
+
+
+def _direction(float_result: dict, int8_result: dict) -> str | None:
+    estimated, measured = _speedups(float_result, int8_result)
+    if measured is None or (estimated > 1) == (measured > 1):
+        return None
+    return (f"int8 estimated {'faster' if estimated > 1 else 'slower'} ({estimated:.2f}x) but measured "
+            f"{'faster' if measured > 1 else 'slower'} ({measured:.2f}x)")
+
+
+def _quantize_facts(quantize: dict | None) -> list[str]:
+    """What the int8 artifact's manifest says about its compute: weight-only, nodes left in float, 7-bit kernels."""
+    q = (quantize or {}).get("quantize") or {}
+    facts = []
+    if q.get("weights_only") or str(q.get("scheme", "")).startswith("weight-only"):
+        facts.append("the int8 artifact is weight-only: int8 weights, float compute (quantize `scheme`)")
+    left_float = q.get("float_nodes") or []
+    if left_float:
+        facts.append(f"{len(left_float)} quantizable nodes compute in float: {left_float[0]['reason']} "
+                     "(quantize `float_nodes`)")
+    kernels = q.get("int8_kernels") or {}
+    if kernels.get("reduce_range"):
+        facts.append(f"this CPU's int8 kernels: {kernels['why']} (quantize `int8_kernels`)")
+    return facts
+
+
+def _profile_facts(result: dict) -> list[str]:
+    """What the profile says about how far to trust the host estimate, and what graph it costed."""
+    facts = [f"host-cpu profile: {result['validation'].split('. ')[0].rstrip('.')}"]
+    runtime = (result.get("measured") or {}).get("runtime")
+    if runtime and runtime != measure_runtime_of_fit():
+        facts.append(f"host efficiencies are fitted to {measure_runtime_of_fit()}, this ran in {runtime}")
+    mix = ", ".join(f"{dtype} {share['flop_share']:.0%}" for dtype, share in result["dtypes"].items())
+    facts.append(f"costed FLOPs by dtype: {mix}")
+    return facts
+
+
+def _disagreement(float_result: dict, int8_result: dict | None, quantize: dict | None) -> str:
+    """One line where a measurement contradicts its estimate (outside the band, or int8's speed-up in the other
+    direction), with the manifest facts that bear on it; empty where they agree or nothing was measured."""
+    pairs = [("float", float_result)] + ([("int8", int8_result)] if int8_result else [])
+    found = [d for d in [*(_outside_band(label, r) for label, r in pairs),
+                         _direction(float_result, int8_result) if int8_result else None] if d]
+    if not found:
+        return ""
+    facts = _quantize_facts(quantize) if int8_result else []
+    return "; ".join(found) + ". Facts: " + "; ".join(facts + _profile_facts(int8_result or float_result)) + "."
+
+
+def _dtype_text(result: dict) -> str:
+    """The costed compute dtypes, and how many ops read int8-stored weights (a W8A16 .mlpackage computes in fp16)."""
+    narrow = sum(share["narrow_weight_ops"] for share in result["dtypes"].values())
+    return result["dtype"] + (f", int8 weights on {narrow} ops" if narrow else "")
+
+
+def _artifact_cell(backend: str, float_result: dict, int8_result: dict | None) -> str:
+    cell = f"{backend}: {float_result['target']} ({_dtype_text(float_result)})"
+    return cell + (f" / {int8_result['target']} ({_dtype_text(int8_result)})" if int8_result else "")
+
+
+def _backend_row(m: Manifests, device: str, backend: str) -> list[str] | None:
+    profile = m.profile[device]
+    float_result = profile["models"].get(student_label(backend, "float"))
+    if not float_result:
+        return None
+    int8_label = student_label(backend, "int8")
+    int8_result = profile["models"].get(int8_label)
+    int8_cells = ([_latency_cell(int8_result), _fps_cell(int8_result), _speedup_cell(float_result, int8_result)]
+                  if int8_result else [MISSING] * 3)
+    note = _disagreement(float_result, int8_result, m.quantize.get(backend)) or profile.get("not_costed", {}).get(
+        int8_label, "" if int8_result else "not quantized")
+    return [device, _artifact_cell(backend, float_result, int8_result), _latency_cell(float_result), _fps_cell(float_result),
+            *int8_cells, note]
+
+
+def _device_rows(m: Manifests, device: str) -> list[list[str]]:
+    profile = m.profile.get(device)
+    if not profile:
+        return [[device, "not profiled"] + [MISSING] * 5 + [""]]
+    rows = [_backend_row(m, device, backend) for backend in profile["backends"]]
+    spec = profile["models"].get(SPEC_STUDENT)
+    if spec:
+        rows.append([device, f"student spec as ONNX ({_dtype_text(spec)}): none of its backends is exported",
+                     _latency_cell(spec), _fps_cell(spec)] + [MISSING] * 3 + [_disagreement(spec, None, None)])
+    teacher = profile["models"].get("teacher")
+    if teacher:
+        rows.append([device, f"teacher: spec as ONNX ({_dtype_text(teacher)})", _latency_cell(teacher), _fps_cell(teacher)]
+                    + [MISSING] * 3 + [_disagreement(teacher, None, None)])
+    return [row for row in rows if row]
+
+
+def _devices_section(m: Manifests) -> Section:
+    rows = [row for device in [HOST_DEVICE, *m.devices] for row in _device_rows(m, device)]
+    return Section("Devices: the artifact each row costs", [
+        Table(["device", "artifact (costed dtypes: float / int8)", "float latency, estimated (band)", "float FPS",
+               "int8 latency, estimated (band)", "int8 FPS", "int8 speed-up", "note"], rows),
+        "Each row costs the artifact named in it on that device's profile: a .tflite on its own LiteRT flatbuffer, "
+        "a .mlpackage on its own ML program (fp16; its int8 is W8A16, fp16 compute on int8 weights), an .onnx on its "
+        "own graph, a .pte on its spec's ONNX graph, each op in the dtype it computes in there. Which backends a device "
+        "costs: the recipe's `profile.backends`, else the exported backends its profile lists (host-cpu: those that run "
+        "here). On host-cpu every artifact that runs here is also measured in its own runtime; the note says why a "
+        "measurement falls outside its estimate's band or int8's measured speed-up goes the other way.",
+    ])
 
 
 def _stream_row(backend: str, manifest: dict | None) -> list[str]:
@@ -274,11 +411,11 @@ def _stream_section(m: Manifests) -> Section:
                                 [_stream_row(backend, manifest) for backend, manifest in m.stream.items()]))
     rows = []
     for device in [HOST_DEVICE, *m.devices]:
-        streamed, whole = _profiled(m, device, "student-stream"), _profiled(m, device, "student")
+        streamed, whole = _profiled(m, device, STREAM_STUDENT), _student(m, device)
         if not streamed:
             continue
         measured = _measured(streamed)[0] if streamed.get("measured") else "not measured (estimate only)"
-        rows.append([device, _estimate(streamed)[0], measured, _estimate(streamed)[1],
+        rows.append([f"{device} ({streamed['target']})", _estimate(streamed)[0], measured, _estimate(streamed)[1],
                      f"{streamed['memory']['total_mb']:.0f} MB" + (f" (whole clip: {whole['memory']['total_mb']:.0f} MB)"
                                                                   if whole else "")])
     if rows:
@@ -345,7 +482,8 @@ def _stages_section(m: Manifests, result) -> Section:
 def build(inputs: RunInputs, out_dir: Path, result=None) -> list[Section]:
     m = Manifests(inputs, out_dir)
     streaming = [_stream_section(m)] if m.stream else []
-    return [_spec_section(m), _comparison_section(m), _conversion_section(m), _quantize_section(m), *streaming,
+    return [_spec_section(m), _comparison_section(m), _devices_section(m), _conversion_section(m), _quantize_section(m),
+            *streaming,
             _lint_section(m), _plots_section(m), _stages_section(m, result)]
 
 

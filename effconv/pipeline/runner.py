@@ -63,7 +63,7 @@ class Decision:
         """The plan entry `effconv run --json` prints."""
         return {"stage": self.stage.name, "action": self.action, "reason": self.reason, "hash": self.hash,
                 "estimate_seconds": round(self.estimate.seconds, 1) if self.estimate else None,
-                "estimate_basis": self.estimate.basis if self.estimate else None}
+                "estimate_basis": self.estimate.basis if self.estimate else None, "note": self.stage.note or None}
 
 
 @dataclass

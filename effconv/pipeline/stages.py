@@ -21,7 +21,7 @@ from effconv.distill.evaluate import evaluate
 from effconv.distill.stage import distill
 from effconv.errors import VerificationFailed
 from effconv.legalize.lint import lint_target
-from effconv.pipeline.plan import HOST_DEVICE, RunInputs, Stage
+from effconv.pipeline.plan import HOST_DEVICE, RunInputs, Stage, runs_on_this_machine
 from effconv.profile.plot import write_plot
 from effconv.profile.run import run
 from effconv.quantize.stage import quantize_artifact
@@ -35,6 +35,8 @@ PROFILE_PLOT = "student-plot.png"
 TEACHER_SPEC = "teacher.yaml"
 FRAMES_DIR = "frames"
 INT8_SUFFIX = "-int8"
+SPEC_STUDENT = "student-spec"  # a device none of whose backends is exported costs the student's spec as ONNX
+STREAM_STUDENT = "student-stream"
 
 
 @dataclass
@@ -138,22 +140,53 @@ def run_lint(ctx: StageContext) -> None:
                                  f"see {ctx.directory / LINT_MANIFEST} and docs/backends.md.")
 
 
-def _profile_targets(ctx: StageContext, teacher_spec: Path) -> dict[str, Path]:
-    """Teacher (its spec, exported on the fly), the student's float ONNX (or its spec), the int8 ONNX, and the
-    streaming artifact (per call)."""
-    name = ctx.inputs.student_name
-    targets = {"teacher": teacher_spec}
-    exported = ctx.out_dir / "convert-onnx" / f"{name}.onnx"
-    targets["student"] = exported if "convert-onnx" in ctx.stage.after else ctx.student_spec
-    if "quantize-onnx" in ctx.stage.after:
-        targets["student-int8"] = ctx.out_dir / "quantize-onnx" / f"{name}{INT8_SUFFIX}.onnx"
-    for stream in (stage for stage in ctx.stage.after if stage.startswith("stream-")):
-        folder = ctx.out_dir / stream
-        targets["student-stream"] = folder / read_manifest(folder / f"{name}.json").artifact
-    return targets
+@dataclass(frozen=True)
+class ProfileTarget:
+    """One model a profile stage costs: `label` keys it in profile.json's `models`."""
+
+    label: str
+    path: Path
+    backend: str  # whose runtime runs it (the teacher's and a student spec's on-the-fly export: onnx)
+    precision: str  # float | int8
+
+
+def student_label(backend: str, precision: str) -> str:
+    return f"student-{backend}" + (INT8_SUFFIX if precision == "int8" else "")
+
+
+def _artifact(ctx: StageContext, stage: str, suffix: str = "") -> Path:
+    """The artifact an upstream stage wrote, as its manifest `NAME{suffix}.json` names it."""
+    return ctx.out_dir / stage / read_manifest(ctx.out_dir / stage / f"{ctx.inputs.student_name}{suffix}.json").artifact
+
+
+def _int8_passed(ctx: StageContext, stage: str) -> bool:
+    manifest = read_manifest(ctx.out_dir / stage / f"{ctx.inputs.student_name}{INT8_SUFFIX}.json")
+    return (manifest.model_extra or {}).get("stage", {}).get("passed") is not False
+
+
+def _profile_targets(ctx: StageContext, teacher_spec: Path) -> tuple[list[ProfileTarget], dict[str, str]]:
+    """The teacher (its spec, exported on the fly); per mapped backend the student's float artifact and its int8
+    when that passed its check (else why not); the streaming artifact (per call). No mapped backend: the student's
+    spec, exported to ONNX on the fly."""
+    targets, skipped = [ProfileTarget("teacher", teacher_spec, "onnx", "float")], {}
+    after = ctx.stage.after
+    for backend in ctx.stage.settings["backends"]:
+        targets.append(ProfileTarget(student_label(backend, "float"), _artifact(ctx, f"convert-{backend}"), backend, "float"))
+        quantized = f"quantize-{backend}"
+        if quantized in after and _int8_passed(ctx, quantized):
+            targets.append(ProfileTarget(student_label(backend, "int8"), _artifact(ctx, quantized, INT8_SUFFIX), backend,
+                                         "int8"))
+        elif quantized in after:
+            skipped[student_label(backend, "int8")] = f"{quantized} failed its check, so its artifact is not costed"
+    if not ctx.stage.settings["backends"]:
+        targets.append(ProfileTarget(SPEC_STUDENT, ctx.student_spec, "onnx", "float"))
+    for stream in (stage for stage in after if stage.startswith("stream-")):
+        targets.append(ProfileTarget(STREAM_STUDENT, _artifact(ctx, stream), stream.removeprefix("stream-"), "float"))
+    return targets, skipped
 
 
 def run_profile(ctx: StageContext) -> None:
+    """Estimate every target on the device; on host-cpu also measure each one this machine runs, in its own runtime."""
     settings = ctx.stage.settings
     host = ctx.stage.device == HOST_DEVICE
     teacher = read_manifest(ctx.out_dir / "distill" / DISTILL_MANIFEST).model_extra["teacher"]
@@ -161,16 +194,18 @@ def run_profile(ctx: StageContext) -> None:
     with staged_output(ctx.directory) as staging:
         teacher_spec = staging / TEACHER_SPEC
         teacher_spec.write_text(yaml.safe_dump(teacher, sort_keys=False), encoding="utf-8")
-        for label, target in _profile_targets(ctx, teacher_spec).items():
-            result = run(target, ctx.stage.device, resolution=settings["resolution"], do_measure=host,
-                         threads=settings.get("threads"), repeats=settings.get("repeats", 1),
-                         allow_import=ctx.inputs.allow_import)
-            shown = target.name if target.parent == staging else target.relative_to(ctx.out_dir).as_posix()
-            results[label] = result.to_dict() | {"target": shown}
-            if label == "student":
+        targets, skipped = _profile_targets(ctx, teacher_spec)
+        for target in targets:
+            result = run(target.path, ctx.stage.device, resolution=settings["resolution"],
+                         do_measure=host and runs_on_this_machine(target.backend), threads=settings.get("threads"),
+                         repeats=settings.get("repeats", 1), allow_import=ctx.inputs.allow_import)
+            shown = target.path.name if target.path.parent == staging else target.path.relative_to(ctx.out_dir).as_posix()
+            results[target.label] = result.to_dict() | {"target": shown, "backend": target.backend,
+                                                        "precision": target.precision}
+            if target == targets[1]:  # the student as the device's first backend ships it
                 write_plot(result, staging / PROFILE_PLOT)
-        replace_json(staging / PROFILE_MANIFEST, _stage_json("profile", device=ctx.stage.device, models=results,
-                                                             plot=PROFILE_PLOT))
+        replace_json(staging / PROFILE_MANIFEST, _stage_json("profile", device=ctx.stage.device, backends=settings["backends"],
+                                                             models=results, not_costed=skipped, plot=PROFILE_PLOT))
 
 
 RUNNERS: dict[str, Callable[[StageContext], None]] = {
