@@ -220,17 +220,21 @@ def listed_backends(device: str) -> list[str]:
 
 def device_backends(recipe: Recipe, device: str) -> tuple[list[str], str]:
     """The backends whose artifacts a device's rows cost, and why: the recipe's `profile.backends` entry, else the
-    exported backends the device's profile lists, in its order (on host-cpu only those that run here)."""
+    first exported backend the device's profile lists (what an app for it ships: Core ML on an iPhone, TFLite on
+    Android), or on host-cpu every exported backend that runs here."""
     chosen = {device_label(name): backends for name, backends in (recipe.profile.backends or {}).items()}
     if device_label(device) in chosen:
         return list(chosen[device_label(device)]), "the recipe's profile.backends"
     listed = listed_backends(device)
     exported = [b for b in listed if b in recipe.export.backends]
-    why = f"the exported backends {device_label(device)}'s profile lists ({', '.join(listed)})"
     if device == HOST_DEVICE:
+        why = f"the exported backends {device_label(device)}'s profile lists ({', '.join(listed)})"
         elsewhere = [b for b in exported if not runs_on_this_machine(b)]
         exported = [b for b in exported if runs_on_this_machine(b)]
         why += f" that run on this machine ({', '.join(elsewhere)} does not)" if elsewhere else " and this machine runs"
+    else:
+        why = f"the first exported backend {device_label(device)}'s profile lists ({', '.join(listed)}): what its apps ship"
+        exported = exported[:1]
     if not exported:
         why += ": none is exported, so the student's spec is costed as ONNX"
     return exported, why
