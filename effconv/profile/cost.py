@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,41 @@ CONV_CATEGORIES = ("conv", "conv_dw", "conv_pw")
 TRANSCENDENTAL_FLOPS = 4
 NORM_FLOPS = 5
 RESIZE_TAPS = {"nearest": 0, "linear": 2, "cubic": 4}
+
+# Categories by kind, in ONNX's op vocabulary: every reader (ONNX, LiteRT, ML program) maps its ops to these kinds, so
+# what an op costs is decided here once. Convs are refined by kernel and groups where each reader sees them.
+VIEW_OPS = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Constant", "Size",
+            "ConstantOfShape", "Range", "QuantizeLinear", "DequantizeLinear", "Cast"}
+LAYOUT_OPS = {"Transpose", "Concat", "Slice", "Split", "Pad", "Tile", "Expand", "Gather", "GatherND",
+              "GatherElements", "ScatterND", "Where", "DepthToSpace", "SpaceToDepth", "Trilu", "ReverseSequence"}
+NORM_OPS = {"InstanceNormalization", "GroupNormalization", "LayerNormalization", "BatchNormalization",
+            "RMSNormalization", "LpNormalization", "SimplifiedLayerNormalization"}
+REDUCE_OPS = {"ReduceMean", "ReduceSum", "ReduceL2", "ReduceMax", "ReduceMin", "ReduceProd",
+              "ReduceSumSquare", "ReduceL1", "ReduceLogSumExp", "ArgMax", "ArgMin"}
+# Rsqrt and Silu are not ONNX ops; LiteRT's RSQRT and MIL's silu map to them
+TRANSCENDENTAL_OPS = {"Sigmoid", "Tanh", "Exp", "Log", "Erf", "Softmax", "LogSoftmax", "Sqrt", "Rsqrt", "Silu",
+                      "Reciprocal", "Pow", "Gelu", "HardSwish", "Softplus", "Mish", "Sin", "Cos", "Elu"}
+MATMUL_OPS = {"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul"}
+CONV_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv"}
+
+
+def op_category(kind: str) -> str:
+    """The cost category of an op kind (a conv kind such as DepthwiseConv2d counts as conv until refined)."""
+    if kind in CONV_OPS or re.fullmatch(r"(Depthwise)?Conv(Transpose)?\dd", kind):
+        return "conv"
+    if kind in VIEW_OPS:
+        return "view"
+    if kind in LAYOUT_OPS:
+        return "layout"
+    if kind in NORM_OPS:
+        return "norm"
+    if kind in REDUCE_OPS:
+        return "reduce"
+    if kind in MATMUL_OPS:
+        return "matmul"
+    if kind in ("Resize", "Upsample"):
+        return "resize"
+    return "elementwise"
 
 
 def numel(shape: tuple[int, ...]) -> int:

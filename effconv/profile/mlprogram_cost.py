@@ -22,59 +22,38 @@ from pathlib import Path
 
 from effconv.errors import EffconvError, exception_text
 from effconv.profile.cost import (
-    GraphCost, NodeCost, TensorUse, activation_dtype, conv_flops, conv_kind, conv_transpose_flops, matmul_flops, numel,
-    resize_flops, settled, simple_flops, upsample_factor,
+    TRANSCENDENTAL_OPS, GraphCost, NodeCost, TensorUse, activation_dtype, conv_flops, conv_kind, conv_transpose_flops,
+    matmul_flops, numel, op_category, resize_flops, settled, simple_flops, upsample_factor,
 )
 
 FIX = "re-create it with `effconv convert SPEC --to coreml`."
 FUNCTION = "main"
 
-# MIL op -> (kind in ONNX's vocabulary, category, transcendental); convs, matmuls and resizes are refined below.
+# MIL op -> its kind in ONNX's vocabulary, which decides its cost category (cost.op_category); convs, matmuls and
+# resizes are refined below.
 OPS = {
-    "add": ("Add", "elementwise", False), "sub": ("Sub", "elementwise", False), "mul": ("Mul", "elementwise", False),
-    "real_div": ("Div", "elementwise", False), "floor_div": ("Div", "elementwise", False),
-    "maximum": ("Max", "elementwise", False), "minimum": ("Min", "elementwise", False),
-    "abs": ("Abs", "elementwise", False), "square": ("Square", "elementwise", False),
-    "relu": ("Relu", "elementwise", False), "relu6": ("Clip", "elementwise", False),
-    "clip": ("Clip", "elementwise", False), "leaky_relu": ("LeakyRelu", "elementwise", False),
-    "prelu": ("PRelu", "elementwise", False), "floor": ("Floor", "elementwise", False),
-    "ceil": ("Ceil", "elementwise", False), "round": ("Round", "elementwise", False),
-    "sign": ("Sign", "elementwise", False), "select": ("Where", "elementwise", False),
-    "equal": ("Equal", "elementwise", False), "not_equal": ("NotEqual", "elementwise", False),
-    "less": ("Less", "elementwise", False), "greater": ("Greater", "elementwise", False),
-    "less_equal": ("LessOrEqual", "elementwise", False), "greater_equal": ("GreaterOrEqual", "elementwise", False),
-    "logical_not": ("Not", "elementwise", False), "logical_and": ("And", "elementwise", False),
-    "logical_or": ("Or", "elementwise", False),
-    "sigmoid": ("Sigmoid", "elementwise", True), "silu": ("Silu", "elementwise", True),
-    "tanh": ("Tanh", "elementwise", True), "exp": ("Exp", "elementwise", True), "exp2": ("Exp", "elementwise", True),
-    "log": ("Log", "elementwise", True), "sqrt": ("Sqrt", "elementwise", True), "rsqrt": ("Rsqrt", "elementwise", True),
-    "inverse": ("Reciprocal", "elementwise", True), "pow": ("Pow", "elementwise", True),
-    "erf": ("Erf", "elementwise", True), "gelu": ("Gelu", "elementwise", True),
-    "softmax": ("Softmax", "elementwise", True), "softplus": ("Softplus", "elementwise", True),
-    "elu": ("Elu", "elementwise", True), "sin": ("Sin", "elementwise", True), "cos": ("Cos", "elementwise", True),
-    "layer_norm": ("LayerNormalization", "norm", False), "instance_norm": ("InstanceNormalization", "norm", False),
-    "batch_norm": ("BatchNormalization", "norm", False), "l2_norm": ("LpNormalization", "norm", False),
-    "reduce_mean": ("ReduceMean", "reduce", False), "reduce_sum": ("ReduceSum", "reduce", False),
-    "reduce_max": ("ReduceMax", "reduce", False), "reduce_min": ("ReduceMin", "reduce", False),
-    "reduce_prod": ("ReduceProd", "reduce", False), "reduce_l2_norm": ("ReduceL2", "reduce", False),
-    "reduce_l1_norm": ("ReduceL1", "reduce", False), "reduce_sum_square": ("ReduceSumSquare", "reduce", False),
-    "reduce_argmax": ("ArgMax", "reduce", False), "reduce_argmin": ("ArgMin", "reduce", False),
-    "transpose": ("Transpose", "layout", False), "concat": ("Concat", "layout", False),
-    "stack": ("Concat", "layout", False), "slice_by_index": ("Slice", "layout", False),
-    "slice_by_size": ("Slice", "layout", False), "split": ("Split", "layout", False), "pad": ("Pad", "layout", False),
-    "tile": ("Tile", "layout", False), "gather": ("Gather", "layout", False), "gather_nd": ("GatherND", "layout", False),
-    "gather_along_axis": ("GatherElements", "layout", False), "scatter_nd": ("ScatterND", "layout", False),
-    "reverse": ("ReverseSequence", "layout", False), "depth_to_space": ("DepthToSpace", "layout", False),
-    "pixel_shuffle": ("DepthToSpace", "layout", False), "space_to_depth": ("SpaceToDepth", "layout", False),
-    "upsample_nearest_neighbor": ("Resize", "resize", False), "resize_nearest_neighbor": ("Resize", "resize", False),
-    "upsample_bilinear": ("Resize", "resize", False), "resize_bilinear": ("Resize", "resize", False),
-    "reshape": ("Reshape", "view", False), "reshape_like": ("Reshape", "view", False),
-    "squeeze": ("Squeeze", "view", False), "expand_dims": ("Unsqueeze", "view", False),
-    "identity": ("Identity", "view", False), "cast": ("Cast", "view", False), "shape": ("Shape", "view", False),
-    "fill": ("ConstantOfShape", "view", False), "fill_like": ("ConstantOfShape", "view", False),
-    "quantize": ("QuantizeLinear", "view", False), "dequantize": ("DequantizeLinear", "view", False),
-    "conv": ("Conv", "conv", False), "conv_transpose": ("ConvTranspose", "conv", False),
-    "linear": ("Gemm", "matmul", False), "matmul": ("MatMul", "matmul", False),
+    "add": "Add", "sub": "Sub", "mul": "Mul", "real_div": "Div", "floor_div": "Div", "maximum": "Max",
+    "minimum": "Min", "abs": "Abs", "square": "Square", "relu": "Relu", "relu6": "Clip", "clip": "Clip",
+    "leaky_relu": "LeakyRelu", "prelu": "PRelu", "floor": "Floor", "ceil": "Ceil", "round": "Round", "sign": "Sign",
+    "select": "Where", "equal": "Equal", "not_equal": "NotEqual", "less": "Less", "greater": "Greater",
+    "less_equal": "LessOrEqual", "greater_equal": "GreaterOrEqual", "logical_not": "Not", "logical_and": "And",
+    "logical_or": "Or", "sigmoid": "Sigmoid", "silu": "Silu", "tanh": "Tanh", "exp": "Exp", "exp2": "Exp",
+    "log": "Log", "sqrt": "Sqrt", "rsqrt": "Rsqrt", "inverse": "Reciprocal", "pow": "Pow", "erf": "Erf",
+    "gelu": "Gelu", "softmax": "Softmax", "softplus": "Softplus", "elu": "Elu", "sin": "Sin", "cos": "Cos",
+    "layer_norm": "LayerNormalization", "instance_norm": "InstanceNormalization", "batch_norm": "BatchNormalization",
+    "l2_norm": "LpNormalization", "reduce_mean": "ReduceMean", "reduce_sum": "ReduceSum", "reduce_max": "ReduceMax",
+    "reduce_min": "ReduceMin", "reduce_prod": "ReduceProd", "reduce_l2_norm": "ReduceL2",
+    "reduce_l1_norm": "ReduceL1", "reduce_sum_square": "ReduceSumSquare", "reduce_argmax": "ArgMax",
+    "reduce_argmin": "ArgMin", "transpose": "Transpose", "concat": "Concat", "stack": "Concat",
+    "slice_by_index": "Slice", "slice_by_size": "Slice", "split": "Split", "pad": "Pad", "tile": "Tile",
+    "gather": "Gather", "gather_nd": "GatherND", "gather_along_axis": "GatherElements", "scatter_nd": "ScatterND",
+    "reverse": "ReverseSequence", "depth_to_space": "DepthToSpace", "pixel_shuffle": "DepthToSpace",
+    "space_to_depth": "SpaceToDepth", "upsample_nearest_neighbor": "Resize", "resize_nearest_neighbor": "Resize",
+    "upsample_bilinear": "Resize", "resize_bilinear": "Resize", "reshape": "Reshape", "reshape_like": "Reshape",
+    "squeeze": "Squeeze", "expand_dims": "Unsqueeze", "identity": "Identity", "cast": "Cast", "shape": "Shape",
+    "fill": "ConstantOfShape", "fill_like": "ConstantOfShape", "quantize": "QuantizeLinear",
+    "dequantize": "DequantizeLinear", "conv": "Conv", "conv_transpose": "ConvTranspose", "linear": "Gemm",
+    "matmul": "MatMul",
 }
 NEAREST = {"upsample_nearest_neighbor", "resize_nearest_neighbor"}
 BLOCK_PARAMETERS = {"depth_to_space": "block_size", "pixel_shuffle": "upscale_factor"}
@@ -192,7 +171,8 @@ def _node(op, values: _Values, notes: list[str]) -> NodeCost:
     known = OPS.get(op.type)
     if known is None:
         notes.append(f"MIL op {op.type} has no cost rule in effconv: costed as elementwise (1 FLOP per output element).")
-    kind, category, transcendental = known or (op.type, "elementwise", False)
+    kind = known or op.type
+    category, transcendental = op_category(kind) if known else "elementwise", kind in TRANSCENDENTAL_OPS
     reads = tuple(values.use(b.name) for argument in op.inputs.values() for b in argument.arguments if b.name)
     writes = tuple(values.use(output.name) for output in op.outputs)
     out_elements = sum(numel(t.shape) for t in writes)

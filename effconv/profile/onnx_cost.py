@@ -19,26 +19,14 @@ from onnx import TensorProto
 
 from effconv.errors import EffconvError, exception_text
 from effconv.profile.cost import (
-    GraphCost, NodeCost, TensorUse, conv_flops, conv_kind, conv_transpose_flops, matmul_flops, numel, resize_flops,
-    simple_flops, upsample_factor,
+    CONV_OPS, TRANSCENDENTAL_OPS, VIEW_OPS, GraphCost, NodeCost, TensorUse, conv_flops, conv_kind, conv_transpose_flops,
+    matmul_flops, numel, op_category, resize_flops, simple_flops, upsample_factor,
 )
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE}
 HALF_TYPES = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
 INT8_TYPES = {TensorProto.INT8, TensorProto.UINT8}
 
-VIEW_OPS = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Constant", "Size",
-            "ConstantOfShape", "Range", "QuantizeLinear", "DequantizeLinear", "Cast"}
-LAYOUT_OPS = {"Transpose", "Concat", "Slice", "Split", "Pad", "Tile", "Expand", "Gather", "GatherND",
-              "GatherElements", "ScatterND", "Where", "DepthToSpace", "SpaceToDepth", "Trilu"}
-NORM_OPS = {"InstanceNormalization", "GroupNormalization", "LayerNormalization", "BatchNormalization",
-            "RMSNormalization", "LpNormalization", "SimplifiedLayerNormalization"}
-REDUCE_OPS = {"ReduceMean", "ReduceSum", "ReduceL2", "ReduceMax", "ReduceMin", "ReduceProd",
-              "ReduceSumSquare", "ReduceL1", "ReduceLogSumExp", "ArgMax", "ArgMin"}
-TRANSCENDENTAL_OPS = {"Sigmoid", "Tanh", "Exp", "Log", "Erf", "Softmax", "LogSoftmax", "Sqrt",
-                      "Reciprocal", "Pow", "Gelu", "HardSwish", "Softplus", "Mish", "Sin", "Cos", "Elu"}
-MATMUL_OPS = {"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul"}
-CONV_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv"}
 QDQ_COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 INTEGER_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
 
@@ -148,22 +136,6 @@ def node_dtype(node: onnx.NodeProto, graph: _Graph) -> str:
     return _float_dtype(node, graph)
 
 
-def _category(op: str) -> str:
-    if op in VIEW_OPS:
-        return "view"
-    if op in LAYOUT_OPS:
-        return "layout"
-    if op in NORM_OPS:
-        return "norm"
-    if op in REDUCE_OPS:
-        return "reduce"
-    if op in MATMUL_OPS:
-        return "matmul"
-    if op in ("Resize", "Upsample"):
-        return "resize"
-    return "elementwise"
-
-
 def _conv(node: onnx.NodeProto, shapes) -> tuple[str, str, int, int]:
     """(kind, category, flops, gemm_n) of a Conv or ConvTranspose."""
     # operator-oriented int8 convs place their weight and bias elsewhere; ConvInteger has no bias
@@ -201,7 +173,7 @@ def _node_cost(node: onnx.NodeProto, graph: _Graph) -> NodeCost:
     op = node.op_type
     shapes = graph.shapes
     dtype = node_dtype(node, graph)
-    category, kind, gemm_n = _category(op), op, 0
+    category, kind, gemm_n = op_category(op), op, 0
     inputs = tuple(name for name in node.input if name)
     if op in CONV_OPS or category == "matmul":
         missing = [n for n in inputs[:2] if n not in shapes]

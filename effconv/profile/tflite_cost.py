@@ -24,61 +24,37 @@ from pathlib import Path
 
 from effconv.errors import EffconvError, exception_text, missing_extra
 from effconv.profile.cost import (
-    GraphCost, NodeCost, TensorUse, activation_dtype, conv_flops, conv_kind, conv_transpose_flops, matmul_flops, numel,
-    resize_flops, settled, simple_flops, upsample_factor,
+    TRANSCENDENTAL_OPS, GraphCost, NodeCost, TensorUse, activation_dtype, conv_flops, conv_kind, conv_transpose_flops,
+    matmul_flops, numel, op_category, resize_flops, settled, simple_flops, upsample_factor,
 )
 from effconv.quiet import quiet_imports
 
 SCHEMA_MODULE = "ai_edge_litert.schema_py_generated"
 FIX = "re-create it with `effconv convert SPEC --to tflite`."
 
-# LiteRT op -> (kind in ONNX's vocabulary, category, transcendental); convs, matmuls and resizes are refined below.
+# LiteRT op -> its kind in ONNX's vocabulary, which decides its cost category (cost.op_category); convs, matmuls and
+# resizes are refined below.
 OPS = {
-    "ADD": ("Add", "elementwise", False), "SUB": ("Sub", "elementwise", False), "MUL": ("Mul", "elementwise", False),
-    "DIV": ("Div", "elementwise", False), "MAXIMUM": ("Max", "elementwise", False),
-    "MINIMUM": ("Min", "elementwise", False), "SQUARED_DIFFERENCE": ("SquaredDifference", "elementwise", False),
-    "ABS": ("Abs", "elementwise", False), "NEG": ("Neg", "elementwise", False), "SQUARE": ("Square", "elementwise", False),
-    "RELU": ("Relu", "elementwise", False), "RELU6": ("Clip", "elementwise", False),
-    "RELU_N1_TO_1": ("Clip", "elementwise", False), "RELU_0_TO_1": ("Clip", "elementwise", False),
-    "LEAKY_RELU": ("LeakyRelu", "elementwise", False), "PRELU": ("PRelu", "elementwise", False),
-    "FLOOR": ("Floor", "elementwise", False), "CEIL": ("Ceil", "elementwise", False),
-    "ROUND": ("Round", "elementwise", False), "SIGN": ("Sign", "elementwise", False),
-    "SELECT": ("Where", "elementwise", False), "SELECT_V2": ("Where", "elementwise", False),
-    "ADD_N": ("Sum", "elementwise", False), "EQUAL": ("Equal", "elementwise", False),
-    "NOT_EQUAL": ("NotEqual", "elementwise", False), "LESS": ("Less", "elementwise", False),
-    "LESS_EQUAL": ("LessOrEqual", "elementwise", False), "GREATER_EQUAL": ("GreaterOrEqual", "elementwise", False),
-    "GREATER": ("Greater", "elementwise", False), "LOGICAL_NOT": ("Not", "elementwise", False),
-    "LOGICAL_AND": ("And", "elementwise", False), "LOGICAL_OR": ("Or", "elementwise", False),
-    "LOGISTIC": ("Sigmoid", "elementwise", True), "TANH": ("Tanh", "elementwise", True),
-    "EXP": ("Exp", "elementwise", True), "LOG": ("Log", "elementwise", True), "SQRT": ("Sqrt", "elementwise", True),
-    "RSQRT": ("Rsqrt", "elementwise", True), "POW": ("Pow", "elementwise", True), "GELU": ("Gelu", "elementwise", True),
-    "HARD_SWISH": ("HardSwish", "elementwise", True), "SOFTMAX": ("Softmax", "elementwise", True),
-    "LOG_SOFTMAX": ("LogSoftmax", "elementwise", True), "SIN": ("Sin", "elementwise", True),
-    "COS": ("Cos", "elementwise", True), "ELU": ("Elu", "elementwise", True),
-    "L2_NORMALIZATION": ("LpNormalization", "norm", False),
-    "MEAN": ("ReduceMean", "reduce", False), "SUM": ("ReduceSum", "reduce", False),
-    "REDUCE_MAX": ("ReduceMax", "reduce", False), "REDUCE_MIN": ("ReduceMin", "reduce", False),
-    "REDUCE_PROD": ("ReduceProd", "reduce", False), "ARG_MAX": ("ArgMax", "reduce", False),
-    "ARG_MIN": ("ArgMin", "reduce", False),
-    "TRANSPOSE": ("Transpose", "layout", False), "CONCATENATION": ("Concat", "layout", False),
-    "PACK": ("Concat", "layout", False), "UNPACK": ("Split", "layout", False),
-    "SLICE": ("Slice", "layout", False), "STRIDED_SLICE": ("Slice", "layout", False),
-    "SPLIT": ("Split", "layout", False), "SPLIT_V": ("Split", "layout", False), "PAD": ("Pad", "layout", False),
-    "PADV2": ("Pad", "layout", False), "MIRROR_PAD": ("Pad", "layout", False), "TILE": ("Tile", "layout", False),
-    "BROADCAST_TO": ("Expand", "layout", False), "GATHER": ("Gather", "layout", False),
-    "GATHER_ND": ("GatherND", "layout", False), "SCATTER_ND": ("ScatterND", "layout", False),
-    "REVERSE_V2": ("ReverseSequence", "layout", False), "DEPTH_TO_SPACE": ("DepthToSpace", "layout", False),
-    "SPACE_TO_DEPTH": ("SpaceToDepth", "layout", False),
-    "RESIZE_NEAREST_NEIGHBOR": ("Resize", "resize", False), "RESIZE_BILINEAR": ("Resize", "resize", False),
-    "RESHAPE": ("Reshape", "view", False), "SQUEEZE": ("Squeeze", "view", False),
-    "EXPAND_DIMS": ("Unsqueeze", "view", False), "QUANTIZE": ("QuantizeLinear", "view", False),
-    "DEQUANTIZE": ("DequantizeLinear", "view", False), "CAST": ("Cast", "view", False),
-    "SHAPE": ("Shape", "view", False), "FILL": ("ConstantOfShape", "view", False),
-    "ZEROS_LIKE": ("ConstantOfShape", "view", False),
-    "CONV_2D": ("Conv2d", "conv", False), "DEPTHWISE_CONV_2D": ("DepthwiseConv2d", "conv_dw", False),
-    "CONV_3D": ("Conv3d", "conv", False), "TRANSPOSE_CONV": ("ConvTranspose2d", "conv", False),
-    "CONV_3D_TRANSPOSE": ("ConvTranspose3d", "conv", False),
-    "FULLY_CONNECTED": ("Gemm", "matmul", False), "BATCH_MATMUL": ("MatMul", "matmul", False),
+    "ADD": "Add", "SUB": "Sub", "MUL": "Mul", "DIV": "Div", "MAXIMUM": "Max", "MINIMUM": "Min",
+    "SQUARED_DIFFERENCE": "SquaredDifference", "ABS": "Abs", "NEG": "Neg", "SQUARE": "Square", "RELU": "Relu",
+    "RELU6": "Clip", "RELU_N1_TO_1": "Clip", "RELU_0_TO_1": "Clip", "LEAKY_RELU": "LeakyRelu", "PRELU": "PRelu",
+    "FLOOR": "Floor", "CEIL": "Ceil", "ROUND": "Round", "SIGN": "Sign", "SELECT": "Where", "SELECT_V2": "Where",
+    "ADD_N": "Sum", "EQUAL": "Equal", "NOT_EQUAL": "NotEqual", "LESS": "Less", "LESS_EQUAL": "LessOrEqual",
+    "GREATER_EQUAL": "GreaterOrEqual", "GREATER": "Greater", "LOGICAL_NOT": "Not", "LOGICAL_AND": "And",
+    "LOGICAL_OR": "Or", "LOGISTIC": "Sigmoid", "TANH": "Tanh", "EXP": "Exp", "LOG": "Log", "SQRT": "Sqrt",
+    "RSQRT": "Rsqrt", "POW": "Pow", "GELU": "Gelu", "HARD_SWISH": "HardSwish", "SOFTMAX": "Softmax",
+    "LOG_SOFTMAX": "LogSoftmax", "SIN": "Sin", "COS": "Cos", "ELU": "Elu", "L2_NORMALIZATION": "LpNormalization",
+    "MEAN": "ReduceMean", "SUM": "ReduceSum", "REDUCE_MAX": "ReduceMax", "REDUCE_MIN": "ReduceMin",
+    "REDUCE_PROD": "ReduceProd", "ARG_MAX": "ArgMax", "ARG_MIN": "ArgMin", "TRANSPOSE": "Transpose",
+    "CONCATENATION": "Concat", "PACK": "Concat", "UNPACK": "Split", "SLICE": "Slice", "STRIDED_SLICE": "Slice",
+    "SPLIT": "Split", "SPLIT_V": "Split", "PAD": "Pad", "PADV2": "Pad", "MIRROR_PAD": "Pad", "TILE": "Tile",
+    "BROADCAST_TO": "Expand", "GATHER": "Gather", "GATHER_ND": "GatherND", "SCATTER_ND": "ScatterND",
+    "REVERSE_V2": "ReverseSequence", "DEPTH_TO_SPACE": "DepthToSpace", "SPACE_TO_DEPTH": "SpaceToDepth",
+    "RESIZE_NEAREST_NEIGHBOR": "Resize", "RESIZE_BILINEAR": "Resize", "RESHAPE": "Reshape", "SQUEEZE": "Squeeze",
+    "EXPAND_DIMS": "Unsqueeze", "QUANTIZE": "QuantizeLinear", "DEQUANTIZE": "DequantizeLinear", "CAST": "Cast",
+    "SHAPE": "Shape", "FILL": "ConstantOfShape", "ZEROS_LIKE": "ConstantOfShape", "CONV_2D": "Conv2d",
+    "DEPTHWISE_CONV_2D": "DepthwiseConv2d", "CONV_3D": "Conv3d", "TRANSPOSE_CONV": "ConvTranspose2d",
+    "CONV_3D_TRANSPOSE": "ConvTranspose3d", "FULLY_CONNECTED": "Gemm", "BATCH_MATMUL": "MatMul",
 }
 RESIZE_MODES = {"RESIZE_NEAREST_NEIGHBOR": "nearest", "RESIZE_BILINEAR": "linear"}
 # LiteRT tensor types -> cost.py's stored dtypes. int4 weights are counted as int8 (an upper bound: effconv writes int8)
@@ -193,7 +169,8 @@ def _node(index: int, name: str, op, tensors: _Tensors, notes: list[str]) -> Nod
     known = OPS.get(name)
     if known is None:
         notes.append(f"LiteRT op {name} has no cost rule in effconv: costed as elementwise (1 FLOP per output element).")
-    kind, category, transcendental = known or (name, "elementwise", False)
+    kind = known or name
+    category, transcendental = op_category(kind) if known else "elementwise", kind in TRANSCENDENTAL_OPS
     reads = [tensors.use(i) for i in _indices(op.inputs)]
     writes = [tensors.use(i) for i in _indices(op.outputs)]
     out_elements = sum(numel(t.shape) for t in writes)
