@@ -22,7 +22,7 @@ from effconv.legalize.lint import matching_rules, op_facts, rule_table
 from effconv.legalize.rewrites import export_graph
 from effconv.models.loader import load_model
 from effconv.profile import devices
-from effconv.profile.cost import graph_cost, load_graph
+from effconv.profile.onnx_cost import graph_cost, load_graph
 from effconv.profile.devices import HOST, DeviceProfile, builtin_names, load_device
 from effconv.profile.estimate import unit_accepts
 from effconv.profile.legality import rules_against
