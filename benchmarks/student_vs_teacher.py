@@ -37,6 +37,7 @@ from effconv.recipe import load_recipe
 from effconv.models.turbo_vaed.compare import compare
 from effconv.legalize.rewrites import legalize, resolve
 from effconv.models.turbo_vaed.decoder import build_student
+from effconv.profile.devices import onnxruntime_matmul_seconds
 from effconv.spec import spec_from_dict
 
 FAMILIES = {
@@ -58,24 +59,10 @@ def torch_matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 10) 
     return 2 * size**3 / best / 1e9
 
 
-def onnxruntime_matmul_peak_gflops(threads: int, work: Path, size: int = 2048, repeats: int = 10) -> float:
+def onnxruntime_matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 10) -> float:
     """fp32 MatMul in onnxruntime: the library (MLAS) the timed models run in. torch.mm can take slower
     code paths on this CPU (an AMD EPYC), so its figure is no ceiling for onnxruntime's convolutions."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper
-
-    square = [size, size]
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, square) for n in "ab"],
-                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, square)])
-    path = work / "matmul.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-    session = onnx_backend.session(path, threads)
-    feed = {name: np.random.default_rng(0).standard_normal(square, dtype=np.float32) for name in "ab"}
-    session.run(None, feed)
-    best = min(_timed(lambda: session.run(None, feed)) for _ in range(repeats))
-    return 2 * size**3 / best / 1e9
+    return 2 * size**3 / onnxruntime_matmul_seconds(threads, size, repeats) / 1e9
 
 
 def _timed(fn) -> float:
@@ -162,7 +149,7 @@ def main() -> None:
     args = parser.parse_args()
     torch_peak = torch_matmul_peak_gflops(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        peak = onnxruntime_matmul_peak_gflops(args.threads, Path(tmp))
+        peak = onnxruntime_matmul_peak_gflops(args.threads)
     print(f"fp32 matmul peak (2048^2, {args.threads} threads): onnxruntime {peak:.1f} GFLOP/s, torch.mm "
           f"{torch_peak:.1f} GFLOP/s", flush=True)
     report = {"machine": {"cpu_count": os.cpu_count(), "threads": args.threads, "platform": platform.platform(),
