@@ -17,6 +17,7 @@ from effconv.errors import EffconvError
 from effconv.spec import StrictModel, format_validation_error, read_yaml_mapping
 
 DEFAULT_SEARCH_SECONDS = 60.0  # ONNX int8: measuring choices past this is left to stated rules
+MAX_SEARCH_SECONDS = 86_400
 
 RECIPE_DIR = "recipes"
 MAX_WIDTH = 65536
@@ -24,7 +25,7 @@ MAX_LAYERS = 64
 BACKEND_NAMES = ("onnx", "coreml", "tflite", "executorch")  # the backend registry's names (tests/test_backends.py checks)
 DEFAULT_EXPORT_BACKENDS = ("onnx", "coreml", "tflite")  # what `effconv run` exports unless the recipe lists others
 MAX_STREAM = 64
-HOST_DEVICE = "host-cpu"  # always profiled by `effconv run`, so profile.backends may map it without listing it
+HOST_DEVICE = "host-cpu"  # this machine's device profile; `effconv run` always profiles it, so profile.backends may map it unlisted
 Backend = Literal[BACKEND_NAMES]
 
 
@@ -138,7 +139,7 @@ class QuantizeRecipe(StrictModel):
     weights_only: bool = False
     activation: Literal["auto", "uint8", "int8"] = Field("auto", description="ONNX activations; auto = the faster here")
     all_nodes: bool = Field(False, description="ONNX: int8 for every Conv/MatMul, not only the kinds faster here")
-    search_seconds: float = Field(DEFAULT_SEARCH_SECONDS, ge=0, le=86_400, description="ONNX: time the int8 choices may "
+    search_seconds: float = Field(DEFAULT_SEARCH_SECONDS, ge=0, le=MAX_SEARCH_SECONDS, description="ONNX: time the int8 choices may "
                                   "spend measuring before stated rules decide the rest")
 
 

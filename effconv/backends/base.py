@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from effconv.errors import EffconvError
-from effconv.recipe import DEFAULT_SEARCH_SECONDS
+from effconv.recipe import DEFAULT_SEARCH_SECONDS, HOST_DEVICE
 
 
 @dataclasses.dataclass
@@ -40,9 +40,6 @@ class CalibrationSet:
             raise EffconvError(f"cannot hold out {held_out} of {len(self)} calibration samples.", "raise --samples (at least 2).")
         cut = len(self) - held_out
         return self.subset(range(cut)), self.subset(range(cut, len(self)))
-
-
-HOST_DEVICE = "host-cpu"
 
 
 @dataclasses.dataclass

@@ -10,7 +10,7 @@ from rich.table import Table
 from effconv.cli.app import JsonFlag, app
 from effconv.cli.render import err, out, progress_lines
 from effconv.errors import VerificationFailed
-from effconv.recipe import DEFAULT_SEARCH_SECONDS
+from effconv.recipe import DEFAULT_SEARCH_SECONDS, HOST_DEVICE
 
 
 @app.command()
@@ -32,7 +32,7 @@ def quantize(
                                    "kernels are slower (when the target is not this CPU)."),
     sensitivity: bool = typer.Option(False, "--sensitivity", help="ONNX: always compute the per-node sensitivity table "
                                      "(one quantization and run per node) [default: only when the gate needs it]."),
-    device: str = typer.Option("host-cpu", "--device", help="Where the int8 model will run (`effconv devices`). ONNX: "
+    device: str = typer.Option(HOST_DEVICE, "--device", help="Where the int8 model will run (`effconv devices`). ONNX: "
                                "host-cpu times which node kinds are faster in int8 here; another device decides it "
                                "from its profile, since this CPU's int8 kernels say nothing about a phone's."),
     search_seconds: float = typer.Option(DEFAULT_SEARCH_SECONDS, "--search-seconds", help="ONNX: time the int8 choices (activation type, "
@@ -72,11 +72,11 @@ def quantize(
 
 def _kind_decisions(artifact: Path, device: str) -> dict[str, dict] | None:
     """For an ONNX model bound for another device: which node kinds compute in int8, from that device's profile."""
-    from effconv.profile.devices import HOST, load_device
+    from effconv.profile.devices import load_device
     from effconv.profile.int8_kinds import kind_decisions
 
     load_device(device)  # an unknown device is an error for every backend, before any work
-    if device == HOST or artifact.suffix != ".onnx" or not artifact.is_file():
+    if device == HOST_DEVICE or artifact.suffix != ".onnx" or not artifact.is_file():
         return None
     return kind_decisions(artifact, device)
 

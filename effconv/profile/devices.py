@@ -24,10 +24,11 @@ from effconv.errors import EffconvError
 from effconv.host import cpu_model, default_threads
 from effconv.profile.cost import CATEGORIES
 from effconv.profile.legality import check_lint_units
+from effconv.recipe import HOST_DEVICE
 from effconv.spec import SAFE_NAME, StrictModel, format_validation_error, read_yaml_mapping
 
 Dtype = Literal["fp32", "fp16", "int8"]
-HOST = "host-cpu"
+HOST = HOST_DEVICE
 CACHE_ENV = "EFFCONV_CACHE_DIR"
 CACHE_FILE = "host-cpu.json"
 MATMUL_SIZE = 1024
@@ -225,17 +226,16 @@ def onnxruntime_matmul_seconds(threads: int, size: int = MATMUL_SIZE, repeats: i
     host-cpu's efficiencies are. torch.mm, the peak before, ran about 1.6x below onnxruntime's own MatMul on an AMD
     EPYC (47 vs 74 GFLOP/s, 1 thread), so fitted shares of peak reached 2.6 (1.34 with this peak)."""
     import numpy as np
-    import onnxruntime as ort
     from onnx import TensorProto, helper
+
+    from effconv.backends.onnx.export import session as onnx_session
 
     square = [size, size]
     graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
                               [helper.make_tensor_value_info(name, TensorProto.FLOAT, square) for name in "ab"],
                               [helper.make_tensor_value_info("c", TensorProto.FLOAT, square)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    session = ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
+    session = onnx_session(model.SerializeToString(), threads)
     feed = {name: np.random.default_rng(0).standard_normal(square, dtype=np.float32) for name in "ab"}
     return _best_seconds(lambda: session.run(None, feed), repeats=repeats)
 

@@ -24,15 +24,15 @@ def kind_decisions(onnx_path: Path, device_name: str) -> dict[str, dict]:
     graph = load_graph(onnx_path)
     kinds = node_kinds(graph)
     float_nodes = {node.name: node for node in graph_cost(graph, "fp32").nodes}
-    int8_nodes = {node.name: node for node in graph_cost(graph, "int8").nodes}
     totals: dict[str, dict] = {}
     for name, kind in kinds.items():
-        unit_name, _legal = place(float_nodes[name], device)
+        node = float_nodes[name]
+        unit_name, _legal = place(node, device)
         unit = device.units[unit_name]
         float_dtype, int8_dtype = execution_dtype(unit, "fp32"), execution_dtype(unit, "int8")
         entry = totals.setdefault(kind, {"float_ms": 0.0, "int8_ms": 0.0, "units": set(), "dtypes": set()})
-        entry["float_ms"] += op_ms(float_nodes[name], unit, float_dtype, device)[2]
-        entry["int8_ms"] += op_ms((int8_nodes if int8_dtype == "int8" else float_nodes)[name], unit, int8_dtype, device)[2]
+        entry["float_ms"] += op_ms(node, unit, float_dtype, device)[2]
+        entry["int8_ms"] += op_ms(node.forced("int8") if int8_dtype == "int8" else node, unit, int8_dtype, device)[2]
         entry["units"].add(unit_name)
         entry["dtypes"].add(int8_dtype)
     return {kind: _decision(entry, device.name) for kind, entry in totals.items()}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from effconv.recipe import DEFAULT_SEARCH_SECONDS
+from effconv.recipe import DEFAULT_SEARCH_SECONDS, MAX_SEARCH_SECONDS
 from effconv.artifacts import Manifest, manifest_path, read_manifest, staged_output, write_manifest
 from effconv.video.clips import BUNDLED_CLIP
 from effconv.errors import EffconvError, VerificationFailed
@@ -23,7 +23,6 @@ DEFAULT_MAX_PSNR_DROP = 0.3
 # with exact QDQ arithmetic; saturated x86 kernels gave 22.6 dB; trained students 37-74 dB on every backend.
 DEFAULT_MIN_PSNR_VS_FLOAT = 30.0
 HELD_OUT_SHARE = 4  # one sample in four measures quality; the rest calibrate
-MAX_SEARCH_SECONDS = 86_400
 
 
 def backend_of(artifact: Path) -> Backend:

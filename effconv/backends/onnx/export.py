@@ -58,8 +58,8 @@ def export(module: nn.Module, example: Example, path: Path, input_name: str | li
     return {"opset": opset, "external_data": external}
 
 
-def session(path: Path, threads: int | None = None, fused: bool = True, lean: bool = False):
-    """`fused=False` turns graph optimizations off: a QDQ model then runs as DequantizeLinear -> float op ->
+def session(model: Path | bytes, threads: int | None = None, fused: bool = True, lean: bool = False):
+    """An onnxruntime CPU session on a model file (or a serialized model). `fused=False` turns graph optimizations off: a QDQ model then runs as DequantizeLinear -> float op ->
     QuantizeLinear, the exact arithmetic the model file defines, without onnxruntime's int8 kernels.
     `lean=True` orders nodes by priority and frees each tensor to the system: for a graph with many side
     branches (a calibration model's ReduceMin/ReduceMax on every conv tensor), measured on the paper-size
@@ -76,7 +76,8 @@ def session(path: Path, threads: int | None = None, fused: bool = True, lean: bo
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def load_all(path: Path, threads: int | None = None):

@@ -196,7 +196,7 @@ def choose_method(search: Search, nodes: list[str], activation: str, calibration
 
 
 def sensitivity_table(search: Search, nodes: list[str], kinds: dict[str, str], method: str, activation: str,
-                forced: bool) -> tuple[list[dict], str]:
+                      forced: bool) -> tuple[list[dict], str]:
     """PSNR vs float with one node at a time in int8 (lower = more sensitive), on the first validation sample;
     (table, '' or why it was not computed). `forced` (--sensitivity) ignores the budget."""
     runs = len(nodes) * 1.5 + 1  # a run per node, its quantization, and the float reference
