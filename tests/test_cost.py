@@ -114,10 +114,11 @@ def test_peak_activation_frees_tensors_after_their_last_reader():
 
 def test_conv_flops_of_an_exported_decoder_match_its_torch_modules(tmp_path):
     from effconv.backends.onnx.export import export
-    from effconv.profile.host_fit import StudentLikeDecoder
+    from effconv.models.turbo_vaed.decoder import TurboVAEDDecoder
     from effconv.profile.onnx_cost import load_graph
 
-    module = StudentLikeDecoder(8, 16, 1).eval()
+    module = TurboVAEDDecoder(latent_channels=8, widths=(16, 16, 8), layers=(1, 1, 1), separable=(True, True, False),
+                              upsample_factors=((2, 2, 2), (1, 2, 2))).eval()
     example = torch.randn(1, 8, 2, 4, 4)
     expected = []
 
@@ -133,5 +134,4 @@ def test_conv_flops_of_an_exported_decoder_match_its_torch_modules(tmp_path):
     path = tmp_path / "student.onnx"
     export(module, example, path, "latent", "video")
     convs = [n for n in graph_cost(load_graph(path)).nodes if n.op_type == "Conv"]
-    assert len(analytic) == 7
-    assert sorted(n.flops for n in convs) == analytic
+    assert len(analytic) >= 10 and sorted(n.flops for n in convs) == analytic

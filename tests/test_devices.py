@@ -85,19 +85,28 @@ def test_host_measurement_is_cached_and_not_repeated(tmp_path):
     assert first.units["cpu"].peak_gops["fp32"].value > 0.1
     assert first.memory.bandwidth_gbps.value > 0.1
     entry = json.loads(cache_file.read_text())[devices.host_key(1)]
-    assert entry["measurement"]["peak_fp32_gflops"] == first.units["cpu"].peak_gops["fp32"].value
+    assert entry["measurement"]["peak_fp32_gflops"]["cpu"] == first.units["cpu"].peak_gops["fp32"].value
 
 
-def test_cached_calibration_replaces_the_default_efficiencies():
-    load_device(HOST, threads=1)
-    fit = {"efficiency": {"conv": 0.7}, "op_overhead_us": 3.0, "narrow_channels": 16.0, "run_overhead_ms": 0.4, "model_uncertainty": 0.2,
-           "validation": "calibrated in a test", "calibrated_at": "now"}
-    devices.write_cache_entry(devices.host_key(1), "calibration", fit)
+def test_each_runtime_has_its_own_measured_peak_and_cached_calibration():
+    """onnxruntime's and XNNPACK's matmuls are measured apart; a cached fit of one runtime changes that runtime's unit
+    (and, for its artifacts, the band and run overhead) and leaves the other uncalibrated."""
+    first = load_device(HOST, threads=1)
+    peaks = first.measured["peak_fp32_gflops"]
+    assert peaks["cpu"] > 0.1 and peaks["xnnpack"] > 0.1 and peaks["cpu"] != peaks["xnnpack"]
+    assert first.units["xnnpack"].peak_gops["fp32"].value == peaks["xnnpack"]
+    fit = {"efficiency": {"conv": 0.7}, "int8_efficiency": {"conv": 0.2}, "op_overhead_us": 3.0, "narrow_channels": 16.0,
+           "run_overhead_ms": 0.4, "model_uncertainty": 0.2, "validation": "LiteRT calibrated in a test", "calibrated_at": "now"}
+    devices.write_cache_entry(devices.host_key(1), "calibration", {"xnnpack": fit})
     calibrated = load_device(HOST, threads=1)
-    assert calibrated.units["cpu"].efficiency == {"conv": 0.7}
-    assert calibrated.units["cpu"].narrow_channels == 16.0 and calibrated.units["cpu"].op_overhead_us == 3.0
-    assert calibrated.model_uncertainty == 0.2 and calibrated.run_overhead_ms == 0.4
-    assert load_device(HOST, threads=1, calibrated=False).units["cpu"].efficiency != {"conv": 0.7}
+    lite = calibrated.for_backend("tflite")
+    assert lite.units["xnnpack"].efficiency == {"conv": 0.7} and lite.units["xnnpack"].int8_efficiency == {"conv": 0.2}
+    assert lite.units["xnnpack"].narrow_channels == 16.0 and lite.units["xnnpack"].op_overhead_us == 3.0
+    assert lite.model_uncertainty == 0.2 and lite.run_overhead_ms == 0.4 and lite.validation == "LiteRT calibrated in a test"
+    assert calibrated.for_backend("executorch").units.keys() == {"xnnpack"}
+    onnx = calibrated.for_backend("onnx")
+    assert onnx.units.keys() == {"cpu"} and onnx.model_uncertainty == 3.5 and "uncalibrated" in onnx.validation
+    assert load_device(HOST, threads=1, calibrated=False).units["xnnpack"].efficiency != {"conv": 0.7}
 
 
 def test_devices_command_lists_every_profile(cli):
@@ -114,11 +123,12 @@ def _shipped(name: str) -> devices.DeviceProfile:
 
 
 def test_every_shipped_device_says_how_it_runs_executorch():
-    """ExecuTorch artifacts are lowered to XNNPACK only: each profile runs them on its CPU, with a note saying so."""
+    """ExecuTorch artifacts are lowered to XNNPACK only: each profile runs them on its CPU (host-cpu: its XNNPACK
+    unit), with a note saying so."""
     for name in builtin_names():
         profile = _shipped(name)
         assert "executorch" in profile.backends and "XNNPACK" in profile.backend_units["executorch"].note
-        assert list(profile.for_backend("executorch").units) == ["cpu"]
+        assert list(profile.for_backend("executorch").units) == (["xnnpack"] if name == HOST else ["cpu"])
 
 
 def test_a_backend_limited_to_some_units_sees_only_those():

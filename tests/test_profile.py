@@ -14,7 +14,7 @@ from effconv.errors import EffconvError
 from effconv.profile import devices
 from effconv.profile.onnx_cost import graph_cost
 from effconv.profile.devices import DeviceProfile, load_device
-from effconv.profile.estimate import estimate, op_ms, place, roofline_ms
+from effconv.profile.estimate import estimate, estimate_cost, op_ms, place, roofline_ms
 from effconv.profile.inputs import statically_quantized
 
 from conftest import SPECS
@@ -187,42 +187,77 @@ def test_plot_writes_a_png(cli, tmp_path):
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_calibration_fit_recovers_a_known_efficiency_and_overhead():
+def test_kernel_fit_recovers_a_known_efficiency_and_overhead():
     """Records whose node times follow roofline / 0.25 + 0.01 ms (views: the 0.01 ms alone), as the
     estimate models them: the fit must give those numbers back."""
-    from effconv.profile.host_fit import fit
+    from effconv.profile.host_fit import kernel_fit
 
-    host = load_device("host-cpu", threads=1, calibrated=False)
-    unit = host.units["cpu"].model_copy(update={"efficiency": {}, "op_overhead_us": 0.0})
-    plain = host.model_copy(update={"units": {"cpu": unit}, "run_overhead_ms": 0.0})
+    host = load_device("host-cpu", threads=1, calibrated=False).for_backend("onnx")
+    plain = host.model_copy(update={"units": {"cpu": host.units["cpu"].model_copy(update={"efficiency": {}, "op_overhead_us": 0.0})},
+                                    "run_overhead_ms": 0.0})
     records = []
     for upsample in (1, 2, 4):
-        graph = _chain(upsample, flatten=True)
-        ops = estimate(graph, plain).ops
-        node_ms = {op.node.name: op.ms / 0.25 + 0.01 for op in ops}
-        wall = sum(node_ms.values())
-        records.append({"name": f"chain{upsample}", "held_out": False, "graph": graph,
-                        "wall": {"median_ms": wall}, "kernels": {"node_ms": node_ms, "kernel_ms": wall, "other_ms": 0.0}})
-    fitted = fit(records, host)
+        cost = graph_cost(_chain(upsample, flatten=True))
+        node_ms = {op.node.name: op.ms / 0.25 + 0.01 for op in estimate(_chain(upsample, flatten=True), plain).ops}
+        records.append({"cost": cost, "kernels": {"node_ms": node_ms}})
+    fitted = kernel_fit(records, host)
     assert fitted["efficiency"]["conv"] == pytest.approx(0.25, rel=0.02)
     assert fitted["efficiency"]["elementwise"] == pytest.approx(0.25, rel=0.02)
     assert fitted["op_overhead_us"] == pytest.approx(10.0, rel=0.05)
 
 
+def _conv_relu(channels: int, frames: int, size: int) -> onnx.ModelProto:
+    weight = numpy_helper.from_array(np.zeros((channels, channels, 3, 3, 3), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1] * 6, kernel_shape=[3] * 3, name="conv"),
+             helper.make_node("Relu", ["a"], ["y"], name="act")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, frames, size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[weight])
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+
+
+def test_wall_fit_recovers_fp32_and_int8_efficiencies_from_wall_clock_times():
+    """Wall times made by the estimate itself from known efficiencies (fp32 conv 0.3, int8 conv 0.1 of the int8
+    peak, 20 us per node, 0.5 ms per run): the wall fit, starting from a prior 2x off, lands within 10%."""
+    from effconv.profile.host_fit import wall_fit, with_fit
+
+    host = load_device("host-cpu", threads=1, calibrated=False).for_backend("onnx")
+    truth = {"efficiency": {"conv": 0.3, "elementwise": 0.5}, "int8_efficiency": {"conv": 0.1},
+             "op_overhead_us": 20.0, "narrow_channels": 0.0, "run_overhead_ms": 0.5}
+    records = []
+    for channels, frames, size in [(16, 2, 16), (32, 4, 32), (32, 2, 64), (64, 4, 16), (8, 8, 64), (64, 2, 32)]:
+        for dtype in ("fp32", "int8"):
+            cost = graph_cost(_conv_relu(channels, frames, size))
+            if dtype == "int8":
+                cost = cost.mapped(lambda node: node.at("int8") if node.op_type == "Conv" else node)
+            records.append({"cost": cost, "wall": {"median_ms": estimate_cost(cost, with_fit(host, truth)).total_ms}})
+    prior = {"efficiency": {c: 2 * e for c, e in truth["efficiency"].items()}}
+    fitted = wall_fit(records, host, prior, narrow_grid=(0.0,))
+    assert fitted["efficiency"]["conv"] == pytest.approx(0.3, rel=0.1)
+    assert fitted["int8_efficiency"]["conv"] == pytest.approx(0.1, rel=0.1)
+    errors = [estimate_cost(r["cost"], with_fit(host, fitted)).total_ms / r["wall"]["median_ms"] - 1 for r in records]
+    assert max(map(abs, errors)) < 0.05
+
+
 def test_calibrate_measures_fits_and_the_host_profile_uses_the_fit(capsys):
+    """Two real Turbo-VAED students, converted to ONNX and measured in onnxruntime: the fit is cached, and host-cpu's
+    onnxruntime unit (not its XNNPACK one) carries it, with its held-out error as the band."""
     from effconv.cli.profile import render_calibration
     from effconv.profile.host_fit import calibrate, calibration_set
 
-    students = [m for m in calibration_set() if m.name in ("student-w32", "student-w48")]
-    result = calibrate(threads=1, repeats=3, progress=lambda _: None, models=students)
-    assert [row["name"] for row in result["after"]["rows"]] == ["student-w32", "student-w48"]
-    assert result["after"]["held_out"]["n"] == 1
+    students = [m for m in calibration_set() if m.name in ("hunyuan-student-w32", "hunyuan-student-w64")]
+    result = calibrate(threads=1, repeats=3, progress=lambda _: None, models=students, backends=("onnx",), int8=False)
+    after = result["runtimes"]["onnx"]["after"]
+    assert [row["name"] for row in after["rows"]] == ["hunyuan-student-w32", "hunyuan-student-w64"]
+    assert after["held_out"]["n"] == 1 and after["held_out"]["p90_is_max"]
     host = load_device("host-cpu", threads=1)
-    assert host.units["cpu"].efficiency == result["fit"]["efficiency"]
-    assert "held-out error on 1 models" in host.validation
+    assert host.units["cpu"].efficiency == result["runtimes"]["onnx"]["fit"]["efficiency"]
+    assert host.units["xnnpack"].efficiency != host.units["cpu"].efficiency and host.units["xnnpack"].runtime_fit.model_uncertainty == 3.5
+    onnx_host = host.for_backend("onnx")
+    assert "held-out error on 1 artifacts" in onnx_host.validation
+    assert onnx_host.model_uncertainty == result["runtimes"]["onnx"]["fit"]["model_uncertainty"]
     render_calibration(result)
     printed = capsys.readouterr().out
-    assert "held-out (1 models) after" in printed and "Stored in the host-cpu cache" in printed
+    assert "onnx held-out (1 artifacts) after" in printed and "Stored in the host-cpu cache" in printed
 
 
 def test_calibrate_checks_its_arguments_and_writes_its_report(tmp_path):
@@ -231,6 +266,9 @@ def test_calibrate_checks_its_arguments_and_writes_its_report(tmp_path):
     for threads, repeats in [(0, 10), (None, 0)]:
         with pytest.raises(EffconvError, match="at least 1"):
             calibrate_host(threads, repeats=repeats)
+    with pytest.raises(EffconvError, match="coreml") as refused:
+        calibrate_host(1, backends=("onnx", "coreml"))
+    assert "onnx, tflite" in refused.value.fix
     path = write_report({"threads": 1, "at": tmp_path}, tmp_path / "new" / "calibration.json")
     assert json.loads(path.read_text()) == {"threads": 1, "at": str(tmp_path)}
     assert [p.name for p in path.parent.iterdir()] == ["calibration.json"]  # no staging folder left

@@ -119,6 +119,49 @@ def test_ops_without_int8_rule_stay_float_and_are_listed(conv_abs, tmp_path, wei
     assert report["quality"]["psnr_vs_float_db"] >= 30.0
 
 
+class _MaskedAttention(torch.nn.Module):
+    """Causal self-attention over 8 tokens with a -inf mask constant, as the HunyuanVideo decoder's mid block has."""
+
+    def __init__(self):
+        super().__init__()
+        self.project = torch.nn.Linear(16, 16)
+        self.register_buffer("mask", torch.triu(torch.full((8, 8), float("-inf")), diagonal=1))
+
+    def forward(self, x):
+        q = self.project(x)
+        return torch.softmax(q @ x.transpose(-1, -2) / 4 + self.mask, dim=-1) @ x
+
+
+def test_a_minus_inf_mask_stays_float_so_the_int8_model_loads_and_runs(tmp_path):
+    """The LiteRT quantizer gives the mask (and the ops its -inf reaches) an infinite int8 scale, on which XNNPACK
+    aborts the process when loading: effconv keeps those ops float and the model runs close to the float one."""
+    shape = [1, 8, 16]
+    artifact = tmp_path / "masked.tflite"
+    tflite_backend.export(_MaskedAttention().eval(), torch.randn(shape), artifact, "x", "y")
+    manifest = Manifest(name="masked", backend="tflite", artifact=artifact.name, spec={},
+                        inputs=[TensorInfo(name="x", shape=shape, dtype="float32")],
+                        outputs=[TensorInfo(name="y", shape=shape, dtype="float32")], params=0, verify={})
+    calib, held_out = _random_sets(manifest, samples=4, held_out=1)
+    out = tmp_path / "masked-int8.tflite"
+    report = tflite.quantize(artifact, manifest, calib, held_out, out, weights_only=False, runs=1)
+    tflite.check_scales(out.read_bytes())
+    assert tflite.MASK_REASON in {row["reason"] for row in report["float_nodes"]}
+    assert report["quality"]["psnr_vs_float_db"] >= 25.0  # measured 29.9 dB: int8 attention on random weights
+
+
+def test_an_int8_model_with_an_infinite_scale_is_refused_before_loading():
+    fb = tflite_backend.schema()
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(tflite_backend.fully_connected_model(4), 0))
+    quantization = fb.QuantizationParametersT()
+    quantization.scale, quantization.zeroPoint = [float("inf")], [0]
+    model.subgraphs[0].tensors[2].quantization = quantization
+    builder = __import__("flatbuffers").Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    with pytest.raises(EffconvError, match="unusable int8 scale .*'output'") as refused:
+        tflite.check_scales(bytes(builder.Output()))
+    assert "--weights-only" in refused.value.fix
+
+
 def test_conv_weight_past_the_quantizers_chunked_path_is_refused_up_front(tmp_path):
     """A 1024->1024 3x3 kernel is 36 MiB: ai-edge-quantizer 0.10 would fail on it inside quantize()."""
     artifact = tmp_path / "wide.tflite"

@@ -154,41 +154,53 @@ def _dtype_text(dtypes: dict[str, dict]) -> str:
 
 @app.command()
 def calibrate(
-    threads: int | None = typer.Option(None, "--threads", help="onnxruntime threads [default: all cores]."),
-    repeats: int = typer.Option(10, "--repeats", help="Timed runs per model (median is used)."),
-    remeasure: bool = typer.Option(False, "--remeasure", help="Re-measure host peak GFLOP/s and bandwidth first."),
+    threads: int | None = typer.Option(None, "--threads", help="Threads each runtime uses [default: all cores]."),
+    repeats: int = typer.Option(10, "--repeats", help="Timed rounds per artifact (median is used)."),
+    runtime: list[str] | None = typer.Option(None, "--runtime", help="Runtime to fit, by backend: onnx (onnxruntime), "
+                                              "tflite (LiteRT, XNNPACK); repeatable [default: both]."),
+    int8: bool = typer.Option(True, "--int8/--no-int8", help="Also quantize each model and fit the int8 speed-up."),
+    remeasure: bool = typer.Option(False, "--remeasure", help="Re-measure the runtimes' peak GFLOP/s and the bandwidth first."),
     report: Path | None = typer.Option(None, "--report", help="Also write the full result as JSON to this file."),
 ) -> None:
-    """Fit host-cpu's per-op-category efficiencies on measured models and report held-out error.
+    """Fit host-cpu's latency model for each runtime on measured models and report held-out error.
 
-    Exports 16 small decoders (teachers of the five families at two sizes, and students), measures
-    them with onnxruntime in interleaved rounds (medians), fits on half, reports the estimator's
-    error before and after on the other half, and caches the fit so `effconv profile --device
-    host-cpu` uses it. Takes a few minutes.
+    Converts 22 small decoders (teachers of the six families at two sizes, and Turbo-VAED students
+    of five families at two widths) to each runtime's artifact, fp32 and int8 (`quantize --calib
+    random`), measures them in their own runtime in interleaved rounds (medians), fits each runtime's
+    efficiencies, overheads and int8 speed-up on half of the models, reports the estimator's error
+    before and after on the other half, and caches the fits so `effconv profile --device host-cpu`
+    uses them. Takes tens of minutes on 2 cores (`--runtime onnx --no-int8`: a few minutes).
 
     Example: `effconv calibrate --threads 1`
     """
-    from effconv.profile.host_fit import calibrate_host, write_report
+    from effconv.profile.host_fit import BACKEND_UNITS, calibrate_host, write_report
 
-    result = calibrate_host(threads, repeats=repeats, remeasure=remeasure, progress=lambda m: err.print(m, highlight=False))
+    backends = tuple(dict.fromkeys(runtime or BACKEND_UNITS))
+    result = calibrate_host(threads, repeats=repeats, remeasure=remeasure, progress=lambda m: err.print(m, highlight=False),
+                            backends=backends, int8=int8)
     render_calibration(result)
     if report is not None:
         out.print(f"report: {write_report(result, report)}")
 
 
 def render_calibration(result: dict) -> None:
-    table = Table(title="host-cpu estimator error (|predicted - measured| / measured)")
-    for column in ("model", "set", "measured ms", "before ms", "after ms", "error before", "error after"):
-        table.add_column(column)
-    for before, after in zip(result["before"]["rows"], result["after"]["rows"]):
-        table.add_row(before["name"], "held-out" if before["held_out"] else "fit", f"{before['measured_ms']:.1f}",
-                      f"{before['predicted_ms']:.1f}", f"{after['predicted_ms']:.1f}",
-                      f"{before['rel_error']:+.0%}", f"{after['rel_error']:+.0%}")
-    out.print(table)
-    for label in ("before", "after"):
-        held = result[label]["held_out"]
-        out.print(f"held-out ({held['n']} models) {label}: median {held['median_abs']:.0%}, p90 {held['p90_abs']:.0%}, max {held['max_abs']:.0%}")
-    fit = result["fit"]
-    out.print(f"fit: efficiency {', '.join(f'{k} {v:.2f}' for k, v in fit['efficiency'].items())}; "
-              f"op overhead {fit['op_overhead_us']:.1f} us; narrow channels {fit['narrow_channels']:g}; "
-              f"wall/kernels {fit['wall_over_kernels']:.2f}. Stored in the host-cpu cache.")
+    for backend, fitted in result["runtimes"].items():
+        table = Table(title=f"host-cpu estimator error, {backend} artifacts (|predicted - measured| / measured)")
+        for column in ("model", "dtype", "set", "measured ms", "before ms", "after ms", "error before", "error after"):
+            table.add_column(column)
+        for before, after in zip(fitted["before"]["rows"], fitted["after"]["rows"]):
+            table.add_row(before["name"], before["dtype"], "held-out" if before["held_out"] else "fit",
+                          f"{before['measured_ms']:.1f}", f"{before['predicted_ms']:.1f}", f"{after['predicted_ms']:.1f}",
+                          f"{before['rel_error']:+.0%}", f"{after['rel_error']:+.0%}")
+        out.print(table)
+        for label in ("before", "after"):
+            held = fitted[label]["held_out"]
+            spread = "max (under 10 artifacts: no p90)" if held["p90_is_max"] else f"p90 {held['p90_abs']:.0%}, max"
+            out.print(f"{backend} held-out ({held['n']} artifacts) {label}: median {held['median_abs']:.0%}, "
+                      f"{spread} {held['max_abs']:.0%}")
+        fit = fitted["fit"]
+        out.print(f"{backend} fit (host-cpu unit '{fitted['unit']}'): efficiency "
+                  f"{', '.join(f'{k} {v:.2f}' for k, v in fit['efficiency'].items())}; op overhead {fit['op_overhead_us']:.1f} us; "
+                  f"run overhead {fit['run_overhead_ms']:.2f} ms; narrow channels {fit['narrow_channels']:g}; int8 efficiency "
+                  f"{', '.join(f'{k} {v:.2f}' for k, v in fit['int8_efficiency'].items()) or '(no int8 models)'}.")
+    out.print("Stored in the host-cpu cache.")

@@ -22,7 +22,6 @@ from effconv.artifacts import staged_output
 from effconv.pipeline.plan import HOST_DEVICE, RunInputs, device_label, stages
 from effconv.pipeline.stages import (DISTILL_MANIFEST, EVAL_MANIFEST, INT8_SUFFIX, LINT_MANIFEST, PROFILE_MANIFEST,
                                      SPEC_STUDENT, STREAM_STUDENT, student_label)
-from effconv.profile.measure import measure_runtime_of_fit
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -316,9 +315,9 @@ def _quantize_facts(quantize: dict | None) -> list[str]:
 def _profile_facts(result: dict) -> list[str]:
     """What the profile says about how far to trust the host estimate, and what graph it costed."""
     facts = [f"host-cpu profile: {result['validation'].split('. ')[0].rstrip('.')}"]
-    runtime = (result.get("measured") or {}).get("runtime")
-    if runtime and runtime != measure_runtime_of_fit():
-        facts.append(f"host efficiencies are fitted to {measure_runtime_of_fit()}, this ran in {runtime}")
+    runtime, fitted = (result.get("measured") or {}).get("runtime"), result.get("fitted_runtime")
+    if runtime and fitted and runtime != fitted:
+        facts.append(f"host efficiencies are fitted to {fitted}, this ran in {runtime}")
     mix = ", ".join(f"{dtype} {share['flop_share']:.0%}" for dtype, share in result["dtypes"].items())
     facts.append(f"costed FLOPs by dtype: {mix}")
     return facts

@@ -3,9 +3,10 @@
 Profiles are YAML files in `effconv/device_profiles/` (or a user's file, `--device path.yaml`),
 validated like specs. Which unit can run which op is not in them: each unit names the `effconv lint` units
 it is, per backend, and the lint rules decide (effconv/profile/legality.py). `host-cpu` is the exception:
-its peak throughput and bandwidth are measured on this machine the first time they are needed (a matmul
-and a copy) and cached, together with the calibration that `effconv calibrate` fits, under
-`$EFFCONV_CACHE_DIR` (default ~/.cache/effconv).
+its units are this machine's CPU as each runtime drives it (onnxruntime's kernels for `.onnx`, XNNPACK for
+`.tflite`/`.pte`); each unit's peak throughput is measured with that runtime's own matrix multiply the first
+time it is needed, the bandwidth with a copy, and both are cached, together with the per-runtime calibration
+that `effconv calibrate` fits, under `$EFFCONV_CACHE_DIR` (default ~/.cache/effconv).
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ MATMUL_SIZE = 1024
 COPY_MIB = 256
 MAX_THREADS = 1024
 NUMBER = (int, float)
-MEASUREMENT_FIELDS = {"peak_fp32_gflops": NUMBER, "bandwidth_gbps": NUMBER, "threads": int, "method": str, "measured_at": str}
+MEASUREMENT_FIELDS = {"peak_fp32_gflops": dict, "bandwidth_gbps": NUMBER, "threads": int, "method": str, "measured_at": str}
 CALIBRATION_FIELDS = {"efficiency": dict, "op_overhead_us": NUMBER, "run_overhead_ms": NUMBER, "model_uncertainty": NUMBER,
-                      "validation": str, "calibrated_at": str}
+                      "int8_efficiency": dict, "validation": str, "calibrated_at": str}
+# host-cpu's units: the backend whose runtime's kernels each one is (`effconv calibrate` fits it on that runtime).
+HOST_UNIT_BACKENDS = {"cpu": "onnx", "xnnpack": "tflite"}
 # Ceiling for any figure (GOP/s, GB/s, GB, us, ms): far above real hardware, far below float overflow.
 MAX_FIGURE = 1e9
 
@@ -48,6 +51,15 @@ class Figure(StrictModel):
     uncertainty: float = Field(ge=0, le=10, description="relative: 0.2 means the true value is within +-20%")
 
 
+class RuntimeFit(StrictModel):
+    """What holds for estimates of one runtime's artifacts when a unit is that runtime alone (host-cpu): it replaces
+    the device's figures when an artifact runs on this unit only (`DeviceProfile.for_backend`)."""
+
+    model_uncertainty: float = Field(gt=0, le=10, description="relative error of estimates on this runtime")
+    run_overhead_ms: float = Field(0.0, ge=0, le=MAX_FIGURE, description="fixed cost per inference call in this runtime")
+    validation: str = Field(description="how (and whether) estimates on this runtime were checked")
+
+
 class ComputeUnit(StrictModel):
     kind: Literal["npu", "gpu", "cpu"]
     peak_gops: dict[Dtype, Figure] = Field(description="GFLOP/s for fp32/fp16, GOP/s for int8")
@@ -55,6 +67,9 @@ class ComputeUnit(StrictModel):
     op_overhead_us: float = Field(0.0, ge=0, le=MAX_FIGURE, description="fixed dispatch cost per op")
     narrow_channels: float = Field(0.0, ge=0, le=MAX_FIGURE, description="conv/matmul output width at which compute efficiency halves (0: off)")
     efficiency: dict[str, float] = Field(default_factory=dict, description="per op category: share of the roofline reached")
+    int8_efficiency: dict[str, float] = Field(default_factory=dict, description="per op category: share of the int8 roofline "
+                                              "int8 ops reach (a category not listed: `efficiency`)")
+    runtime_fit: RuntimeFit | None = Field(None, description="host-cpu: this unit is one runtime's kernels, fitted on its own")
     lint_units: dict[str, list[str]] = Field(min_length=1, description="per backend, the units of effconv/legalize/rules/<backend>.yaml "
                                              "this unit is: it runs an op unless those rules rule out all of them")
     note: str = ""
@@ -69,7 +84,7 @@ class ComputeUnit(StrictModel):
                              "(lint_units: {tflite: [npu]}) and the rules in effconv/legalize/rules decide")
         return data
 
-    @field_validator("efficiency")
+    @field_validator("efficiency", "int8_efficiency")
     @classmethod
     def _positive(cls, value: dict[str, float]) -> dict[str, float]:
 
@@ -126,7 +141,13 @@ class DeviceProfile(StrictModel):
         the device's first: a spec's ONNX graph on an iPhone runs as the Core ML model it would be converted to."""
         placed = backend if backend in self.backends else self.backends[0]
         units = {name: unit for name, unit in self.units.items() if placed in unit.lint_units}
-        return self.model_copy(update={"backends": [placed], "units": units})
+        update = {"backends": [placed], "units": units}
+        fits = [unit.runtime_fit for unit in units.values()]
+        if fits and all(fits):
+            update |= {"model_uncertainty": max(fit.model_uncertainty for fit in fits),
+                       "run_overhead_ms": max(fit.run_overhead_ms for fit in fits),
+                       "validation": " ".join(dict.fromkeys(fit.validation for fit in fits))}
+        return self.model_copy(update=update)
 
 
 def profiles_dir():
@@ -169,11 +190,17 @@ def cache_dir() -> Path:
 
 
 def host_key(threads: int) -> str:
-    """The cache entry of this machine at `threads`: the peak is onnxruntime's, so its version is part of the key
-    (entries measured with earlier kernels, or before the peak was onnxruntime's, are measured and fitted again)."""
-    import onnxruntime
+    """The cache entry of this machine at `threads`: the peaks are the runtimes' own, so their versions are part of the
+    key (entries measured with other kernels, or before the peaks were the runtimes', are measured and fitted again)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return f"{cpu_model()}|cores={os.cpu_count()}|onnxruntime={onnxruntime.__version__}|threads={threads}"
+    versions = []
+    for package in ("onnxruntime", "ai-edge-litert"):
+        try:
+            versions.append(f"{package}={version(package)}")
+        except PackageNotFoundError:
+            versions.append(f"{package}=none")
+    return f"{cpu_model()}|cores={os.cpu_count()}|{'|'.join(versions)}|threads={threads}"
 
 
 def read_cache() -> dict:
@@ -240,12 +267,31 @@ def onnxruntime_matmul_seconds(threads: int, size: int = MATMUL_SIZE, repeats: i
     return _best_seconds(lambda: session.run(None, feed), repeats=repeats)
 
 
+def xnnpack_fully_connected_seconds(threads: int, size: int = MATMUL_SIZE, repeats: int = 10) -> float | None:
+    """Best time of a square fp32 FULLY_CONNECTED in the LiteRT Interpreter (XNNPACK's GEMM), or None when LiteRT is
+    not installed. On an AMD EPYC with AVX-512 it ran 2.8x onnxruntime's MatMul (213 vs 76 GFLOP/s, 1 thread), so one
+    peak for both runtimes would put every XNNPACK efficiency far from the other's."""
+    import numpy as np
+
+    from effconv.backends.tflite import export as tflite_backend
+
+    try:
+        runner = tflite_backend.interpreter(tflite_backend.fully_connected_model(size), threads)
+    except EffconvError:
+        return None
+    runner.set_tensor(runner.get_input_details()[0]["index"],
+                      np.random.default_rng(0).standard_normal((size, size), dtype=np.float32))
+    return _best_seconds(runner.invoke, repeats=repeats)
+
+
 def measure_host(threads: int) -> dict:
-    """Peak fp32 GFLOP/s from a square matmul in onnxruntime and DRAM GB/s from a large copy, both best-of-N with
-    `threads` threads (best, not median: a peak is what the roofline needs; noise only slows runs)."""
+    """Peak fp32 GFLOP/s of each runtime's square matmul (onnxruntime, XNNPACK) and DRAM GB/s from a large copy, all
+    best-of-N with `threads` threads (best, not median: a peak is what the roofline needs; noise only slows runs)."""
     import torch
 
-    matmul_s = onnxruntime_matmul_seconds(threads)
+    gemm_flops = 2 * MATMUL_SIZE**3
+    onnxruntime_s = onnxruntime_matmul_seconds(threads)
+    xnnpack_s = xnnpack_fully_connected_seconds(threads)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -256,26 +302,41 @@ def measure_host(threads: int) -> dict:
     finally:
         torch.set_num_threads(previous)
     return {
-        "peak_fp32_gflops": 2 * MATMUL_SIZE**3 / matmul_s / 1e9,
+        "peak_fp32_gflops": {"cpu": gemm_flops / onnxruntime_s / 1e9,
+                             "xnnpack": gemm_flops / xnnpack_s / 1e9 if xnnpack_s else None},
         "bandwidth_gbps": 2 * elements * 4 / copy_s / 1e9,  # read + write
         "threads": threads,
-        "method": f"onnxruntime MatMul {MATMUL_SIZE}^2 fp32 best of 10; tensor copy {COPY_MIB} MiB best of 5",
+        "method": (f"onnxruntime MatMul and LiteRT FULLY_CONNECTED (XNNPACK) {MATMUL_SIZE}^2 fp32, best of 10; "
+                   f"tensor copy {COPY_MIB} MiB best of 5"),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _valid_measurement(measurement: dict | None) -> bool:
+    if not measurement or not 0 < measurement["bandwidth_gbps"] < math.inf:
+        return False
+    peaks = measurement["peak_fp32_gflops"]
+    return (isinstance(peaks.get("cpu"), NUMBER) and 0 < peaks["cpu"] < math.inf
+            and (peaks.get("xnnpack") is None or (isinstance(peaks["xnnpack"], NUMBER) and 0 < peaks["xnnpack"] < math.inf)))
 
 
 def host_measurement(threads: int, remeasure: bool = False) -> dict:
     key = host_key(threads)
     cached = _cached_section(key, "measurement", MEASUREMENT_FIELDS)
-    if cached and not remeasure and all(0 < cached[name] < math.inf for name in ("peak_fp32_gflops", "bandwidth_gbps")):
+    if not remeasure and _valid_measurement(cached):
         return cached
     measurement = measure_host(threads)
     write_cache_entry(key, "measurement", measurement)
     return measurement
 
 
-def host_calibration(threads: int) -> dict | None:
-    return _cached_section(host_key(threads), "calibration", CALIBRATION_FIELDS)
+def host_calibration(threads: int) -> dict[str, dict]:
+    """`effconv calibrate`'s cached fit of each host-cpu unit (runtime) it calibrated; a damaged one is left out."""
+    section = _cached_section(host_key(threads), "calibration", {})
+    if not section:
+        return {}
+    return {unit: fit for unit, fit in section.items()
+            if unit in HOST_UNIT_BACKENDS and isinstance(fit, dict) and all(isinstance(fit.get(n), k) for n, k in CALIBRATION_FIELDS.items())}
 
 
 def _ram_gb() -> float:
@@ -286,27 +347,30 @@ def _ram_gb() -> float:
 
 
 def _fill_host(data: dict, threads: int, remeasure: bool, calibrated: bool) -> dict:
-    """Put this machine's measured figures (and calibration, if any) into the host-cpu template."""
+    """Put this machine's measured figures (and each runtime's calibration, if any) into the host-cpu template."""
     measurement = host_measurement(threads, remeasure)
     source = f"measured: {measurement['method']}, {measurement['threads']} threads, {measurement['measured_at']}"
-    peak = measurement["peak_fp32_gflops"]
-    unit = data["units"]["cpu"]
-    unit["peak_gops"] = {
-        "fp32": {"value": peak, "source": source, "uncertainty": 0.1},
-        "fp16": {"value": peak, "source": "derived: onnxruntime's CPU provider computes most fp16 ops in fp32", "uncertainty": 0.5},
-        "int8": {"value": 2 * peak, "source": "derived: 2x fp32 (int8 dot-product kernels; measured 3-5x on dense Conv3d in onnxruntime)", "uncertainty": 0.6},
-    }
     data["memory"]["bandwidth_gbps"] = {"value": measurement["bandwidth_gbps"], "source": source, "uncertainty": 0.1}
     data["memory"]["ram_gb"] = {"value": _ram_gb(), "source": "measured: os.sysconf physical pages", "uncertainty": 0.0}
     data["soc"] = f"{cpu_model()}, {os.cpu_count()} logical cores ({threads} threads used)"
     data["measured"] = {"key": host_key(threads), **measurement}
-    calibration = host_calibration(threads) if calibrated else None
-    if calibration:
-        unit["efficiency"] = calibration["efficiency"]
-        unit["op_overhead_us"] = calibration["op_overhead_us"]
-        unit["narrow_channels"] = calibration.get("narrow_channels", 0.0)
-        data["run_overhead_ms"] = calibration["run_overhead_ms"]
-        data["model_uncertainty"] = calibration["model_uncertainty"]
-        data["validation"] = calibration["validation"]
-        data["measured"]["calibrated_at"] = calibration["calibrated_at"]
+    calibration = host_calibration(threads) if calibrated else {}
+    for name, unit in data["units"].items():
+        peak, peak_source = measurement["peak_fp32_gflops"].get(name), source
+        if peak is None:  # LiteRT not installed: nothing runs on this unit here, its artifacts are still costed
+            peak, peak_source = measurement["peak_fp32_gflops"]["cpu"], "derived: onnxruntime's peak (LiteRT is not installed)"
+        fit = calibration.get(name)
+        if fit:
+            unit["efficiency"] = fit["efficiency"]
+            unit["int8_efficiency"] = fit["int8_efficiency"]
+            unit["op_overhead_us"] = fit["op_overhead_us"]
+            unit["narrow_channels"] = fit.get("narrow_channels", 0.0)
+            unit["runtime_fit"] = {key: fit[key] for key in ("model_uncertainty", "run_overhead_ms", "validation")}
+            data["measured"].setdefault("calibrated_at", {})[name] = fit["calibrated_at"]
+        unit["peak_gops"] = {
+            "fp32": {"value": peak, "source": peak_source, "uncertainty": 0.1},
+            "fp16": {"value": peak, "source": "derived: these CPU kernels compute fp16 models in fp32", "uncertainty": 0.5},
+            "int8": {"value": 2 * peak, "source": "derived: 2x fp32 (int8 dot-product kernels; `effconv calibrate` fits the "
+                     "share each op category reaches)", "uncertainty": 0.2 if fit else 0.6},
+        }
     return data

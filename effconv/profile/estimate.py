@@ -139,7 +139,7 @@ def op_ms(node: NodeCost, unit: ComputeUnit, dtype: str, device: DeviceProfile) 
     compute, memory = roofline_ms(node.flops, node.bytes, peak, _unit_bandwidth(unit, device))
     if node.category == "view":
         return compute, memory, unit.op_overhead_us / 1000
-    efficiency = unit.efficiency.get(node.category, 1.0)
+    efficiency = (dtype == "int8" and unit.int8_efficiency.get(node.category)) or unit.efficiency.get(node.category, 1.0)
     return compute, memory, max(compute, memory) / efficiency + unit.op_overhead_us / 1000
 
 

@@ -1,17 +1,24 @@
-"""Fit the host-cpu latency model (`effconv calibrate`; not to be confused with quantization calibration data,
-`effconv.quantize.calibration`): measure a set of decoders with onnxruntime, fit per-op-category
-efficiencies and overheads on some of them, and report the estimator's error on the others.
+"""Fit the host-cpu latency model per runtime (`effconv calibrate`; not to be confused with quantization calibration
+data, `effconv.quantize.calibration`): convert a set of decoders to each runtime's artifact (fp32 and int8), measure
+them in their own runtime, fit each runtime's host-cpu unit on some of them, and report the estimator's error on the
+others.
 
-The set: teacher decoders of all five families (random init, tiny and small widths, two clip sizes)
-and Turbo-VAED-style students (depthwise-separable Conv3d blocks + decoupled pixel shuffle) of four
-widths. Half are fitted, half held out: every family is in both sets, at different sizes.
+The set: teacher decoders of the six families (random init, tiny and small widths) and real Turbo-VAED students
+(`TurboVAEDDecoder`, made by `effconv rewrite` from those teachers) of two widths, each converted as a user would
+(`convert`, then static int8 calibrated on random latents, as `quantize --calib random` makes it). Half are fitted, half held out: every family is in both sets.
 
-Fit (per-node kernel times from onnxruntime's profiler, fused kernels mapped back to the node they
-absorbed): the per-node overhead is the median time of reshape-like nodes; for each op category,
-efficiency = median over fitted models of roofline ms / (measured ms - overhead per node); the width
-below which convs and matmuls lose efficiency (`narrow_channels`) is picked from a small grid by the
-fitted models' error; run overhead is the median of what is left of the wall time. Medians, because
-the machine may be shared and noisy.
+Fit, per runtime (onnxruntime -> unit `cpu`, LiteRT -> unit `xnnpack`):
+1. a prior for the per-op-category efficiencies: for onnxruntime, per-node kernel times from its profiler (fused
+   kernels mapped back to the node they absorbed): efficiency = roofline ms / measured ms of each category, net of
+   the per-node overhead (the median time of reshape-like nodes), with the width below which convs and matmuls lose
+   efficiency (`narrow_channels`) picked from a grid; LiteRT has no per-op times under XNNPACK, so its prior is
+   onnxruntime's fit;
+2. the models' wall-clock medians: non-negative least squares of their relative error in the inverse
+   efficiencies, a per-node overhead and a per-run overhead, pulled towards the prior (ridge rows) so that
+   categories few models exercise keep the prior;
+   int8 nodes get efficiencies of their own (of the int8 peak, nominally twice fp32's), fitted the same way on
+   the int8 models, whose prior is the fp32 efficiency.
+Medians throughout, because the machine may be shared and noisy.
 """
 
 from __future__ import annotations
@@ -24,27 +31,30 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
-import torch
-from torch import nn
+import yaml
 
-from effconv.artifacts import staged_output
-from effconv.backends.onnx import export as onnx_backend
+from effconv.artifacts import manifest_path, read_manifest, staged_output
+from effconv.backends import registry
+from effconv.backends.base import CalibrationSet, QuantizeOptions
+from effconv.convert.stage import convert
 from effconv.errors import EffconvError
 from effconv.host import default_threads
-from effconv.models.loader import load_model
-from effconv.models.turbo_vaed.layers.pixel_shuffle import DecoupledPixelShuffle3d
-from effconv.profile.cost import CATEGORIES
-from effconv.profile.onnx_cost import graph_cost, load_graph
-from effconv.profile.devices import HOST, host_key, load_device, write_cache_entry
-from effconv.profile.estimate import NARROW_CATEGORIES, estimate, op_ms
-from effconv.profile.measure import measure_many
-from effconv.spec import spec_from_dict
+from effconv.profile.cost import CATEGORIES, GraphCost
+from effconv.profile.devices import HOST, HOST_UNIT_BACKENDS, DeviceProfile, host_key, load_device, write_cache_entry
+from effconv.profile.estimate import NARROW_CATEGORIES, estimate_cost, op_ms
+from effconv.profile.inputs import OWN_GRAPH
+from effconv.profile.measure import measure_many, measure_walls
+from effconv.profile.onnx_cost import load_graph
+from effconv.rewrite.stage import rewrite
+from effconv.spec import load_spec
 
+BACKEND_UNITS = {backend: unit for unit, backend in HOST_UNIT_BACKENDS.items()}  # the runtimes calibrate fits
 ZERO4, ZERO8 = [0.0] * 4, [0.0] * 8
-# Tiny random-init decoder configs of each family (the same as examples/specs/*-tiny.yaml), with the
-# clip they are measured at; `scale` widens the channel lists for the "small" variants.
+# Tiny random-init decoder configs of each family (the same as examples/specs/*-tiny.yaml), with the clip (frames,
+# height, width in pixels) they are measured at; `scale` widens the channel lists for the "small" variants.
 TEACHERS = {
     "hunyuan": ("AutoencoderKLHunyuanVideo", {"latent_channels": 4, "block_out_channels": [8, 8, 16, 16],
                 "layers_per_block": 1, "norm_num_groups": 4, "mid_block_add_attention": True}, (9, 32, 48)),
@@ -67,134 +77,154 @@ TEACHERS = {
               "latents_std": [1.0] * 8}, (9, 32, 64)),
 }
 WIDTH_KEYS = ("block_out_channels", "decoder_block_out_channels", "encoder_block_out_channels", "base_dim", "decoder_base_dim")
+STUDENT_FAMILIES = ("hunyuan", "cogvideox", "ltx", "mochi", "wan21")
+STUDENT_WIDTHS = (32, 64)
+STUDENT_SIZE = (64, 96)  # students decode the family's clip length at this height and width
 MIN_EFFICIENCY, MAX_EFFICIENCY = 0.005, 5.0
 NARROW_GRID = (0.0, 2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)
-
-
-class _SeparableBlock(nn.Module):
-    """Depthwise k^3 + pointwise Conv3d, RMS-normalized, SiLU, residual (the paper's wide-block unit)."""
-
-    def __init__(self, channels: int, kernel: int = 5):
-        super().__init__()
-        self.depthwise = nn.Conv3d(channels, channels, kernel, padding=kernel // 2, groups=channels)
-        self.pointwise = nn.Conv3d(channels, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
-        return x + self.pointwise(self.depthwise(nn.functional.silu(h)))
-
-
-class StudentLikeDecoder(nn.Module):
-    """A small Turbo-VAED-shaped decoder used only to calibrate costs of separable convs and pixel
-    shuffles (the real student builder lives in effconv.models.turbo_vaed)."""
-
-    def __init__(self, latent_channels: int, width: int, blocks: int):
-        super().__init__()
-        self.conv_in = nn.Conv3d(latent_channels, width, 3, padding=1)
-        self.blocks = nn.Sequential(*[_SeparableBlock(width) for _ in range(blocks)])
-        self.up1 = nn.Conv3d(width, (width // 2) * 8, 3, padding=1)
-        self.shuffle1 = DecoupledPixelShuffle3d(2, 2, 2, causal=True)
-        self.dense = nn.Conv3d(width // 2, width // 4, 3, padding=1)
-        self.up2 = nn.Conv3d(width // 4, 8 * 4, 3, padding=1)
-        self.shuffle2 = DecoupledPixelShuffle3d(1, 2, 2, causal=True)
-        self.conv_out = nn.Conv3d(8, 3, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.conv_in(x))
-        x = nn.functional.silu(self.dense(self.shuffle1(self.up1(x))))
-        return self.conv_out(self.shuffle2(self.up2(x)))
+PRIOR_WEIGHT = 0.05  # ridge rows: how strongly a category's efficiency stays at its prior (1 = as much as one model)
+INT8_PREFIX = "int8 "
 
 
 @dataclass(frozen=True)
 class CalibrationModel:
     name: str
     held_out: bool
-    build: object  # () -> (nn.Module, example tensor)
+    write_spec: Callable[[Path], Path]  # folder -> the model's spec YAML, written into it
 
 
-def _teacher(family: str, scale: int, clip: tuple[int, int, int]):
-    def build():
-
-        class_name, config, _ = TEACHERS[family]
-        config = copy.deepcopy(config)
-        for key in WIDTH_KEYS:
-            if isinstance(config.get(key), list):
-                config[key] = [c * scale for c in config[key]]
-            elif key in config:
-                config[key] *= scale
-        frames, height, width = clip
-        data = {"name": f"{family}-x{scale}", "model": {"diffusers": class_name, "config": config}, "part": "decoder",
-                "input": {"frames": frames, "height": height, "width": width}}
-        model = load_model(spec_from_dict(data, Path.cwd()))
-        return model.module, model.example_input(0)
-
-    return build
+def _teacher_data(family: str, scale: int, clip: tuple[int, int, int]) -> dict:
+    class_name, config, _ = TEACHERS[family]
+    config = copy.deepcopy(config)
+    for key in WIDTH_KEYS:
+        if isinstance(config.get(key), list):
+            config[key] = [c * scale for c in config[key]]
+        elif key in config:
+            config[key] *= scale
+    frames, height, width = clip
+    return {"name": f"{family}-x{scale}", "model": {"diffusers": class_name, "config": config}, "part": "decoder",
+            "input": {"frames": frames, "height": height, "width": width}}
 
 
-def _student(width: int, blocks: int, latent: tuple[int, int, int]):
-    def build():
-        torch.manual_seed(0)
-        module = StudentLikeDecoder(8, width, blocks).eval()
-        return module, torch.randn(1, 8, *latent)
+def _write_teacher(family: str, scale: int, clip: tuple[int, int, int]) -> Callable[[Path], Path]:
+    def write(directory: Path) -> Path:
+        path = directory / f"{family}-x{scale}.yaml"
+        path.write_text(yaml.safe_dump(_teacher_data(family, scale, clip)), encoding="utf-8")
+        return path
 
-    return build
+    return write
+
+
+def _write_student(family: str, width: int) -> Callable[[Path], Path]:
+    """A Turbo-VAED student of the family's tiny teacher (the paper's layout: separable mid and first up block)."""
+    def write(directory: Path) -> Path:
+        teacher = _write_teacher(family, 1, (TEACHERS[family][2][0], *STUDENT_SIZE))(directory)
+        recipe = directory / f"student-w{width}.yaml"
+        recipe.write_text(yaml.safe_dump({"name": f"student-w{width}", "description": "calibration student", "student": {
+            "widths": [width, width, width // 2, 16, 8], "layers": [2, 1, 1, 1, 1],
+            "separable": [True, True, False, False, False], "upsample": [False, True, True, True], "kernel_size": 5}}),
+            encoding="utf-8")
+        manifest = rewrite(load_spec(teacher), recipe, directory / "student")
+        return directory / "student" / f"{manifest.name}.yaml"
+
+    return write
 
 
 def calibration_set() -> list[CalibrationModel]:
-    """16 decoders; every family has one model in the fit set and one held out, alternating which
-    size is held out, so the held-out models span the same range of sizes as the fitted ones."""
+    """22 decoders: 12 teachers (six families, two sizes) and 10 students (five families, two widths); each family
+    has models in the fit set and held out, alternating which size, so the held-out models span the fitted range."""
     models = []
     for index, (family, (_, _, clip)) in enumerate(TEACHERS.items()):
-        models.append(CalibrationModel(f"{family}-tiny", index % 2 == 1, _teacher(family, 1, clip)))
-        models.append(CalibrationModel(f"{family}-small", index % 2 == 0, _teacher(family, 2, (clip[0], 64, 96))))
-    models += [
-        CalibrationModel("student-w32", False, _student(32, 3, (3, 4, 6))),
-        CalibrationModel("student-w48", True, _student(48, 3, (3, 6, 8))),
-        CalibrationModel("student-w64", True, _student(64, 4, (3, 8, 8))),
-        CalibrationModel("student-w96", False, _student(96, 4, (3, 8, 12))),
-    ]
+        models.append(CalibrationModel(f"{family}-tiny", index % 2 == 1, _write_teacher(family, 1, clip)))
+        models.append(CalibrationModel(f"{family}-small", index % 2 == 0, _write_teacher(family, 2, (clip[0], 64, 96))))
+    for index, family in enumerate(STUDENT_FAMILIES):
+        for width in STUDENT_WIDTHS:
+            held_out = (index + (width == STUDENT_WIDTHS[1])) % 2 == 1
+            models.append(CalibrationModel(f"{family}-student-w{width}", held_out, _write_student(family, width)))
     return models
 
 
-def _export(entry: CalibrationModel, directory: Path) -> Path:
-    module, example = entry.build()
-    path = directory / f"{entry.name}.onnx"
-    onnx_backend.export(module, example, path, "latent", "video")
-    return path
+def _int8(artifact: Path, backend: str, out_path: Path) -> Path:
+    """The artifact in static int8 (every node kind int8, no speed search), calibrated on seeded random latents: what
+    `effconv quantize --calib random` writes, without its gate and manifest."""
+    manifest = read_manifest(manifest_path(artifact))
+    shape = tuple(manifest.inputs[0].shape)
+    rng = np.random.default_rng(0)
+    latents = CalibrationSet([rng.standard_normal(shape).astype(np.float32) for _ in range(3)], None, "random")
+    calib, held_out = latents.split(1)
+    registry.get(backend).quantize(artifact, manifest, calib, held_out, out_path, QuantizeOptions(select_by_speed=False))
+    return out_path
 
 
-def measure_set(models: list[CalibrationModel], threads: int, repeats: int, progress=print) -> list[dict]:
-    """Export every model, then measure all of them in interleaved rounds (wall-clock and profiled)."""
+def _artifacts(entry: CalibrationModel, directory: Path, backends: tuple[str, ...], int8: bool,
+               progress) -> list[tuple[str, str, Path, tuple]]:
+    """(backend, dtype, artifact, input shapes) of one model, converted (and quantized) as a user would."""
+    loaded = load_spec(entry.write_spec(directory))
+    made = []
+    for backend in backends:
+        manifest = convert(loaded, backend, directory / backend)
+        artifact, shapes = directory / backend / manifest.artifact, (tuple(manifest.inputs[0].shape),)
+        made.append((backend, "fp32", artifact, shapes))
+        if int8:
+            try:
+                made.append((backend, "int8", _int8(artifact, backend, directory / f"int8-{manifest.artifact}"), shapes))
+            except EffconvError as exc:  # a quantizer that cannot quantize one model leaves that model's int8 out
+                progress(f"{entry.name}: no {backend} int8 artifact ({exc.message})")
+    return made
+
+
+def measure_set(models: list[CalibrationModel], threads: int, repeats: int, backends: tuple[str, ...] = tuple(BACKEND_UNITS),
+                int8: bool = True, progress=print) -> list[dict]:
+    """Convert every model to each backend's artifact, then measure them all: onnxruntime fp32 models with per-node
+    kernel times (interleaved rounds of timed and profiled runs), every artifact's wall clock in interleaved rounds."""
     with tempfile.TemporaryDirectory() as tmp:
-        paths, graphs = [], []
+        records = []
         for entry in models:
             started = time.perf_counter()
-            paths.append(_export(entry, Path(tmp)))
-            graphs.append(load_graph(paths[-1]))
-            progress(f"exported {entry.name} ({time.perf_counter() - started:.0f} s)")
-        progress(f"measuring {len(models)} models in {repeats} interleaved rounds...")
-        results = measure_many(paths, [{n.name for n in g.graph.node} for g in graphs], threads, repeats=repeats)
-    records = []
-    for entry, graph, (wall, kernels) in zip(models, graphs, results):
-        records.append({"name": entry.name, "held_out": entry.held_out, "wall": wall, "kernels": kernels, "graph": graph})
-        progress(f"measured {entry.name}: {wall['median_ms']:.1f} ms median")
+            directory = Path(tmp) / entry.name
+            directory.mkdir()
+            for backend, dtype, path, shapes in _artifacts(entry, directory, backends, int8, progress):
+                records.append({"name": entry.name, "held_out": entry.held_out, "backend": backend, "dtype": dtype,
+                                "path": path, "cost": OWN_GRAPH[backend][1](path), "shapes": shapes})
+            progress(f"converted {entry.name} ({time.perf_counter() - started:.0f} s)")
+        profiled = [r for r in records if r["backend"] == "onnx" and r["dtype"] == "fp32"]
+        progress(f"measuring {len(records)} artifacts in {repeats} interleaved rounds...")
+        kernels = [] if not profiled else measure_many([r["path"] for r in profiled], [{n.name for n in load_graph(r["path"]).graph.node} for r in profiled],
+                               threads, repeats=repeats)
+        for record, (_, kernel_times) in zip(profiled, kernels):
+            record["kernels"] = kernel_times
+        for record, wall in zip(records, measure_walls([r["path"] for r in records], [r["shapes"] for r in records], threads,
+                                                      repeats=repeats)):
+            record["wall"] = wall
+            progress(f"measured {_label(record)}: {wall['median_ms']:.1f} ms median")
+    for record in records:
+        del record["path"]
     return records
 
 
-def _with_fit(device, fitted: dict):
-    """The device with a fit applied to its (single) CPU unit."""
-    name, unit = next(iter(device.units.items()))
-    unit = unit.model_copy(update={k: fitted[k] for k in ("efficiency", "op_overhead_us", "narrow_channels")})
+def _label(record: dict) -> str:
+    return f"{record['name']} {record['backend']} {record['dtype']}"
+
+
+def with_fit(device: DeviceProfile, fitted: dict) -> DeviceProfile:
+    """The device (narrowed to one runtime's unit) with a fit applied to that unit."""
+    (name, unit), = device.units.items()
+    unit = unit.model_copy(update={"efficiency": fitted["efficiency"], "int8_efficiency": fitted.get("int8_efficiency", {}),
+                                   "op_overhead_us": fitted["op_overhead_us"], "narrow_channels": fitted["narrow_channels"]})
     return device.model_copy(update={"units": {name: unit}, "run_overhead_ms": fitted["run_overhead_ms"]})
 
 
-def _node_pairs(records: list[dict], device, narrow: float) -> list[tuple[str, float, float]]:
+def _bare(device: DeviceProfile, narrow: float) -> DeviceProfile:
+    return with_fit(device, {"efficiency": {}, "op_overhead_us": 0.0, "narrow_channels": narrow, "run_overhead_ms": 0.0})
+
+
+def _node_pairs(records: list[dict], device: DeviceProfile, narrow: float) -> list[tuple[str, float, float]]:
     """(category, roofline ms at efficiency 1, measured ms) for every profiled, non-view node."""
-    trial = _with_fit(device, {"efficiency": {}, "op_overhead_us": 0.0, "narrow_channels": narrow, "run_overhead_ms": 0.0})
-    unit = next(iter(trial.units.values()))
+    trial = _bare(device, narrow)
+    (unit,) = trial.units.values()
     pairs = []
     for record in records:
-        for node in graph_cost(record["graph"], "fp32").nodes:
+        for node in record["cost"].nodes:
             measured = record["kernels"]["node_ms"].get(node.name)
             if node.category != "view" and measured is not None:
                 pairs.append((node.category, op_ms(node, unit, "fp32", trial)[2], measured))
@@ -209,8 +239,12 @@ def _fit_efficiencies(pairs, overhead_ms: float) -> dict[str, float]:
         roofline = sum(r for c, r, _ in pairs if c == category)
         measured = sum(max(0.0, m - overhead_ms) for c, _, m in pairs if c == category)
         if roofline > 0 and measured > 0:
-            efficiency[category] = min(MAX_EFFICIENCY, max(MIN_EFFICIENCY, roofline / measured))
+            efficiency[category] = _clamped(roofline / measured)
     return efficiency
+
+
+def _clamped(efficiency: float) -> float:
+    return min(MAX_EFFICIENCY, max(MIN_EFFICIENCY, efficiency))
 
 
 def _narrow_error(pairs, efficiency: dict[str, float], overhead_ms: float) -> float:
@@ -224,65 +258,111 @@ def _narrow_error(pairs, efficiency: dict[str, float], overhead_ms: float) -> fl
     return total / max(weight, 1e-12)
 
 
-def _wall_terms(candidate: dict, records: list[dict], device) -> dict:
-    """Extend a kernel-level fit to wall-clock time: wall = kernels x (1 + beta) + alpha x nodes.
-
-    The profiler's kernel times leave out what the executor does between kernels (allocation,
-    scheduling: alpha per node) and the time other processes take the core during a run, which
-    grows with the run (beta). Both are fitted by least squares on the relative error of the fitted
-    models' wall-clock medians, and folded into the overhead and the efficiencies."""
-    rows, targets = [], []
-    for record in records:
-        wall = record["wall"]["median_ms"]
-        predicted = estimate(record["graph"], _with_fit(device, candidate)).total_ms
-        rows.append([predicted / wall, len(record["graph"].graph.node) / wall])
-        targets.append((wall - predicted) / wall)
-    a, b = np.array(rows), np.array(targets)
-    beta, alpha = np.linalg.lstsq(a, b, rcond=None)[0]
-    if alpha < 0:
-        alpha, beta = 0.0, float(np.linalg.lstsq(a[:, :1], b, rcond=None)[0][0])
-    elif beta < 0:
-        beta, alpha = 0.0, float(np.linalg.lstsq(a[:, 1:], b, rcond=None)[0][0])
-    beta, alpha = max(float(beta), -0.5), max(float(alpha), 0.0)
-    efficiency = {c: min(MAX_EFFICIENCY, max(MIN_EFFICIENCY, e / (1 + beta))) for c, e in candidate["efficiency"].items()}
-    return {**candidate, "efficiency": efficiency, "op_overhead_us": candidate["op_overhead_us"] + alpha * 1000,
-            "wall_over_kernels": 1 + beta, "executor_us_per_node": alpha * 1000}
-
-
-def fit(records: list[dict], device) -> dict:
-    """Fit on the records not held out. The per-node overhead is the median time of view nodes (pure
-    dispatch); the narrow-layer width is the one that best explains the conv/matmul node times."""
-    fitted_records = [r for r in records if not r["held_out"]]
-    view_times = [r["kernels"]["node_ms"][n.name] for r in fitted_records for n in graph_cost(r["graph"], "fp32").nodes
+def kernel_fit(records: list[dict], device: DeviceProfile) -> dict:
+    """onnxruntime's per-node fit (the prior of its wall fit). The per-node overhead is the median time of view nodes
+    (pure dispatch); the narrow-layer width is the one that best explains the conv/matmul node times."""
+    view_times = [r["kernels"]["node_ms"][n.name] for r in records for n in r["cost"].nodes
                   if n.category == "view" and n.name in r["kernels"]["node_ms"]]
     overhead_ms = statistics.median(view_times) if view_times else 0.0
     best = None
     for narrow in NARROW_GRID:
-        pairs = _node_pairs(fitted_records, device, narrow)
+        pairs = _node_pairs(records, device, narrow)
         efficiency = _fit_efficiencies(pairs, overhead_ms)
         error = _narrow_error(pairs, efficiency, overhead_ms)
         if best is None or error < best[0]:
             best = (error, {"efficiency": efficiency, "op_overhead_us": overhead_ms * 1000, "narrow_channels": narrow,
                             "run_overhead_ms": 0.0})
-    return _wall_terms(best[1], fitted_records, device)
+    return best[1]
 
 
-def _errors(records: list[dict], device) -> list[dict]:
+def _terms(cost: GraphCost, device: DeviceProfile, narrow: float) -> tuple[dict[str, float], int]:
+    """A graph's roofline ms at efficiency 1 per category, int8 nodes apart ("int8 conv"), and its node count."""
+    terms: dict[str, float] = {}
+    estimate = estimate_cost(cost, _bare(device, narrow))
+    for op in estimate.ops:
+        if op.node.category != "view":
+            key = f"{INT8_PREFIX}{op.node.category}" if op.dtype == "int8" else op.node.category
+            terms[key] = terms.get(key, 0.0) + op.ms
+    return terms, len(estimate.ops)
+
+
+def wall_fit(records: list[dict], device: DeviceProfile, prior: dict, narrow_grid=NARROW_GRID) -> dict:
+    """Inverse efficiencies (fp32 and int8 nodes apart), per-node and per-run overhead from wall-clock medians:
+    non-negative least squares of the relative error, with a ridge row per category pulling its inverse efficiency
+    to the prior's (an int8 category's prior: its fp32 efficiency, i.e. int8 at twice the fp32 speed)."""
+    from scipy.optimize import nnls
+
+    best = None
+    walls = np.array([r["wall"]["median_ms"] for r in records])
+    for narrow in narrow_grid:
+        terms = [_terms(r["cost"], device, narrow) for r in records]
+        keys = sorted({key for t, _ in terms for key in t})
+        a = np.array([[t.get(key, 0.0) for key in keys] + [n, 1.0] for t, n in terms]) / walls[:, None]
+        ridge = np.zeros((len(keys), len(keys) + 2))
+        for index, key in enumerate(keys):
+            ridge[index, index] = PRIOR_WEIGHT * prior["efficiency"].get(key.removeprefix(INT8_PREFIX), 1.0)
+        solution, _ = nnls(np.vstack([a, ridge]), np.concatenate([np.ones(len(records)), np.full(len(keys), PRIOR_WEIGHT)]))
+        error = float(np.sum(np.log(np.maximum(a @ solution, 1e-6)) ** 2))
+        if best is None or error < best[0]:
+            fitted = {key: _clamped(1 / x) if x > 0 else MAX_EFFICIENCY for key, x in zip(keys, solution)}
+            best = (error, {
+                "efficiency": {c: fitted.get(c, e) for c, e in prior["efficiency"].items()} | {
+                    c: e for c, e in fitted.items() if not c.startswith(INT8_PREFIX)},
+                "int8_efficiency": {c.removeprefix(INT8_PREFIX): e for c, e in fitted.items() if c.startswith(INT8_PREFIX)},
+                "op_overhead_us": float(solution[-2]) * 1000, "narrow_channels": narrow, "run_overhead_ms": float(solution[-1])})
+    return best[1]
+
+
+def fit_runtime(records: list[dict], device: DeviceProfile, prior: dict | None) -> dict:
+    """One runtime's fit on its records not held out, refined from `prior` on their walls (with onnxruntime's kernel
+    times, `prior` None, its own kernel fit of the fp32 models is the prior)."""
+    fitted = [r for r in records if not r["held_out"]]
+    fitted_fp32 = [r for r in fitted if r["dtype"] == "fp32"]
+    if not fitted_fp32:
+        raise EffconvError("no fp32 model to fit on: every calibration model is held out.",
+                           "calibrate on the default set (leave out `models`), or mark some models as fitted.")
+    if prior is None:
+        prior = kernel_fit(fitted_fp32, device)
+        return wall_fit(fitted, device, prior, (prior["narrow_channels"],))
+    return wall_fit(fitted, device, prior)
+
+
+def _unit_prior(device: DeviceProfile) -> dict:
+    """The profile's own (uncalibrated) figures of the device's one unit: the prior when no other runtime was fitted."""
+    (unit,) = device.units.values()
+    return {"efficiency": unit.efficiency, "op_overhead_us": unit.op_overhead_us, "narrow_channels": unit.narrow_channels,
+            "run_overhead_ms": device.run_overhead_ms}
+
+
+def _errors(records: list[dict], device: DeviceProfile) -> list[dict]:
     rows = []
     for r in records:
-        predicted = estimate(r["graph"], device).total_ms
+        predicted = estimate_cost(r["cost"], device).total_ms
         measured = r["wall"]["median_ms"]
-        rows.append({"name": r["name"], "held_out": r["held_out"], "measured_ms": measured,
-                     "predicted_ms": predicted, "rel_error": (predicted - measured) / measured})
+        rows.append({"name": r["name"], "held_out": r["held_out"], "backend": r["backend"], "dtype": r["dtype"],
+                     "measured_ms": measured, "predicted_ms": predicted, "rel_error": (predicted - measured) / measured})
     return rows
 
 
 def summarize(rows: list[dict]) -> dict:
+    """Median and 90th percentile of |error| (nearest rank); with fewer than 10 rows the p90 is the max, and says so."""
     errors = sorted(abs(row["rel_error"]) for row in rows)
     if not errors:
         return {"n": 0}
-    p90_index = min(len(errors) - 1, max(0, round(0.9 * len(errors) + 0.4999) - 1))
-    return {"n": len(errors), "median_abs": statistics.median(errors), "p90_abs": errors[p90_index], "max_abs": errors[-1]}
+    p90_index = min(len(errors) - 1, max(0, math.ceil(0.9 * len(errors)) - 1))
+    return {"n": len(errors), "median_abs": statistics.median(errors), "p90_abs": errors[p90_index], "max_abs": errors[-1],
+            "p90_is_max": p90_index == len(errors) - 1}
+
+
+def _sets(rows: list[dict]) -> dict:
+    """Held-out and fitted summaries, overall and per dtype."""
+    summary = {}
+    for label, held in (("held_out", True), ("fitted", False)):
+        chosen = [r for r in rows if r["held_out"] == held]
+        summary[label] = summarize(chosen)
+        for dtype in sorted({r["dtype"] for r in chosen}):
+            summary[f"{label}_{dtype}"] = summarize([r for r in chosen if r["dtype"] == dtype])
+    return summary
 
 
 def check_arguments(threads: int | None, repeats: int) -> None:
@@ -290,15 +370,24 @@ def check_arguments(threads: int | None, repeats: int) -> None:
         raise EffconvError("--repeats and --threads must be at least 1.", "pass positive numbers.")
 
 
-def calibrate_host(threads: int | None = None, repeats: int = 10, remeasure: bool = False, progress=print) -> dict:
+def check_backends(backends: tuple[str, ...]) -> None:
+    unknown = [b for b in backends if b not in BACKEND_UNITS]
+    if unknown or not backends:
+        raise EffconvError(f"cannot calibrate runtime(s) {', '.join(unknown) or '(none)'}.",
+                           f"pass --runtime one or more of: {', '.join(BACKEND_UNITS)}.")
+
+
+def calibrate_host(threads: int | None = None, repeats: int = 10, remeasure: bool = False, progress=print,
+                   backends: tuple[str, ...] = tuple(BACKEND_UNITS), int8: bool = True) -> dict:
     """`effconv calibrate`: check the arguments, (re-)measure the host's peaks if needed, then calibrate().
 
-    threads None = all cores; remeasure re-measures host peak GFLOP/s and bandwidth first.
+    threads None = all cores; remeasure re-measures the runtimes' peak GFLOP/s and the bandwidth first.
     """
     check_arguments(threads, repeats)
+    check_backends(backends)
     threads = threads or default_threads()
     load_device(HOST, threads=threads, remeasure=remeasure)
-    return calibrate(threads, repeats=repeats, progress=progress)
+    return calibrate(threads, repeats=repeats, progress=progress, backends=backends, int8=int8)
 
 
 def write_report(result: dict, path: str | Path) -> Path:
@@ -309,38 +398,52 @@ def write_report(result: dict, path: str | Path) -> Path:
     return path
 
 
-def calibrate(threads: int, repeats: int = 10, progress=print, models: list[CalibrationModel] | None = None) -> dict:
-    """Measure, fit, evaluate before/after on held-out models, and store the fit in the host-cpu cache."""
+def calibrate(threads: int, repeats: int = 10, progress=print, models: list[CalibrationModel] | None = None,
+              backends: tuple[str, ...] = tuple(BACKEND_UNITS), int8: bool = True) -> dict:
+    """Convert, measure, fit each runtime, evaluate before/after on held-out models, and store the fits in the
+    host-cpu cache."""
     check_arguments(threads, repeats)
-    records = measure_set(models or calibration_set(), threads, repeats, progress)
+    check_backends(backends)
+    records = measure_set(models or calibration_set(), threads, repeats, backends, int8, progress)
     return fit_and_store(records, threads, repeats)
 
 
+def _validation(runtime: str, held_out: dict, fitted_models: int, threads: int, repeats: int) -> str:
+    p90 = "max" if held_out["p90_is_max"] else "p90"
+    return (f"{runtime}: calibrated by `effconv calibrate` on {fitted_models} artifacts; held-out error on "
+            f"{held_out['n']} artifacts (fp32 and int8): median {held_out['median_abs']:.0%}, {p90} {held_out['p90_abs']:.0%} "
+            f"({threads} threads, medians of {repeats} runs).")
+
+
 def fit_and_store(records: list[dict], threads: int, repeats: int) -> dict:
-    device = load_device(HOST, threads=threads, calibrated=False)
-    before = _errors(records, device)
-    fitted = fit(records, device)
-    after = _errors(records, _with_fit(device, fitted))
-    held_out = summarize([row for row in after if row["held_out"]])
-    calibration = {
-        **fitted,
-        "model_uncertainty": max(0.1, round(held_out.get("p90_abs", 0.5) + 0.05, 2)),
-        "validation": (
-            f"calibrated by `effconv calibrate` on {sum(not r['held_out'] for r in records)} models; held-out error on "
-            f"{held_out['n']} models: median {held_out['median_abs']:.0%}, p90 {held_out['p90_abs']:.0%} "
-            f"(onnxruntime CPU, {threads} threads, medians of {repeats} runs)."
-        ),
-        "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "threads": threads,
-    }
+    """Fit each runtime measured in `records` (onnxruntime first: its kernel fit is LiteRT's prior), store the fits in
+    the host-cpu cache, and return the fits with the estimator's error before and after."""
+    host = load_device(HOST, threads=threads, calibrated=False)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    runtimes, calibration, prior = {}, {}, None
+    for backend in sorted({r["backend"] for r in records}, key=list(BACKEND_UNITS).index):
+        unit = BACKEND_UNITS[backend]
+        chosen = [r for r in records if r["backend"] == backend]
+        device = host.for_backend(backend)
+        with_kernels = all("kernels" in r for r in chosen if r["dtype"] == "fp32")
+        fitted = fit_runtime(chosen, device, None if with_kernels else (prior or _unit_prior(device)))
+        prior = prior or fitted
+        before, after = _errors(chosen, device), _errors(chosen, with_fit(device, fitted))
+        held_out = summarize([row for row in after if row["held_out"]])
+        calibration[unit] = {
+            **fitted,
+            "model_uncertainty": max(0.1, round(held_out.get("p90_abs", 0.5) + 0.05, 2)),
+            "validation": _validation(registry.get(backend).runtime, held_out, sum(not r["held_out"] for r in chosen), threads, repeats),
+            "calibrated_at": stamp,
+            "threads": threads,
+        }
+        runtimes[backend] = {"unit": unit, "fit": calibration[unit], "before": {"rows": before, **_sets(before)},
+                             "after": {"rows": after, **_sets(after)}}
     write_cache_entry(host_key(threads), "calibration", calibration)
     return {
         "threads": threads,
         "repeats": repeats,
-        "fit": calibration,
-        "models": [{"name": r["name"], "held_out": r["held_out"], "gflops": graph_cost(r["graph"], "fp32").flops / 1e9,
-                    "wall": r["wall"], "kernel_ms": r["kernels"]["kernel_ms"]} for r in records],
-        "before": {"rows": before, "held_out": summarize([r for r in before if r["held_out"]]),
-                   "fitted": summarize([r for r in before if not r["held_out"]])},
-        "after": {"rows": after, "held_out": held_out, "fitted": summarize([r for r in after if not r["held_out"]])},
+        "runtimes": runtimes,
+        "models": [{"name": r["name"], "held_out": r["held_out"], "backend": r["backend"], "dtype": r["dtype"],
+                    "gflops": r["cost"].flops / 1e9, "wall": r["wall"]} for r in records],
     }

@@ -46,11 +46,6 @@ def _feed(session, seed: int = 0) -> dict:
     return feed
 
 
-def measure_runtime_of_fit() -> str:
-    """The runtime `effconv calibrate` measures to fit host-cpu's efficiencies."""
-    return registry.get("onnx").runtime
-
-
 def _summary(times: list[float], threads: int, warmup: int, runtime: str | None = None) -> dict:
     times = sorted(times)
     return {
@@ -60,27 +55,14 @@ def _summary(times: list[float], threads: int, warmup: int, runtime: str | None 
         "threads": threads,
         "warmup": warmup,
         "repeats": len(times),
-        "runtime": runtime or measure_runtime_of_fit(),
+        "runtime": runtime or registry.get("onnx").runtime,
     }
 
 
-def _timed_run(session, feed) -> float:
-    started = time.perf_counter()
-    session.run(None, feed)
-    return (time.perf_counter() - started) * 1000
-
-
-def _timed_call(run, inputs: np.ndarray) -> float:
-    started = time.perf_counter()
-    run(inputs)
-    return (time.perf_counter() - started) * 1000
-
-
-def measure(artifact: Path, input_shapes: tuple[tuple[int, ...], ...], threads: int, warmup: int = 2,
-            repeats: int = 10) -> dict:
-    """Median wall-clock ms of `repeats` runs of the artifact in its own runtime after `warmup` runs (median:
-    the machine may be shared). The first input is a random latent; any others (a streaming step's flag and
-    caches) are zeros: a later call of the stream, its steady state."""
+def _runner(artifact: Path, input_shapes: tuple[tuple[int, ...], ...], threads: int):
+    """(a no-argument call that runs the artifact once in its own runtime, that runtime's name). The first input is
+    a random latent; any others (a streaming step's flag and caches) are zeros: a later call of the stream, its
+    steady state."""
     backend = registry.for_artifact(artifact)
     run_all = backend.load_all(artifact, threads)
     if run_all is None:
@@ -88,18 +70,53 @@ def measure(artifact: Path, input_shapes: tuple[tuple[int, ...], ...], threads: 
                            "drop --measure (the estimate is still printed), or measure the .onnx/.tflite/.pte export.")
     inputs = [np.random.default_rng(0).standard_normal(input_shapes[0]).astype(np.float32)]
     inputs += [np.zeros(shape, np.float32) for shape in input_shapes[1:]]
+    return (lambda: run_all(inputs)), backend.runtime
+
+
+def _timed(run) -> float:
+    started = time.perf_counter()
+    run()
+    return (time.perf_counter() - started) * 1000
+
+
+def measure(artifact: Path, input_shapes: tuple[tuple[int, ...], ...], threads: int, warmup: int = 2,
+            repeats: int = 10) -> dict:
+    """Median wall-clock ms of `repeats` runs of the artifact in its own runtime after `warmup` runs (median:
+    the machine may be shared)."""
+    run, runtime = _runner(artifact, input_shapes, threads)
     for _ in range(warmup):
-        run_all(inputs)
-    return _summary([_timed_call(run_all, inputs) for _ in range(repeats)], threads, warmup, backend.runtime)
+        run()
+    return _summary([_timed(run) for _ in range(repeats)], threads, warmup, runtime)
+
+
+def _runs_per_round(first_ms: float) -> int:
+    """Short models get several timed runs per round (up to MIN_ROUND_MS of runs), so their medians rest on enough
+    samples to see through load that comes and goes."""
+    return max(1, min(MAX_RUNS_PER_ROUND, math.ceil(MIN_ROUND_MS / max(first_ms, 1e-3))))
+
+
+def measure_walls(artifacts: list[Path], input_shapes: list[tuple[tuple[int, ...], ...]], threads: int, warmup: int = 2,
+                  repeats: int = 10) -> list[dict]:
+    """Wall-clock summaries of several artifacts, each in its own runtime, measured in interleaved rounds (a burst
+    of load from other processes is spread over all of them instead of inflating whichever ran at the time)."""
+    runners = [_runner(artifact, shapes, threads) for artifact, shapes in zip(artifacts, input_shapes)]
+    per_round = []
+    for run, _ in runners:
+        for _ in range(warmup):
+            run()
+        per_round.append(_runs_per_round(_timed(run)))
+    walls: list[list[float]] = [[] for _ in runners]
+    for _ in range(repeats):
+        for index, (run, _) in enumerate(runners):
+            walls[index].extend(_timed(run) for _ in range(per_round[index]))
+    return [_summary(w, threads, warmup, runtime) for w, (_, runtime) in zip(walls, runners)]
 
 
 def measure_many(paths: list[Path], graph_nodes: list[set[str]], threads: int, warmup: int = 2,
                  repeats: int = 10) -> list[tuple[dict, dict]]:
     """Wall-clock summary and per-node kernel times for several models, measured in interleaved rounds
     (timed runs and one profiled run of each model per round), so that a burst of load from other
-    processes is spread over all models instead of inflating whichever model was running at the time.
-    Short models get several timed runs per round (up to MIN_ROUND_MS of runs), so their medians rest
-    on enough samples to see through load that comes and goes."""
+    processes is spread over all models instead of inflating whichever model was running at the time."""
     with tempfile.TemporaryDirectory() as tmp:
         plain = [_session(path, threads) for path in paths]
         profiled = [_session(path, threads, os.path.join(tmp, f"ort{i}")) for i, path in enumerate(paths)]
@@ -109,11 +126,11 @@ def measure_many(paths: list[Path], graph_nodes: list[set[str]], threads: int, w
             for _ in range(warmup):
                 session.run(None, feed)
             other.run(None, feed)  # the profiler's warm-up, dropped when parsing
-            per_round.append(max(1, min(MAX_RUNS_PER_ROUND, math.ceil(MIN_ROUND_MS / max(_timed_run(session, feed), 1e-3)))))
+            per_round.append(_runs_per_round(_timed(lambda: session.run(None, feed))))
         walls: list[list[float]] = [[] for _ in paths]
         for _ in range(repeats):
             for index, (session, other, feed) in enumerate(zip(plain, profiled, feeds)):
-                walls[index].extend(_timed_run(session, feed) for _ in range(per_round[index]))
+                walls[index].extend(_timed(lambda: session.run(None, feed)) for _ in range(per_round[index]))
                 other.run(None, feed)
         profiles = [json.loads(Path(session.end_profiling()).read_text()) for session in profiled]
     return [(_summary(w, threads, warmup), _parse_profile(events, nodes)) for w, events, nodes in zip(walls, profiles, graph_nodes)]

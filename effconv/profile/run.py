@@ -10,10 +10,11 @@ from pathlib import Path
 from effconv.errors import EffconvError
 from effconv.profile.cost import DTYPE_BYTES
 from effconv.host import default_threads
-from effconv.profile.devices import HOST, DeviceProfile, load_device
+from effconv.backends import registry
+from effconv.profile.devices import HOST, HOST_UNIT_BACKENDS, DeviceProfile, load_device
 from effconv.profile.estimate import Estimate, estimate_cost
 from effconv.profile.inputs import ProfileInput, resolve
-from effconv.profile.measure import measure, measure_runtime_of_fit
+from effconv.profile.measure import measure
 
 
 class BudgetMissed(EffconvError):
@@ -78,6 +79,7 @@ class ProfileResult:
             "measured": self.measured,
             "rel_error": self.rel_error,
             "validation": self.device.validation,
+            "fitted_runtime": fitted_runtime(self.device),
         }
 
     @property
@@ -123,13 +125,22 @@ def run(target: Path, device_name: str, resolution: str | None = None, frames: i
         measured = _measured(source, threads, repeats) if do_measure else None
     if source.backend in device.backend_units:
         result_estimate.notes.append(f"{source.backend} on {device.name}: {device.backend_units[source.backend].note}")
-    if measured and measured["runtime"] != measure_runtime_of_fit():
-        result_estimate.notes.append(f"host-cpu's efficiencies are fitted to {measure_runtime_of_fit()}; "
-                                     f"{measured['runtime']} runs other kernels, so expect the estimate to differ")
+    fitted = fitted_runtime(device)
+    if measured and measured["runtime"] != fitted:
+        result_estimate.notes.append(f"host-cpu's {next(iter(device.units))} unit is fitted to {fitted}; "
+                                     f"{measured['runtime']} runs other code around the same kernels, so expect the estimate to differ")
     limit, limit_from = budget(budget_ms, fps, result_estimate.frames)
     result_estimate.budget_ms = limit
     host_threads = threads if device.name == HOST else None
     return ProfileResult(source, device, result_estimate, host_threads, measured, limit_from)
+
+
+def fitted_runtime(device: DeviceProfile) -> str | None:
+    """On host-cpu narrowed to one artifact's backend: the runtime whose kernels its unit models (and `effconv
+    calibrate` fits it on)."""
+    if device.name != HOST or len(device.units) != 1:
+        return None
+    return registry.get(HOST_UNIT_BACKENDS[next(iter(device.units))]).runtime
 
 
 def _measured(source: ProfileInput, threads: int, repeats: int) -> dict:

@@ -61,12 +61,54 @@ def export(module: nn.Module, example: Example, path: Path, input_name: str | li
     return {"converter": "litert-torch", "ops": op_inventory(path)}
 
 
-def interpreter(path: Path, threads: int | None = None):
+def interpreter(path: Path | bytes, threads: int | None = None):
+    """A LiteRT Interpreter (XNNPACK delegate) of a .tflite file, or of a serialized model."""
     module = _interpreter_module()
+    source = {"model_content": path} if isinstance(path, bytes) else {"model_path": str(path)}
     with native_stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate", on every load
-        runner = module.Interpreter(model_path=str(path), num_threads=threads)
+        runner = module.Interpreter(**source, num_threads=threads)
         runner.allocate_tensors()
     return runner
+
+
+def schema():
+    """LiteRT's flatbuffer schema (object API), as ai-edge-litert packages it."""
+    try:
+        with quiet_imports():
+            return importlib.import_module("ai_edge_litert.schema_py_generated")
+    except ImportError:
+        raise missing_extra("ai-edge-litert", "tflite") from None
+
+
+def fully_connected_model(size: int) -> bytes:
+    """A one-op LiteRT model, `output = input @ weight.T` with `input` [size, size] and a constant fp32 weight
+    [size, size] (FULLY_CONNECTED, the op XNNPACK runs as its fp32 GEMM), built with the flatbuffer schema that
+    ai-edge-litert packages: no converter run, so measuring the host's XNNPACK peak takes a second."""
+    import flatbuffers
+
+    fb = schema()
+    weight = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    buffers = [fb.BufferT(), fb.BufferT()]
+    buffers[1].data = np.frombuffer(weight.tobytes(), dtype=np.uint8)
+    tensors = []
+    for name, buffer in (("input", 0), ("weight", 1), ("output", 0)):
+        tensor = fb.TensorT()
+        tensor.name, tensor.shape, tensor.type, tensor.buffer = name.encode(), [size, size], fb.TensorType.FLOAT32, buffer
+        tensors.append(tensor)
+    code = fb.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = fb.BuiltinOperator.FULLY_CONNECTED
+    code.version = 1
+    operator = fb.OperatorT()
+    operator.opcodeIndex, operator.inputs, operator.outputs = 0, [0, 1, -1], [2]
+    operator.builtinOptionsType = fb.BuiltinOptions.FullyConnectedOptions
+    operator.builtinOptions = fb.FullyConnectedOptionsT()
+    graph = fb.SubGraphT()
+    graph.tensors, graph.inputs, graph.outputs, graph.operators = tensors, [0], [2], [operator]
+    model = fb.ModelT()
+    model.version, model.operatorCodes, model.subgraphs, model.buffers = 3, [code], [graph], buffers
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 def op_inventory(path: Path) -> dict[str, int]:

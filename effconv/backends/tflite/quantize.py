@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import importlib.util
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,10 @@ WARMUP_RUNS = 2
 TIMED_RUNS = 10
 QUANTIZER_PACKAGES = (("litert_quantizer", "litert-quantizer"), ("ai_edge_quantizer", "ai-edge-quantizer"))
 CHUNKED_WEIGHT_BYTES = 32 * 2**20  # ai-edge-quantizer quantizes larger weights in chunks
+# An int8 scale this large spans +-1e22: only an attention mask (-inf, or the float32 minimum that stands for it) gets
+# one, and LiteRT aborts the process when it prepares such a kernel.
+MAX_INT8_SCALE = 1e20
+MASK_REASON = "reads or writes an attention mask's -inf, whose int8 scale LiteRT cannot load: kept float32"
 
 
 def _quantizer_package() -> tuple[str, str]:
@@ -75,7 +80,8 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
     check_artifact(artifact, manifest, tflite_backend.NAME, tflite_backend.SUFFIX)
     threads = threads or default_threads()
     signature, input_name = _signature(artifact)
-    out_path.write_bytes(_quantized_bytes(artifact, calib, signature, input_name, weights_only, threads))
+    model, mask_ops = _quantized_bytes(artifact, calib, signature, input_name, weights_only, threads)
+    out_path.write_bytes(model)
     float_outputs = _predictions(artifact, held_out, threads, FLOAT_FIX)
     quant_outputs = _predictions(out_path, held_out, threads, INT8_FIX)
     return {
@@ -83,7 +89,7 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         "size_bytes": size_report(size_bytes(artifact), size_bytes(out_path)),
         "quality": quality_report(float_outputs, quant_outputs, held_out.frames),
         "latency_ms": host_latency(artifact, out_path, held_out.latents[0], threads, runs),
-        "float_nodes": float_nodes(out_path, weights_only),
+        "float_nodes": float_nodes(out_path, weights_only, mask_ops),
         "calibration_samples": 0 if weights_only else len(calib),
         "notes": _notes(weights_only),
     }
@@ -120,8 +126,8 @@ def _load_error(path: Path, exc: Exception) -> EffconvError:
 
 
 def _quantized_bytes(artifact: Path, calib: CalibrationSet, signature: str, input_name: str, weights_only: bool,
-                     threads: int) -> bytes:
-    """Min/max ranges come from LiteRT's profiler-based calibration: the default mode keeps every intermediate
+                     threads: int) -> tuple[bytes, set[str]]:
+    """The int8 model, and the ops kept float for an attention mask (by output name). Min/max ranges come from LiteRT's profiler-based calibration: the default mode keeps every intermediate
     tensor of the model alive to read it from Python (1.07 GiB peak for the demo student at 9x64x64 against
     0.10 GiB; at 17x256x256 it exceeded 24 GiB), while the profiler tracks the same min/max in C++ (ranges equal
     to 1.5e-7 relative, measured)."""
@@ -133,7 +139,53 @@ def _quantized_bytes(artifact: Path, calib: CalibrationSet, signature: str, inpu
     with _quiet():
         ranges = (engine.calibrate({signature: samples}, num_threads=threads, mode=CalibrationMode.CALIBRATION_PROFILER_BASED)
                   if engine.need_calibration else None)
+        model = _quantized(engine, ranges)
+        kept_float: set[str] = set()
+        # An attention mask's -inf gets an unusable int8 scale: the ops it reaches stay float (the ranges are reused).
+        while readers := _ops_touching(artifact, _non_finite_scales(model)) - kept_float:
+            kept_float |= readers
+            for output in readers:
+                engine.update_quantization_recipe(regex=f"^{re.escape(output)};", operation_name="*", algorithm_key=NO_QUANTIZE)
+            model = _quantized(engine, ranges)
+    check_scales(model)
+    return model, kept_float
+
+
+def _quantized(engine, ranges) -> bytes:
+    try:
         return bytes(engine.quantize(ranges, enable_progress_report=False).quantized_model)
+    except (ValueError, RuntimeError, IndexError, KeyError) as exc:  # the quantizer's own failures, deep in its passes
+        raise EffconvError(f"{_quantizer_version()} failed to quantize this model: {exception_text(exc, 200)}",
+                           INT8_FIX) from None
+
+
+def _ops_touching(path: Path, tensor_names: list[str]) -> set[str]:
+    """First output names of the float model's ops that read or write these tensors (the LiteRT quantizer names an
+    op's scope `out1;out2;`)."""
+    tensors, ops, _ = _graph(path)
+    wanted = set(tensor_names)
+    return {tensors[int(op["outputs"][0])]["name"] for op in ops
+            if wanted & {tensors[int(i)]["name"] for i in [*op["inputs"], *op["outputs"]] if int(i) >= 0}}
+
+
+def _non_finite_scales(model: bytes) -> list[str]:
+    """Names of the tensors whose int8 scale is not a usable number: not positive, or above MAX_INT8_SCALE."""
+    fb = tflite_backend.schema()
+    graph = fb.ModelT.InitFromObj(fb.Model.GetRootAs(model, 0)).subgraphs[0]
+    return [tensor.name.decode(errors="replace") for tensor in graph.tensors
+            if tensor.quantization is not None and tensor.quantization.scale is not None and len(tensor.quantization.scale)
+            and not np.all((np.asarray(tensor.quantization.scale) > 0) & (np.asarray(tensor.quantization.scale) < MAX_INT8_SCALE))]
+
+
+def check_scales(model: bytes) -> None:
+    """Refuse an int8 model with an unusable quantization scale before any interpreter loads it: LiteRT aborts the
+    whole process on one (no Python exception to catch). Measured on litert-quantizer 0.11.0 with the HunyuanVideo
+    decoder's causal attention mask (-inf: scale inf) and a -inf mask that litert-torch stored as the float32 minimum
+    (scale 1.3e36), which the quantize loop above keeps float."""
+    bad = _non_finite_scales(model)
+    if bad:
+        raise EffconvError(f"{_quantizer_version()} wrote {len(bad)} tensor(s) with an unusable int8 scale "
+                           f"(first: '{bad[0][-80:]}'); LiteRT would abort loading it.", INT8_FIX)
 
 
 def _invoke(runner, latent: np.ndarray) -> np.ndarray:
@@ -198,8 +250,9 @@ def _quantizer_version() -> str:
     return f"{distribution} {version(distribution)}"
 
 
-def float_nodes(path: Path, weights_only: bool) -> list[dict]:
-    """Ops the scheme meant to be int8 that stay float, named by their first output tensor, with why.
+def float_nodes(path: Path, weights_only: bool, mask_ops: set[str] = frozenset()) -> list[dict]:
+    """Ops the scheme meant to be int8 that stay float, named by their first output tensor, with why (`mask_ops`:
+    those effconv kept float because an attention mask's range reaches them).
 
     Static: ops with a float32 output (besides QUANTIZE/DEQUANTIZE). Weight-only: conv/matmul ops whose
     weight is a float32 constant (an int8 weight reaches its op through a DEQUANTIZE)."""
@@ -214,7 +267,8 @@ def float_nodes(path: Path, weights_only: bool) -> list[dict]:
         else:
             stays_float = kind not in CONVERSION_OPS and any(is_float[int(index)] for index in op["outputs"])
         if stays_float:
-            rows.append({"op": kind, "name": tensors[int(op["outputs"][0])]["name"], "reason": no_int8_rule(kind)})
+            name = tensors[int(op["outputs"][0])]["name"]
+            rows.append({"op": kind, "name": name, "reason": MASK_REASON if name in mask_ops else no_int8_rule(kind)})
     return rows
 
 
