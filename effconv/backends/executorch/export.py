@@ -64,13 +64,54 @@ def _kernel_less_ops(edge) -> list[str]:
     return sorted({problem for node in nodes if node.op == "call_function" and (problem := _kernel_less_op(node))})
 
 
-PASS_THROUGH = "pass through arguments"  # XNNPACK refuses a partition whose output is also one of its inputs
+PASS_THROUGH = "pass through arguments"  # XNNPACK refuses a partition that returns one value twice (or an input)
+CLONES = ("aten::clone", "dim_order_ops::_clone_dim_order")
+
+
+def _identity_clone(node) -> bool:
+    """A clone that copies values and layout unchanged; in the edge program every tensor is dense, so only a change
+    of dim order (or of memory format) makes a clone do anything."""
+    if node.op != "call_function" or getattr(node.target, "_name", str(node.target)) not in CLONES:
+        return False
+    value, source = node.meta.get("val"), node.args[0].meta.get("val") if node.args else None
+    if not isinstance(value, torch.Tensor) or not isinstance(source, torch.Tensor):
+        return False
+    if value.dtype != source.dtype or value.shape != source.shape or value.dim_order() != source.dim_order():
+        return False
+    return node.kwargs.get("memory_format") in (None, torch.preserve_format) or source.is_contiguous(
+        memory_format=node.kwargs["memory_format"])
+
+
+def drop_identity_clones(graph_module: torch.fx.GraphModule):
+    """Every value-and-layout-preserving clone replaced by its input, except one the program returns (which would
+    make an output alias an input or another output).
+
+    The edge program has such clones where decompositions copy a tensor: group_norm makes its input contiguous
+    (a transposed frame-batched tensor at ATen level, already dense after edge's permute_copy), eval-mode dropout
+    is a clone, and reshaping an expand copies it. XNNPACK drops them inside a partition (RemoveCloneOpsTransform,
+    run first by its preprocess); when the partition returned both X and clone(X), its outputs become X twice and
+    preprocess refuses it ("Output node ... is already in the inputs. This is likely due to pass through
+    arguments", executorch/backends/xnnpack/xnnpack_preprocess.py, generate_node_to_external_map). Dropping them
+    before partitioning gives X once to both consumers."""
+    from torch.fx.passes.infra.pass_base import PassResult
+
+    graph = graph_module.graph
+    dropped = 0
+    for node in list(graph.nodes):
+        if _identity_clone(node) and all(user.op != "output" for user in node.users):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+            dropped += 1
+    if dropped:
+        graph_module.recompile()
+    return PassResult(graph_module, dropped > 0)
 
 
 def _partitioned(program: torch.export.ExportedProgram, per_op: bool):
     to_edge_transform_and_lower, XnnpackPartitioner = _lowering()
     with captured_stdout():
-        return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner(per_op_mode=per_op)])
+        return to_edge_transform_and_lower(program, transform_passes=[drop_identity_clones],
+                                           partitioner=[XnnpackPartitioner(per_op_mode=per_op)])
 
 
 def lower(program: torch.export.ExportedProgram):
