@@ -141,3 +141,29 @@ def test_executorch_refuses_a_conv3d_no_kernel_can_run_before_writing(tmp_path):
     with pytest.raises(EffconvError, match="5-D convolution") as refused:
         backend.export(torch.nn.Conv3d(4, 4, 3, padding=1).eval(), torch.randn(1, 4, 3, 8, 8), artifact, "x", "y")
     assert "conv3d-as-conv2d" in refused.value.fix and not artifact.exists()
+
+
+class _ConvReadTwice(torch.nn.Module):
+    """A conv whose output is read twice outside XNNPACK (cumsum has no XNNPACK kernel), once through an eval-mode
+    dropout, which the edge program keeps as a clone (as group_norm's contiguous input and a reshaped expand are)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.dropout = torch.nn.Conv2d(2, 2, 1), torch.nn.Dropout(0.1)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return torch.cumsum(h, 1) + torch.cumsum(self.dropout(h), 2)
+
+
+def test_executorch_lowers_a_partition_that_returns_a_value_and_its_clone_in_subgraphs(tmp_path):
+    """The partition {conv, clone} returns h and clone(h); XNNPACK drops the clone, then refuses the partition for
+    returning h twice ("pass through arguments"). effconv drops identity clones before partitioning, so it lowers
+    into subgraphs, not op by op, and matches PyTorch."""
+    backend = registry.get("executorch")
+    module, example, artifact = _ConvReadTwice().eval(), torch.randn(1, 2, 4, 4), tmp_path / "read-twice.pte"
+    info = backend.export(module, example, artifact, "x", "y")
+    assert info["partitioning"] == "subgraphs" and info["delegated_calls"] >= 1
+    with torch.no_grad():
+        expected = module(example).numpy()
+    assert float(np.abs(backend.predict(artifact, example) - expected).max()) <= 1e-5
