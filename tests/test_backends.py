@@ -3,6 +3,7 @@ run where this host can, int8. A backend that forgets a piece of the interface f
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +168,28 @@ def test_executorch_lowers_a_partition_that_returns_a_value_and_its_clone_in_sub
     with torch.no_grad():
         expected = module(example).numpy()
     assert float(np.abs(backend.predict(artifact, example) - expected).max()) <= 1e-5
+
+
+class _ReturnsClones(torch.nn.Module):
+    def forward(self, x):
+        h = x * 2
+        return x.clone(), h, h.clone(), (h + 1).clone(), torch.nn.functional.dropout(h - 1, 0.1, training=False)
+
+
+def test_identity_clones_are_dropped_unless_an_output_would_alias_an_input_or_another_output(tmp_path):
+    """x.clone() (an input) and h.clone() (h is returned too) stay; (h + 1).clone() goes (and, in the edge
+    program, the eval-mode dropout's clone). The lowered program returns the same five values."""
+    from effconv.backends.executorch.export import drop_identity_clones, load_all
+
+    example = torch.randn(1, 2, 3, 4)
+    with torch.no_grad():
+        program = torch.export.export(_ReturnsClones(), (example,))
+    graph_module = copy.deepcopy(program.graph_module)  # ATen level: the dropout is a clone only after to_edge
+    assert drop_identity_clones(graph_module).modified
+    kept = [node.args[0] for node in graph_module.graph.nodes if "clone" in str(node.target)]
+    assert [(node.op, str(node.target)) for node in kept] == [("placeholder", "x"), ("call_function", "aten.mul.Tensor")]
+    backend = registry.get("executorch")
+    backend.export(_ReturnsClones(), example, tmp_path / "clones.pte", "x", ["a", "b", "c", "d", "e"])
+    outputs = load_all(tmp_path / "clones.pte")([example.numpy()])
+    for got, expected in zip(outputs, _ReturnsClones()(example), strict=True):
+        assert np.array_equal(got, expected.numpy())

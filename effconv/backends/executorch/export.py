@@ -83,25 +83,34 @@ def _identity_clone(node) -> bool:
 
 
 def drop_identity_clones(graph_module: torch.fx.GraphModule):
-    """Every value-and-layout-preserving clone replaced by its input, except one the program returns (which would
-    make an output alias an input or another output).
+    """Every clone that copies values and layout unchanged replaced by its input, unless the program would then
+    return one of its inputs, parameters or constants, or one value twice (a clone the output node reads, of a
+    placeholder or of a value it already returns, stays).
 
     The edge program has such clones where decompositions copy a tensor: group_norm makes its input contiguous
-    (a transposed frame-batched tensor at ATen level, already dense after edge's permute_copy), eval-mode dropout
-    is a clone, and reshaping an expand copies it. XNNPACK drops them inside a partition (RemoveCloneOpsTransform,
-    run first by its preprocess); when the partition returned both X and clone(X), its outputs become X twice and
-    preprocess refuses it ("Output node ... is already in the inputs. This is likely due to pass through
-    arguments", executorch/backends/xnnpack/xnnpack_preprocess.py, generate_node_to_external_map). Dropping them
-    before partitioning gives X once to both consumers."""
+    (a transposed, frame-batched tensor at ATen level, already dense after edge's permute_copy), eval-mode
+    dropout is a clone, and reshaping an expand copies it. XNNPACK's preprocess drops them inside a partition
+    (RemoveCloneOpsTransform, the first of its passes); when the partition returned both X and clone(X), it then
+    returns X twice and generate_node_to_external_map refuses it ("Output node ... is already in the inputs. This
+    is likely due to pass through arguments", executorch/backends/xnnpack/xnnpack_preprocess.py). Without the
+    clones, X is returned once to both consumers."""
     from torch.fx.passes.infra.pass_base import PassResult
 
     graph = graph_module.graph
+    output = graph.output_node()
+    returned = set(output.all_input_nodes)
     dropped = 0
     for node in list(graph.nodes):
-        if _identity_clone(node) and all(user.op != "output" for user in node.users):
-            node.replace_all_uses_with(node.args[0])
-            graph.erase_node(node)
-            dropped += 1
+        if not _identity_clone(node):
+            continue
+        source = node.args[0]
+        if output in node.users and (source.op in ("placeholder", "get_attr") or source in returned):
+            continue
+        if output in node.users:
+            returned = (returned - {node}) | {source}
+        node.replace_all_uses_with(source)
+        graph.erase_node(node)
+        dropped += 1
     if dropped:
         graph_module.recompile()
     return PassResult(graph_module, dropped > 0)
