@@ -116,37 +116,30 @@ def drop_identity_clones(graph_module: torch.fx.GraphModule):
     return PassResult(graph_module, dropped > 0)
 
 
-def _partitioned(program: torch.export.ExportedProgram, per_op: bool):
-    to_edge_transform_and_lower, XnnpackPartitioner = _lowering()
-    with captured_stdout():
-        return to_edge_transform_and_lower(program, transform_passes=[drop_identity_clones],
-                                           partitioner=[XnnpackPartitioner(per_op_mode=per_op)])
-
-
 def lower(program: torch.export.ExportedProgram):
-    """An ExportedProgram lowered to XNNPACK, checked for ops no kernel runs; returns (the edge program manager,
-    how it was partitioned).
-    Where XNNPACK refuses a partition that passes an input straight through (measured on the CogVideoX,
-    HunyuanVideo and Wan teachers), every op is delegated on its own instead (`per_op_mode`): correct, but
-    lowering takes minutes (tiny HunyuanVideo teacher: 325 s) and each op is its own delegate call."""
+    """An ExportedProgram lowered to XNNPACK subgraphs (`to_edge_transform_and_lower` + `XnnpackPartitioner`),
+    checked for ops no kernel runs; returns the edge program manager.
+    Identity clones are dropped between edge conversion and partitioning (drop_identity_clones): with them, XNNPACK
+    refused a partition of the CogVideoX, HunyuanVideo and Wan teachers as a pass-through, and effconv delegated
+    them op by op instead (`per_op_mode`: one delegate call per op; the tiny HunyuanVideo teacher took 325 s to
+    lower, the tiny Wan 2.2 teacher did not finish in 35 min). Every shipped spec now lowers into subgraphs (each
+    tiny teacher in under two minutes on 2 busy cores), so that fallback is gone."""
+    to_edge_transform_and_lower, XnnpackPartitioner = _lowering()
     try:
-        try:
-            edge, partitioning = _partitioned(program, per_op=False), "subgraphs"
-        except Exception as exc:  # exir raises assorted types; only the pass-through refusal has a way around
-            if PASS_THROUGH not in str(exc):
-                raise
-            edge, partitioning = _partitioned(program, per_op=True), "per-op (XNNPACK refused a pass-through partition)"
-    except EffconvError:
-        raise
-    except Exception as exc:  # all mean "did not lower"
+        with captured_stdout():
+            edge = to_edge_transform_and_lower(program, transform_passes=[drop_identity_clones],
+                                               partitioner=[XnnpackPartitioner()])
+    except Exception as exc:  # exir raises assorted types; all mean "did not lower"
         reason = exception_text(exc, 400)
-        raise EffconvError(f"ExecuTorch lowering failed: {reason}",
-                           "run `effconv lint SPEC --backend executorch` to see which op blocks it; rerun with --debug.") from None
+        fix = ("report it as an effconv bug with the spec: XNNPACK refused a partition that returns an input or one "
+               "value twice; rerun with --debug." if PASS_THROUGH in str(exc) else
+               "run `effconv lint SPEC --backend executorch` to see which op blocks it; rerun with --debug.")
+        raise EffconvError(f"ExecuTorch lowering failed: {reason}", fix) from None
     missing = _kernel_less_ops(edge)
     if missing:
         raise EffconvError(f"the ExecuTorch program would contain {', '.join(missing)}, which neither XNNPACK nor the "
                            "portable kernels can run.", FIX)
-    return edge, partitioning
+    return edge
 
 
 def write(edge, path: Path) -> dict:
@@ -166,9 +159,8 @@ def export(module: nn.Module, example: Example, path: Path, input_name: str | li
     except Exception as exc:  # torch.export raises many types; all mean "this module did not export"
         reason = exception_text(exc, 400)
         raise EffconvError(f"torch.export failed: {reason}", "rerun with --debug for details.") from None
-    edge, partitioning = lower(program)
-    ops = write(edge, path)
-    return {"lowering": "to_edge_transform_and_lower + XnnpackPartitioner, then to_executorch", "partitioning": partitioning,
+    ops = write(lower(program), path)
+    return {"lowering": "to_edge_transform_and_lower (identity clones dropped) + XnnpackPartitioner, then to_executorch",
             "ops": ops, "delegated_calls": ops.get(f"delegate:{DELEGATE}", 0),
             "portable_ops": {op: n for op, n in ops.items() if not op.startswith("delegate:")}}
 
