@@ -83,9 +83,8 @@ def _identity_clone(node) -> bool:
 
 
 def drop_identity_clones(graph_module: torch.fx.GraphModule):
-    """Every clone that copies values and layout unchanged replaced by its input, unless the program would then
-    return one of its inputs, parameters or constants, or one value twice (a clone the output node reads, of a
-    placeholder or of a value it already returns, stays).
+    """Every clone that copies values and layout unchanged replaced by its input, except a returned copy of a
+    program input, parameter or constant (the output would alias it).
 
     The edge program has such clones where decompositions copy a tensor: group_norm makes its input contiguous
     (a transposed, frame-batched tensor at ATen level, already dense after edge's permute_copy), eval-mode
@@ -93,21 +92,18 @@ def drop_identity_clones(graph_module: torch.fx.GraphModule):
     (RemoveCloneOpsTransform, the first of its passes); when the partition returned both X and clone(X), it then
     returns X twice and generate_node_to_external_map refuses it ("Output node ... is already in the inputs. This
     is likely due to pass through arguments", executorch/backends/xnnpack/xnnpack_preprocess.py). Without the
-    clones, X is returned once to both consumers."""
+    clones, the partition returns X once to all its readers (a program that returns X twice is fine: ExecuTorch
+    gives each output its own copy)."""
     from torch.fx.passes.infra.pass_base import PassResult
 
     graph = graph_module.graph
-    output = graph.output_node()
-    returned = set(output.all_input_nodes)
     dropped = 0
     for node in list(graph.nodes):
         if not _identity_clone(node):
             continue
         source = node.args[0]
-        if output in node.users and (source.op in ("placeholder", "get_attr") or source in returned):
+        if source.op in ("placeholder", "get_attr") and any(user.op == "output" for user in node.users):
             continue
-        if output in node.users:
-            returned = (returned - {node}) | {source}
         node.replace_all_uses_with(source)
         graph.erase_node(node)
         dropped += 1
