@@ -65,51 +65,23 @@ def _kernel_less_ops(edge) -> list[str]:
 
 
 PASS_THROUGH = "pass through arguments"  # XNNPACK refuses a partition that returns one value twice (or an input)
-CLONES = ("aten::clone", "dim_order_ops::_clone_dim_order")
 
 
-def _identity_clone(node) -> bool:
-    """A clone that copies values and layout unchanged; in the edge program every tensor is dense, so only a change
-    of dim order (or of memory format) makes a clone do anything."""
-    if node.op != "call_function" or getattr(node.target, "_name", str(node.target)) not in CLONES:
-        return False
-    value, source = node.meta.get("val"), node.args[0].meta.get("val") if node.args else None
-    if not isinstance(value, torch.Tensor) or not isinstance(source, torch.Tensor):
-        return False
-    if value.dtype != source.dtype or value.shape != source.shape or value.dim_order() != source.dim_order():
-        return False
-    return node.kwargs.get("memory_format") in (None, torch.preserve_format) or source.is_contiguous(
-        memory_format=node.kwargs["memory_format"])
-
-
-def drop_identity_clones(graph_module: torch.fx.GraphModule):
-    """Every clone that copies values and layout unchanged replaced by its input, except a returned copy of a
-    program input, parameter or constant (the output would alias it).
+def drop_identity_clones():
+    """ExecuTorch's RemoveCloneOpsTransform, run on the edge program before partitioning: every clone that keeps
+    values and dim order is replaced by its input, except a returned copy of a program input.
 
     The edge program has such clones where decompositions copy a tensor: group_norm makes its input contiguous
     (a transposed, frame-batched tensor at ATen level, already dense after edge's permute_copy), eval-mode
-    dropout is a clone, and reshaping an expand copies it. XNNPACK's preprocess drops them inside a partition
-    (RemoveCloneOpsTransform, the first of its passes); when the partition returned both X and clone(X), it then
-    returns X twice and generate_node_to_external_map refuses it ("Output node ... is already in the inputs. This
-    is likely due to pass through arguments", executorch/backends/xnnpack/xnnpack_preprocess.py). Without the
-    clones, the partition returns X once to all its readers (a program that returns X twice is fine: ExecuTorch
-    gives each output its own copy)."""
-    from torch.fx.passes.infra.pass_base import PassResult
+    dropout is a clone, and reshaping an expand copies it. XNNPACK's preprocess runs the same transform inside
+    each partition (XNNPACKRemoveCloneOpsTransform, the first of its passes); when the partition returned both X
+    and clone(X), it then returns X twice and generate_node_to_external_map refuses it ("Output node ... is
+    already in the inputs. This is likely due to pass through arguments", in
+    executorch/backends/xnnpack/xnnpack_preprocess.py). Run before partitioning, the partition returns X once to
+    all its readers (and a program that returns X twice is fine: ExecuTorch copies it)."""
+    from executorch.backends.transforms.remove_clone_ops import RemoveCloneOpsTransform
 
-    graph = graph_module.graph
-    dropped = 0
-    for node in list(graph.nodes):
-        if not _identity_clone(node):
-            continue
-        source = node.args[0]
-        if source.op in ("placeholder", "get_attr") and any(user.op == "output" for user in node.users):
-            continue
-        node.replace_all_uses_with(source)
-        graph.erase_node(node)
-        dropped += 1
-    if dropped:
-        graph_module.recompile()
-    return PassResult(graph_module, dropped > 0)
+    return RemoveCloneOpsTransform(preserve_input_output_copies=True)
 
 
 def lower(program: torch.export.ExportedProgram):
@@ -123,7 +95,7 @@ def lower(program: torch.export.ExportedProgram):
     to_edge_transform_and_lower, XnnpackPartitioner = _lowering()
     try:
         with captured_stdout():
-            edge = to_edge_transform_and_lower(program, transform_passes=[drop_identity_clones],
+            edge = to_edge_transform_and_lower(program, transform_passes=[drop_identity_clones()],
                                                partitioner=[XnnpackPartitioner()])
     except Exception as exc:  # exir raises assorted types; all mean "did not lower"
         reason = exception_text(exc, 400)
