@@ -182,11 +182,10 @@ def test_executorch_drops_identity_clones_unless_an_output_would_alias_an_input(
     from effconv.backends.executorch.export import drop_identity_clones, load_all
     from effconv.quiet import quiet_imports
 
-    with quiet_imports():
+    example = torch.randn(1, 2, 3, 4)
+    with quiet_imports(), torch.no_grad():  # to_edge warns of a torch deprecation inside executorch
         from executorch.exir import to_edge
 
-    example = torch.randn(1, 2, 3, 4)
-    with torch.no_grad():
         graph_module = to_edge(torch.export.export(_ReturnsClones(), (example,))).exported_program().graph_module
     sources = lambda: [node.args[0].name for node in graph_module.graph.nodes if "clone" in str(node.target)]  # noqa: E731
     assert len(sources()) == 4
