@@ -78,7 +78,7 @@ def drop_identity_clones():
     and clone(X), it then returns X twice and generate_node_to_external_map refuses it ("Output node ... is
     already in the inputs. This is likely due to pass through arguments", in
     executorch/backends/xnnpack/xnnpack_preprocess.py). Run before partitioning, the partition returns X once to
-    all its readers (and a program that returns X twice is fine: ExecuTorch copies it)."""
+    all its readers (a program that then returns X twice still runs and returns it twice; tests/test_backends.py)."""
     from executorch.backends.transforms.remove_clone_ops import RemoveCloneOpsTransform
 
     return RemoveCloneOpsTransform(preserve_input_output_copies=True)
@@ -128,7 +128,7 @@ def export(module: nn.Module, example: Example, path: Path, input_name: str | li
         reason = exception_text(exc, 400)
         raise EffconvError(f"torch.export failed: {reason}", "rerun with --debug for details.") from None
     ops = write(lower(program), path)
-    return {"lowering": "to_edge_transform_and_lower (identity clones dropped) + XnnpackPartitioner, then to_executorch",
+    return {"lowering": "to_edge_transform_and_lower (identity clones dropped, XnnpackPartitioner), to_executorch",
             "ops": ops, "delegated_calls": ops.get(f"delegate:{DELEGATE}", 0),
             "portable_ops": {op: n for op, n in ops.items() if not op.startswith("delegate:")}}
 
