@@ -187,6 +187,7 @@ def test_executorch_drops_identity_clones_unless_an_output_would_alias_an_input(
         from executorch.exir import to_edge
 
         graph_module = to_edge(torch.export.export(_ReturnsClones(), (example,))).exported_program().graph_module
+
     def cloned():
         return [node.args[0].name for node in graph_module.graph.nodes if "clone" in str(node.target)]
 
