@@ -121,8 +121,9 @@ def test_static_int8_writes_a_smaller_artifact_close_to_float(converted, tmp_pat
 @pytest.mark.parametrize("spec", FAMILY_SPECS, ids=lambda path: path.stem)
 def test_every_family_runs_in_executorch_and_agrees_with_onnx(spec, tmp_path):
     """Each tiny diffusers teacher: the .pte runs in executorch.runtime within 1e-4 of PyTorch, and its output
-    matches the ONNX export's on the same input. CogVideoX, HunyuanVideo and Wan need the per-op fallback
-    (XNNPACK refuses a pass-through partition): minutes of lowering each."""
+    matches the ONNX export's on the same input. Each lowers into XNNPACK subgraphs: CogVideoX, HunyuanVideo and
+    Wan did so only once identity clones were dropped before partitioning (drop_identity_clones); 35-140 s
+    a family on 2 busy cores, both exports included."""
     loaded = load_spec(spec)
     outputs = {}
     for name in ("executorch", "onnx"):
@@ -141,3 +142,59 @@ def test_executorch_refuses_a_conv3d_no_kernel_can_run_before_writing(tmp_path):
     with pytest.raises(EffconvError, match="5-D convolution") as refused:
         backend.export(torch.nn.Conv3d(4, 4, 3, padding=1).eval(), torch.randn(1, 4, 3, 8, 8), artifact, "x", "y")
     assert "conv3d-as-conv2d" in refused.value.fix and not artifact.exists()
+
+
+class _ConvReadTwice(torch.nn.Module):
+    """A conv whose output is read twice outside XNNPACK (cumsum has no XNNPACK kernel), once through an eval-mode
+    dropout, which the edge program keeps as a clone (as group_norm's contiguous input and a reshaped expand are)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.dropout = torch.nn.Conv2d(2, 2, 1), torch.nn.Dropout(0.1)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return torch.cumsum(h, 1) + torch.cumsum(self.dropout(h), 2)
+
+
+def test_executorch_lowers_a_partition_that_returns_a_value_and_its_clone(tmp_path):
+    """The partition {conv, clone} returns h and clone(h); XNNPACK drops the clone, then refuses the partition for
+    returning h twice ("pass through arguments"). effconv drops identity clones before partitioning, so it lowers
+    (the conv in XNNPACK) and matches PyTorch."""
+    backend = registry.get("executorch")
+    module, example, artifact = _ConvReadTwice().eval(), torch.randn(1, 2, 4, 4), tmp_path / "read-twice.pte"
+    info = backend.export(module, example, artifact, "x", "y")
+    assert info["delegated_calls"] >= 1 and "aten::convolution.out" not in info["portable_ops"]
+    with torch.no_grad():
+        expected = module(example).numpy()
+    assert float(np.abs(backend.predict(artifact, example) - expected).max()) <= 1e-5
+
+
+class _ReturnsClones(torch.nn.Module):
+    def forward(self, x):
+        h = x * 2
+        return x.clone(), h, h.clone(), (h + 1).clone(), torch.nn.functional.dropout(h - 1, 0.1, training=False)
+
+
+def test_executorch_drops_identity_clones_unless_an_output_would_alias_an_input(tmp_path):
+    """In the edge program, x.clone() (a returned copy of an input) stays; h.clone() (h is returned too),
+    (h + 1).clone() and the eval-mode dropout's clone go. The lowered program returns the same five values."""
+    from effconv.backends.executorch.export import drop_identity_clones, load_all
+    from effconv.quiet import quiet_imports
+
+    example = torch.randn(1, 2, 3, 4)
+    with quiet_imports(), torch.no_grad():  # to_edge warns of a torch deprecation inside executorch
+        from executorch.exir import to_edge
+
+        graph_module = to_edge(torch.export.export(_ReturnsClones(), (example,))).exported_program().graph_module
+
+    def cloned():
+        return [node.args[0].name for node in graph_module.graph.nodes if "clone" in str(node.target)]
+
+    assert len(cloned()) == 4
+    assert drop_identity_clones()(graph_module).modified and cloned() == ["x"]
+    backend = registry.get("executorch")
+    backend.export(_ReturnsClones(), example, tmp_path / "clones.pte", "x", ["a", "b", "c", "d", "e"])
+    outputs = load_all(tmp_path / "clones.pte")([example.numpy()])
+    for got, expected in zip(outputs, _ReturnsClones()(example), strict=True):
+        assert np.array_equal(got, expected.numpy())

@@ -64,39 +64,50 @@ def _kernel_less_ops(edge) -> list[str]:
     return sorted({problem for node in nodes if node.op == "call_function" and (problem := _kernel_less_op(node))})
 
 
-PASS_THROUGH = "pass through arguments"  # XNNPACK refuses a partition whose output is also one of its inputs
+PASS_THROUGH = "pass through arguments"  # XNNPACK refuses a partition that returns one value twice (or an input)
 
 
-def _partitioned(program: torch.export.ExportedProgram, per_op: bool):
-    to_edge_transform_and_lower, XnnpackPartitioner = _lowering()
-    with captured_stdout():
-        return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner(per_op_mode=per_op)])
+def drop_identity_clones():
+    """ExecuTorch's RemoveCloneOpsTransform, run on the edge program before partitioning: every clone that keeps
+    values and dim order is replaced by its input, except a returned copy of a program input.
+
+    The edge program has such clones where decompositions copy a tensor: group_norm makes its input contiguous
+    (a transposed, frame-batched tensor at ATen level, already dense after edge's permute_copy), eval-mode
+    dropout is a clone, and reshaping an expand copies it. XNNPACK's preprocess runs the same transform inside
+    each partition (XNNPACKRemoveCloneOpsTransform, the first of its passes); when the partition returned both X
+    and clone(X), it then returns X twice and generate_node_to_external_map refuses it ("Output node ... is
+    already in the inputs. This is likely due to pass through arguments", in
+    executorch/backends/xnnpack/xnnpack_preprocess.py). Run before partitioning, the partition returns X once to
+    all its readers (a program that then returns X twice still runs and returns it twice; tests/test_backends.py)."""
+    from executorch.backends.transforms.remove_clone_ops import RemoveCloneOpsTransform
+
+    return RemoveCloneOpsTransform(preserve_input_output_copies=True)
 
 
 def lower(program: torch.export.ExportedProgram):
-    """An ExportedProgram lowered to XNNPACK, checked for ops no kernel runs; returns (the edge program manager,
-    how it was partitioned).
-    Where XNNPACK refuses a partition that passes an input straight through (measured on the CogVideoX,
-    HunyuanVideo and Wan teachers), every op is delegated on its own instead (`per_op_mode`): correct, but
-    lowering takes minutes (tiny HunyuanVideo teacher: 325 s) and each op is its own delegate call."""
+    """An ExportedProgram lowered to XNNPACK subgraphs (`to_edge_transform_and_lower` + `XnnpackPartitioner`),
+    checked for ops no kernel runs; returns the edge program manager.
+    Identity clones are dropped between edge conversion and partitioning (drop_identity_clones): with them, XNNPACK
+    refused a partition of the CogVideoX, HunyuanVideo and Wan teachers as a pass-through, and effconv delegated
+    them op by op instead (`per_op_mode`: one delegate call per op; the tiny HunyuanVideo teacher took 325 s to
+    lower, the tiny Wan 2.2 teacher did not finish in 35 min). Every shipped spec now lowers into subgraphs (each
+    tiny teacher in under two minutes on 2 busy cores), so that fallback is gone."""
+    to_edge_transform_and_lower, XnnpackPartitioner = _lowering()
     try:
-        try:
-            edge, partitioning = _partitioned(program, per_op=False), "subgraphs"
-        except Exception as exc:  # exir raises assorted types; only the pass-through refusal has a way around
-            if PASS_THROUGH not in str(exc):
-                raise
-            edge, partitioning = _partitioned(program, per_op=True), "per-op (XNNPACK refused a pass-through partition)"
-    except EffconvError:
-        raise
-    except Exception as exc:  # all mean "did not lower"
+        with captured_stdout():
+            edge = to_edge_transform_and_lower(program, transform_passes=[drop_identity_clones()],
+                                               partitioner=[XnnpackPartitioner()])
+    except Exception as exc:  # exir raises assorted types; all mean "did not lower"
         reason = exception_text(exc, 400)
-        raise EffconvError(f"ExecuTorch lowering failed: {reason}",
-                           "run `effconv lint SPEC --backend executorch` to see which op blocks it; rerun with --debug.") from None
+        fix = ("report it as an effconv bug with the spec: XNNPACK refused a partition that returns an input or one "
+               "value twice; rerun with --debug." if PASS_THROUGH in str(exc) else
+               "run `effconv lint SPEC --backend executorch` to see which op blocks it; rerun with --debug.")
+        raise EffconvError(f"ExecuTorch lowering failed: {reason}", fix) from None
     missing = _kernel_less_ops(edge)
     if missing:
         raise EffconvError(f"the ExecuTorch program would contain {', '.join(missing)}, which neither XNNPACK nor the "
                            "portable kernels can run.", FIX)
-    return edge, partitioning
+    return edge
 
 
 def write(edge, path: Path) -> dict:
@@ -116,9 +127,8 @@ def export(module: nn.Module, example: Example, path: Path, input_name: str | li
     except Exception as exc:  # torch.export raises many types; all mean "this module did not export"
         reason = exception_text(exc, 400)
         raise EffconvError(f"torch.export failed: {reason}", "rerun with --debug for details.") from None
-    edge, partitioning = lower(program)
-    ops = write(edge, path)
-    return {"lowering": "to_edge_transform_and_lower + XnnpackPartitioner, then to_executorch", "partitioning": partitioning,
+    ops = write(lower(program), path)
+    return {"lowering": "to_edge_transform_and_lower (identity clones dropped, XnnpackPartitioner), to_executorch",
             "ops": ops, "delegated_calls": ops.get(f"delegate:{DELEGATE}", 0),
             "portable_ops": {op: n for op, n in ops.items() if not op.startswith("delegate:")}}
 

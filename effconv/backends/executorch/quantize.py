@@ -65,7 +65,7 @@ def quantized_program(manifest: Manifest, calib: CalibrationSet, out_path: Path)
         for latent in calib.latents:
             prepared(torch.from_numpy(latent))
         program = torch.export.export(convert_pt2e(prepared), (example,))
-    return write(lower(program)[0], out_path)
+    return write(lower(program), out_path)
 
 
 def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out: CalibrationSet, out_path: Path,
