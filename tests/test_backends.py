@@ -112,7 +112,8 @@ def test_static_int8_writes_a_smaller_artifact_close_to_float(converted, tmp_pat
     smallest_ratio = 1.9 if backend.name in WIDE_STUDENT_BACKENDS else 1.5  # the small saved student's file is ~40% program
     assert report["size_bytes"]["ratio"] >= smallest_ratio and report["gate"]["psnr_vs_float_db"] >= 30.0
     assert backend.ops(quantized)
-    assert profile(quantized, "pixel9").estimate.dtype == ("fp16" if backend.name == "coreml" else "int8")
+    dtypes = profile(quantized, "pixel9").estimate.dtypes  # ExecuTorch leaves some element-wise ops float
+    assert dtypes["fp16" if backend.name == "coreml" else "int8"]["flop_share"] >= 0.9
     with pytest.raises(EffconvError, match="as it ships"):  # a re-export at a new size would be float, not this file
         profile(quantized, "host-cpu", frames=manifest.outputs[0].shape[2], do_measure=True, threads=1)
 
