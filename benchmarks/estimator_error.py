@@ -40,7 +40,7 @@ def main() -> int:
     os.environ.setdefault("EFFCONV_CACHE_DIR", tempfile.mkdtemp(prefix="effconv-bench-cache-"))
 
     from effconv.host import cpu_int8_features, cpu_model
-    from effconv.profile.devices import HOST, load_device
+    from effconv.profile.devices import HOST, host_key, load_device, write_cache_entry
     from effconv.profile.host_fit import calibration_set, fit_and_store, measure_set
 
     started, load_before = time.perf_counter(), os.getloadavg()
@@ -48,6 +48,8 @@ def main() -> int:
     if refit:
         saved = pickle.loads(args.records.read_bytes())
         measured_host, records = saved["host"], saved["records"]
+        # the peaks the timings were taken with, not today's
+        write_cache_entry(host_key(args.threads), "measurement", {k: v for k, v in measured_host.items() if k != "key"})
     else:
         measured_host = load_device(HOST, threads=args.threads, remeasure=True, calibrated=False).measured
         records = measure_set(calibration_set(), args.threads, args.repeats, progress=lambda m: print(m, file=sys.stderr, flush=True))

@@ -288,9 +288,9 @@ def _terms(cost: GraphCost, device: DeviceProfile, narrow: float) -> tuple[dict[
 
 def wall_fit(records: list[dict], device: DeviceProfile, prior: dict, narrow_grid=NARROW_GRID) -> dict:
     """Inverse efficiencies (fp32 and int8 nodes apart), per-node and per-run overhead from wall-clock medians:
-    non-negative least squares of the relative error, with a ridge row per category pulling its inverse efficiency
+    least squares of the relative error within the efficiency bounds (overheads non-negative), with a ridge row per category pulling its inverse efficiency
     to the prior's (an int8 category's prior: its fp32 efficiency, i.e. int8 at twice the fp32 speed)."""
-    from scipy.optimize import nnls
+    from scipy.optimize import lsq_linear
 
     best = None
     walls = np.array([r["wall"]["median_ms"] for r in records])
@@ -301,10 +301,13 @@ def wall_fit(records: list[dict], device: DeviceProfile, prior: dict, narrow_gri
         ridge = np.zeros((len(keys), len(keys) + 2))
         for index, key in enumerate(keys):
             ridge[index, index] = PRIOR_WEIGHT * prior["efficiency"].get(key.removeprefix(INT8_PREFIX), 1.0)
-        solution, _ = nnls(np.vstack([a, ridge]), np.concatenate([np.ones(len(records)), np.full(len(keys), PRIOR_WEIGHT)]))
+        lower = [1 / MAX_EFFICIENCY] * len(keys) + [0.0, 0.0]
+        upper = [1 / MIN_EFFICIENCY] * len(keys) + [np.inf, np.inf]
+        solution = lsq_linear(np.vstack([a, ridge]), np.concatenate([np.ones(len(records)), np.full(len(keys), PRIOR_WEIGHT)]),
+                              bounds=(lower, upper)).x
         error = float(np.sum(np.log(np.maximum(a @ solution, 1e-6)) ** 2))
         if best is None or error < best[0]:
-            fitted = {key: _clamped(1 / x) if x > 0 else MAX_EFFICIENCY for key, x in zip(keys, solution)}
+            fitted = {key: _clamped(1 / x) for key, x in zip(keys, solution)}
             best = (error, {
                 "efficiency": {c: fitted.get(c, e) for c, e in prior["efficiency"].items()} | {
                     c: e for c, e in fitted.items() if not c.startswith(INT8_PREFIX)},
