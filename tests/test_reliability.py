@@ -286,6 +286,9 @@ HOST_CACHE_DAMAGE = {
     "entry-a-list": lambda: {_host_key(): [1]},
     "measurement-wrong-types": lambda: {_host_key(): {"measurement": {"peak_fp32_gflops": "fast", "threads": "all"}}},
     "calibration-a-list": lambda: {_host_key(): {"calibration": [1]}},
+    "peak-wrong-types": lambda: {_host_key(): {"measurement": {"peak_fp32_gflops": {"cpu": "fast", "xnnpack": -1},
+                                                               "bandwidth_gbps": 1.0, "threads": 1, "method": "", "measured_at": ""}}},
+    "calibration-of-a-unit-a-list": lambda: {_host_key(): {"calibration": {"xnnpack": [1]}}},
 }
 
 
@@ -298,7 +301,7 @@ def test_damaged_host_cache_is_measured_again(case, sandbox):
     _, out, _ = sandbox.run("devices", "--json", allowed=(0,))
     host = next(profile for profile in json.loads(out) if profile["name"] == devices.HOST)
     assert host["units"]["cpu"]["peak_gops"]["fp32"]["value"] > 0
-    assert json.loads(cache.read_text())[_host_key()]["measurement"]["peak_fp32_gflops"] > 0
+    assert json.loads(cache.read_text())[_host_key()]["measurement"]["peak_fp32_gflops"]["cpu"] > 0
 
 
 # --- artifacts and manifests ---------------------------------------------------------------------------
