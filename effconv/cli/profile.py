@@ -158,7 +158,7 @@ def calibrate(
     repeats: int = typer.Option(10, "--repeats", help="Timed rounds per artifact (median is used)."),
     runtime: list[str] | None = typer.Option(None, "--runtime", help="Runtime to fit, by backend: onnx (onnxruntime), "
                                               "tflite (LiteRT, XNNPACK); repeatable [default: both]."),
-    int8: bool = typer.Option(True, "--int8/--no-int8", help="Also quantize each model and fit the int8 speed-up."),
+    int8: bool = typer.Option(True, "--int8/--no-int8", help="Also quantize each model and fit what int8 ops reach (per category)."),
     remeasure: bool = typer.Option(False, "--remeasure", help="Re-measure the runtimes' peak GFLOP/s and the bandwidth first."),
     report: Path | None = typer.Option(None, "--report", help="Also write the full result as JSON to this file."),
 ) -> None:
@@ -167,7 +167,7 @@ def calibrate(
     Converts 22 small decoders (teachers of the six families at two sizes, and Turbo-VAED students
     of five families at two widths) to each runtime's artifact, fp32 and int8 (`quantize --calib
     random`), measures them in their own runtime in interleaved rounds (medians), fits each runtime's
-    efficiencies, overheads and int8 speed-up on half of the models, reports the estimator's error
+    efficiencies (fp32 and int8) and overheads on half of the models, reports the estimator's error
     before and after on the other half, and caches the fits so `effconv profile --device host-cpu`
     uses them. Takes tens of minutes on 2 cores (`--runtime onnx --no-int8`: a few minutes).
 
