@@ -30,6 +30,12 @@ class CalibrationSet:
     def __len__(self) -> int:
         return len(self.latents)
 
+    @classmethod
+    def random(cls, expected: tuple[int, ...], samples: int, seed: int) -> CalibrationSet:
+        generator = np.random.default_rng(seed)
+        latents = [generator.standard_normal(expected).astype(np.float32) for _ in range(samples)]
+        return cls(latents, None, "random: seeded standard normal (no ground truth)")
+
     def subset(self, indices: range | list[int]) -> CalibrationSet:
         frames = None if self.frames is None else [self.frames[i] for i in indices]
         return CalibrationSet([self.latents[i] for i in indices], frames, self.source)

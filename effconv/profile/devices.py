@@ -269,8 +269,8 @@ def onnxruntime_matmul_seconds(threads: int, size: int = MATMUL_SIZE, repeats: i
 
 def xnnpack_fully_connected_seconds(threads: int, size: int = MATMUL_SIZE, repeats: int = 10) -> float | None:
     """Best time of a square fp32 FULLY_CONNECTED in the LiteRT Interpreter (XNNPACK's GEMM), or None when LiteRT is
-    not installed. On an AMD EPYC with AVX-512 it ran 2.8x onnxruntime's MatMul (213 vs 76 GFLOP/s, 1 thread), so one
-    peak for both runtimes would put every XNNPACK efficiency far from the other's."""
+    not installed. On an AMD EPYC with AVX-512 VNNI it ran 185-214 GFLOP/s against onnxruntime's 171-186 (1 thread):
+    each runtime's efficiencies are shares of its own kernels' peak."""
     import numpy as np
 
     from effconv.backends.tflite import export as tflite_backend

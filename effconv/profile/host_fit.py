@@ -46,7 +46,7 @@ from effconv.profile.cost import CATEGORIES, GraphCost
 from effconv.profile.devices import HOST, HOST_UNIT_BACKENDS, DeviceProfile, host_key, load_device, write_cache_entry
 from effconv.profile.estimate import NARROW_CATEGORIES, estimate_cost, op_ms
 from effconv.profile.inputs import OWN_GRAPH
-from effconv.profile.measure import measure_many, measure_walls
+from effconv.profile.measure import measure_kernels, measure_walls
 from effconv.profile.onnx_cost import load_graph
 from effconv.rewrite.stage import rewrite
 from effconv.spec import load_spec
@@ -145,13 +145,10 @@ def calibration_set() -> list[CalibrationModel]:
 
 
 def _int8(artifact: Path, backend: str, out_path: Path) -> Path:
-    """The artifact in static int8 (every node kind int8, no speed search), calibrated on seeded random latents: what
-    `effconv quantize --calib random` writes, without its gate and manifest."""
+    """The artifact in static int8 (every node kind int8, no speed search), calibrated on seeded random latents, as
+    `effconv quantize --calib random` makes it, without its gate and manifest."""
     manifest = read_manifest(manifest_path(artifact))
-    shape = tuple(manifest.inputs[0].shape)
-    rng = np.random.default_rng(0)
-    latents = CalibrationSet([rng.standard_normal(shape).astype(np.float32) for _ in range(3)], None, "random")
-    calib, held_out = latents.split(1)
+    calib, held_out = CalibrationSet.random(tuple(manifest.inputs[0].shape), 3, seed=0).split(1)
     registry.get(backend).quantize(artifact, manifest, calib, held_out, out_path, QuantizeOptions(select_by_speed=False))
     return out_path
 
@@ -175,8 +172,8 @@ def _artifacts(entry: CalibrationModel, directory: Path, backends: tuple[str, ..
 
 def measure_set(models: list[CalibrationModel], threads: int, repeats: int, backends: tuple[str, ...] = tuple(BACKEND_UNITS),
                 int8: bool = True, progress=print) -> list[dict]:
-    """Convert every model to each backend's artifact, then measure them all: onnxruntime fp32 models with per-node
-    kernel times (interleaved rounds of timed and profiled runs), every artifact's wall clock in interleaved rounds."""
+    """Convert every model to each backend's artifact, then measure them all: onnxruntime fp32 models' per-node
+    kernel times (interleaved profiled rounds), every artifact's wall clock in interleaved rounds."""
     with tempfile.TemporaryDirectory() as tmp:
         records = []
         for entry in models:
@@ -189,10 +186,9 @@ def measure_set(models: list[CalibrationModel], threads: int, repeats: int, back
             progress(f"converted {entry.name} ({time.perf_counter() - started:.0f} s)")
         profiled = [r for r in records if r["backend"] == "onnx" and r["dtype"] == "fp32"]
         progress(f"measuring {len(records)} artifacts in {repeats} interleaved rounds...")
-        kernels = [] if not profiled else measure_many([r["path"] for r in profiled], [{n.name for n in load_graph(r["path"]).graph.node} for r in profiled],
-                               threads, repeats=repeats)
-        for record, (_, kernel_times) in zip(profiled, kernels):
-            record["kernels"] = kernel_times
+        nodes = [{node.name for node in load_graph(r["path"]).graph.node} for r in profiled]
+        for record, kernels in zip(profiled, measure_kernels([r["path"] for r in profiled], nodes, threads, repeats)):
+            record["kernels"] = kernels
         for record, wall in zip(records, measure_walls([r["path"] for r in records], [r["shapes"] for r in records], threads,
                                                       repeats=repeats)):
             record["wall"] = wall

@@ -1,6 +1,6 @@
 """Measure artifacts on this machine in their own runtime (onnxruntime, LiteRT, ExecuTorch): wall-clock median
-of N runs after warm-up; and, for calibration, per-node kernel times of ONNX models from onnxruntime's profiler,
-in interleaved rounds."""
+of N runs after warm-up; and, for calibration, several artifacts' wall clock and ONNX models' per-node kernel times
+(onnxruntime's profiler), in interleaved rounds."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _feed(session, seed: int = 0) -> dict:
     return feed
 
 
-def _summary(times: list[float], threads: int, warmup: int, runtime: str | None = None) -> dict:
+def _summary(times: list[float], threads: int, warmup: int, runtime: str) -> dict:
     times = sorted(times)
     return {
         "median_ms": statistics.median(times),
@@ -55,7 +55,7 @@ def _summary(times: list[float], threads: int, warmup: int, runtime: str | None 
         "threads": threads,
         "warmup": warmup,
         "repeats": len(times),
-        "runtime": runtime or registry.get("onnx").runtime,
+        "runtime": runtime,
     }
 
 
@@ -112,28 +112,18 @@ def measure_walls(artifacts: list[Path], input_shapes: list[tuple[tuple[int, ...
     return [_summary(w, threads, warmup, runtime) for w, (_, runtime) in zip(walls, runners)]
 
 
-def measure_many(paths: list[Path], graph_nodes: list[set[str]], threads: int, warmup: int = 2,
-                 repeats: int = 10) -> list[tuple[dict, dict]]:
-    """Wall-clock summary and per-node kernel times for several models, measured in interleaved rounds
-    (timed runs and one profiled run of each model per round), so that a burst of load from other
-    processes is spread over all models instead of inflating whichever model was running at the time."""
+def measure_kernels(paths: list[Path], graph_nodes: list[set[str]], threads: int, repeats: int = 10) -> list[dict]:
+    """Per-node kernel times of several ONNX models from onnxruntime's profiler, one profiled run of each model per
+    round (interleaved, so that a burst of load from other processes is spread over all models instead of
+    inflating whichever model was running at the time); the first run of each is a warm-up, dropped when parsing."""
     with tempfile.TemporaryDirectory() as tmp:
-        plain = [_session(path, threads) for path in paths]
-        profiled = [_session(path, threads, os.path.join(tmp, f"ort{i}")) for i, path in enumerate(paths)]
-        feeds = [_feed(session) for session in plain]
-        per_round = []
-        for session, other, feed in zip(plain, profiled, feeds):
-            for _ in range(warmup):
+        sessions = [_session(path, threads, os.path.join(tmp, f"ort{i}")) for i, path in enumerate(paths)]
+        feeds = [_feed(session) for session in sessions]
+        for _ in range(1 + repeats):
+            for session, feed in zip(sessions, feeds):
                 session.run(None, feed)
-            other.run(None, feed)  # the profiler's warm-up, dropped when parsing
-            per_round.append(_runs_per_round(_timed(lambda: session.run(None, feed))))
-        walls: list[list[float]] = [[] for _ in paths]
-        for _ in range(repeats):
-            for index, (session, other, feed) in enumerate(zip(plain, profiled, feeds)):
-                walls[index].extend(_timed(lambda: session.run(None, feed)) for _ in range(per_round[index]))
-                other.run(None, feed)
-        profiles = [json.loads(Path(session.end_profiling()).read_text()) for session in profiled]
-    return [(_summary(w, threads, warmup), _parse_profile(events, nodes)) for w, events, nodes in zip(walls, profiles, graph_nodes)]
+        profiles = [json.loads(Path(session.end_profiling()).read_text()) for session in sessions]
+    return [_parse_profile(events, nodes) for events, nodes in zip(profiles, graph_nodes)]
 
 
 def _graph_node(event: dict, graph_nodes: set[str]) -> str | None:

@@ -115,9 +115,7 @@ def from_file(path: Path, expected: tuple[int, ...]) -> CalibrationSet:
 
 
 def random_latents(expected: tuple[int, ...], samples: int, seed: int = CALIBRATION_SEED) -> CalibrationSet:
-    generator = np.random.default_rng(seed)
-    latents = [generator.standard_normal(expected).astype(np.float32) for _ in range(samples)]
-    return CalibrationSet(latents, None, "random: seeded standard normal (no ground truth)")
+    return CalibrationSet.random(expected, samples, seed)
 
 
 def is_latent_file(path: str) -> bool:

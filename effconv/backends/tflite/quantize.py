@@ -127,7 +127,9 @@ def _load_error(path: Path, exc: Exception) -> EffconvError:
 
 def _quantized_bytes(artifact: Path, calib: CalibrationSet, signature: str, input_name: str, weights_only: bool,
                      threads: int) -> tuple[bytes, set[str]]:
-    """The int8 model, and the ops kept float for an attention mask (by output name). Min/max ranges come from LiteRT's profiler-based calibration: the default mode keeps every intermediate
+    """The int8 model, and the ops kept float for an attention mask (by output name).
+
+    Min/max ranges come from LiteRT's profiler-based calibration: the default mode keeps every intermediate
     tensor of the model alive to read it from Python (1.07 GiB peak for the demo student at 9x64x64 against
     0.10 GiB; at 17x256x256 it exceeded 24 GiB), while the profiler tracks the same min/max in C++ (ranges equal
     to 1.5e-7 relative, measured)."""
@@ -142,7 +144,7 @@ def _quantized_bytes(artifact: Path, calib: CalibrationSet, signature: str, inpu
         model = _quantized(engine, ranges)
         kept_float: set[str] = set()
         # An attention mask's -inf gets an unusable int8 scale: the ops it reaches stay float (the ranges are reused).
-        while readers := _ops_touching(artifact, _non_finite_scales(model)) - kept_float:
+        while readers := _ops_touching(artifact, _unusable_scales(model)) - kept_float:
             kept_float |= readers
             for output in readers:
                 engine.update_quantization_recipe(regex=f"^{re.escape(output)};", operation_name="*", algorithm_key=NO_QUANTIZE)
@@ -168,7 +170,7 @@ def _ops_touching(path: Path, tensor_names: list[str]) -> set[str]:
             if wanted & {tensors[int(i)]["name"] for i in [*op["inputs"], *op["outputs"]] if int(i) >= 0}}
 
 
-def _non_finite_scales(model: bytes) -> list[str]:
+def _unusable_scales(model: bytes) -> list[str]:
     """Names of the tensors whose int8 scale is not a usable number: not positive, or above MAX_INT8_SCALE."""
     fb = tflite_backend.schema()
     graph = fb.ModelT.InitFromObj(fb.Model.GetRootAs(model, 0)).subgraphs[0]
@@ -182,7 +184,7 @@ def check_scales(model: bytes) -> None:
     whole process on one (no Python exception to catch). Measured on litert-quantizer 0.11.0 with the HunyuanVideo
     decoder's causal attention mask (-inf: scale inf) and a -inf mask that litert-torch stored as the float32 minimum
     (scale 1.3e36), which the quantize loop above keeps float."""
-    bad = _non_finite_scales(model)
+    bad = _unusable_scales(model)
     if bad:
         raise EffconvError(f"{_quantizer_version()} wrote {len(bad)} tensor(s) with an unusable int8 scale "
                            f"(first: '{bad[0][-80:]}'); LiteRT would abort loading it.", INT8_FIX)
