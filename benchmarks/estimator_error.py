@@ -11,8 +11,9 @@ before and after (the machine may be shared: medians are used throughout).
 
 Usage: PYTHONPATH=. python benchmarks/estimator_error.py [--threads 1] [--repeats 10] [--records FILE]
 The fit goes to a throw-away cache dir unless EFFCONV_CACHE_DIR is set (`effconv calibrate` keeps it). `--records FILE`
-keeps the measured artifacts' costs and timings (pickle); when FILE exists, the run fits those again instead of
-converting and measuring (for changes to the fit alone; the JSON then says so).
+keeps the measured timings (pickle) and the artifacts (folder FILE.artifacts); when FILE exists, the run costs those
+artifacts again and refits instead of converting and measuring (for changes to the cost model or the fit; the JSON
+then says so).
 """
 
 from __future__ import annotations
@@ -42,17 +43,25 @@ def main() -> int:
     from effconv.host import cpu_int8_features, cpu_model
     from effconv.profile.devices import HOST, host_key, load_device, write_cache_entry
     from effconv.profile.host_fit import calibration_set, fit_and_store, measure_set
+    from effconv.profile.inputs import OWN_GRAPH
 
     started, load_before = time.perf_counter(), os.getloadavg()
     refit = args.records is not None and args.records.exists()
     if refit:
         saved = pickle.loads(args.records.read_bytes())
         measured_host, records = saved["host"], saved["records"]
+        for record in records:
+            if Path(record.get("path", "")).is_file():
+                record["cost"] = OWN_GRAPH[record["backend"]][1](Path(record["path"]))
         # the peaks the timings were taken with, not today's
         write_cache_entry(host_key(args.threads), "measurement", {k: v for k, v in measured_host.items() if k != "key"})
     else:
         measured_host = load_device(HOST, threads=args.threads, remeasure=True, calibrated=False).measured
-        records = measure_set(calibration_set(), args.threads, args.repeats, progress=lambda m: print(m, file=sys.stderr, flush=True))
+        keep = args.records.with_suffix(".artifacts") if args.records is not None else None
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+        records = measure_set(calibration_set(), args.threads, args.repeats, progress=lambda m: print(m, file=sys.stderr, flush=True),
+                              keep=keep)
         if args.records is not None:
             args.records.write_bytes(pickle.dumps({"host": measured_host, "records": records}))
     result = fit_and_store(records, args.threads, args.repeats)

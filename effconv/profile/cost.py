@@ -15,7 +15,9 @@ Conventions (also in docs/profile.md):
   counted at its stored dtype when that is narrower than the compute dtype (int8 weights of a
   weight-only int8 model: 1 B while the op computes in float), else at the compute dtype. Index and
   shape tensors keep their own size.
-- Quantize/Dequantize nodes are folded into their neighbours, as int8 backends do: they cost nothing.
+- Quantize/Dequantize nodes next to int8 kernels are folded into them, as int8 backends do: they cost nothing. One
+  between an activation and a float op is a kernel of its own (`runtime_conversion`): an elementwise pass over the
+  tensor, costed in float.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ TRANSCENDENTAL_OPS = {"Sigmoid", "Tanh", "Exp", "Log", "Erf", "Softmax", "LogSof
                       "Reciprocal", "Pow", "Gelu", "HardSwish", "Softplus", "Mish", "Sin", "Cos", "Elu"}
 MATMUL_OPS = {"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul"}
 CONV_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv"}
+CONVERSION_KINDS = ("QuantizeLinear", "DequantizeLinear")
 
 
 def op_category(kind: str) -> str:
@@ -367,6 +370,13 @@ def settled(nodes: list[NodeCost]) -> list[NodeCost]:
     common = Counter(node.dtype for node in nodes if node.dtype).most_common(1)
     default = common[0][0] if common else "fp32"
     return [node if node.dtype else node.at(default) for node in nodes]
+
+
+def runtime_conversion(node: NodeCost) -> NodeCost:
+    """A Quantize/Dequantize of an activation that the runtime runs as a kernel (its float side is a float op or the
+    graph's edge): one pass over the tensor, reading one dtype and writing the other, costed as an elementwise op
+    in float (both sides at float width: an upper bound on its bytes)."""
+    return dataclasses.replace(node, category="elementwise", dtype="fp32", flops=node.output_elements)
 
 
 def simple_flops(category: str, output_elements: int, input_elements: int, transcendental: bool = False) -> int:

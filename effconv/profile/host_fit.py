@@ -23,6 +23,7 @@ Medians throughout, because the machine may be shared and noisy.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -171,10 +172,11 @@ def _artifacts(entry: CalibrationModel, directory: Path, backends: tuple[str, ..
 
 
 def measure_set(models: list[CalibrationModel], threads: int, repeats: int, backends: tuple[str, ...] = tuple(BACKEND_UNITS),
-                int8: bool = True, progress=print) -> list[dict]:
+                int8: bool = True, progress=print, keep: Path | None = None) -> list[dict]:
     """Convert every model to each backend's artifact, then measure them all: onnxruntime fp32 models' per-node
-    kernel times (interleaved profiled rounds), every artifact's wall clock in interleaved rounds."""
-    with tempfile.TemporaryDirectory() as tmp:
+    kernel times (interleaved profiled rounds), every artifact's wall clock in interleaved rounds. With `keep`, the
+    artifacts stay in that folder and each record keeps its `path` (to cost them again after a cost-model change)."""
+    with (contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory()) as tmp:
         records = []
         for entry in models:
             started = time.perf_counter()
@@ -193,8 +195,9 @@ def measure_set(models: list[CalibrationModel], threads: int, repeats: int, back
                                                       repeats=repeats)):
             record["wall"] = wall
             progress(f"measured {_label(record)}: {wall['median_ms']:.1f} ms median")
-    for record in records:
-        del record["path"]
+    if keep is None:
+        for record in records:
+            del record["path"]
     return records
 
 

@@ -7,7 +7,9 @@ quantized-activation DequantizeLinears computes in int8 (onnxruntime fuses the p
 whose only DequantizeLinear is on its weight computes in float and reads int8 weights (weight-only). Any other op
 computes in int8 only when all its activation inputs are quantized and all its outputs are re-quantized (a QDQ
 Add/Mul/Concat); everything else is float: fp16 when its outputs are fp16, else fp32. QLinearConv, ConvInteger and
-the other operator-oriented int8 ops compute in int8. Q/DQ nodes themselves are views (folded, zero cost).
+the other operator-oriented int8 ops compute in int8. A QuantizeLinear after an int8 op and a DequantizeLinear whose
+readers all compute in int8 are folded into those kernels (views, zero cost); any other Q/DQ of an activation is a
+kernel onnxruntime runs (a float op's input or output converted), costed as one elementwise pass.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from onnx import TensorProto
 
 from effconv.errors import EffconvError, exception_text
 from effconv.profile.cost import (
-    CONV_OPS, TRANSCENDENTAL_OPS, VIEW_OPS, GraphCost, NodeCost, TensorUse, conv_flops, conv_kind, conv_transpose_flops,
-    matmul_flops, numel, op_category, resize_flops, simple_flops, upsample_factor,
+    CONV_OPS, CONVERSION_KINDS, TRANSCENDENTAL_OPS, VIEW_OPS, GraphCost, NodeCost, TensorUse, conv_flops, conv_kind, conv_transpose_flops,
+    matmul_flops, numel, op_category, resize_flops, runtime_conversion, simple_flops, upsample_factor,
 )
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE}
@@ -86,7 +88,7 @@ class _Graph:
     def __init__(self, model: onnx.ModelProto):
         self.shapes = _tensor_table(model)
         self.initializers = {init.name for init in model.graph.initializer}
-        producers = {output: node for node in model.graph.node for output in node.output}
+        producers = self.producers = {output: node for node in model.graph.node for output in node.output}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for node in model.graph.node:
             for name in node.input:
@@ -115,6 +117,19 @@ class _Graph:
     def requantized(self, name: str) -> bool:
         readers = self.consumers.get(name, [])
         return bool(readers) and all(reader.op_type == "QuantizeLinear" for reader in readers)
+
+
+def _runs_as_kernel(node: onnx.NodeProto, graph: _Graph, dtypes: dict[str, str]) -> bool:
+    """Whether a Q/DQ of an activation stays a kernel of its own: a Q whose producer is not an int8 op, a DQ with a
+    reader that is not (module docstring). Q/DQ of weights are folded."""
+    source = node.input[0]
+    if graph.is_constant(source):
+        return False
+    if node.op_type == "QuantizeLinear":
+        producer = graph.producers.get(source)
+        return producer is None or dtypes[producer.output[0]] != "int8"
+    readers = graph.consumers.get(node.output[0], [])
+    return any(dtypes[reader.output[0]] != "int8" for reader in readers) or not readers
 
 
 def _float_dtype(node: onnx.NodeProto, graph: _Graph) -> str:
@@ -169,10 +184,9 @@ def _flops(node: onnx.NodeProto, category: str, shapes, out_elements: int, in_el
     return simple_flops(category, out_elements, in_elements, op in TRANSCENDENTAL_OPS)
 
 
-def _node_cost(node: onnx.NodeProto, graph: _Graph) -> NodeCost:
+def _node_cost(node: onnx.NodeProto, graph: _Graph, dtype: str) -> NodeCost:
     op = node.op_type
     shapes = graph.shapes
-    dtype = node_dtype(node, graph)
     category, kind, gemm_n = op_category(op), op, 0
     inputs = tuple(name for name in node.input if name)
     if op in CONV_OPS or category == "matmul":
@@ -204,7 +218,13 @@ def _node_cost(node: onnx.NodeProto, graph: _Graph) -> NodeCost:
 def graph_cost(model: onnx.ModelProto, dtype: str | None = None) -> GraphCost:
     """Cost every node of a shape-inferred ONNX model in the dtype it computes in; `dtype` forces one everywhere."""
     graph = _Graph(model)
-    nodes = [_node_cost(node, graph) for node in model.graph.node]
+    dtypes = {node.output[0]: node_dtype(node, graph) for node in model.graph.node if node.output}
+    nodes = []
+    for node in model.graph.node:
+        cost = _node_cost(node, graph, dtypes.get(node.output[0], "fp32") if node.output else "fp32")
+        if node.op_type in CONVERSION_KINDS and _runs_as_kernel(node, graph, dtypes):
+            cost = runtime_conversion(cost)
+        nodes.append(cost)
     inputs = tuple(graph.use(i.name) for i in model.graph.input if i.name not in graph.initializers)
     cost = GraphCost(nodes=nodes, inputs=inputs,
                      output_shapes={o.name: graph.shapes[o.name][0] for o in model.graph.output if o.name in graph.shapes})

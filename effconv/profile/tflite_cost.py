@@ -11,7 +11,8 @@ groups) x prod(kernel) (+ outputs for a bias), so a Conv3d that effconv's rewrit
 same multiply-adds plus one bias add per tap.
 
 Compute dtype per op: int8 when it reads or writes an int8 (or uint8) activation, fp16 when fp16, else fp32.
-QUANTIZE and DEQUANTIZE are views (folded). A DEQUANTIZE of a constant (a weight-only int8 or fp16 weight) makes
+QUANTIZE and DEQUANTIZE of an activation are kernels LiteRT runs (its int8 ops read and write int8 themselves, so a
+conversion in the file is a real pass over the tensor), costed as one elementwise pass. A DEQUANTIZE of a constant (a weight-only int8 or fp16 weight) makes
 its output a constant stored in the narrower dtype, so the float op that reads it is costed in float with int8
 (or fp16) weight bytes. An op this table does not know is costed as elementwise and named in a note.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 from effconv.errors import EffconvError, exception_text, missing_extra
 from effconv.profile.cost import (
     TRANSCENDENTAL_OPS, GraphCost, NodeCost, TensorUse, activation_dtype, conv_flops, conv_kind, conv_transpose_flops,
-    matmul_flops, numel, op_category, resize_flops, settled, simple_flops, upsample_factor,
+    matmul_flops, numel, op_category, resize_flops, runtime_conversion, settled, simple_flops, upsample_factor,
 )
 from effconv.quiet import quiet_imports
 
@@ -217,7 +218,10 @@ def tflite_cost(path: Path) -> GraphCost:
             inputs = _indices(op.inputs)
             if name == "DEQUANTIZE" and inputs and inputs[0] not in tensors.computed:
                 tensors.dequantized_weights[int(op.outputs[0])] = tensors.stored(inputs[0])
-            nodes.append(_node(index, name, op, tensors, notes))
+            node = _node(index, name, op, tensors, notes)
+            if name in ("QUANTIZE", "DEQUANTIZE") and inputs and inputs[0] in tensors.computed:
+                node = runtime_conversion(node)
+            nodes.append(node)
     except (IndexError, TypeError, KeyError) as exc:  # an op pointing at a tensor or op code the file lacks
         raise EffconvError(f"'{path}' is not a consistent TFLite model: {exception_text(exc, 200)}.", FIX) from None
     graph_inputs = _in_argument_order(tuple(tensors.use(int(i)) for i in subgraph.inputs))

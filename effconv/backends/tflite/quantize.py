@@ -32,6 +32,11 @@ STATIC_SCHEME = ("W8A8 static int8: per-channel symmetric int8 weights, per-tens
 WEIGHT_ONLY_SCHEME = ("W8 weight-only: per-channel symmetric int8 weights dequantized to float32 in the graph, "
                       "float32 compute (ai-edge-quantizer weight_only_wi8_afp32)")
 KEEP_FLOAT = ("INPUT", "OUTPUT")  # the model's own input and output stay float32
+# Ops whose int8 form LiteRT's CPU runtime runs far slower than their float32 form, so static int8 keeps them float
+# (a DEQUANTIZE/QUANTIZE pair at their edges). RSQRT (RMS and L2 norms): int8 cost the tiny Hunyuan student 15 of its
+# 21 ms, float 6.2 ms in all (ai-edge-litert 2.3.0, XNNPACK, 1 thread; benchmarks/results/tflite_float_ops.json).
+SLOW_IN_INT8 = ("RSQRT",)
+SLOW_REASON = "{op}: LiteRT's CPU runtime runs it far slower in int8 than in float32, so effconv keeps it float32"
 NO_QUANTIZE = "no_quantize"
 CONVERSION_OPS = {"QUANTIZE", "DEQUANTIZE"}
 WEIGHTED_OPS = {"CONV_2D", "CONV_3D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL"}
@@ -135,7 +140,7 @@ def _quantized_bytes(artifact: Path, calib: CalibrationSet, signature: str, inpu
     to 1.5e-7 relative, measured)."""
     quantizer, recipe, CalibrationMode = _quantizer_modules()
     engine = quantizer.Quantizer(str(artifact), recipe.weight_only_wi8_afp32() if weights_only else recipe.static_wi8_ai8())
-    for op in KEEP_FLOAT:
+    for op in KEEP_FLOAT + SLOW_IN_INT8:
         engine.update_quantization_recipe(regex=".*", operation_name=op, algorithm_key=NO_QUANTIZE)
     samples = [{input_name: np.asarray(latent, dtype=np.float32)} for latent in calib.latents]
     with _quiet():
@@ -270,7 +275,8 @@ def float_nodes(path: Path, weights_only: bool, mask_ops: set[str] = frozenset()
             stays_float = kind not in CONVERSION_OPS and any(is_float[int(index)] for index in op["outputs"])
         if stays_float:
             name = tensors[int(op["outputs"][0])]["name"]
-            rows.append({"op": kind, "name": name, "reason": MASK_REASON if name in mask_ops else no_int8_rule(kind)})
+            reason = MASK_REASON if name in mask_ops else SLOW_REASON.format(op=kind) if kind in SLOW_IN_INT8 else no_int8_rule(kind)
+            rows.append({"op": kind, "name": name, "reason": reason})
     return rows
 
 
