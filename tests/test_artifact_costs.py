@@ -96,7 +96,7 @@ def test_int8_tflite_costs_its_convs_in_int8_and_the_estimate_uses_int8_peaks(st
     # float: the RMS norms' RSQRT (kept float by the quantizer) and the conversions at its edges and the model's
     assert {n.op_type for n in int8.nodes if n.dtype == "fp32" and n.category != "view"} == {"RSQRT", "QUANTIZE", "DEQUANTIZE"}
     conversions = [n for n in int8.nodes if n.op_type in ("QUANTIZE", "DEQUANTIZE")]
-    assert all(n.category == "elementwise" and n.bytes == 8 * n.output_elements for n in conversions)
+    assert all(n.category == "conversion" and n.bytes == 8 * n.output_elements for n in conversions)
     assert sum(n.weight_bytes for n in convs) < 0.3 * sum(n.weight_bytes for n in fp32.nodes if n.category in CONV_CATEGORIES)
     assert _conv_flops(int8) == _conv_flops(fp32)
     device = load_device("galaxy-s24")
@@ -196,7 +196,7 @@ def test_static_qdq_onnx_computes_its_convs_in_int8(student, tmp_path):
     assert runs and {n.outputs[0] for n in conversions if n.category != "view"} == runs
     assert len(runs) < len(conversions) / 2  # most fold: every weight's DQ, and the convs' own Q/DQ
     assert all(n.category == "view" and n.bytes == 0 for n in conversions if n.outputs[0] not in runs)
-    assert all(n.category == "elementwise" and n.dtype == "fp32" and n.bytes >= 8 * n.output_elements
+    assert all(n.category == "conversion" and n.dtype == "fp32" and n.bytes >= 8 * n.output_elements
                for n in conversions if n.outputs[0] in runs)
     table = cost.dtype_table()
     assert table["int8"]["ops"] == len(convs) and table["int8"]["flop_share"] > 0.9

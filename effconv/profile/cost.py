@@ -16,8 +16,8 @@ Conventions (also in docs/profile.md):
   weight-only int8 model: 1 B while the op computes in float), else at the compute dtype. Index and
   shape tensors keep their own size.
 - Quantize/Dequantize nodes next to int8 kernels are folded into them, as int8 backends do: they cost nothing. One
-  between an activation and a float op is a kernel of its own (`runtime_conversion`): an elementwise pass over the
-  tensor, costed in float.
+  between an activation and a float op is a kernel of its own (`runtime_conversion`, category "conversion"): one
+  pass over the tensor, costed in float.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
-CATEGORIES = ("conv", "conv_dw", "conv_pw", "matmul", "norm", "elementwise", "reduce", "resize", "layout", "view")
+CATEGORIES = ("conv", "conv_dw", "conv_pw", "matmul", "norm", "elementwise", "reduce", "resize", "layout", "conversion", "view")
 CONV_CATEGORIES = ("conv", "conv_dw", "conv_pw")
 TRANSCENDENTAL_FLOPS = 4
 NORM_FLOPS = 5
@@ -374,9 +374,10 @@ def settled(nodes: list[NodeCost]) -> list[NodeCost]:
 
 def runtime_conversion(node: NodeCost) -> NodeCost:
     """A Quantize/Dequantize of an activation that the runtime runs as a kernel (its float side is a float op or the
-    graph's edge): one pass over the tensor, reading one dtype and writing the other, costed as an elementwise op
-    in float (both sides at float width: an upper bound on its bytes)."""
-    return dataclasses.replace(node, category="elementwise", dtype="fp32", flops=node.output_elements)
+    graph's edge): one pass over the tensor, reading one dtype and writing the other, in a category of its own
+    (a fitted host gives it its own efficiency), computed in float (both sides at float width: an upper bound on
+    its bytes)."""
+    return dataclasses.replace(node, category="conversion", dtype="fp32", flops=node.output_elements)
 
 
 def simple_flops(category: str, output_elements: int, input_elements: int, transcendental: bool = False) -> int:

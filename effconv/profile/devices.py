@@ -23,7 +23,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from effconv.errors import EffconvError
 from effconv.host import cpu_model, default_threads
-from effconv.profile.cost import CATEGORIES
+from effconv.profile.cost import CATEGORIES, CONV_CATEGORIES
 from effconv.profile.legality import check_lint_units
 from effconv.recipe import HOST_DEVICE
 from effconv.spec import SAFE_NAME, StrictModel, format_validation_error, read_yaml_mapping
@@ -41,6 +41,7 @@ CALIBRATION_FIELDS = {"efficiency": dict, "op_overhead_us": NUMBER, "run_overhea
                       "int8_efficiency": dict, "validation": str, "calibrated_at": str}
 # host-cpu's units: the backend whose runtime's kernels each one is (`effconv calibrate` fits it on that runtime).
 HOST_UNIT_BACKENDS = {"cpu": "onnx", "xnnpack": "tflite"}
+EFFICIENCY_KEYS = (*CATEGORIES, *(f"{category} 3d" for category in CONV_CATEGORIES))  # ComputeUnit.int8_efficiency
 # Ceiling for any figure (GOP/s, GB/s, GB, us, ms): far above real hardware, far below float overflow.
 MAX_FIGURE = 1e9
 
@@ -66,9 +67,12 @@ class ComputeUnit(StrictModel):
     bandwidth_gbps: Figure | None = Field(None, description="if lower than the device's DRAM bandwidth")
     op_overhead_us: float = Field(0.0, ge=0, le=MAX_FIGURE, description="fixed dispatch cost per op")
     narrow_channels: float = Field(0.0, ge=0, le=MAX_FIGURE, description="conv/matmul output width at which compute efficiency halves (0: off)")
+    int8_narrow_channels: float | None = Field(None, ge=0, le=MAX_FIGURE, description="the same for int8 convs/matmuls, when "
+                                               "their kernels tile wider than the float ones (None: narrow_channels)")
     efficiency: dict[str, float] = Field(default_factory=dict, description="per op category: share of the roofline reached")
     int8_efficiency: dict[str, float] = Field(default_factory=dict, description="per op category: share of the int8 roofline "
-                                              "int8 ops reach (a category not listed: `efficiency`)")
+                                              "int8 ops reach (a category not listed: `efficiency`); '<conv category> 3d' "
+                                              "for 3-D convolutions apart")
     runtime_fit: RuntimeFit | None = Field(None, description="host-cpu: this unit is one runtime's kernels, fitted on its own")
     lint_units: dict[str, list[str]] = Field(min_length=1, description="per backend, the units of effconv/legalize/rules/<backend>.yaml "
                                              "this unit is: it runs an op unless those rules rule out all of them")
@@ -89,8 +93,8 @@ class ComputeUnit(StrictModel):
     def _positive(cls, value: dict[str, float]) -> dict[str, float]:
 
         for category, factor in value.items():
-            if category not in CATEGORIES:
-                raise ValueError(f"unknown op category '{category}' (use one of {', '.join(CATEGORIES)})")
+            if category not in EFFICIENCY_KEYS:
+                raise ValueError(f"unknown op category '{category}' (use one of {', '.join(EFFICIENCY_KEYS)})")
             if not 0 < factor <= 10:
                 raise ValueError(f"efficiency for '{category}' must be in (0, 10]")
         return value
@@ -365,6 +369,7 @@ def _fill_host(data: dict, threads: int, remeasure: bool, calibrated: bool) -> d
             unit["int8_efficiency"] = fit["int8_efficiency"]
             unit["op_overhead_us"] = fit["op_overhead_us"]
             unit["narrow_channels"] = fit.get("narrow_channels", 0.0)
+            unit["int8_narrow_channels"] = fit.get("int8_narrow_channels")
             unit["runtime_fit"] = {key: fit[key] for key in ("model_uncertainty", "run_overhead_ms", "validation")}
             data["measured"].setdefault("calibrated_at", {})[name] = fit["calibrated_at"]
         unit["peak_gops"] = {

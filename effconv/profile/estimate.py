@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from effconv.profile.cost import GraphCost, NodeCost
+from effconv.profile.cost import CONV_CATEGORIES, GraphCost, NodeCost
 from effconv.profile.devices import ComputeUnit, DeviceProfile
 from effconv.profile.legality import placement_notes, runs_on
 from effconv.profile.onnx_cost import graph_cost
@@ -127,10 +127,13 @@ NARROW_CATEGORIES = ("conv", "conv_pw", "matmul")
 
 def narrow_factor(node: NodeCost, unit: ComputeUnit) -> float:
     """Share of peak a conv/matmul keeps at its output width: N / (N + narrow_channels). Vector units
-    and GEMM kernels tile over output channels, so an 8-channel layer leaves most lanes idle."""
-    if unit.narrow_channels <= 0 or node.category not in NARROW_CATEGORIES or node.gemm_n <= 0:
+    and GEMM kernels tile over output channels, so an 8-channel layer leaves most lanes idle; int8 kernels may tile
+    wider (`int8_narrow_channels`: onnxruntime's int8 Conv3d ran 2.7x slower than fp32 at 8-16 channels and 2x
+    faster at 32)."""
+    narrow = unit.int8_narrow_channels if node.dtype == "int8" and unit.int8_narrow_channels is not None else unit.narrow_channels
+    if narrow <= 0 or node.category not in NARROW_CATEGORIES or node.gemm_n <= 0:
         return 1.0
-    return node.gemm_n / (node.gemm_n + unit.narrow_channels)
+    return node.gemm_n / (node.gemm_n + narrow)
 
 
 def op_ms(node: NodeCost, unit: ComputeUnit, dtype: str, device: DeviceProfile) -> tuple[float, float, float]:
@@ -139,8 +142,18 @@ def op_ms(node: NodeCost, unit: ComputeUnit, dtype: str, device: DeviceProfile) 
     compute, memory = roofline_ms(node.flops, node.bytes, peak, _unit_bandwidth(unit, device))
     if node.category == "view":
         return compute, memory, unit.op_overhead_us / 1000
-    efficiency = (dtype == "int8" and unit.int8_efficiency.get(node.category)) or unit.efficiency.get(node.category, 1.0)
+    int8 = dtype == "int8" and next((unit.int8_efficiency[key] for key in int8_keys(node) if key in unit.int8_efficiency), None)
+    efficiency = int8 or unit.efficiency.get(node.category, 1.0)
     return compute, memory, max(compute, memory) / efficiency + unit.op_overhead_us / 1000
+
+
+def int8_keys(node: NodeCost) -> tuple[str, ...]:
+    """Where an int8 node's efficiency is looked up, most specific first: a 3-D convolution under "<category> 3d"
+    (onnxruntime's int8 Conv3d kernel ran 2.7x slower than its fp32 one where its int8 Conv2d runs faster), then
+    its category."""
+    if node.category in CONV_CATEGORIES and node.kind.endswith("3d"):
+        return f"{node.category} 3d", node.category
+    return (node.category,)
 
 
 def _uncertainty(device: DeviceProfile, used: set[tuple[str, str]]) -> float:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import math
 import statistics
@@ -45,7 +46,7 @@ from effconv.errors import EffconvError
 from effconv.host import default_threads
 from effconv.profile.cost import CATEGORIES, GraphCost
 from effconv.profile.devices import HOST, HOST_UNIT_BACKENDS, DeviceProfile, host_key, load_device, write_cache_entry
-from effconv.profile.estimate import NARROW_CATEGORIES, estimate_cost, op_ms
+from effconv.profile.estimate import NARROW_CATEGORIES, estimate_cost, int8_keys, op_ms
 from effconv.profile.inputs import OWN_GRAPH
 from effconv.profile.measure import measure_kernels, measure_walls
 from effconv.profile.onnx_cost import load_graph
@@ -83,6 +84,7 @@ STUDENT_WIDTHS = (32, 64)
 STUDENT_SIZE = (64, 96)  # students decode the family's clip length at this height and width
 MIN_EFFICIENCY, MAX_EFFICIENCY = 0.005, 5.0
 NARROW_GRID = (0.0, 2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)
+INT8_NARROW_GRID = (0.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 PRIOR_WEIGHT = 0.05  # ridge rows: how strongly a category's efficiency stays at its prior (1 = as much as one model)
 INT8_PREFIX = "int8 "
 
@@ -209,12 +211,14 @@ def with_fit(device: DeviceProfile, fitted: dict) -> DeviceProfile:
     """The device (narrowed to one runtime's unit) with a fit applied to that unit."""
     (name, unit), = device.units.items()
     unit = unit.model_copy(update={"efficiency": fitted["efficiency"], "int8_efficiency": fitted.get("int8_efficiency", {}),
-                                   "op_overhead_us": fitted["op_overhead_us"], "narrow_channels": fitted["narrow_channels"]})
+                                   "op_overhead_us": fitted["op_overhead_us"], "narrow_channels": fitted["narrow_channels"],
+                                   "int8_narrow_channels": fitted.get("int8_narrow_channels")})
     return device.model_copy(update={"units": {name: unit}, "run_overhead_ms": fitted["run_overhead_ms"]})
 
 
-def _bare(device: DeviceProfile, narrow: float) -> DeviceProfile:
-    return with_fit(device, {"efficiency": {}, "op_overhead_us": 0.0, "narrow_channels": narrow, "run_overhead_ms": 0.0})
+def _bare(device: DeviceProfile, narrow: float, int8_narrow: float | None = None) -> DeviceProfile:
+    return with_fit(device, {"efficiency": {}, "op_overhead_us": 0.0, "narrow_channels": narrow, "run_overhead_ms": 0.0,
+                             "int8_narrow_channels": int8_narrow})
 
 
 def _node_pairs(records: list[dict], device: DeviceProfile, narrow: float) -> list[tuple[str, float, float]]:
@@ -274,13 +278,13 @@ def kernel_fit(records: list[dict], device: DeviceProfile) -> dict:
     return best[1]
 
 
-def _terms(cost: GraphCost, device: DeviceProfile, narrow: float) -> tuple[dict[str, float], int]:
+def _terms(cost: GraphCost, device: DeviceProfile, narrow: float, int8_narrow: float) -> tuple[dict[str, float], int]:
     """A graph's roofline ms at efficiency 1 per category, int8 nodes apart ("int8 conv"), and its node count."""
     terms: dict[str, float] = {}
-    estimate = estimate_cost(cost, _bare(device, narrow))
+    estimate = estimate_cost(cost, _bare(device, narrow, int8_narrow))
     for op in estimate.ops:
         if op.node.category != "view":
-            key = f"{INT8_PREFIX}{op.node.category}" if op.dtype == "int8" else op.node.category
+            key = f"{INT8_PREFIX}{int8_keys(op.node)[0]}" if op.dtype == "int8" else op.node.category
             terms[key] = terms.get(key, 0.0) + op.ms
     return terms, len(estimate.ops)
 
@@ -293,13 +297,14 @@ def wall_fit(records: list[dict], device: DeviceProfile, prior: dict, narrow_gri
 
     best = None
     walls = np.array([r["wall"]["median_ms"] for r in records])
-    for narrow in narrow_grid:
-        terms = [_terms(r["cost"], device, narrow) for r in records]
+    int8_grid = INT8_NARROW_GRID if any(r["dtype"] == "int8" for r in records) else (None,)
+    for narrow, int8_narrow in itertools.product(narrow_grid, int8_grid):
+        terms = [_terms(r["cost"], device, narrow, narrow if int8_narrow is None else int8_narrow) for r in records]
         keys = sorted({key for t, _ in terms for key in t})
         a = np.array([[t.get(key, 0.0) for key in keys] + [n, 1.0] for t, n in terms]) / walls[:, None]
         ridge = np.zeros((len(keys), len(keys) + 2))
         for index, key in enumerate(keys):
-            ridge[index, index] = PRIOR_WEIGHT * prior["efficiency"].get(key.removeprefix(INT8_PREFIX), 1.0)
+            ridge[index, index] = PRIOR_WEIGHT * prior["efficiency"].get(key.removeprefix(INT8_PREFIX).removesuffix(" 3d"), 1.0)
         lower = [1 / MAX_EFFICIENCY] * len(keys) + [0.0, 0.0]
         upper = [1 / MIN_EFFICIENCY] * len(keys) + [np.inf, np.inf]
         solution = lsq_linear(np.vstack([a, ridge]), np.concatenate([np.ones(len(records)), np.full(len(keys), PRIOR_WEIGHT)]),
@@ -311,7 +316,8 @@ def wall_fit(records: list[dict], device: DeviceProfile, prior: dict, narrow_gri
                 "efficiency": {c: fitted.get(c, e) for c, e in prior["efficiency"].items()} | {
                     c: e for c, e in fitted.items() if not c.startswith(INT8_PREFIX)},
                 "int8_efficiency": {c.removeprefix(INT8_PREFIX): e for c, e in fitted.items() if c.startswith(INT8_PREFIX)},
-                "op_overhead_us": float(solution[-2]) * 1000, "narrow_channels": narrow, "run_overhead_ms": float(solution[-1])})
+                "op_overhead_us": float(solution[-2]) * 1000, "narrow_channels": narrow, "int8_narrow_channels": int8_narrow,
+                "run_overhead_ms": float(solution[-1])})
     return best[1]
 
 

@@ -9,7 +9,7 @@ from effconv.errors import EffconvError
 from effconv.profile.run import ProfileResult
 
 CATEGORY_COLORS = {"conv": "C0", "conv_dw": "C1", "conv_pw": "C2", "matmul": "C3", "norm": "C4",
-                   "elementwise": "C5", "reduce": "C6", "resize": "C7", "layout": "C8", "view": "C9"}
+                   "elementwise": "C5", "reduce": "C6", "resize": "C7", "layout": "C8", "conversion": "olive", "view": "C9"}
 
 
 def _breakdown(ax, result: ProfileResult) -> None:
