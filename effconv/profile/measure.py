@@ -16,25 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from effconv.backends import registry
+from effconv.backends.onnx.export import session as onnx_session
 from effconv.errors import EffconvError
 
 
 OTHER = "(added by onnxruntime)"
 MIN_ROUND_MS, MAX_RUNS_PER_ROUND = 30.0, 10
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-def _session(path: Path, threads: int, profile_prefix: str | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    if profile_prefix:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def _feed(session, seed: int = 0) -> dict:
@@ -117,7 +105,7 @@ def measure_kernels(paths: list[Path], graph_nodes: list[set[str]], threads: int
     round (interleaved, so that a burst of load from other processes is spread over all models instead of
     inflating whichever model was running at the time); the first run of each is a warm-up, dropped when parsing."""
     with tempfile.TemporaryDirectory() as tmp:
-        sessions = [_session(path, threads, os.path.join(tmp, f"ort{i}")) for i, path in enumerate(paths)]
+        sessions = [onnx_session(path, threads, profile_prefix=os.path.join(tmp, f"ort{i}")) for i, path in enumerate(paths)]
         feeds = [_feed(session) for session in sessions]
         for _ in range(1 + repeats):
             for session, feed in zip(sessions, feeds):

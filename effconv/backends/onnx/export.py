@@ -58,15 +58,25 @@ def export(module: nn.Module, example: Example, path: Path, input_name: str | li
     return {"opset": opset, "external_data": external}
 
 
-def session(model: Path | bytes, threads: int | None = None, fused: bool = True, lean: bool = False):
+def session(model: Path | bytes, threads: int | None = None, fused: bool = True, lean: bool = False,
+            profile_prefix: str | None = None):
     """An onnxruntime CPU session on a model file (or a serialized model). `fused=False` turns graph optimizations off: a QDQ model then runs as DequantizeLinear -> float op ->
     QuantizeLinear, the exact arithmetic the model file defines, without onnxruntime's int8 kernels.
     `lean=True` orders nodes by priority and frees each tensor to the system: for a graph with many side
     branches (a calibration model's ReduceMin/ReduceMax on every conv tensor), measured on the paper-size
-    HunyuanVideo student at 17x256x256: 1.9 GB and 24 s a run, against 10.3 GB and 90 s by default."""
+    HunyuanVideo student at 17x256x256: 1.9 GB and 24 s a run, against 10.3 GB and 90 s by default.
+    `profile_prefix` turns onnxruntime's per-node profiler on.
+
+    Intra-op threads do not spin between runs: effconv alternates sessions (float and int8 timed in turns), and a
+    session's spinning pool took the cores from the next one's run (the demo student's float/int8 pair on 2 cores:
+    61 / 56 ms alternating with spinning, 30 / 29 ms without, 27 / 25 ms run by run)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     if not fused:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if lean:
