@@ -202,5 +202,6 @@ def render_calibration(result: dict) -> None:
         out.print(f"{backend} fit (host-cpu unit '{fitted['unit']}'): efficiency "
                   f"{', '.join(f'{k} {v:.2f}' for k, v in fit['efficiency'].items())}; op overhead {fit['op_overhead_us']:.1f} us; "
                   f"run overhead {fit['run_overhead_ms']:.2f} ms; narrow channels {fit['narrow_channels']:g}; int8 efficiency "
-                  f"{', '.join(f'{k} {v:.2f}' for k, v in fit['int8_efficiency'].items()) or '(no int8 models)'}.")
+                  f"{', '.join(f'{k} {v:.2f}' for k, v in fit['int8_efficiency'].items()) or '(no int8 models)'}"
+                  + (f"; int8 narrow channels {fit['int8_narrow_channels']:g}." if fit.get("int8_narrow_channels") is not None else "."))
     out.print("Stored in the host-cpu cache.")
