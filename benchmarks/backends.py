@@ -87,7 +87,7 @@ def artifacts(spec: Path, work: Path, samples: int) -> dict[str, dict]:
             made[f"{name} int8"] = {
                 "artifact": work / f"{name}-int8" / quantized.artifact, "quantize_s": round(time.perf_counter() - started, 1),
                 "size_bytes": report["size_bytes"]["quantized"], "scheme": report["scheme"],
-                "psnr_vs_float_db": report["gate"]["psnr_vs_float_db"],
+                "psnr_vs_float_db": report["gate"]["psnr_vs_float_db"], "notes": report.get("notes", []),
             }
             print(f"  {name} int8: quantize {made[f'{name} int8']['quantize_s']} s, "
                   f"{report['gate']['psnr_vs_float_db']:.1f} dB vs float", flush=True)
