@@ -56,6 +56,14 @@ CONV_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv"}
 CONVERSION_KINDS = ("QuantizeLinear", "DequantizeLinear")
 
 
+def conv_3d_key(category: str) -> str:
+    """The efficiency key of a conv category's 3-D convolutions, fitted apart from its 2-D ones (estimate.int8_keys)."""
+    return f"{category} 3d"
+
+
+CONV_3D_KEYS = {conv_3d_key(category): category for category in CONV_CATEGORIES}  # key -> its category
+
+
 def op_category(kind: str) -> str:
     """The cost category of an op kind (a conv kind such as DepthwiseConv2d counts as conv until refined)."""
     if kind in CONV_OPS or re.fullmatch(r"(Depthwise)?Conv(Transpose)?\dd", kind):

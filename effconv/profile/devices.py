@@ -23,7 +23,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from effconv.errors import EffconvError
 from effconv.host import cpu_model, default_threads
-from effconv.profile.cost import CATEGORIES, CONV_CATEGORIES
+from effconv.profile.cost import CATEGORIES, CONV_3D_KEYS
 from effconv.profile.legality import check_lint_units
 from effconv.recipe import HOST_DEVICE
 from effconv.spec import SAFE_NAME, StrictModel, format_validation_error, read_yaml_mapping
@@ -41,7 +41,7 @@ CALIBRATION_FIELDS = {"efficiency": dict, "op_overhead_us": NUMBER, "run_overhea
                       "int8_efficiency": dict, "validation": str, "calibrated_at": str}
 # host-cpu's units: the backend whose runtime's kernels each one is (`effconv calibrate` fits it on that runtime).
 HOST_UNIT_BACKENDS = {"cpu": "onnx", "xnnpack": "tflite"}
-EFFICIENCY_KEYS = (*CATEGORIES, *(f"{category} 3d" for category in CONV_CATEGORIES))  # ComputeUnit.int8_efficiency
+EFFICIENCY_KEYS = (*CATEGORIES, *CONV_3D_KEYS)  # ComputeUnit.int8_efficiency
 # Ceiling for any figure (GOP/s, GB/s, GB, us, ms): far above real hardware, far below float overflow.
 MAX_FIGURE = 1e9
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from effconv.profile.cost import CONV_CATEGORIES, GraphCost, NodeCost
+from effconv.profile.cost import CONV_CATEGORIES, GraphCost, NodeCost, conv_3d_key
 from effconv.profile.devices import ComputeUnit, DeviceProfile
 from effconv.profile.legality import placement_notes, runs_on
 from effconv.profile.onnx_cost import graph_cost
@@ -152,7 +152,7 @@ def int8_keys(node: NodeCost) -> tuple[str, ...]:
     (onnxruntime's int8 Conv3d kernel ran 2.7x slower than its fp32 one where its int8 Conv2d runs faster), then
     its category."""
     if node.category in CONV_CATEGORIES and node.kind.endswith("3d"):
-        return f"{node.category} 3d", node.category
+        return conv_3d_key(node.category), node.category
     return (node.category,)
 
 

@@ -44,7 +44,7 @@ from effconv.backends.base import CalibrationSet, QuantizeOptions
 from effconv.convert.stage import convert
 from effconv.errors import EffconvError
 from effconv.host import default_threads
-from effconv.profile.cost import CATEGORIES, GraphCost
+from effconv.profile.cost import CATEGORIES, CONV_3D_KEYS, GraphCost
 from effconv.profile.devices import HOST, HOST_UNIT_BACKENDS, DeviceProfile, host_key, load_device, write_cache_entry
 from effconv.profile.estimate import NARROW_CATEGORIES, estimate_cost, int8_keys, op_ms
 from effconv.profile.inputs import OWN_GRAPH
@@ -298,13 +298,20 @@ def wall_fit(records: list[dict], device: DeviceProfile, prior: dict, narrow_gri
     best = None
     walls = np.array([r["wall"]["median_ms"] for r in records])
     int8_grid = INT8_NARROW_GRID if any(r["dtype"] == "int8" for r in records) else (None,)
+    costed: dict[tuple, tuple] = {}  # an fp32 record's terms do not depend on the int8 width: costed once per width
     for narrow, int8_narrow in itertools.product(narrow_grid, int8_grid):
-        terms = [_terms(r["cost"], device, narrow, narrow if int8_narrow is None else int8_narrow) for r in records]
+        terms = []
+        for index, r in enumerate(records):
+            key = (index, narrow, int8_narrow if r["dtype"] == "int8" else None)
+            if key not in costed:
+                costed[key] = _terms(r["cost"], device, narrow, narrow if key[2] is None else key[2])
+            terms.append(costed[key])
         keys = sorted({key for t, _ in terms for key in t})
         a = np.array([[t.get(key, 0.0) for key in keys] + [n, 1.0] for t, n in terms]) / walls[:, None]
         ridge = np.zeros((len(keys), len(keys) + 2))
         for index, key in enumerate(keys):
-            ridge[index, index] = PRIOR_WEIGHT * prior["efficiency"].get(key.removeprefix(INT8_PREFIX).removesuffix(" 3d"), 1.0)
+            category = key.removeprefix(INT8_PREFIX)
+            ridge[index, index] = PRIOR_WEIGHT * prior["efficiency"].get(CONV_3D_KEYS.get(category, category), 1.0)
         lower = [1 / MAX_EFFICIENCY] * len(keys) + [0.0, 0.0]
         upper = [1 / MIN_EFFICIENCY] * len(keys) + [np.inf, np.inf]
         solution = lsq_linear(np.vstack([a, ridge]), np.concatenate([np.ones(len(records)), np.full(len(keys), PRIOR_WEIGHT)]),

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from effconv.errors import EffconvError, exception_text, missing_extra
 from effconv.profile.cost import (
-    TRANSCENDENTAL_OPS, GraphCost, NodeCost, TensorUse, activation_dtype, conv_flops, conv_kind, conv_transpose_flops,
+    CONVERSION_KINDS, TRANSCENDENTAL_OPS, GraphCost, NodeCost, TensorUse, activation_dtype, conv_flops, conv_kind, conv_transpose_flops,
     matmul_flops, numel, op_category, resize_flops, runtime_conversion, settled, simple_flops, upsample_factor,
 )
 from effconv.quiet import quiet_imports
@@ -219,7 +219,7 @@ def tflite_cost(path: Path) -> GraphCost:
             if name == "DEQUANTIZE" and inputs and inputs[0] not in tensors.computed:
                 tensors.dequantized_weights[int(op.outputs[0])] = tensors.stored(inputs[0])
             node = _node(index, name, op, tensors, notes)
-            if name in ("QUANTIZE", "DEQUANTIZE") and inputs and inputs[0] in tensors.computed:
+            if node.kind in CONVERSION_KINDS and inputs and inputs[0] in tensors.computed:
                 node = runtime_conversion(node)
             nodes.append(node)
     except (IndexError, TypeError, KeyError) as exc:  # an op pointing at a tensor or op code the file lacks
