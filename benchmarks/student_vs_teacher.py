@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from effconv.backends.onnx import export as onnx_backend
-from effconv.convert.stage import ONNX_CONV2D_REWRITES
+from effconv.convert.layout import CONV2D_REWRITES
 from effconv.backends.verify import compare as compare_outputs
 from effconv.models.loader import load_model
 from effconv.recipe import load_recipe
@@ -82,7 +82,7 @@ def time_onnx(path: Path, example: torch.Tensor, runs: int, threads: int) -> dic
 
 def as_conv2d(module: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
     """What `effconv convert --to onnx --conv2d` exports, checked lossless."""
-    legal = legalize(module, example, resolve(list(ONNX_CONV2D_REWRITES)))
+    legal = legalize(module, example, resolve(list(CONV2D_REWRITES)))
     assert legal.max_abs_err < 1e-4, f"conv2d rewrite changed the output by {legal.max_abs_err}"
     return legal.module
 

@@ -22,8 +22,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 from effconv.artifacts import read_manifest
 from effconv.backends.base import CalibrationSet
 from effconv.backends.tflite import quantize as tflite_quantize
@@ -39,15 +37,7 @@ NOT_VARIED = {"CONV_2D", "DEPTHWISE_CONV_2D", "RESHAPE", "QUANTIZE", "DEQUANTIZE
 
 
 def _variant(artifact: Path, calib: CalibrationSet, float_kinds: tuple[str, ...], out: Path) -> Path:
-    quantizer, recipe, calibration_mode = tflite_quantize._quantizer_modules()
-    engine = quantizer.Quantizer(str(artifact), recipe.static_wi8_ai8())
-    for op in (*tflite_quantize.KEEP_FLOAT, *float_kinds):
-        engine.update_quantization_recipe(regex=".*", operation_name=op, algorithm_key=tflite_quantize.NO_QUANTIZE)
-    signature, input_name = tflite_quantize._signature(artifact)
-    samples = [{input_name: latent} for latent in calib.latents]
-    with tflite_quantize._quiet():
-        ranges = engine.calibrate({signature: samples}, num_threads=1, mode=calibration_mode.CALIBRATION_PROFILER_BASED)
-    out.write_bytes(tflite_quantize._quantized(engine, ranges))
+    out.write_bytes(tflite_quantize.quantized_bytes(artifact, calib, weights_only=False, threads=1, float_kinds=float_kinds)[0])
     return out
 
 

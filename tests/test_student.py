@@ -136,15 +136,24 @@ def test_rewrite_writes_student_and_spec_that_convert_verifies(cli, tmp_path, te
 
 @pytest.mark.parametrize("teacher_spec", [pytest.param(SPECS / "hunyuan-tiny.yaml", marks=pytest.mark.slow),
                                          SPECS / "wan21-tiny.yaml"], ids=lambda p: p.stem)
-def test_student_onnx_is_conv2d_by_default_and_verifies(cli, tmp_path, teacher_spec):
-    """A user who asks for nothing gets the faster ONNX layout for a student (Conv2d), with the reason recorded."""
+def test_student_onnx_layout_is_timed_by_default_and_verifies(cli, tmp_path, teacher_spec):
+    """A user who asks for nothing gets the layout onnxruntime ran faster on this host, both times recorded;
+    --layout conv2d gives every conv as a rank-4 Conv over time-stacked frames, verified against PyTorch."""
     code, _, err = cli("rewrite", teacher_spec, "--recipe", "tiny", "--out", tmp_path)
     assert code == 0, err
     student_spec = tmp_path / f"{teacher_spec.stem}-student.yaml"
-    code, out, err = cli("convert", student_spec, "--to", "onnx", "--out", tmp_path / "onnx", "--json")
+    code, out, err = cli("convert", student_spec, "--to", "onnx", "--out", tmp_path / "auto", "--json")
+    assert code == 0, err
+    layout = json.loads(out)["layout"]
+    assert set(layout["measured_ms"]) == {"conv3d", "conv2d"} and min(layout["measured_ms"].values()) > 0
+    assert layout["chosen"] == min(layout["measured_ms"], key=layout["measured_ms"].get)
+    assert layout["why"].startswith("auto: both layouts timed") and layout["host"]["cpu"]
+    assert sorted(p.name for p in (tmp_path / "auto").iterdir()) == [f"{student_spec.stem}.json", f"{student_spec.stem}.onnx"]
+
+    code, out, err = cli("convert", student_spec, "--to", "onnx", "--layout", "conv2d", "--out", tmp_path / "onnx", "--json")
     assert code == 0, err
     manifest = json.loads(out)
-    assert manifest["layout"]["chosen"] == "conv2d" and manifest["layout"]["why"].startswith("auto: Turbo-VAED students")
+    assert manifest["layout"] == {"chosen": "conv2d", "requested": "conv2d", "why": "--layout conv2d"}
     assert manifest["verify"]["passed"] and manifest["verify"]["max_abs_err"] < 1e-4
     assert manifest["legalize"]["rewrites"]["conv3d-as-conv2d"] > 0
     assert manifest["legalize"]["rewrites"]["dwconv3d-as-conv2d-taps"] > 0  # the tiny recipe has separable blocks
@@ -247,7 +256,9 @@ def test_student_saved_before_the_move_to_models_loads_and_decodes_the_same():
     assert type(model.module) is TurboVAEDDecoder and TurboVAEDDecoder.__module__ == "effconv.models.turbo_vaed.decoder"
     with torch.no_grad():
         video = model.module(torch.from_numpy(np.load(LEGACY / "latent.npy")))
-    assert float((video - torch.from_numpy(np.load(LEGACY / "video.npy"))).abs().max()) <= 1e-6
+    # fp32 summation order differs between CPUs (1.7e-6 on an AVX-512 EPYC vs the file's AVX2 EPYC); a weight
+    # loaded into the wrong place moves the output by 1e-2 or more
+    assert float((video - torch.from_numpy(np.load(LEGACY / "video.npy"))).abs().max()) <= 1e-5
 
 
 def test_importing_the_student_leaves_warnings_on():

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -14,21 +17,14 @@ from effconv.backends.base import Backend
 from effconv.backends.coreml import export as coreml_backend
 from effconv.backends.onnx import export as onnx_backend
 from effconv.backends.verify import compare
+from effconv.convert.layout import CONV2D_REWRITES, LAYOUTS, candidates, fastest, ruled
 from effconv.errors import EffconvError, VerificationFailed, exception_text
 from effconv.legalize.lint import check_exportable, lint_graph
-from effconv.legalize.rewrites import legalize, resolve, rewrites_for
+from effconv.legalize.rewrites import as_args, legalize, resolve, rewrites_for
 from effconv.models.loader import LoadedModel, load_model
 from effconv.models.turbo_vaed.decoder import TurboVAEDDecoder
 from effconv.spec import LoadedSpec
 
-# ONNX `--layout conv2d`: onnxruntime's CPU Conv2d kernels beat its Conv3d on narrow and depthwise convs.
-ONNX_CONV2D_REWRITES = ("conv3d-as-conv2d", "dwconv3d-as-conv2d-taps")
-ONNX_LAYOUTS = ("auto", "conv3d", "conv2d")
-STUDENT_LAYOUT_WHY = ("Turbo-VAED students run 1.2-1.6x faster in onnxruntime with every Conv3d as Conv2d (its Conv2d has "
-                      "NCHWc kernels its Conv3d lacks, and students are made of the narrow and depthwise convs that gain "
-                      "most; 12 of 12 students measured), and their int8 Conv2d runs 2x closer to float than int8 Conv3d")
-TEACHER_LAYOUT_WHY = ("a teacher's wide dense convs already run near peak as Conv3d (CogVideoX's was slower as Conv2d), and "
-                      "stacking frames on channels can exceed memory at real clip sizes")
 VERIFY_SEED = 0
 
 
@@ -40,7 +36,7 @@ def convert_model(model: LoadedModel, backend: str, out_dir: Path, atol: float |
                   opset: int = onnx_backend.DEFAULT_OPSET, precision: str = "fp16", layout: str = "auto") -> Manifest:
     """Export an already-loaded model part; raise VerificationFailed (after writing) if off tolerance.
     `layout` (ONNX only): conv2d exports Conv3d as Conv2d over time-stacked frames, checked lossless first;
-    auto picks the faster layout for the model (onnx_layout)."""
+    auto times both for a student and keeps Conv3d for a teacher (convert/layout.py)."""
     target = registry.get(backend)
     if target.legalized:
         return convert_legalized(model, target, out_dir, atol=atol, precision=precision)
@@ -49,21 +45,18 @@ def convert_model(model: LoadedModel, backend: str, out_dir: Path, atol: float |
     example = model.example_input(VERIFY_SEED)
     with torch.no_grad():
         reference = model.module(example).numpy()
-    chosen, why = onnx_layout(model, layout)
-    module, extra = model.module, {"layout": {"chosen": chosen, "requested": layout, "why": why}}
-    if chosen == "conv2d":
-        legal = checked_rewrites(model.module, example, resolve(list(ONNX_CONV2D_REWRITES)))
-        module, extra = legal.module, extra | {"legalize": legal.report() | {"shape": list(example.shape)}}
     with staged_output(out_dir) as stage:
         artifact = stage / f"{name}{target.suffix}"
-        started = time.perf_counter()
-        export_info = target.export(module, example, artifact, model.input_name, model.output_name, opset=opset)
-        export_seconds = time.perf_counter() - started
+        export_info, extra = export_onnx(
+            model.module, example, layout, is_student(model), artifact,
+            lambda module, path: target.export(module, example, path, model.input_name, model.output_name, opset=opset))
+        if "legalize" in extra:
+            extra["legalize"]["shape"] = list(example.shape)
         candidate = _predict_at_opset(target, artifact, example, opset)
         verify = compare(reference, candidate, atol) | {"seed": VERIFY_SEED, "input": "seeded standard normal"}
         manifest = Manifest(
             **_base_manifest(model, backend, artifact, reference.shape, verify),
-            export={**export_info, "seconds": round(export_seconds, 2)},
+            export=export_info,
             versions=target.runtime_versions(),
             **extra,
         )
@@ -178,13 +171,41 @@ def checked(manifest: Manifest, out_dir: Path, atol: float) -> Manifest:
     )
 
 
-def onnx_layout(model: LoadedModel, requested: str) -> tuple[str, str]:
-    """The ONNX layout to export (conv3d or conv2d) and why."""
-    if requested != "auto":
-        return requested, f"--layout {requested}"
-    if isinstance(model.model, TurboVAEDDecoder):
-        return "conv2d", f"auto: {STUDENT_LAYOUT_WHY}"
-    return "conv3d", f"auto: {TEACHER_LAYOUT_WHY}"
+def is_student(model: LoadedModel) -> bool:
+    return isinstance(model.model, TurboVAEDDecoder)
+
+
+def _in_layout(layout: str, module, example) -> tuple[torch.nn.Module, dict]:
+    if layout == "conv3d":
+        return module, {}
+    legal = checked_rewrites(module, example, resolve(list(CONV2D_REWRITES)))
+    return legal.module, {"legalize": legal.report()}
+
+
+def export_onnx(module, example, requested: str, student: bool, artifact: Path,
+                export: Callable[[torch.nn.Module, Path], dict]) -> tuple[dict, dict]:
+    """Export `module` to `artifact` in the ONNX layout asked for (auto: both timed for a student, Conv3d for a
+    teacher); return the export info and the manifest's sections (layout, and legalize when rewritten). The layout
+    not chosen is exported beside the artifact's folder and removed."""
+    layouts = candidates(requested, student)
+    exported = {}
+    with tempfile.TemporaryDirectory(dir=artifact.parent) as trials:
+        for layout in layouts:
+            path = artifact if len(layouts) == 1 else Path(trials) / layout / artifact.name
+            path.parent.mkdir(exist_ok=True)
+            laid_out, sections = _in_layout(layout, module, example)
+            started = time.perf_counter()
+            info = export(laid_out, path)
+            exported[layout] = (path, info | {"seconds": round(time.perf_counter() - started, 2)}, sections)
+        if len(layouts) == 1:
+            _, info, sections = exported[layouts[0]]
+            return info, sections | {"layout": ruled(requested, layouts[0])}
+        section = fastest({layout: path for layout, (path, _, _) in exported.items()},
+                          tuple(tensor.numpy() for tensor in as_args(example)))
+        path, info, sections = exported[section["chosen"]]
+        for item in path.parent.iterdir():  # the model and its external weights, if any
+            os.replace(item, artifact.parent / item.name)
+    return info, sections | {"layout": section}
 
 
 def convert(loaded: LoadedSpec, backend: str, out_dir: Path, atol: float | None = None,
@@ -198,8 +219,8 @@ def convert(loaded: LoadedSpec, backend: str, out_dir: Path, atol: float | None 
         onnx_backend.check_opset(opset)
     if backend == coreml_backend.NAME:
         coreml_backend.check_precision(precision)
-    if layout not in ONNX_LAYOUTS:
-        raise EffconvError(f"unknown --layout '{layout}'.", f"use one of: {', '.join(ONNX_LAYOUTS)}.")
+    if layout not in LAYOUTS:
+        raise EffconvError(f"unknown --layout '{layout}'.", f"use one of: {', '.join(LAYOUTS)}.")
     if layout != "auto" and backend != onnx_backend.NAME:
         raise EffconvError(f"--layout applies to ONNX exports only; {backend} exports pick their own rewrites.",
                            "drop --layout, or use --to onnx.")

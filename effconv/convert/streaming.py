@@ -14,10 +14,10 @@ from effconv.backends import registry
 from effconv.backends.coreml import export as coreml_backend
 from effconv.backends.streaming import stream_chunks
 from effconv.backends.verify import compare
-from effconv.convert.stage import ONNX_CONV2D_REWRITES, VERIFY_SEED, checked, checked_rewrites, onnx_layout, tensor_info
+from effconv.convert.stage import VERIFY_SEED, checked, checked_rewrites, export_onnx, tensor_info
 from effconv.errors import EffconvError
 from effconv.legalize.lint import check_exportable, lint_graph
-from effconv.legalize.rewrites import resolve, rewrites_for
+from effconv.legalize.rewrites import rewrites_for
 from effconv.models.loader import LoadedModel
 from effconv.models.turbo_vaed.decoder import TurboVAEDDecoder
 from effconv.models.turbo_vaed.streaming import StreamingStep, stream_layout
@@ -64,25 +64,26 @@ def convert_streaming(model: LoadedModel, backend: str, out_dir: Path, chunk: in
     shape = stream_layout(decoder, (*clip.shape[:2], chunk, *clip.shape[3:]))
     step = StreamingStep(decoder).eval()
     example = shape.first_call(clip[:, :, :chunk])
-    chosen, why = onnx_layout(model, layout) if backend == "onnx" else (None, None)
-    rewrites = rewrites_for(backend) if target.legalized else resolve(list(ONNX_CONV2D_REWRITES)) if chosen == "conv2d" else []
     module, sections = step, {}
-    if rewrites:
-        legal = checked_rewrites(step, example, rewrites)
-        if target.legalized:
-            check_exportable(lint_graph(legal.module.graph, backend, applied=tuple(legal.counts)), "after effconv's rewrites")
+    if target.legalized:
+        legal = checked_rewrites(step, example, rewrites_for(backend))
+        check_exportable(lint_graph(legal.module.graph, backend, applied=tuple(legal.counts)), "after effconv's rewrites")
         module, sections = legal.module, {"legalize": legal.report()}
-    if chosen:
-        sections["layout"] = {"chosen": chosen, "requested": layout, "why": why}
     with torch.no_grad():
         reference = decoder(clip).numpy()
         step_outputs = step(*example)
     name, stream = model.spec.spec.name, shape.as_manifest()
     with staged_output(out_dir) as stage:
         artifact = stage / f"{name}{target.suffix}"
-        started = time.perf_counter()
-        export_info = target.export(module, example, artifact, shape.input_names, shape.output_names, **export_options)
-        export_seconds = time.perf_counter() - started
+
+        def export(laid_out, path: Path) -> dict:
+            return target.export(laid_out, example, path, shape.input_names, shape.output_names, **export_options)
+
+        if target.legalized:
+            started = time.perf_counter()
+            export_info = export(module, artifact) | {"seconds": round(time.perf_counter() - started, 2)}
+        else:
+            export_info, sections = export_onnx(step, example, layout, True, artifact, export)
         run_all, where, checks = _chunk_runner(target, artifact, step, step_outputs[0].shape, export_info, precision)
         streamed = np.concatenate(list(stream_chunks(run_all, stream, clip.numpy())), axis=2)
         verify = compare(reference, streamed, atol) | checks | {
@@ -95,7 +96,7 @@ def convert_streaming(model: LoadedModel, backend: str, out_dir: Path, chunk: in
             outputs=[tensor_info(n, t.shape) for n, t in zip(shape.output_names, step_outputs)],
             params=model.num_params(), verify=verify, family=model.adapter.family,
             compression=model.compression.as_dict(), stream=stream, **sections,
-            export={**export_info, "seconds": round(export_seconds, 2)}, versions=target.runtime_versions(),
+            export=export_info, versions=target.runtime_versions(),
         )
         write_manifest(manifest, stage)
     return checked(manifest, out_dir, atol)

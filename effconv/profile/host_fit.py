@@ -109,7 +109,8 @@ def _teacher_data(family: str, scale: int, clip: tuple[int, int, int]) -> dict:
             "input": {"frames": frames, "height": height, "width": width}}
 
 
-def _write_teacher(family: str, scale: int, clip: tuple[int, int, int]) -> Callable[[Path], Path]:
+def teacher_writer(family: str, scale: int, clip: tuple[int, int, int]) -> Callable[[Path], Path]:
+    """The family's tiny teacher (`TEACHERS`) with its widths times `scale`, decoding `clip` (frames, height, width)."""
     def write(directory: Path) -> Path:
         path = directory / f"{family}-x{scale}.yaml"
         path.write_text(yaml.safe_dump(_teacher_data(family, scale, clip)), encoding="utf-8")
@@ -118,10 +119,11 @@ def _write_teacher(family: str, scale: int, clip: tuple[int, int, int]) -> Calla
     return write
 
 
-def _write_student(family: str, width: int) -> Callable[[Path], Path]:
-    """A Turbo-VAED student of the family's tiny teacher (the paper's layout: separable mid and first up block)."""
+def student_writer(family: str, width: int, size: tuple[int, int] = STUDENT_SIZE) -> Callable[[Path], Path]:
+    """A Turbo-VAED student of the family's tiny teacher (the paper's layout: separable mid and first up block),
+    decoding the family's clip length at `size` (height, width)."""
     def write(directory: Path) -> Path:
-        teacher = _write_teacher(family, 1, (TEACHERS[family][2][0], *STUDENT_SIZE))(directory)
+        teacher = teacher_writer(family, 1, (TEACHERS[family][2][0], *size))(directory)
         recipe = directory / f"student-w{width}.yaml"
         recipe.write_text(yaml.safe_dump({"name": f"student-w{width}", "description": "calibration student", "student": {
             "widths": [width, width, width // 2, 16, 8], "layers": [2, 1, 1, 1, 1],
@@ -138,12 +140,12 @@ def calibration_set() -> list[CalibrationModel]:
     has models in the fit set and held out, alternating which size, so the held-out models span the fitted range."""
     models = []
     for index, (family, (_, _, clip)) in enumerate(TEACHERS.items()):
-        models.append(CalibrationModel(f"{family}-tiny", index % 2 == 1, _write_teacher(family, 1, clip)))
-        models.append(CalibrationModel(f"{family}-small", index % 2 == 0, _write_teacher(family, 2, (clip[0], 64, 96))))
+        models.append(CalibrationModel(f"{family}-tiny", index % 2 == 1, teacher_writer(family, 1, clip)))
+        models.append(CalibrationModel(f"{family}-small", index % 2 == 0, teacher_writer(family, 2, (clip[0], 64, 96))))
     for index, family in enumerate(STUDENT_FAMILIES):
         for width in STUDENT_WIDTHS:
             held_out = (index + (width == STUDENT_WIDTHS[1])) % 2 == 1
-            models.append(CalibrationModel(f"{family}-student-w{width}", held_out, _write_student(family, width)))
+            models.append(CalibrationModel(f"{family}-student-w{width}", held_out, student_writer(family, width)))
     return models
 
 
@@ -349,7 +351,7 @@ def _unit_prior(device: DeviceProfile) -> dict:
             "run_overhead_ms": device.run_overhead_ms}
 
 
-def _errors(records: list[dict], device: DeviceProfile) -> list[dict]:
+def errors(records: list[dict], device: DeviceProfile) -> list[dict]:
     rows = []
     for r in records:
         predicted = estimate_cost(r["cost"], device).total_ms
@@ -443,7 +445,7 @@ def fit_and_store(records: list[dict], threads: int, repeats: int) -> dict:
         with_kernels = all("kernels" in r for r in chosen if r["dtype"] == "fp32")
         fitted = fit_runtime(chosen, device, None if with_kernels else (prior or _unit_prior(device)))
         prior = prior or fitted
-        before, after = _errors(chosen, device), _errors(chosen, with_fit(device, fitted))
+        before, after = errors(chosen, device), errors(chosen, with_fit(device, fitted))
         held_out = summarize([row for row in after if row["held_out"]])
         calibration[unit] = {
             **fitted,

@@ -35,18 +35,21 @@ Quantizer = Callable[[list[str], str, str], Path]  # (nodes in int8, calibration
 Runner = Callable[[Path, list[np.ndarray]], list[np.ndarray]]
 
 
-def interleaved_latency(paths: list[Path], feed_latent: np.ndarray, threads: int,
-                        max_repeats: int = LATENCY_REPEATS) -> list[float]:
-    """Median ms per model, timed in interleaved rounds so that load from other processes hits all alike.
-    Slow models get fewer rounds (at least MIN_REPEATS): about TIMING_BUDGET_MS of timed runs per model."""
+def interleaved_latency(paths: list[Path], inputs: np.ndarray | tuple[np.ndarray, ...], threads: int,
+                        max_repeats: int = LATENCY_REPEATS, min_repeats: int = MIN_REPEATS,
+                        budget_ms: float = TIMING_BUDGET_MS) -> list[float]:
+    """Median ms per model on the same `inputs` (one array per model input), timed in interleaved rounds so that
+    load from other processes hits all alike. Slow models get fewer rounds (at least `min_repeats`): about
+    `budget_ms` of timed runs per model."""
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     sessions = [session(path, threads) for path in paths]
-    feeds = [{s.get_inputs()[0].name: feed_latent} for s in sessions]
+    feeds = [{spec.name: array for spec, array in zip(s.get_inputs(), inputs)} for s in sessions]
     first = []
     for runner, feed in zip(sessions, feeds):
         started = time.perf_counter()
         runner.run(None, feed)  # warm-up: allocations and kernel selection
         first.append((time.perf_counter() - started) * 1000)
-    repeats = max(MIN_REPEATS, min(max_repeats, int(TIMING_BUDGET_MS / max(first))))
+    repeats = max(min_repeats, min(max_repeats, int(budget_ms / max(first))))
     times: list[list[float]] = [[] for _ in paths]
     for _ in range(repeats):
         for index, (runner, feed) in enumerate(zip(sessions, feeds)):

@@ -84,8 +84,7 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
     artifact, out_path = Path(artifact), Path(out_path)
     check_artifact(artifact, manifest, tflite_backend.NAME, tflite_backend.SUFFIX)
     threads = threads or default_threads()
-    signature, input_name = _signature(artifact)
-    model, mask_ops = _quantized_bytes(artifact, calib, signature, input_name, weights_only, threads)
+    model, mask_ops = quantized_bytes(artifact, calib, weights_only, threads)
     out_path.write_bytes(model)
     float_outputs = _predictions(artifact, held_out, threads, FLOAT_FIX)
     quant_outputs = _predictions(out_path, held_out, threads, INT8_FIX)
@@ -130,17 +129,19 @@ def _load_error(path: Path, exc: Exception) -> EffconvError:
     return EffconvError(f"cannot load '{path}' in LiteRT: {exception_text(exc, 200)}.", FLOAT_FIX)
 
 
-def _quantized_bytes(artifact: Path, calib: CalibrationSet, signature: str, input_name: str, weights_only: bool,
-                     threads: int) -> tuple[bytes, set[str]]:
-    """The int8 model, and the ops kept float for an attention mask (by output name).
+def quantized_bytes(artifact: Path, calib: CalibrationSet, weights_only: bool, threads: int,
+                    float_kinds: tuple[str, ...] = SLOW_IN_INT8) -> tuple[bytes, set[str]]:
+    """The int8 model, and the ops kept float for an attention mask (by output name). Op kinds in KEEP_FLOAT and
+    `float_kinds` stay float.
 
     Min/max ranges come from LiteRT's profiler-based calibration: the default mode keeps every intermediate
     tensor of the model alive to read it from Python (1.07 GiB peak for the demo student at 9x64x64 against
     0.10 GiB; at 17x256x256 it exceeded 24 GiB), while the profiler tracks the same min/max in C++ (ranges equal
     to 1.5e-7 relative, measured)."""
     quantizer, recipe, CalibrationMode = _quantizer_modules()
+    signature, input_name = _signature(artifact)
     engine = quantizer.Quantizer(str(artifact), recipe.weight_only_wi8_afp32() if weights_only else recipe.static_wi8_ai8())
-    for op in KEEP_FLOAT + SLOW_IN_INT8:
+    for op in KEEP_FLOAT + float_kinds:
         engine.update_quantization_recipe(regex=".*", operation_name=op, algorithm_key=NO_QUANTIZE)
     samples = [{input_name: np.asarray(latent, dtype=np.float32)} for latent in calib.latents]
     with _quiet():
