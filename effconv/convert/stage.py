@@ -21,6 +21,7 @@ from effconv.convert.layout import CONV2D_REWRITES, LAYOUTS, candidates, fastest
 from effconv.errors import EffconvError, VerificationFailed, exception_text
 from effconv.legalize.lint import check_exportable, lint_graph
 from effconv.legalize.rewrites import as_args, legalize, resolve, rewrites_for
+from effconv.legalize.student_form import exported_module
 from effconv.models.loader import LoadedModel, load_model
 from effconv.models.turbo_vaed.decoder import TurboVAEDDecoder
 from effconv.spec import LoadedSpec
@@ -128,7 +129,8 @@ def convert_legalized(model: LoadedModel, target: Backend, out_dir: Path, atol: 
     example = model.example_input(VERIFY_SEED)
     with torch.no_grad():
         reference = model.module(example).numpy()
-    legal = checked_rewrites(model.module, example, rewrites_for(backend))
+    module, form = exported_module(model.module, backend, example)
+    legal = checked_rewrites(module, example, rewrites_for(backend))
     lint = lint_graph(legal.module.graph, backend, applied=tuple(legal.counts))
     check_exportable(lint, "after effconv's rewrites")
     name = model.spec.spec.name
@@ -145,7 +147,7 @@ def convert_legalized(model: LoadedModel, target: Backend, out_dir: Path, atol: 
         verify |= {"seed": VERIFY_SEED, "input": "seeded standard normal"}
         manifest = Manifest(
             **_base_manifest(model, backend, artifact, reference.shape, verify),
-            legalize=legal.report() | {"shape": list(example.shape)},
+            legalize=legal.report() | form | {"shape": list(example.shape)},
             lint={"rules": f"effconv/legalize/rules/{backend}.yaml", "blocking": [],
                   "remaining": [row.as_dict() for row in lint.problems]},
             export={**export_info, "seconds": round(export_seconds, 2)},

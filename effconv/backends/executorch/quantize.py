@@ -19,6 +19,7 @@ from effconv.backends.files import alternating_latency, check_artifact, size_byt
 from effconv.backends.quality import quality_report
 from effconv.errors import EffconvError, missing_extra
 from effconv.legalize.rewrites import legalize, rewrites_for
+from effconv.legalize.student_form import exported_module
 from effconv.models.loader import load_model
 from effconv.quiet import captured_stdout, quiet_imports
 from effconv.spec import spec_from_dict
@@ -53,7 +54,8 @@ def _float_module(manifest: Manifest) -> tuple[torch.nn.Module, torch.Tensor]:
     """The exported module, legalized as `effconv convert --to executorch` did, and an example input."""
     model = load_model(spec_from_dict(manifest.spec, Path("."), source="spec in the artifact's manifest"))
     example = model.example_input(0)
-    return legalize(model.module, example, rewrites_for(NAME)).module, example
+    module, _ = exported_module(model.module, NAME, example)
+    return legalize(module, example, rewrites_for(NAME)).module, example
 
 
 def quantized_program(manifest: Manifest, calib: CalibrationSet, out_path: Path) -> dict:
