@@ -94,7 +94,7 @@ def main() -> int:
         rows = errors([r for r in fresh if r["backend"] == backend], with_fit(host.for_backend(backend), fitted["fit"]))
         fitted["fresh"] = {"rows": rows, **{f"fresh_{dtype}": summarize([r for r in rows if r["dtype"] == dtype])
                                             for dtype in ("fp32", "int8")}, "all": summarize(rows)}
-        met[backend] = {"held_out": meets(fitted["after"]["held_out"]), "fresh": meets(fitted["fresh"]["all"])}
+        met[backend] = {"held_out": bool(meets(fitted["after"]["held_out"])), "fresh": bool(meets(fitted["fresh"]["all"]))}
     result |= {
         "host": {"cpu": cpu_model(), "int8_features": cpu_int8_features(), **measured_host,
                  "load_average_before": load_before, "load_average_after": os.getloadavg()},
