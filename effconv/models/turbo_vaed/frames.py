@@ -139,7 +139,9 @@ class FramesInBatchDecoder(nn.Module):
         self.conv_out = FramesConv(decoder.conv_out)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        x = self.conv_in(latent[0].transpose(0, 1))
+        # reshapes, not select/unsqueeze: XNNPACK takes views, and an op outside it splits the program
+        x = self.conv_in(latent.reshape(latent.shape[1:]).transpose(0, 1))
         for block in self.blocks:
             x = block(x)
-        return self.conv_out(F.silu(self.norm_out(x))).transpose(0, 1).unsqueeze(0)
+        video = self.conv_out(F.silu(self.norm_out(x))).transpose(0, 1)
+        return video.reshape(1, *video.shape)
