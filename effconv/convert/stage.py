@@ -188,7 +188,7 @@ def export_onnx(module, example, requested: str, student: bool, artifact: Path,
                 export: Callable[[torch.nn.Module, Path], dict]) -> tuple[dict, dict]:
     """Export `module` to `artifact` in the ONNX layout asked for (auto: both timed for a student, Conv3d for a
     teacher); return the export info and the manifest's sections (layout, and legalize when rewritten). The layout
-    not chosen is exported beside the artifact's folder and removed."""
+    not chosen is exported into a temporary folder inside the staging folder and removed with it."""
     layouts = candidates(requested, student)
     exported = {}
     with tempfile.TemporaryDirectory(dir=artifact.parent) as trials:
