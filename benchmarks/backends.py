@@ -65,10 +65,8 @@ def artifacts(spec: Path, work: Path, samples: int) -> dict[str, dict]:
     """Every variant's artifact and what its manifest says about export, size and error."""
     made: dict[str, dict] = {}
     loaded = load_spec(spec)
-    variants = [(backend, {}) for backend in BACKENDS]
-    while variants:
-        backend, options = variants.pop(0)
-        name = f"{backend}-{options['layout']}" if options else backend
+
+    def converted(backend: str, name: str, **options) -> tuple[Path, dict]:
         started = time.perf_counter()
         manifest = convert(loaded, backend, work / name, **options)
         artifact = work / name / manifest.artifact
@@ -81,20 +79,22 @@ def artifacts(spec: Path, work: Path, samples: int) -> dict[str, dict]:
         }
         print(f"  {name} fp32: convert {made[f'{name} fp32']['convert_s']} s, max abs err "
               f"{manifest.verify['max_abs_err']:.2g}", flush=True)
-        if options:
-            continue
+        return artifact, manifest.model_extra
+
+    for backend in BACKENDS:
+        artifact, extra = converted(backend, backend)
         if backend == "onnx":  # the layout convert did not choose, timed beside it below
-            chosen = manifest.model_extra["layout"]["chosen"]
-            variants.insert(0, (backend, {"layout": "conv3d" if chosen == "conv2d" else "conv2d"}))
+            other = "conv3d" if extra["layout"]["chosen"] == "conv2d" else "conv2d"
+            converted(backend, f"{backend}-{other}", layout=other)
         started = time.perf_counter()
-        quantized = quantize_artifact(artifact, work / f"{name}-int8", samples=samples, max_psnr_drop=None)
+        quantized = quantize_artifact(artifact, work / f"{backend}-int8", samples=samples, max_psnr_drop=None)
         report = quantized.quantize
-        made[f"{name} int8"] = {
-            "artifact": work / f"{name}-int8" / quantized.artifact, "quantize_s": round(time.perf_counter() - started, 1),
+        made[f"{backend} int8"] = {
+            "artifact": work / f"{backend}-int8" / quantized.artifact, "quantize_s": round(time.perf_counter() - started, 1),
             "size_bytes": report["size_bytes"]["quantized"], "scheme": report["scheme"],
             "psnr_vs_float_db": report["gate"]["psnr_vs_float_db"], "notes": report.get("notes", []),
         }
-        print(f"  {name} int8: quantize {made[f'{name} int8']['quantize_s']} s, "
+        print(f"  {backend} int8: quantize {made[f'{backend} int8']['quantize_s']} s, "
               f"{report['gate']['psnr_vs_float_db']:.1f} dB vs float", flush=True)
     return made
 

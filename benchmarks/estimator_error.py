@@ -36,15 +36,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_MEDIAN, TARGET_P90, MIN_HELD_OUT = 0.10, 0.25, 10
 FRESH_TEACHER_CLIP = (48, 80)  # the calibration set's teachers decode 32x48 (x1) and 64x96 (x2)
 FRESH_STUDENT_WIDTH, FRESH_STUDENT_SIZE = 48, (48, 128)  # its students: widths 32 and 64 at 64x96
+FRESH_PREFIX = "fresh-"
 
 
 def fresh_models():
     from effconv.profile.host_fit import STUDENT_FAMILIES, TEACHERS, CalibrationModel, student_writer, teacher_writer
 
-    teachers = [CalibrationModel(f"fresh-{family}-{'x'.join(map(str, FRESH_TEACHER_CLIP))}", True,
+    teachers = [CalibrationModel(f"{FRESH_PREFIX}{family}-{'x'.join(map(str, FRESH_TEACHER_CLIP))}", True,
                                  teacher_writer(family, 1, (clip[0], *FRESH_TEACHER_CLIP)))
                 for family, (_, _, clip) in TEACHERS.items()]
-    students = [CalibrationModel(f"fresh-{family}-student-w{FRESH_STUDENT_WIDTH}", True,
+    students = [CalibrationModel(f"{FRESH_PREFIX}{family}-student-w{FRESH_STUDENT_WIDTH}", True,
                                  student_writer(family, FRESH_STUDENT_WIDTH, FRESH_STUDENT_SIZE)) for family in STUDENT_FAMILIES]
     return teachers + students
 
@@ -86,8 +87,8 @@ def main() -> int:
                               keep=keep)
         if args.records is not None:
             args.records.write_bytes(pickle.dumps({"host": measured_host, "records": records}))
-    fresh = [r for r in records if r["name"].startswith("fresh-")]
-    result = fit_and_store([r for r in records if not r["name"].startswith("fresh-")], args.threads, args.repeats)
+    fresh = [r for r in records if r["name"].startswith(FRESH_PREFIX)]
+    result = fit_and_store([r for r in records if not r["name"].startswith(FRESH_PREFIX)], args.threads, args.repeats)
     host = load_device(HOST, threads=args.threads, calibrated=False)
     met = {}
     for backend, fitted in result["runtimes"].items():

@@ -9,7 +9,7 @@ import torch
 from effconv.errors import VerificationFailed
 from effconv.legalize.student_form import exported_module
 from effconv.models.turbo_vaed.decoder import TurboVAEDDecoder
-from effconv.models.turbo_vaed.frames import FramesInBatchDecoder
+from effconv.legalize.frames import FramesInBatchDecoder
 
 CONFIGS = {
     "causal-separable-k5": dict(widths=(16, 16, 8, 8, 8), separable=(True, True, False, False, False),

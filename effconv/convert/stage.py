@@ -129,16 +129,16 @@ def convert_legalized(model: LoadedModel, target: Backend, out_dir: Path, atol: 
     example = model.example_input(VERIFY_SEED)
     with torch.no_grad():
         reference = model.module(example).numpy()
-    module, form = exported_module(model.module, backend, example)
+    module, form = exported_module(model.module, backend, example, torch.from_numpy(reference))
     legal = checked_rewrites(module, example, rewrites_for(backend))
     lint = lint_graph(legal.module.graph, backend, applied=tuple(legal.counts))
     check_exportable(lint, "after effconv's rewrites")
     name = model.spec.spec.name
     with staged_output(out_dir) as stage:
         artifact = stage / f"{name}{target.suffix}"
-        started = time.perf_counter()
-        export_info = target.export(legal.module, example, artifact, model.input_name, model.output_name, **options)
-        export_seconds = time.perf_counter() - started
+        export_info = timed_export(
+            lambda module, path: target.export(module, example, path, model.input_name, model.output_name, **options),
+            legal.module, artifact)
         candidate = target.predict(artifact, example)
         if candidate is None:
             verify = _verify_without_prediction(model, example, reference, export_info, legal, precision, atol)
@@ -150,7 +150,7 @@ def convert_legalized(model: LoadedModel, target: Backend, out_dir: Path, atol: 
             legalize=legal.report() | form | {"shape": list(example.shape)},
             lint={"rules": f"effconv/legalize/rules/{backend}.yaml", "blocking": [],
                   "remaining": [row.as_dict() for row in lint.problems]},
-            export={**export_info, "seconds": round(export_seconds, 2)},
+            export=export_info,
             versions=target.runtime_versions(),
         )
         write_manifest(manifest, stage)
@@ -171,6 +171,12 @@ def checked(manifest: Manifest, out_dir: Path, atol: float) -> Manifest:
         f"inspect {Path(out_dir) / (manifest.name + '.json')}; raise --atol only if that error is acceptable.",
         manifest=manifest,
     )
+
+
+def timed_export(export: Callable[[torch.nn.Module, Path], dict], module, path: Path) -> dict:
+    """`export(module, path)`'s info with the seconds it took."""
+    started = time.perf_counter()
+    return export(module, path) | {"seconds": round(time.perf_counter() - started, 2)}
 
 
 def is_student(model: LoadedModel) -> bool:
@@ -196,9 +202,7 @@ def export_onnx(module, example, requested: str, student: bool, artifact: Path,
             path = artifact if len(layouts) == 1 else Path(trials) / layout / artifact.name
             path.parent.mkdir(exist_ok=True)
             laid_out, sections = _in_layout(layout, module, example)
-            started = time.perf_counter()
-            info = export(laid_out, path)
-            exported[layout] = (path, info | {"seconds": round(time.perf_counter() - started, 2)}, sections)
+            exported[layout] = (path, timed_export(export, laid_out, path), sections)
         if len(layouts) == 1:
             _, info, sections = exported[layouts[0]]
             return info, sections | {"layout": ruled(requested, layouts[0])}

@@ -3,7 +3,6 @@ inputs and outputs, verified by running the chunk loop in the artifact's runtime
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from effconv.backends import registry
 from effconv.backends.coreml import export as coreml_backend
 from effconv.backends.streaming import stream_chunks
 from effconv.backends.verify import compare
-from effconv.convert.stage import VERIFY_SEED, checked, checked_rewrites, export_onnx, tensor_info
+from effconv.convert.stage import VERIFY_SEED, checked, checked_rewrites, export_onnx, tensor_info, timed_export
 from effconv.errors import EffconvError
 from effconv.legalize.lint import check_exportable, lint_graph
 from effconv.legalize.rewrites import rewrites_for
@@ -80,8 +79,7 @@ def convert_streaming(model: LoadedModel, backend: str, out_dir: Path, chunk: in
             return target.export(laid_out, example, path, shape.input_names, shape.output_names, **export_options)
 
         if target.legalized:
-            started = time.perf_counter()
-            export_info = export(module, artifact) | {"seconds": round(time.perf_counter() - started, 2)}
+            export_info = timed_export(export, module, artifact)
         else:
             export_info, sections = export_onnx(step, example, layout, True, artifact, export)
         run_all, where, checks = _chunk_runner(target, artifact, step, step_outputs[0].shape, export_info, precision)

@@ -19,6 +19,20 @@ from effconv.models.turbo_vaed.layers.stream import ChunkStream
 TemporalPadding = Literal["causal", "symmetric"]
 
 
+def pad_frames(x: torch.Tensor, kernel_size: int, padding: TemporalPadding, dim: int) -> torch.Tensor:
+    """`x` with the edge frames along `dim` replicated as a temporal kernel of `kernel_size` needs them."""
+    if kernel_size == 1:
+        return x
+    # Edge frames copied by concatenating slices, not by repeat: ExecuTorch's XNNPACK delegate takes slice and
+    # concatenate but not repeat, and every op left outside the delegate splits the program in two.
+    before = (slice(None),) * dim
+    first, last = x[(*before, slice(None, 1))], x[(*before, slice(-1, None))]
+    if padding == "causal":
+        return torch.cat([first] * (kernel_size - 1) + [x], dim=dim)
+    half = kernel_size // 2
+    return torch.cat([first] * half + [x] + [last] * half, dim=dim)
+
+
 class CausalConv3d(nn.Module):
     """Conv3d (stride 1, cubic kernel) that keeps T, H and W; frames padded by replication."""
 
@@ -35,21 +49,10 @@ class CausalConv3d(nn.Module):
     def extra_repr(self) -> str:
         return f"padding={self.padding}"
 
-    def _pad_frames(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel_size == 1:
-            return x
-        # Edge frames copied by concatenating slices, not by repeat: ExecuTorch's XNNPACK delegate takes slice and
-        # concatenate but not repeat, and every op left outside the delegate splits the program in two.
-        first, last = x[:, :, :1], x[:, :, -1:]
-        if self.padding == "causal":
-            return torch.cat([first] * (self.kernel_size - 1) + [x], dim=2)
-        half = self.kernel_size // 2
-        return torch.cat([first] * half + [x] + [last] * half, dim=2)
-
     def forward(self, x: torch.Tensor, stream: ChunkStream | None = None) -> torch.Tensor:
         if stream is not None and self.kernel_size > 1:
             return self.conv(stream.pad(x, self.kernel_size - 1))
-        return self.conv(self._pad_frames(x))
+        return self.conv(pad_frames(x, self.kernel_size, self.padding, dim=2))
 
 
 class SeparableConv3d(nn.Module):

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from effconv.legalize.ops import conv3d_weight_for_conv2d
 from effconv.models.turbo_vaed.decoder import TurboVAEDDecoder
-from effconv.models.turbo_vaed.layers.blocks import RMSNorm3d, ResBlock3d
-from effconv.models.turbo_vaed.layers.separable import CausalConv3d, SeparableConv3d
+from effconv.models.turbo_vaed.layers.blocks import ResBlock3d
+from effconv.models.turbo_vaed.layers.separable import CausalConv3d, SeparableConv3d, pad_frames
 from effconv.models.turbo_vaed.layers.upsample import ShuffleUpsampler3d, keeps_first_frame_alone
 
 
@@ -42,20 +43,13 @@ class FramesConv(nn.Module):
         inner = conv.conv if isinstance(conv, CausalConv3d) else conv
         self.kernel_t = inner.weight.shape[2]
         self.padding = conv.padding if isinstance(conv, CausalConv3d) else "causal"
-        weight = inner.weight.detach()
-        if inner.groups == 1:
-            stacked = weight.permute(0, 2, 1, 3, 4).reshape(weight.shape[0], -1, *weight.shape[-2:])
-            self.taps = nn.ModuleList([_conv2d_like(inner, stacked)])
-        else:
-            self.taps = nn.ModuleList(_conv2d_like(inner, weight[:, :, k], with_bias=k == 0) for k in range(self.kernel_t))
+        prepared = conv3d_weight_for_conv2d(inner.weight.detach(), inner.groups)
+        taps = [prepared] if inner.groups == 1 else prepared
+        self.taps = nn.ModuleList(_conv2d_like(inner, weight, with_bias=k == 0) for k, weight in enumerate(taps))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         frames = x.shape[0]
-        if self.kernel_t > 1:
-            half = self.kernel_t // 2
-            first, last = x[:1], x[-1:]
-            front, back = (self.kernel_t - 1, 0) if self.padding == "causal" else (half, half)
-            x = torch.cat([first] * front + [x] + [last] * back, dim=0)
+        x = pad_frames(x, self.kernel_t, self.padding, dim=0)
         shifted = [x[k:k + frames] for k in range(self.kernel_t)]
         if len(self.taps) == 1:
             return self.taps[0](torch.cat(shifted, dim=1) if len(shifted) > 1 else shifted[0])
@@ -71,20 +65,11 @@ def _frames_conv(conv: nn.Module) -> nn.Module:
     return FramesConv(conv)
 
 
-class FramesRMSNorm(nn.Module):
-    def __init__(self, norm: RMSNorm3d):
-        super().__init__()
-        self.eps = norm.eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt((x * x).mean(dim=1, keepdim=True) + self.eps)
-
-
 class FramesResBlock(nn.Module):
     def __init__(self, block: ResBlock3d):
         super().__init__()
         self.first_relu = block.first_relu
-        self.norm1, self.norm2 = FramesRMSNorm(block.norm1), FramesRMSNorm(block.norm2)
+        self.norm1, self.norm2 = block.norm1, block.norm2  # a channel RMS norm: dim 1 of (T, C, H, W) as of 5-D
         self.conv1, self.conv2 = _frames_conv(block.conv1), _frames_conv(block.conv2)
         self.shortcut = FramesConv(block.shortcut) if block.shortcut is not None else None
 
@@ -135,7 +120,7 @@ class FramesInBatchDecoder(nn.Module):
             blocks += list(up.resnets)
         self.blocks = nn.ModuleList(FramesUpsampler(b) if isinstance(b, ShuffleUpsampler3d) else FramesResBlock(b)
                                     for b in blocks)
-        self.norm_out = FramesRMSNorm(decoder.norm_out)
+        self.norm_out = decoder.norm_out
         self.conv_out = FramesConv(decoder.conv_out)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
