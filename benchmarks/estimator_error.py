@@ -1,13 +1,14 @@
 """Estimator error on host-cpu, per runtime: calibrate on half of a set of decoders, report error on the other half.
 
-Runs `effconv.profile.host_fit.calibrate` (converts 22 small decoders -- teachers of the six families at two sizes and
+Runs `effconv.profile.host_fit.calibrate` (converts 28 small decoders -- teachers of the six families at three sizes and
 Turbo-VAED students of five families at two widths -- to ONNX and TFLite, fp32 and int8 (`quantize --calib random`),
 measures each in its own runtime: onnxruntime, LiteRT with XNNPACK) and writes benchmarks/results/estimator_error.json.
 Targets, for each runtime on its held-out artifacts (fp32 and int8 together, at least 10): median |error| <= 10%,
 90th percentile <= 25%.
 
-Beside the calibration set's own held-out half it measures a fresh set (`fresh_models`: the six teachers at another clip size
-and five students at another width and size, none of which the cost model or the fit were ever tuned against) and
+Beside the calibration set's own held-out half it measures a fresh set (`fresh_models`: the six teachers at another width
+and clip size and five students at another width and size, none of which the cost model or the fit were ever tuned
+against; each session that changes the cost model picks a new one, the old one joining the calibration set) and
 reports the committed fit's error on it: the held-out half was looked at while the cost model was developed, the fresh
 set was not. The targets are checked on both.
 
@@ -34,16 +35,18 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_MEDIAN, TARGET_P90, MIN_HELD_OUT = 0.10, 0.25, 10
-FRESH_TEACHER_CLIP = (48, 80)  # the calibration set's teachers decode 32x48 (x1) and 64x96 (x2)
-FRESH_STUDENT_WIDTH, FRESH_STUDENT_SIZE = 48, (48, 128)  # its students: widths 32 and 64 at 64x96
+# The calibration set's teachers: widths x1 at 32x48 and 48x80, x2 at 64x96; its students: widths 32 and 64 at 64x96.
+# Fresh sets so far: teachers x1 at 48x80 and students w48 at 48x128 (2026-12-02, since in the calibration set).
+FRESH_TEACHER_SCALE, FRESH_TEACHER_CLIP = 2, (48, 80)
+FRESH_STUDENT_WIDTH, FRESH_STUDENT_SIZE = 40, (80, 80)
 FRESH_PREFIX = "fresh-"
 
 
 def fresh_models():
     from effconv.profile.host_fit import STUDENT_FAMILIES, TEACHERS, CalibrationModel, student_writer, teacher_writer
 
-    teachers = [CalibrationModel(f"{FRESH_PREFIX}{family}-{'x'.join(map(str, FRESH_TEACHER_CLIP))}", True,
-                                 teacher_writer(family, 1, (clip[0], *FRESH_TEACHER_CLIP)))
+    teachers = [CalibrationModel(f"{FRESH_PREFIX}{family}-x{FRESH_TEACHER_SCALE}-{'x'.join(map(str, FRESH_TEACHER_CLIP))}", True,
+                                 teacher_writer(family, FRESH_TEACHER_SCALE, (clip[0], *FRESH_TEACHER_CLIP)))
                 for family, (_, _, clip) in TEACHERS.items()]
     students = [CalibrationModel(f"{FRESH_PREFIX}{family}-student-w{FRESH_STUDENT_WIDTH}", True,
                                  student_writer(family, FRESH_STUDENT_WIDTH, FRESH_STUDENT_SIZE)) for family in STUDENT_FAMILIES]

@@ -188,8 +188,10 @@ def test_plot_writes_a_png(cli, tmp_path):
 
 
 def test_kernel_fit_recovers_a_known_efficiency_and_overhead():
-    """Records whose node times follow roofline / 0.25 + 0.01 ms (views: the 0.01 ms alone), as the
-    estimate models them: the fit must give those numbers back."""
+    """fp32 records whose node times follow roofline / 0.25 + 0.01 ms (views: the 0.01 ms alone), and int8 ones whose
+    3-D convs take roofline / 0.5 + 40 ns per output position + 0.01 ms, as the estimate models them: the fit must
+    give those numbers back."""
+    from effconv.profile.estimate import output_positions
     from effconv.profile.host_fit import kernel_fit
 
     host = load_device("host-cpu", threads=1, calibrated=False).for_backend("onnx")
@@ -199,11 +201,18 @@ def test_kernel_fit_recovers_a_known_efficiency_and_overhead():
     for upsample in (1, 2, 4):
         cost = graph_cost(_chain(upsample, flatten=True))
         node_ms = {op.node.name: op.ms / 0.25 + 0.01 for op in estimate(_chain(upsample, flatten=True), plain).ops}
-        records.append({"cost": cost, "kernels": {"node_ms": node_ms}})
+        records.append({"cost": cost, "dtype": "fp32", "kernels": {"node_ms": node_ms}})
+    for channels, frames, size in [(8, 2, 16), (16, 4, 32), (32, 2, 64), (64, 4, 16)]:
+        cost = graph_cost(_conv_relu(channels, frames, size)).mapped(lambda node: node.at("int8") if node.op_type == "Conv" else node)
+        node_ms = {op.node.name: op.ms / 0.5 + output_positions(op.node) * 40e-6 + 0.01
+                   for op in estimate_cost(cost, plain).ops if op.node.op_type == "Conv"}
+        records.append({"cost": cost, "dtype": "int8", "kernels": {"node_ms": node_ms}})
     fitted = kernel_fit(records, host)
     assert fitted["efficiency"]["conv"] == pytest.approx(0.25, rel=0.02)
     assert fitted["efficiency"]["elementwise"] == pytest.approx(0.25, rel=0.02)
     assert fitted["op_overhead_us"] == pytest.approx(10.0, rel=0.05)
+    assert fitted["int8_efficiency"] == {"conv 3d": pytest.approx(0.5, rel=0.02)}
+    assert fitted["int8_position_ns"] == {"conv 3d": pytest.approx(40.0, rel=0.02)}
 
 
 def _conv_relu(channels: int, frames: int, size: int) -> onnx.ModelProto:
@@ -217,13 +226,13 @@ def _conv_relu(channels: int, frames: int, size: int) -> onnx.ModelProto:
 
 def test_wall_fit_recovers_fp32_and_int8_efficiencies_from_wall_clock_times():
     """Wall times made by the estimate itself from known efficiencies (fp32 conv 0.3, int8 3-D conv 0.1 of the int8
-    peak, int8 convs losing half their speed at 32 output channels, 20 us per node, 0.5 ms per run): the wall fit,
-    starting from a prior 2x off, lands within 10% and finds the int8 narrow width on its grid."""
+    peak, int8 3-D convs paying 50 ns per output position, 20 us per node, 0.5 ms per run): the wall fit, starting
+    from a prior 2x off, lands within 10% of each efficiency and 20% of the per-position cost."""
     from effconv.profile.host_fit import wall_fit, with_fit
 
     host = load_device("host-cpu", threads=1, calibrated=False).for_backend("onnx")
     truth = {"efficiency": {"conv": 0.3, "elementwise": 0.5}, "int8_efficiency": {"conv 3d": 0.1},
-             "op_overhead_us": 20.0, "narrow_channels": 0.0, "int8_narrow_channels": 32.0, "run_overhead_ms": 0.5}
+             "int8_position_ns": {"conv 3d": 50.0}, "op_overhead_us": 20.0, "narrow_channels": 0.0, "run_overhead_ms": 0.5}
     records = []
     for channels, frames, size in [(16, 2, 16), (32, 4, 32), (32, 2, 64), (64, 4, 16), (8, 8, 64), (64, 2, 32)]:
         for dtype in ("fp32", "int8"):
@@ -235,7 +244,7 @@ def test_wall_fit_recovers_fp32_and_int8_efficiencies_from_wall_clock_times():
     fitted = wall_fit(records, host, prior, narrow_grid=(0.0,))
     assert fitted["efficiency"]["conv"] == pytest.approx(0.3, rel=0.1)
     assert fitted["int8_efficiency"] == {"conv 3d": pytest.approx(0.1, rel=0.1)}  # the synthetic convs are Conv3d
-    assert fitted["int8_narrow_channels"] == 32.0
+    assert fitted["int8_position_ns"] == {"conv 3d": pytest.approx(50.0, rel=0.2)}  # the ridge rows bias it towards the prior
     errors = [estimate_cost(r["cost"], with_fit(host, fitted)).total_ms / r["wall"]["median_ms"] - 1 for r in records]
     assert max(map(abs, errors)) < 0.05
 

@@ -164,7 +164,7 @@ def calibrate(
 ) -> None:
     """Fit host-cpu's latency model for each runtime on measured models and report held-out error.
 
-    Converts 22 small decoders (teachers of the six families at two sizes, and Turbo-VAED students
+    Converts 28 small decoders (teachers of the six families at three sizes, and Turbo-VAED students
     of five families at two widths) to each runtime's artifact, fp32 and int8 (`quantize --calib
     random`), measures them in their own runtime in interleaved rounds (medians), fits each runtime's
     efficiencies (fp32 and int8) and overheads on half of the models, reports the estimator's error
@@ -203,5 +203,6 @@ def render_calibration(result: dict) -> None:
                   f"{', '.join(f'{k} {v:.2f}' for k, v in fit['efficiency'].items())}; op overhead {fit['op_overhead_us']:.1f} us; "
                   f"run overhead {fit['run_overhead_ms']:.2f} ms; narrow channels {fit['narrow_channels']:g}; int8 efficiency "
                   f"{', '.join(f'{k} {v:.2f}' for k, v in fit['int8_efficiency'].items()) or '(no int8 models)'}"
-                  + (f"; int8 narrow channels {fit['int8_narrow_channels']:g}." if fit.get("int8_narrow_channels") is not None else "."))
+                  + (f"; int8 ns per output position {', '.join(f'{k} {v:.0f}' for k, v in fit['int8_position_ns'].items())}."
+                     if fit.get("int8_position_ns") else "."))
     out.print("Stored in the host-cpu cache.")

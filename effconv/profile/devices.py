@@ -67,8 +67,9 @@ class ComputeUnit(StrictModel):
     bandwidth_gbps: Figure | None = Field(None, description="if lower than the device's DRAM bandwidth")
     op_overhead_us: float = Field(0.0, ge=0, le=MAX_FIGURE, description="fixed dispatch cost per op")
     narrow_channels: float = Field(0.0, ge=0, le=MAX_FIGURE, description="conv/matmul output width at which compute efficiency halves (0: off)")
-    int8_narrow_channels: float | None = Field(None, ge=0, le=MAX_FIGURE, description="the same for int8 convs/matmuls, when "
-                                               "their kernels tile wider than the float ones (None: narrow_channels)")
+    int8_position_ns: dict[str, float] = Field(default_factory=dict, description="per int8 convolution key (as in "
+                                               "int8_efficiency): fixed ns per output position (im2col, requantization) on "
+                                               "top of the roofline")
     efficiency: dict[str, float] = Field(default_factory=dict, description="per op category: share of the roofline reached")
     int8_efficiency: dict[str, float] = Field(default_factory=dict, description="per op category: share of the int8 roofline "
                                               "int8 ops reach (a category not listed: `efficiency`); '<conv category> 3d' "
@@ -91,12 +92,21 @@ class ComputeUnit(StrictModel):
     @field_validator("efficiency", "int8_efficiency")
     @classmethod
     def _positive(cls, value: dict[str, float]) -> dict[str, float]:
-
         for category, factor in value.items():
             if category not in EFFICIENCY_KEYS:
                 raise ValueError(f"unknown op category '{category}' (use one of {', '.join(EFFICIENCY_KEYS)})")
             if not 0 < factor <= 10:
                 raise ValueError(f"efficiency for '{category}' must be in (0, 10]")
+        return value
+
+    @field_validator("int8_position_ns")
+    @classmethod
+    def _known_keys(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, ns in value.items():
+            if key not in EFFICIENCY_KEYS:
+                raise ValueError(f"unknown op category '{key}' (use one of {', '.join(EFFICIENCY_KEYS)})")
+            if not 0 <= ns <= MAX_FIGURE:
+                raise ValueError(f"int8_position_ns for '{key}' must be in [0, {MAX_FIGURE:g}]")
         return value
 
 
@@ -369,7 +379,7 @@ def _fill_host(data: dict, threads: int, remeasure: bool, calibrated: bool) -> d
             unit["int8_efficiency"] = fit["int8_efficiency"]
             unit["op_overhead_us"] = fit["op_overhead_us"]
             unit["narrow_channels"] = fit.get("narrow_channels", 0.0)
-            unit["int8_narrow_channels"] = fit.get("int8_narrow_channels")
+            unit["int8_position_ns"] = fit.get("int8_position_ns", {})
             unit["runtime_fit"] = {key: fit[key] for key in ("model_uncertainty", "run_overhead_ms", "validation")}
             data["measured"].setdefault("calibrated_at", {})[name] = fit["calibrated_at"]
         unit["peak_gops"] = {

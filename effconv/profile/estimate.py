@@ -1,7 +1,8 @@
 """Latency estimate: a per-op roofline on the compute unit each op can run on, with an error band.
 
 time(op) = max(FLOPs / (peak[dtype] x narrow), bytes / bandwidth) / efficiency[category] + dispatch
-overhead, where narrow = N / (N + narrow_channels) for convs and matmuls of output width N; plus, whenever an op's input was produced on another compute unit, a hand-off (fixed cost + the tensor
+overhead, where narrow = N / (N + narrow_channels) for convs and matmuls of output width N (int8 ones also pay a
+fixed cost per output position, `int8_position_ns`); plus, whenever an op's input was produced on another compute unit, a hand-off (fixed cost + the tensor
 over DRAM). The total carries a relative band from the profile's model uncertainty and the
 uncertainty of the figures it used. It is a model, not a measurement. dtype is each op's own compute dtype
 (cost.py), or the unit's nearest when the unit lacks it.
@@ -123,17 +124,32 @@ def roofline_ms(flops: int, nbytes: int, peak_gops: float, bandwidth_gbps: float
 
 
 NARROW_CATEGORIES = ("conv", "conv_pw", "matmul")
+POSITION_CATEGORIES = ("conv", "conv_pw")  # int8 convolutions pay a cost per output position (position_ms)
 
 
 def narrow_factor(node: NodeCost, unit: ComputeUnit) -> float:
     """Share of peak a conv/matmul keeps at its output width: N / (N + narrow_channels). Vector units
-    and GEMM kernels tile over output channels, so an 8-channel layer leaves most lanes idle; int8 kernels may tile
-    wider (`int8_narrow_channels`: onnxruntime's int8 Conv3d ran 2.7x slower than fp32 at 8-16 channels and 2x
-    faster at 32)."""
-    narrow = unit.int8_narrow_channels if node.dtype == "int8" and unit.int8_narrow_channels is not None else unit.narrow_channels
+    and GEMM kernels tile over output channels, so an 8-channel layer leaves most lanes idle."""
+    narrow = unit.narrow_channels
     if narrow <= 0 or node.category not in NARROW_CATEGORIES or node.gemm_n <= 0:
         return 1.0
     return node.gemm_n / (node.gemm_n + narrow)
+
+
+def output_positions(node: NodeCost) -> int:
+    """Output positions of a convolution (output elements per output channel): the rows of its GEMM."""
+    return node.output_elements // node.gemm_n if node.gemm_n > 0 else 0
+
+
+def position_ms(node: NodeCost, unit: ComputeUnit, dtype: str) -> float:
+    """An int8 convolution's fixed cost per output position (`int8_position_ns`): gathering its input patch and
+    requantizing its outputs cost per row of the GEMM, whatever its width. Profiled per kernel, onnxruntime's int8
+    Conv3d ran at a nearly constant time per output position from 8 to 32 channels, so its speed grew with
+    channels x depth, not with the output width alone."""
+    if dtype != "int8" or node.category not in POSITION_CATEGORIES:
+        return 0.0
+    ns = next((unit.int8_position_ns[key] for key in int8_keys(node) if key in unit.int8_position_ns), 0.0)
+    return output_positions(node) * ns / 1e6
 
 
 def op_ms(node: NodeCost, unit: ComputeUnit, dtype: str, device: DeviceProfile) -> tuple[float, float, float]:
@@ -144,7 +160,7 @@ def op_ms(node: NodeCost, unit: ComputeUnit, dtype: str, device: DeviceProfile) 
         return compute, memory, unit.op_overhead_us / 1000
     int8 = dtype == "int8" and next((unit.int8_efficiency[key] for key in int8_keys(node) if key in unit.int8_efficiency), None)
     efficiency = int8 or unit.efficiency.get(node.category, 1.0)
-    return compute, memory, max(compute, memory) / efficiency + unit.op_overhead_us / 1000
+    return compute, memory, max(compute, memory) / efficiency + position_ms(node, unit, dtype) + unit.op_overhead_us / 1000
 
 
 def int8_keys(node: NodeCost) -> tuple[str, ...]:

@@ -3,7 +3,7 @@ data, `effconv.quantize.calibration`): convert a set of decoders to each runtime
 them in their own runtime, fit each runtime's host-cpu unit on some of them, and report the estimator's error on the
 others.
 
-The set: teacher decoders of the six families (random init, tiny and small widths) and real Turbo-VAED students
+The set: teacher decoders of the six families (random init, tiny and small widths, three clip sizes) and real Turbo-VAED students
 (`TurboVAEDDecoder`, made by `effconv rewrite` from those teachers) of two widths, each converted as a user would
 (`convert`, then static int8 calibrated on random latents, as `quantize --calib random` makes it). Half are fitted, half held out: every family is in both sets.
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
 import json
 import math
 import statistics
@@ -46,7 +45,7 @@ from effconv.errors import EffconvError
 from effconv.host import default_threads
 from effconv.profile.cost import CATEGORIES, CONV_3D_KEYS, GraphCost
 from effconv.profile.devices import HOST, HOST_UNIT_BACKENDS, DeviceProfile, host_key, load_device, write_cache_entry
-from effconv.profile.estimate import NARROW_CATEGORIES, estimate_cost, int8_keys, op_ms
+from effconv.profile.estimate import NARROW_CATEGORIES, POSITION_CATEGORIES, estimate_cost, int8_keys, op_ms, output_positions
 from effconv.profile.inputs import OWN_GRAPH
 from effconv.profile.measure import measure_kernels, measure_walls
 from effconv.profile.onnx_cost import load_graph
@@ -84,9 +83,9 @@ STUDENT_WIDTHS = (32, 64)
 STUDENT_SIZE = (64, 96)  # students decode the family's clip length at this height and width
 MIN_EFFICIENCY, MAX_EFFICIENCY = 0.005, 5.0
 NARROW_GRID = (0.0, 2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)
-INT8_NARROW_GRID = (0.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 PRIOR_WEIGHT = 0.05  # ridge rows: how strongly a category's efficiency stays at its prior (1 = as much as one model)
 INT8_PREFIX = "int8 "
+POSITION_PREFIX = "int8 positions "  # a wall-fit column: an int8 key's output positions, coefficient ns per position
 
 
 @dataclass(frozen=True)
@@ -136,12 +135,15 @@ def student_writer(family: str, width: int, size: tuple[int, int] = STUDENT_SIZE
 
 
 def calibration_set() -> list[CalibrationModel]:
-    """22 decoders: 12 teachers (six families, two sizes) and 10 students (five families, two widths); each family
-    has models in the fit set and held out, alternating which size, so the held-out models span the fitted range."""
+    """28 decoders: 18 teachers (six families at three sizes: tiny widths at 32x48 and at 48x80, doubled widths at
+    64x96) and 10 students (five families, two widths); each family has models in the fit set and held out, alternating
+    which size, so the held-out models span the fitted range. The narrow teachers at two clip sizes separate costs
+    that grow with activation size (per output position, memory) from those that grow with channels."""
     models = []
     for index, (family, (_, _, clip)) in enumerate(TEACHERS.items()):
         models.append(CalibrationModel(f"{family}-tiny", index % 2 == 1, teacher_writer(family, 1, clip)))
         models.append(CalibrationModel(f"{family}-small", index % 2 == 0, teacher_writer(family, 2, (clip[0], 64, 96))))
+        models.append(CalibrationModel(f"{family}-tiny-48x80", index % 2 == 0, teacher_writer(family, 1, (clip[0], 48, 80))))
     for index, family in enumerate(STUDENT_FAMILIES):
         for width in STUDENT_WIDTHS:
             held_out = (index + (width == STUDENT_WIDTHS[1])) % 2 == 1
@@ -190,7 +192,7 @@ def measure_set(models: list[CalibrationModel], threads: int, repeats: int, back
                 records.append({"name": entry.name, "held_out": entry.held_out, "backend": backend, "dtype": dtype,
                                 "path": path, "cost": OWN_GRAPH[backend][1](path), "shapes": shapes})
             progress(f"converted {entry.name} ({time.perf_counter() - started:.0f} s)")
-        profiled = [r for r in records if r["backend"] == "onnx" and r["dtype"] == "fp32"]
+        profiled = [r for r in records if r["backend"] == "onnx"]
         progress(f"measuring {len(records)} artifacts in {repeats} interleaved rounds...")
         nodes = [{node.name for node in load_graph(r["path"]).graph.node} for r in profiled]
         for record, kernels in zip(profiled, measure_kernels([r["path"] for r in profiled], nodes, threads, repeats)):
@@ -214,13 +216,12 @@ def with_fit(device: DeviceProfile, fitted: dict) -> DeviceProfile:
     (name, unit), = device.units.items()
     unit = unit.model_copy(update={"efficiency": fitted["efficiency"], "int8_efficiency": fitted.get("int8_efficiency", {}),
                                    "op_overhead_us": fitted["op_overhead_us"], "narrow_channels": fitted["narrow_channels"],
-                                   "int8_narrow_channels": fitted.get("int8_narrow_channels")})
+                                   "int8_position_ns": fitted.get("int8_position_ns", {})})
     return device.model_copy(update={"units": {name: unit}, "run_overhead_ms": fitted["run_overhead_ms"]})
 
 
-def _bare(device: DeviceProfile, narrow: float, int8_narrow: float | None = None) -> DeviceProfile:
-    return with_fit(device, {"efficiency": {}, "op_overhead_us": 0.0, "narrow_channels": narrow, "run_overhead_ms": 0.0,
-                             "int8_narrow_channels": int8_narrow})
+def _bare(device: DeviceProfile, narrow: float) -> DeviceProfile:
+    return with_fit(device, {"efficiency": {}, "op_overhead_us": 0.0, "narrow_channels": narrow, "run_overhead_ms": 0.0})
 
 
 def _node_pairs(records: list[dict], device: DeviceProfile, narrow: float) -> list[tuple[str, float, float]]:
@@ -263,69 +264,118 @@ def _narrow_error(pairs, efficiency: dict[str, float], overhead_ms: float) -> fl
     return total / max(weight, 1e-12)
 
 
+def _int8_kernel_fit(records: list[dict], device: DeviceProfile, narrow: float, overhead_ms: float) -> dict:
+    """Per int8 key: the efficiency and (convs) the cost per output position that best explain its nodes' kernel
+    times (least squares of the relative error, both non-negative)."""
+    from scipy.optimize import lsq_linear
+
+    trial = _bare(device, narrow)
+    (unit,) = trial.units.values()
+    nodes: dict[str, list[tuple[float, float, float]]] = {}
+    for record in records:
+        for node in record["cost"].nodes:
+            measured = record["kernels"]["node_ms"].get(node.name)
+            if node.dtype == "int8" and node.category != "view" and measured:
+                positions = output_positions(node) / 1e6 if node.category in POSITION_CATEGORIES else 0.0
+                nodes.setdefault(int8_keys(node)[0], []).append(
+                    (op_ms(node, unit, "int8", trial)[2], positions, max(measured - overhead_ms, 1e-6)))
+    fitted = {"int8_efficiency": {}, "int8_position_ns": {}}
+    for key, rows in nodes.items():
+        a = np.array([row[:2] for row in rows]) / np.array([row[2] for row in rows])[:, None]
+        with_positions = bool(a[:, 1].any())
+        a = a if with_positions else a[:, :1]
+        solution = lsq_linear(a, np.ones(len(rows)), bounds=([1 / MAX_EFFICIENCY] + [0.0] * with_positions,
+                                                             [1 / MIN_EFFICIENCY] + [np.inf] * with_positions)).x
+        fitted["int8_efficiency"][key] = _clamped(1 / solution[0])
+        if with_positions:
+            fitted["int8_position_ns"][key] = float(solution[1])
+    return fitted
+
+
 def kernel_fit(records: list[dict], device: DeviceProfile) -> dict:
     """onnxruntime's per-node fit (the prior of its wall fit). The per-node overhead is the median time of view nodes
-    (pure dispatch); the narrow-layer width is the one that best explains the conv/matmul node times."""
-    view_times = [r["kernels"]["node_ms"][n.name] for r in records for n in r["cost"].nodes
+    (pure dispatch); the narrow-layer width is the one that best explains the fp32 conv/matmul node times; the int8
+    models' nodes give int8 efficiencies and costs per output position (`_int8_kernel_fit`)."""
+    fp32 = [r for r in records if r["dtype"] == "fp32"]
+    view_times = [r["kernels"]["node_ms"][n.name] for r in fp32 for n in r["cost"].nodes
                   if n.category == "view" and n.name in r["kernels"]["node_ms"]]
     overhead_ms = statistics.median(view_times) if view_times else 0.0
     best = None
     for narrow in NARROW_GRID:
-        pairs = _node_pairs(records, device, narrow)
+        pairs = _node_pairs(fp32, device, narrow)
         efficiency = _fit_efficiencies(pairs, overhead_ms)
         error = _narrow_error(pairs, efficiency, overhead_ms)
         if best is None or error < best[0]:
             best = (error, {"efficiency": efficiency, "op_overhead_us": overhead_ms * 1000, "narrow_channels": narrow,
                             "run_overhead_ms": 0.0})
-    return best[1]
+    fitted = best[1]
+    return fitted | _int8_kernel_fit([r for r in records if r["dtype"] == "int8"], device, fitted["narrow_channels"],
+                                     overhead_ms)
 
 
-def _terms(cost: GraphCost, device: DeviceProfile, narrow: float, int8_narrow: float) -> tuple[dict[str, float], int]:
-    """A graph's roofline ms at efficiency 1 per category, int8 nodes apart ("int8 conv"), and its node count."""
+def _terms(cost: GraphCost, device: DeviceProfile, narrow: float) -> tuple[dict[str, float], int]:
+    """A graph's roofline ms at efficiency 1 per category, int8 nodes apart ("int8 conv"), the output positions of its
+    int8 convs/matmuls in millions per key ("int8 positions conv": ms per ns of fixed cost per position), and its
+    node count."""
     terms: dict[str, float] = {}
-    estimate = estimate_cost(cost, _bare(device, narrow, int8_narrow))
+    estimate = estimate_cost(cost, _bare(device, narrow))
     for op in estimate.ops:
-        if op.node.category != "view":
-            key = f"{INT8_PREFIX}{int8_keys(op.node)[0]}" if op.dtype == "int8" else op.node.category
-            terms[key] = terms.get(key, 0.0) + op.ms
+        if op.node.category == "view":
+            continue
+        key = f"{INT8_PREFIX}{int8_keys(op.node)[0]}" if op.dtype == "int8" else op.node.category
+        terms[key] = terms.get(key, 0.0) + op.ms
+        if op.dtype == "int8" and op.node.category in POSITION_CATEGORIES:
+            key = f"{POSITION_PREFIX}{int8_keys(op.node)[0]}"
+            terms[key] = terms.get(key, 0.0) + output_positions(op.node) / 1e6
     return terms, len(estimate.ops)
 
 
+def _ridge(keys: list[str], a: np.ndarray, prior: dict) -> tuple[np.ndarray, np.ndarray]:
+    """One row per column pulling it to the prior: an inverse efficiency to the prior's (an int8 category's prior: its
+    own kernel-fitted one, else its fp32 efficiency, i.e. int8 at twice the fp32 speed), a per-position cost to the prior's (none: 0), each as strongly
+    as PRIOR_WEIGHT of a typical model's relative error."""
+    rows, targets = np.zeros((len(keys), a.shape[1])), np.zeros(len(keys))
+    for index, key in enumerate(keys):
+        if key.startswith(POSITION_PREFIX):
+            scale = PRIOR_WEIGHT * float(np.median(a[a[:, index] > 0, index]))
+            rows[index, index] = scale
+            targets[index] = scale * prior.get("int8_position_ns", {}).get(key.removeprefix(POSITION_PREFIX), 0.0)
+        else:
+            category = key.removeprefix(INT8_PREFIX)
+            own = prior.get("int8_efficiency", {}).get(category) if key.startswith(INT8_PREFIX) else None
+            rows[index, index] = PRIOR_WEIGHT * (own or prior["efficiency"].get(CONV_3D_KEYS.get(category, category), 1.0))
+            targets[index] = PRIOR_WEIGHT
+    return rows, targets
+
+
 def wall_fit(records: list[dict], device: DeviceProfile, prior: dict, narrow_grid=NARROW_GRID) -> dict:
-    """Inverse efficiencies (fp32 and int8 nodes apart), per-node and per-run overhead from wall-clock medians:
-    least squares of the relative error within the efficiency bounds (overheads non-negative), with a ridge row per category pulling its inverse efficiency
-    to the prior's (an int8 category's prior: its fp32 efficiency, i.e. int8 at twice the fp32 speed)."""
+    """Inverse efficiencies (fp32 and int8 nodes apart), int8 convs'/matmuls' cost per output position, per-node and
+    per-run overhead from wall-clock medians: least squares of the relative error within the efficiency bounds
+    (costs and overheads non-negative), with a ridge row per column pulling it to the prior (`_ridge`)."""
     from scipy.optimize import lsq_linear
 
     best = None
     walls = np.array([r["wall"]["median_ms"] for r in records])
-    int8_grid = INT8_NARROW_GRID if any(r["dtype"] == "int8" for r in records) else (None,)
-    costed: dict[tuple, tuple] = {}  # an fp32 record's terms do not depend on the int8 width: costed once per width
-    for narrow, int8_narrow in itertools.product(narrow_grid, int8_grid):
-        terms = []
-        for index, r in enumerate(records):
-            key = (index, narrow, int8_narrow if r["dtype"] == "int8" else None)
-            if key not in costed:
-                costed[key] = _terms(r["cost"], device, narrow, narrow if key[2] is None else key[2])
-            terms.append(costed[key])
+    for narrow in narrow_grid:
+        terms = [_terms(r["cost"], device, narrow) for r in records]
         keys = sorted({key for t, _ in terms for key in t})
         a = np.array([[t.get(key, 0.0) for key in keys] + [n, 1.0] for t, n in terms]) / walls[:, None]
-        ridge = np.zeros((len(keys), len(keys) + 2))
-        for index, key in enumerate(keys):
-            category = key.removeprefix(INT8_PREFIX)
-            ridge[index, index] = PRIOR_WEIGHT * prior["efficiency"].get(CONV_3D_KEYS.get(category, category), 1.0)
-        lower = [1 / MAX_EFFICIENCY] * len(keys) + [0.0, 0.0]
-        upper = [1 / MIN_EFFICIENCY] * len(keys) + [np.inf, np.inf]
-        solution = lsq_linear(np.vstack([a, ridge]), np.concatenate([np.ones(len(records)), np.full(len(keys), PRIOR_WEIGHT)]),
-                              bounds=(lower, upper)).x
+        ridge, targets = _ridge(keys, a, prior)
+        positions = [key.startswith(POSITION_PREFIX) for key in keys]
+        lower = [0.0 if p else 1 / MAX_EFFICIENCY for p in positions] + [0.0, 0.0]
+        upper = [np.inf if p else 1 / MIN_EFFICIENCY for p in positions] + [np.inf, np.inf]
+        solution = lsq_linear(np.vstack([a, ridge]), np.concatenate([np.ones(len(records)), targets]), bounds=(lower, upper)).x
         error = float(np.sum(np.log(np.maximum(a @ solution, 1e-6)) ** 2))
         if best is None or error < best[0]:
-            fitted = {key: _clamped(1 / x) for key, x in zip(keys, solution)}
+            fitted = {key: x if key.startswith(POSITION_PREFIX) else _clamped(1 / x) for key, x in zip(keys, solution)}
+            int8 = {c: e for c, e in fitted.items() if c.startswith(INT8_PREFIX) and not c.startswith(POSITION_PREFIX)}
             best = (error, {
                 "efficiency": {c: fitted.get(c, e) for c, e in prior["efficiency"].items()} | {
                     c: e for c, e in fitted.items() if not c.startswith(INT8_PREFIX)},
-                "int8_efficiency": {c.removeprefix(INT8_PREFIX): e for c, e in fitted.items() if c.startswith(INT8_PREFIX)},
-                "op_overhead_us": float(solution[-2]) * 1000, "narrow_channels": narrow, "int8_narrow_channels": int8_narrow,
+                "int8_efficiency": {c.removeprefix(INT8_PREFIX): e for c, e in int8.items()},
+                "int8_position_ns": {c.removeprefix(POSITION_PREFIX): float(ns) for c, ns in fitted.items()
+                                     if c.startswith(POSITION_PREFIX)},
+                "op_overhead_us": float(solution[-2]) * 1000, "narrow_channels": narrow,
                 "run_overhead_ms": float(solution[-1])})
     return best[1]
 
@@ -339,7 +389,7 @@ def fit_runtime(records: list[dict], device: DeviceProfile, prior: dict | None) 
         raise EffconvError("no fp32 model to fit on: every calibration model is held out.",
                            "calibrate on the default set (leave out `models`), or mark some models as fitted.")
     if prior is None:
-        prior = kernel_fit(fitted_fp32, device)
+        prior = kernel_fit([r for r in fitted if "kernels" in r], device)
         return wall_fit(fitted, device, prior, (prior["narrow_channels"],))
     return wall_fit(fitted, device, prior)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -114,14 +115,18 @@ def measure_kernels(paths: list[Path], graph_nodes: list[set[str]], threads: int
     return [_parse_profile(events, nodes) for events, nodes in zip(profiles, graph_nodes)]
 
 
+FUSED_SUFFIX = re.compile(r"_token_\d+$")  # onnxruntime's QDQ fusion names the int8 kernel it makes of a node so
+
+
 def _graph_node(event: dict, graph_nodes: set[str]) -> str | None:
-    """The ONNX node an onnxruntime kernel event belongs to: its own name, or for a fused kernel
-    ('node_silu_6/QuickGeluFusion/') the node it was fused into."""
+    """The ONNX node an onnxruntime kernel event belongs to: its own name, for a fused kernel
+    ('node_silu_6/QuickGeluFusion/') the node it was fused into, for an int8 kernel made from a Q/DQ group
+    ('node_conv3d_token_128': a QLinearConv) the node at its centre."""
     name = event["name"].removesuffix("_kernel_time")
-    if name in graph_nodes:
-        return name
-    head = name.split("/", 1)[0]
-    return head if head in graph_nodes else None
+    for candidate in (name, name.split("/", 1)[0], FUSED_SUFFIX.sub("", name)):
+        if candidate in graph_nodes:
+            return candidate
+    return None
 
 
 def _parse_profile(events: list[dict], graph_nodes: set[str]) -> dict:
