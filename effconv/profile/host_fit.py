@@ -16,8 +16,9 @@ Fit, per runtime (onnxruntime -> unit `cpu`, LiteRT -> unit `xnnpack`):
 2. the models' wall-clock medians: non-negative least squares of their relative error in the inverse
    efficiencies, a per-node overhead and a per-run overhead, pulled towards the prior (ridge rows) so that
    categories few models exercise keep the prior;
-   int8 nodes get efficiencies of their own (of the int8 peak, nominally twice fp32's), fitted the same way on
-   the int8 models, whose prior is the fp32 efficiency.
+   int8 nodes get efficiencies of their own (of the int8 peak, nominally twice fp32's) and int8 convolutions a cost
+   per output position, fitted the same way on the int8 models; their prior is onnxruntime's int8 kernel times
+   where there are some, else the fp32 efficiency (and no cost per position).
 Medians throughout, because the machine may be shared and noisy.
 """
 
@@ -315,7 +316,7 @@ def kernel_fit(records: list[dict], device: DeviceProfile) -> dict:
 
 def _terms(cost: GraphCost, device: DeviceProfile, narrow: float) -> tuple[dict[str, float], int]:
     """A graph's roofline ms at efficiency 1 per category, int8 nodes apart ("int8 conv"), the output positions of its
-    int8 convs/matmuls in millions per key ("int8 positions conv": ms per ns of fixed cost per position), and its
+    int8 convolutions in millions per key ("int8 positions conv": ms per ns of fixed cost per position), and its
     node count."""
     terms: dict[str, float] = {}
     estimate = estimate_cost(cost, _bare(device, narrow))
