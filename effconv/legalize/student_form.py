@@ -1,9 +1,9 @@
 """Which form of a model a backend exports: the model itself, or for a Turbo-VAED student on an XNNPACK backend
 the same student computed on frames folded into the batch (`legalize/frames.py`), checked against it.
 
-Measured on the HunyuanVideo `turbo-vaed-mobile` student at 9x128x128 (2 threads, interleaved, one run on an Intel
-Xeon with AVX-512 VNNI and AMX): the frames form ran 0.89x the time of the 5-D form in ExecuTorch and 0.79x in
-LiteRT (docs/backends.md).
+Measured on the HunyuanVideo `turbo-vaed-mobile` student at 9x128x128 (`benchmarks/student_forms.py`: 2 threads,
+interleaved, an Intel Xeon with AVX-512 VNNI and AMX): the frames form ran 0.89x the time of the 5-D form in
+ExecuTorch and 0.85x in LiteRT (docs/backends.md).
 """
 
 from __future__ import annotations
