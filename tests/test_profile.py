@@ -215,6 +215,35 @@ def test_kernel_fit_recovers_a_known_efficiency_and_overhead():
     assert fitted["int8_position_ns"] == {"conv 3d": pytest.approx(40.0, rel=0.02)}
 
 
+def test_kernel_times_of_a_static_int8_model_reach_its_conv_node(tmp_path):
+    """onnxruntime fuses a QDQ-wrapped Conv into a QLinearConv kernel named after the node (`<node>_token_<n>`): its
+    profiled time must land on that Conv node, not among the kernels onnxruntime added."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
+
+    from effconv.profile.measure import measure_kernels
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((16, 16, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1] * 4, name="conv")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 32, 32])], initializer=[weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "float.onnx")
+
+    class Latents(CalibrationDataReader):
+        def __init__(self):
+            self.samples = iter([{"x": rng.standard_normal((1, 16, 32, 32)).astype(np.float32)} for _ in range(2)])
+
+        def get_next(self):
+            return next(self.samples, None)
+
+    quantize_static(tmp_path / "float.onnx", tmp_path / "int8.onnx", Latents(), activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8)
+    nodes = {node.name for node in onnx.load(tmp_path / "int8.onnx").graph.node}
+    (kernels,) = measure_kernels([tmp_path / "int8.onnx"], [nodes], threads=1, repeats=2)
+    assert "conv" in nodes and kernels["node_ms"].get("conv", 0.0) > 0
+    assert kernels["node_ms"]["conv"] > kernels["other_ms"]
+
+
 def _conv_relu(channels: int, frames: int, size: int) -> onnx.ModelProto:
     weight = numpy_helper.from_array(np.zeros((channels, channels, 3, 3, 3), np.float32), "w")
     nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1] * 6, kernel_shape=[3] * 3, name="conv"),
