@@ -1,9 +1,9 @@
 """Latency estimate: a per-op roofline on the compute unit each op can run on, with an error band.
 
 time(op) = max(FLOPs / (peak[dtype] x narrow), bytes / bandwidth) / efficiency[category] + dispatch
-overhead, where narrow = N / (N + narrow_channels) for convs and matmuls of output width N (int8 ones also pay a
-fixed cost per output position, `int8_position_ns`); plus, whenever an op's input was produced on another compute unit, a hand-off (fixed cost + the tensor
-over DRAM). The total carries a relative band from the profile's model uncertainty and the
+overhead, where narrow = N / (N + narrow_channels) for convs and matmuls of output width N; int8 convolutions also
+pay a fixed cost per output position (`int8_position_ns`); plus, whenever an op's input was produced on another
+compute unit, a hand-off (fixed cost + the tensor over DRAM). The total carries a relative band from the profile's model uncertainty and the
 uncertainty of the figures it used. It is a model, not a measurement. dtype is each op's own compute dtype
 (cost.py), or the unit's nearest when the unit lacks it.
 """

@@ -3,9 +3,10 @@ data, `effconv.quantize.calibration`): convert a set of decoders to each runtime
 them in their own runtime, fit each runtime's host-cpu unit on some of them, and report the estimator's error on the
 others.
 
-The set: teacher decoders of the six families (random init, tiny and small widths, three clip sizes) and real Turbo-VAED students
-(`TurboVAEDDecoder`, made by `effconv rewrite` from those teachers) of two widths, each converted as a user would
-(`convert`, then static int8 calibrated on random latents, as `quantize --calib random` makes it). Half are fitted, half held out: every family is in both sets.
+The set: teacher decoders of the six families (random init, tiny and small widths, three clip sizes) and real
+Turbo-VAED students (`TurboVAEDDecoder`, made by `effconv rewrite` from those teachers) of two widths, each converted
+as a user would (`convert`, then static int8 calibrated on random latents, as `quantize --calib random` makes it).
+Half are fitted, half held out: every family is in both sets.
 
 Fit, per runtime (onnxruntime -> unit `cpu`, LiteRT -> unit `xnnpack`):
 1. a prior for the per-op-category efficiencies: for onnxruntime, per-node kernel times from its profiler (fused
@@ -333,8 +334,8 @@ def _terms(cost: GraphCost, device: DeviceProfile, narrow: float) -> tuple[dict[
 
 def _ridge(keys: list[str], a: np.ndarray, prior: dict) -> tuple[np.ndarray, np.ndarray]:
     """One row per column pulling it to the prior: an inverse efficiency to the prior's (an int8 category's prior: its
-    own kernel-fitted one, else its fp32 efficiency, i.e. int8 at twice the fp32 speed), a per-position cost to the prior's (none: 0), each as strongly
-    as PRIOR_WEIGHT of a typical model's relative error."""
+    own kernel-fitted one, else its fp32 efficiency, i.e. int8 at twice the fp32 speed), a cost per position to the
+    prior's (none: 0), each as strongly as PRIOR_WEIGHT of a typical model's relative error."""
     rows, targets = np.zeros((len(keys), a.shape[1])), np.zeros(len(keys))
     for index, key in enumerate(keys):
         if key.startswith(POSITION_PREFIX):
@@ -350,7 +351,7 @@ def _ridge(keys: list[str], a: np.ndarray, prior: dict) -> tuple[np.ndarray, np.
 
 
 def wall_fit(records: list[dict], device: DeviceProfile, prior: dict, narrow_grid=NARROW_GRID) -> dict:
-    """Inverse efficiencies (fp32 and int8 nodes apart), int8 convs'/matmuls' cost per output position, per-node and
+    """Inverse efficiencies (fp32 and int8 nodes apart), int8 convolutions' cost per output position, per-node and
     per-run overhead from wall-clock medians: least squares of the relative error within the efficiency bounds
     (costs and overheads non-negative), with a ridge row per column pulling it to the prior (`_ridge`)."""
     from scipy.optimize import lsq_linear
