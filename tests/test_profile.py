@@ -13,7 +13,7 @@ from effconv.artifacts import Manifest
 from effconv.errors import EffconvError
 from effconv.profile import devices
 from effconv.profile.onnx_cost import graph_cost
-from effconv.profile.devices import DeviceProfile, load_device
+from effconv.profile.devices import DeviceProfile, Figure, load_device
 from effconv.profile.estimate import estimate, estimate_cost, op_ms, place, roofline_ms
 from effconv.profile.inputs import statically_quantized
 
@@ -218,8 +218,9 @@ def test_kernel_fit_recovers_a_known_efficiency_and_overhead():
 def test_kernel_times_of_a_static_int8_model_reach_its_conv_node(tmp_path):
     """onnxruntime fuses a QDQ-wrapped Conv into a QLinearConv kernel named after the node (`<node>_token_<n>`): its
     profiled time must land on that Conv node, not among the kernels onnxruntime added."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
+    from onnxruntime.quantization import QuantType, quantize_static
 
+    from effconv.backends.onnx.quantize import _LatentReader
     from effconv.profile.measure import measure_kernels
 
     rng = np.random.default_rng(0)
@@ -229,14 +230,8 @@ def test_kernel_times_of_a_static_int8_model_reach_its_conv_node(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 32, 32])], initializer=[weight])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "float.onnx")
 
-    class Latents(CalibrationDataReader):
-        def __init__(self):
-            self.samples = iter([{"x": rng.standard_normal((1, 16, 32, 32)).astype(np.float32)} for _ in range(2)])
-
-        def get_next(self):
-            return next(self.samples, None)
-
-    quantize_static(tmp_path / "float.onnx", tmp_path / "int8.onnx", Latents(), activation_type=QuantType.QInt8,
+    latents = _LatentReader("x", [rng.standard_normal((1, 16, 32, 32)).astype(np.float32) for _ in range(2)])
+    quantize_static(tmp_path / "float.onnx", tmp_path / "int8.onnx", latents, activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8)
     nodes = {node.name for node in onnx.load(tmp_path / "int8.onnx").graph.node}
     (kernels,) = measure_kernels([tmp_path / "int8.onnx"], [nodes], threads=1, repeats=2)
@@ -259,7 +254,11 @@ def test_wall_fit_recovers_fp32_and_int8_efficiencies_from_wall_clock_times():
     from a prior 2x off, lands within 10% of each efficiency and 20% of the per-position cost."""
     from effconv.profile.host_fit import wall_fit, with_fit
 
-    host = load_device("host-cpu", threads=1, calibrated=False).for_backend("onnx")
+    measured = load_device("host-cpu", threads=1, calibrated=False).for_backend("onnx")
+    # fixed peaks and bandwidth: this machine's measured ones change how FLOP time and per-position time share a wall
+    peaks = {"fp32": Figure(**_figure(100.0)), "int8": Figure(**_figure(200.0))}
+    host = measured.model_copy(update={"units": {"cpu": measured.units["cpu"].model_copy(update={"peak_gops": peaks})},
+                                       "memory": measured.memory.model_copy(update={"bandwidth_gbps": Figure(**_figure(10.0))})})
     truth = {"efficiency": {"conv": 0.3, "elementwise": 0.5}, "int8_efficiency": {"conv 3d": 0.1},
              "int8_position_ns": {"conv 3d": 50.0}, "op_overhead_us": 20.0, "narrow_channels": 0.0, "run_overhead_ms": 0.5}
     records = []
