@@ -92,22 +92,26 @@ class ComputeUnit(StrictModel):
     @field_validator("efficiency", "int8_efficiency")
     @classmethod
     def _positive(cls, value: dict[str, float]) -> dict[str, float]:
-        for category, factor in value.items():
-            if category not in EFFICIENCY_KEYS:
-                raise ValueError(f"unknown op category '{category}' (use one of {', '.join(EFFICIENCY_KEYS)})")
+        for category, factor in _known_keys(value).items():
             if not 0 < factor <= 10:
                 raise ValueError(f"efficiency for '{category}' must be in (0, 10]")
         return value
 
     @field_validator("int8_position_ns")
     @classmethod
-    def _known_keys(cls, value: dict[str, float]) -> dict[str, float]:
-        for key, ns in value.items():
-            if key not in EFFICIENCY_KEYS:
-                raise ValueError(f"unknown op category '{key}' (use one of {', '.join(EFFICIENCY_KEYS)})")
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, ns in _known_keys(value).items():
             if not 0 <= ns <= MAX_FIGURE:
                 raise ValueError(f"int8_position_ns for '{key}' must be in [0, {MAX_FIGURE:g}]")
         return value
+
+
+def _known_keys(value: dict[str, float]) -> dict[str, float]:
+    """`value` if every key is an op category (or '<conv category> 3d'); ValueError naming the first one that is not."""
+    unknown = next((key for key in value if key not in EFFICIENCY_KEYS), None)
+    if unknown is not None:
+        raise ValueError(f"unknown op category '{unknown}' (use one of {', '.join(EFFICIENCY_KEYS)})")
+    return value
 
 
 class Memory(StrictModel):

@@ -3,8 +3,8 @@
 time(op) = max(FLOPs / (peak[dtype] x narrow), bytes / bandwidth) / efficiency[category] + dispatch
 overhead, where narrow = N / (N + narrow_channels) for convs and matmuls of output width N; int8 convolutions also
 pay a fixed cost per output position (`int8_position_ns`); plus, whenever an op's input was produced on another
-compute unit, a hand-off (fixed cost + the tensor over DRAM). The total carries a relative band from the profile's model uncertainty and the
-uncertainty of the figures it used. It is a model, not a measurement. dtype is each op's own compute dtype
+compute unit, a hand-off (fixed cost + the tensor over DRAM). The total carries a relative band from the profile's
+model uncertainty and the uncertainty of the figures it used. It is a model, not a measurement. dtype is each op's own compute dtype
 (cost.py), or the unit's nearest when the unit lacks it.
 """
 
@@ -148,8 +148,7 @@ def position_ms(node: NodeCost, unit: ComputeUnit, dtype: str) -> float:
     channels x depth, not with the output width alone."""
     if dtype != "int8" or node.category not in POSITION_CATEGORIES:
         return 0.0
-    ns = next((unit.int8_position_ns[key] for key in int8_keys(node) if key in unit.int8_position_ns), 0.0)
-    return output_positions(node) * ns / 1e6
+    return output_positions(node) * (int8_figure(node, unit.int8_position_ns) or 0.0) / 1e6
 
 
 def op_ms(node: NodeCost, unit: ComputeUnit, dtype: str, device: DeviceProfile) -> tuple[float, float, float]:
@@ -158,9 +157,14 @@ def op_ms(node: NodeCost, unit: ComputeUnit, dtype: str, device: DeviceProfile) 
     compute, memory = roofline_ms(node.flops, node.bytes, peak, _unit_bandwidth(unit, device))
     if node.category == "view":
         return compute, memory, unit.op_overhead_us / 1000
-    int8 = dtype == "int8" and next((unit.int8_efficiency[key] for key in int8_keys(node) if key in unit.int8_efficiency), None)
+    int8 = int8_figure(node, unit.int8_efficiency) if dtype == "int8" else None
     efficiency = int8 or unit.efficiency.get(node.category, 1.0)
     return compute, memory, max(compute, memory) / efficiency + position_ms(node, unit, dtype) + unit.op_overhead_us / 1000
+
+
+def int8_figure(node: NodeCost, figures: dict[str, float]) -> float | None:
+    """An int8 node's entry in a per-key table (`int8_efficiency`, `int8_position_ns`), most specific key first."""
+    return next((figures[key] for key in int8_keys(node) if key in figures), None)
 
 
 def int8_keys(node: NodeCost) -> tuple[str, ...]:

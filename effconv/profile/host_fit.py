@@ -284,12 +284,11 @@ def _int8_kernel_fit(records: list[dict], device: DeviceProfile, narrow: float, 
     fitted = {"int8_efficiency": {}, "int8_position_ns": {}}
     for key, rows in nodes.items():
         a = np.array([row[:2] for row in rows]) / np.array([row[2] for row in rows])[:, None]
-        with_positions = bool(a[:, 1].any())
-        a = a if with_positions else a[:, :1]
-        solution = lsq_linear(a, np.ones(len(rows)), bounds=([1 / MAX_EFFICIENCY] + [0.0] * with_positions,
-                                                             [1 / MIN_EFFICIENCY] + [np.inf] * with_positions)).x
+        columns = 2 if a[:, 1].any() else 1  # a key whose nodes have no positions fits its efficiency alone
+        solution = lsq_linear(a[:, :columns], np.ones(len(rows)), bounds=([1 / MAX_EFFICIENCY, 0.0][:columns],
+                                                                          [1 / MIN_EFFICIENCY, np.inf][:columns])).x
         fitted["int8_efficiency"][key] = _clamped(1 / solution[0])
-        if with_positions:
+        if columns == 2:
             fitted["int8_position_ns"][key] = float(solution[1])
     return fitted
 
