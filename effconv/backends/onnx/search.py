@@ -38,9 +38,17 @@ Runner = Callable[[Path, list[np.ndarray]], list[np.ndarray]]
 def interleaved_latency(paths: list[Path], inputs: np.ndarray | tuple[np.ndarray, ...], threads: int,
                         max_repeats: int = LATENCY_REPEATS, min_repeats: int = MIN_REPEATS,
                         budget_ms: float = TIMING_BUDGET_MS) -> list[float]:
-    """Median ms per model on the same `inputs` (one array per model input), timed in interleaved rounds so that
-    load from other processes hits all alike. Slow models get fewer rounds (at least `min_repeats`): about
-    `budget_ms` of timed runs per model."""
+    """Median ms per model on the same `inputs` (one array per model input), from `interleaved_times`."""
+    times = interleaved_times(paths, inputs, threads, max_repeats, min_repeats, budget_ms)
+    return [round(statistics.median(t), 3) for t in times]
+
+
+def interleaved_times(paths: list[Path], inputs: np.ndarray | tuple[np.ndarray, ...], threads: int,
+                      max_repeats: int = LATENCY_REPEATS, min_repeats: int = MIN_REPEATS,
+                      budget_ms: float = TIMING_BUDGET_MS) -> list[list[float]]:
+    """ms of each round per model on the same `inputs` (one array per model input), timed in interleaved rounds so
+    that load from other processes hits all alike (round i of every model ran back to back). Slow models get
+    fewer rounds (at least `min_repeats`): about `budget_ms` of timed runs per model."""
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     sessions = [session(path, threads) for path in paths]
     feeds = [{spec.name: array for spec, array in zip(s.get_inputs(), inputs)} for s in sessions]
@@ -56,7 +64,7 @@ def interleaved_latency(paths: list[Path], inputs: np.ndarray | tuple[np.ndarray
             started = time.perf_counter()
             runner.run(None, feed)
             times[index].append((time.perf_counter() - started) * 1000)
-    return [round(statistics.median(t), 3) for t in times]
+    return times
 
 
 def timed_runs(models: int) -> int:
