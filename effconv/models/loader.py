@@ -41,6 +41,7 @@ SHARD_SUFFIX = re.compile(r"-\d+-of-\d+$")
 SINGLE_FILE_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
 INIT_SEED = 0
+KEYS_NAMED = 3  # keys a load-refusal message names; a missing block has dozens
 
 
 @dataclass
@@ -226,12 +227,24 @@ def _load_directory(cls: type[nn.Module], root: Path, overrides: dict, variant: 
     try:
         check_size(lambda: cls.from_config({**saved_config, **overrides}), f"the {cls.__name__} in '{root}'")
         # fp16/bf16 files load into the fp32 model from_pretrained builds (no torch_dtype): effconv runs fp32
-        return cls.from_pretrained(root, variant=variant, **overrides)
+        model, loading_info = cls.from_pretrained(root, variant=variant, output_loading_info=True, **overrides)
     except (OSError, ValueError, RuntimeError, TypeError, KeyError) as exc:
         raise EffconvError(
             f"could not load {cls.__name__} weights from '{root}': {exception_text(exc)}",
             "check that the weights are complete and match config.json (config overrides must not change shapes).",
         ) from None
+    _check_loading_info(cls, root, loading_info, overrides)
+    return model
+
+
+def _check_loading_info(cls: type[nn.Module], root: Path, loading_info: dict, overrides: dict) -> None:
+    """from_pretrained leaves a parameter the weights lack at its random init and drops a tensor the model
+    lacks, and says so only in a log line (which effconv's CLI quiets): refuse both, like the single-file path."""
+    differences = _listed_key_differences(loading_info["missing_keys"], loading_info["unexpected_keys"])
+    if differences:
+        fix = ("remove the model.config overrides that add or remove modules, or " if overrides else "") + \
+            "copy the complete weights saved with this config.json."
+        raise EffconvError(f"the {cls.__name__} weights in '{root}' do not match its config: {differences}.", fix)
 
 
 def _release_format_converter(cls: type[nn.Module]) -> Callable[..., dict] | None:
@@ -252,10 +265,16 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
 
 
 def _key_differences(state: dict, expected: dict) -> str:
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    parts = [f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []
-    parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []
+    return _listed_key_differences(expected.keys() - state.keys(), state.keys() - expected.keys())
+
+
+def _listed_key_differences(missing, unexpected) -> str:
+    """'5 missing (a, b, c, and 2 more), 1 unexpected (d)': the counts, naming the first few keys of each."""
+    parts = []
+    for kind, keys in (("missing", sorted(missing)), ("unexpected", sorted(unexpected))):
+        if keys:
+            more = f", and {len(keys) - KEYS_NAMED} more" if len(keys) > KEYS_NAMED else ""
+            parts.append(f"{len(keys)} {kind} ({', '.join(keys[:KEYS_NAMED])}{more})")
     return ", ".join(parts)
 
 
