@@ -118,3 +118,37 @@ def test_failed_export_leaves_existing_out_dir_untouched(cli, tmp_path):
     code, _, _ = cli("convert", _write(tmp_path, GOOD.replace("frames: 9", "frames: 10")), "--out", out_dir)
     assert code == 2
     assert sorted(p.name for p in out_dir.iterdir()) == ["keep.txt"]
+
+
+@pytest.fixture
+def debug_flag_restored(monkeypatch):
+    """--debug sets effconv.quiet's process-wide flags; put them back for the tests that follow."""
+    import effconv.quiet
+
+    monkeypatch.setattr(effconv.quiet, "_debug", effconv.quiet._debug)
+    monkeypatch.setattr(effconv.quiet, "_cli_quiet", effconv.quiet._cli_quiet)
+
+
+def test_debug_keeps_exit_2_for_bad_input_and_adds_the_traceback(cli, tmp_path, debug_flag_restored):
+    """regression: --debug re-raised the error, so Python exited 1 for bad input."""
+    spec = _write(tmp_path, GOOD.replace("frames: 9", "frames: 10"))
+    code, _, err = cli("--debug", "inspect", spec)
+    assert code == 2
+    assert "Traceback" in err and "EffconvError" in err
+    assert err.rstrip().splitlines()[-1].startswith("error: input.frames 10")
+
+
+def test_debug_keeps_exit_3_for_an_internal_error_and_adds_the_traceback(cli, monkeypatch, debug_flag_restored):
+    """regression: --debug re-raised the error, so Python exited 1 for an internal error too."""
+    import effconv.models.loader
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(effconv.models.loader, "load_model", broken)
+    code, _, err = cli("--debug", "inspect", TINY)
+    assert code == 3
+    assert "Traceback" in err and "in broken" in err
+    assert err.rstrip().splitlines()[-1] == "error: internal error: ZeroDivisionError: a bug"
+    code, _, err = cli("inspect", TINY)
+    assert code == 3 and "Traceback" not in err and "rerun with --debug" in err

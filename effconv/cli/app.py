@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import sys
+import traceback
 
 import click
 import typer
@@ -48,6 +49,12 @@ def _root(
     set_debug(debug)
 
 
+def _print_traceback_when_debugging() -> None:
+    """--debug adds the traceback of the error being handled; the exit code stays the one the error maps to."""
+    if is_debug():
+        traceback.print_exc(file=sys.stderr)
+
+
 def _report_error(message: str, code: int) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     sys.exit(code)
@@ -62,12 +69,11 @@ ENVIRONMENT_ERRNOS = {errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.ENOSP
 
 
 def main() -> None:
-    """Console entry point: maps errors to exit codes, one line each, tracebacks only with --debug."""
+    """Console entry point: maps errors to exit codes, one line each, tracebacks added with --debug."""
     try:
         app(standalone_mode=False)
     except EffconvError as exc:
-        if is_debug():
-            raise
+        _print_traceback_when_debugging()
         _report_error(exc.one_line(), exc.exit_code)
     except ABORTS:
         _report_error("interrupted.", 130)
@@ -78,10 +84,10 @@ def main() -> None:
         context = getattr(exc, "ctx", None)
         command = context.command_path if context is not None else "effconv"
         _report_error(" ".join(exc.format_message().split()) + f" Fix: see `{command} --help`.", 2)
-    except Exception as exc:  # a bug in effconv or a library: say so in one line, unless debugging
-        if is_debug():
-            raise
+    except Exception as exc:  # a bug in effconv or a library: say so in one line (after the traceback with --debug)
+        _print_traceback_when_debugging()
         if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS and exc.filename is not None:
             _report_error(f"cannot use '{exc.filename}': {exc.strerror}. Fix: check the path, its permissions and free disk space.", 2)
         detail = " ".join(str(exc).split())[:300]
-        _report_error(f"internal error: {type(exc).__name__}: {detail} (rerun with --debug for the traceback)", 3)
+        hint = "" if is_debug() else " (rerun with --debug for the traceback)"
+        _report_error(f"internal error: {type(exc).__name__}: {detail}{hint}", 3)
