@@ -7,6 +7,7 @@ CogVideoX two), so a tap collects every call's output and joins them along time.
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 import torch
 from torch import nn
@@ -16,16 +17,25 @@ from effconv.models.turbo_vaed.layers.pixel_shuffle import DecoupledPixelShuffle
 
 
 @contextlib.contextmanager
-def captured_features(model: nn.Module, taps: dict[str, str]):
-    """Inside the block, `outputs[name]` holds the tapped submodule's output joined along time."""
+def captured_features(model: nn.Module, taps: dict[str, str], hidden_state: Callable[[object], torch.Tensor]):
+    """Inside the block, `outputs[name]` holds the tapped submodule's hidden state joined along time.
+    `hidden_state` takes it out of what the block returns (its family adapter's `tapped_hidden_state`)."""
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in taps}
+
+    def keep(name: str, path: str, output) -> None:
+        tensor = hidden_state(output)
+        if not isinstance(tensor, torch.Tensor):
+            raise EffconvError(f"teacher block '{path}' returned a {type(tensor).__name__}, not a feature tensor.",
+                               "set distill.losses.features to 0 in the recipe.")
+        chunks[name].append(tensor)
+
     handles = []
     for name, path in taps.items():
         try:
             module = model.get_submodule(path)
         except AttributeError:
-            raise EffconvError(f"teacher has no submodule '{path}' to align features to.", "set feature weight 0.") from None
-        handles.append(module.register_forward_hook(lambda _m, _i, out, name=name: chunks[name].append(out)))
+            raise EffconvError(f"teacher has no submodule '{path}' to align features to.", "set distill.losses.features to 0 in the recipe.") from None
+        handles.append(module.register_forward_hook(lambda _m, _i, out, name=name, path=path: keep(name, path, out)))
     outputs: dict[str, torch.Tensor] = {}
     try:
         yield outputs

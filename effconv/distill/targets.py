@@ -102,7 +102,7 @@ class TeacherTargets:
         latent = vae.encode(clips).latent_dist.mode()
         targets = {LATENT_KEY: latent}
         if self.taps:
-            with captured_features(vae, self.taps) as features:
+            with captured_features(vae, self.taps, self.teacher.adapter.tapped_hidden_state) as features:
                 self.teacher.module(latent)
             targets |= {f"feature.{name}": value for name, value in features.items()}
         return targets

@@ -110,6 +110,15 @@ class FamilyAdapter:
     # Submodules whose outputs a student's features are aligned to during distillation: the block
     # after conv_in at latent resolution, and the first up block.
     feature_taps: dict[str, str] = {"mid": "decoder.mid_block", "up0": "decoder.up_blocks.0"}
+    # Whether those blocks return (hidden_states, new_conv_cache) instead of the hidden state alone.
+    taps_return_conv_cache: bool = False
+
+    def tapped_hidden_state(self, output) -> torch.Tensor:
+        """The hidden state in what a `feature_taps` block returned (its conv cache, where it has one, left out)."""
+        if self.taps_return_conv_cache:
+            hidden_states, _new_conv_cache = output
+            return hidden_states
+        return output
 
     def compression(self, vae: nn.Module) -> Compression:
         return Compression(

@@ -8,6 +8,9 @@ from effconv.models.base import Compression, FamilyAdapter, FrameRule
 class CogVideoXAdapter(FamilyAdapter):
     class_name = "AutoencoderKLCogVideoX"
     family = "cogvideox"
+    # CogVideoXMidBlock3D and CogVideoXUpBlock3D return (hidden_states, new_conv_cache): diffusers
+    # models/autoencoders/autoencoder_kl_cogvideox.py.
+    taps_return_conv_cache = True
 
     def compression(self, vae: nn.Module) -> Compression:
         config = vae.config

@@ -9,6 +9,9 @@ class MochiAdapter(FamilyAdapter):
     class_name = "AutoencoderKLMochi"
     family = "mochi"
     feature_taps = {"mid": "decoder.block_in", "up0": "decoder.up_blocks.0"}
+    # MochiMidBlock3D (block_in) and MochiUpBlock3D return (hidden_states, new_conv_cache): diffusers
+    # models/autoencoders/autoencoder_kl_mochi.py.
+    taps_return_conv_cache = True
 
     def compression(self, vae: nn.Module) -> Compression:
         base = super().compression(vae)
