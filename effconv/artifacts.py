@@ -124,6 +124,13 @@ def staged_output(out_dir: str | Path):
             shutil.rmtree(created, ignore_errors=True)
 
 
+def spec_beside(directory: Path) -> Path:
+    """The spec `rewrite` and `distill` write beside a saved model directory: NAME/ -> NAME.yaml. The whole name is
+    kept (with_suffix would turn `wan2.1-small-student` into `wan2.yaml`)."""
+    directory = Path(directory)
+    return directory.parent / f"{directory.name}.yaml"
+
+
 def teacher_of(student_spec_path: Path) -> LoadedSpec:
     """A student written by `effconv rewrite`/`distill` has a manifest beside it naming its teacher."""
     for manifest in (student_spec_path.with_suffix(".json"), student_spec_path.parent / "distill.json"):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from effconv.artifacts import Manifest, teacher_of
+from effconv.artifacts import Manifest, spec_beside, teacher_of
 from effconv.backends.base import CalibrationSet
 from effconv.video.clips import ClipSampler, center_clips, probe_videos
 from effconv.errors import EffconvError, exception_text
@@ -37,7 +37,7 @@ def teacher_spec(manifest: Manifest, teacher: Path | None = None) -> LoadedSpec:
     if teacher is not None:
         found = load_spec(teacher)
     elif own.spec.model.diffusers == STUDENT_CLASS:
-        found = teacher_of(own.pretrained_dir.with_suffix(".yaml"))
+        found = teacher_of(spec_beside(own.pretrained_dir))
     else:
         found = own
     clip = own.spec.input

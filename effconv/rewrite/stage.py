@@ -12,7 +12,7 @@ from typing import get_args
 import yaml
 from torch import nn
 
-from effconv.artifacts import Manifest, TensorInfo, staged_output, write_manifest
+from effconv.artifacts import Manifest, TensorInfo, spec_beside, staged_output, write_manifest
 from effconv.errors import EffconvError, VerificationFailed
 from effconv.models.loader import load_model
 from effconv.recipe import StudentRecipe, load_recipe
@@ -41,7 +41,7 @@ def write_student(directory: Path, student: nn.Module, spec_data: dict, header: 
     """The student directory (save_pretrained) and its spec, both named after the spec's name."""
     name = spec_data["name"]
     student.save_pretrained(directory / name, safe_serialization=True)
-    (directory / f"{name}.yaml").write_text(f"# {header}\n" + yaml.safe_dump(spec_data, sort_keys=False), encoding="utf-8")
+    spec_beside(directory / name).write_text(f"# {header}\n" + yaml.safe_dump(spec_data, sort_keys=False), encoding="utf-8")
 
 
 def _check_init(init: str) -> None:

@@ -9,6 +9,7 @@ once); otherwise every clip reads its own window, seeking to the keyframe before
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ class VideoInfo:
     frames: int
     width: int  # the working resolution frames are decoded at
     height: int
+    fps: float | None = None  # the container's average frame rate, when it records one
 
     @property
     def decoded_bytes(self) -> int:
@@ -62,6 +64,7 @@ def probe(path: Path, target_long_side: int) -> VideoInfo:
                 raise ValueError("no video stream")
             stream = container.streams.video[0]
             width, height = working_size(stream.codec_context.width, stream.codec_context.height, target_long_side)
+            fps = float(stream.average_rate) if stream.average_rate else None
             if next(container.decode(stream), None) is None:
                 raise ValueError("no decodable frames")
             frames = stream.frames
@@ -70,7 +73,20 @@ def probe(path: Path, target_long_side: int) -> VideoInfo:
                 frames = sum(1 for packet in container.demux(stream) if packet.size)
     except _decode_errors() as exc:
         raise ValueError(_reason(exc)) from None
-    return VideoInfo(path=Path(path), frames=frames, width=width, height=height)
+    return VideoInfo(path=Path(path), frames=frames, width=width, height=height, fps=fps)
+
+
+def frames_in_order(info: VideoInfo) -> Iterator[np.ndarray]:
+    """Every frame from the first, (H, W, 3) uint8 at the working size, decoded one at a time as it is asked for:
+    a long video is read in one pass and never held. Raises ValueError when a frame cannot be decoded."""
+    import av
+
+    try:
+        with av.open(str(info.path)) as container:
+            for frame in container.decode(container.streams.video[0]):
+                yield frame.to_ndarray(format="rgb24", width=info.width, height=info.height)
+    except _decode_errors() as exc:
+        raise ValueError(_reason(exc)) from None
 
 
 def _frame_index(frame, stream) -> int | None:
