@@ -97,15 +97,16 @@ def distill(
 
     Example: `effconv distill examples/specs/demo-teacher.yaml --recipe demo --data effconv/assets/video --out runs/demo --steps 200`
     """
-    from effconv.distill.launch import relaunch_with_torchrun
+    from effconv.distill.launch import is_main_process, relaunch_with_torchrun
     from effconv.distill.stage import distill as run_distill
-    from effconv.distill.trainer import World
+    from effconv.recipe import load_recipe
     from effconv.spec import load_spec
 
     if nproc > 1:
         sys.exit(relaunch_with_torchrun(nproc))
     loaded = load_spec(spec)
-    with _distill_progress(enabled=World.from_env(device).is_main) as on_step:
+    total = steps or load_recipe(recipe)[0].distill.steps
+    with _distill_progress(total, enabled=is_main_process()) as on_step:
         result = run_distill(
             loaded, recipe, data, out_dir, steps=steps, resume=resume, eval_data=eval_data, lpips=lpips,
             allow_import=allow_import, on_step=on_step, on_videos=lambda videos: _warn_skipped(videos.skipped),
@@ -120,18 +121,27 @@ def distill(
 
 
 @contextlib.contextmanager
-def _distill_progress(enabled: bool):
-    """A transient bar on stderr (rank 0 only); yields the on_step(record, elapsed) callback that moves it."""
+def _distill_progress(total: int, enabled: bool):
+    """A transient bar on stderr (rank 0 only): steps done of `total`, the loss terms, it/s and the time left;
+    yields the on_step(record, elapsed) callback that moves it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    columns = (TextColumn("distill"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+    columns = (TextColumn("distill"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=err, disable=not enabled, transient=True) as progress:
-        task = progress.add_task("distill", total=None, info="loading teacher and video...")
+        task = progress.add_task("distill", total=total, info="loading teacher and video...")
         rate_of = step_rate()
+        first = True
 
         def on_step(record: dict, elapsed: float) -> None:
+            nonlocal first
             terms = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in {"step"})
             rate = rate_of(record["step"], elapsed)
+            if first:
+                # Steps before this run (a --resume starts at the checkpoint's) count as done, not toward the
+                # speed the time left is estimated from.
+                progress.reset(task, completed=record["step"] - 1)
+                first = False
             progress.update(task, completed=record["step"], info=f"{terms} | {rate:.2f} it/s")
 
         yield on_step
@@ -175,6 +185,7 @@ def evaluate(
     data: list[Path] = typer.Option(..., "--data", help="Videos: files, folders, or LIST.txt files of paths (repeatable).", show_default=False),
     teacher: Path | None = typer.Option(None, "--teacher", help="Teacher spec [default: from the student's manifest]."),
     save_frames: Path | None = typer.Option(None, "--save-frames", help="Write ground truth / teacher / student PNG strips here."),
+    device: str = typer.Option("auto", "--device", help="Device: auto (CUDA when torch sees a GPU), cpu, cuda, cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     allow_import: bool = AllowImport,
 ) -> None:
@@ -187,7 +198,8 @@ def evaluate(
     from effconv.distill.evaluate import evaluate as run_eval
 
     with err.status("Evaluating..."):
-        summary = run_eval(spec, data, teacher_path=teacher, save_frames=save_frames, allow_import=allow_import)
+        summary = run_eval(spec, data, teacher_path=teacher, save_frames=save_frames, allow_import=allow_import,
+                           device=device)
     _warn_skipped([(s["video"], s["reason"]) for s in summary["skipped"]])
     if as_json:
         print(json.dumps(summary, indent=2))

@@ -3,33 +3,56 @@ against real frames (PSNR, SSIM, retention), with optional PNG strips ground tru
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from effconv.artifacts import staged_output, teacher_of
+from effconv.distill.trainer import resolve_device
+from effconv.errors import EffconvError
+from effconv.models.loader import LoadedModel, load_model
+from effconv.models.teacher_fit import check_teacher_fits
+from effconv.spec import LoadedSpec, load_spec
 from effconv.video.clips import center_clips, probe_videos
 from effconv.video.metrics import psnr, ssim
-from effconv.models.loader import LoadedModel, load_model
-from effconv.spec import load_spec
 
 STRIP_FRAMES = 4
+STUDENT_CLASS = "TurboVAEDDecoder"
+
+
+def _recorded_teacher(student_spec: Path) -> LoadedSpec | None:
+    try:
+        return teacher_of(student_spec)
+    except EffconvError:
+        return None
 
 
 def resolve_models(spec_path: Path, teacher_path: Path | None, allow_import: bool) -> tuple[LoadedModel, LoadedModel | None]:
+    """The teacher VAE (at the student's clip size) and, for a student spec, the student; a teacher that does
+    not fit the student is refused before any video is read."""
     loaded = load_spec(spec_path)
-    is_student = loaded.spec.model.diffusers == "TurboVAEDDecoder"
-    if not is_student:
+    if loaded.spec.model.diffusers != STUDENT_CLASS:
         return load_model(loaded, allow_import=allow_import), None
-    teacher_spec = load_spec(teacher_path) if teacher_path else teacher_of(Path(spec_path))
-    teacher = load_model(teacher_spec.with_input(**loaded.spec.input.model_dump()), allow_import=allow_import)
-    return teacher, load_model(loaded)
+    student = load_model(loaded)
+    if teacher_path is None:
+        teacher_spec = distilled_from = teacher_of(Path(spec_path))
+    else:
+        teacher_spec, distilled_from = load_spec(teacher_path), _recorded_teacher(Path(spec_path))
+    # Built at its own clip size: the student's may not even fit a teacher of another family, and that
+    # mismatch, not the clip size, is what to report.
+    teacher = load_model(teacher_spec, allow_import=allow_import)
+    check_teacher_fits(teacher, loaded.spec.name, student.compression, distilled_from)
+    # Same compression as the student, so the student's clip size fits the teacher too.
+    clip = loaded.spec.input
+    return dataclasses.replace(teacher, spec=teacher_spec.with_input(clip.frames, clip.height, clip.width)), student
 
 
 def _to_uint8(video: torch.Tensor) -> np.ndarray:
     """(3, F, H, W) in [-1, 1] -> (F, H, W, 3) uint8."""
-    return ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
+    return ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).cpu().numpy()
 
 
 def frame_strip(rows: list[torch.Tensor]) -> np.ndarray:
@@ -39,15 +62,34 @@ def frame_strip(rows: list[torch.Tensor]) -> np.ndarray:
     return np.concatenate([np.concatenate(list(_to_uint8(row)[picks]), axis=1) for row in rows], axis=0)
 
 
+def strip_names(videos: list[Path]) -> list[str]:
+    """`STEM-strip.png` per video, unique: a stem that several videos share gets its folder's name in front
+    (`a/clip.mp4` -> `a-clip-strip.png`), and a name that still repeats a 1-based index behind."""
+    stems = Counter(Path(video).stem for video in videos)
+    names = [f"{Path(video).parent.name}-{Path(video).stem}" if stems[Path(video).stem] > 1 else Path(video).stem
+             for video in videos]
+    repeats, seen = Counter(names), Counter()
+    unique = []
+    for name in names:
+        seen[name] += 1
+        unique.append(f"{name}-{seen[name]}" if repeats[name] > 1 else name)
+    return [f"{name}-strip.png" for name in unique]
+
+
 @torch.no_grad()
 def evaluate(spec_path: Path, data: list[Path], teacher_path: Path | None = None, save_frames: Path | None = None,
-             allow_import: bool = False) -> dict:
+             allow_import: bool = False, device: str = "auto") -> dict:
+    """Teacher (and student) quality on a centre clip of each video, on `device` (auto, cpu, cuda, cuda:N)."""
+    chosen = resolve_device(device)
     teacher, student = resolve_models(spec_path, teacher_path, allow_import)
+    teacher.model.to(chosen)
+    if student is not None:
+        student.model.to(chosen)
     clip = teacher.spec.spec.input
     videos = probe_videos(data, clip.frames, clip.height, clip.width)
-    results, strips = [], {}
+    results, strips = [], []
     for path, video in center_clips(videos, clip.frames, clip.height, clip.width):
-        video = video.unsqueeze(0)
+        video = video.unsqueeze(0).to(chosen)
         latent = teacher.model.encode(video).latent_dist.mode()
         teacher_out = teacher.module(latent)
         row = {"video": str(path), "teacher_psnr_db": psnr(teacher_out, video), "teacher_ssim": float(ssim(teacher_out, video))}
@@ -57,9 +99,11 @@ def evaluate(spec_path: Path, data: list[Path], teacher_path: Path | None = None
             row |= {"student_psnr_db": psnr(student_out, video), "student_ssim": float(ssim(student_out, video))}
             rows.append(student_out[0])
         results.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
-        strips[Path(path).stem] = frame_strip(rows)
+        if save_frames is not None:
+            strips.append(frame_strip(rows))
     summary = {
         "spec": str(spec_path),
+        "device": str(chosen),
         "clip": {"frames": clip.frames, "height": clip.height, "width": clip.width, "crop": "centre, middle window"},
         "videos": results,
         "skipped": [{"video": str(p), "reason": r} for p, r in videos.skipped],
@@ -74,8 +118,9 @@ def evaluate(spec_path: Path, data: list[Path], teacher_path: Path | None = None
     if save_frames is not None:
         import matplotlib.pyplot as plt
 
+        names = strip_names([Path(row["video"]) for row in results])
         with staged_output(save_frames) as stage:
-            for stem, strip in strips.items():
-                plt.imsave(stage / f"{stem}-strip.png", strip)
-        summary["frames"] = sorted(str(Path(save_frames) / f"{stem}-strip.png") for stem in strips)
+            for name, strip in zip(names, strips):
+                plt.imsave(stage / name, strip)
+        summary["frames"] = sorted(str(Path(save_frames) / name) for name in names)
     return summary

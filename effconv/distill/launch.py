@@ -1,7 +1,9 @@
-"""`effconv distill --nproc N`: run the same command again under torchrun, N processes (DDP)."""
+"""`effconv distill --nproc N`: run the same command again under torchrun, N processes (DDP); which of
+those processes reports progress."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -22,3 +24,10 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
 def relaunch_with_torchrun(nproc: int, argv: list[str] | None = None) -> int:
     """Run the command line (argv, default: this process's) under torchrun; return torchrun's exit code."""
     return subprocess.call(torchrun_command(nproc, sys.argv[1:] if argv is None else argv))
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch, or a process torchrun did not start (WORLD_SIZE unset or 1, as World.from_env
+    decides): read from the WORLD_SIZE and RANK variables torchrun sets
+    (https://pytorch.org/docs/stable/elastic/run.html#environment-variables), so asking joins no process group."""
+    return int(os.environ.get("WORLD_SIZE", "1")) == 1 or int(os.environ.get("RANK", "0")) == 0
