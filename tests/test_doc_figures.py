@@ -36,11 +36,10 @@ COMMENT = re.compile(r"<!--.*?-->", re.S)
 # A '-' right after a digit is a range ("0.59-4.70x"), not a sign.
 FIGURE = re.compile(r"(?P<num>(?:(?<![\w.])-)?\d[\d,]*(?:\.\d+)?(?:e-?\d+)?)(?P<tail>[^\d<>]{0,16})$")
 # A number with a measurement unit, in the sections that must mark every figure.
-UNIT_FIGURE = re.compile(
-    r"(?<![\w.#/])\d[\d,]*(?:\.\d+)?(?:e-?\d+)?\s?"
-    r"(?:ms|s|min|x|%|dB|MB|GB|KB|kB|GiB|MiB|M|k|GFLOP/s|steps/s|us|ns)(?![\w/])"
-    r"(?P<after>\**\)?)"
-)
+UNITS = r"(?:ms|s|min|x|%|dB|MB|GB|KB|kB|GiB|MiB|M|k|GFLOP/s|steps/s|us|ns)(?![\w/])"
+NUMBER = r"(?<![\w.#/])\d[\d,]*(?:\.\d+)?(?:e-?\d+)?"
+# A number with a unit, or the first number of a range or comparison whose second one has the unit ("1.47 vs 1.05 steps/s").
+UNIT_FIGURE = re.compile(rf"{NUMBER}(?:\s?{UNITS}|(?=(?:-| to | vs )\d[\d,.]*\s?{UNITS}))\**\)?")
 
 # Headings whose whole section (to the next heading of the same or a higher level) must mark every figure.
 MEASURED_SECTIONS = {
@@ -212,13 +211,20 @@ def test_measured_section_marks_every_figure(name, heading):
         if allowed in body:
             paragraph_end = body.find("\n\n", body.index(allowed))
             body = body.replace(body[body.index(allowed): paragraph_end], "")
-    body = re.sub(r"```.*?```", "", body, flags=re.S)
-    unmarked = []
-    for figure in UNIT_FIGURE.finditer(body):
-        rest = body[figure.end():]
-        if not ANY_MARKER.match(rest):
-            unmarked.append(figure.group(0).strip())
+    unmarked = unmarked_figures(body)
     assert not unmarked, f"figures without a results-file marker in {name} {heading!r}: {unmarked}"
+
+
+def unmarked_figures(body: str) -> list[str]:
+    body = re.sub(r"```.*?```", "", body, flags=re.S)
+    return [figure.group(0).strip() for figure in UNIT_FIGURE.finditer(body)
+            if not ANY_MARKER.match(body[figure.end():])]
+
+
+def test_unmarked_figures_are_found_with_their_units_and_in_ranges():
+    text = ("ran 1.74x<!--= x.json a --> faster, in 39.6 ms, 2.45-2.55 GB, **99.5%** kept, goal 1.2x<!--=const-->, "
+            "-0.01 dB, 17 frames, ai-edge-litert 2.3.0")
+    assert unmarked_figures(text) == ["39.6 ms", "2.45", "2.55 GB", "99.5%**", "0.01 dB"]
 
 
 def test_unchecked_figures_are_still_where_the_exemption_says():
