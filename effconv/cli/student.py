@@ -131,17 +131,12 @@ def _distill_progress(total: int, enabled: bool):
     with Progress(*columns, console=err, disable=not enabled, transient=True) as progress:
         task = progress.add_task("distill", total=total, info="loading teacher and video...")
         rate_of = step_rate()
-        first = True
 
         def on_step(record: dict, elapsed: float) -> None:
-            nonlocal first
             terms = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in {"step"})
             rate = rate_of(record["step"], elapsed)
-            if first:
-                # Steps before this run (a --resume starts at the checkpoint's) count as done, not toward the
-                # speed the time left is estimated from.
-                progress.reset(task, completed=record["step"] - 1)
-                first = False
+            # rich estimates the time left from the advances after the first update, so the steps a --resume
+            # starts from (the checkpoint's) do not count as this run's speed
             progress.update(task, completed=record["step"], info=f"{terms} | {rate:.2f} it/s")
 
         yield on_step

@@ -64,16 +64,20 @@ def frame_strip(rows: list[torch.Tensor]) -> np.ndarray:
 
 def strip_names(videos: list[Path]) -> list[str]:
     """`STEM-strip.png` per video, unique: a stem that several videos share gets its folder's name in front
-    (`a/clip.mp4` -> `a-clip-strip.png`), and a name that still repeats a 1-based index behind."""
+    (`a/clip.mp4` -> `a-clip-strip.png`), and a name that still repeats the first free index behind (`-1`, `-2`)."""
     stems = Counter(Path(video).stem for video in videos)
     names = [f"{Path(video).parent.name}-{Path(video).stem}" if stems[Path(video).stem] > 1 else Path(video).stem
              for video in videos]
-    repeats, seen = Counter(names), Counter()
-    unique = []
+    repeats, used, unique = Counter(names), set(), []
     for name in names:
-        seen[name] += 1
-        unique.append(f"{name}-{seen[name]}" if repeats[name] > 1 else name)
-    return [f"{name}-strip.png" for name in unique]
+        index = 1
+        candidate = name if repeats[name] == 1 else f"{name}-{index}"
+        while candidate in used:
+            index += 1
+            candidate = f"{name}-{index}"
+        used.add(candidate)
+        unique.append(f"{candidate}-strip.png")
+    return unique
 
 
 @torch.no_grad()
