@@ -36,14 +36,14 @@ COMMENT = re.compile(r"<!--.*?-->", re.S)
 # A '-' right after a digit is a range ("0.59-4.70x"), not a sign.
 FIGURE = re.compile(r"(?P<num>(?:(?<![\w.])-)?\d[\d,]*(?:\.\d+)?(?:e-?\d+)?)(?P<tail>[^\d<>]{0,16})$")
 # A number with a measurement unit, in the sections that must mark every figure.
-UNITS = r"(?:ms|s|min|x|%|dB|MB|GB|KB|kB|GiB|MiB|M|k|GFLOP/s|steps/s|us|ns)(?![\w/])"
+UNITS = r"(?:ms|s|min|minutes?|seconds?|hours?|x|%|dB|MB|GB|KB|kB|GiB|MiB|M|k|GFLOP/s|steps/s|us|ns)(?![\w/])"
 NUMBER = r"(?<![\w.#/])\d[\d,]*(?:\.\d+)?(?:e-?\d+)?"
 # A number with a unit, or the first number of a range or comparison whose second one has the unit ("1.47 vs 1.05 steps/s").
 UNIT_FIGURE = re.compile(rf"{NUMBER}(?:\s?{UNITS}|(?=(?:-| to | vs )\d[\d,.]*\s?{UNITS}))\**\)?")
 
 # Headings whose whole section (to the next heading of the same or a higher level) must mark every figure.
 MEASURED_SECTIONS = {
-    "README.md": ["## Set up and run (two commands)", "## Measured (this repository, 2-core CPU)"],
+    "README.md": ["## Set up and run (two commands)", "## Test", "## Measured (this repository, 2-core CPU)"],
     "docs/streaming.md": ["## Measured (`benchmarks/streaming.py`, `benchmarks/results/streaming_256x256.json`)"],
     "docs/distill.md": ["## Throughput"],
 }
