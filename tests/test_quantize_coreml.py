@@ -117,3 +117,33 @@ def test_fp32_package_and_other_backend_are_refused(manifest, message, tmp_path)
     with pytest.raises(EffconvError, match=message) as caught:
         coreml.quantize(package, manifest, *_sets(), tmp_path / "out.mlpackage", weights_only=True)
     assert "Fix:" in caught.value.one_line()
+
+
+@pytest.fixture(scope="module")
+def mochi_package(tmp_path_factory):
+    """The mochi-tiny teacher as an fp16 .mlpackage: its up-block projections are nn.Linear on 5-D tensors."""
+    from effconv.convert.stage import convert
+    from effconv.spec import load_spec
+
+    from conftest import SPECS
+
+    out = tmp_path_factory.mktemp("mochi-coreml")
+    manifest = convert(load_spec(SPECS / "mochi-tiny.yaml"), "coreml", out)
+    return out / manifest.artifact
+
+
+def test_weights_folded_through_view_ops_are_matched_to_their_parameters(mochi_package, tmp_path):
+    """regression: Mochi's projection weights reach the program as consts named after a view op (view_9 ...),
+    which matched no parameter, so every Mochi quantize stopped with "report this as an effconv bug"."""
+    from effconv.quantize.stage import quantize_artifact
+
+    manifest = quantize_artifact(mochi_package, tmp_path / "int8", calib=["random"], samples=4)
+    report = manifest.quantize
+    check = report["simulation_check"]
+    assert check["passed"] and check["unmatched"] == [] and check["max_abs_diff"] <= coreml.SIMULATION_ATOL
+    assert check["weights_compared"] == report["weights_quantized"] == 14
+    assert check["folded"] == {"view_9": "vae_decoder_up_blocks_0_proj_weight",
+                               "view_22": "vae_decoder_up_blocks_1_proj_weight",
+                               "view_35": "vae_decoder_up_blocks_2_proj_weight",
+                               "view_48": "vae_decoder_proj_out_weight"}
+    assert 45.0 <= report["quality"]["psnr_vs_float_db"] < 80.0  # the projections are int8 in the simulation too

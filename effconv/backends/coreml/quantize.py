@@ -64,14 +64,14 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
     program = _program(ct, out_path)
     written = written_weights(program)
     module = load_model(spec_from_dict(manifest.spec, Path("."), source="spec in the artifact's manifest")).module
-    simulated_module, simulated = fake_quantized(module, written)
+    simulated_module, simulated, folded = fake_quantized(module, written)
     float_outputs, quant_outputs = _outputs(module, simulated_module, held_out)
     return {
         "scheme": SCHEME,
         "size_bytes": size_report(size_bytes(artifact / MODEL_DIR), size_bytes(out_path / MODEL_DIR)),
         "quality": quality_report(float_outputs, quant_outputs, held_out.frames),
         "quality_method": "torch with the int8 weights (simulation_check), fp32 activations; Core ML predicts only on macOS",
-        "simulation_check": simulation_check(written, simulated),
+        "simulation_check": simulation_check(written, simulated, folded),
         "latency_ms": {"not_measured": LATENCY_NOT_MEASURED},
         "float_nodes": float_weights(program),
         "weights_quantized": len(written),
@@ -176,22 +176,57 @@ def fake_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes.to(torch.int8), scale
 
 
-def fake_quantized(module: nn.Module, written: dict[str, dict]) -> tuple[nn.Module, dict[str, tuple]]:
-    """A copy of the module whose weights named in `written` hold their int8 rounding (as float32), and the
-    (codes, scale) of each; names the program has but the module lacks map to None."""
+def _laid_out(codes: torch.Tensor, scale: torch.Tensor, entry: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A parameter's (codes, scale) in the layout of the written const `entry`: its output-channel rows, each
+    repeated to fill the const's other axes, along the const's quantization axis (None when they cannot fill it).
+    For a const written under its parameter's name this is the parameter's own layout."""
+    shape, axis = entry["codes"].shape, entry["axis"]
+    channels, size = shape[axis], int(np.prod(shape))
+    if codes.shape[0] != channels or size % codes.numel():
+        return None
+    repeats = size // codes.numel()
+    rows = codes.reshape(channels, 1, -1).expand(channels, repeats, -1)
+    laid = torch.movedim(rows.reshape(channels, *shape[:axis], *shape[axis + 1:]), 0, axis)
+    scale_shape = [1] * len(shape)
+    scale_shape[axis] = -1
+    return laid, scale.reshape(scale_shape)
+
+
+def _max_diff(entry: dict, simulated: tuple[torch.Tensor, torch.Tensor]) -> float:
+    codes, scale = simulated
+    return float(np.abs((codes.float() * scale.float()).numpy() - _dequantized(entry)).max())
+
+
+def _folded_source(entry: dict, rounded: dict[str, tuple]) -> str | None:
+    """The parameter a const named after a view op holds. torch.export lowers an nn.Linear applied to a 5-D
+    tensor (Mochi's up-block projections) to a bmm whose weight is the parameter permuted, expanded over the
+    batch and viewed (`view_9 = view(expand(permute(p_..._proj_weight)))`), and coremltools folds that chain into
+    one const named after its last op, so the name no longer says which parameter it is. Its values do: it is
+    the parameter whose int8 rows, repeated, reproduce the written const."""
+    for name, (codes, scale) in rounded.items():
+        laid = _laid_out(codes, scale, entry)
+        if laid is not None and _max_diff(entry, laid) <= SIMULATION_ATOL:
+            return name
+    return None
+
+
+def fake_quantized(module: nn.Module, written: dict[str, dict]) -> tuple[nn.Module, dict[str, tuple], dict[str, str]]:
+    """A copy of the module whose weights behind `written` hold their int8 rounding (as float32); the (codes,
+    scale) of each written const in its own layout (None: no parameter reproduces it); and, for consts not named
+    after their parameter, which parameter each holds."""
+    parameters = {name.replace(".", "_"): parameter for name, parameter in module.named_parameters()}
+    rounded = {name: fake_quantize(parameter) for name, parameter in parameters.items()}
+    sources = {key: key if key in parameters else _folded_source(entry, rounded) for key, entry in written.items()}
+    simulated = {key: None if source is None else _laid_out(*rounded[source], written[key])
+                 for key, source in sources.items()}
     copied = copy.deepcopy(module)
-    parameters = {name.replace(".", "_"): parameter for name, parameter in copied.named_parameters()}
-    simulated = {}
+    copied_parameters = {name.replace(".", "_"): parameter for name, parameter in copied.named_parameters()}
     with torch.no_grad():
-        for key in written:
-            parameter = parameters.get(key)
-            if parameter is None:
-                simulated[key] = None
-                continue
-            codes, scale = fake_quantize(parameter)
-            parameter.copy_(codes.float() * scale.float())
-            simulated[key] = (codes, scale)
-    return copied, simulated
+        for source in set(sources.values()) - {None}:
+            codes, scale = rounded[source]
+            copied_parameters[source].copy_(codes.float() * scale.float())
+    folded = {key: source for key, source in sources.items() if source is not None and source != key}
+    return copied, simulated, folded
 
 
 def _dequantized(entry: dict) -> np.ndarray:
@@ -201,21 +236,21 @@ def _dequantized(entry: dict) -> np.ndarray:
     return (entry["codes"].astype(np.float32) - offset) * entry["scale"].astype(np.float32).reshape(shape)
 
 
-def simulation_check(written: dict[str, dict], simulated: dict[str, tuple]) -> dict:
+def simulation_check(written: dict[str, dict], simulated: dict[str, tuple], folded: dict[str, str] | None = None) -> dict:
     """Max abs difference between the weights coremltools wrote (dequantized) and the torch simulation;
-    `unmatched` lists program weights the simulation could not reproduce (no such parameter, other shape)."""
+    `unmatched` lists program weights the simulation could not reproduce (no such parameter, other shape);
+    `folded` says which parameter each const named after a view op holds."""
     unmatched, max_diff = [], 0.0
     for key, entry in written.items():
-        theirs = _dequantized(entry)
-        if simulated[key] is None or tuple(simulated[key][0].shape) != theirs.shape:
+        if simulated[key] is None or tuple(simulated[key][0].shape) != entry["codes"].shape:
             unmatched.append(key)
             continue
-        codes, scale = simulated[key]
-        max_diff = max(max_diff, float(np.abs((codes.float() * scale.float()).numpy() - theirs).max()))
+        max_diff = max(max_diff, _max_diff(entry, simulated[key]))
     return {
         "weights_compared": len(written) - len(unmatched),
         "max_abs_diff": max_diff,
         "unmatched": sorted(unmatched),
+        "folded": dict(sorted((folded or {}).items())),
         "passed": not unmatched and max_diff <= SIMULATION_ATOL,
     }
 
