@@ -1,6 +1,7 @@
 """ONNX export of every family verifies against PyTorch, and the manifest tells the truth."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from effconv.artifacts import manifest_path, read_manifest
+from effconv.convert.layout import RULE, STUDENT_DEFAULT, decide
 from effconv.convert.stage import convert
 from effconv.models.loader import load_model
 from effconv.profile.inputs import resolve
@@ -86,3 +88,49 @@ def test_cli_json_prints_only_the_manifest_and_its_path_keeps_dots_in_spec_names
     # profile reads the compression from the manifest; a missed manifest used to drop it silently
     assert manifest.compression
     assert resolve(artifact, tmp_path / "work").compression == manifest.compression
+
+
+LEGACY_STUDENT = Path(__file__).parent / "data" / "legacy-student" / "hunyuan-tiny-student.yaml"
+
+
+@pytest.mark.parametrize(("conv2d", "conv3d", "chosen"), [
+    ([100, 101, 99], [91, 92, 90], "conv2d"),  # conv3d 1.10x faster in every round: within the noise, default kept
+    ([100, 100, 100, 100], [85, 86, 101, 84], "conv2d"),  # 1.16x by median, but conv2d won one round
+    ([100, 100], [70, 70], "conv2d"),  # 1.43x, but two rounds are too few to switch on
+    ([115, 115, 115], [100, 100, 100], "conv3d"),  # exactly 1.15x, every round, three rounds: switched
+    ([114.9, 114.9, 114.9], [100, 100, 100], "conv2d"),  # just under the margin
+    ([120, 118, 119, 121, 122], [60, 61, 59, 62, 60], "conv3d"),  # clearly faster: switched
+    ([60, 61, 59], [120, 118, 119], "conv2d"),  # the default faster
+])
+def test_layout_rule_keeps_conv2d_unless_conv3d_wins_every_round_by_the_margin(conv2d, conv3d, chosen):
+    """The rule that replaced "ship whichever timed faster", whose choice flipped between runs on the demo student
+    (the two layouts 5-10% apart), so the same inputs gave different artifacts."""
+    layout, why = decide({"conv3d": conv3d, "conv2d": conv2d})
+    assert layout == chosen
+    assert why.endswith("switched from the default" if chosen == "conv3d" else "the default kept")
+    assert f"faster in {sum(c3 < c2 for c2, c3 in zip(conv2d, conv3d))} of {len(conv2d)} rounds" in why
+
+
+def test_student_cli_shows_each_step_and_the_layout_with_its_timings(cli, tmp_path):
+    """Where stderr is a log, each finished step is a line with its duration; the table names the layout chosen,
+    the medians behind it and the rule, and the manifest keeps every round."""
+    code, printed, err = cli("convert", LEGACY_STUDENT, "--to", "onnx", "--out", tmp_path)
+    assert code == 0, err
+    steps = [line.split(": ", 1)[1].rsplit(" (", 1)[0] for line in err.splitlines() if ": " in line]
+    assert steps == ["loading the model", "running PyTorch for the reference output",
+                     "conv3d layout: exporting with torch.onnx (dynamo, opset 18)",
+                     "conv2d layout: rewriting Conv3d as Conv2d, checked lossless",
+                     "conv2d layout: exporting with torch.onnx (dynamo, opset 18)",
+                     "timing the conv3d and conv2d layouts in onnxruntime",
+                     "verifying in onnxruntime (CPU execution provider)"]
+    assert all(line.startswith("[") and line.endswith(" s)") for line in err.splitlines())
+    layout = read_manifest(tmp_path / "hunyuan-tiny-student.json").model_extra["layout"]
+    rounds = layout["rounds_ms"]
+    assert set(rounds) == {"conv3d", "conv2d"} and len(rounds["conv3d"]) == len(rounds["conv2d"]) >= 1
+    assert layout["chosen"] == decide(rounds)[0] and layout["default"] == STUDENT_DEFAULT and layout["rule"] == RULE
+    assert layout["measured_ms"]["conv2d"] == pytest.approx(float(np.median(rounds["conv2d"])), abs=1e-3)
+    table = " ".join(printed.replace("│", " ").split())
+    medians = f"median conv3d {layout['measured_ms']['conv3d']:.1f} ms, conv2d {layout['measured_ms']['conv2d']:.1f} ms"
+    assert f"layout {layout['chosen']} (auto: both layouts timed in onnxruntime on this host ({medians};" in table
+    assert f"(rule: {RULE}; --layout forces one))" in table
+    assert "verified yes: ran in onnxruntime (CPU execution provider)" in table

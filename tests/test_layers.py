@@ -1,9 +1,11 @@
 """The package's layers, read from its imports (ast): a module imports only from its own package or from
-packages of a lower layer, function-local imports included, so no import can hide a cycle."""
+packages of a lower layer, function-local imports included, so no import can hide a cycle; and within a package
+no module imports itself through others."""
 
 from __future__ import annotations
 
 import ast
+import graphlib
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "effconv"
 # Lowest first. A module may import its own package and any package of a lower layer; packages on one
 # layer are independent of each other.
 LAYERS = [
-    {"errors", "quiet", "host", "__init__"},
+    {"errors", "quiet", "host", "provenance", "__init__"},
     {"spec"},
     {"artifacts"},
     {"recipe"},
@@ -60,3 +62,57 @@ def test_imports_point_down_the_layers(path):
     upward = [f"line {line}: {unit} imports {target}" for line, target in _imported_units(ast.parse(path.read_text()))
               if target != unit and target in LAYER_OF and LAYER_OF[target] >= LAYER_OF[unit]]
     assert upward == []
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(path): path for path in SOURCES}
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _imported_modules(tree: ast.AST) -> set[str]:
+    """The effconv modules a file imports at run time (`from effconv.x import y` names module x.y when there is one),
+    function-local imports included, imports only a type checker reads left out."""
+    found, pending = set(), [tree]
+    while pending:
+        node = pending.pop()
+        if _is_type_checking(node):
+            pending += node.orelse
+            continue
+        pending += list(ast.iter_child_nodes(node))
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "effconv":
+            found |= {f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in MODULES else node.module
+                      for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("effconv.")}
+    return found & set(MODULES)
+
+
+def import_graph() -> dict[str, set[str]]:
+    return {name: _imported_modules(ast.parse(path.read_text())) - {name} for name, path in MODULES.items()}
+
+
+def test_no_module_imports_itself_through_others():
+    """A cycle (convert/stage.py <-> convert/streaming.py once) makes the import order matter: whichever module a
+    process imports first sees the other half-initialized. graphlib names the cycle it finds."""
+    try:
+        graphlib.TopologicalSorter(import_graph()).prepare()
+    except graphlib.CycleError as cycle:
+        pytest.fail(f"import cycle: {' -> '.join(cycle.args[1])}")
+
+
+def test_the_cycle_check_finds_a_cycle_through_a_function_local_import(tmp_path):
+    """The check reads function-local imports and skips TYPE_CHECKING ones, as the two modules below need."""
+    first = ast.parse("from effconv.convert.steps import checked\ndef f():\n    from effconv.convert import stage\n")
+    typed = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from effconv.convert.stage import convert\n")
+    assert _imported_modules(first) == {"effconv.convert.steps", "effconv.convert.stage"}
+    assert _imported_modules(typed) == set()
+    graph = import_graph() | {"effconv.convert.steps": {"effconv.convert.stage"}}
+    with pytest.raises(graphlib.CycleError):
+        graphlib.TopologicalSorter(graph).prepare()

@@ -137,8 +137,10 @@ def test_rewrite_writes_student_and_spec_that_convert_verifies(cli, tmp_path, te
 @pytest.mark.parametrize("teacher_spec", [pytest.param(SPECS / "hunyuan-tiny.yaml", marks=pytest.mark.slow),
                                          SPECS / "wan21-tiny.yaml"], ids=lambda p: p.stem)
 def test_student_onnx_layout_is_timed_by_default_and_verifies(cli, tmp_path, teacher_spec):
-    """A user who asks for nothing gets the layout onnxruntime ran faster on this host, both times recorded;
-    --layout conv2d gives every conv as a rank-4 Conv over time-stacked frames, verified against PyTorch."""
+    """A user who asks for nothing gets the layout convert/layout.py's rule picks from both layouts' times on this host,
+    every round recorded; --layout conv2d gives every conv as a rank-4 Conv over time-stacked frames, verified."""
+    from effconv.convert.layout import RULE, decide
+
     code, _, err = cli("rewrite", teacher_spec, "--recipe", "tiny", "--out", tmp_path)
     assert code == 0, err
     student_spec = tmp_path / f"{teacher_spec.stem}-student.yaml"
@@ -146,7 +148,7 @@ def test_student_onnx_layout_is_timed_by_default_and_verifies(cli, tmp_path, tea
     assert code == 0, err
     layout = json.loads(out)["layout"]
     assert set(layout["measured_ms"]) == {"conv3d", "conv2d"} and min(layout["measured_ms"].values()) > 0
-    assert layout["chosen"] == min(layout["measured_ms"], key=layout["measured_ms"].get)
+    assert layout["chosen"] == decide(layout["rounds_ms"])[0] and layout["rule"] == RULE
     assert layout["why"].startswith("auto: both layouts timed") and layout["host"]["cpu"]
     assert sorted(p.name for p in (tmp_path / "auto").iterdir()) == [f"{student_spec.stem}.json", f"{student_spec.stem}.onnx"]
 

@@ -18,6 +18,12 @@ import numpy as np
 from effconv.errors import EffconvError
 from effconv.recipe import DEFAULT_SEARCH_SECONDS, HOST_DEVICE
 
+Progress = Callable[[str], None]  # told each step of long work as it starts, in words ("lowering to XNNPACK")
+
+
+def no_progress(_message: str) -> None:
+    """For callers that show no progress (the library used without the CLI)."""
+
 
 @dataclasses.dataclass
 class CalibrationSet:
@@ -73,7 +79,8 @@ class Backend:
     extra: str | None  # the pip extra that installs its libraries (None: always installed)
     default_atol: float
     legalized: bool  # exported after effconv's legalizing rewrites (lint rules `legalize/rules/NAME.yaml`)
-    export: Callable[..., dict]  # (module, example, path, input_name, output_name, **options) -> export info
+    # (module, example, path, input_name, output_name, progress=Progress, **options) -> export info
+    export: Callable[..., dict]
     # (artifact, threads) -> run: arrays in the graph's input order -> arrays in its output order; None off its platform
     load_all: Callable[[Path, int | None], Callable[[list[np.ndarray]], list[np.ndarray]] | None]
     runtime: str  # what `load` runs the artifact in, as a user reads it in a report

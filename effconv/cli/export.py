@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from effconv.cli.app import AllowImport, JsonFlag, SpecArg, app
-from effconv.cli.render import err, fmt_shape, out, print_lint
+from effconv.cli.render import err, fmt_shape, out, print_lint, progress_lines
 from effconv.errors import VerificationFailed
 
 
@@ -45,10 +45,10 @@ def convert(
     from effconv.spec import load_spec
 
     loaded = load_spec(spec)
-    with err.status(f"Exporting {loaded.spec.name} ({loaded.spec.part}) to {to}..."):
+    with progress_lines(f"Converting {loaded.spec.name} ({loaded.spec.part}) to {to}") as progress:
         try:
             manifest = run_convert(loaded, to, out_dir, atol=atol, opset=opset, allow_import=allow_import,
-                                   precision=precision, layout=layout, stream=stream)
+                                   precision=precision, layout=layout, stream=stream, progress=progress)
         except VerificationFailed as failure:
             if failure.manifest is not None:
                 _print_manifest(failure.manifest, as_json, out_dir)
@@ -76,7 +76,10 @@ def _print_manifest(manifest, as_json: bool, out_dir: Path) -> None:
         table.add_row("max abs error", f"{verify['max_abs_err']:.3g} (atol {verify['atol']:g})")
         table.add_row("PSNR vs PyTorch", f"{verify['psnr_db']:.1f} dB")
     _add_legalize_rows(table, manifest)
-    table.add_row("verified", "[green]yes[/]" if verify["passed"] else "[red]NO[/]")
+    layout = (manifest.model_extra or {}).get("layout")
+    if layout:
+        table.add_row("layout", f"{layout['chosen']} ({layout['why']})")
+    table.add_row("verified", f"{'[green]yes[/]' if verify['passed'] else '[red]NO[/]'}: {verify['method']}")
     out.print(table)
 
 

@@ -3,58 +3,53 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from effconv.artifacts import Manifest, TensorInfo, staged_output, write_manifest
+from effconv.artifacts import Manifest, staged_output, write_manifest
 from effconv.backends import registry
-from effconv.backends.base import Backend
+from effconv.backends.base import Backend, Progress, no_progress
 from effconv.backends.coreml import export as coreml_backend
 from effconv.backends.onnx import export as onnx_backend
 from effconv.backends.verify import compare
-from effconv.convert.layout import CONV2D_REWRITES, LAYOUTS, candidates, fastest, ruled
-from effconv.errors import EffconvError, VerificationFailed, exception_text
+from effconv.convert.layout import LAYOUTS
+from effconv.convert.steps import VERIFY_SEED, checked, checked_rewrites, export_onnx, tensor_info, timed_export
+from effconv.convert.streaming import convert_streaming
+from effconv.errors import EffconvError, exception_text
 from effconv.legalize.lint import check_exportable, lint_graph
-from effconv.legalize.rewrites import as_args, legalize, resolve, rewrites_for
+from effconv.legalize.rewrites import rewrites_for
 from effconv.legalize.student_form import exported_module
 from effconv.models.loader import LoadedModel, load_model
 from effconv.models.turbo_vaed.decoder import TurboVAEDDecoder
 from effconv.spec import LoadedSpec
 
-VERIFY_SEED = 0
-
-
-def tensor_info(name: str, shape, dtype: str = "float32") -> TensorInfo:
-    return TensorInfo(name=name, shape=[int(d) for d in shape], dtype=dtype)
-
 
 def convert_model(model: LoadedModel, backend: str, out_dir: Path, atol: float | None = None,
-                  opset: int = onnx_backend.DEFAULT_OPSET, precision: str = "fp16", layout: str = "auto") -> Manifest:
+                  opset: int = onnx_backend.DEFAULT_OPSET, precision: str = "fp16", layout: str = "auto",
+                  progress: Progress = no_progress) -> Manifest:
     """Export an already-loaded model part; raise VerificationFailed (after writing) if off tolerance.
     `layout` (ONNX only): conv2d exports Conv3d as Conv2d over time-stacked frames, checked lossless first;
-    auto times both for a student and keeps Conv3d for a teacher (convert/layout.py)."""
+    auto times both for a student and applies convert/layout.py's rule, and keeps Conv3d for a teacher.
+    `progress` is told each step as it starts (export, lowering, verification...)."""
     target = registry.get(backend)
     if target.legalized:
-        return convert_legalized(model, target, out_dir, atol=atol, precision=precision)
+        return convert_legalized(model, target, out_dir, atol=atol, precision=precision, progress=progress)
     atol = target.default_atol if atol is None else atol
     name = model.spec.spec.name
-    example = model.example_input(VERIFY_SEED)
-    with torch.no_grad():
-        reference = model.module(example).numpy()
+    example, reference = _reference(model, progress)
     with staged_output(out_dir) as stage:
         artifact = stage / f"{name}{target.suffix}"
         export_info, extra = export_onnx(
             model.module, example, layout, is_student(model), artifact,
-            lambda module, path: target.export(module, example, path, model.input_name, model.output_name, opset=opset))
+            lambda module, path, told: target.export(module, example, path, model.input_name, model.output_name,
+                                                     opset=opset, progress=told),
+            progress)
         if "legalize" in extra:
             extra["legalize"]["shape"] = list(example.shape)
+        progress(f"verifying in {target.runtime}")
         candidate = _predict_at_opset(target, artifact, example, opset)
-        verify = compare(reference, candidate, atol) | {"seed": VERIFY_SEED, "input": "seeded standard normal"}
+        verify = compare(reference, candidate, atol) | _verified_how(f"ran in {target.runtime}")
         manifest = Manifest(
             **_base_manifest(model, backend, artifact, reference.shape, verify),
             export=export_info,
@@ -65,15 +60,17 @@ def convert_model(model: LoadedModel, backend: str, out_dir: Path, atol: float |
     return checked(manifest, out_dir, atol)
 
 
-def checked_rewrites(module, example, rewrites):
-    """The module after `rewrites`, or VerificationFailed when they changed its output on `example`."""
-    legal = legalize(module, example, rewrites)
-    if not legal.report()["equivalence"]["passed"]:
-        raise VerificationFailed(
-            f"effconv's rewrites changed the output (max abs error {legal.max_abs_err:.3g}).",
-            "report this as an effconv bug; export without them meanwhile.",
-        )
-    return legal
+def _reference(model: LoadedModel, progress: Progress) -> tuple[torch.Tensor, object]:
+    """The seeded example input and PyTorch's output on it, which the artifact must reproduce."""
+    progress("running PyTorch for the reference output")
+    example = model.example_input(VERIFY_SEED)
+    with torch.no_grad():
+        return example, model.module(example).numpy()
+
+
+def _verified_how(method: str) -> dict:
+    """The manifest's record of what verification ran on: `method` in words, and the input."""
+    return {"method": method, "seed": VERIFY_SEED, "input": "seeded standard normal"}
 
 
 def _predict_at_opset(target: Backend, artifact: Path, example, opset: int):
@@ -105,20 +102,24 @@ def _base_manifest(model: LoadedModel, backend: str, artifact: Path, reference_s
 
 
 def _verify_without_prediction(model: LoadedModel, example, reference, export_info: dict, legal, precision: str,
-                               atol: float) -> dict:
+                               atol: float, progress: Progress) -> dict:
     """Core ML off macOS: check ranks, output shape and the rewrite, and simulate fp16 in torch."""
+    simulated = precision if precision == "fp16" else None
+    method = coreml_backend.unrun_method(simulated)
+    progress(f"verifying: {method}")
     checks = coreml_backend.static_checks(export_info, reference.shape)
     verify = {"prediction": coreml_backend.NOT_RUN, **checks}
     passed = checks["rank_ok"] and checks["output_shape_ok"] and legal.report()["equivalence"]["passed"]
-    if precision == "fp16":
+    if simulated:
         verify["fp16_simulation"] = compare(reference, coreml_backend.simulate_fp16(model.module, example), atol)
         passed = passed and verify["fp16_simulation"]["passed"]
-    return verify | {"passed": bool(passed), "atol": atol}
+    return verify | {"passed": bool(passed), "atol": atol} | _verified_how(method)
 
 
 def convert_legalized(model: LoadedModel, target: Backend, out_dir: Path, atol: float | None = None,
-                      precision: str = "fp16") -> Manifest:
-    """Core ML / TFLite: legalize the graph (checked lossless), fail early on ops no unit can run, export, verify."""
+                      precision: str = "fp16", progress: Progress = no_progress) -> Manifest:
+    """Core ML / TFLite / ExecuTorch: legalize the graph (checked lossless), fail early on ops no unit can run,
+    export, verify."""
     backend = target.name
     options = {}
     if backend == coreml_backend.NAME:
@@ -126,9 +127,8 @@ def convert_legalized(model: LoadedModel, target: Backend, out_dir: Path, atol: 
         options = {"precision": precision}
         atol = coreml_backend.default_atol(precision) if atol is None else atol
     atol = target.default_atol if atol is None else atol
-    example = model.example_input(VERIFY_SEED)
-    with torch.no_grad():
-        reference = model.module(example).numpy()
+    example, reference = _reference(model, progress)
+    progress(f"legalizing for {backend}: rewrites checked lossless, then linted")
     module, form = exported_module(model.module, backend, example, torch.from_numpy(reference))
     legal = checked_rewrites(module, example, rewrites_for(backend))
     lint = lint_graph(legal.module.graph, backend, applied=tuple(legal.counts))
@@ -137,14 +137,16 @@ def convert_legalized(model: LoadedModel, target: Backend, out_dir: Path, atol: 
     with staged_output(out_dir) as stage:
         artifact = stage / f"{name}{target.suffix}"
         export_info = timed_export(
-            lambda module, path: target.export(module, example, path, model.input_name, model.output_name, **options),
-            legal.module, artifact)
-        candidate = target.predict(artifact, example)
-        if candidate is None:
-            verify = _verify_without_prediction(model, example, reference, export_info, legal, precision, atol)
+            lambda module, path, told: target.export(module, example, path, model.input_name, model.output_name,
+                                                     progress=told, **options),
+            legal.module, artifact, progress)
+        run = target.load(artifact, None)
+        if run is None:
+            verify = _verify_without_prediction(model, example, reference, export_info, legal, precision, atol, progress)
         else:
-            verify = compare(reference, candidate, atol) | {"prediction": "run"}
-        verify |= {"seed": VERIFY_SEED, "input": "seeded standard normal"}
+            progress(f"verifying in {target.runtime}")
+            candidate = run(example.numpy())
+            verify = compare(reference, candidate, atol) | {"prediction": "run"} | _verified_how(f"ran in {target.runtime}")
         manifest = Manifest(
             **_base_manifest(model, backend, artifact, reference.shape, verify),
             legalize=legal.report() | form | {"shape": list(example.shape)},
@@ -157,67 +159,15 @@ def convert_legalized(model: LoadedModel, target: Backend, out_dir: Path, atol: 
     return checked(manifest, out_dir, atol)
 
 
-def checked(manifest: Manifest, out_dir: Path, atol: float) -> Manifest:
-    """Return the written manifest, or raise VerificationFailed (exit 1) when it failed its tolerance."""
-    verify = manifest.verify
-    if verify["passed"]:
-        return manifest
-    detail = verify.get("reason") or (
-        f"max abs error {verify['max_abs_err']:.3g} > atol {atol:g}" if "max_abs_err" in verify
-        else "a static check failed (see verify in the manifest)"
-    )
-    raise VerificationFailed(
-        f"{manifest.backend} output does not match PyTorch: {detail}.",
-        f"inspect {Path(out_dir) / (manifest.name + '.json')}; raise --atol only if that error is acceptable.",
-        manifest=manifest,
-    )
-
-
-def timed_export(export: Callable[[torch.nn.Module, Path], dict], module, path: Path) -> dict:
-    """`export(module, path)`'s info with the seconds it took."""
-    started = time.perf_counter()
-    return export(module, path) | {"seconds": round(time.perf_counter() - started, 2)}
-
-
 def is_student(model: LoadedModel) -> bool:
     return isinstance(model.model, TurboVAEDDecoder)
 
 
-def _in_layout(layout: str, module, example) -> tuple[torch.nn.Module, dict]:
-    if layout == "conv3d":
-        return module, {}
-    legal = checked_rewrites(module, example, resolve(list(CONV2D_REWRITES)))
-    return legal.module, {"legalize": legal.report()}
-
-
-def export_onnx(module, example, requested: str, student: bool, artifact: Path,
-                export: Callable[[torch.nn.Module, Path], dict]) -> tuple[dict, dict]:
-    """Export `module` to `artifact` in the ONNX layout asked for (auto: both timed for a student, Conv3d for a
-    teacher); return the export info and the manifest's sections (layout, and legalize when rewritten). The layout
-    not chosen is exported into a temporary folder inside the staging folder and removed with it."""
-    layouts = candidates(requested, student)
-    exported = {}
-    with tempfile.TemporaryDirectory(dir=artifact.parent) as trials:
-        for layout in layouts:
-            path = artifact if len(layouts) == 1 else Path(trials) / layout / artifact.name
-            path.parent.mkdir(exist_ok=True)
-            laid_out, sections = _in_layout(layout, module, example)
-            exported[layout] = (path, timed_export(export, laid_out, path), sections)
-        if len(layouts) == 1:
-            _, info, sections = exported[layouts[0]]
-            return info, sections | {"layout": ruled(requested, layouts[0])}
-        section = fastest({layout: path for layout, (path, _, _) in exported.items()},
-                          tuple(tensor.numpy() for tensor in as_args(example)))
-        path, info, sections = exported[section["chosen"]]
-        for item in path.parent.iterdir():  # the model and its external weights, if any
-            os.replace(item, artifact.parent / item.name)
-    return info, sections | {"layout": section}
-
-
 def convert(loaded: LoadedSpec, backend: str, out_dir: Path, atol: float | None = None,
             opset: int = onnx_backend.DEFAULT_OPSET, allow_import: bool = False, precision: str = "fp16",
-            layout: str = "auto", stream: int | None = None) -> Manifest:
-    """`stream` K: a streaming artifact that decodes K latent frames per call (convert/streaming.py)."""
+            layout: str = "auto", stream: int | None = None, progress: Progress = no_progress) -> Manifest:
+    """`stream` K: a streaming artifact that decodes K latent frames per call (convert/streaming.py).
+    `progress` is told each step as it starts, in words (the CLI shows it; the library stays silent without it)."""
     registry.get(backend)
     if atol is not None and not 0 <= atol < math.inf:
         raise EffconvError(f"--atol must be a finite number >= 0, got {atol}.", "pass e.g. --atol 1e-3.")
@@ -230,11 +180,11 @@ def convert(loaded: LoadedSpec, backend: str, out_dir: Path, atol: float | None 
     if layout != "auto" and backend != onnx_backend.NAME:
         raise EffconvError(f"--layout applies to ONNX exports only; {backend} exports pick their own rewrites.",
                            "drop --layout, or use --to onnx.")
+    progress("loading the model")
     model = load_model(loaded, allow_import=allow_import)
     if stream is not None:
-        from effconv.convert.streaming import convert_streaming
-
         options = ({"opset": opset} if backend == onnx_backend.NAME else
                    {"precision": precision} if backend == coreml_backend.NAME else {})
-        return convert_streaming(model, backend, out_dir, stream, atol=atol, layout=layout, **options)
-    return convert_model(model, backend, out_dir, atol=atol, opset=opset, precision=precision, layout=layout)
+        return convert_streaming(model, backend, out_dir, stream, atol=atol, layout=layout, progress=progress, **options)
+    return convert_model(model, backend, out_dir, atol=atol, opset=opset, precision=precision, layout=layout,
+                         progress=progress)

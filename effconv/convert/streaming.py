@@ -10,10 +10,11 @@ import torch
 
 from effconv.artifacts import Manifest, staged_output, write_manifest
 from effconv.backends import registry
+from effconv.backends.base import Progress, no_progress
 from effconv.backends.coreml import export as coreml_backend
 from effconv.backends.streaming import stream_chunks
 from effconv.backends.verify import compare
-from effconv.convert.stage import VERIFY_SEED, checked, checked_rewrites, export_onnx, tensor_info, timed_export
+from effconv.convert.steps import VERIFY_SEED, checked, checked_rewrites, export_onnx, tensor_info, timed_export
 from effconv.errors import EffconvError
 from effconv.legalize.lint import check_exportable, lint_graph
 from effconv.legalize.rewrites import rewrites_for
@@ -42,18 +43,20 @@ def _verification_clip(model: LoadedModel, chunk: int) -> torch.Tensor:
 
 
 def _chunk_runner(target, artifact: Path, step: StreamingStep, video_shape, export_info: dict, precision: str | None):
-    """What runs the chunk loop: the artifact in its runtime; for Core ML off macOS, the step in torch with fp16
-    simulated (as for whole-clip Core ML exports) plus the program's static checks."""
+    """What runs the chunk loop: the artifact in its runtime; for Core ML off macOS, the step in torch with its
+    precision simulated (as for whole-clip Core ML exports) plus the program's static checks. Also returns where it
+    ran, in words, and the manifest's verify entries for it."""
     run_all = target.load_all(artifact, None)
     if run_all is not None:
-        return run_all, f"in {target.runtime}", {"prediction": "run"}
-    checks = coreml_backend.static_checks(export_info, video_shape) | {"prediction": coreml_backend.NOT_RUN}
+        return run_all, f"in {target.runtime}", {"prediction": "run", "method": f"ran in {target.runtime}"}
+    checks = coreml_backend.static_checks(export_info, video_shape) | {
+        "prediction": coreml_backend.NOT_RUN, "method": coreml_backend.unrun_method(precision)}
     return (coreml_backend.simulated(step, precision),
             f"through the step in torch, {precision} simulated (Core ML predicts only on macOS)", checks)
 
 
 def convert_streaming(model: LoadedModel, backend: str, out_dir: Path, chunk: int, atol: float | None = None,
-                      layout: str = "auto", **export_options) -> Manifest:
+                      layout: str = "auto", progress: Progress = no_progress, **export_options) -> Manifest:
     check_stream_request(model, chunk)
     target = registry.get(backend)
     precision = export_options.get("precision")
@@ -65,9 +68,11 @@ def convert_streaming(model: LoadedModel, backend: str, out_dir: Path, chunk: in
     example = shape.first_call(clip[:, :, :chunk])
     module, sections = step, {}
     if target.legalized:
+        progress(f"legalizing the streaming step for {backend}: rewrites checked lossless, then linted")
         legal = checked_rewrites(step, example, rewrites_for(backend))
         check_exportable(lint_graph(legal.module.graph, backend, applied=tuple(legal.counts)), "after effconv's rewrites")
         module, sections = legal.module, {"legalize": legal.report()}
+    progress("running PyTorch for the reference output")
     with torch.no_grad():
         reference = decoder(clip).numpy()
         step_outputs = step(*example)
@@ -75,14 +80,16 @@ def convert_streaming(model: LoadedModel, backend: str, out_dir: Path, chunk: in
     with staged_output(out_dir) as stage:
         artifact = stage / f"{name}{target.suffix}"
 
-        def export(laid_out, path: Path) -> dict:
-            return target.export(laid_out, example, path, shape.input_names, shape.output_names, **export_options)
+        def export(laid_out, path: Path, told: Progress) -> dict:
+            return target.export(laid_out, example, path, shape.input_names, shape.output_names, progress=told,
+                                 **export_options)
 
         if target.legalized:
-            export_info = timed_export(export, module, artifact)
+            export_info = timed_export(export, module, artifact, progress)
         else:
-            export_info, sections = export_onnx(step, example, layout, True, artifact, export)
+            export_info, sections = export_onnx(step, example, layout, True, artifact, export, progress)
         run_all, where, checks = _chunk_runner(target, artifact, step, step_outputs[0].shape, export_info, precision)
+        progress(f"verifying: the chunk loop {where}")
         streamed = np.concatenate(list(stream_chunks(run_all, stream, clip.numpy())), axis=2)
         verify = compare(reference, streamed, atol) | checks | {
             "against": f"whole-clip PyTorch decode of {clip.shape[2]} latent frames, streamed {chunk} per call {where}",

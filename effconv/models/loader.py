@@ -80,7 +80,9 @@ class LoadedModel:
 
     @property
     def output_name(self) -> str:
-        return "latent" if self.part == "encoder" else "video"
+        """The whole autoencoder's output is named apart from its input (`video`): a graph cannot define one name
+        twice (onnxruntime: "Duplicate definition of name"; coremltools: "used both as function's input and output")."""
+        return {"decoder": "video", "encoder": "latent", "vae": "reconstruction"}[self.part]
 
     def example_input(self, seed: int = 0) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)

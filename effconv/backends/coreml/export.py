@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from effconv.backends.base import Progress, no_progress
 from effconv.errors import EffconvError, exception_text, missing_extra
 from effconv.legalize.rewrites import Example, as_args, as_names
 from effconv.quiet import captured_stdout, is_debug, quiet_imports
@@ -76,15 +77,18 @@ def program_summary(path: Path) -> dict:
 
 
 def export(module: nn.Module, example: Example, path: Path, input_name: str | list[str], output_name: str | list[str],
-           precision: str = "fp16") -> dict:
+           precision: str = "fp16", progress: Progress = no_progress) -> dict:
     """One input per tensor of `example` (a streaming step: latent, flag, caches), named in order."""
     check_precision(precision)
     ct = _coremltools()
     progress_bars = contextlib.nullcontext() if is_debug() else contextlib.redirect_stderr(io.StringIO())
     args = as_args(example)
     try:
+        progress("torch.export")  # outside the redirected stderr, where the CLI shows it
         with torch.no_grad(), captured_stdout(), progress_bars:
             program = torch.export.export(module, args).run_decompositions()
+        progress(f"converting to a Core ML program with coremltools ({precision}, {DEPLOYMENT_TARGET})")
+        with torch.no_grad(), captured_stdout(), progress_bars:
             mlmodel = ct.convert(
                 program,
                 inputs=[ct.TensorType(name=name, shape=tuple(tensor.shape), dtype=np.float32)
@@ -111,6 +115,14 @@ def export(module: nn.Module, example: Example, path: Path, input_name: str | li
         "compute_units": "ALL (ANE when every op is ANE-legal)",
         **summary,
     }
+
+
+def unrun_method(simulated_precision: str | None) -> str:
+    """How an artifact this host cannot run was verified, in words for the manifest's verify.method: its numerics
+    simulated in torch at `simulated_precision` (None: no numerics, only the static checks)."""
+    checked = (f"{simulated_precision} simulation in torch" if simulated_precision
+               else "static checks only (tensor ranks, output shape)")
+    return f"{checked}; not run on {platform.system()} (Core ML predicts only on macOS)"
 
 
 def static_checks(export_info: dict, reference_shape) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from effconv.backends.base import Progress, no_progress
 from effconv.errors import EffconvError, exception_text, missing_extra
 from effconv.legalize.rewrites import Example, as_args
 from effconv.quiet import captured_stdout, native_stderr_silenced, quiet_imports
@@ -84,7 +85,7 @@ def drop_identity_clones():
     return RemoveCloneOpsTransform(preserve_input_output_copies=True)
 
 
-def lower(program: torch.export.ExportedProgram):
+def lower(program: torch.export.ExportedProgram, progress: Progress = no_progress):
     """An ExportedProgram lowered to XNNPACK subgraphs (`to_edge_transform_and_lower` + `XnnpackPartitioner`),
     checked for ops no kernel runs; returns the edge program manager.
     Identity clones are dropped between edge conversion and partitioning (drop_identity_clones): with them, XNNPACK
@@ -93,6 +94,7 @@ def lower(program: torch.export.ExportedProgram):
     lower, the tiny Wan 2.2 teacher did not finish in 35 min). Every shipped spec now lowers into subgraphs (each
     tiny teacher in under two minutes on 2 busy cores), so that fallback is gone."""
     to_edge_transform_and_lower, XnnpackPartitioner = _lowering()
+    progress("lowering to XNNPACK (to_edge_transform_and_lower)")
     try:
         with captured_stdout():
             edge = to_edge_transform_and_lower(program, transform_passes=[drop_identity_clones()],
@@ -110,7 +112,8 @@ def lower(program: torch.export.ExportedProgram):
     return edge
 
 
-def write(edge, path: Path) -> dict:
+def write(edge, path: Path, progress: Progress = no_progress) -> dict:
+    progress("to_executorch and writing the .pte")
     with captured_stdout():
         program = edge.to_executorch()
     Path(path).write_bytes(program.buffer)
@@ -118,16 +121,17 @@ def write(edge, path: Path) -> dict:
 
 
 def export(module: nn.Module, example: Example, path: Path, input_name: str | list[str],
-           output_name: str | list[str]) -> dict:
+           output_name: str | list[str], progress: Progress = no_progress) -> dict:
     """Inputs and outputs keep the module's order (load_all feeds and returns them in it); a `.pte` does not name
     them, so `input_name`/`output_name` are for the manifest only."""
+    progress("torch.export")
     try:
         with torch.no_grad(), captured_stdout():
             program = torch.export.export(module, as_args(example))
     except Exception as exc:  # torch.export raises many types; all mean "this module did not export"
         reason = exception_text(exc, 400)
         raise EffconvError(f"torch.export failed: {reason}", "rerun with --debug for details.") from None
-    ops = write(lower(program), path)
+    ops = write(lower(program, progress), path, progress)
     return {"lowering": "to_edge_transform_and_lower (identity clones dropped, XnnpackPartitioner), to_executorch",
             "ops": ops, "delegated_calls": ops.get(f"delegate:{DELEGATE}", 0),
             "portable_ops": {op: n for op, n in ops.items() if not op.startswith("delegate:")}}

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from effconv.backends.base import Progress, no_progress
 from effconv.errors import EffconvError, exception_text
 from effconv.legalize.rewrites import Example, as_args, as_names
 from effconv.quiet import captured_stdout
@@ -31,8 +32,9 @@ def check_opset(opset: int) -> None:
 
 
 def export(module: nn.Module, example: Example, path: Path, input_name: str | list[str], output_name: str | list[str],
-           opset: int = DEFAULT_OPSET) -> dict:
+           opset: int = DEFAULT_OPSET, progress: Progress = no_progress) -> dict:
     check_opset(opset)
+    progress(f"exporting with torch.onnx (dynamo, opset {opset})")
     weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     external = weight_bytes > PROTOBUF_LIMIT_BYTES
     try:

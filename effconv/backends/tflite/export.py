@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from effconv.backends.base import Progress, no_progress
 from effconv.errors import EffconvError, exception_text, missing_extra
 from effconv.legalize.rewrites import Example, as_args
 from effconv.quiet import captured_stdout, native_stderr_silenced, quiet_imports
@@ -43,9 +44,10 @@ def _interpreter_module():
 
 
 def export(module: nn.Module, example: Example, path: Path, input_name: str | list[str],
-           output_name: str | list[str]) -> dict:
+           output_name: str | list[str], progress: Progress = no_progress) -> dict:
     """Inputs and outputs keep their order (load_all reads them back in it); LiteRT names them args_N and output_N,
     so `input_name`/`output_name` are for the manifest only."""
+    progress("converting with litert-torch (torch.export, then LiteRT's converter)")
     litert_torch = _litert_torch()
     try:
         with torch.no_grad(), captured_stdout():
