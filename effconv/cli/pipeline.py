@@ -47,14 +47,14 @@ def run_pipeline(
     Example: `effconv run turbo-vaed-wan --pretrained ~/Wan2.1-T2V-1.3B-Diffusers --data clips/ --out runs/wan --dry-run`
     """
     from effconv.pipeline.plan import resolve
-    from effconv.pipeline.runner import execute, plan
+    from effconv.pipeline.runner import execute, plan, plan_caption
 
     inputs = resolve(target, recipe, steps, pretrained, data, eval_data, device, allow_import=allow_import,
                      train_device=train_device, workers=workers)
-    with err.status("Planning (hashing inputs)..."):
-        decisions = plan(inputs, out_dir)
+    with err.status("Planning (hashing inputs)...") as status:
+        decisions = plan(inputs, out_dir, on_progress=lambda message: status.update(f"Planning: {message}"))
     if not as_json:
-        print_wide(_plan_table(decisions))
+        print_wide(_plan_table(decisions, plan_caption(decisions, train_device)))
     if dry_run:
         if as_json:
             print(json.dumps({"out": str(out_dir), "plan": [d.as_dict() for d in decisions]}, indent=2))
@@ -73,18 +73,19 @@ def run_pipeline(
     result.check()
 
 
-def _plan_table(decisions) -> Table:
+def _plan_table(decisions, caption: str) -> Table:
+    from effconv.pipeline.durations import duration_text
+
     table = Table(title="plan (times are estimates)")
     for column in ("stage", "action", "why", "estimate", "how estimated"):
         table.add_column(column, justify="right" if column == "estimate" else "left")
     colours = {"skip": "green", "run": "yellow", "resume": "yellow", "blocked": "red"}
     for d in decisions:
-        seconds = f"~{d.estimate.seconds:.0f} s" if d.estimate else ""
+        seconds = f"~{duration_text(d.estimate.seconds)}" if d.estimate else ""
         why = f"{d.reason}\n[dim]{escape(d.stage.note)}[/]" if d.stage.note else d.reason
         table.add_row(d.stage.name, f"[{colours[d.action]}]{d.action}[/]", why, seconds,
                       d.estimate.basis if d.estimate else "")
-    total = sum(d.estimate.seconds for d in decisions if d.estimate)
-    table.caption = f"about {total / 60:.1f} min in all (an estimate)"
+    table.caption, table.caption_justify = caption, "left"
     return table
 
 
@@ -102,9 +103,11 @@ class _RunProgress:
     def __call__(self, kind: str, decision, info: dict) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        from effconv.pipeline.durations import duration_text
+
         name = decision.stage.name
         if kind == "start" and decision.action in ("run", "resume"):
-            estimate = f" (estimate ~{decision.estimate.seconds:.0f} s)" if decision.estimate else ""
+            estimate = f" (estimate ~{duration_text(decision.estimate.seconds)})" if decision.estimate else ""
             err.print(f"{name}: {decision.action}{estimate}...", highlight=False)
         elif kind == "step":
             if self.bar is None:

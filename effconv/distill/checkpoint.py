@@ -52,6 +52,16 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.removeprefix("step-"))
+
+
+def checkpoints_by_step(directory: Path) -> list[Path]:
+    """The complete step-* checkpoints, oldest step first (by number: step-10000000 comes after step-9999999)."""
+    steps = [p for p in directory.glob("step-*") if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir()]
+    return sorted(steps, key=checkpoint_step)
+
+
 def save_checkpoint(directory: Path, step: int, modules: dict[str, torch.nn.Module],
                     optimizer: torch.optim.Optimizer, extra: dict, keep: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
@@ -73,7 +83,7 @@ def save_checkpoint(directory: Path, step: int, modules: dict[str, torch.nn.Modu
     pointer = directory / (LATEST + ".tmp")
     pointer.write_text(json.dumps({"step": step, "path": final.name}))
     os.replace(pointer, directory / LATEST)
-    for old in sorted(directory.glob("step-*"))[:-keep]:
+    for old in checkpoints_by_step(directory)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -91,8 +101,7 @@ def latest_checkpoint(directory: Path) -> Path | None:
             raise EffconvError(f"'{pointer}' is corrupt.", "delete it to resume from the newest step-* directory, or start fresh.")
         if (directory / name).is_dir():
             return directory / name
-    steps = [p for p in directory.glob("step-*") if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir()]
-    return max(steps, key=lambda p: int(p.name.removeprefix("step-")), default=None)
+    return next(reversed(checkpoints_by_step(directory)), None)
 
 
 def _check_state(state) -> None:

@@ -1,7 +1,8 @@
 """The distill stage: teacher spec + recipe + real video -> trained student directory + spec + manifest.
 
 Output in --out: `checkpoints/` (resumable training state), `cache/KEY/` (clips and teacher latents, when
-the recipe uses a finite clip pool; KEY hashes the teacher's weights, clip size, seed and videos), and on
+the recipe uses a finite clip pool; KEY hashes the teacher's weights, clip size, seed, videos and the code that
+makes them), and on
 completion NAME-student/ (EMA weights, save_pretrained),
 NAME-student.yaml (a spec `effconv convert` accepts) and distill.json (the manifest).
 """

@@ -2,8 +2,10 @@
 the clip itself when the recipe draws from a finite clip pool.
 
 The cache folder is named by a hash of everything a cached file depends on: the teacher's weights, the
-clip geometry, the tapped features, the sampling seed and the training videos (path, size, mtime). A
-retrained teacher of the same shape, or other videos, get a new folder and never reuse stale latents.
+clip geometry, the tapped features, the sampling seed, the training videos (path, size, mtime), and the code that
+made it (the effconv version and the source of this module and of the clip sampler, with what they import). A
+retrained teacher of the same shape, other videos, or changed sampling code get a new folder and never reuse stale
+clips or latents.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from torch import nn
 
 from effconv.distill.features import captured_features
 from effconv.models.loader import LoadedModel
+from effconv.provenance import produced_by
+from effconv.video.clips import ClipSampler
 from effconv.video.reader import VideoInfo
 
 CLIP_KEY = "clip"
@@ -49,6 +53,7 @@ def cache_key(teacher: LoadedModel, taps: dict[str, str], videos: list[VideoInfo
         "taps": taps,
         "seed": seed,
         "videos": [identity(video.path) for video in videos],
+        "produced_by": produced_by(__name__, ClipSampler.__module__),
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:KEY_CHARS]
 

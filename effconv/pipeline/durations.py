@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from effconv.distill.trainer import resolve_device
 from effconv.models.loader import load_model, pretrained_config
 from effconv.models.turbo_vaed.compare import count_flops
 from effconv.models.turbo_vaed.decoder import build_student
@@ -37,6 +38,32 @@ FIXED_SECONDS = {"distill": 15.0, "eval": 4.0, "convert-onnx": 6.0, "convert-cor
                  "quantize-tflite": 6.0, "quantize-executorch": 167.0, "quantize": 29.0, "lint": 3.0, "profile": 4.5}
 BACKWARD_FACTOR = 3  # a training step of the student costs about three forwards
 MEASURE_WARMUP = 2
+LONG_SECONDS = 3600.0  # a CPU distillation estimated past this gets told how to shorten it
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+
+
+def duration_text(seconds: float) -> str:
+    """A duration in the unit that keeps it readable: 42 s, 4.3 min, 2.5 h, 410 days."""
+    if seconds < MINUTE:
+        return f"{seconds:.0f} s"
+    if seconds < HOUR:
+        return f"{seconds / MINUTE:.1f} min"
+    if seconds < 2 * DAY:
+        return f"{seconds / HOUR:.1f} h"
+    return f"{seconds / DAY:,.0f} days"
+
+
+def shorter_run_advice(distill_seconds: float, steps: int, steps_done: int, train_device: str) -> str | None:
+    """For a distillation to `steps` (from `steps_done`) estimated to take long on the CPU: how many steps fit in an
+    hour, and where to train instead. None when it is short or trains on a GPU."""
+    if distill_seconds <= LONG_SECONDS or resolve_device(train_device).type != "cpu":
+        return None
+    fitting = steps_done + max(1, int((steps - steps_done) * LONG_SECONDS / distill_seconds))
+    return (f"distilling to step {steps} on this CPU takes about {duration_text(distill_seconds)}: pass --steps N "
+            f"for a shorter run (--steps {fitting} fits in about an hour here), or --train-device cuda on a machine "
+            "with an NVIDIA GPU.")
+
+
 @dataclass
 class StageDuration:
     seconds: float

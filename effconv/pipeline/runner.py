@@ -5,6 +5,8 @@ file digests, upstream manifest digests, versions), its outputs, how long it too
 passed. A stage is skipped when its hash matches and its outputs exist; otherwise it and every stage
 after it that reads it runs again. A distillation resumes from its last checkpoint when its inputs match
 the ones it started with except for a raised step count: killed mid-way, or finished and asked for more steps.
+Fewer steps than that run trained are refused (starting over would delete its student and checkpoints); a
+distillation with other inputs starts over, and the plan says which checkpoints that replaces.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from pathlib import Path
 from typing import Callable
 
 from effconv.artifacts import STAGING_PREFIX, ensure_out_dir, replace_json
-from effconv.distill.checkpoint import latest_checkpoint
+from effconv.distill.checkpoint import checkpoint_step, latest_checkpoint
 from effconv.errors import EffconvError, VerificationFailed
-from effconv.pipeline.durations import StageDuration, DurationEstimator
-from effconv.pipeline.hashing import file_digest, inputs_hash, stage_inputs
+from effconv.pipeline.durations import StageDuration, DurationEstimator, duration_text, shorter_run_advice
+from effconv.pipeline.hashing import Progress, file_digest, inputs_hash, stage_inputs
 from effconv.pipeline.plan import RunInputs, Stage, stages
 from effconv.pipeline.report import write_report
-from effconv.pipeline.stages import RUNNERS, StageContext, manifest_name
+from effconv.pipeline.stages import PRODUCERS, RUNNERS, StageContext, manifest_name
 
 STARTED = "stage-started.json"
 SCRATCH = {"checkpoints", "cache", STARTED}
@@ -135,21 +137,51 @@ def _started_continuation(directory: Path) -> str | None:
         return None
 
 
-def _resumable_step(directory: Path, record: dict | None, hashed: dict) -> int | None:
-    """The checkpoint step a distillation can continue from: its run (interrupted, or finished with fewer steps)
-    had the same inputs but for the step count, and has not gone past the steps asked for now."""
+def _trained(directory: Path, record: dict | None, hashed: dict) -> tuple[Path | None, int]:
+    """The latest checkpoint and the steps trained of the distillation in `directory` when it is this one but for the
+    step count (interrupted, or finished with other steps); (None, 0) when it is another run or there is none."""
     continuation = _without_steps(hashed)
-    same_run = _started_continuation(directory) == inputs_hash(continuation) or (
-        record is not None and _without_steps(record.get("inputs")) == continuation)
-    checkpoint = latest_checkpoint(directory / "checkpoints") if same_run else None
+    finished = record is not None and _without_steps(record.get("inputs")) == continuation
+    if not finished and _started_continuation(directory) != inputs_hash(continuation):
+        return None, 0
+    checkpoint = latest_checkpoint(directory / "checkpoints")
+    steps = [checkpoint_step(checkpoint)] if checkpoint is not None else []
+    finished_steps = record["inputs"]["settings"]["distill"].get("steps") if finished else None
+    if isinstance(finished_steps, int):
+        steps.append(finished_steps)
+    return checkpoint, max(steps, default=0)
+
+
+def _refuse_fewer_steps(directory: Path, trained: int, asked: int) -> None:
+    """Fewer steps than a run already trained would start over and delete its student and checkpoints: refused."""
+    if trained > asked:
+        raise EffconvError(
+            f"the distillation asks for {asked} steps, below the {trained} the run in '{directory}' already trained; "
+            "running it would start over and delete that run's student and checkpoints.",
+            f"pass --steps {trained} or more to keep it (more steps continue it), or choose another --out for a "
+            f"{asked}-step run.")
+
+
+def _distill_decision(stage: Stage, directory: Path, record: dict | None, hashed: dict) -> Decision | None:
+    """Resume when the run in `directory` is this one but for fewer steps; refuse to undo steps it trained."""
+    checkpoint, trained = _trained(directory, record, hashed)
+    _refuse_fewer_steps(directory, trained, hashed["settings"]["distill"]["steps"])
     if checkpoint is None:
         return None
-    step = int(checkpoint.name.removeprefix("step-"))
-    return step if step <= hashed["settings"]["distill"]["steps"] else None
+    step = checkpoint_step(checkpoint)
+    return Decision(stage, "resume", f"resumes from step {step}", inputs=hashed, steps_done=step)
 
 
-def decide(inputs: RunInputs, stage: Stage, out_dir: Path, rerun: set[str], blocked: set[str]) -> Decision:
-    """Skip, run, resume, or blocked (a stage it needs failed its check). `rerun`: stages that will run before it."""
+def _discarded_training(directory: Path) -> str:
+    """What rerunning a distillation from scratch deletes, for its reason in the plan."""
+    checkpoint = latest_checkpoint(directory / "checkpoints")
+    return f"; replaces the other run there (checkpoints up to step {checkpoint_step(checkpoint)})" if checkpoint else ""
+
+
+def decide(inputs: RunInputs, stage: Stage, out_dir: Path, rerun: set[str], blocked: set[str],
+           on_progress: Progress | None = None) -> Decision:
+    """Skip, run, resume, or blocked (a stage it needs failed its check). `rerun`: stages that will run before it.
+    `on_progress` hears how hashing the stage's input files goes, when that takes more than a moment."""
     upstream_rerun = [name for name in stage.after if name in rerun]
     if upstream_rerun:
         return Decision(stage, "run", f"{upstream_rerun[0]} reruns")
@@ -158,7 +190,7 @@ def decide(inputs: RunInputs, stage: Stage, out_dir: Path, rerun: set[str], bloc
         return Decision(stage, "blocked", f"{needed_failed[0]} failed its check")
     by_name = {s.name: s for s in stages(inputs)}
     upstream = {name: file_digest(stage_manifest_path(inputs, by_name[name], out_dir)) for name in stage.after}
-    hashed = stage_inputs(stage.name, stage.settings, stage.files, upstream)
+    hashed = stage_inputs(stage.name, stage.settings, stage.files, upstream, PRODUCERS[stage.kind], on_progress)
     new_hash = inputs_hash(hashed)
     directory = Path(out_dir) / stage.name
     record = read_record(stage_manifest_path(inputs, stage, out_dir))
@@ -166,21 +198,24 @@ def decide(inputs: RunInputs, stage: Stage, out_dir: Path, rerun: set[str], bloc
         failed = record.get("passed") is False
         return Decision(stage, "skip", "unchanged" + (" (failed its check)" if failed else ""), inputs=hashed,
                         failed_before=failed)
-    step = _resumable_step(directory, record, hashed) if stage.kind == "distill" else None
-    if step is not None:
-        return Decision(stage, "resume", f"resumes from step {step}", inputs=hashed, steps_done=step)
+    if stage.kind == "distill":
+        resumed = _distill_decision(stage, directory, record, hashed)
+        if resumed is not None:
+            return resumed
+    discarded = _discarded_training(directory) if stage.kind == "distill" else ""
     if record is None:
-        return Decision(stage, "run", "no finished run in --out", inputs=hashed)
+        return Decision(stage, "run", "no finished run in --out" + discarded, inputs=hashed)
     changed = _first_difference(record.get("inputs"), hashed) or "outputs missing"
-    return Decision(stage, "run", changed, inputs=hashed)
+    return Decision(stage, "run", changed + discarded, inputs=hashed)
 
 
-def plan(inputs: RunInputs, out_dir: Path) -> list[Decision]:
-    """What a run would do now, stage by stage, with an estimated time for each stage that runs."""
+def plan(inputs: RunInputs, out_dir: Path, on_progress: Progress | None = None) -> list[Decision]:
+    """What a run would do now, stage by stage, with an estimated time for each stage that runs. Each input file is
+    read once per process (hashing.INPUT_DIGESTS), so `execute` after `plan` hashes nothing again."""
     decisions, rerun, blocked = [], set(), set()
     estimator = DurationEstimator(inputs, out_dir)
     for stage in stages(inputs):
-        decision = decide(inputs, stage, out_dir, rerun, blocked)
+        decision = decide(inputs, stage, out_dir, rerun, blocked, on_progress)
         if decision.action in RUNS:
             rerun.add(stage.name)
             decision.estimate = estimator(stage, decision.steps_done)
@@ -188,6 +223,16 @@ def plan(inputs: RunInputs, out_dir: Path) -> list[Decision]:
             blocked.add(stage.name)
         decisions.append(decision)
     return decisions
+
+
+def plan_caption(decisions: list[Decision], train_device: str) -> str:
+    """The plan's total estimated time, and how to shorten a distillation that would take long on the CPU."""
+    total = sum(d.estimate.seconds for d in decisions if d.estimate)
+    caption = f"about {duration_text(total)} in all (an estimate)"
+    distill = next((d for d in decisions if d.stage.kind == "distill" and d.estimate), None)
+    advice = distill and shorter_run_advice(distill.estimate.seconds, distill.stage.settings["distill"]["steps"],
+                                            distill.steps_done, train_device)
+    return f"{caption}\n{advice}" if advice else caption
 
 
 def _prepare(directory: Path, resume: bool) -> None:

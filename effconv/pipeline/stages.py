@@ -208,6 +208,18 @@ def run_profile(ctx: StageContext) -> None:
                                                              models=results, not_costed=skipped, plot=PROFILE_PLOT))
 
 
+# The library module whose code makes each kind of stage's outputs: its source, with what it imports, is part of
+# the stage's hash, so changed code redoes the stage rather than reusing what older code wrote.
+PRODUCERS: dict[str, str] = {
+    "distill": distill.__module__,
+    "eval": evaluate.__module__,
+    "convert": convert.__module__,
+    "quantize": quantize_artifact.__module__,
+    "stream": convert.__module__,
+    "lint": lint_target.__module__,
+    "profile": run.__module__,
+}
+
 RUNNERS: dict[str, Callable[[StageContext], None]] = {
     "distill": run_distill,
     "eval": run_eval,
