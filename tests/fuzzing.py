@@ -228,6 +228,26 @@ def onnx_artifact(tmp_path_factory) -> Path:
     return out / manifest.artifact
 
 
+@pytest.fixture(scope="module")
+def student_spec(tmp_path_factory) -> Path:
+    """The hunyuan-tiny student as `effconv rewrite --recipe tiny` writes it (spec, weights, manifest), built once per module."""
+    from effconv.rewrite.stage import rewrite
+    from effconv.spec import load_spec
+
+    out = tmp_path_factory.mktemp("student")
+    manifest = rewrite(load_spec(SPECS / "hunyuan-tiny.yaml"), "tiny", out)
+    return out / f"{manifest.name}.yaml"
+
+
+def copy_student(spec: Path, directory: Path) -> Path:
+    """The student's spec, manifest and weights directory, copied so a test may damage them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in (spec, spec.with_suffix(".json")):
+        shutil.copy(path, directory / path.name)
+    shutil.copytree(spec.with_suffix(""), directory / spec.stem)
+    return directory / spec.name
+
+
 def copy_artifact(artifact: Path, directory: Path) -> Path:
     """The artifact and its manifest, copied so a test may damage them."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """Seeded fuzzing of every input effconv reads: mutated specs, recipes, device profiles, manifests,
-ONNX files and videos. Each case must exit 0 (the mutation happened to be valid) or 2 with one line,
+ONNX files, videos, and eval's teacher and student. Each case must exit 0 (the mutation happened to be valid) or 2 with one line,
 change nothing outside --out, and leave --out untouched unless it succeeded.
 
 Seeds are the test ids, so a failing case reruns alone: `pytest tests/test_fuzz.py -k spec-17`.
@@ -17,14 +17,15 @@ from effconv.recipe import packaged_recipes
 
 from conftest import REPO, SPECS
 from fuzzing import (  # noqa: F401 - capped_memory, onnx_artifact and sandbox are fixtures
-    capped_memory, copy_artifact, mutate_bytes, mutate_tree, mutated_yaml, onnx_artifact, sandbox,
+    capped_memory, copy_artifact, copy_student, mutate_bytes, mutate_tree, mutated_yaml, onnx_artifact, sandbox,
+    student_spec,
 )
 
 SPEC_SOURCES = sorted(SPECS.glob("*.yaml"))
 RECIPE_SOURCES = [REPO / "effconv" / "recipes" / f"{name}.yaml" for name in packaged_recipes()]
 DEVICE_SOURCES = sorted((REPO / "effconv" / "device_profiles").glob("*.yaml"))
 TEACHER = SPECS / "hunyuan-tiny.yaml"
-SPEC_CASES, RECIPE_CASES, DEVICE_CASES, MANIFEST_CASES, ONNX_CASES, VIDEO_CASES = 150, 60, 120, 40, 24, 10
+SPEC_CASES, RECIPE_CASES, DEVICE_CASES, MANIFEST_CASES, ONNX_CASES, VIDEO_CASES, EVAL_CASES = 120, 60, 120, 40, 24, 10, 24
 
 
 def cases(count: int) -> list:
@@ -84,3 +85,29 @@ def test_mutated_onnx(case, sandbox, onnx_artifact):
 def test_mutated_video(case, sandbox):
     video = sandbox.write("clip.mp4", mutate_bytes(BUNDLED_CLIP.read_bytes(), random.Random(f"video-{case}")))
     sandbox.run("eval", TEACHER, "--data", video)
+
+
+# eval's inputs beside the videos, in turn: the --teacher spec, the student's spec, and the teacher recorded in
+# the student's manifest (the one eval uses without --teacher).
+EVAL_TARGETS = ["teacher", "student", "recorded-teacher"]
+
+
+@pytest.mark.parametrize("case", cases(EVAL_CASES), ids=lambda i: f"eval-{i}")
+def test_mutated_eval_input(case, sandbox, student_spec):
+    student = copy_student(student_spec, sandbox.inputs / "student")
+    target, seed = EVAL_TARGETS[case % 3], f"eval-{case}"
+    options = []
+    if target == "teacher":
+        source = SPEC_SOURCES[case % len(SPEC_SOURCES)]
+        text = mutated_yaml(source, seed, SPEC_FOCUS[case % 2]).replace("../../effconv/", f"{REPO}/effconv/")
+        options = ["--teacher", sandbox.write("teacher.yaml", text)]
+    elif target == "student":
+        student.write_text(mutated_yaml(student, seed, ("input",) if case % 2 else ()))
+    else:
+        manifest = student.with_suffix(".json")
+        rng = random.Random(seed)
+        tree = json.loads(manifest.read_text())
+        for _ in range(rng.randint(1, 3)):
+            tree = mutate_tree(tree, rng, focus=("teacher",))
+        manifest.write_text(json.dumps(tree))
+    sandbox.run("eval", student, "--data", BUNDLED_CLIP, "--save-frames", sandbox.out, *options)
