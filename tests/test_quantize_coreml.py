@@ -147,3 +147,20 @@ def test_weights_folded_through_view_ops_are_matched_to_their_parameters(mochi_p
                                "view_35": "vae_decoder_up_blocks_2_proj_weight",
                                "view_48": "vae_decoder_proj_out_weight"}
     assert 45.0 <= report["quality"]["psnr_vs_float_db"] < 80.0  # the projections are int8 in the simulation too
+
+
+def test_a_missed_bound_points_at_what_a_core_ml_manifest_has(student, tmp_path):
+    """regression: the fix named int8_kernels and sensitivity (ONNX-only keys) and --weights-only, which does
+    nothing for Core ML."""
+    from effconv.errors import VerificationFailed
+    from effconv.quantize.stage import quantize_artifact
+
+    artifact, _ = student
+    with pytest.raises(VerificationFailed) as failure:
+        quantize_artifact(artifact, tmp_path, calib=["random"], samples=2, min_psnr_vs_float=150.0)
+    message = failure.value.one_line()
+    vs_float = failure.value.manifest.quantize["quality"]["psnr_vs_float_db"]
+    assert f"its output is {vs_float:.1f} dB from the float artifact's, below --min-psnr-vs-float 150." in message
+    assert (f"Fix: see quantize.quality, quantize.float_nodes, quantize.simulation_check in "
+            f"{tmp_path / failure.value.manifest.name}.json; ship the fp16 package") in message
+    assert "int8_kernels" not in message and "--weights-only" not in message and "calibrate" not in message

@@ -133,7 +133,11 @@ def test_min_psnr_vs_float_gate_fails_a_model_far_from_float_even_without_ground
         quantize_artifact(student_onnx, tmp_path, calib=["random"], samples=2, weights_only=True, min_psnr_vs_float=150.0)
     gate = failure.value.manifest.quantize["gate"]
     assert gate["passed"] is False and gate["failed"] == "psnr_vs_float" and gate["psnr_vs_float_db"] < 150.0
-    assert "--min-psnr-vs-float 150" in failure.value.one_line()
+    message = failure.value.one_line()
+    assert "--min-psnr-vs-float 150" in message
+    # regression: the fix pointed at int8_kernels and sensitivity, which a weight-only report does not have
+    assert f"see quantize.quality in {tmp_path / failure.value.manifest.name}.json;" in message
+    assert "int8_kernels" not in message and "--weights-only" not in message
     assert (tmp_path / f"{failure.value.manifest.name}.json").exists()  # written, then failed: exit 1 with the evidence
 
 
@@ -145,8 +149,23 @@ def test_weights_only_stores_int8_and_computes_float(student_onnx, tmp_path):
     assert report["quality"]["psnr_vs_float_db"] >= 30.0
     ops = _quantized_ops(tmp_path / manifest.artifact)
     assert "DequantizeLinear" in ops and "QuantizeLinear" not in ops and "Conv" in ops
-    assert report["gate"]["applied"] is False
+    # regression: the default --min-psnr-vs-float 30 is checked, yet the gate said "not applied"
+    assert report["gate"] == {**report["gate"], "applied": True, "passed": True, "min_psnr_vs_float": 30.0,
+                              "max_psnr_drop": 0.3, "drop_not_applied": "no ground-truth frames in the calibration data"}
     assert any("random latents" in note for note in report["notes"])
+
+
+def test_the_table_says_the_psnr_vs_float_bound_was_applied(student_onnx, tmp_path, cli):
+    """regression: the table said "quality gate: not applied" while --min-psnr-vs-float was enforced."""
+    code, out, err = cli("quantize", student_onnx, "--calib", "random", "--samples", "2", "--weights-only",
+                         "--out", tmp_path)
+    assert code == 0, err
+    manifest = json.loads(next(tmp_path.glob("*-int8.json")).read_text())
+    vs_float = manifest["quantize"]["quality"]["psnr_vs_float_db"]
+    verdict = " ".join(out.replace("│", " ").split())  # the table's cells, unwrapped
+    assert (f"quality gate passed (PSNR vs float {vs_float:.1f} dB >= 30; drop bound not applied: no ground-truth "
+            "frames in the calibration data)") in verdict
+    assert "not applied (" not in out
 
 
 def test_speed_selection_keeps_slower_kinds_in_float(student_onnx, tmp_path):

@@ -8,6 +8,10 @@ import torch
 
 from effconv.video.metrics import psnr, ssim
 
+# A quantize report's `remedies`: what its scheme lets a user change when int8 quality misses a bound
+CALIBRATE_MORE = "calibrate on more, or more varied, video (--calib)"
+WEIGHTS_ONLY = "pass --weights-only (int8 weights, float compute)"
+
 
 def _mean(values: list[float]) -> float:
     return round(float(np.mean(values)), 4)
@@ -32,3 +36,13 @@ def quality_report(float_outputs: list[np.ndarray], quant_outputs: list[np.ndarr
     report["psnr_drop_db"] = round(report["psnr_float_db"] - report["psnr_quant_db"], 4)
     report["ssim_drop"] = round(report["ssim_float"] - report["ssim_quant"], 4)
     return report
+
+
+def apart_from(value: float, bound: float | None, decimals: int = 1) -> str:
+    """`value` with at least `decimals` decimals and as many more as keep it from reading as `bound`: 29.97 dB
+    against a 30 dB bound reads 29.97, not 30.0, so a printed value never looks as if it met the bound it missed."""
+    text = f"{value:.{decimals}f}"
+    while bound is not None and value != bound and float(text) == bound and decimals < 12:
+        decimals += 1
+        text = f"{value:.{decimals}f}"
+    return text

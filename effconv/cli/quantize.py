@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from effconv.cli.app import JsonFlag, app
 from effconv.cli.render import err, out, progress_lines
@@ -85,6 +86,9 @@ def _print_quantize(manifest, as_json: bool, out_dir: Path) -> None:
     if as_json:
         print(manifest.to_json())
         return
+    from effconv.backends.quality import apart_from
+    from effconv.quantize.gate import describe as describe_gate
+
     report = manifest.quantize
     for note in report["notes"]:
         err.print(f"[yellow]note:[/] {note}")
@@ -101,12 +105,13 @@ def _print_quantize(manifest, as_json: bool, out_dir: Path) -> None:
                                  f"{calibration['held_out']} held out ({calibration['held_out_source']})")
     size = report["size_bytes"]
     table.add_row("size", f"{size['float'] / 1e6:.2f} MB -> {size['quantized'] / 1e6:.2f} MB ({size['ratio']:.2f}x smaller)")
-    quality = report["quality"]
+    quality, gate = report["quality"], report["gate"]
     if "psnr_drop_db" in quality:
+        drop = quality["psnr_drop_db"]
         table.add_row("PSNR vs ground truth", f"{quality['psnr_float_db']:.2f} -> {quality['psnr_quant_db']:.2f} dB "
-                                              f"(drop {quality['psnr_drop_db']:+.3f} dB)")
+                                              f"(drop {'+' if drop >= 0 else ''}{apart_from(drop, gate.get('max_psnr_drop'), 3)} dB)")
         table.add_row("SSIM", f"{quality['ssim_float']:.4f} -> {quality['ssim_quant']:.4f} (drop {quality['ssim_drop']:+.4f})")
-    table.add_row("PSNR vs float output", f"{quality['psnr_vs_float_db']:.1f} dB")
+    table.add_row("PSNR vs float output", f"{apart_from(quality['psnr_vs_float_db'], gate.get('min_psnr_vs_float'))} dB")
     kernels = report.get("int8_kernels")
     if kernels:
         weights = "7-bit weights (no VNNI: avoids int16 saturation)" if kernels["reduce_range"] else "8-bit weights"
@@ -124,7 +129,6 @@ def _print_quantize(manifest, as_json: bool, out_dir: Path) -> None:
         for node in report["float_nodes"]:
             reasons[node["reason"]] = reasons.get(node["reason"], 0) + 1
         table.add_row("left in float", "\n".join(f"{count} x {reason}" for reason, count in reasons.items()))
-    gate = report["gate"]
-    table.add_row("quality gate", ("[green]passed[/]" if gate["passed"] else "[red]FAILED[/]") if gate["applied"]
-                  else f"not applied ({gate['reason']})")
+    style = "" if not gate["applied"] else "green" if gate["passed"] else "red"
+    table.add_row("quality gate", Text(describe_gate(gate), style=style))
     out.print(table)

@@ -22,6 +22,7 @@ from effconv.artifacts import staged_output
 from effconv.pipeline.plan import HOST_DEVICE, RunInputs, device_label, stages
 from effconv.pipeline.stages import (DISTILL_MANIFEST, EVAL_MANIFEST, INT8_SUFFIX, LINT_MANIFEST, PROFILE_MANIFEST,
                                      SPEC_STUDENT, STREAM_STUDENT, student_label)
+from effconv.quantize.gate import describe as describe_gate
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -222,15 +223,6 @@ def _conversion_section(m: Manifests) -> Section:
     return Section("Conversion", [Table(["backend", "artifact", "max abs error vs PyTorch", "PSNR vs PyTorch (dB)", "verified"], rows)])
 
 
-def _gate(gate: dict) -> str:
-    if not gate.get("applied"):
-        return f"not applied ({gate.get('reason', 'no gate')})"
-    if gate["passed"]:
-        floor = f", >= {gate['min_psnr_vs_float']:g} dB vs float" if gate.get("min_psnr_vs_float") is not None else ""
-        return f"passed (drop <= {gate['max_psnr_drop']} dB{floor})"
-    return f"FAILED: {gate['reason']}" if gate.get("reason") else f"FAILED (drop > {gate['max_psnr_drop']} dB)"
-
-
 def _quantize_section(m: Manifests) -> Section:
     section = Section("Quantization")
     if not m.quantize:
@@ -249,7 +241,7 @@ def _quantize_section(m: Manifests) -> Section:
             number(quality.get("psnr_vs_float_db")), number(quality.get("psnr_drop_db")), number(quality.get("ssim_drop"), 4),
             f"{latency['float']:.2f} / {latency['quantized']:.2f} ms ({latency['speedup']:.2f}x)" if measured
             else str(latency.get("not_measured", MISSING)),
-            _gate(gate),
+            describe_gate(gate),
         ])
     section.blocks.append(Table(["backend", "scheme", "float size", "int8 size", "smaller", "PSNR vs float (dB)",
                                  "PSNR drop (dB)", "SSIM drop", "latency float / int8", "gate"], rows))

@@ -75,6 +75,7 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         "latency_ms": {"not_measured": LATENCY_NOT_MEASURED},
         "float_nodes": float_weights(program),
         "weights_quantized": len(written),
+        "remedies": ["ship the fp16 package (W8A16 needs no calibration and has no setting to trade size for quality)"],
         "notes": NOTES,
     }
 

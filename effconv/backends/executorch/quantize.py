@@ -16,7 +16,7 @@ from effconv.artifacts import Manifest
 from effconv.backends.base import CalibrationSet
 from effconv.backends.executorch.export import NAME, SUFFIX, load_method, lower, run, write
 from effconv.backends.files import alternating_latency, check_artifact, size_bytes, size_report
-from effconv.backends.quality import quality_report
+from effconv.backends.quality import CALIBRATE_MORE, quality_report
 from effconv.errors import EffconvError, missing_extra
 from effconv.legalize.rewrites import legalize, rewrites_for
 from effconv.legalize.student_form import exported_module
@@ -90,5 +90,6 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
                         for op, count in ops.items() if not op.startswith("delegate:")],
         "ops": ops,
         "calibration_samples": len(calib),
+        "remedies": [CALIBRATE_MORE],  # no weight-only mode (check_weights_only)
         "notes": NOTES,
     }

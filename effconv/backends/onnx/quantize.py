@@ -42,7 +42,7 @@ from effconv.backends.base import HOST_DEVICE, CalibrationSet
 from effconv.backends.onnx.export import session
 from effconv.backends.onnx.search import (MIN_REPEATS, MIN_SPEEDUP, Budget, Progress, Search,
                                          choose_activation, choose_method, device_kinds, fast_kinds, sensitivity_table)
-from effconv.backends.quality import quality_report
+from effconv.backends.quality import CALIBRATE_MORE, WEIGHTS_ONLY, apart_from, quality_report
 from effconv.quiet import captured_stdout, is_debug
 from effconv.recipe import DEFAULT_SEARCH_SECONDS
 
@@ -367,6 +367,7 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         "validation": validation_report,
         "search": search_report,
         "sensitivity": table,
+        "remedies": [CALIBRATE_MORE, WEIGHTS_ONLY],
         "notes": [f"only {', '.join(COMPUTE_OPS)} are quantized; element-wise ops stay float",
                   "nodes left in float still store int8 weights (dequantized in the graph), so the file shrinks ~4x either way"]
                  + _kernel_notes(kernels)
@@ -478,9 +479,9 @@ class _Gate:
     def missed(self, quality: dict) -> str:
         """Why `quality` misses the gate ('' when it meets it)."""
         if self.min_psnr_vs_float is not None and quality["psnr_vs_float_db"] < self.min_psnr_vs_float:
-            return f"{quality['psnr_vs_float_db']:.1f} dB vs float < {self.min_psnr_vs_float:g} dB"
+            return f"{apart_from(quality['psnr_vs_float_db'], self.min_psnr_vs_float)} dB vs float < {self.min_psnr_vs_float:g} dB"
         if self.max_psnr_drop is not None and quality["psnr_drop_db"] > self.max_psnr_drop:
-            return f"PSNR drop {quality['psnr_drop_db']:.2f} dB > {self.max_psnr_drop:g} dB"
+            return f"PSNR drop {apart_from(quality['psnr_drop_db'], self.max_psnr_drop, 2)} dB > {self.max_psnr_drop:g} dB"
         return ""
 
     def describe(self) -> str:
@@ -580,6 +581,7 @@ def _weights_only(artifact: Path, out_path: Path, kinds: dict[str, str], held_ou
         "latency_ms": latency,
         "float_nodes": [],
         "nodes": {"int8_weights": len(kinds), "int8_compute": 0},
+        "remedies": [],  # no activation ranges to calibrate, and already weight-only
         "notes": ["weight-only mode shrinks the file; compute stays float"
                   + (f", yet it ran at {latency['speedup']:.2f}x the float speed here ({DEQUANTIZE_PER_CALL})"
                      if latency["speedup"] < 1 / MIN_SPEEDUP else ", at about float speed")],

@@ -24,7 +24,7 @@ from effconv.errors import EffconvError, exception_text, missing_extra
 from effconv.host import default_threads
 from effconv.backends.files import alternating_latency, check_artifact, size_bytes, size_report
 from effconv.backends.base import CalibrationSet
-from effconv.backends.quality import quality_report
+from effconv.backends.quality import CALIBRATE_MORE, WEIGHTS_ONLY, quality_report
 from effconv.quiet import captured_stdout, is_debug, quiet_imports
 
 STATIC_SCHEME = ("W8A8 static int8: per-channel symmetric int8 weights, per-tensor asymmetric int8 activations "
@@ -95,6 +95,7 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         "latency_ms": host_latency(artifact, out_path, held_out.latents[0], threads, runs),
         "float_nodes": float_nodes(out_path, weights_only, mask_ops),
         "calibration_samples": 0 if weights_only else len(calib),
+        "remedies": [] if weights_only else [CALIBRATE_MORE, WEIGHTS_ONLY],
         "notes": _notes(weights_only),
     }
 
