@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from doc_tables import TABLE_MARKER, TABLES, cells
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -46,6 +48,7 @@ MEASURED_SECTIONS = {
     "README.md": ["## Set up and run (two commands)", "## Test", "## Measured (this repository, 2-core CPU)"],
     "docs/streaming.md": ["## Measured (`benchmarks/streaming.py`, `benchmarks/results/streaming_256x256.json`)"],
     "docs/distill.md": ["## Throughput"],
+    "docs/profile.md": ["## `effconv calibrate` and the estimator's error on host-cpu"],
 }
 
 # Figures quoted without a results file, each with the reason it is allowed. The test time and count are
@@ -68,7 +71,8 @@ def results_file(name: str, results: Path = RESULTS):
 
 
 def lookup(data, path: str):
-    """The value at a `/`-separated path; `*` collects every item of a list or dict into a list."""
+    """The value at a `/`-separated path; `*` collects every item of a list or dict into a list, a slice
+    `start:stop:step` the items of a list it selects."""
     values = [data]
     wildcard = False
     for key in path.strip("/").split("/"):
@@ -77,6 +81,9 @@ def lookup(data, path: str):
             if key == "*":
                 wildcard = True
                 found.extend(value.values() if isinstance(value, dict) else value)
+            elif ":" in key and isinstance(value, list):  # a slice of a list, `1:36:2`, collects like `*`
+                wildcard = True
+                found.extend(value[slice(*(int(part) if part else None for part in key.split(":")))])
             elif isinstance(value, list):
                 found.append(value[int(key)])
             elif key in value:
@@ -195,6 +202,45 @@ def test_marked_figure_equals_its_results_file(text, match):
     check_marker(text, match)
 
 
+def table_markers():
+    for doc in DOCS:
+        text = doc.read_text()
+        for match in TABLE_MARKER.finditer(text):
+            line = text.count("\n", 0, match.start()) + 1
+            yield pytest.param(text, match, id=f"{relative(doc)}:{line}")
+
+
+def table_after(text: str, match: re.Match) -> list[str]:
+    """The table on the lines right after a table marker."""
+    lines = text[match.end():].lstrip(" ").removeprefix("\n").splitlines()
+    table = []
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        table.append(line)
+    assert table, f"no table right after {match.group(0)}"
+    return table
+
+
+def check_table(text: str, match: re.Match, results: Path = RESULTS) -> None:
+    names = match.group("files").split()
+    assert match.group("name") in TABLES, f"no table {match.group('name')!r} in tests/doc_tables.py"
+    expected = TABLES[match.group("name")](*(results_file(name, results) for name in names))
+    written = table_after(text, match)
+    unbold = lambda line: [cell.replace("**", "") for cell in cells(line)]  # noqa: E731 - emphasis is not a figure
+    for number, (want, have) in enumerate(zip(expected, written), start=1):
+        assert unbold(have) == unbold(want), f"table row {number}: the text has\n{have}\nthe results give\n{want}"
+    assert len(written) == len(expected), f"the table has {len(written)} lines, the results give {len(expected)}"
+    visible = COMMENT.sub("", block_around(text, match.start()))
+    for name in names:
+        assert Path(name).name in visible, f"{Path(name).name} is not named in the text beside the table"
+
+
+@pytest.mark.parametrize(("text", "match"), list(table_markers()))
+def test_table_equals_its_results_file_row_by_row(text, match):
+    check_table(text, match)
+
+
 def section(text: str, heading: str) -> str:
     start = text.index(heading + "\n")
     level = heading.split(" ")[0]
@@ -217,6 +263,7 @@ def test_measured_section_marks_every_figure(name, heading):
 
 def unmarked_figures(body: str) -> list[str]:
     body = re.sub(r"```.*?```", "", body, flags=re.S)
+    body = re.sub(TABLE_MARKER.pattern + r"[ \t]*\n(?:\|.*(?:\n|$))+", "", body)  # checked whole by check_table
     return [figure.group(0).strip() for figure in UNIT_FIGURE.finditer(body)
             if not ANY_MARKER.match(body[figure.end():])]
 
@@ -259,3 +306,26 @@ def test_markers_combine_paths_with_arithmetic(tmp_path):
     assert marker_value("x.json", "{share} * 100", tmp_path) == pytest.approx(99.49)
     with pytest.raises(AssertionError, match="not allowed"):
         marker_value("x.json", "{share} + __import__('os')", tmp_path)
+
+
+def test_a_table_row_that_differs_from_its_results_file_fails(tmp_path):
+    rows = {"onnx": [{"name": "a-tiny", "held_out": True, "backend": "onnx", "dtype": "fp32", "measured_ms": 18.04,
+                      "predicted_ms": 17.9, "rel_error": -0.0078}]}
+    data = {"runtimes": {"onnx": {"after": {"rows": rows["onnx"]}, "fresh": {"rows": []}}},
+            "models": [{"name": "a-tiny", "backend": "onnx", "dtype": "fp32", "gflops": 0.354}]}
+    (tmp_path / "x.json").write_text(json.dumps(data))
+    table = ("From `x.json`:\n<!--=table x.json estimator_per_model -->\n"
+             "| model | set | GFLOP | onnxruntime fp32 ms: measured / calibrated (error) | int8 | LiteRT fp32 | int8 |\n"
+             "|---|---|---|---|---|---|---|\n| a-tiny | held-out | 0.35 | {} | - | - | - |\n")
+    check_table(table.format("18.0 / 17.9 (-1%)"), TABLE_MARKER.search(table), tmp_path)
+    with pytest.raises(AssertionError, match="table row 3"):
+        check_table(table.format("18.1 / 17.9 (-1%)"), TABLE_MARKER.search(table), tmp_path)
+    unnamed = table.replace("From `x.json`", "From the run")
+    with pytest.raises(AssertionError, match="x.json is not named"):
+        check_table(unnamed.format("18.0 / 17.9 (-1%)"), TABLE_MARKER.search(unnamed), tmp_path)
+
+
+def test_a_checked_table_is_left_out_of_the_unmarked_scan_and_an_unchecked_one_is_not():
+    table = "| run | ms |\n|---|---|\n| a | 39.6 ms |\n"
+    assert unmarked_figures("<!--=table x.json estimator_summary -->\n" + table) == []
+    assert unmarked_figures("<!-- a comment -->\n" + table) == ["39.6 ms"]
