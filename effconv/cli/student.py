@@ -204,7 +204,8 @@ def evaluate(
 
 def _render_eval(summary: dict) -> None:
     has_student = "retention" in summary
-    table = Table(title=f"reconstruction quality ({summary['clip']['frames']}x{summary['clip']['height']}x{summary['clip']['width']})")
+    clip = summary["clip"]
+    table = Table(title=f"reconstruction quality ({clip['frames']}x{clip['height']}x{clip['width']}, on {summary['device']})")
     for column in ["video", "teacher PSNR", "teacher SSIM"] + (["student PSNR", "student SSIM"] if has_student else []):
         table.add_column(column, justify="left" if column == "video" else "right")
     for row in summary["videos"]:
