@@ -79,7 +79,57 @@ def estimator_summary(data: dict) -> list[str]:
     return lines
 
 
+# --- docs/student.md: benchmarks/results/init_from_teacher.json, student_vs_teacher*.json ----------------------
+
+
+def init_from_teacher(data: dict) -> list[str]:
+    """PSNR of from-teacher minus random init per step count, held out and in domain."""
+    runs = {init: {run["steps"]: run for run in runs} for init, runs in data["inits"].items()}
+    lines = [row("steps", f"{data['held_out_video']} (held out)", "Big Buck Bunny (training video)"), row("---", "---", "---")]
+    for gain in data["from_teacher_gain_db"]:
+        steps = gain["steps"]
+        cells_ = [f"{gain[split]:+.2f} dB ({runs['from-teacher'][steps][key]:.2f} vs {runs['random'][steps][key]:.2f})"
+                  for split, key in (("held_out", "held_out_psnr_db"), ("in_domain", "in_domain_psnr_db"))]
+        lines.append(row(steps, *cells_))
+    return lines
+
+
+FAMILY_NAMES = {"hunyuan": "Hunyuan", "wan21": "Wan 2.1", "cogvideox": "CogVideoX", "ltx": "LTX"}
+# The Turbo-VAED paper's own figures beside effconv's, and which rows are the paper's layout and effconv's default.
+PAPER = {("hunyuan", "turbo-vaed"): "paper 27.9%", ("ltx", "turbo-vaed"): "paper 41.9 M / 17.5%"}
+RECIPE_LABELS = {("hunyuan", "turbo-vaed"): "turbo-vaed (paper)", ("hunyuan", "turbo-vaed-mobile"): "turbo-vaed-mobile (default)"}
+
+
+def student_vs_teacher(*runs: dict) -> list[str]:
+    """Teacher and students per family: params, FLOPs ratio, onnxruntime seconds per layout and speed-ups."""
+    lines = [
+        row("family (clip)", "teacher params", "teacher ORT", "recipe", "student params (ratio)", "FLOPs ratio",
+            "student ORT Conv3d / Conv2d", "speedup (both Conv3d)"),
+        row(*["---"] * 8),
+    ]
+    for run in runs:
+        for family, result in run["families"].items():
+            for number, (recipe, student) in enumerate(result["students"].items()):
+                params = student["comparison"]["params"]
+                ratio = f"{params['ratio'] * 100:.1f}%" + (f"; {PAPER[family, recipe]}" if (family, recipe) in PAPER else "")
+                layouts = student["timing"]["layouts"]
+                lines.append(row(
+                    f"{FAMILY_NAMES[family]} ({'x'.join(map(str, result['clip']))})" if number == 0 else "",
+                    f"{params['teacher'] / 1e6:.1f} M" if number == 0 else "",
+                    f"{result['teacher']['median_s']:.2f} s" if number == 0 and result["teacher"]["median_s"] < 100
+                    else f"{result['teacher']['median_s']:.1f} s" if number == 0 else "",
+                    RECIPE_LABELS.get((family, recipe), recipe),
+                    f"{params['student'] / 1e6:.1f} M ({ratio})",
+                    f"{student['comparison']['flops_per_frame']['ratio'] * 100:.1f}%",
+                    f"{layouts['conv3d']['median_s']:.2f} / {layouts['conv2d']['median_s']:.2f} s",
+                    f"{student['speedup']:.1f}x ({student['speedup_conv3d_both']:.1f}x)",
+                ))
+    return lines
+
+
 TABLES = {
+    "init_from_teacher": init_from_teacher,
+    "student_vs_teacher": student_vs_teacher,
     "estimator_per_model": estimator_per_model,
     "estimator_summary": estimator_summary,
 }
