@@ -70,7 +70,7 @@ def test_run_distills_a_cogvideox_teacher_with_feature_alignment(cli, tmp_path):
         "distill": {"steps": 2, "batch_size": 1, "grad_accum": 1, "clips": 2, "checkpoint_every": 1},
         "export": {"backends": ["onnx"]},
         "quantize": {"backends": []},
-        "profile": {"devices": [], "host_repeats": 1},
+        "profile": {"devices": ["host-cpu"], "host_repeats": 1},
     }
     path = tmp_path / "cogvideox-run.yaml"
     path.write_text(yaml.safe_dump(recipe))

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file, save_file
 
+from effconv.errors import EffconvError
 from effconv.video.clips import BUNDLED_CLIP
 from effconv.pipeline.plan import quantized_backends, resolve, stages
 from effconv.pipeline.report import number, share, size, write_report
@@ -83,15 +84,15 @@ def test_second_run_skips_every_stage(finished_run, cli):
     assert all(p["reason"] == "unchanged" for p in summary["plan"])
 
 
-def test_more_steps_continue_the_distillation_and_fewer_start_over(finished_run):
+def test_more_steps_continue_the_distillation_and_fewer_are_refused(finished_run):
     # the plan is what execute() follows (the first run and the resume test execute plans); running it again costs a minute
     more = plan(resolve(RECIPE, steps=6), finished_run)
     assert [d.action for d in more] == ["resume"] + ["run"] * (len(STAGES) - 1)
     assert more[0].reason == "resumes from step 4" and more[0].steps_done == 4
     assert [d.reason for d in more[1:]] == RERUN_REASONS
-    fewer = plan(resolve(RECIPE, steps=3), finished_run)
-    assert [d.action for d in fewer] == ["run"] * len(STAGES)
-    assert fewer[0].reason == "settings.distill.steps: 4 -> 3"
+    with pytest.raises(EffconvError, match="asks for 3 steps, below the 4 the run in .* already trained") as refused:
+        plan(resolve(RECIPE, steps=3), finished_run)
+    assert "--steps 4 or more" in refused.value.fix
 
 
 def test_a_renamed_eval_video_reruns_eval_and_what_measures_on_it(finished_run, tmp_path):
@@ -437,9 +438,12 @@ def test_older_commands_accept_pipeline_recipes(cli, tmp_path):
     assert json.loads(out)["recipe"]["student"]["widths"] == [48, 48, 16, 12, 8]
 
 
-def _fake_pretrained(directory: Path, class_name: str) -> Path:
-    """A pretrained directory with the class's published (default) config and a placeholder weight file:
-    a dry run reads config.json and hashes the weights, it does not load them."""
+TINY_SPECS = {"wan": "wan21-tiny", "hunyuan": "hunyuan-tiny", "cogvideox": "cogvideox-tiny", "ltx": "ltx-tiny",
+              "mochi": "mochi-tiny"}
+
+
+def _placeholder_weights(directory: Path, class_name: str) -> Path:
+    """A pretrained directory with the class's published (default) config and one placeholder tensor."""
     directory.mkdir()
     (directory / "config.json").write_text(json.dumps({"_class_name": class_name}))
     import torch
@@ -448,12 +452,21 @@ def _fake_pretrained(directory: Path, class_name: str) -> Path:
     return directory
 
 
+def _saved_tiny_teacher(directory: Path, family: str) -> Path:
+    """The family's tiny teacher as a save_pretrained directory: weights that fit their config.json."""
+    from effconv.models.loader import load_model
+    from effconv.spec import load_spec
+
+    load_model(load_spec(SPECS / f"{TINY_SPECS[family]}.yaml")).model.save_pretrained(directory)
+    return directory
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_real_family_recipe_plans_with_local_weights(family, cli, tmp_path):
     recipe = f"turbo-vaed-{family}"
     code, _, err = cli("run", recipe, "--data", BUNDLED_CLIP, "--out", tmp_path / "out", "--dry-run")
     assert code == 2 and "--pretrained DIR" in err and len(err.strip().splitlines()) == 1
-    weights = _fake_pretrained(tmp_path / "weights", FAMILIES[family])
+    weights = _saved_tiny_teacher(tmp_path / "weights", family)
     code, out, err = cli("run", recipe, "--pretrained", weights, "--data", BUNDLED_CLIP, "--out", tmp_path / "out",
                          "--dry-run", "--json")
     assert code == 0, err
@@ -464,6 +477,20 @@ def test_real_family_recipe_plans_with_local_weights(family, cli, tmp_path):
                                              *quantized, "lint", "profile-iphone16pro", "profile-host-cpu"]
     assert re.match(r"modelled: 10000 steps x [0-9.e+-]+ s/step", planned[0]["estimate_basis"])
     assert planned[0]["estimate_seconds"] > 3600  # a paper-size student does not distill in an hour on a CPU
+
+
+@pytest.mark.parametrize("family", ["wan", "mochi"])
+def test_dry_run_refuses_the_weights_inspect_refuses(family, cli, tmp_path):
+    weights = _placeholder_weights(tmp_path / "weights", FAMILIES[family])
+    teacher = load_recipe(f"turbo-vaed-{family}")[0].teacher
+    spec = tmp_path / "teacher.yaml"
+    spec.write_text(yaml.safe_dump({**teacher, "model": {**teacher["model"], "pretrained": str(weights)}}))
+    code, _, inspected = cli("inspect", spec)
+    assert code == 2 and "1 unexpected (placeholder)" in inspected
+    code, out, err = cli("run", f"turbo-vaed-{family}", "--pretrained", weights, "--data", BUNDLED_CLIP, "--out",
+                         tmp_path / "out", "--dry-run")
+    assert code == 2 and err == inspected and len(err.strip().splitlines()) == 1
+    assert out == "" and not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

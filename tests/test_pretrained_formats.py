@@ -125,8 +125,12 @@ def test_format_decodes_like_the_model_it_was_saved_from(name, hunyuan, wan, tmp
 
 def test_single_file_teacher_plans_a_run(cli, tmp_path):
     """--pretrained FILE: the dry run's estimate builds the teacher from the recipe's config (the class's
-    published defaults) instead of a config.json."""
-    save_file({"placeholder": torch.zeros(1)}, tmp_path / "wan_2.1_vae.safetensors")
+    published defaults) instead of a config.json; the plan loads the weights as inspect does, so they must fit it."""
+    from diffusers import AutoencoderKLWan
+
+    with torch.device("meta"):
+        shapes = {key: value.shape for key, value in AutoencoderKLWan().state_dict().items()}
+    save_file({key: torch.zeros(shape) for key, shape in shapes.items()}, tmp_path / "wan_2.1_vae.safetensors")
     code, out, err = cli("run", "turbo-vaed-wan", "--pretrained", tmp_path / "wan_2.1_vae.safetensors",
                          "--data", BUNDLED_CLIP, "--out", tmp_path / "out", "--dry-run", "--json")
     assert code == 0, err
