@@ -127,7 +127,34 @@ def student_vs_teacher(*runs: dict) -> list[str]:
     return lines
 
 
+# --- docs/quantize.md: benchmarks/results/onnx_int8_layouts.json ----------------------------------------------
+
+
+def onnx_int8_layouts(data: dict) -> list[str]:
+    """Float and all-Conv int8 (u8 and s8 activations) per ONNX layout, and the op times that explain them."""
+    lines = [row("layout", "float", "all Conv int8 (u8 act.)", "all Conv int8 (s8 act.)", "where the int8 time goes"),
+             row(*["---"] * 5)]
+    conv3d, conv2d = data["layouts"]["conv3d"], data["layouts"]["conv2d"]
+    u8, s8 = "all Conv int8, uint8 activations", "all Conv int8, int8 activations"
+
+    def timed(run: dict) -> str:
+        return f"{run['median_ms']:.0f} ms" + (f" ({run['speedup_vs_float']:.2f}x)" if run["speedup_vs_float"] != 1.0 else "")
+
+    ops3, ops2, float2 = conv3d[u8]["op_types"], conv2d[u8]["op_types"], conv2d["float"]["op_types"]
+    float_conv2d = sum(float2[op]["ms"] for op in ("Conv", "ReorderInput", "ReorderOutput"))
+    why3 = (f"QLinearConv {ops3['QLinearConv']['ms']:.0f} ms vs float Conv {conv3d['float']['op_types']['Conv']['ms']:.0f} ms: "
+            "onnxruntime's 3-D int8 conv (im2col + int8 GEMM) is slower than its float conv at these widths")
+    why2 = (f"QLinearConv {ops2['QLinearConv']['ms']:.0f} ms vs float Conv + NCHWc reorders {float_conv2d:.0f} ms "
+            f"({float_conv2d / ops2['QLinearConv']['ms']:.1f}x faster), but onnxruntime wraps every int8 Conv2d in NHWC "
+            f"Transposes ({ops2['Transpose']['nodes']} nodes, {ops2['Transpose']['ms']:.0f} ms) that it cannot cancel "
+            "across the time-shift Slice/Concat")
+    lines.append(row("Conv3d (as written)", timed(conv3d["float"]), timed(conv3d[u8]), timed(conv3d[s8]), why3))
+    lines.append(row("Conv2d (`convert --layout conv2d`)", timed(conv2d["float"]), timed(conv2d[u8]), timed(conv2d[s8]), why2))
+    return lines
+
+
 TABLES = {
+    "onnx_int8_layouts": onnx_int8_layouts,
     "init_from_teacher": init_from_teacher,
     "student_vs_teacher": student_vs_teacher,
     "estimator_per_model": estimator_per_model,

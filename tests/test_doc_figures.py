@@ -49,6 +49,8 @@ MEASURED_SECTIONS = {
     "docs/streaming.md": ["## Measured (`benchmarks/streaming.py`, `benchmarks/results/streaming_256x256.json`)"],
     "docs/distill.md": ["## Throughput"],
     "docs/profile.md": ["## `effconv calibrate` and the estimator's error on host-cpu"],
+    "docs/quantize.md": ["## ONNX: onnxruntime static QDQ, chosen for the device it will run on", "## Core ML: W8A16",
+                         "## TFLite: static int8 (W8A8) with ai-edge-quantizer"],
     "docs/student.md": ["## `--init from-teacher`", "## Benchmark: teacher vs student in onnxruntime fp32"],
 }
 
