@@ -47,6 +47,8 @@ UNIT_FIGURE = re.compile(rf"{NUMBER}(?:\s?{UNITS}|(?=(?:-| to | vs )\d[\d,.]*\s?
 MEASURED_SECTIONS = {
     "README.md": ["## Set up and run (two commands)", "## Test", "## Measured (this repository, 2-core CPU)"],
     "docs/streaming.md": ["## Measured (`benchmarks/streaming.py`, `benchmarks/results/streaming_256x256.json`)"],
+    "docs/backends.md": ["## Legalizing rewrites", "## `effconv convert --to coreml`", "## `effconv convert --to executorch`",
+                         "## Apple Core AI (not a backend yet)"],
     "docs/distill.md": ["## Throughput"],
     "docs/profile.md": ["## `effconv calibrate` and the estimator's error on host-cpu"],
     "docs/quantize.md": ["## ONNX: onnxruntime static QDQ, chosen for the device it will run on", "## Core ML: W8A16",
