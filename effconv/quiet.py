@@ -1,4 +1,5 @@
-"""Keep third-party import chatter (torchao's optional kernels, exporter notices) off the terminal.
+"""Keep third-party import chatter (torchao's optional kernels, exporter notices, LiteRT's native logs) off
+the terminal.
 
 effconv prints its own one-line errors and tables; library warnings that a user cannot act on
 would drown them. `--debug` restores full logging.
@@ -21,6 +22,8 @@ NOISY_LOGGERS = (
     "torch.export",
     "torch.utils._pytree",
     "onnxscript",
+    "absl",  # absl-py's logger (LiteRT's converter and quantizer log through it), not Python's root logger
+    "jax",  # the LiteRT quantizer imports jax, which logs its backend choice
 )
 _debug = False
 _cli_quiet = False
@@ -50,11 +53,15 @@ def is_debug() -> bool:
 
 @contextlib.contextmanager
 def quiet_imports():
-    """Import heavy libraries without their import-time warnings (unless --debug)."""
+    """Import heavy libraries without their import-time warnings (unless --debug). For the CLI, also without what
+    their native code writes to stderr as it loads: LiteRT's converter library logs absl's "All log messages
+    before absl::InitializeLog() is called are written to STDERR" and TensorFlow's "oneDNN custom operations
+    are on" from its static initializers, through C++ absl logging, which TF_CPP_MIN_LOG_LEVEL does not reach."""
     if _debug:
         yield
         return
-    with warnings.catch_warnings():  # scoped: the caller's warning filters are back after the block
+    native = native_stderr_silenced() if _cli_quiet else contextlib.nullcontext()
+    with warnings.catch_warnings(), native:  # scoped: the caller's warning filters are back after the block
         warnings.simplefilter("ignore")
         yield
     if _cli_quiet:  # importing torch sets its loggers' levels anew: quiet them again for the CLI
