@@ -22,9 +22,10 @@ def convert(
     atol: float | None = typer.Option(None, "--atol", help="Max abs error allowed vs PyTorch [default: 1e-3; 5e-2 for Core ML fp16]."),
     precision: str = typer.Option("fp16", "--precision", help="Core ML compute precision: fp16 (ANE) or fp32."),
     layout: str = typer.Option("auto", "--layout", help="ONNX: conv2d writes every Conv3d as Conv2d over time-stacked frames "
-                               "(lossless), conv3d keeps them; auto: for a student, both are exported and timed in "
-                               "onnxruntime on this host and the faster ships (times and host in the manifest); a teacher "
-                               "keeps conv3d. Force one when the ONNX will run on another CPU. See docs/backends.md."),
+                               "(lossless), conv3d keeps them; auto: a student ships conv2d unless conv3d, exported and "
+                               "timed beside it in onnxruntime on this host, is >= 1.3x faster by median and in each of >= 3 "
+                               "rounds (every round and the host in the manifest); a teacher keeps conv3d. Force one when "
+                               "the ONNX will run on another CPU. See docs/backends.md."),
     stream: int | None = typer.Option(None, "--stream", help="Students: write a streaming artifact that decodes this many "
                                       "latent frames per call, its temporal cache as extra inputs/outputs (every backend; "
                                       "see docs/streaming.md). Decode any length with `effconv decode`."),
@@ -35,8 +36,8 @@ def convert(
 
     Writes DIR/NAME.onnx (.mlpackage, .tflite, .pte) and the manifest DIR/NAME.json. Core ML, TFLite and ExecuTorch
     exports first apply effconv's lossless legalizing rewrites (checked against the original); an ONNX
-    student ships in whichever layout runs faster here (--layout). Exit 1 if the outputs differ by more than --atol or an op no backend
-    unit can run remains.
+    student ships in the Conv2d layout unless Conv3d runs clearly faster here (--layout). Each step is shown as it
+    runs. Exit 1 if the outputs differ by more than --atol or an op no backend unit can run remains.
 
     Example: `effconv convert examples/specs/hunyuan-tiny.yaml --to tflite --out out/`
     """
