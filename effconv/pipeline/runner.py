@@ -163,7 +163,7 @@ def _refuse_fewer_steps(directory: Path, trained: int, asked: int) -> None:
 
 
 def _distill_decision(stage: Stage, directory: Path, record: dict | None, hashed: dict) -> Decision | None:
-    """Resume when the run in `directory` is this one but for fewer steps; refuse to undo steps it trained."""
+    """Resume when the run in `directory` is this one with fewer steps done; refuse to undo steps it trained."""
     checkpoint, trained = _trained(directory, record, hashed)
     _refuse_fewer_steps(directory, trained, hashed["settings"]["distill"]["steps"])
     if checkpoint is None:
