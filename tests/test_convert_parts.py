@@ -14,6 +14,7 @@ from backend_cases import ALL_FAMILIES, small_clip, spec_path
 from effconv.backends import registry
 from effconv.convert.stage import convert
 from effconv.models.loader import load_model
+from effconv.profile.run import run as profile
 from effconv.spec import load_spec
 
 OUTPUT_NAMES = {"encoder": "latent", "vae": "reconstruction"}
@@ -89,3 +90,14 @@ def test_encoder_and_autoencoder_convert_with_names_apart_telling_each_step(back
     with torch.no_grad():
         expected = model.module(clip).numpy()
     assert float(np.abs(output - expected).max()) <= 1e-4
+
+
+def test_profile_measures_an_autoencoder_onnx_re_exported_at_another_length(tmp_path):
+    """profile re-exports from the manifest's spec with the loader's tensor names and runs the result in
+    onnxruntime: with the input and output both named `video`, onnxruntime refused that graph too."""
+    loaded = part_spec(DEFAULT_FAMILY, "vae")
+    manifest = convert(loaded, "onnx", tmp_path)
+    frames = manifest.inputs[0].shape[2] + load_model(loaded).compression.temporal
+    result = profile(tmp_path / manifest.artifact, "host-cpu", frames=frames, do_measure=True, threads=1, repeats=2)
+    assert result.source.how.startswith(f"re-exported to onnx from the manifest's spec for {frames} frames")
+    assert result.estimate.frames == frames and result.measured["median_ms"] > 0
