@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from effconv.artifacts import Manifest, staged_output, write_manifest
@@ -60,7 +61,7 @@ def convert_model(model: LoadedModel, backend: str, out_dir: Path, atol: float |
     return checked(manifest, out_dir, atol)
 
 
-def _reference(model: LoadedModel, progress: Progress) -> tuple[torch.Tensor, object]:
+def _reference(model: LoadedModel, progress: Progress) -> tuple[torch.Tensor, np.ndarray]:
     """The seeded example input and PyTorch's output on it, which the artifact must reproduce."""
     progress("running PyTorch for the reference output")
     example = model.example_input(VERIFY_SEED)
