@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from effconv.artifacts import read_manifest
+from effconv.artifacts import read_manifest, spec_beside, teacher_of
 from effconv.backends import registry
 from effconv.convert.stage import convert
 from effconv.errors import EffconvError
@@ -21,6 +21,8 @@ from effconv.profile.run import run as profile
 from effconv.recipe import StudentRecipe, load_recipe
 from effconv.rewrite.stage import rewrite
 from effconv.spec import load_spec
+from effconv.video.clips import center_crop
+from effconv.video.reader import VideoReader, probe
 
 from conftest import FAMILY_SPECS
 
@@ -195,3 +197,76 @@ def test_profile_of_a_streaming_artifact_is_per_call(streaming_student, backend)
     result = profile(artifacts[backend], "host-cpu", do_measure=True, threads=1, repeats=2)
     assert "steady state" in result.source.how and result.estimate.frames == 8  # K=2 latent frames x 4
     assert result.measured["median_ms"] > 0 and result.measured["runtime"] == registry.get(backend).runtime
+
+
+VIDEO = Path(__file__).resolve().parents[1] / "effconv" / "assets" / "video" / "bigbuckbunny.mp4"
+
+
+def teacher_tiles(teacher, first: int, later: int, frames: int, height: int, width: int) -> np.ndarray:
+    """The latent of the video's first `frames` frames as diffusers' temporal tiles encode it, written out by hand: the
+    first tile `first` frames, each later tile the frame before it plus `later` new ones, that frame's latent dropped."""
+    info = probe(VIDEO, max(height, width))
+    reader, start, pieces = VideoReader(cache_bytes=0), 0, []
+    while start < frames:
+        count = first if start == 0 else min(later, frames - start)
+        context = 0 if start == 0 else 1
+        clip = center_crop(reader.window(info, start - context, count + context), height, width).unsqueeze(0)
+        with torch.no_grad():
+            pieces.append(teacher.model.encode(clip).latent_dist.mode()[:, :, context:].numpy())
+        start += count
+    return np.concatenate(pieces, axis=2)
+
+
+def test_decode_video_encodes_chunk_by_chunk_as_diffusers_temporal_tiles(streaming_student, cli, tmp_path):
+    """21 frames of 9 x 32 x 48 student: tiles of 9, then 8 and 4 new frames; the decode is the student's of that latent."""
+    student, artifacts = streaming_student
+    code, out, err = cli("decode", artifacts["onnx"], "--video", VIDEO, "--frames", "21", "--out", tmp_path / "v.npy", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert (summary["latent_frames"], summary["video_frames"], summary["chunks"]) == (6, 21, 3)
+    assert summary["fps"] == 25.0 and summary["frames_note"] is None  # the clip's own rate; 21 = 1 + 4 * 5 fits
+    teacher = load_model(teacher_of(spec_beside(student.pretrained_dir)))
+    latent = teacher_tiles(teacher, 9, 8, 21, 32, 48)
+    with torch.no_grad():
+        whole = load_model(student).module(torch.from_numpy(latent)).numpy()
+    decoded = np.load(tmp_path / "v.npy")
+    assert decoded.shape == whole.shape == (1, 3, 21, 32, 48) and float(np.abs(decoded - whole).max()) <= 1e-4
+
+
+def test_decode_video_prints_the_frames_it_used_and_why(streaming_student, cli, tmp_path):
+    _, artifacts = streaming_student
+    code, out, err = cli("decode", artifacts["onnx"], "--video", VIDEO, "--frames", "11", "--out", tmp_path / "v.mp4")
+    assert code == 0, err
+    assert "encoding 9 of the 11 frames asked for: the teacher's 4x temporal compression encodes 1 + 4k frames." in " ".join(out.split())
+    with av.open(str(tmp_path / "v.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 9 and container.streams.video[0].average_rate == 25
+
+
+def test_decode_refuses_bad_frames_non_finite_latents_and_mismatches_with_the_cause(streaming_student, cli, tmp_path):
+    _, artifacts = streaming_student
+    channels = read_manifest(artifacts["onnx"].with_suffix(".json")).inputs[0].shape[1]
+    latent = np.zeros((1, channels, 8, 4, 6), np.float32)
+    latent[0, 1, 5, 2, 3] = np.nan
+    np.save(tmp_path / "nan.npy", latent)
+    np.save(tmp_path / "inf.npy", np.where(np.isnan(latent), np.inf, latent).astype(np.float32))
+    np.save(tmp_path / "channels.npy", np.zeros((1, channels + 4, 3, 4, 6), np.float32))
+    np.save(tmp_path / "fine.npy", np.zeros((1, channels, 3, 4, 6), np.float32))
+    video = ("--video", VIDEO, "--out", tmp_path / "v.mp4")
+    cases = [
+        ((*video, "--frames", "0"), "frames must be >= 1"),
+        ((*video, "--frames", "-3"), "frames must be >= 1"),
+        (("--latents", tmp_path / "fine.npy", "--frames", "9", "--out", tmp_path / "v.mp4"), "--frames applies to --video only"),
+        (("--latents", tmp_path / "nan.npy", "--out", tmp_path / "v.mp4"), "NaN or infinite values (first in latent frame 5)"),
+        (("--latents", tmp_path / "inf.npy", "--out", tmp_path / "v.mp4"), "NaN or infinite values (first in latent frame 5)"),
+        (("--latents", tmp_path / "channels.npy", "--out", tmp_path / "v.mp4"), f"the latent has {channels + 4} channels"),
+        ((*video, "--teacher", next(spec for spec in FAMILY_SPECS if spec.stem.startswith("ltx"))), "does not match the student"),
+    ]
+    for args, message in cases:
+        code, _, err = cli("decode", artifacts["onnx"], *args)
+        assert code == 2 and message in " ".join(err.split()) and len(err.strip().splitlines()) == 1, (args, err)
+        assert "resolution" not in err, err
+        assert not (tmp_path / "v.mp4").exists()
+    code, _, err = cli("decode", artifacts["onnx"], "--latents", tmp_path / "fine.npy", "--out", tmp_path / "v.mp4")
+    assert code == 0, err
+    with av.open(str(tmp_path / "v.mp4")) as container:
+        assert container.streams.video[0].average_rate == 24  # a latent has no frame rate of its own

@@ -1,5 +1,5 @@
-"""Write a decoded video chunk by chunk, so that nothing holds the whole clip: a memory-mapped float32 .npy of the
-decoder's raw output (1, 3, F, H, W), or an H.264 .mp4 (PyAV) of it mapped from [-1, 1] to 8-bit RGB."""
+"""Write a decoded video chunk by chunk, so that nothing holds the whole clip: a float32 .npy of the decoder's raw
+output (1, 3, F, H, W), or an H.264 .mp4 (PyAV) of it mapped from [-1, 1] to 8-bit RGB."""
 
 from __future__ import annotations
 
@@ -30,21 +30,30 @@ class VideoWriter(abc.ABC):
 
 
 class NpyWriter(VideoWriter):
+    """Writes each chunk's frames at their place in the file: a memory map would keep every written page resident."""
+
     def __init__(self, path: Path, shape: tuple[int, ...]):
-        self.array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        self.shape = shape
+        self.file = open(path, "wb")
+        np.lib.format.write_array_header_1_0(self.file, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                         "fortran_order": False, "shape": tuple(shape)})
+        self.data_offset = self.file.tell()
+        self.file.truncate(self.data_offset + int(np.prod(shape)) * 4)
         self.written = 0
 
     def write(self, frames: np.ndarray) -> None:
-        count = frames.shape[2]
-        self.array[:, :, self.written:self.written + count] = frames
-        self.array.flush()  # written pages can leave memory: the clip never has to fit in RAM
-        self.written += count
+        # C order puts channels outside frames: each channel's new frames are one contiguous run of the file.
+        _, channels, total, height, width = self.shape
+        frame_bytes = height * width * 4
+        for channel in range(channels):
+            self.file.seek(self.data_offset + (channel * total + self.written) * frame_bytes)
+            self.file.write(np.ascontiguousarray(frames[0, channel], dtype=np.float32).tobytes())
+        self.written += frames.shape[2]
 
     def close(self) -> None:
-        if self.written != self.array.shape[2]:
-            raise RuntimeError(f"wrote {self.written} of {self.array.shape[2]} frames")
-        self.array.flush()
-        del self.array
+        self.file.close()
+        if self.written != self.shape[2]:
+            raise RuntimeError(f"wrote {self.written} of {self.shape[2]} frames")
 
 
 class Mp4Writer(VideoWriter):
