@@ -255,6 +255,7 @@ def test_decode_refuses_bad_frames_non_finite_latents_and_mismatches_with_the_ca
     cases = [
         ((*video, "--frames", "0"), "frames must be >= 1"),
         ((*video, "--frames", "-3"), "frames must be >= 1"),
+        ((*video, "--fps", "0"), "the frame rate must be a positive number"),
         (("--latents", tmp_path / "fine.npy", "--frames", "9", "--out", tmp_path / "v.mp4"), "--frames applies to --video only"),
         (("--latents", tmp_path / "nan.npy", "--out", tmp_path / "v.mp4"), "NaN or infinite values (first in latent frame 5)"),
         (("--latents", tmp_path / "inf.npy", "--out", tmp_path / "v.mp4"), "NaN or infinite values (first in latent frame 5)"),

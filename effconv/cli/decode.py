@@ -16,7 +16,7 @@ def decode(
     artifact: Path = typer.Argument(..., help="A streaming .onnx, .tflite or .pte (`effconv convert STUDENT --stream K`); .mlpackage needs macOS.", show_default=False),
     out_path: Path = typer.Option(..., "--out", help="OUT.npy (float32 (1, 3, F, H, W), the decoder's raw output) or OUT.mp4.", show_default=False),
     latents: Path | None = typer.Option(None, "--latents", help="Float32 latents (1, C, T, h, w) as .npy, any length T.", show_default=False),
-    video: Path | None = typer.Option(None, "--video", help="A real clip instead: read and encoded by the student's teacher one chunk at a time as the decoder needs it (each chunk a separate encode: the latent differs slightly from a one-shot encode of the whole clip).", show_default=False),
+    video: Path | None = typer.Option(None, "--video", help="A real clip instead: read and encoded by the student's teacher one chunk at a time as the decoder needs it (each chunk a separate encode with one frame of context, as diffusers' temporal tiles: the latent is not a one-shot encode's of the whole clip; docs/streaming.md).", show_default=False),
     teacher: Path | None = typer.Option(None, "--teacher", help="Teacher spec for --video [default: the one recorded beside the student]."),
     frames: int | None = typer.Option(None, "--frames", help="--video: encode at most this many frames, >= 1, rounded down to what the teacher's temporal compression takes (1 + 4k for 4x; the frames used are printed) [default: all]."),
     threads: int | None = typer.Option(None, "--threads", help="Runtime threads [default: the runtime's]."),

@@ -7,6 +7,7 @@ one temporal chunk at a time as the decoder consumes it (decode/encode.py).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,8 @@ def decode(artifact: Path, out: Path, latents: Path | None = None, video: Path |
         raise EffconvError("pass exactly one of --latents IN.npy and --video CLIP.", "e.g. --latents latent.npy.")
     if frames is not None and video is None:
         raise EffconvError("--frames applies to --video only.", "drop --frames, or slice the latent before saving it.")
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise EffconvError(f"--fps {fps}: the frame rate must be a positive number.", "e.g. --fps 24, or leave it out.")
     if out.suffix not in OUTPUT_SUFFIXES:
         raise EffconvError(f"--out '{out}' must end in {' or '.join(OUTPUT_SUFFIXES)}.", "e.g. --out video.mp4.")
     manifest = streaming_manifest(artifact)
