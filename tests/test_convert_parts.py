@@ -13,6 +13,8 @@ import torch
 from backend_cases import ALL_FAMILIES, small_clip, spec_path
 from effconv.backends import registry
 from effconv.convert.stage import convert
+from effconv.errors import VerificationFailed
+from effconv.legalize.lint import BackendBlocked
 from effconv.models.loader import load_model
 from effconv.profile.run import run as profile
 from effconv.spec import load_spec
@@ -25,8 +27,24 @@ OUTPUT_NAMES = {"encoder": "latent", "vae": "reconstruction"}
 DEFAULT_CASES = {("onnx", "encoder"), ("onnx", "vae"), ("coreml", "encoder"), ("coreml", "vae"),
                  ("tflite", "encoder"), ("executorch", "encoder")}
 DEFAULT_FAMILY = "ltx"
-CASES = [pytest.param(backend, part, family, id=f"{backend}-{part}-{family}",
-                      marks=() if family == DEFAULT_FAMILY and (backend, part) in DEFAULT_CASES else pytest.mark.slow)
+# Refused as they should be, for reasons other than names: the exit-1 checks a user would see.
+REFUSED = {
+    **{("coreml", part, "mochi"): pytest.mark.xfail(
+        raises=VerificationFailed, strict=True,
+        reason="the random-weight Mochi encoder's simulated fp16 error is over Core ML's fp16 atol 5e-2 (autoencoder: 0.19)")
+       for part in OUTPUT_NAMES},
+    **{("coreml", part, "wan22"): pytest.mark.xfail(
+        raises=BackendBlocked, strict=True, reason="Wan 2.2's encoder keeps mean and view ops no Core ML unit runs")
+       for part in OUTPUT_NAMES},
+}
+
+
+def _marks(backend: str, part: str, family: str) -> list:
+    default = family == DEFAULT_FAMILY and (backend, part) in DEFAULT_CASES
+    return [mark for mark in ((None if default else pytest.mark.slow), REFUSED.get((backend, part, family))) if mark]
+
+
+CASES = [pytest.param(backend, part, family, id=f"{backend}-{part}-{family}", marks=_marks(backend, part, family))
          for backend in registry.names() for part in OUTPUT_NAMES for family in ALL_FAMILIES]
 # What each backend's export tells the progress callback, between the reference run and verification.
 EXPORT_STEPS = {
@@ -75,20 +93,19 @@ def test_encoder_and_autoencoder_convert_with_names_apart_telling_each_step(back
     assert manifest.verify["passed"]
     assert [t.name for t in manifest.inputs] == ["video"]
     assert [t.name for t in manifest.outputs] == [OUTPUT_NAMES[part]]
+    clip = model.example_input(seed=7)  # not verification's seed
+    with torch.no_grad():
+        expected = model.module(clip).numpy()  # CogVideoX's autoencoder returns 8 frames of a 5-frame clip
     assert manifest.inputs[0].shape == list(model.clip_shape)
-    assert manifest.outputs[0].shape == list(model.clip_shape if part == "vae" else model.latent_shape)
+    assert manifest.outputs[0].shape == list(expected.shape)
     artifact = tmp_path / manifest.artifact
     named = names_in_artifact(backend, artifact)
     assert named is None or named == (["video"], [OUTPUT_NAMES[part]])
 
-    target = registry.get(backend)
-    clip = model.example_input(seed=7)  # not verification's seed
-    output = target.predict(artifact, clip)
+    output = registry.get(backend).predict(artifact, clip)
     if output is None:  # Core ML off macOS: what the manifest says was checked instead
         assert manifest.verify["method"].startswith("fp16 simulation in torch; not run on")
         return
-    with torch.no_grad():
-        expected = model.module(clip).numpy()
     assert float(np.abs(output - expected).max()) <= 1e-4
 
 
