@@ -42,7 +42,7 @@ def test_a_dotted_students_teacher_is_found_for_calibration_and_decode(tmp_path)
     assert (tmp_path / "out" / f"{STUDENT_NAME}.yaml").is_file() and (tmp_path / "out" / STUDENT_NAME).is_dir()
     student_manifest = manifest.model_copy(update={"spec": load_spec(tmp_path / "out" / f"{STUDENT_NAME}.yaml").resolved()})
     assert teacher_spec(student_manifest).spec.name == TEACHER_NAME
-    assert teacher_for(student_manifest, None).spec.name == TEACHER_NAME
+    assert teacher_for(student_manifest, None)[0].spec.name == TEACHER_NAME
 
 
 @pytest.mark.slow

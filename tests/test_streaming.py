@@ -260,7 +260,7 @@ def test_decode_refuses_bad_frames_non_finite_latents_and_mismatches_with_the_ca
         (("--latents", tmp_path / "nan.npy", "--out", tmp_path / "v.mp4"), "NaN or infinite values (first in latent frame 5)"),
         (("--latents", tmp_path / "inf.npy", "--out", tmp_path / "v.mp4"), "NaN or infinite values (first in latent frame 5)"),
         (("--latents", tmp_path / "channels.npy", "--out", tmp_path / "v.mp4"), f"the latent has {channels + 4} channels"),
-        ((*video, "--teacher", next(spec for spec in FAMILY_SPECS if spec.stem.startswith("ltx"))), "does not match the student"),
+        ((*video, "--teacher", next(spec for spec in FAMILY_SPECS if spec.stem.startswith("ltx"))), "does not match student"),
     ]
     for args, message in cases:
         code, _, err = cli("decode", artifacts["onnx"], *args)

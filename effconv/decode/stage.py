@@ -21,7 +21,8 @@ from effconv.decode.encode import EncodePlan, encode_plan, encoded_chunks
 from effconv.decode.latents import check_all_finite, read_latents
 from effconv.errors import EffconvError
 from effconv.models.base import Compression
-from effconv.models.loader import LoadedModel, load_model
+from effconv.models.loader import load_model
+from effconv.models.teacher_fit import check_teacher_fits, recorded_teacher
 from effconv.spec import LoadedSpec, load_spec, spec_from_dict
 from effconv.video.reader import probe
 from effconv.video.writer import VideoWriter
@@ -65,24 +66,16 @@ def streaming_manifest(artifact: Path) -> Manifest:
     return manifest
 
 
-def teacher_for(manifest: Manifest, teacher: Path | None) -> LoadedSpec:
-    """--teacher, else the teacher recorded beside the student spec the artifact was exported from."""
-    if teacher is not None:
-        return load_spec(teacher)
+def teacher_for(manifest: Manifest, teacher: Path | None) -> tuple[LoadedSpec, LoadedSpec | None]:
+    """(--teacher, else the teacher recorded beside the student spec the artifact was exported from; the recorded
+    teacher where there is one, which a --teacher must match in family)."""
     student = spec_from_dict(manifest.spec, Path("."), source="spec in the artifact's manifest")
+    recorded = recorded_teacher(spec_beside(student.pretrained_dir)) if student.pretrained_dir is not None else None
+    if teacher is not None:
+        return load_spec(teacher), recorded
     if student.pretrained_dir is None:
         raise EffconvError("the artifact's student has no saved weights to find its teacher from.", "pass --teacher TEACHER.yaml.")
-    return teacher_of(spec_beside(student.pretrained_dir))
-
-
-def _check_teacher(teacher: LoadedModel, manifest: Manifest) -> None:
-    student = Compression(**manifest.model_extra["compression"])
-    if teacher.compression != student:
-        def described(c: Compression) -> str:
-            return f"{c.latent_channels}-channel latents at {c.temporal}x temporal, {c.spatial}x spatial compression"
-        raise EffconvError(f"the teacher '{teacher.spec.spec.name}' does not match the student '{manifest.name}': it encodes "
-                           f"{described(teacher.compression)}, the student decodes {described(student)}.",
-                           "pass --teacher with the spec of the teacher this student was made from, or leave --teacher out.")
+    return teacher_of(spec_beside(student.pretrained_dir)), recorded
 
 
 def _from_video(video: Path, manifest: Manifest, teacher: Path | None, frames: int | None) -> LatentSource:
@@ -91,8 +84,9 @@ def _from_video(video: Path, manifest: Manifest, teacher: Path | None, frames: i
         info = probe(video, max(height, width))
     except ValueError as exc:
         raise EffconvError(f"cannot read video '{video}': {exc}.", "pass a readable video file (mp4, mkv, webm, ...).") from None
-    model = load_model(teacher_for(manifest, teacher))
-    _check_teacher(model, manifest)
+    teacher_spec, recorded = teacher_for(manifest, teacher)
+    model = load_model(teacher_spec)
+    check_teacher_fits(model, manifest.name, Compression(**manifest.model_extra["compression"]), recorded)
     plan: EncodePlan = encode_plan(model.compression, info.frames, frames, manifest.spec["input"]["frames"])
     latent_shape = (1, manifest.inputs[0].shape[1], plan.latent_frames, *manifest.inputs[0].shape[3:])
 

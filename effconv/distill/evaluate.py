@@ -3,7 +3,6 @@ against real frames (PSNR, SSIM, retention), with optional PNG strips ground tru
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -14,20 +13,13 @@ from effconv.artifacts import staged_output, teacher_of
 from effconv.distill.trainer import resolve_device
 from effconv.errors import EffconvError
 from effconv.models.loader import LoadedModel, load_model
-from effconv.models.teacher_fit import check_teacher_fits
+from effconv.models.teacher_fit import recorded_teacher, teacher_for_student
 from effconv.spec import LoadedSpec, load_spec
 from effconv.video.clips import center_clips, probe_videos
 from effconv.video.metrics import psnr, ssim
 
 STRIP_FRAMES = 4
 STUDENT_CLASS = "TurboVAEDDecoder"
-
-
-def _recorded_teacher(student_spec: Path) -> LoadedSpec | None:
-    try:
-        return teacher_of(student_spec)
-    except EffconvError:
-        return None
 
 
 def resolve_models(spec_path: Path, teacher_path: Path | None, allow_import: bool) -> tuple[LoadedModel, LoadedModel | None]:
@@ -40,14 +32,11 @@ def resolve_models(spec_path: Path, teacher_path: Path | None, allow_import: boo
     if teacher_path is None:
         teacher_spec = distilled_from = teacher_of(Path(spec_path))
     else:
-        teacher_spec, distilled_from = load_spec(teacher_path), _recorded_teacher(Path(spec_path))
-    # Built at its own clip size: the student's may not even fit a teacher of another family, and that
-    # mismatch, not the clip size, is what to report.
-    teacher = load_model(teacher_spec, allow_import=allow_import)
-    check_teacher_fits(teacher, loaded.spec.name, student.compression, distilled_from)
-    # Same compression as the student, so the student's clip size fits the teacher too.
+        teacher_spec, distilled_from = load_spec(teacher_path), recorded_teacher(Path(spec_path))
     clip = loaded.spec.input
-    return dataclasses.replace(teacher, spec=teacher_spec.with_input(clip.frames, clip.height, clip.width)), student
+    teacher = teacher_for_student(teacher_spec, loaded.spec.name, student.compression,
+                                  (clip.frames, clip.height, clip.width), distilled_from, allow_import)
+    return teacher, student
 
 
 def _to_uint8(video: torch.Tensor) -> np.ndarray:

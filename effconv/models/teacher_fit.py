@@ -3,15 +3,27 @@ distilled from, so the teacher must be of that family, with the student's latent
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
+from effconv.artifacts import teacher_of
 from effconv.errors import EffconvError
 from effconv.models.base import Compression
-from effconv.models.loader import LoadedModel
+from effconv.models.loader import LoadedModel, load_model
 from effconv.spec import LoadedSpec
 
 
 def family(spec: LoadedSpec) -> str:
     """The diffusers class (or the factory) a spec builds."""
     return spec.spec.model.diffusers or spec.spec.model.factory
+
+
+def recorded_teacher(student_spec: Path) -> LoadedSpec | None:
+    """The teacher recorded beside a student spec, or None where none is (a student spec written by hand)."""
+    try:
+        return teacher_of(student_spec)
+    except EffconvError:
+        return None
 
 
 def _compression_words(compression: Compression) -> str:
@@ -36,3 +48,14 @@ def check_teacher_fits(teacher: LoadedModel, student: str, compression: Compress
         + (f" ('{distilled_from.spec.name}')" if distilled_from else "")
         + ", or leave --teacher out to use the recorded one.",
     )
+
+
+def teacher_for_student(teacher_spec: LoadedSpec, student: str, compression: Compression, clip: tuple[int, int, int],
+                        distilled_from: LoadedSpec | None = None, allow_import: bool = False) -> LoadedModel:
+    """The teacher, checked to fit the student, set to the student's clip (frames, height, width). It is built at its
+    own clip first: the student's may not even fit a teacher of another family, and that mismatch, not the clip
+    size, is what to report."""
+    teacher = load_model(teacher_spec, allow_import=allow_import)
+    check_teacher_fits(teacher, student, compression, distilled_from)
+    # Same compression as the student, so the student's clip fits the teacher too.
+    return dataclasses.replace(teacher, spec=teacher_spec.with_input(*clip))

@@ -17,7 +17,9 @@ from effconv.artifacts import Manifest, spec_beside, teacher_of
 from effconv.backends.base import CalibrationSet
 from effconv.video.clips import ClipSampler, center_clips, probe_videos
 from effconv.errors import EffconvError, exception_text
-from effconv.models.loader import LoadedModel
+from effconv.models.base import Compression
+from effconv.models.loader import LoadedModel, load_model
+from effconv.models.teacher_fit import recorded_teacher, teacher_for_student
 from effconv.spec import LoadedSpec, load_spec, spec_from_dict
 
 RANDOM = "random"
@@ -30,18 +32,36 @@ def _model_spec(manifest: Manifest) -> LoadedSpec:
     return spec_from_dict(manifest.spec, Path("."), source="spec in the artifact's manifest")
 
 
-def teacher_spec(manifest: Manifest, teacher: Path | None = None) -> LoadedSpec:
-    """The VAE whose encoder makes calibration latents: --teacher, else the student's recorded teacher,
-    else the artifact's own model (a teacher decoder is calibrated with its own encoder)."""
+def _found_teacher(manifest: Manifest, teacher: Path | None) -> tuple[LoadedSpec, LoadedSpec]:
+    """(the VAE whose encoder makes calibration latents, the artifact's own model): --teacher, else the
+    student's recorded teacher, else the artifact's own model (a teacher decoder is calibrated with its own
+    encoder)."""
     own = _model_spec(manifest)
     if teacher is not None:
-        found = load_spec(teacher)
-    elif own.spec.model.diffusers == STUDENT_CLASS:
-        found = teacher_of(spec_beside(own.pretrained_dir))
-    else:
-        found = own
+        return load_spec(teacher), own
+    if own.spec.model.diffusers == STUDENT_CLASS:
+        return teacher_of(spec_beside(own.pretrained_dir)), own
+    return own, own
+
+
+def teacher_spec(manifest: Manifest, teacher: Path | None = None) -> LoadedSpec:
+    """The calibration teacher's spec at the artifact's clip size."""
+    found, own = _found_teacher(manifest, teacher)
     clip = own.spec.input
     return found.with_input(clip.frames, clip.height, clip.width)
+
+
+def teacher_model(manifest: Manifest, teacher: Path | None = None) -> LoadedModel:
+    """The calibration teacher at the artifact's clip size; one passed as --teacher must fit the artifact's latents
+    (and, for a student, be of the family it was distilled from)."""
+    found, own = _found_teacher(manifest, teacher)
+    if found is own:
+        return load_model(found)
+    distilled_from = recorded_teacher(spec_beside(own.pretrained_dir)) \
+        if own.spec.model.diffusers == STUDENT_CLASS and own.pretrained_dir is not None else None
+    clip = own.spec.input
+    return teacher_for_student(found, manifest.name, Compression(**manifest.model_extra["compression"]),
+                               (clip.frames, clip.height, clip.width), distilled_from)
 
 
 def _check_latent_shape(shape: tuple[int, ...], expected: tuple[int, ...], source: str) -> None:

@@ -10,7 +10,6 @@ from effconv.recipe import DEFAULT_SEARCH_SECONDS, MAX_SEARCH_SECONDS
 from effconv.artifacts import Manifest, manifest_path, read_manifest, staged_output, write_manifest
 from effconv.video.clips import BUNDLED_CLIP
 from effconv.errors import EffconvError, VerificationFailed
-from effconv.models.loader import load_model
 from effconv.quantize import calibration
 from effconv.quantize import gate as quality_gate
 from effconv.backends import registry
@@ -71,7 +70,7 @@ def calibration_sets(manifest: Manifest, calib: list[str] | None, samples: int, 
     elif any(calibration.is_latent_file(source) for source in sources):
         raise EffconvError("a latents file cannot be mixed with videos in --calib.", "pass one latents file, or videos.")
     else:
-        teacher_model = load_model(calibration.teacher_spec(manifest, teacher))
+        teacher_model = calibration.teacher_model(manifest, teacher)
         full = calibration.from_video(teacher_model, [Path(s) for s in sources], samples, expected=expected)
         if eval_data:
             held_out = calibration.held_out_video(teacher_model, list(eval_data), _held_out_count(samples), expected=expected)
