@@ -79,7 +79,7 @@ def test_a_training_device_torch_cannot_see_is_one_line_exit_2(cli, tmp_path):
     code, _, err = cli("distill", TEACHER, "--recipe", RECIPE, "--data", BUNDLED_CLIP, "--out", tmp_path / "out",
                        "--device", "cuda")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "sees no CUDA GPU" in err
-    with pytest.raises(EffconvError, match="not a training device"):
+    with pytest.raises(EffconvError, match="not a device effconv can run torch on"):
         resolve_device("meta")
 
 

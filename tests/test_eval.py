@@ -82,7 +82,7 @@ def test_eval_accepts_the_recorded_teacher_passed_explicitly_on_the_device_asked
 
 
 @pytest.mark.parametrize("device, message", [
-    ("tpu", "--device 'tpu' is not a training device. Fix: use auto, cpu, cuda or cuda:N."),
+    ("tpu", "--device 'tpu' is not a device effconv can run torch on. Fix: use auto, cpu, cuda or cuda:N."),
     pytest.param("cuda", "--device cuda: this torch", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
 ])
 def test_eval_refuses_a_device_it_cannot_use_in_one_line(cli, device, message):

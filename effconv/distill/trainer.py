@@ -47,7 +47,7 @@ def resolve_device(name: str) -> torch.device:
     except (RuntimeError, ValueError):
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise EffconvError(f"--device '{name}' is not a training device.", f"use {DEVICE_CHOICES}.")
+        raise EffconvError(f"--device '{name}' is not a device effconv can run torch on.", f"use {DEVICE_CHOICES}.")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise EffconvError(f"--device {name}: this torch ({torch.__version__}) sees no CUDA GPU.",

@@ -94,7 +94,7 @@ def run_distill(ctx: StageContext) -> None:
 def run_eval(ctx: StageContext) -> None:
     with staged_output(ctx.directory) as staging:
         summary = evaluate(ctx.student_spec, list(ctx.inputs.eval_data), save_frames=staging / FRAMES_DIR,
-                           allow_import=ctx.inputs.allow_import)
+                           allow_import=ctx.inputs.allow_import, device=ctx.inputs.train_device)
         for skipped in summary["skipped"]:
             ctx.warn(f"skipping {skipped['video']}: {skipped['reason']}")
         summary["frames"] = [f"{FRAMES_DIR}/{Path(frame).name}" for frame in summary.get("frames", [])]
