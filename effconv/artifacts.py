@@ -78,10 +78,21 @@ def read_manifest(path: Path) -> Manifest:
         raise EffconvError(f"manifest '{path}' is not a valid effconv manifest.", "re-create the artifact with effconv.") from None
 
 
-def _prepare_out_dir(out_dir: Path) -> Path | None:
-    """Create out_dir if needed; return the topmost directory this call created (to undo on failure)."""
+def check_out_dir(out_dir: str | Path) -> None:
+    """Refuse an --out that could not be created or written, before any work and without creating anything."""
+    out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise EffconvError(f"--out '{out_dir}' exists and is not a directory.", "choose a directory path for --out.")
+    nearest = next(p for p in [out_dir, *out_dir.parents] if p.exists())
+    if not nearest.is_dir():
+        raise EffconvError(f"cannot create output directory '{out_dir}': '{nearest}' is a file.", "choose a writable --out.")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise EffconvError(f"output directory '{nearest}' is not writable.", "choose a writable --out.")
+
+
+def _prepare_out_dir(out_dir: Path) -> Path | None:
+    """Create out_dir if needed; return the topmost directory this call created (to undo on failure)."""
+    check_out_dir(out_dir)
     missing = [p for p in [out_dir, *out_dir.parents] if not p.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from effconv.artifacts import Manifest, staged_output, write_manifest
+from effconv.artifacts import Manifest, check_out_dir, staged_output, write_manifest
 from effconv.backends import registry
 from effconv.backends.base import Backend, Progress, no_progress
 from effconv.backends.coreml import export as coreml_backend
@@ -181,6 +181,7 @@ def convert(loaded: LoadedSpec, backend: str, out_dir: Path, atol: float | None 
     if layout != "auto" and backend != onnx_backend.NAME:
         raise EffconvError(f"--layout applies to ONNX exports only; {backend} exports pick their own rewrites.",
                            "drop --layout, or use --to onnx.")
+    check_out_dir(out_dir)
     progress("loading the model")
     model = load_model(loaded, allow_import=allow_import)
     if stream is not None:
