@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 import torch
-import yaml
 
 from effconv.distill.stage import distill
 from effconv.distill.targets import cache_key

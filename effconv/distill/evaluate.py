@@ -11,10 +11,9 @@ import torch
 
 from effconv.artifacts import staged_output, teacher_of
 from effconv.distill.trainer import resolve_device
-from effconv.errors import EffconvError
 from effconv.models.loader import LoadedModel, load_model
 from effconv.models.teacher_fit import recorded_teacher, teacher_for_student
-from effconv.spec import LoadedSpec, load_spec
+from effconv.spec import load_spec
 from effconv.video.clips import center_clips, probe_videos
 from effconv.video.metrics import psnr, ssim
 
