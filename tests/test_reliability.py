@@ -549,7 +549,6 @@ def test_missing_pointer_falls_back_to_the_newest_checkpoint(tmp_path):
 
 def test_cached_targets_of_another_shape_or_damaged_are_not_used(tmp_path):
     """regression: a stale or damaged cache entry was used as is (RuntimeError in torch.cat, exit 3)."""
-
     teacher = load_model(load_spec(TEACHER).with_input(5, 32, 32))
     cache = TargetCache(tmp_path, "key", TeacherTargets(teacher, {}).keys, teacher.clip_shape[1:], teacher.latent_shape[1:])
     clip = torch.rand(3, 5, 32, 32) * 2 - 1
