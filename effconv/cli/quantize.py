@@ -118,10 +118,11 @@ def _print_quantize(manifest, as_json: bool, out_dir: Path) -> None:
         table.add_row("int8 kernels here", f"{weights}; they lose {kernels['kernel_loss_db']:+.1f} dB vs the QDQ model's exact "
                                            f"arithmetic ({kernels['qdq_vs_float_psnr_db']:.1f} dB vs float; "
                                            f"{', '.join(kernels['cpu_int8_features']) or 'no int8 extensions'})")
-    latency = report["latency_ms"]
+    latency, slower = report["latency_ms"], report.get("speed_warning")
     if "speedup" in latency:
-        table.add_row("host latency", f"{latency['float']:.1f} -> {latency['quantized']:.1f} ms ({latency['speedup']:.2f}x, "
-                                      f"{latency['threads']} threads)")
+        table.add_row("host latency", Text(f"{latency['float']:.1f} -> {latency['quantized']:.1f} ms ({latency['speedup']:.2f}x, "
+                                           f"{latency['threads']} threads)" + (": SLOWER than float" if slower else ""),
+                                           style="bold red" if slower else ""))
     else:
         table.add_row("host latency", f"not measured: {latency['not_measured']}")
     if report["float_nodes"]:
@@ -132,3 +133,5 @@ def _print_quantize(manifest, as_json: bool, out_dir: Path) -> None:
     style = "" if not gate["applied"] else "green" if gate["passed"] else "red"
     table.add_row("quality gate", Text(describe_gate(gate), style=style))
     out.print(table)
+    if slower:
+        err.print(f"[bold red]warning:[/] {slower}", highlight=False, soft_wrap=True)

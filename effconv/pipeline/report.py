@@ -228,7 +228,7 @@ def _quantize_section(m: Manifests) -> Section:
     if not m.quantize:
         section.blocks.append("No backend was quantized (the recipe's `quantize.backends` names none that effconv can quantize).")
         return section
-    rows = []
+    rows, warnings = [], []
     for backend, manifest in m.quantize.items():
         if not manifest:
             rows.append([backend] + [MISSING] * 8 + ["not run"])
@@ -236,13 +236,17 @@ def _quantize_section(m: Manifests) -> Section:
         q = manifest["quantize"]
         sizes, quality, latency, gate = q["size_bytes"], q["quality"], q["latency_ms"], q["gate"]
         measured = "float" in latency
+        slower = q.get("speed_warning")
+        if slower:
+            warnings.append(f"WARNING ({backend}): {slower}. The gate below judges fidelity, not speed.")
         rows.append([
             backend, str(q["scheme"]), size(sizes["float"]), size(sizes["quantized"]), f"{sizes['ratio']:.2f}x",
             number(quality.get("psnr_vs_float_db")), number(quality.get("psnr_drop_db")), number(quality.get("ssim_drop"), 4),
-            f"{latency['float']:.2f} / {latency['quantized']:.2f} ms ({latency['speedup']:.2f}x)" if measured
-            else str(latency.get("not_measured", MISSING)),
+            f"{latency['float']:.2f} / {latency['quantized']:.2f} ms ({latency['speedup']:.2f}x{', slower than float' if slower else ''})"
+            if measured else str(latency.get("not_measured", MISSING)),
             describe_gate(gate),
         ])
+    section.blocks.extend(warnings)
     section.blocks.append(Table(["backend", "scheme", "float size", "int8 size", "smaller", "PSNR vs float (dB)",
                                  "PSNR drop (dB)", "SSIM drop", "latency float / int8", "gate"], rows))
     section.blocks.append("PSNR figures: held-out clips of the eval videos; sizes and host latency as measured by "

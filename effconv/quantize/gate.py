@@ -5,6 +5,9 @@ table, the manifest and the pipeline report.
 it off); `--max-psnr-drop` bounds the PSNR lost against ground-truth frames and applies only when the
 calibration came with them. A Core ML report's `simulation_check` must pass as well: its quality was
 measured on a torch simulation, which counts only if it holds the weights that were written.
+
+Beside the gate, the speed verdict: an int8 artifact that timed slower than its float one on this host says so
+wherever the gate's verdict is read, since passing a quality gate says nothing about speed.
 """
 
 from __future__ import annotations
@@ -59,3 +62,15 @@ def describe(gate: dict) -> str:
     elif ceiling is not None:
         parts.append(f"drop bound not applied: {gate.get('drop_not_applied', NO_GROUND_TRUTH)}")
     return f"{'passed' if gate['passed'] else 'FAILED'} ({'; '.join(parts)})"
+
+
+def speed_warning(latency: dict) -> str | None:
+    """The warning an int8 artifact carries when it ran slower than its float artifact on this host, from the
+    quantize stage's own alternating float/int8 timing (`latency_ms`); None when it ran at least as fast (as
+    printed, to two digits) or was not timed here. The quality gate says nothing about speed, so a slower int8
+    that passes it must not read as the one to ship."""
+    speedup = latency.get("speedup")
+    if speedup is None or round(speedup, 2) >= 1:
+        return None
+    return (f"int8 runs at {speedup:.2f}x the float speed here (int8 {latency['quantized']:.1f} ms, float {latency['float']:.1f} ms): "
+            "ship the float artifact for speed, int8 only for size")

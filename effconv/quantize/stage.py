@@ -130,6 +130,9 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
         remedies = report.pop("remedies")
         gate = quality_gate.evaluate(report, max_psnr_drop, min_psnr_vs_float)
         report["notes"] = notes + report.get("notes", [])
+        slower = quality_gate.speed_warning(report["latency_ms"])
+        if slower:
+            report["speed_warning"] = slower
         manifest = Manifest(
             **source.model_dump(include={"spec", "inputs", "outputs", "params"}),
             name=name,
