@@ -67,7 +67,7 @@ def main() -> int:
     os.environ.setdefault("EFFCONV_CACHE_DIR", tempfile.mkdtemp(prefix="effconv-bench-cache-"))
 
     from effconv.host import cpu_int8_features, cpu_model
-    from effconv.profile.devices import HOST, host_key, load_device, write_cache_entry
+    from effconv.profile.devices import HOST, host_key, load_device, measurement_version, write_cache_entry
     from effconv.profile.host_fit import calibration_set, errors, fit_and_store, measure_set, summarize, with_fit
     from effconv.profile.inputs import OWN_GRAPH
 
@@ -80,7 +80,8 @@ def main() -> int:
             if Path(record.get("path", "")).is_file():
                 record["cost"] = OWN_GRAPH[record["backend"]][1](Path(record["path"]))
         # the peaks the timings were taken with, not today's
-        write_cache_entry(host_key(args.threads), "measurement", {k: v for k, v in measured_host.items() if k != "key"})
+        write_cache_entry(host_key(args.threads), "measurement",
+                          {k: v for k, v in measured_host.items() if k != "key"} | {"produced_by": measurement_version()})
     else:
         measured_host = load_device(HOST, threads=args.threads, remeasure=True, calibrated=False).measured
         keep = args.records.with_suffix(".artifacts") if args.records is not None else None

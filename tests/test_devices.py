@@ -96,7 +96,8 @@ def test_each_runtime_has_its_own_measured_peak_and_cached_calibration():
     assert peaks["cpu"] > 0.1 and peaks["xnnpack"] > 0.1 and peaks["cpu"] != peaks["xnnpack"]
     assert first.units["xnnpack"].peak_gops["fp32"].value == peaks["xnnpack"]
     fit = {"efficiency": {"conv": 0.7}, "int8_efficiency": {"conv": 0.2}, "op_overhead_us": 3.0, "narrow_channels": 16.0,
-           "run_overhead_ms": 0.4, "model_uncertainty": 0.2, "validation": "LiteRT calibrated in a test", "calibrated_at": "now"}
+           "run_overhead_ms": 0.4, "model_uncertainty": 0.2, "validation": "LiteRT calibrated in a test", "calibrated_at": "now",
+           "produced_by": devices.cost_model_version()}
     devices.write_cache_entry(devices.host_key(1), "calibration", {"xnnpack": fit})
     calibrated = load_device(HOST, threads=1)
     lite = calibrated.for_backend("tflite")

@@ -290,6 +290,7 @@ def test_calibrate_measures_fits_and_the_host_profile_uses_the_fit(capsys):
     assert after["held_out"]["n"] == 1 and after["held_out"]["p90_is_max"]
     host = load_device("host-cpu", threads=1)
     assert host.units["cpu"].efficiency == result["runtimes"]["onnx"]["fit"]["efficiency"]
+    assert result["runtimes"]["onnx"]["fit"]["produced_by"] == devices.cost_model_version()  # else the fit is ignored
     assert host.units["xnnpack"].efficiency != host.units["cpu"].efficiency and host.units["xnnpack"].runtime_fit.model_uncertainty == 3.5
     onnx_host = host.for_backend("onnx")
     assert "held-out error on 1 artifacts" in onnx_host.validation

@@ -95,6 +95,8 @@ def profile(
 
 
 def _render_profile(result, top: int) -> None:
+    from effconv.profile.devices import OUTDATED_CALIBRATION
+
     data = result.to_dict(top)
     out.print(f"[bold]{data['model']}[/] on [bold]{data['device']}[/] ({result.device.description}); {data['source']}")
     ops = Table(title=f"top {top} ops by estimated time")
@@ -140,6 +142,8 @@ def _render_profile(result, top: int) -> None:
         summary.add_row("budget", f"{data['budget_ms']:.1f} ms ({data['budget_from']}), judged on {data['judged_on']}: {verdict}")
     out.print(summary)
     out.print(f"[dim]{result.device.validation}[/]", highlight=False)
+    if set(result.device.measured.get("outdated_calibration", ())) & set(result.device.units):
+        out.print(f"[yellow]{OUTDATED_CALIBRATION}[/]", highlight=False)
 
 
 def _dtype_text(dtypes: dict[str, dict]) -> str:

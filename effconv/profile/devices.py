@@ -6,7 +6,9 @@ it is, per backend, and the lint rules decide (effconv/profile/legality.py). `ho
 its units are this machine's CPU as each runtime drives it (onnxruntime's kernels for `.onnx`, XNNPACK for
 `.tflite`/`.pte`); each unit's peak throughput is measured with that runtime's own matrix multiply the first
 time it is needed, the bandwidth with a copy, and both are cached, together with the per-runtime calibration
-that `effconv calibrate` fits, under `$EFFCONV_CACHE_DIR` (default ~/.cache/effconv).
+that `effconv calibrate` fits, under `$EFFCONV_CACHE_DIR` (default ~/.cache/effconv). Each cached section records
+the effconv version and source digest of the code that made it (`effconv.provenance`); one made by other code is
+measured again (peaks) or ignored (a fit: the estimate falls back to the uncalibrated band).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -25,6 +27,7 @@ from effconv.errors import EffconvError
 from effconv.host import cpu_model, default_threads
 from effconv.profile.cost import CATEGORIES, CONV_3D_KEYS
 from effconv.profile.legality import check_lint_units
+from effconv.provenance import produced_by
 from effconv.recipe import HOST_DEVICE
 from effconv.spec import SAFE_NAME, StrictModel, format_validation_error, read_yaml_mapping
 
@@ -36,9 +39,24 @@ MATMUL_SIZE = 1024
 COPY_MIB = 256
 MAX_THREADS = 1024
 NUMBER = (int, float)
-MEASUREMENT_FIELDS = {"peak_fp32_gflops": dict, "bandwidth_gbps": NUMBER, "threads": int, "method": str, "measured_at": str}
+MEASUREMENT_FIELDS = {"peak_fp32_gflops": dict, "bandwidth_gbps": NUMBER, "threads": int, "method": str, "measured_at": str,
+                      "produced_by": dict}
 CALIBRATION_FIELDS = {"efficiency": dict, "op_overhead_us": NUMBER, "run_overhead_ms": NUMBER, "model_uncertainty": NUMBER,
                       "int8_efficiency": dict, "validation": str, "calibrated_at": str}
+# The code whose output a cached fit's numbers are parameters of: the estimator (it multiplies them into per-op
+# rooflines; it imports the op costs, the ONNX reader and this module's unit schema) and the readers of the other
+# artifacts' graphs. A change there changes what the fitted efficiencies mean, so the fit is redone. Left out on
+# purpose: host_fit's fitting and the converters it measures (their digest spans most of effconv, so any edit would
+# discard a 30-minute calibration whose parameters still mean the same; a release changes the effconv version anyway).
+COST_MODEL_MODULES = ("effconv.profile.estimate", "effconv.profile.tflite_cost", "effconv.profile.mlprogram_cost")
+# The peaks are measured by this module's code (with the runtimes' own kernels, whose versions are in host_key).
+MEASUREMENT_MODULES = (__name__,)
+OUTDATED_CALIBRATION = "host calibration from an older cost model ignored; run `effconv calibrate` again"
+PEAK_TRIES = 3
+# More threads must reach at least this share of fewer threads' peak: two SMT siblings share one core's FMA units, so
+# their peak can equal one thread's, and best-of-10 timings still vary by a few percent; lower means the run was
+# slowed (by other load) and is not a peak.
+FEWER_THREADS_SHARE = 0.95
 # host-cpu's units: the backend whose runtime's kernels each one is (`effconv calibrate` fits it on that runtime).
 HOST_UNIT_BACKENDS = {"cpu": "onnx", "xnnpack": "tflite"}
 EFFICIENCY_KEYS = (*CATEGORIES, *CONV_3D_KEYS)  # ComputeUnit.int8_efficiency
@@ -221,6 +239,15 @@ def host_key(threads: int) -> str:
     return f"{cpu_model()}|cores={os.cpu_count()}|{'|'.join(versions)}|threads={threads}"
 
 
+def cost_model_version() -> dict[str, str]:
+    """What a cached calibration must have been made with to be used (COST_MODEL_MODULES)."""
+    return produced_by(*COST_MODEL_MODULES)
+
+
+def measurement_version() -> dict[str, str]:
+    return produced_by(*MEASUREMENT_MODULES)
+
+
 def read_cache() -> dict:
     path = cache_dir() / CACHE_FILE
     try:
@@ -302,6 +329,13 @@ def xnnpack_fully_connected_seconds(threads: int, size: int = MATMUL_SIZE, repea
     return _best_seconds(runner.invoke, repeats=repeats)
 
 
+def _load_average() -> list[float] | None:
+    try:
+        return [round(load, 2) for load in os.getloadavg()]
+    except (OSError, AttributeError):  # no load average on this OS
+        return None
+
+
 def measure_host(threads: int) -> dict:
     """Peak fp32 GFLOP/s of each runtime's square matmul (onnxruntime, XNNPACK) and DRAM GB/s from a large copy, all
     best-of-N with `threads` threads (best, not median: a peak is what the roofline needs; noise only slows runs)."""
@@ -327,6 +361,8 @@ def measure_host(threads: int) -> dict:
         "method": (f"onnxruntime MatMul and LiteRT FULLY_CONNECTED (XNNPACK) {MATMUL_SIZE}^2 fp32, best of 10; "
                    f"tensor copy {COPY_MIB} MiB best of 5"),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average": _load_average(),  # 1, 5, 15 min: a peak measured under load shows it here
+        "produced_by": measurement_version(),
     }
 
 
@@ -338,23 +374,76 @@ def _valid_measurement(measurement: dict | None) -> bool:
             and (peaks.get("xnnpack") is None or (isinstance(peaks["xnnpack"], NUMBER) and 0 < peaks["xnnpack"] < math.inf)))
 
 
+def implausible_peaks(peaks_by_threads: dict[int, dict[str, float | None]]) -> list[int]:
+    """The thread counts whose peak (of any runtime) is below FEWER_THREADS_SHARE of what fewer threads measured on the
+    same host: more threads never make a matmul slower, so such a peak was measured under load."""
+    def below(threads: int, unit: str, peak: float | None) -> bool:
+        return peak is not None and any(fewer < threads and (other.get(unit) or 0) * FEWER_THREADS_SHARE > peak
+                                        for fewer, other in peaks_by_threads.items())
+
+    return sorted(threads for threads, peaks in peaks_by_threads.items()
+                  if any(below(threads, unit, peak) for unit, peak in peaks.items()))
+
+
+def best_of(measurements: list[dict]) -> dict:
+    """The highest of each figure over several measurements (each already a best-of-N: noise only slows runs)."""
+    peaks = {unit: max((m["peak_fp32_gflops"][unit] for m in measurements if m["peak_fp32_gflops"].get(unit) is not None), default=None)
+             for unit in measurements[0]["peak_fp32_gflops"]}
+    return measurements[-1] | {"peak_fp32_gflops": peaks, "bandwidth_gbps": max(m["bandwidth_gbps"] for m in measurements),
+                               "tries": len(measurements)}
+
+
+def _current(measurement: dict | None) -> bool:
+    return _valid_measurement(measurement) and measurement["produced_by"] == measurement_version()
+
+
+def _other_thread_peaks(threads: int) -> dict[int, dict]:
+    """This host's current cached peaks at other thread counts (same CPU and runtime versions: host_key but threads)."""
+    host = host_key(threads).rsplit("|threads=", 1)[0]
+    peaks = {}
+    for key in read_cache():
+        measurement = _cached_section(key, "measurement", MEASUREMENT_FIELDS) if key.startswith(f"{host}|threads=") else None
+        if _current(measurement) and measurement["threads"] != threads:
+            peaks[measurement["threads"]] = measurement["peak_fp32_gflops"]
+    return peaks
+
+
+def plausible_measurement(measure: Callable[[], dict], threads: int, others: dict[int, dict]) -> tuple[dict, bool]:
+    """Measure up to PEAK_TRIES times until the best so far is plausible next to `others` (peaks at other thread
+    counts, implausible_peaks); the best, and whether it is plausible."""
+    tries = []
+    while len(tries) < PEAK_TRIES:
+        tries.append(measure())
+        best = best_of(tries)
+        if threads not in implausible_peaks(others | {threads: best["peak_fp32_gflops"]}):
+            return best, True
+    return best, False
+
+
 def host_measurement(threads: int, remeasure: bool = False) -> dict:
+    """The cached peaks at `threads`, unless they were measured by other code or are implausible next to this host's
+    other thread counts: then measured again (plausible_measurement). A result still implausible is used but not
+    cached, so the next run measures again."""
     key = host_key(threads)
     cached = _cached_section(key, "measurement", MEASUREMENT_FIELDS)
-    if not remeasure and _valid_measurement(cached):
+    others = _other_thread_peaks(threads)
+    if not remeasure and _current(cached) and threads not in implausible_peaks(others | {threads: cached["peak_fp32_gflops"]}):
         return cached
-    measurement = measure_host(threads)
-    write_cache_entry(key, "measurement", measurement)
+    measurement, plausible = plausible_measurement(lambda: measure_host(threads), threads, others)
+    if plausible:
+        write_cache_entry(key, "measurement", measurement)
     return measurement
 
 
-def host_calibration(threads: int) -> dict[str, dict]:
-    """`effconv calibrate`'s cached fit of each host-cpu unit (runtime) it calibrated; a damaged one is left out."""
-    section = _cached_section(host_key(threads), "calibration", {})
-    if not section:
-        return {}
-    return {unit: fit for unit, fit in section.items()
+def host_calibration(threads: int) -> tuple[dict[str, dict], list[str]]:
+    """`effconv calibrate`'s cached fit of each host-cpu unit (runtime) it calibrated, and the units whose cached fit
+    was made with another cost model (or effconv version) and is therefore not used; a damaged one is left out."""
+    section = _cached_section(host_key(threads), "calibration", {}) or {}
+    fits = {unit: fit for unit, fit in section.items()
             if unit in HOST_UNIT_BACKENDS and isinstance(fit, dict) and all(isinstance(fit.get(n), k) for n, k in CALIBRATION_FIELDS.items())}
+    # a fit written before fits recorded their version (no produced_by) was made with an older cost model too
+    current = {unit: fit for unit, fit in fits.items() if fit.get("produced_by") == cost_model_version()}
+    return current, sorted(fits.keys() - current.keys())
 
 
 def _ram_gb() -> float:
@@ -367,12 +456,16 @@ def _ram_gb() -> float:
 def _fill_host(data: dict, threads: int, remeasure: bool, calibrated: bool) -> dict:
     """Put this machine's measured figures (and each runtime's calibration, if any) into the host-cpu template."""
     measurement = host_measurement(threads, remeasure)
-    source = f"measured: {measurement['method']}, {measurement['threads']} threads, {measurement['measured_at']}"
+    load = measurement.get("load_average")
+    source = (f"measured: {measurement['method']}, {measurement['threads']} threads, {measurement['measured_at']}"
+              + (f", load average {load[0]:g}" if load else ""))
     data["memory"]["bandwidth_gbps"] = {"value": measurement["bandwidth_gbps"], "source": source, "uncertainty": 0.1}
     data["memory"]["ram_gb"] = {"value": _ram_gb(), "source": "measured: os.sysconf physical pages", "uncertainty": 0.0}
     data["soc"] = f"{cpu_model()}, {os.cpu_count()} logical cores ({threads} threads used)"
     data["measured"] = {"key": host_key(threads), **measurement}
-    calibration = host_calibration(threads) if calibrated else {}
+    calibration, outdated = host_calibration(threads) if calibrated else ({}, [])
+    if outdated:
+        data["measured"]["outdated_calibration"] = outdated
     for name, unit in data["units"].items():
         peak, peak_source = measurement["peak_fp32_gflops"].get(name), source
         if peak is None:  # LiteRT not installed: nothing runs on this unit here, its artifacts are still costed

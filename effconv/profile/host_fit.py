@@ -46,7 +46,8 @@ from effconv.convert.stage import convert
 from effconv.errors import EffconvError
 from effconv.host import default_threads
 from effconv.profile.cost import CATEGORIES, CONV_3D_KEYS, GraphCost
-from effconv.profile.devices import HOST, HOST_UNIT_BACKENDS, DeviceProfile, host_key, load_device, write_cache_entry
+from effconv.profile.devices import (HOST, HOST_UNIT_BACKENDS, DeviceProfile, cost_model_version, host_key, load_device,
+                                     write_cache_entry)
 from effconv.profile.estimate import NARROW_CATEGORIES, POSITION_CATEGORIES, estimate_cost, int8_keys, op_ms, output_positions
 from effconv.profile.inputs import OWN_GRAPH
 from effconv.profile.measure import measure_kernels, measure_walls
@@ -504,6 +505,7 @@ def fit_and_store(records: list[dict], threads: int, repeats: int) -> dict:
             "validation": _validation(registry.get(backend).runtime, held_out, sum(not r["held_out"] for r in chosen), threads, repeats),
             "calibrated_at": stamp,
             "threads": threads,
+            "produced_by": cost_model_version(),  # a later cost model ignores this fit (devices.host_calibration)
         }
         runtimes[backend] = {"unit": unit, "fit": calibration[unit], "before": {"rows": before, **_sets(before)},
                              "after": {"rows": after, **_sets(after)}}
