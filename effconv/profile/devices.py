@@ -257,10 +257,10 @@ def read_cache() -> dict:
     return cache if isinstance(cache, dict) else {}
 
 
-def _cached_section(key: str, section: str, fields: dict[str, type | tuple[type, ...]]) -> dict | None:
-    """One section of a host's cache entry, or None when it is missing or not shaped as effconv writes
-    it: a damaged cache is measured again (or left uncalibrated), never trusted."""
-    entry = read_cache().get(key)
+def _cached_section(key: str, section: str, fields: dict[str, type | tuple[type, ...]], cache: dict | None = None) -> dict | None:
+    """One section of a host's cache entry (in `cache`, default: read now), or None when it is missing or not shaped as
+    effconv writes it: a damaged cache is measured again (or left uncalibrated), never trusted."""
+    entry = (read_cache() if cache is None else cache).get(key)
     value = entry.get(section) if isinstance(entry, dict) else None
     if isinstance(value, dict) and all(isinstance(value.get(name), kind) for name, kind in fields.items()):
         return value
@@ -400,9 +400,9 @@ def _current(measurement: dict | None) -> bool:
 def _other_thread_peaks(threads: int) -> dict[int, dict]:
     """This host's current cached peaks at other thread counts (same CPU and runtime versions: host_key but threads)."""
     host = host_key(threads).rsplit("|threads=", 1)[0]
-    peaks = {}
-    for key in read_cache():
-        measurement = _cached_section(key, "measurement", MEASUREMENT_FIELDS) if key.startswith(f"{host}|threads=") else None
+    peaks, cache = {}, read_cache()
+    for key in cache:
+        measurement = _cached_section(key, "measurement", MEASUREMENT_FIELDS, cache) if key.startswith(f"{host}|threads=") else None
         if _current(measurement) and measurement["threads"] != threads:
             peaks[measurement["threads"]] = measurement["peak_fp32_gflops"]
     return peaks
