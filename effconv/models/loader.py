@@ -345,14 +345,6 @@ def _located_weights(cls: type[nn.Module], path: Path, config: dict, variant: st
     return root, variant
 
 
-def check_pretrained(loaded: LoadedSpec) -> None:
-    """Refuse, without reading any weights, a spec's pretrained weights that load_model would refuse
-    before reading them: so a run stops before its first stage."""
-    source = loaded.spec.model
-    if source.diffusers is not None and loaded.pretrained_dir is not None:
-        _located_weights(_diffusers_class(source.diffusers), loaded.pretrained_dir, dict(source.config), source.variant)
-
-
 def _load_single_file(cls: type[nn.Module], file: Path, config: dict) -> nn.Module:
     model = _build_random(cls, config)
     state = _diffusers_state_dict(model, _read_safetensors(file), _release_format_converter(cls), file)

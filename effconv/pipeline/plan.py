@@ -20,7 +20,7 @@ from effconv.errors import EffconvError
 from effconv.host import cpu_model, default_threads
 from effconv.legalize.lint import rule_table
 from effconv.distill.trainer import resolve_device
-from effconv.models.loader import check_pretrained, load_model, pretrained_root
+from effconv.models.loader import load_model, pretrained_root
 from effconv.profile.devices import load_device, profiles_dir
 from effconv.profile.inputs import parse_resolution
 from effconv.recipe import HOST_DEVICE, Recipe, load_recipe
@@ -149,13 +149,12 @@ def resolve(target: str | Path, recipe_name: str | None = None, steps: int | Non
             "pass --pretrained DIR: a diffusers save_pretrained directory (config.json + safetensors), a pipeline "
             "directory with a vae/ subfolder, or a single .safetensors checkpoint.",
         )
-    check_pretrained(teacher)
-    if teacher.spec.part != "decoder":
-        raise EffconvError(f"the teacher spec's part is '{teacher.spec.part}'; effconv run replaces a decoder.",
-                           "set 'part: decoder' in the teacher spec.")
     # Built as `effconv inspect` and the distill stage build it: weights that do not fit the class (missing or
     # unexpected keys, other shapes) are refused before any stage starts, also by --dry-run.
     load_model(teacher, allow_import=allow_import)
+    if teacher.spec.part != "decoder":
+        raise EffconvError(f"the teacher spec's part is '{teacher.spec.part}'; effconv run replaces a decoder.",
+                           "set 'part: decoder' in the teacher spec.")
     base_dir = Path(source).resolve().parent
     train = _videos(data, recipe.data.train, base_dir, "training", source)
     held_out = _videos(eval_data, recipe.data.eval, base_dir, "eval", source) if (eval_data or recipe.data.eval) else train
