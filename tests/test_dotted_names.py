@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from effconv.artifacts import read_manifest, spec_beside
+from effconv.artifacts import Manifest, read_manifest, spec_beside
 from effconv.decode.stage import teacher_for
-from effconv.quantize.calibration import teacher_spec
+from effconv.models.loader import load_model
+from effconv.quantize.calibration import teacher_model
 from effconv.rewrite.stage import rewrite
 from effconv.spec import load_spec
 
@@ -40,8 +41,11 @@ def test_a_dotted_students_teacher_is_found_for_calibration_and_decode(tmp_path)
     teacher = dotted_teacher(tmp_path)
     manifest = rewrite(load_spec(teacher), "tiny", tmp_path / "out")
     assert (tmp_path / "out" / f"{STUDENT_NAME}.yaml").is_file() and (tmp_path / "out" / STUDENT_NAME).is_dir()
-    student_manifest = manifest.model_copy(update={"spec": load_spec(tmp_path / "out" / f"{STUDENT_NAME}.yaml").resolved()})
-    assert teacher_spec(student_manifest).spec.name == TEACHER_NAME
+    student = load_spec(tmp_path / "out" / f"{STUDENT_NAME}.yaml")
+    # as `convert` writes it for the student: its spec and the latent compression it decodes
+    student_manifest = Manifest(**manifest.model_dump(), compression=load_model(student).compression.as_dict())
+    student_manifest = student_manifest.model_copy(update={"spec": student.resolved()})
+    assert teacher_model(student_manifest).spec.spec.name == TEACHER_NAME
     assert teacher_for(student_manifest, None)[0].spec.name == TEACHER_NAME
 
 

@@ -34,11 +34,10 @@ def student_onnx(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def teacher_latents(student_onnx):
     """Teacher-encoder latents (and frames) of 4 clips of the bundled video, made once for the module."""
-    from effconv.models.loader import load_model
-    from effconv.quantize.calibration import from_video, teacher_spec
+    from effconv.quantize.calibration import from_video, teacher_model
 
     source = read_manifest(student_onnx.with_suffix(".json"))
-    return from_video(load_model(teacher_spec(source)), [BUNDLED_CLIP], 4)
+    return from_video(teacher_model(source), [BUNDLED_CLIP], 4)
 
 
 def _weight_bytes(path: Path) -> int:

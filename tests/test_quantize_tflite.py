@@ -17,9 +17,8 @@ from conftest import REPO
 from effconv.artifacts import Manifest, TensorInfo
 from effconv.backends.tflite import export as tflite_backend
 from effconv.errors import EffconvError
-from effconv.models.loader import load_model
 from effconv.backends.tflite import quantize as tflite
-from effconv.quantize.calibration import from_video, random_latents, teacher_spec
+from effconv.quantize.calibration import from_video, random_latents, teacher_model
 
 VIDEO = REPO / "effconv" / "assets" / "video" / "bigbuckbunny.mp4"
 CONVS = {"CONV_2D", "DEPTHWISE_CONV_2D"}
@@ -44,7 +43,7 @@ def _conv_dtypes(path) -> set[tuple[str, str]]:
 
 def test_static_int8_from_video_calibration_is_int8_3x_smaller_and_close_to_float(student, tmp_path):
     artifact, manifest = student
-    teacher = load_model(teacher_spec(manifest))
+    teacher = teacher_model(manifest)
     samples = from_video(teacher, [VIDEO], 5, expected=tuple(manifest.inputs[0].shape))
     calib, held_out = samples.split(2)
     out = tmp_path / "int8.tflite"

@@ -48,3 +48,16 @@ def test_decode_refuses_a_teacher_of_another_family_with_the_same_latents(cli, s
                     "--out", tmp_path / "out.npy")
     assert "does not match student" in line and "AutoencoderKLWan" in line
     assert not (tmp_path / "out.npy").exists()
+
+
+def test_calibration_refuses_a_student_without_weights_to_find_its_teacher_from(student_onnx):
+    """regression: a student spec with no saved weights crashed calibration (`None.with_suffix`, exit 3)."""
+    from effconv.artifacts import read_manifest
+    from effconv.errors import EffconvError
+    from effconv.quantize.calibration import teacher_model
+
+    manifest = read_manifest(student_onnx[0].with_suffix(".json"))
+    model = {key: value for key, value in manifest.spec["model"].items() if key != "pretrained"}
+    unsaved = manifest.model_copy(update={"spec": manifest.spec | {"model": model}})
+    with pytest.raises(EffconvError, match="no saved weights to find its teacher from"):
+        teacher_model(unsaved)

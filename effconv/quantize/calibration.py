@@ -32,36 +32,23 @@ def _model_spec(manifest: Manifest) -> LoadedSpec:
     return spec_from_dict(manifest.spec, Path("."), source="spec in the artifact's manifest")
 
 
-def _found_teacher(manifest: Manifest, teacher: Path | None) -> tuple[LoadedSpec, LoadedSpec]:
-    """(the VAE whose encoder makes calibration latents, the artifact's own model): --teacher, else the
-    student's recorded teacher, else the artifact's own model (a teacher decoder is calibrated with its own
-    encoder)."""
-    own = _model_spec(manifest)
-    if teacher is not None:
-        return load_spec(teacher), own
-    if own.spec.model.diffusers == STUDENT_CLASS:
-        return teacher_of(spec_beside(own.pretrained_dir)), own
-    return own, own
-
-
-def teacher_spec(manifest: Manifest, teacher: Path | None = None) -> LoadedSpec:
-    """The calibration teacher's spec at the artifact's clip size."""
-    found, own = _found_teacher(manifest, teacher)
-    clip = own.spec.input
-    return found.with_input(clip.frames, clip.height, clip.width)
-
-
 def teacher_model(manifest: Manifest, teacher: Path | None = None) -> LoadedModel:
-    """The calibration teacher at the artifact's clip size; one passed as --teacher must fit the artifact's latents
-    (and, for a student, be of the family it was distilled from)."""
-    found, own = _found_teacher(manifest, teacher)
-    if found is own:
-        return load_model(found)
-    distilled_from = recorded_teacher(spec_beside(own.pretrained_dir)) \
-        if own.spec.model.diffusers == STUDENT_CLASS and own.pretrained_dir is not None else None
+    """The VAE whose encoder makes calibration latents, at the artifact's clip size: --teacher, else the student's
+    recorded teacher, else the artifact's own model (a teacher decoder is calibrated with its own encoder). Another
+    model than the artifact's own must fit the artifact's latents (and, for a student, be of the family it was
+    distilled from)."""
+    own = _model_spec(manifest)
+    student_dir = own.pretrained_dir if own.spec.model.diffusers == STUDENT_CLASS else None
+    if teacher is None and own.spec.model.diffusers != STUDENT_CLASS:
+        return load_model(own)
+    if teacher is None and student_dir is None:
+        raise EffconvError("the artifact's student has no saved weights to find its teacher from.",
+                           "pass --teacher TEACHER.yaml.")
+    recorded = recorded_teacher(spec_beside(student_dir)) if student_dir is not None else None
+    found = load_spec(teacher) if teacher is not None else teacher_of(spec_beside(student_dir))
     clip = own.spec.input
     return teacher_for_student(found, manifest.name, Compression(**manifest.model_extra["compression"]),
-                               (clip.frames, clip.height, clip.width), distilled_from)
+                               (clip.frames, clip.height, clip.width), recorded)
 
 
 def _check_latent_shape(shape: tuple[int, ...], expected: tuple[int, ...], source: str) -> None:
