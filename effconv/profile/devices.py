@@ -397,10 +397,10 @@ def _current(measurement: dict | None) -> bool:
     return _valid_measurement(measurement) and measurement["produced_by"] == measurement_version()
 
 
-def _other_thread_peaks(threads: int) -> dict[int, dict]:
+def _other_thread_peaks(threads: int, cache: dict) -> dict[int, dict]:
     """This host's current cached peaks at other thread counts (same CPU and runtime versions: host_key but threads)."""
     host = host_key(threads).rsplit("|threads=", 1)[0]
-    peaks, cache = {}, read_cache()
+    peaks = {}
     for key in cache:
         measurement = _cached_section(key, "measurement", MEASUREMENT_FIELDS, cache) if key.startswith(f"{host}|threads=") else None
         if _current(measurement) and measurement["threads"] != threads:
@@ -424,9 +424,9 @@ def host_measurement(threads: int, remeasure: bool = False) -> dict:
     """The cached peaks at `threads`, unless they were measured by other code or are implausible next to this host's
     other thread counts: then measured again (plausible_measurement). A result still implausible is used but not
     cached, so the next run measures again."""
-    key = host_key(threads)
-    cached = _cached_section(key, "measurement", MEASUREMENT_FIELDS)
-    others = _other_thread_peaks(threads)
+    key, cache = host_key(threads), read_cache()
+    cached = _cached_section(key, "measurement", MEASUREMENT_FIELDS, cache)
+    others = _other_thread_peaks(threads, cache)
     if not remeasure and _current(cached) and threads not in implausible_peaks(others | {threads: cached["peak_fp32_gflops"]}):
         return cached
     measurement, plausible = plausible_measurement(lambda: measure_host(threads), threads, others)
