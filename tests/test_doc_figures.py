@@ -190,10 +190,11 @@ def block_around(text: str, position: int) -> str:
     raise AssertionError("position outside the document")
 
 
-def markers():
+def markers(pattern: re.Pattern = MARKER):
+    """One test parameter per match of `pattern` in the docs, named by document and line."""
     for doc in DOCS:
         text = doc.read_text()
-        for match in MARKER.finditer(text):
+        for match in pattern.finditer(text):
             line = text.count("\n", 0, match.start()) + 1
             yield pytest.param(text, match, id=f"{relative(doc)}:{line}")
 
@@ -215,14 +216,6 @@ def check_marker(text: str, match: re.Match, results: Path = RESULTS) -> None:
 @pytest.mark.parametrize(("text", "match"), list(markers()))
 def test_marked_figure_equals_its_results_file(text, match):
     check_marker(text, match)
-
-
-def table_markers():
-    for doc in DOCS:
-        text = doc.read_text()
-        for match in TABLE_MARKER.finditer(text):
-            line = text.count("\n", 0, match.start()) + 1
-            yield pytest.param(text, match, id=f"{relative(doc)}:{line}")
 
 
 def table_after(text: str, match: re.Match) -> list[str]:
@@ -251,7 +244,7 @@ def check_table(text: str, match: re.Match, results: Path = RESULTS) -> None:
         assert Path(name).name in visible, f"{Path(name).name} is not named in the text beside the table"
 
 
-@pytest.mark.parametrize(("text", "match"), list(table_markers()))
+@pytest.mark.parametrize(("text", "match"), list(markers(TABLE_MARKER)))
 def test_table_equals_its_results_file_row_by_row(text, match):
     check_table(text, match)
 
