@@ -15,7 +15,7 @@ from effconv.pipeline.report import Manifests, _quantize_section, to_markdown
 from effconv.quantize.gate import speed_warning
 from effconv.recipe import load_recipe
 
-# The demo's ONNX int8 with every Conv forced into int8, as issue 33 measured it on an AVX-512 VNNI host.
+# Host latencies of an int8 artifact that ran at about half its float speed (every Conv forced into int8).
 SLOWER = {"float": 34.0, "quantized": 64.2, "speedup": 0.53, "threads": 2, "timed_runs": 3}
 WARNING = "int8 runs at 0.53x the float speed here (int8 64.2 ms, float 34.0 ms): ship the float artifact for speed, " \
           "int8 only for size"
