@@ -22,6 +22,7 @@ MAX_SEARCH_SECONDS = 86_400
 RECIPE_DIR = "recipes"
 MAX_WIDTH = 65536
 MAX_LAYERS = 64
+MAX_OUTPUT_PATCH = 64
 BACKEND_NAMES = ("onnx", "coreml", "tflite", "executorch")  # the backend registry's names (tests/test_backends.py checks)
 DEFAULT_EXPORT_BACKENDS = ("onnx", "coreml", "tflite")  # what `effconv run` exports unless the recipe lists others
 MAX_STREAM = 64
@@ -83,6 +84,9 @@ class StudentRecipe(StrictModel):
     upsample: list[bool] = Field(description="which up blocks may upsample (one entry per up block)")
     kernel_size: int = Field(5, ge=1, le=9, description="kernel of the separable convs (dense convs are 3x3x3)")
     temporal_padding: Literal["causal", "symmetric"] = "causal"
+    output_patch: int | None = Field(None, ge=1, le=MAX_OUTPUT_PATCH, description="2x depth-to-space stages after the up "
+                                     "blocks, as a total factor (a power of two); null = the teacher's own output patch "
+                                     "(LTX-Video 4, Wan 2.2 5B 2, others 1)")
     init: Literal["random", "from-teacher"] = "random"
 
     @model_validator(mode="after")
@@ -98,6 +102,8 @@ class StudentRecipe(StrictModel):
             raise ValueError(f"upsample needs one entry per up block ({blocks - 1}: all widths but the first)")
         if self.kernel_size % 2 == 0:
             raise ValueError("kernel_size must be odd")
+        if self.output_patch is not None and self.output_patch & (self.output_patch - 1):
+            raise ValueError(f"output_patch must be a power of two (1, 2, 4, 8...), got {self.output_patch}")
         return self
 
     def scaled_widths(self) -> list[int]:

@@ -195,8 +195,8 @@ def test_pretrained_dir_with_weights_in_a_vae_subfolder_loads(sandbox):
 
 BAD_RECIPES = {
     # regression: 65536-wide blocks allocated 23 GB before the OOM killer stopped them
-    "widths-65536": ("widths: [16, 16, 8, 8, 8]", "widths: [65536, 65536, 8, 8, 8]", "far more than"),
-    "widths-zero": ("widths: [16, 16, 8, 8, 8]", "widths: [0, 16, 8, 8, 8]", "widths must be between"),
+    "widths-65536": ("widths: [16, 16, 8, 8, 16]", "widths: [65536, 65536, 8, 8, 8]", "far more than"),
+    "widths-zero": ("widths: [16, 16, 8, 8, 16]", "widths: [0, 16, 8, 8, 8]", "widths must be between"),
     "layers-mismatch": ("layers: [1, 1, 1, 1, 1]", "layers: [1, 1]", "one entry per width"),
     "kernel-even": ("kernel_size: 5", "kernel_size: 4", "odd"),
     "no-upsampling": ("upsample: [false, true, true, true]", "upsample: [false, false, false, false]", "no up block upsample"),

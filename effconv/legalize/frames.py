@@ -21,7 +21,7 @@ from effconv.legalize.ops import conv3d_weight_for_conv2d
 from effconv.models.turbo_vaed.decoder import TurboVAEDDecoder
 from effconv.models.turbo_vaed.layers.blocks import ResBlock3d
 from effconv.models.turbo_vaed.layers.separable import CausalConv3d, SeparableConv3d, pad_frames
-from effconv.models.turbo_vaed.layers.upsample import ShuffleUpsampler3d, keeps_first_frame_alone
+from effconv.models.turbo_vaed.layers.upsample import PatchUpsampler, ShuffleUpsampler3d, keeps_first_frame_alone
 
 
 def _conv2d_like(conv: nn.Conv3d, weight: torch.Tensor, with_bias: bool = True) -> nn.Conv2d:
@@ -71,13 +71,19 @@ class FramesResBlock(nn.Module):
         self.first_relu = block.first_relu
         self.norm1, self.norm2 = block.norm1, block.norm2  # a channel RMS norm: dim 1 of (T, C, H, W) as of 5-D
         self.conv1, self.conv2 = _frames_conv(block.conv1), _frames_conv(block.conv2)
-        self.shortcut = FramesConv(block.shortcut) if block.shortcut is not None else None
+        self.shortcut_norm = block.shortcut_norm  # a channel LayerNorm: dim 1 as well
+        self.shortcut = _frames_conv(block.shortcut) if block.shortcut is not None else None
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shortcut is None:
+            return x
+        return self.shortcut(self.shortcut_norm(x) if self.shortcut_norm is not None else x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm1(x)
         h = F.relu(h) if self.first_relu else F.silu(h)
         h = self.conv2(F.silu(self.norm2(self.conv1(h))))
-        return h + (self.shortcut(x) if self.shortcut is not None else x)
+        return h + self.residual(x)
 
 
 class FramesUpsampler(nn.Module):
@@ -107,6 +113,19 @@ class FramesUpsampler(nn.Module):
         return x
 
 
+class FramesPatchUpsampler(nn.Module):
+    """An output-patching stage on (T, C, H, W): norm, SiLU, the per-frame conv as a Conv2d, 2D pixel shuffle."""
+
+    def __init__(self, stage: PatchUpsampler):
+        super().__init__()
+        self.norm = stage.norm
+        self.conv = FramesConv(stage.conv)
+        self.factor = stage.shuffle.s_h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(self.conv(F.silu(self.norm(x))), self.factor)
+
+
 class FramesInBatchDecoder(nn.Module):
     """latent (1, C, T, h, w) -> video (1, 3, F, H, W), as the wrapped student decodes it, through 4-D tensors."""
 
@@ -120,6 +139,7 @@ class FramesInBatchDecoder(nn.Module):
             blocks += list(up.resnets)
         self.blocks = nn.ModuleList(FramesUpsampler(b) if isinstance(b, ShuffleUpsampler3d) else FramesResBlock(b)
                                     for b in blocks)
+        self.blocks.extend(FramesPatchUpsampler(stage) for stage in decoder.patch_upsamplers)
         self.norm_out = decoder.norm_out
         self.conv_out = FramesConv(decoder.conv_out)
 

@@ -127,6 +127,11 @@ class FamilyAdapter:
             spatial=int(vae.spatial_compression_ratio),
         )
 
+    def output_patch(self, vae: nn.Module) -> int:
+        """The spatial patch the decoder unpatchifies its output with (a depth-to-space at the end): a student of
+        this teacher ends the same way by default."""
+        return 1
+
     decode_part_class: type[nn.Module] = DecodePart
 
     def model_class(self) -> type[nn.Module]:

@@ -1,6 +1,7 @@
 """LTX-Video (`AutoencoderKLLTXVideo`): patchified latents, 8-D permute upsampler, optional timestep."""
 
 import torch
+from torch import nn
 
 from effconv.models.base import DecodePart, FamilyAdapter
 
@@ -20,3 +21,6 @@ class LTXVideoAdapter(FamilyAdapter):
     class_name = "AutoencoderKLLTXVideo"
     family = "ltx"
     decode_part_class = LTXDecodePart
+
+    def output_patch(self, vae: nn.Module) -> int:
+        return int(vae.config.patch_size)

@@ -9,11 +9,14 @@ class WanAdapter(FamilyAdapter):
     class_name = "AutoencoderKLWan"
     family = "wan"
 
+    def output_patch(self, vae: nn.Module) -> int:
+        return int(vae.config.patch_size or 1)
+
     def compression(self, vae: nn.Module) -> Compression:
         # Derived from the block structure rather than the scale_factor_* config fields, which
         # are free-standing numbers that a reduced config can leave inconsistent.
         config = vae.config
-        patch = config.patch_size or 1
+        patch = self.output_patch(vae)
         return Compression(
             latent_channels=int(config.z_dim),
             temporal=2 ** sum(bool(flag) for flag in config.temperal_downsample),

@@ -23,6 +23,9 @@ class TurboStudentAdapter(FamilyAdapter):
     def compression(self, vae: nn.Module) -> Compression:
         return vae.compression
 
+    def output_patch(self, vae: nn.Module) -> int:
+        return int(vae.config.output_patch)
+
     def frame_rule(self, vae: nn.Module) -> FrameRule:
         return vae.config.frame_rule
 

@@ -2,9 +2,10 @@
 
 The student keeps the teacher's latent channels and compression (read from the family adapter's
 `compression()`), so it decodes the same latents to the same video shape; its widths and block
-layout come from a recipe. Layout (paper): conv_in -> mid block -> up blocks -> RMSNorm, SiLU,
-conv_out. An up block first changes width with a ResBlock (1x1x1 shortcut), then upsamples with a
-conv + decoupled pixel shuffle at the NEW (smaller) width, then runs its ResBlocks.
+layout come from a recipe. Layout (paper): conv_in -> mid block -> up blocks -> [output patching] ->
+RMSNorm, SiLU, conv_out. An up block first changes width with a ResBlock (1x1x1 shortcut), then upsamples
+with a conv + decoupled pixel shuffle at the NEW (smaller) width, then runs its ResBlocks. Output patching
+(layers/upsample.py) makes the last 2x steps of H and W after the up blocks, for teachers that patchify.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from effconv.models.base import Compression
 from effconv.models.limits import check_size
 from effconv.quiet import quiet_imports
 from effconv.recipe import StudentRecipe
-from effconv.models.turbo_vaed.layers.blocks import DENSE_KERNEL, RMSNorm3d, ResBlock3d
+from effconv.models.turbo_vaed.layers.blocks import DENSE_KERNEL, RELEASED_SHORTCUT_NORM_EPS, RMSNorm3d, ResBlock3d
 from effconv.models.turbo_vaed.layers.separable import CausalConv3d
 from effconv.models.turbo_vaed.layers.stream import ChunkStream
-from effconv.models.turbo_vaed.layers.upsample import ShuffleUpsampler3d
+from effconv.models.turbo_vaed.layers.upsample import PatchUpsampler, ShuffleUpsampler3d, patch_stages
 
 with quiet_imports():
     from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -34,11 +35,12 @@ MID_TAP = "mid_block"
 
 class TurboUpBlock3d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, layers: int, factors: tuple[int, int, int],
-                 separable: bool, kernel_size: int, padding: str, frame_rule: str):
+                 separable: bool, kernel_size: int, padding: str, frame_rule: str, shortcut_norm: float | None):
         super().__init__()
         self.conv_in = None
         if in_channels != out_channels:
-            self.conv_in = ResBlock3d(in_channels, out_channels, separable, kernel_size, padding)
+            self.conv_in = ResBlock3d(in_channels, out_channels, separable, kernel_size, padding,
+                                      shortcut_norm=shortcut_norm)
         self.upsampler = None
         upsamples = math.prod(factors) > 1
         if upsamples:
@@ -61,8 +63,11 @@ class TurboUpBlock3d(nn.Module):
 class TurboVAEDDecoder(ModelMixin, ConfigMixin):
     """latent (B, latent_channels, T, h, w) -> video (B, out_channels, F, h*S, w*S).
 
-    S_t and S are the products of `upsample_factors`; F follows the teacher's `frame_rule`
-    (`effconv.models.base.FrameRule`): 1 + S_t*(T-1) for causal teachers, S_t*T for "full".
+    S_t is the product of the temporal `upsample_factors`, S the product of the spatial ones times `output_patch`;
+    F follows the teacher's `frame_rule` (`effconv.models.base.FrameRule`): 1 + S_t*(T-1) for causal teachers,
+    S_t*T for "full". `output_patch` (a power of two) ends the decoder with that many 2x depth-to-space stages,
+    each narrowing the width 4x, so widths[-1] must be a multiple of output_patch**2. `shortcut_norm`: see
+    `ResBlock3d` (None in students saved before effconv had it, which therefore load unchanged).
     """
 
     @register_to_config
@@ -77,21 +82,28 @@ class TurboVAEDDecoder(ModelMixin, ConfigMixin):
         kernel_size: int = 5,
         temporal_padding: str = "causal",
         frame_rule: str = "causal",
+        output_patch: int = 1,
+        shortcut_norm: float | None = None,
     ):
         super().__init__()
         if not (len(widths) == len(layers) == len(separable) == len(upsample_factors) + 1):
             raise ValueError("widths, layers and separable need one entry per block; upsample_factors one per up block")
+        stages = patch_stages(output_patch)
+        if widths[-1] % output_patch**2:
+            raise ValueError(f"output_patch {output_patch} narrows the last width {widths[-1]} {output_patch**2}x: it "
+                             f"must be a multiple of {output_patch**2}")
         self.conv_in = CausalConv3d(latent_channels, widths[0], DENSE_KERNEL, padding=temporal_padding)
         self.mid_block = nn.ModuleList(
             ResBlock3d(widths[0], widths[0], separable[0], kernel_size, temporal_padding) for _ in range(layers[0])
         )
         self.up_blocks = nn.ModuleList(
             TurboUpBlock3d(widths[i], widths[i + 1], layers[i + 1], tuple(upsample_factors[i]), separable[i + 1],
-                           kernel_size, temporal_padding, frame_rule)
+                           kernel_size, temporal_padding, frame_rule, shortcut_norm)
             for i in range(len(upsample_factors))
         )
+        self.patch_upsamplers = nn.ModuleList(PatchUpsampler(widths[-1] // 4**k) for k in range(stages))
         self.norm_out = RMSNorm3d()
-        self.conv_out = CausalConv3d(widths[-1], out_channels, DENSE_KERNEL, padding=temporal_padding)
+        self.conv_out = CausalConv3d(widths[-1] // output_patch**2, out_channels, DENSE_KERNEL, padding=temporal_padding)
 
     @property
     def compression(self) -> Compression:
@@ -99,7 +111,7 @@ class TurboVAEDDecoder(ModelMixin, ConfigMixin):
         return Compression(
             latent_channels=int(self.config.latent_channels),
             temporal=math.prod(f[0] for f in factors),
-            spatial=math.prod(f[1] for f in factors),
+            spatial=math.prod(f[1] for f in factors) * int(self.config.output_patch),
             causal=self.config.frame_rule != "full",
         )
 
@@ -116,6 +128,8 @@ class TurboVAEDDecoder(ModelMixin, ConfigMixin):
         for index, block in enumerate(self.up_blocks):
             x = block(x, stream)
             features[f"up_blocks.{index}"] = x
+        for stage in self.patch_upsamplers:
+            x = stage(x)
         video = self.conv_out(F.silu(self.norm_out(x)), stream)
         return (video, features) if return_features else video
 
@@ -161,14 +175,21 @@ def _spread(factors: list[int], slots: int) -> list[int]:
     return out
 
 
-def plan_upsampling(compression: Compression, upsample: list[bool]) -> list[tuple[int, int, int]]:
-    """(s_t, s_h, s_w) per up block such that the products equal the teacher's compression."""
+def plan_upsampling(compression: Compression, upsample: list[bool], output_patch: int = 1) -> list[tuple[int, int, int]]:
+    """(s_t, s_h, s_w) per up block such that their products, times the output patch in space, equal the
+    teacher's compression."""
+    if compression.spatial % output_patch:
+        raise EffconvError(
+            f"an output patch of {output_patch} does not divide the teacher's {compression.spatial}x spatial compression.",
+            f"set the recipe's student 'output_patch' to a power of two that divides {compression.spatial}, or 1.",
+        )
+    blocks_spatial = compression.spatial // output_patch
     slots = [i for i, allowed in enumerate(upsample) if allowed]
-    temporal, spatial = prime_factors(compression.temporal), prime_factors(compression.spatial)
+    temporal, spatial = prime_factors(compression.temporal), prime_factors(blocks_spatial)
     if (temporal or spatial) and not slots:
         raise EffconvError(
-            f"the teacher upsamples {compression.temporal}x in time and {compression.spatial}x in space, "
-            "but the recipe lets no up block upsample.",
+            f"the teacher upsamples {compression.temporal}x in time and {compression.spatial}x in space "
+            f"({blocks_spatial}x of it in the up blocks), but the recipe lets no up block upsample.",
             "set at least one 'upsample' entry to true in the recipe's student section.",
         )
     plan = [(1, 1, 1)] * len(upsample)
@@ -179,17 +200,29 @@ def plan_upsampling(compression: Compression, upsample: list[bool]) -> list[tupl
     return plan
 
 
-def student_config(compression: Compression, frame_rule: str, recipe: StudentRecipe, out_channels: int = 3) -> dict:
+def student_config(compression: Compression, frame_rule: str, recipe: StudentRecipe, teacher_patch: int = 1,
+                   out_channels: int = 3) -> dict:
+    """The student's config; its output patch is the recipe's, else the teacher's (`FamilyAdapter.output_patch`)."""
+    output_patch = recipe.output_patch if recipe.output_patch is not None else teacher_patch
+    widths = recipe.scaled_widths()
+    if widths[-1] % output_patch**2:
+        raise EffconvError(
+            f"the student's last width {widths[-1]} is not a multiple of {output_patch**2}: its output patch of "
+            f"{output_patch} narrows the width {output_patch**2}x.",
+            f"make the recipe's last width a multiple of {output_patch**2}, or set the student's 'output_patch' lower.",
+        )
     return {
         "latent_channels": compression.latent_channels,
         "out_channels": out_channels,
-        "widths": recipe.scaled_widths(),
+        "widths": widths,
         "layers": list(recipe.layers),
         "separable": list(recipe.separable),
-        "upsample_factors": [list(f) for f in plan_upsampling(compression, recipe.upsample)],
+        "upsample_factors": [list(f) for f in plan_upsampling(compression, recipe.upsample, output_patch)],
         "kernel_size": recipe.kernel_size,
         "temporal_padding": recipe.temporal_padding,
         "frame_rule": frame_rule,
+        "output_patch": output_patch,
+        "shortcut_norm": RELEASED_SHORTCUT_NORM_EPS,
     }
 
 
@@ -200,7 +233,8 @@ def build_student(teacher, recipe: StudentRecipe, seed: int = 0) -> TurboVAEDDec
             f"a student replaces a decoder, but the spec selects part '{teacher.part}'.",
             "set 'part: decoder' in the teacher spec.",
         )
-    config = student_config(teacher.compression, teacher.adapter.frame_rule(teacher.model), recipe)
+    config = student_config(teacher.compression, teacher.adapter.frame_rule(teacher.model), recipe,
+                            teacher.adapter.output_patch(teacher.model))
     check_size(lambda: TurboVAEDDecoder(**config), "the recipe's student")
     torch.manual_seed(seed)
     return TurboVAEDDecoder(**config).eval()
