@@ -22,8 +22,11 @@ from torch import nn
 from effconv.errors import EffconvError, exception_text
 from effconv.models.base import Compression, FamilyAdapter
 from effconv.models.generic import GenericAdapter
+from effconv.models.keys import listed_key_differences
 from effconv.models.limits import check_size
 from effconv.models.registry import ADAPTERS, adapter_for
+from effconv.models.turbo_vaed.decoder import TurboVAEDDecoder
+from effconv.models.turbo_vaed.released import RELEASED_CLASS, decoder_config, decoder_state_dict
 from effconv.quiet import quiet_imports
 from effconv.spec import LoadedSpec
 
@@ -41,7 +44,6 @@ SHARD_SUFFIX = re.compile(r"-\d+-of-\d+$")
 SINGLE_FILE_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
 INIT_SEED = 0
-KEYS_NAMED = 3  # keys a load-refusal message names; a missing block has dozens
 
 
 @dataclass
@@ -242,7 +244,7 @@ def _load_directory(cls: type[nn.Module], root: Path, overrides: dict, variant: 
 def _check_loading_info(cls: type[nn.Module], root: Path, loading_info: dict, overrides: dict) -> None:
     """from_pretrained leaves a parameter the weights lack at its random init and drops a tensor the model
     lacks, and says so only in a log line (which effconv's CLI quiets): refuse both, like the single-file path."""
-    differences = _listed_key_differences(loading_info["missing_keys"], loading_info["unexpected_keys"])
+    differences = listed_key_differences(loading_info["missing_keys"], loading_info["unexpected_keys"])
     if differences:
         fix = ("remove the model.config overrides that add or remove modules, or " if overrides else "") + \
             "copy the complete weights saved with this config.json."
@@ -267,17 +269,7 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
 
 
 def _key_differences(state: dict, expected: dict) -> str:
-    return _listed_key_differences(expected.keys() - state.keys(), state.keys() - expected.keys())
-
-
-def _listed_key_differences(missing, unexpected) -> str:
-    """'5 missing (a, b, c, and 2 more), 1 unexpected (d)': the counts, naming the first few keys of each."""
-    parts = []
-    for kind, keys in (("missing", sorted(missing)), ("unexpected", sorted(unexpected))):
-        if keys:
-            more = f", and {len(keys) - KEYS_NAMED} more" if len(keys) > KEYS_NAMED else ""
-            parts.append(f"{len(keys)} {kind} ({', '.join(keys[:KEYS_NAMED])}{more})")
-    return ", ".join(parts)
+    return listed_key_differences(expected.keys() - state.keys(), state.keys() - expected.keys())
 
 
 def _release_to_diffusers(converter: Callable[..., dict], tensors: dict, model: nn.Module) -> dict:
@@ -360,6 +352,60 @@ def _load_pretrained(cls: type[nn.Module], path: Path, config: dict, variant: st
     return _load_directory(cls, weights, config, variant)
 
 
+def _weights_in(files: list[Path]) -> dict[str, torch.Tensor]:
+    """Every tensor of a save_pretrained directory's weight files (an index file stands for its shards)."""
+    tensors = {}
+    for file in files:
+        if file.suffix == ".json":
+            _check_shards(file)
+            shards = sorted(set(json.loads(file.read_text())["weight_map"].values()))
+            tensors |= _weights_in([file.parent / shard for shard in shards])
+        elif file.suffix != SINGLE_FILE_SUFFIX:
+            _check_single_file_name(file)  # refuses the pickle, saying why
+        else:
+            tensors |= _read_safetensors(file)
+    return tensors
+
+
+def _released_weights(path: Path, overrides: dict, variant: str | None) -> tuple[dict, dict, Path]:
+    """An AutoencoderKLTurboVAED checkpoint's config (config.json under the spec's model.config, or model.config
+    alone for one file) and tensors."""
+    root = pretrained_root(path)
+    if root.is_file():
+        if variant is not None:
+            raise EffconvError(f"model.variant '{variant}' names a save_pretrained directory's weights, but '{root}' is "
+                               "one file.", "remove model.variant.")
+        if not overrides:
+            raise EffconvError(f"pretrained file '{root}' holds only the weights of an {RELEASED_CLASS}, not its "
+                               "architecture.", "add model.config with the keys of the config.json saved with it "
+                               "(the released ones are configs/Turbo-VAED-*.json in github.com/hustvl/Turbo-VAED).")
+        return overrides, _read_safetensors(root), root
+    saved_config = _read_saved_config(root)
+    if saved_config.get("_class_name", RELEASED_CLASS) != RELEASED_CLASS:
+        raise EffconvError(f"'{root}' holds a {saved_config['_class_name']}, but the spec says {RELEASED_CLASS}.",
+                           f"set model.diffusers to {saved_config['_class_name']}.")
+    return {**saved_config, **overrides}, _weights_in(_weight_files(root)[_chosen_variant(root, variant)]), root
+
+
+def _load_released(loaded: LoadedSpec) -> TurboVAEDDecoder:
+    """The TurboVAEDDecoder an AutoencoderKLTurboVAED spec describes: random, or its checkpoint's weights mapped
+    strictly (effconv.models.turbo_vaed.released)."""
+    source = loaded.spec.model
+    if loaded.pretrained_dir is None:
+        _check_variant_without_weights(source.variant)
+        return _build_random(TurboVAEDDecoder, decoder_config(dict(source.config)))
+    config, tensors, weights = _released_weights(loaded.pretrained_dir, dict(source.config), source.variant)
+    decoder = _build_random(TurboVAEDDecoder, decoder_config(config))
+    decoder.load_state_dict(decoder_state_dict(tensors, decoder, f"'{weights}'"), strict=True)
+    return decoder
+
+
+def _check_variant_without_weights(variant: str | None) -> None:
+    if variant is not None:
+        raise EffconvError(f"model.variant '{variant}' names a weights variant, but the spec has no model.pretrained.",
+                           "add model.pretrained (or pass --pretrained), or remove model.variant.")
+
+
 def _build_random(cls: type[nn.Module], config: dict) -> nn.Module:
     check_size(lambda: cls(**config), f"this {cls.__name__} config")
     torch.manual_seed(INIT_SEED)
@@ -427,16 +473,16 @@ def load_model(loaded: LoadedSpec, allow_import: bool = False) -> LoadedModel:
     if source.factory is not None:
         model = _call_factory(loaded, allow_import)
         adapter = ADAPTERS.get(type(model).__name__, GenericAdapter())
+    elif source.diffusers == RELEASED_CLASS:
+        model, adapter = _load_released(loaded), adapter_for(RELEASED_CLASS)
     else:
         cls = _diffusers_class(source.diffusers)
         adapter = adapter_for(source.diffusers)
         _check_config_keys(cls, source.config)
         if loaded.pretrained_dir is not None:
             model = _load_pretrained(cls, loaded.pretrained_dir, dict(source.config), source.variant)
-        elif source.variant is not None:
-            raise EffconvError(f"model.variant '{source.variant}' names a weights variant, but the spec has no model.pretrained.",
-                               "add model.pretrained (or pass --pretrained), or remove model.variant.")
         else:
+            _check_variant_without_weights(source.variant)
             model = _build_random(cls, dict(source.config))
     model = adapter.prepare(model)
     compression = adapter.compression(model)

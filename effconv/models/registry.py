@@ -8,14 +8,14 @@ from effconv.models.cogvideox import CogVideoXAdapter
 from effconv.models.hunyuan import HunyuanVideoAdapter
 from effconv.models.ltx import LTXVideoAdapter
 from effconv.models.mochi import MochiAdapter
-from effconv.models.turbo_vaed.adapter import TurboStudentAdapter
+from effconv.models.turbo_vaed.adapter import ReleasedTurboVAEDAdapter, TurboStudentAdapter
 from effconv.models.wan import WanAdapter
 
 ADAPTERS: dict[str, FamilyAdapter] = {
     adapter.class_name: adapter
     for adapter in (
         WanAdapter(), HunyuanVideoAdapter(), CogVideoXAdapter(), LTXVideoAdapter(), MochiAdapter(),
-        TurboStudentAdapter(),
+        TurboStudentAdapter(), ReleasedTurboVAEDAdapter(),
     )
 }
 

@@ -10,6 +10,7 @@ from torch import nn
 from effconv.errors import EffconvError
 from effconv.models.base import Compression, FamilyAdapter, FrameRule, expand_blocks
 from effconv.models.turbo_vaed.decoder import TurboVAEDDecoder
+from effconv.models.turbo_vaed.released import RELEASED_CLASS
 
 
 class TurboStudentAdapter(FamilyAdapter):
@@ -43,3 +44,11 @@ class TurboStudentAdapter(FamilyAdapter):
     def part_blocks(self, vae: nn.Module, part: str) -> dict[str, nn.Module]:
         self.part_module(vae, part)
         return expand_blocks(vae, "decoder")
+
+
+class ReleasedTurboVAEDAdapter(TurboStudentAdapter):
+    """A student saved by the Turbo-VAED authors' `AutoencoderKLTurboVAED` (released.py): loaded as the
+    `TurboVAEDDecoder` it is, so everything effconv does with its own students works on it."""
+
+    class_name = RELEASED_CLASS
+    family = "turbo-vaed-released"
