@@ -19,6 +19,10 @@ CONFIGS = {
                            frame_rule="full"),
     "causal-if-odd": dict(widths=(16, 16, 8, 8, 8), separable=(True, True, True, False, False), kernel_size=3,
                           upsample_factors=((1, 1, 1), (2, 2, 2), (1, 2, 2), (2, 1, 1)), frame_rule="causal-if-odd"),
+    # output patching (4x4 depth-to-space) and the released shortcut (LayerNorm, separable 1x1x1) in a separable block
+    "patch4-released-shortcut": dict(widths=(16, 16, 8, 8, 64), separable=(True, True, False, False, True),
+                                     kernel_size=3, upsample_factors=((1, 1, 1), (2, 2, 2), (2, 2, 2), (1, 2, 2)),
+                                     output_patch=4, shortcut_norm=1e-6),
 }
 
 
