@@ -43,6 +43,10 @@ class Manifest(BaseModel):
     effconv_version: str = effconv.__version__
     created: str = ""
 
+    def model_spec(self) -> LoadedSpec:
+        """The spec the artifact was exported from, as the manifest records it (its paths already resolved)."""
+        return spec_from_dict(self.spec, Path("."), source="spec in the artifact's manifest")
+
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, allow_nan=False)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from effconv.artifacts import Manifest, read_manifest, spec_beside
-from effconv.decode.stage import teacher_for
 from effconv.models.loader import load_model
+from effconv.models.teacher_fit import teacher_spec_of
 from effconv.quantize.calibration import teacher_model
 from effconv.rewrite.stage import rewrite
 from effconv.spec import load_spec
@@ -46,7 +46,7 @@ def test_a_dotted_students_teacher_is_found_for_calibration_and_decode(tmp_path)
     student_manifest = Manifest(**manifest.model_dump(), compression=load_model(student).compression.as_dict())
     student_manifest = student_manifest.model_copy(update={"spec": student.resolved()})
     assert teacher_model(student_manifest).spec.spec.name == TEACHER_NAME
-    assert teacher_for(student_manifest, None)[0].spec.name == TEACHER_NAME
+    assert teacher_spec_of(student_manifest.model_spec(), None)[0].spec.name == TEACHER_NAME
 
 
 @pytest.mark.slow

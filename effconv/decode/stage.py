@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from effconv.artifacts import Manifest, manifest_path, read_manifest, spec_beside, staged_output, teacher_of
+from effconv.artifacts import Manifest, manifest_path, read_manifest, staged_output
 from effconv.backends import registry
 from effconv.backends.streaming import calls, check_finite, check_latent, decoded_frames, stream_chunks
 from effconv.decode.encode import EncodePlan, encode_plan, encoded_chunks
@@ -22,8 +22,7 @@ from effconv.decode.latents import check_all_finite, read_latents
 from effconv.errors import EffconvError
 from effconv.models.base import Compression
 from effconv.models.loader import load_model
-from effconv.models.teacher_fit import check_teacher_fits, recorded_teacher
-from effconv.spec import LoadedSpec, load_spec, spec_from_dict
+from effconv.models.teacher_fit import check_teacher_fits, teacher_spec_of
 from effconv.video.reader import probe
 from effconv.video.writer import VideoWriter
 
@@ -66,25 +65,13 @@ def streaming_manifest(artifact: Path) -> Manifest:
     return manifest
 
 
-def teacher_for(manifest: Manifest, teacher: Path | None) -> tuple[LoadedSpec, LoadedSpec | None]:
-    """(--teacher, else the teacher recorded beside the student spec the artifact was exported from; the recorded
-    teacher where there is one, which a --teacher must match in family)."""
-    student = spec_from_dict(manifest.spec, Path("."), source="spec in the artifact's manifest")
-    recorded = recorded_teacher(spec_beside(student.pretrained_dir)) if student.pretrained_dir is not None else None
-    if teacher is not None:
-        return load_spec(teacher), recorded
-    if student.pretrained_dir is None:
-        raise EffconvError("the artifact's student has no saved weights to find its teacher from.", "pass --teacher TEACHER.yaml.")
-    return teacher_of(spec_beside(student.pretrained_dir)), recorded
-
-
 def _from_video(video: Path, manifest: Manifest, teacher: Path | None, frames: int | None) -> LatentSource:
     height, width = manifest.outputs[0].shape[3:]
     try:
         info = probe(video, max(height, width))
     except ValueError as exc:
         raise EffconvError(f"cannot read video '{video}': {exc}.", "pass a readable video file (mp4, mkv, webm, ...).") from None
-    teacher_spec, recorded = teacher_for(manifest, teacher)
+    teacher_spec, recorded = teacher_spec_of(manifest.model_spec(), teacher)
     model = load_model(teacher_spec)
     check_teacher_fits(model, manifest.name, Compression(**manifest.model_extra["compression"]), recorded)
     plan: EncodePlan = encode_plan(model.compression, info.frames, frames, manifest.spec["input"]["frames"])

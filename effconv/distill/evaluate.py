@@ -12,20 +12,19 @@ import torch
 from effconv.artifacts import staged_output, teacher_of
 from effconv.distill.trainer import resolve_device
 from effconv.models.loader import LoadedModel, load_model
-from effconv.models.teacher_fit import recorded_teacher, teacher_for_student
+from effconv.models.teacher_fit import is_student, recorded_teacher, teacher_for_student
 from effconv.spec import load_spec
 from effconv.video.clips import center_clips, probe_videos
 from effconv.video.metrics import psnr, ssim
 
 STRIP_FRAMES = 4
-STUDENT_CLASS = "TurboVAEDDecoder"
 
 
 def resolve_models(spec_path: Path, teacher_path: Path | None, allow_import: bool) -> tuple[LoadedModel, LoadedModel | None]:
     """The teacher VAE (at the student's clip size) and, for a student spec, the student; a teacher that does
     not fit the student is refused before any video is read."""
     loaded = load_spec(spec_path)
-    if loaded.spec.model.diffusers != STUDENT_CLASS:
+    if not is_student(loaded):
         return load_model(loaded, allow_import=allow_import), None
     student = load_model(loaded)
     if teacher_path is None:

@@ -6,16 +6,40 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from effconv.artifacts import teacher_of
+from effconv.artifacts import spec_beside, teacher_of
 from effconv.errors import EffconvError
 from effconv.models.base import Compression
 from effconv.models.loader import LoadedModel, load_model
-from effconv.spec import LoadedSpec
+from effconv.models.turbo_vaed.adapter import ReleasedTurboVAEDAdapter, TurboStudentAdapter
+from effconv.spec import LoadedSpec, load_spec
+
+STUDENT_CLASSES = (TurboStudentAdapter.class_name, ReleasedTurboVAEDAdapter.class_name)
 
 
 def family(spec: LoadedSpec) -> str:
     """The diffusers class (or the factory) a spec builds."""
     return spec.spec.model.diffusers or spec.spec.model.factory
+
+
+def is_student(spec: LoadedSpec) -> bool:
+    """Whether a spec builds a Turbo-VAED student (effconv's, or one saved by the authors' code)."""
+    return spec.spec.model.diffusers in STUDENT_CLASSES
+
+
+def teacher_spec_of(student: LoadedSpec, teacher: Path | None) -> tuple[LoadedSpec, LoadedSpec | None]:
+    """The teacher that encodes video for `student`'s latents: `teacher` (--teacher), else the one recorded beside the
+    student's saved weights; and the recorded one, when there is one (a --teacher must match it in family)."""
+    saved = student.pretrained_dir
+    recorded = recorded_teacher(spec_beside(saved)) if saved is not None else None
+    if teacher is not None:
+        return load_spec(teacher), recorded
+    if student.spec.model.diffusers == ReleasedTurboVAEDAdapter.class_name:
+        raise EffconvError("a student saved by the Turbo-VAED authors' code (AutoencoderKLTurboVAED) records no teacher "
+                           "to encode video with.", "pass --teacher TEACHER.yaml: the VAE it was distilled from (for "
+                           "Turbo-VAED-LTX, LTX-Video's).")
+    if saved is None:
+        raise EffconvError("the artifact's student has no saved weights to find its teacher from.", "pass --teacher TEACHER.yaml.")
+    return teacher_of(spec_beside(saved)), recorded
 
 
 def recorded_teacher(student_spec: Path) -> LoadedSpec | None:

@@ -13,23 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from effconv.artifacts import Manifest, spec_beside, teacher_of
+from effconv.artifacts import Manifest
 from effconv.backends.base import CalibrationSet
 from effconv.video.clips import ClipSampler, center_clips, probe_videos
 from effconv.errors import EffconvError, exception_text
 from effconv.models.base import Compression
 from effconv.models.loader import LoadedModel, load_model
-from effconv.models.teacher_fit import recorded_teacher, teacher_for_student
-from effconv.spec import LoadedSpec, load_spec, spec_from_dict
+from effconv.models.teacher_fit import is_student, teacher_for_student, teacher_spec_of
 
 RANDOM = "random"
 LATENT_FILE_SUFFIXES = (".npy", ".npz")
-STUDENT_CLASS = "TurboVAEDDecoder"
 CALIBRATION_SEED = 1234  # differs from distillation's seed 0, so calibration clips are other crops
-
-
-def _model_spec(manifest: Manifest) -> LoadedSpec:
-    return spec_from_dict(manifest.spec, Path("."), source="spec in the artifact's manifest")
 
 
 def teacher_model(manifest: Manifest, teacher: Path | None = None) -> LoadedModel:
@@ -37,15 +31,10 @@ def teacher_model(manifest: Manifest, teacher: Path | None = None) -> LoadedMode
     recorded teacher, else the artifact's own model (a teacher decoder is calibrated with its own encoder). Another
     model than the artifact's own must fit the artifact's latents (and, for a student, be of the family it was
     distilled from)."""
-    own = _model_spec(manifest)
-    student_dir = own.pretrained_dir if own.spec.model.diffusers == STUDENT_CLASS else None
-    if teacher is None and own.spec.model.diffusers != STUDENT_CLASS:
+    own = manifest.model_spec()
+    if teacher is None and not is_student(own):
         return load_model(own)
-    if teacher is None and student_dir is None:
-        raise EffconvError("the artifact's student has no saved weights to find its teacher from.",
-                           "pass --teacher TEACHER.yaml.")
-    recorded = recorded_teacher(spec_beside(student_dir)) if student_dir is not None else None
-    found = load_spec(teacher) if teacher is not None else teacher_of(spec_beside(student_dir))
+    found, recorded = teacher_spec_of(own, teacher)
     clip = own.spec.input
     return teacher_for_student(found, manifest.name, Compression(**manifest.model_extra["compression"]),
                                (clip.frames, clip.height, clip.width), recorded)

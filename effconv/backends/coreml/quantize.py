@@ -27,7 +27,6 @@ from effconv.backends.files import check_artifact, size_bytes, size_report
 from effconv.backends.base import CalibrationSet
 from effconv.backends.quality import quality_report
 from effconv.quiet import captured_stdout, is_debug
-from effconv.spec import spec_from_dict
 
 SCHEME = "W8A16: per-channel symmetric int8 weights, fp16 activations (coremltools.optimize.coreml.linear_quantize_weights)"
 # coremltools' default: smaller tensors (biases, the thin high-resolution convs) stay fp16, where int8
@@ -63,7 +62,7 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
     _quantized_model(float_model).save(str(out_path))
     program = _program(ct, out_path)
     written = written_weights(program)
-    module = load_model(spec_from_dict(manifest.spec, Path("."), source="spec in the artifact's manifest")).module
+    module = load_model(manifest.model_spec()).module
     simulated_module, simulated, folded = fake_quantized(module, written)
     float_outputs, quant_outputs = _outputs(module, simulated_module, held_out)
     return {

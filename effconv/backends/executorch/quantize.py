@@ -22,7 +22,6 @@ from effconv.legalize.rewrites import legalize, rewrites_for
 from effconv.legalize.student_form import exported_module
 from effconv.models.loader import load_model
 from effconv.quiet import captured_stdout, quiet_imports
-from effconv.spec import spec_from_dict
 
 SCHEME = ("W8A8 static int8: per-channel symmetric int8 weights, per-tensor int8 activations (pt2e, XNNPACKQuantizer "
           "get_symmetric_quantization_config(is_per_channel=True)), lowered to XNNPACK")
@@ -52,7 +51,7 @@ def _pt2e():
 
 def _float_module(manifest: Manifest) -> tuple[torch.nn.Module, torch.Tensor]:
     """The exported module, legalized as `effconv convert --to executorch` did, and an example input."""
-    model = load_model(spec_from_dict(manifest.spec, Path("."), source="spec in the artifact's manifest"))
+    model = load_model(manifest.model_spec())
     example = model.example_input(0)
     module, _ = exported_module(model.module, NAME, example)
     return legalize(module, example, rewrites_for(NAME)).module, example
