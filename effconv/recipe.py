@@ -170,6 +170,10 @@ class Recipe(StrictModel):
     teacher: str | dict | None = Field(None, description="teacher spec: a path relative to the recipe, or inline")
     requires_pretrained: bool = Field(False, description="the teacher needs trained weights (`effconv run --pretrained DIR`)")
     student: StudentRecipe | None = None
+    trained_student: str | dict | None = Field(
+        None, description="a student trained already (a spec path relative to the recipe, or inline): e.g. "
+        "`model: {diffusers: AutoencoderKLTurboVAED, pretrained: DIR}` for one saved by the Turbo-VAED authors' code; "
+        "`effconv run` ships it instead of building and distilling one (no student: or distill: needed)")
     distill: DistillRecipe = DistillRecipe()
     data: DataRecipe = DataRecipe()
     export: ExportRecipe = ExportRecipe()
@@ -177,12 +181,19 @@ class Recipe(StrictModel):
     profile: ProfileRecipe = ProfileRecipe()
     deploy: DeployRecipe = DeployRecipe()
 
-    @field_validator("teacher", mode="before")
+    @field_validator("teacher", "trained_student", mode="before")
     @classmethod
     def _path_or_mapping(cls, value):
         if value is not None and not isinstance(value, (str, dict)):
             raise ValueError("give a spec path or an inline spec (a mapping with name, model, input)")
         return value
+
+    @model_validator(mode="after")
+    def _one_student(self) -> Recipe:
+        if self.student is not None and self.trained_student is not None:
+            raise ValueError("give either student (a layout effconv builds and distills) or trained_student (a student "
+                             "trained already), not both")
+        return self
 
     @model_validator(mode="after")
     def _quantize_what_is_exported(self) -> Recipe:
@@ -218,7 +229,9 @@ class Recipe(StrictModel):
 
     def require_student(self, source: str) -> StudentRecipe:
         if self.student is None:
-            raise EffconvError(f"recipe '{source}' has no 'student' section.", "add one (see effconv/recipes/turbo-vaed.yaml).")
+            hint = " (its trained_student is for `effconv run`)" if self.trained_student is not None else ""
+            raise EffconvError(f"recipe '{source}' has no 'student' section{hint}.",
+                               "add one (see effconv/recipes/turbo-vaed.yaml).")
         return self.student
 
 

@@ -203,3 +203,57 @@ def test_every_backend_exports_a_released_checkpoint_that_decodes_as_the_authors
         assert backend == "coreml" and manifest.verify["prediction"].startswith("not run")
         return
     assert float(np.abs(output - video).max()) <= MAX_ERROR
+
+
+def _trained_student_recipe(tmp_path: Path, **changes) -> Path:
+    """A run of the hunyuan-tiny teacher at the hunyuan-like checkpoint's clip, shipping that checkpoint as is."""
+    video = np.load(RELEASED / "hunyuan-like" / "video.npy")
+    teacher = yaml.safe_load((Path(__file__).parents[1] / "examples" / "specs" / "hunyuan-tiny.yaml").read_text())
+    teacher["input"] = {"frames": video.shape[2], "height": video.shape[3], "width": video.shape[4]}
+    recipe = {
+        "name": "released-run",
+        "teacher": teacher,
+        "trained_student": _spec((RELEASED / "hunyuan-like").resolve(), video.shape) | {"name": "hunyuan-like"},
+        "data": {"train": ["effconv:assets/video"]},
+        "export": {"backends": ["onnx"]},
+        "quantize": {"backends": []},
+        "profile": {"devices": ["iphone16pro"], "host_repeats": 1},
+        **changes,
+    }
+    path = tmp_path / "released-run.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_effconv_run_ships_a_released_checkpoint_without_distilling(tmp_path, cli):
+    recipe = _trained_student_recipe(tmp_path)
+    code, out, err = cli("run", recipe, "--out", tmp_path / "run", "--dry-run", "--json")
+    assert code == 0, err
+    planned = [stage["stage"] for stage in json.loads(out)["plan"]]
+    assert planned[0] == "student" and "distill" not in planned
+    code, _, err = cli("run", recipe, "--out", tmp_path / "run")
+    assert code == 0, err
+    run = tmp_path / "run"
+    student = load_spec(run / "student" / "hunyuan-tiny-student.yaml")
+    assert student.spec.model.diffusers == "TurboVAEDDecoder"  # imported into effconv's own format
+    manifest = json.loads((run / "convert-onnx" / "hunyuan-tiny-student.json").read_text())
+    latent, video = np.load(RELEASED / "hunyuan-like" / "latent.npy"), np.load(RELEASED / "hunyuan-like" / "video.npy")
+    output = registry.get("onnx").predict(run / "convert-onnx" / manifest["artifact"], torch.from_numpy(latent))
+    assert float(np.abs(output - video).max()) <= MAX_ERROR
+    report = (run / "report.md").read_text()
+    assert "trained already, imported" in report and "AutoencoderKLTurboVAED" in report
+
+
+@pytest.mark.parametrize("changes, args, message", [
+    ({}, ["--steps", "5"], "drop --steps"),
+    ({"student": {"widths": [8, 8], "layers": [1, 1], "separable": [False, False], "upsample": [True]}}, [], "not both"),
+])
+def test_effconv_run_refuses_a_trained_student_recipe_that_also_asks_to_distill(tmp_path, cli, changes, args, message):
+    code, _, err = cli("run", _trained_student_recipe(tmp_path, **changes), "--out", tmp_path / "run", "--dry-run", *args)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_effconv_run_refuses_a_trained_student_of_another_teacher(tmp_path, cli):
+    teacher = yaml.safe_load((Path(__file__).parents[1] / "examples" / "specs" / "ltx-tiny.yaml").read_text())
+    code, _, err = cli("run", _trained_student_recipe(tmp_path, teacher=teacher), "--out", tmp_path / "run", "--dry-run")
+    assert code == 2 and "does not match student 'hunyuan-like'" in err

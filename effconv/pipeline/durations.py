@@ -33,7 +33,7 @@ INFER_GFLOPS = 50.0
 # figures are twice an idle run's (2026-11-30: 6.6 s and 3.4 s, once the ONNX sensitivity table became
 # on-demand and TFLite calibration profiler-based), to match the load the others were measured under.
 # ExecuTorch: a tiny student's idle run, 2026-12-01 (lowering to XNNPACK dominates).
-FIXED_SECONDS = {"distill": 15.0, "eval": 4.0, "convert-onnx": 6.0, "convert-coreml": 18.0, "convert-tflite": 20.0,
+FIXED_SECONDS = {"distill": 15.0, "import": 5.0, "eval": 4.0, "convert-onnx": 6.0, "convert-coreml": 18.0, "convert-tflite": 20.0,
                  "convert-executorch": 47.0, "convert": 20.0, "quantize-onnx": 12.0, "quantize-coreml": 29.0,
                  "quantize-tflite": 6.0, "quantize-executorch": 167.0, "quantize": 29.0, "lint": 3.0, "profile": 4.5}
 BACKWARD_FACTOR = 3  # a training step of the student costs about three forwards
@@ -79,19 +79,25 @@ class Workload:
     student: float
 
 
+def _architecture(spec: LoadedSpec) -> LoadedSpec:
+    """The spec without its weights: the architecture of its saved config (and model.config over it)."""
+    if spec.pretrained_dir is None:
+        return spec
+    config = pretrained_config(spec.pretrained_dir)
+    merged = {k: v for k, v in config.items() if not k.startswith("_")} | spec.spec.model.config
+    model = spec.spec.model.model_copy(update={"pretrained": None, "variant": None, "config": merged})
+    return LoadedSpec(spec=spec.spec.model_copy(update={"model": model}), base_dir=spec.base_dir)
+
+
 def _meta_workload(inputs: RunInputs) -> Workload:
     import torch
 
-
-    teacher = inputs.teacher
-    if teacher.pretrained_dir is not None:
-        config = pretrained_config(teacher.pretrained_dir)
-        merged = {k: v for k, v in config.items() if not k.startswith("_")} | teacher.spec.model.config
-        model = teacher.spec.model.model_copy(update={"pretrained": None, "variant": None, "config": merged})
-        teacher = LoadedSpec(spec=teacher.spec.model_copy(update={"model": model}), base_dir=teacher.base_dir)
     with torch.device("meta"):
-        loaded = load_model(teacher, allow_import=inputs.allow_import)
-        student = build_student(loaded, inputs.recipe.student)
+        loaded = load_model(_architecture(inputs.teacher), allow_import=inputs.allow_import)
+        if inputs.trained_student is not None:
+            student = load_model(_architecture(inputs.trained_student)).module
+        else:
+            student = build_student(loaded, inputs.recipe.student)
     encoder = loaded.adapter.part_module(loaded.model, "encoder")
     return Workload(
         teacher_encoder=count_flops(encoder, loaded.clip_shape)[0],
@@ -174,6 +180,8 @@ class DurationEstimator:
             flops, fixed = samples * (work.teacher_encoder + 2 * work.student), self._fixed(stage)
         elif stage.kind == "lint":
             flops, fixed = 0.0, FIXED_SECONDS["lint"] * len(stage.settings["backends"])
+        elif stage.kind == "import":
+            flops, fixed = 0.0, FIXED_SECONDS["import"]
         else:
             runs = (MEASURE_WARMUP + stage.settings["repeats"]) if stage.device == HOST_DEVICE else 0
             models = 1 + max(1, sum(name.startswith(("convert-", "quantize-", "stream-")) for name in stage.after))

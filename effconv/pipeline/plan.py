@@ -21,6 +21,7 @@ from effconv.host import cpu_model, default_threads
 from effconv.legalize.lint import rule_table
 from effconv.distill.trainer import resolve_device
 from effconv.models.loader import load_model, pretrained_root
+from effconv.models.teacher_fit import check_teacher_fits, is_student
 from effconv.profile.devices import load_device, profiles_dir
 from effconv.profile.inputs import parse_resolution
 from effconv.recipe import HOST_DEVICE, Recipe, load_recipe
@@ -29,6 +30,7 @@ from effconv.spec import SAFE_NAME, LoadedSpec, load_spec, read_yaml_mapping, sp
 from effconv.video.clips import expand_paths
 
 DEFAULT_SPEC_RECIPE = "turbo-vaed"
+DISTILL_STAGE, STUDENT_STAGE = "distill", "student"
 PACKAGE_PREFIX = "effconv:"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
@@ -44,10 +46,16 @@ class RunInputs:
     allow_import: bool = False
     train_device: str = "auto"  # where distillation runs; not hashed: a run started on CPU may continue on a GPU
     workers: int | None = None
+    trained_student: LoadedSpec | None = None  # the recipe's student trained already: imported, not distilled
 
     @property
     def student_name(self) -> str:
         return f"{self.teacher.spec.name}{STUDENT_SUFFIX}"
+
+    @property
+    def student_stage(self) -> str:
+        """The stage that writes the student every later stage reads: its distillation, or its import."""
+        return STUDENT_STAGE if self.trained_student is not None else DISTILL_STAGE
 
     @property
     def eval_is_train(self) -> bool:
@@ -86,16 +94,38 @@ def video_path(entry: str, base_dir: Path) -> Path:
     return inside
 
 
+def _recipe_spec(entry: str | dict, source: Path, section: str) -> LoadedSpec:
+    """A recipe's spec entry: inline, or a path relative to the recipe."""
+    if isinstance(entry, dict):
+        return spec_from_dict(entry, source.resolve().parent, source=f"recipe {source}: {section}")
+    path = Path(entry)
+    return load_spec(path if path.is_absolute() else source.resolve().parent / path)
+
+
 def _recipe_teacher(recipe: Recipe, source: Path) -> LoadedSpec:
     if recipe.teacher is None:
         raise EffconvError(
             f"recipe '{source}' names no teacher.",
             f"add 'teacher:' (a spec path or an inline spec) to it, or pass a spec: effconv run SPEC --recipe {source}.",
         )
-    if isinstance(recipe.teacher, dict):
-        return spec_from_dict(recipe.teacher, source.resolve().parent, source=f"recipe {source}: teacher")
-    path = Path(recipe.teacher)
-    return load_spec(path if path.is_absolute() else source.resolve().parent / path)
+    return _recipe_spec(recipe.teacher, source, "teacher")
+
+
+def _trained_student(recipe: Recipe, source: Path, teacher: LoadedSpec, steps: int | None) -> LoadedSpec | None:
+    """The recipe's trained student, loaded (strictly) and checked to decode the teacher's latents."""
+    if recipe.trained_student is None:
+        recipe.require_student(str(source))
+        return None
+    if steps is not None:
+        raise EffconvError(f"--steps sets a distillation's length, but recipe '{source}' ships a student trained already "
+                           "(trained_student).", "drop --steps.")
+    trained = _recipe_spec(recipe.trained_student, source, "trained_student")
+    if not is_student(trained):
+        raise EffconvError(f"recipe '{source}': trained_student builds a {trained.spec.model.diffusers or 'factory model'}, "
+                           "not a Turbo-VAED student.", "point it at a spec of a TurboVAEDDecoder or an "
+                           "AutoencoderKLTurboVAED (the Turbo-VAED authors' format).")
+    check_teacher_fits(load_model(teacher), trained.spec.name, load_model(trained).compression)
+    return trained
 
 
 def _with_pretrained(teacher: LoadedSpec, pretrained: Path) -> LoadedSpec:
@@ -135,7 +165,6 @@ def resolve(target: str | Path, recipe_name: str | None = None, steps: int | Non
                                f"drop --recipe, or pass a teacher spec instead of '{target}'.")
         recipe, source = load_recipe(target)
         teacher = _recipe_teacher(recipe, Path(source))
-    recipe.require_student(source)
     resolve_device(train_device)  # an unusable device is refused before any stage starts
     if steps is not None:
         if steps < 1:
@@ -155,6 +184,7 @@ def resolve(target: str | Path, recipe_name: str | None = None, steps: int | Non
     if teacher.spec.part != "decoder":
         raise EffconvError(f"the teacher spec's part is '{teacher.spec.part}'; effconv run replaces a decoder.",
                            "set 'part: decoder' in the teacher spec.")
+    trained = _trained_student(recipe, Path(source), teacher, steps)
     base_dir = Path(source).resolve().parent
     train = _videos(data, recipe.data.train, base_dir, "training", source)
     held_out = _videos(eval_data, recipe.data.eval, base_dir, "eval", source) if (eval_data or recipe.data.eval) else train
@@ -170,7 +200,7 @@ def resolve(target: str | Path, recipe_name: str | None = None, steps: int | Non
     _check_devices(chosen)
     return RunInputs(recipe=recipe, recipe_source=source, teacher=teacher, train_data=train, eval_data=held_out,
                      devices=tuple(dict.fromkeys([*chosen, HOST_DEVICE])), allow_import=allow_import,
-                     train_device=train_device, workers=workers)
+                     train_device=train_device, workers=workers, trained_student=trained)
 
 
 def _teacher_files(teacher: LoadedSpec) -> tuple[Path, ...]:
@@ -257,32 +287,44 @@ def _profile_stage(inputs: RunInputs, device: str, planned: set[str]) -> Stage:
                      "cpu": cpu_model()}
     costed = [f"{b} (float{', int8' if f'quantize-{b}' in int8 else ''})" for b in backends] or ["student spec as ONNX"]
     note = f"costs teacher, {', '.join(costed)}{''.join(f', {s}' for s in stream)}: {why}"
-    return Stage(f"profile-{device_label(device)}", "profile", after=("distill", *floats, *int8, *stream),
+    return Stage(f"profile-{device_label(device)}", "profile", after=(inputs.student_stage, *floats, *int8, *stream),
                  optional=(*int8, *stream), device=device, settings=settings,
                  files=(Path(device),) if is_device_file(device) else (), note=note)
 
 
+def _student_stage(inputs: RunInputs) -> Stage:
+    """Distill a student of the recipe's layout, or import the recipe's trained student."""
+    teacher_files = _teacher_files(inputs.teacher)
+    if inputs.trained_student is not None:
+        return Stage(STUDENT_STAGE, "import", settings={"teacher": inputs.teacher.resolved(),
+                                                        "trained_student": inputs.trained_student.resolved()},
+                     files=teacher_files + _teacher_files(inputs.trained_student),
+                     note=f"imports the trained student '{inputs.trained_student.spec.name}': no distillation")
+    recipe = inputs.recipe
+    return Stage(DISTILL_STAGE, "distill", settings={
+        "teacher": inputs.teacher.resolved(), "student": recipe.student.model_dump(mode="json"),
+        "distill": recipe.distill.model_dump(mode="json"),
+    }, files=teacher_files + tuple(expand_paths(list(inputs.train_data))))
+
+
 def stages(inputs: RunInputs) -> list[Stage]:
     """The stages in the order they run."""
-    recipe = inputs.recipe
+    recipe, student = inputs.recipe, inputs.student_stage
     backends = recipe.export.backends
     plan = [
-        Stage("distill", "distill", settings={
-            "teacher": inputs.teacher.resolved(), "student": recipe.student.model_dump(mode="json"),
-            "distill": recipe.distill.model_dump(mode="json"),
-        }, files=_teacher_files(inputs.teacher) + tuple(expand_paths(list(inputs.train_data)))),
-        Stage("eval", "eval", after=("distill",), files=tuple(expand_paths(list(inputs.eval_data)))),
+        _student_stage(inputs),
+        Stage("eval", "eval", after=(student,), files=tuple(expand_paths(list(inputs.eval_data)))),
     ]
-    plan += [Stage(f"convert-{b}", "convert", after=("distill",), backend=b,
+    plan += [Stage(f"convert-{b}", "convert", after=(student,), backend=b,
                    settings={"backend": b, "opset": DEFAULT_OPSET, "precision": "fp16"}) for b in backends]
     videos = tuple(dict.fromkeys(expand_paths([*inputs.train_data, *inputs.eval_data])))
     plan += [Stage(f"quantize-{b}", "quantize", after=(f"convert-{b}",), backend=b,
                    settings={"backend": b, **recipe.quantize.model_dump(mode="json", exclude={"backends"})},
                    files=videos) for b in quantized_backends(recipe)]
-    plan += [Stage(f"stream-{b}", "stream", after=("distill",), backend=b,
+    plan += [Stage(f"stream-{b}", "stream", after=(student,), backend=b,
                    settings={"backend": b, "latent_frames_per_call": recipe.deploy.stream, "opset": DEFAULT_OPSET})
              for b in recipe.streamed_backends()]
-    plan.append(Stage("lint", "lint", after=("distill",),
+    plan.append(Stage("lint", "lint", after=(student,),
                       settings={"backends": {b: _lint_device(b, inputs.devices) for b in backends}}))
     planned = {stage.name for stage in plan}
     plan += [_profile_stage(inputs, device, planned) for device in inputs.devices]

@@ -20,8 +20,8 @@ import yaml
 import effconv
 from effconv.artifacts import staged_output
 from effconv.pipeline.plan import HOST_DEVICE, RunInputs, device_label, stages
-from effconv.pipeline.stages import (DISTILL_MANIFEST, EVAL_MANIFEST, INT8_SUFFIX, LINT_MANIFEST, PROFILE_MANIFEST,
-                                     SPEC_STUDENT, STREAM_STUDENT, student_label)
+from effconv.pipeline.stages import (EVAL_MANIFEST, INT8_SUFFIX, LINT_MANIFEST, PROFILE_MANIFEST,
+                                     SPEC_STUDENT, STREAM_STUDENT, student_label, student_manifest)
 from effconv.quantize.gate import describe as describe_gate
 
 REPORT_MD = "report.md"
@@ -81,7 +81,7 @@ class Manifests:
         self.stages = stages(inputs)
         self.backends = inputs.recipe.export.backends
         self.devices = [d for d in inputs.devices if d != HOST_DEVICE]
-        self.distill = _load(self.out_dir / "distill" / DISTILL_MANIFEST)
+        self.distill = _load(student_manifest(inputs, self.out_dir))
         self.eval = _load(self.out_dir / "eval" / EVAL_MANIFEST)
         self.lint = _load(self.out_dir / "lint" / LINT_MANIFEST)
         self.convert = {b: _load(self.out_dir / f"convert-{b}" / f"{self.student}.json") for b in self.backends}
@@ -146,10 +146,18 @@ def _spec_section(m: Manifests) -> Section:
     if not m.distill:
         section.blocks.append("The distill stage has no manifest.")
         return section
-    recipe = m.distill["recipe"]
     section.blocks += [
         f"Teacher (`{m.distill['teacher']['name']}`, {m.distill['teacher']['part']}):",
         ("code", yaml.safe_dump(m.distill["teacher"], sort_keys=False, default_flow_style=None)),
+    ]
+    if "imported" in m.distill:
+        section.blocks += [
+            "Student: trained already, imported (not distilled by this run) from:",
+            ("code", yaml.safe_dump(m.distill["imported"], sort_keys=False, default_flow_style=None)),
+        ]
+        return section
+    recipe = m.distill["recipe"]
+    section.blocks += [
         f"Student: recipe `{recipe['source']}`, distilled {_distill_run(m.distill['run'])}.",
         ("code", yaml.safe_dump({"student": recipe["student"], "distill": recipe["distill"]}, sort_keys=False,
                                 default_flow_style=None)),

@@ -97,7 +97,7 @@ class RunResult:
 
 
 def stage_manifest_path(inputs: RunInputs, stage: Stage, out_dir: Path) -> Path:
-    return Path(out_dir) / stage.name / manifest_name(inputs, stage)
+    return Path(out_dir) / stage.name / manifest_name(inputs, stage.kind)
 
 
 def read_record(path: Path) -> dict | None:

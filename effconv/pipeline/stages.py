@@ -25,6 +25,7 @@ from effconv.pipeline.plan import HOST_DEVICE, RunInputs, Stage, runs_on_this_ma
 from effconv.profile.plot import write_plot
 from effconv.profile.run import run
 from effconv.quantize.stage import quantize_artifact
+from effconv.rewrite.stage import import_student
 from effconv.spec import load_spec
 
 DISTILL_MANIFEST = "distill.json"
@@ -55,23 +56,34 @@ class StageContext:
 
     @property
     def student_spec(self) -> Path:
-        return self.out_dir / "distill" / f"{self.inputs.student_name}.yaml"
+        return self.out_dir / self.inputs.student_stage / f"{self.inputs.student_name}.yaml"
+
+    @property
+    def student_manifest(self) -> Path:
+        """The manifest of the stage that wrote the student; it names the teacher."""
+        return student_manifest(self.inputs, self.out_dir)
 
     def warn(self, message: str) -> None:
         if self.on_warning is not None:
             self.on_warning(message)
 
 
-def manifest_name(inputs: RunInputs, stage: Stage) -> str:
+def student_manifest(inputs: RunInputs, out_dir: Path) -> Path:
+    kind = "import" if inputs.trained_student is not None else "distill"
+    return Path(out_dir) / inputs.student_stage / manifest_name(inputs, kind)
+
+
+def manifest_name(inputs: RunInputs, kind: str) -> str:
     return {
         "distill": DISTILL_MANIFEST,
+        "import": f"{inputs.student_name}.json",
         "eval": EVAL_MANIFEST,
         "convert": f"{inputs.student_name}.json",
         "quantize": f"{inputs.student_name}{INT8_SUFFIX}.json",
         "stream": f"{inputs.student_name}.json",
         "lint": LINT_MANIFEST,
         "profile": PROFILE_MANIFEST,
-    }[stage.kind]
+    }[kind]
 
 
 def _stage_json(name: str, **sections) -> dict:
@@ -89,6 +101,10 @@ def run_distill(ctx: StageContext) -> None:
         steps=ctx.inputs.recipe.distill.steps, resume=ctx.resume, allow_import=ctx.inputs.allow_import,
         on_step=ctx.on_step, on_videos=warn_skipped, device=ctx.inputs.train_device, workers=ctx.inputs.workers,
     )
+
+
+def run_import(ctx: StageContext) -> None:
+    import_student(ctx.inputs.teacher, ctx.inputs.trained_student, ctx.directory, allow_import=ctx.inputs.allow_import)
 
 
 def run_eval(ctx: StageContext) -> None:
@@ -192,7 +208,7 @@ def run_profile(ctx: StageContext) -> None:
     """Estimate every target on the device; on host-cpu also measure each one this machine runs, in its own runtime."""
     settings = ctx.stage.settings
     host = ctx.stage.device == HOST_DEVICE
-    teacher = read_manifest(ctx.out_dir / "distill" / DISTILL_MANIFEST).model_extra["teacher"]
+    teacher = read_manifest(ctx.student_manifest).model_extra["teacher"]
     results = {}
     with staged_output(ctx.directory) as staging:
         teacher_spec = staging / TEACHER_SPEC
@@ -215,6 +231,7 @@ def run_profile(ctx: StageContext) -> None:
 # the stage's hash, so changed code redoes the stage rather than reusing what older code wrote.
 PRODUCERS: dict[str, str] = {
     "distill": distill.__module__,
+    "import": import_student.__module__,
     "eval": evaluate.__module__,
     "convert": convert.__module__,
     "quantize": quantize_artifact.__module__,
@@ -225,6 +242,7 @@ PRODUCERS: dict[str, str] = {
 
 RUNNERS: dict[str, Callable[[StageContext], None]] = {
     "distill": run_distill,
+    "import": run_import,
     "eval": run_eval,
     "convert": run_convert,
     "quantize": run_quantize,

@@ -2,6 +2,7 @@
 
 Output in --out: NAME-student/ (save_pretrained: config.json + safetensors), NAME-student.yaml (a
 spec `effconv convert` accepts), NAME-student.json (manifest with the teacher-vs-student comparison).
+`import_student` writes the same three files for a student trained already (its weights, not a new build).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from torch import nn
 
 from effconv.artifacts import Manifest, TensorInfo, spec_beside, staged_output, write_manifest
 from effconv.errors import EffconvError, VerificationFailed
-from effconv.models.loader import load_model
+from effconv.models.loader import LoadedModel, load_model
+from effconv.models.teacher_fit import check_teacher_fits, is_student
 from effconv.recipe import StudentRecipe, load_recipe
 from effconv.models.turbo_vaed.compare import compare
 from effconv.models.turbo_vaed.decoder import TurboVAEDDecoder, build_student
@@ -49,6 +51,56 @@ def _check_init(init: str) -> None:
         raise EffconvError(f"unknown --init '{init}'.", f"use one of: {', '.join(INIT_MODES)}.")
 
 
+def _student_manifest(teacher: LoadedModel, student: TurboVAEDDecoder, spec_data: dict, **sections) -> Manifest:
+    comparison = compare(teacher, student)
+    shapes = comparison["output_shape"]
+    return Manifest(
+        name=spec_data["name"],
+        backend="pytorch",
+        artifact=spec_data["name"],
+        spec=spec_data,
+        inputs=[TensorInfo(name="latent", shape=comparison["input_shape"], dtype="float32")],
+        outputs=[TensorInfo(name="video", shape=shapes["student"], dtype="float32")],
+        params=comparison["params"]["student"],
+        teacher_params=comparison["params"]["teacher"],
+        verify={"passed": shapes["equal"], "output_shape_equal": shapes["equal"]},
+        teacher=teacher.spec.resolved(),
+        student_config=dict(student.config),
+        comparison=comparison,
+        **sections,
+    )
+
+
+def _check_output_shape(manifest: Manifest) -> None:
+    shapes = manifest.model_extra["comparison"]["output_shape"]
+    if not shapes["equal"]:
+        raise VerificationFailed(
+            f"the student's output {shapes['student']} differs from the teacher's {shapes['teacher']}.",
+            "report this as a bug in effconv's student builder.",
+            manifest=manifest,
+        )
+
+
+def import_student(teacher_spec: LoadedSpec, trained: LoadedSpec, out_dir: Path, allow_import: bool = False) -> Manifest:
+    """A student trained already (effconv's `TurboVAEDDecoder` or the authors' `AutoencoderKLTurboVAED`), checked to
+    decode `teacher_spec`'s latents and written as `rewrite` writes a student, at the teacher's clip."""
+    if not is_student(trained):
+        raise EffconvError(f"trained student '{trained.spec.name}' is a {trained.spec.model.diffusers or 'factory model'}, "
+                           "not a Turbo-VAED student.", "point trained_student at a spec of a TurboVAEDDecoder or an "
+                           "AutoencoderKLTurboVAED (the Turbo-VAED authors' format).")
+    teacher = load_model(teacher_spec, allow_import=allow_import)
+    student = load_model(trained).model
+    check_teacher_fits(teacher, trained.spec.name, student.compression)
+    spec_data = student_spec(teacher_spec, f"{teacher_spec.spec.name}{STUDENT_SUFFIX}")
+    manifest = _student_manifest(teacher, student, spec_data, imported=trained.resolved())
+    with staged_output(out_dir) as stage:
+        write_student(stage, student, spec_data, f"Student of {teacher_spec.spec.name}, trained already: "
+                      f"{trained.spec.name} ({trained.spec.model.diffusers}), imported by `effconv run`.")
+        write_manifest(manifest, stage)
+    _check_output_shape(manifest)
+    return manifest
+
+
 def rewrite(loaded: LoadedSpec, recipe_ref: str | Path, out_dir: Path, init: str | None = None,
             allow_import: bool = False) -> Manifest:
     recipe, source = load_recipe(recipe_ref)
@@ -60,30 +112,10 @@ def rewrite(loaded: LoadedSpec, recipe_ref: str | Path, out_dir: Path, init: str
     teacher = load_model(loaded, allow_import=allow_import)
     student = build_student(teacher, student_recipe)
     init_report = init_from_teacher(student, teacher.model) if init == "from-teacher" else {}
-    comparison = compare(teacher, student)
-    shapes = comparison["output_shape"]
+    manifest = _student_manifest(teacher, student, spec_data, init={"mode": init, "tensors": init_report},
+                                 recipe={"source": source, "student": student_recipe.model_dump(mode="json")})
     with staged_output(out_dir) as stage:
         write_student(stage, student, spec_data, f"Student of {loaded.spec.name}, written by `effconv rewrite` (recipe {source}).")
-        manifest = Manifest(
-            name=name,
-            backend="pytorch",
-            artifact=name,
-            spec=spec_data,
-            inputs=[TensorInfo(name="latent", shape=comparison["input_shape"], dtype="float32")],
-            outputs=[TensorInfo(name="video", shape=shapes["student"], dtype="float32")],
-            params=comparison["params"]["student"],
-            verify={"passed": shapes["equal"], "output_shape_equal": shapes["equal"]},
-            teacher=loaded.resolved(),
-            recipe={"source": source, "student": student_recipe.model_dump(mode="json")},
-            student_config=dict(student.config),
-            init={"mode": init, "tensors": init_report},
-            comparison=comparison,
-        )
         write_manifest(manifest, stage)
-    if not shapes["equal"]:
-        raise VerificationFailed(
-            f"the student's output {shapes['student']} differs from the teacher's {shapes['teacher']}.",
-            "report this as a bug in effconv's student builder.",
-            manifest=manifest,
-        )
+    _check_output_shape(manifest)
     return manifest
