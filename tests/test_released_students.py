@@ -257,3 +257,43 @@ def test_effconv_run_refuses_a_trained_student_of_another_teacher(tmp_path, cli)
     teacher = yaml.safe_load((Path(__file__).parents[1] / "examples" / "specs" / "ltx-tiny.yaml").read_text())
     code, _, err = cli("run", _trained_student_recipe(tmp_path, teacher=teacher), "--out", tmp_path / "run", "--dry-run")
     assert code == 2 and "does not match student 'hunyuan-like'" in err
+
+
+HUNYUAN_TINY = Path(__file__).parents[1] / "examples" / "specs" / "hunyuan-tiny.yaml"
+BUNDLED_VIDEO = Path(__file__).parents[1] / "effconv" / "assets" / "video"
+
+
+def _spec_file(tmp_path: Path, name: str) -> Path:
+    video = np.load(RELEASED / name / "video.npy")
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(_spec((RELEASED / name).resolve(), video.shape) | {"name": name}))
+    return path
+
+
+def test_eval_profile_and_quantize_take_a_released_checkpoint_with_its_teacher_named(tmp_path, cli):
+    spec = _spec_file(tmp_path, "hunyuan-like")  # decodes hunyuan-tiny's latents (4 channels, 4x time, 8x space)
+    code, out, err = cli("eval", spec, "--data", BUNDLED_VIDEO, "--teacher", HUNYUAN_TINY, "--json")
+    assert code == 0, err
+    assert json.loads(out)["mean_student_psnr_db"] > 0
+    code, out, err = cli("profile", spec, "--device", "iphone16pro", "--json")
+    assert code == 0, err
+    assert json.loads(out)["latency_ms"]["estimate"] > 0
+    assert cli("convert", spec, "--to", "onnx", "--out", tmp_path / "onnx")[0] == 0
+    artifact = tmp_path / "onnx" / "hunyuan-like.onnx"
+    code, _, err = cli("quantize", artifact, "--calib", BUNDLED_VIDEO, "--out", tmp_path / "int8")
+    assert code == 2 and "records no teacher" in err and "--teacher" in err
+    code, _, err = cli("quantize", artifact, "--calib", BUNDLED_VIDEO, "--teacher", HUNYUAN_TINY, "--samples", "2",
+                       "--max-psnr-drop", "100", "--min-psnr-vs-float", "0", "--out", tmp_path / "int8")
+    assert code == 0, err
+    assert (tmp_path / "int8" / "hunyuan-like-int8.onnx").is_file()
+
+
+def test_a_causal_released_checkpoint_streams_and_decode_equals_the_authors_code(tmp_path, cli):
+    """decoder_causal: true without separable blocks is causal throughout, so it exports as a streaming step."""
+    spec = _spec_file(tmp_path, "causal-dense")
+    assert cli("convert", spec, "--to", "onnx", "--stream", "1", "--out", tmp_path / "stream")[0] == 0
+    code, _, err = cli("decode", tmp_path / "stream" / "causal-dense.onnx", "--latents", RELEASED / "causal-dense" /
+                       "latent.npy", "--out", tmp_path / "video.npy")
+    assert code == 0, err
+    video = np.load(RELEASED / "causal-dense" / "video.npy")
+    assert float(np.abs(np.load(tmp_path / "video.npy") - video).max()) <= MAX_ERROR
