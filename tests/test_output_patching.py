@@ -4,10 +4,12 @@ is the inverse of space-to-depth), and it streams chunk for chunk like any causa
 
 from __future__ import annotations
 
+import numpy as np
 import pydantic
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from effconv.errors import EffconvError
 from effconv.models.base import Compression
@@ -94,3 +96,22 @@ def test_a_patched_student_streams_chunk_for_chunk(plan):
     streamed = torch.cat(chunks, dim=2)
     assert streamed.shape == whole.shape == (1, 3, 17, 64, 96)
     assert float((streamed - whole).abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("backend", ["onnx", "tflite", pytest.param("executorch", marks=pytest.mark.slow)])
+def test_a_patched_streaming_artifact_decodes_any_length_as_the_whole_clip(backend, tmp_path, cli):
+    student = _patched_student()
+    student.save_pretrained(tmp_path / "patched")
+    spec = tmp_path / "patched.yaml"
+    spec.write_text(yaml.safe_dump({"name": "patched", "model": {"diffusers": "TurboVAEDDecoder", "pretrained": "patched"},
+                                    "part": "decoder", "input": {"frames": 9, "height": 64, "width": 96}}))
+    assert cli("convert", spec, "--to", backend, "--stream", "2", "--out", tmp_path / "out")[0] == 0
+    artifact = next(p for p in (tmp_path / "out").iterdir() if p.suffix != ".json")
+    latent = torch.randn(1, 4, 7, 2, 3)  # the last call is short and padded
+    np.save(tmp_path / "latent.npy", latent.numpy())
+    code, _, err = cli("decode", artifact, "--latents", tmp_path / "latent.npy", "--out", tmp_path / "video.npy")
+    assert code == 0, err
+    with torch.no_grad():
+        whole = student(latent).numpy()
+    decoded = np.load(tmp_path / "video.npy")
+    assert decoded.shape == whole.shape and float(np.abs(decoded - whole).max()) <= 1e-4
