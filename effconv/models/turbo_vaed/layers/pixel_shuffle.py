@@ -1,6 +1,7 @@
 """Decoupled 3D pixel shuffle: depth-to-space over (T, H, W) with every tensor rank <= 5.
 
-Channel layout (as in LTX-Video's upsampler and Turbo-VAED): input channel index
+Channel layout (as in LTX-Video's upsampler; the released Turbo-VAED students order time last, and
+`effconv.models.turbo_vaed.released` reorders their weights to this): input channel index
 `c * (s_t*s_h*s_w) + i_t * (s_h*s_w) + i_h * s_w + i_w` moves to output position
 `(c, t*s_t + i_t, h*s_h + i_h, w*s_w + i_w)`. The one-step reshape that does this needs rank 8,
 which Core ML (rank <= 5) rejects; here the temporal factor is shuffled first with T kept apart,
