@@ -311,10 +311,14 @@ def _check_shapes(model: nn.Module, state: dict, file: Path) -> None:
             )
 
 
-def _check_single_file_spec(cls: type[nn.Module], file: Path, config: dict, variant: str | None) -> None:
+def _check_no_variant(file: Path, variant: str | None) -> None:
     if variant is not None:
         raise EffconvError(f"model.variant '{variant}' names a save_pretrained directory's weights, but '{file}' is one file.",
                            "remove model.variant.")
+
+
+def _check_single_file_spec(cls: type[nn.Module], file: Path, config: dict, variant: str | None) -> None:
+    _check_no_variant(file, variant)
     if not config and _release_format_converter(cls) is None:
         raise EffconvError(
             f"pretrained file '{file}' holds only weights, and diffusers has no single-file support for {cls.__name__} "
@@ -372,9 +376,7 @@ def _released_weights(path: Path, overrides: dict, variant: str | None) -> tuple
     alone for one file) and tensors."""
     root = pretrained_root(path)
     if root.is_file():
-        if variant is not None:
-            raise EffconvError(f"model.variant '{variant}' names a save_pretrained directory's weights, but '{root}' is "
-                               "one file.", "remove model.variant.")
+        _check_no_variant(root, variant)
         if not overrides:
             raise EffconvError(f"pretrained file '{root}' holds only the weights of an {RELEASED_CLASS}, not its "
                                "architecture.", "add model.config with the keys of the config.json saved with it "
