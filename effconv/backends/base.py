@@ -70,6 +70,7 @@ class QuantizeOptions:
     target_device: str = HOST_DEVICE  # where the int8 model will run: this host, or a device profile's name
     kind_decisions: dict[str, dict] | None = None  # ONNX: kind -> {int8, why} from the target's profile (None: time here)
     search_seconds: float = DEFAULT_SEARCH_SECONDS  # ONNX: time the choices may take before rules decide the rest
+    qnn: bool = False  # ONNX: the target runs it through onnxruntime's QNN execution provider (its QDQ form)
 
 
 @dataclasses.dataclass(frozen=True)

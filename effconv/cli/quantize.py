@@ -34,7 +34,9 @@ def quantize(
     sensitivity: bool = typer.Option(False, "--sensitivity", help="ONNX: always compute the per-node sensitivity table "
                                      "(one quantization and run per node) [default: only when the gate needs it]."),
     device: str = typer.Option(HOST_DEVICE, "--device", help="Where the int8 model will run (`effconv devices`). ONNX: "
-                               "host-cpu times which node kinds are faster in int8 here; another device decides it "
+                               "host-cpu times which node kinds are faster in int8 here; a Snapdragon device whose "
+                               "profile runs ONNX on the HTP (galaxy-s24, sd8-elite) gets the QDQ form onnxruntime's "
+                               "QNN execution provider compiles (w8a8, else w8a16); another device decides the kinds "
                                "from its profile, since this CPU's int8 kernels say nothing about a phone's."),
     search_seconds: float = typer.Option(DEFAULT_SEARCH_SECONDS, "--search-seconds", help="ONNX: time the int8 choices (activation type, "
                                          "node kinds, calibration method, sensitivity fallback) may spend measuring; "
@@ -47,28 +49,40 @@ def quantize(
     whose int8 kernels are faster here; on another `--device`, those its profile estimates faster) and
     the calibration method are chosen on a validation split of the calibration clips, then the most
     sensitive nodes return to float until the gate holds there; the held-out clips only measure the
-    result. Each measured choice must fit `--search-seconds`. Core ML: W8A16 weights (coremltools).
+    result. Each measured choice must fit `--search-seconds`. For a Snapdragon `--device` (QNN HTP): onnxruntime's
+    QNN QDQ form instead, every op quantized, w8a8 or w8a16 as the gate needs, its arithmetic checked op by op
+    here. Core ML: W8A16 weights (coremltools).
     TFLite: LiteRT quantizer static int8. Calibration latents come from the teacher encoder on real clips.
 
     Example: `effconv quantize out/demo-teacher-student.onnx --calib effconv/assets/video --out out/int8`
 
     Example: `effconv quantize student.onnx --device pixel9 --calib clips/ --out int8/` (kinds by the Pixel 9's profile)
+
+    Example: `effconv quantize student.onnx --device galaxy-s24 --calib clips/ --out int8/` (QNN HTP QDQ)
     """
     from effconv.quantize.stage import quantize_artifact
 
-    decisions = _kind_decisions(artifact, device)
+    qnn = artifact.suffix == ".onnx" and _onnx_on_qnn(device)
+    decisions = None if qnn else _kind_decisions(artifact, device)
     with progress_lines("Quantizing") as progress:
         try:
             manifest = quantize_artifact(artifact, out_dir, calib=calib, samples=samples, max_psnr_drop=max_psnr_drop,
                                          weights_only=weights_only, teacher=teacher, eval_data=eval_data,
                                          activation=activation, select_by_speed=not all_nodes, sensitivity=sensitivity,
                                          min_psnr_vs_float=min_psnr_vs_float or None, target_device=device,
-                                         kind_decisions=decisions, search_seconds=search_seconds, progress=progress)
+                                         kind_decisions=decisions, search_seconds=search_seconds, qnn=qnn,
+                                         progress=progress)
         except VerificationFailed as failure:
             if failure.manifest is not None:
                 _print_quantize(failure.manifest, as_json, out_dir)
             raise
     _print_quantize(manifest, as_json, out_dir)
+
+
+def _onnx_on_qnn(device: str) -> bool:
+    from effconv.profile.devices import load_device
+
+    return device != HOST_DEVICE and load_device(device).onnx_on_qnn
 
 
 def _kind_decisions(artifact: Path, device: str) -> dict[str, dict] | None:

@@ -147,6 +147,9 @@ class BackendUnits(StrictModel):
     note: str = Field(description="why this backend runs on some units only (which ones: the units whose lint_units name it)")
 
 
+QNN_UNIT = "qnn"  # the onnx lint unit of onnxruntime's QNN execution provider (legalize/rules/onnx.yaml)
+
+
 class DeviceProfile(StrictModel):
     name: str = Field(pattern=SAFE_NAME)
     description: str
@@ -170,6 +173,12 @@ class DeviceProfile(StrictModel):
             if backend not in self.backends:
                 raise ValueError(f"backend_units.{backend} must name a listed backend")
         return self
+
+    @property
+    def onnx_on_qnn(self) -> bool:
+        """Whether this device runs ONNX models through onnxruntime's QNN execution provider (a Snapdragon HTP),
+        which compiles only QNN's own QDQ form (backends/onnx/qnn.py)."""
+        return any(QNN_UNIT in unit.lint_units.get("onnx", []) for unit in self.units.values())
 
     def for_backend(self, backend: str) -> DeviceProfile:
         """This device as an artifact of `backend` sees it: the units that backend's runtime uses, in order, placed

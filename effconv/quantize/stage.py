@@ -98,11 +98,12 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
                       select_by_speed: bool = True, sensitivity: bool = False,
                       min_psnr_vs_float: float | None = DEFAULT_MIN_PSNR_VS_FLOAT, target_device: str = HOST_DEVICE,
                       kind_decisions: dict[str, dict] | None = None,
-                      search_seconds: float = DEFAULT_SEARCH_SECONDS) -> Manifest:
+                      search_seconds: float = DEFAULT_SEARCH_SECONDS, qnn: bool = False) -> Manifest:
     """Write OUT/NAME-int8.{onnx,mlpackage,tflite,pte} + OUT/NAME-int8.json; raise VerificationFailed after
     writing when the held-out PSNR drop exceeds `max_psnr_drop` or the output strays from the float artifact's
     by more than `min_psnr_vs_float` allows. `kind_decisions` (ONNX node kind -> {int8, why}) come from the
-    profile of `target_device` when that is not this host."""
+    profile of `target_device` when that is not this host; `qnn`: that device runs ONNX through onnxruntime's QNN
+    execution provider, which gets its own QDQ form instead."""
     artifact = Path(artifact)
     backend = backend_of(artifact)
     source = read_manifest(manifest_path(artifact))
@@ -111,7 +112,7 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
     options = QuantizeOptions(weights_only=weights_only, max_psnr_drop=max_psnr_drop, min_psnr_vs_float=min_psnr_vs_float,
                               activation=activation, select_by_speed=select_by_speed, sensitivity=sensitivity,
                               progress=report_progress, target_device=target_device, kind_decisions=kind_decisions,
-                              search_seconds=search_seconds)
+                              search_seconds=search_seconds, qnn=qnn)
     backend.check_quantizable(artifact, options)  # before the teacher encodes calibration clips
     if not 0 <= search_seconds <= MAX_SEARCH_SECONDS:
         raise EffconvError(f"--search-seconds {search_seconds:g} is outside 0-{MAX_SEARCH_SECONDS}.",

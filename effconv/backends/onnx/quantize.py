@@ -55,7 +55,7 @@ DEQUANTIZE_PER_CALL = "onnxruntime dequantizes every int8 weight on each call"
 
 
 @contextlib.contextmanager
-def _quiet_ort():
+def quiet_ort():
     """onnxruntime.quantization logs advice and per-node notes on the root logger; keep them off the terminal."""
     root = logging.getLogger()
     level = root.level
@@ -120,7 +120,7 @@ def int8_kernel_rule(features: list[str] | None = None, machine: str | None = No
             "source": SATURATION_SOURCE}
 
 
-class _LatentReader:
+class LatentReader:
     """onnxruntime CalibrationDataReader over a window (`set_range`) of the calibration latents."""
 
     def __init__(self, input_name: str, latents: list[np.ndarray]):
@@ -137,7 +137,7 @@ class _LatentReader:
         return next(self._window, None)
 
 
-def _run_all(path: Path, latents: list[np.ndarray], threads: int, fused: bool = True) -> list[np.ndarray]:
+def run_all(path: Path, latents: list[np.ndarray], threads: int, fused: bool = True) -> list[np.ndarray]:
     runner = session(path, threads, fused, lean=not fused)  # the op-by-op QDQ run keeps every dequantized weight
     name = runner.get_inputs()[0].name
     return [runner.run(None, {name: latent})[0] for latent in latents]
@@ -181,12 +181,12 @@ class _Workspace:
         if cache.is_file():
             return cache
         options = {"percentile": PERCENTILE} if method == "Percentile" else {}
-        with _quiet_ort(), captured_stdout():
+        with quiet_ort(), captured_stdout():
             calibrator = create_calibrator(self.preprocessed, list(COMPUTE_OPS), calibrate_method=getattr(CalibrationMethod, method),
                                            augmented_model_path=str(self.directory / f"augmented-{method}.onnx"),
                                            providers=["CPUExecutionProvider"], extra_options=options)
             calibrator.infer_session = session(Path(calibrator.augmented_model_path), self.threads, lean=True)
-            reader = _LatentReader(self.input_name, self.calib.latents)
+            reader = LatentReader(self.input_name, self.calib.latents)
             started = time.perf_counter()
             for start in range(len(reader)):  # one sample at a time: a histogram holds one sample's activations
                 reader.set_range(start, start + 1)
@@ -204,7 +204,7 @@ class _Workspace:
             out = self.directory / f"variant-{self.counter}.onnx"
         extra = {"WeightSymmetric": True, "ActivationSymmetric": False}
         cache = self.ranges(method)
-        with _quiet_ort(), captured_stdout():
+        with quiet_ort(), captured_stdout():
             quantize_static(
                 str(self.preprocessed), str(out),
                 calibration_data_reader=None,
@@ -233,15 +233,15 @@ def _preprocess(original: Path, target: Path) -> None:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        with _quiet_ort():
+        with quiet_ort():
             quant_pre_process(str(original), str(target), skip_symbolic_shape=True)
     except Exception as exc:  # onnxruntime raises bare Exception/RuntimeError types for malformed graphs
         raise EffconvError(f"onnxruntime cannot pre-process '{original.name}' for quantization: {exception_text(exc, 200)}",
                            "re-export the model with `effconv convert --to onnx`.") from None
-    _drop_exporter_notes(target)
+    drop_exporter_notes(target)
 
 
-def _drop_exporter_notes(path: Path) -> None:
+def drop_exporter_notes(path: Path) -> None:
     """torch's exporter stores per-node debug notes (stack traces, module paths) that can outweigh a small
     model's int8 weights; onnxruntime's optimizer drops them for some graphs and keeps them for others
     (measured on the demo student: 365 kB of a 590 kB int8 file), so drop them always."""
@@ -307,7 +307,7 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         # a calibration run (the model plus a min and max of every conv tensor) is the budget's unit: a little
         # above a plain float run, so the budget errs on the safe side, and no run is spent only on timing
         budget = Budget(search_seconds, ws.sample_seconds)
-        search = Search(ws.quantize, lambda path, latents: _run_all(path, latents, threads), threads, artifact,
+        search = Search(ws.quantize, lambda path, latents: run_all(path, latents, threads), threads, artifact,
                         validation.latents, validation.frames, budget, progress)
         all_nodes = list(kinds)
         if activation == "auto":
@@ -355,7 +355,7 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         "scheme": f"onnxruntime static QDQ: per-channel symmetric int8 weights{' (7-bit range)' if ws.reduce_range else ''}, "
                   f"per-tensor {activation} activations "
                   f"({method} calibration) on {', '.join(sorted({kinds[n] for n in quantized}))}",
-        "size_bytes": _sizes(artifact, out_path),
+        "size_bytes": artifact_sizes(artifact, out_path),
         "quality": quality,
         "latency_ms": latency,
         "float_nodes": left_float,
@@ -454,7 +454,7 @@ def kernel_fidelity(path: Path, latents: list[np.ndarray], threads: int, float_o
     outputs are not compared with each other: onnxruntime legitimately fuses around layout ops (the Conv2d
     layout's time-shift Slice/Concat) where the op-by-op run requantizes, so the two differ by rounding as
     much as either differs from float, while their distance to float is the same."""
-    exact = _run_all(path, latents, threads, fused=False)
+    exact = run_all(path, latents, threads, fused=False)
     qdq_vs_float_db = quality_report(float_outputs, exact, None)["psnr_vs_float_db"]
     kernels_vs_float_db = quality_report(float_outputs, fused_outputs, None)["psnr_vs_float_db"]
     return {"qdq_vs_float_psnr_db": qdq_vs_float_db, "kernel_loss_db": round(qdq_vs_float_db - kernels_vs_float_db, 3),
@@ -503,7 +503,7 @@ def _sensitivity_note(computed: bool, skipped: str, gate: _Gate) -> list[str]:
             "split with every selected node in int8; --sensitivity computes it anyway"]
 
 
-def _sizes(original: Path, quantized: Path) -> dict:
+def artifact_sizes(original: Path, quantized: Path) -> dict:
     return size_report(file_size(original), file_size(quantized))
 
 
@@ -576,7 +576,7 @@ def _weights_only(artifact: Path, out_path: Path, kinds: dict[str, str], held_ou
     float_outputs, outputs, latency = _final_runs(artifact, out_path, held_out.latents, threads)
     return {
         "scheme": "weight-only: per-channel symmetric int8 weights dequantized in the graph (DequantizeLinear), float compute",
-        "size_bytes": _sizes(artifact, out_path),
+        "size_bytes": artifact_sizes(artifact, out_path),
         "quality": quality_report(float_outputs, outputs, held_out.frames),
         "latency_ms": latency,
         "float_nodes": [],
