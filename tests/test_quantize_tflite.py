@@ -199,3 +199,27 @@ def test_artifact_of_another_backend_is_refused(conv_abs, tmp_path, backend, nam
         tflite.quantize(other, manifest.model_copy(update={"backend": backend}), calib, held_out,
                         tmp_path / "out.tflite", weights_only=False)
     assert "Fix:" in caught.value.one_line()
+
+
+def test_int8_that_misses_the_gate_returns_its_most_sensitive_op_kinds_to_float(tmp_path):
+    """The cogvideox-tiny student's static int8 sits near 30 dB from float; a 32 dB gate makes the fallback return
+    the op kinds whose float32 form gains most (scored one kind at a time on a validation split of the calibration
+    clips) until the gate holds, and the held-out clips then meet it too."""
+    from effconv.convert.stage import convert
+    from effconv.quantize.stage import quantize_artifact
+    from effconv.rewrite.stage import rewrite
+    from effconv.spec import load_spec
+
+    rewrite(load_spec(REPO / "examples" / "specs" / "cogvideox-tiny.yaml"), "tiny", tmp_path / "student")
+    manifest = convert(load_spec(tmp_path / "student" / "cogvideox-tiny-student.yaml"), "tflite", tmp_path / "float")
+    plain = quantize_artifact(tmp_path / "float" / manifest.artifact, tmp_path / "plain", samples=8, min_psnr_vs_float=None)
+    assert "sensitivity_fallback" not in plain.quantize and plain.quantize["quality"]["psnr_vs_float_db"] < 32
+    gated = quantize_artifact(tmp_path / "float" / manifest.artifact, tmp_path / "gated", samples=8, min_psnr_vs_float=32)
+    report = gated.quantize
+    fallback = report["sensitivity_fallback"]
+    assert fallback["met"] and fallback["end_psnr_db"] >= 32 > fallback["start_psnr_db"]
+    assert report["gate"]["passed"] and report["quality"]["psnr_vs_float_db"] >= 32
+    returned = {row["name"] for row in fallback["returned_to_float"]}
+    listed = {row["name"] for row in report["float_nodes"] if row["reason"].startswith("returned to float32")}
+    assert returned and listed == returned
+    assert set(fallback["kind_gains_db"]) >= {row["kind"] for row in fallback["returned_to_float"]}

@@ -11,7 +11,8 @@ from effconv.backends.tflite import export, quantize
 
 def _quantize(artifact: Path, manifest, calib, held_out, out_path: Path, options: QuantizeOptions) -> dict:
     return quantize.quantize(artifact, manifest, calib, held_out, out_path, weights_only=options.weights_only,
-                             threads=options.threads)
+                             threads=options.threads, min_psnr_vs_float=options.min_psnr_vs_float,
+                             progress=options.progress)
 
 
 def _check_quantizable(artifact: Path, _options: QuantizeOptions) -> None:

@@ -14,6 +14,8 @@ import importlib
 import importlib.util
 import io
 import re
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,9 @@ CHUNKED_WEIGHT_BYTES = 32 * 2**20  # ai-edge-quantizer quantizes larger weights 
 # one, and LiteRT aborts the process when it prepares such a kernel.
 MAX_INT8_SCALE = 1e20
 MASK_REASON = "reads or writes an attention mask's -inf, whose int8 scale LiteRT cannot load: kept float32"
+RETURNED_REASON = ("returned to float32 to meet --min-psnr-vs-float: its kind is among the most sensitive (all of its "
+                   "kind alone in float32 gained {gain:+.2f} dB on the validation split)")
+VALIDATION_SHARE = 4  # one calibration sample in four scores the sensitivity fallback
 
 
 def _quantizer_package() -> tuple[str, str]:
@@ -79,25 +84,83 @@ def _quiet():
 
 
 def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out: CalibrationSet, out_path: Path,
-             weights_only: bool, threads: int | None = None, runs: int = TIMED_RUNS) -> dict:
-    """Write the int8 .tflite to `out_path`; report size, quality on `held_out` and host latency of both models."""
+             weights_only: bool, threads: int | None = None, runs: int = TIMED_RUNS,
+             min_psnr_vs_float: float | None = None, progress: Callable[[str], None] = lambda _message: None) -> dict:
+    """Write the int8 .tflite to `out_path`; report size, quality on `held_out` and host latency of both models.
+    Static int8 that misses `min_psnr_vs_float` on a validation split of `calib` returns its most sensitive ops to
+    float32 until it holds there (`_float_until_gate`)."""
     artifact, out_path = Path(artifact), Path(out_path)
     check_artifact(artifact, manifest, tflite_backend.NAME, tflite_backend.SUFFIX)
     threads = threads or default_threads()
-    model, mask_ops = quantized_bytes(artifact, calib, weights_only, threads)
+    fallback = {}
+    if weights_only or min_psnr_vs_float is None or len(calib) < 2:
+        builder = Int8Builder(artifact, calib, weights_only, threads)
+        model = builder.model()
+    else:
+        fit, validation = calib.split(max(1, len(calib) // VALIDATION_SHARE))
+        builder = Int8Builder(artifact, fit, weights_only, threads)
+        model, fallback = _float_until_gate(builder, artifact, validation, threads, min_psnr_vs_float, progress)
     out_path.write_bytes(model)
     float_outputs = _predictions(artifact, held_out, threads, FLOAT_FIX)
     quant_outputs = _predictions(out_path, held_out, threads, INT8_FIX)
+    returned = {row["name"]: row for row in fallback.get("returned_to_float", [])}
     return {
         "scheme": WEIGHT_ONLY_SCHEME if weights_only else STATIC_SCHEME,
         "size_bytes": size_report(size_bytes(artifact), size_bytes(out_path)),
         "quality": quality_report(float_outputs, quant_outputs, held_out.frames),
         "latency_ms": host_latency(artifact, out_path, held_out.latents[0], threads, runs),
-        "float_nodes": float_nodes(out_path, weights_only, mask_ops),
-        "calibration_samples": 0 if weights_only else len(calib),
+        "float_nodes": float_nodes(out_path, weights_only, builder.mask_ops, returned),
+        "calibration_samples": 0 if weights_only else len(builder.calib),
+        **({"sensitivity_fallback": fallback} if fallback else {}),
         "remedies": [] if weights_only else [CALIBRATE_MORE, WEIGHTS_ONLY],
         "notes": _notes(weights_only),
     }
+
+
+def _float_until_gate(builder: Int8Builder, artifact: Path, validation: CalibrationSet, threads: int, min_psnr: float,
+                      progress: Callable[[str], None]) -> tuple[bytes, dict]:
+    """The int8 model with the fewest op kinds returned to float32 that meets `min_psnr` (PSNR vs the float model on
+    the validation split), measured as the ONNX quantizer measures nodes: each kind (every MUL, every MEAN, ...)
+    alone returned to float is scored, then the shortest run of kinds in order of that gain that meets the gate is
+    found by bisection. Kinds, not single ops: a student's loss spreads over its norm and activation chains (returning
+    all 41 convolutions of the cogvideox-tiny student to float32 gained 0.04 dB), and a few dozen builds stay
+    affordable where one per op (300+) is not. When even every kind misses, the model with all of them float32 is
+    kept and the gate reports the miss."""
+    reference = _predictions(artifact, validation, threads, FLOAT_FIX)
+
+    def psnr_of(model: bytes) -> float:
+        with tempfile.TemporaryDirectory(prefix="effconv-tflite-") as tmp:
+            path = Path(tmp) / "candidate.tflite"
+            path.write_bytes(model)
+            return quality_report(reference, _predictions(path, validation, threads, INT8_FIX), None)["psnr_vs_float_db"]
+
+    model = builder.model()
+    start = psnr_of(model)
+    if start >= min_psnr:
+        return model, {}
+    kinds = builder.quantizable_ops()
+    progress(f"int8 reaches {start:.1f} dB vs float on the validation split, below {min_psnr:g}: scoring each of "
+             f"{len(kinds)} op kinds returned to float32 alone")
+    ranked = sorted(((psnr_of(builder.model(set(ops))) - start, kind) for kind, ops in kinds.items()), reverse=True)
+    scored: dict[int, tuple[float, bytes]] = {}
+
+    def prefix(count: int) -> tuple[float, bytes]:
+        if count not in scored:
+            candidate = builder.model({op for _, kind in ranked[:count] for op in kinds[kind]})
+            scored[count] = (psnr_of(candidate), candidate)
+        return scored[count]
+
+    low, high = 0, len(ranked)  # the gate fails with `low` kinds float; the fewest that meet it are <= high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if prefix(middle)[0] >= min_psnr else (middle, high)
+    psnr, model = prefix(high)
+    progress(f"{high} op kind(s) returned to float32: {psnr:.1f} dB on the validation split")
+    return model, {"validation_samples": len(validation), "min_psnr_vs_float_db": min_psnr, "start_psnr_db": start,
+                   "end_psnr_db": psnr, "met": psnr >= min_psnr, "builds": len(ranked) + len(scored),
+                   "kind_gains_db": {kind: round(gain, 3) for gain, kind in ranked},
+                   "returned_to_float": [{"kind": kind, "name": op, "gain_db": round(gain, 3)}
+                                         for gain, kind in ranked[:high] for op in kinds[kind]]}
 
 
 def _notes(weights_only: bool) -> list[str]:
@@ -130,34 +193,69 @@ def _load_error(path: Path, exc: Exception) -> EffconvError:
     return EffconvError(f"cannot load '{path}' in LiteRT: {exception_text(exc, 200)}.", FLOAT_FIX)
 
 
-def quantized_bytes(artifact: Path, calib: CalibrationSet, weights_only: bool, threads: int,
-                    float_kinds: tuple[str, ...] = SLOW_IN_INT8) -> tuple[bytes, set[str]]:
-    """The int8 model, and the ops kept float for an attention mask (by output name). Op kinds in KEEP_FLOAT and
-    `float_kinds` stay float.
+class Int8Builder:
+    """The LiteRT quantizer set up for one float model, calibrated once: it writes the int8 model with any set of ops
+    (named by their first output tensor) left float32. Op kinds in KEEP_FLOAT and `float_kinds` always stay float,
+    and so do the ops an attention mask's -inf reaches (found on the first build: `mask_ops`).
 
     Min/max ranges come from LiteRT's profiler-based calibration: the default mode keeps every intermediate
     tensor of the model alive to read it from Python (1.07 GiB peak for the demo student at 9x64x64 against
     0.10 GiB; at 17x256x256 it exceeded 24 GiB), while the profiler tracks the same min/max in C++ (ranges equal
     to 1.5e-7 relative, measured)."""
-    quantizer, recipe, CalibrationMode = _quantizer_modules()
-    signature, input_name = _signature(artifact)
-    engine = quantizer.Quantizer(str(artifact), recipe.weight_only_wi8_afp32() if weights_only else recipe.static_wi8_ai8())
-    for op in KEEP_FLOAT + float_kinds:
-        engine.update_quantization_recipe(regex=".*", operation_name=op, algorithm_key=NO_QUANTIZE)
-    samples = [{input_name: np.asarray(latent, dtype=np.float32)} for latent in calib.latents]
-    with _quiet():
-        ranges = (engine.calibrate({signature: samples}, num_threads=threads, mode=CalibrationMode.CALIBRATION_PROFILER_BASED)
-                  if engine.need_calibration else None)
-        model = _quantized(engine, ranges)
-        kept_float: set[str] = set()
+
+    def __init__(self, artifact: Path, calib: CalibrationSet, weights_only: bool, threads: int,
+                 float_kinds: tuple[str, ...] = SLOW_IN_INT8):
+        quantizer, recipe, CalibrationMode = _quantizer_modules()
+        signature, input_name = _signature(artifact)
+        self.artifact, self.calib, self.float_kinds = artifact, calib, float_kinds
+        self._quantizer, self._recipe = quantizer, recipe.weight_only_wi8_afp32() if weights_only else recipe.static_wi8_ai8()
+        samples = [{input_name: np.asarray(latent, dtype=np.float32)} for latent in calib.latents]
+        engine = self._quantizer.Quantizer(str(artifact), self._recipe)
+        with _quiet():
+            self._ranges = (engine.calibrate({signature: samples}, num_threads=threads,
+                                             mode=CalibrationMode.CALIBRATION_PROFILER_BASED)
+                            if engine.need_calibration else None)
+        self.mask_ops: set[str] = set()
         # An attention mask's -inf gets an unusable int8 scale: the ops it reaches stay float (the ranges are reused).
-        while readers := _ops_touching(artifact, _unusable_scales(model)) - kept_float:
-            kept_float |= readers
-            for output in readers:
-                engine.update_quantization_recipe(regex=f"^{re.escape(output)};", operation_name="*", algorithm_key=NO_QUANTIZE)
-            model = _quantized(engine, ranges)
-    check_scales(model)
-    return model, kept_float
+        model = self._build(set())
+        while readers := _ops_touching(artifact, _unusable_scales(model)) - self.mask_ops:
+            self.mask_ops |= readers
+            model = self._build(set())
+
+    def _engine(self, float_ops: set[str]):
+        engine = self._quantizer.Quantizer(str(self.artifact), self._recipe)
+        for op in KEEP_FLOAT + self.float_kinds:
+            engine.update_quantization_recipe(regex=".*", operation_name=op, algorithm_key=NO_QUANTIZE)
+        for output in float_ops:
+            engine.update_quantization_recipe(regex=f"^{re.escape(output)};", operation_name="*", algorithm_key=NO_QUANTIZE)
+        return engine
+
+    def _build(self, float_ops: set[str]) -> bytes:
+        with _quiet():
+            return _quantized(self._engine(float_ops | self.mask_ops), self._ranges)
+
+    def model(self, float_ops: set[str] = frozenset()) -> bytes:
+        model = self._build(set(float_ops))
+        check_scales(model)
+        return model
+
+    def quantizable_ops(self) -> dict[str, list[str]]:
+        """Op kind -> first output names of its ops that this scheme puts in int8."""
+        tensors, ops, _ = _graph(self.artifact)
+        kept = set(KEEP_FLOAT + self.float_kinds)
+        kinds: dict[str, list[str]] = {}
+        for op in ops:
+            name = tensors[int(op["outputs"][0])]["name"]
+            if op["op_name"] not in kept and name not in self.mask_ops:
+                kinds.setdefault(op["op_name"], []).append(name)
+        return kinds
+
+
+def quantized_bytes(artifact: Path, calib: CalibrationSet, weights_only: bool, threads: int,
+                    float_kinds: tuple[str, ...] = SLOW_IN_INT8) -> tuple[bytes, set[str]]:
+    """The int8 model, and the ops kept float for an attention mask (by output name)."""
+    builder = Int8Builder(artifact, calib, weights_only, threads, float_kinds)
+    return builder.model(), builder.mask_ops
 
 
 def _quantized(engine, ranges) -> bytes:
@@ -259,9 +357,11 @@ def _quantizer_version() -> str:
     return f"{distribution} {version(distribution)}"
 
 
-def float_nodes(path: Path, weights_only: bool, mask_ops: set[str] = frozenset()) -> list[dict]:
+def float_nodes(path: Path, weights_only: bool, mask_ops: set[str] = frozenset(),
+                returned: dict[str, dict] | None = None) -> list[dict]:
     """Ops the scheme meant to be int8 that stay float, named by their first output tensor, with why (`mask_ops`:
-    those effconv kept float because an attention mask's range reaches them).
+    those effconv kept float because an attention mask's range reaches them; `returned`: those the sensitivity
+    fallback returned to float, with their measured gain).
 
     Static: ops with a float32 output (besides QUANTIZE/DEQUANTIZE). Weight-only: conv/matmul ops whose
     weight is a float32 constant (an int8 weight reaches its op through a DEQUANTIZE)."""
@@ -277,7 +377,9 @@ def float_nodes(path: Path, weights_only: bool, mask_ops: set[str] = frozenset()
             stays_float = kind not in CONVERSION_OPS and any(is_float[int(index)] for index in op["outputs"])
         if stays_float:
             name = tensors[int(op["outputs"][0])]["name"]
-            reason = MASK_REASON if name in mask_ops else SLOW_REASON.format(op=kind) if kind in SLOW_IN_INT8 else no_int8_rule(kind)
+            reason = (MASK_REASON if name in mask_ops else SLOW_REASON.format(op=kind) if kind in SLOW_IN_INT8
+                      else RETURNED_REASON.format(gain=returned[name]["gain_db"]) if name in (returned or {})
+                      else no_int8_rule(kind))
             rows.append({"op": kind, "name": name, "reason": reason})
     return rows
 
