@@ -10,7 +10,8 @@ from effconv.backends.executorch import export, quantize
 
 
 def _quantize(artifact: Path, manifest, calib, held_out, out_path: Path, options: QuantizeOptions) -> dict:
-    return quantize.quantize(artifact, manifest, calib, held_out, out_path, weights_only=options.weights_only)
+    return quantize.quantize(artifact, manifest, calib, held_out, out_path, weights_only=options.weights_only,
+                             min_psnr_vs_float=options.min_psnr_vs_float, progress=options.progress)
 
 
 def _check_quantizable(_artifact: Path, options: QuantizeOptions) -> None:

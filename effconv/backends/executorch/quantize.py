@@ -8,6 +8,7 @@ with the same legalizing rewrites `effconv convert --to executorch` applied. Bot
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,6 +27,9 @@ from effconv.quiet import captured_stdout, quiet_imports
 SCHEME = ("W8A8 static int8: per-channel symmetric int8 weights, per-tensor int8 activations (pt2e, XNNPACKQuantizer "
           "get_symmetric_quantization_config(is_per_channel=True)), lowered to XNNPACK")
 TIMED_RUNS = 10
+VALIDATION_SHARE = 4  # one calibration sample in four scores the sensitivity fallback
+RETURNED_REASON = ("left float32 to meet --min-psnr-vs-float: every node of this op kind (its kind alone in float32 "
+                   "gained {gain:+.2f} dB on the validation split)")
 NOTES = ["latency: executorch.runtime on this CPU (XNNPACK delegate, its default thread pool), float and int8 timed "
          "alternately in one process; a phone's CPU is faster or slower in its own way."]
 
@@ -36,7 +40,8 @@ def check_weights_only(weights_only: bool) -> None:
                            "layers, not the decoder's convolutions.", "quantize without --weights-only (static int8).")
 
 
-def _pt2e():
+def _pt2e(float_kinds: frozenset[str] = frozenset()):
+    """The XNNPACK quantizer (nodes whose op is in `float_kinds` left unannotated: float32) and pt2e's steps."""
     try:
         with quiet_imports(), captured_stdout():
             from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -46,7 +51,13 @@ def _pt2e():
         raise missing_extra("executorch", "executorch") from None
     quantizer = XNNPACKQuantizer()
     quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
+    if float_kinds:
+        quantizer.set_filter_function(lambda node: _kind(node) not in float_kinds)
     return quantizer, prepare_pt2e, convert_pt2e
+
+
+def _kind(node) -> str:
+    return str(node.target)
 
 
 def _float_module(manifest: Manifest) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -57,24 +68,88 @@ def _float_module(manifest: Manifest) -> tuple[torch.nn.Module, torch.Tensor]:
     return legalize(module, example, rewrites_for(NAME)).module, example
 
 
-def quantized_program(manifest: Manifest, calib: CalibrationSet, out_path: Path) -> dict:
-    """Write the int8 `.pte` to `out_path`; return its op inventory."""
-    quantizer, prepare_pt2e, convert_pt2e = _pt2e()
-    module, example = _float_module(manifest)
+def _converted(module: torch.nn.Module, example: torch.Tensor, calib: CalibrationSet,
+               float_kinds: frozenset[str] = frozenset()) -> torch.nn.Module:
+    """The pt2e int8 module (quantize/dequantize ops around int8 arithmetic, runnable in torch), calibrated on `calib`."""
+    quantizer, prepare_pt2e, convert_pt2e = _pt2e(float_kinds)
     with torch.no_grad(), captured_stdout():
         prepared = prepare_pt2e(torch.export.export(module, (example,)).module(), quantizer)
         for latent in calib.latents:
             prepared(torch.from_numpy(latent))
-        program = torch.export.export(convert_pt2e(prepared), (example,))
+        return convert_pt2e(prepared)
+
+
+def _write(converted: torch.nn.Module, example: torch.Tensor, out_path: Path) -> dict:
+    with torch.no_grad(), captured_stdout():
+        program = torch.export.export(converted, (example,))
     return write(lower(program), out_path)
 
 
+def _float_until_gate(module: torch.nn.Module, example: torch.Tensor, fit: CalibrationSet, validation: CalibrationSet,
+                      min_psnr: float, progress: Callable[[str], None]) -> tuple[torch.nn.Module, dict]:
+    """The pt2e int8 module with the fewest op kinds left float32 that meets `min_psnr` (PSNR vs the float module on
+    the validation split), as the TFLite quantizer finds them: each kind of the exported graph (every
+    aten.conv2d, every aten.mul, ...) alone left float is scored, then the shortest run of kinds in order of that
+    gain that meets the gate is found by bisection. Scored in torch on pt2e's simulated int8 (the lowered XNNPACK
+    program computes the same quantized arithmetic); only the result is lowered."""
+    with torch.no_grad():
+        reference = [module(torch.from_numpy(latent)).numpy() for latent in validation.latents]
+
+    def build(kinds: frozenset[str]) -> tuple[float, torch.nn.Module]:
+        converted = _converted(module, example, fit, kinds)
+        with torch.no_grad():
+            outputs = [converted(torch.from_numpy(latent)).numpy() for latent in validation.latents]
+        return quality_report(reference, outputs, None)["psnr_vs_float_db"], converted
+
+    start, converted = build(frozenset())
+    if start >= min_psnr:
+        return converted, {}
+    with torch.no_grad(), captured_stdout():
+        graph = torch.export.export(module, (example,)).graph
+    kinds = sorted({_kind(node) for node in graph.nodes if node.op == "call_function"})
+    progress(f"int8 reaches {start:.1f} dB vs float on the validation split, below {min_psnr:g}: scoring each of "
+             f"{len(kinds)} op kinds left float32 alone")
+    ranked = sorted(((build(frozenset({kind}))[0] - start, kind) for kind in kinds), reverse=True)
+    scored: dict[int, tuple[float, torch.nn.Module]] = {}
+
+    def prefix(count: int) -> tuple[float, torch.nn.Module]:
+        if count not in scored:
+            scored[count] = build(frozenset(kind for _, kind in ranked[:count]))
+        return scored[count]
+
+    low, high = 0, len(ranked)  # the gate fails with `low` kinds float; the fewest that meet it are <= high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if prefix(middle)[0] >= min_psnr else (middle, high)
+    psnr, converted = prefix(high)
+    progress(f"{high} op kind(s) left float32: {psnr:.1f} dB on the validation split")
+    return converted, {"validation_samples": len(validation), "min_psnr_vs_float_db": min_psnr, "start_psnr_db": start,
+                       "end_psnr_db": psnr, "met": psnr >= min_psnr, "builds": 1 + len(ranked) + len(scored),
+                       "kind_gains_db": {kind: round(gain, 3) for gain, kind in ranked},
+                       "returned_to_float": [{"kind": kind, "gain_db": round(gain, 3)} for gain, kind in ranked[:high]]}
+
+
+def quantized_program(manifest: Manifest, calib: CalibrationSet, out_path: Path, min_psnr_vs_float: float | None = None,
+                      progress: Callable[[str], None] = lambda _message: None) -> tuple[dict, dict, int]:
+    """Write the int8 `.pte` to `out_path`; return its op inventory, the sensitivity fallback's report (empty when
+    it was not needed) and the number of calibration samples the ranges came from."""
+    module, example = _float_module(manifest)
+    if min_psnr_vs_float is None or len(calib) < 2:
+        return _write(_converted(module, example, calib), example, out_path), {}, len(calib)
+    fit, validation = calib.split(max(1, len(calib) // VALIDATION_SHARE))
+    converted, fallback = _float_until_gate(module, example, fit, validation, min_psnr_vs_float, progress)
+    return _write(converted, example, out_path), fallback, len(fit)
+
+
 def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out: CalibrationSet, out_path: Path,
-             weights_only: bool = False, runs: int = TIMED_RUNS) -> dict:
+             weights_only: bool = False, runs: int = TIMED_RUNS, min_psnr_vs_float: float | None = None,
+             progress: Callable[[str], None] = lambda _message: None) -> dict:
+    """Write the int8 `.pte`; int8 that misses `min_psnr_vs_float` on a validation split of `calib` leaves its most
+    sensitive op kinds float32 until it holds there (`_float_until_gate`)."""
     artifact, out_path = Path(artifact), Path(out_path)
     check_artifact(artifact, manifest, NAME, SUFFIX)
     check_weights_only(weights_only)
-    ops = quantized_program(manifest, calib, out_path)
+    ops, fallback, calibrated = quantized_program(manifest, calib, out_path, min_psnr_vs_float, progress)
     float_method, quant_method = load_method(artifact), load_method(out_path)
     float_outputs = [run(float_method, latent) for latent in held_out.latents]
     quant_outputs = [run(quant_method, latent) for latent in held_out.latents]
@@ -86,9 +161,12 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         "latency_ms": alternating_latency(lambda: run(float_method, latent), lambda: run(quant_method, latent), runs)
                       | {"threads": "runtime default"},
         "float_nodes": [{"name": op, "count": count, "reason": "left to the portable kernels (not taken by XNNPACK)"}
-                        for op, count in ops.items() if not op.startswith("delegate:")],
+                        for op, count in ops.items() if not op.startswith("delegate:")]
+                       + [{"name": row["kind"], "reason": RETURNED_REASON.format(gain=row["gain_db"])}
+                          for row in fallback.get("returned_to_float", [])],
         "ops": ops,
-        "calibration_samples": len(calib),
+        "calibration_samples": calibrated,
+        **({"sensitivity_fallback": fallback} if fallback else {}),
         "remedies": [CALIBRATE_MORE],  # no weight-only mode (check_weights_only)
         "notes": NOTES,
     }
