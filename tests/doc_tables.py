@@ -94,7 +94,8 @@ def init_from_teacher(data: dict) -> list[str]:
     return lines
 
 
-FAMILY_NAMES = {"hunyuan": "Hunyuan", "wan21": "Wan 2.1", "cogvideox": "CogVideoX", "ltx": "LTX"}
+FAMILY_NAMES = {"hunyuan": "Hunyuan", "wan21": "Wan 2.1", "cogvideox": "CogVideoX", "ltx": "LTX", "wan22": "Wan 2.2 5B",
+                "mochi": "Mochi"}
 # The Turbo-VAED paper's own figures beside effconv's, and which rows are the paper's layout and effconv's default.
 PAPER = {("hunyuan", "turbo-vaed"): "paper 27.9%", ("ltx", "turbo-vaed"): "paper 41.9 M / 17.5%"}
 RECIPE_LABELS = {("hunyuan", "turbo-vaed"): "turbo-vaed (paper)", ("hunyuan", "turbo-vaed-mobile"): "turbo-vaed-mobile (default)"}
@@ -124,6 +125,32 @@ def student_vs_teacher(*runs: dict) -> list[str]:
                     f"{layouts['conv3d']['median_s']:.2f} / {layouts['conv2d']['median_s']:.2f} s",
                     f"{student['speedup']:.1f}x ({student['speedup_conv3d_both']:.1f}x)",
                 ))
+    return lines
+
+
+def student_vs_teacher_families(data: dict) -> list[str]:
+    """Per family at its full clip: the teacher, its family recipe's student and the default recipe's, with shares of
+    the teacher's params and GFLOP beside the measured onnxruntime fp32 speed-up and the load the family ran under."""
+    lines = [
+        row("family (clip)", "teacher params", "teacher s", "student (recipe)", "output patch", "params share",
+            "GFLOP share", "student s", "speed-up", "load (1 min, after)"),
+        row(*["---"] * 10),
+    ]
+    for family, result in data["families"].items():
+        for number, (recipe, student) in enumerate(result["students"].items()):
+            first = number == 0
+            lines.append(row(
+                f"{FAMILY_NAMES[family]} ({'x'.join(map(str, result['clip']))})" if first else "",
+                f"{result['teacher_params'] / 1e6:.1f} M" if first else "",
+                f"{result['teacher']['median_s']:.1f} s" if first else "",
+                recipe,
+                student["output_patch"],
+                f"{student['params_share'] * 100:.1f}%",
+                f"{student['gflop_share'] * 100:.1f}%",
+                f"{student['student_s']:.2f} s",
+                f"{student['speedup']:.1f}x",
+                f"{result['load_avg']['after'][0]:.1f}" if first else "",
+            ))
     return lines
 
 
@@ -157,6 +184,7 @@ TABLES = {
     "onnx_int8_layouts": onnx_int8_layouts,
     "init_from_teacher": init_from_teacher,
     "student_vs_teacher": student_vs_teacher,
+    "student_vs_teacher_families": student_vs_teacher_families,
     "estimator_per_model": estimator_per_model,
     "estimator_summary": estimator_summary,
 }
