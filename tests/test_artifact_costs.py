@@ -161,10 +161,10 @@ def test_weight_only_onnx_is_float_compute_on_a_quarter_of_the_weight_bytes(stud
 def test_static_qdq_onnx_computes_its_convs_in_int8(student, tmp_path):
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from effconv.backends.onnx.quantize import _LatentReader
+    from effconv.backends.onnx.quantize import LatentReader
 
     shape = tuple(graph_cost(load_graph(student["onnx"])).inputs[0].shape)
-    latents = _LatentReader("latent", [np.random.default_rng(i).standard_normal(shape).astype(np.float32) for i in range(2)])
+    latents = LatentReader("latent", [np.random.default_rng(i).standard_normal(shape).astype(np.float32) for i in range(2)])
     path = tmp_path / "int8.onnx"
     quantize_static(str(student["onnx"]), str(path), latents, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
                     per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
