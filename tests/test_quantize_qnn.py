@@ -73,7 +73,7 @@ def test_a_gate_w8a8_misses_takes_16_bit_activations_and_says_so(student_onnx, t
     w8a8, w8a16 = report["qnn"]["tried"]
     assert (w8a8["scheme"], w8a16["scheme"]) == ("w8a8", "w8a16") and report["qnn"]["scheme"] == "w8a16"
     # 256x finer activation steps; the 8-bit weights then bound it (measured: 35.3 -> 48.8 dB)
-    assert w8a16["psnr_vs_float_db"] > w8a8["psnr_vs_float_db"] + 10
+    assert w8a16["validation_psnr_vs_float_db"] > w8a8["validation_psnr_vs_float_db"] + 10
     assert _zero_point_types(tmp_path / "demo-teacher-student-int8.onnx")["activations"] == {UINT16}
 
 
