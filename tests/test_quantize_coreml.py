@@ -59,7 +59,7 @@ def test_simulated_weights_equal_what_coremltools_wrote(quantized):
 
 def test_simulation_check_fails_for_other_weights(quantized):
     out, _ = quantized
-    written = coreml.written_weights(coreml._program(_coremltools(), out))
+    written = coreml.written_weights(coreml.read_program(_coremltools(), out))
     key, entry = next(iter(written.items()))
     off_by_one_code = torch.from_numpy(entry["codes"].astype(np.int8)).clone()
     off_by_one_code.view(-1)[0] += 1 if off_by_one_code.view(-1)[0] < 127 else -1

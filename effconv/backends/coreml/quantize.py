@@ -1,11 +1,11 @@
 """Core ML W8A16: per-channel symmetric int8 weights written by coremltools.optimize.coreml into the fp16
-ML program; activations stay fp16 (the usual Apple Neural Engine recipe).
+ML program; activations stay fp16. Smaller, not faster: the Neural Engine computes in fp16 on int8 weights
+(`--scheme w8a8`, in w8a8.py, quantizes the activations too, for the int8 compute of A17 Pro / M4 and later).
 
 Core ML predicts only on macOS, so on Linux quality is measured on the torch model with the same int8
 weights: `fake_quantize` rounds each weight tensor the way the scheme does (per output channel, in fp16,
 scale = max|w| / 127), and `simulation_check` proves that this is what coremltools wrote by reading the
-int8 data and scales back from the saved program. W8A8 is not offered: coremltools calibrates activation
-ranges with Core ML predictions (`linear_quantize_activations`), which need macOS.
+int8 data and scales back from the saved program.
 """
 
 from __future__ import annotations
@@ -40,9 +40,8 @@ MODEL_DIR = Path("Data") / "com.apple.CoreML"  # model spec + weights: what Xcod
 SIMULATION_ATOL = 1e-6
 LATENCY_NOT_MEASURED = "Core ML runs only on Apple devices; coremltools cannot predict on Linux"
 NOTES = [
-    "W8A16 is the only Core ML mode: W8A8 needs activation ranges that coremltools measures with Core ML "
-    "predictions (coremltools.optimize.coreml.linear_quantize_activations), and Core ML predicts only on macOS; "
-    "--weights-only changes nothing here.",
+    "W8A16 stores int8 weights and computes in fp16: smaller, not faster; --scheme w8a8 quantizes the activations "
+    "too, for the Neural Engine's int8 compute (A17 Pro / M4 and later); --weights-only changes nothing here.",
     "quality: torch model with the int8 weights coremltools wrote (checked: simulation_check), fp32 activations "
     "in both runs; fp16 activation error is checked separately by `effconv convert` (verify.fp16_simulation).",
     "size: model spec + weights (Data/ inside the .mlpackage), the part Xcode compiles; the export's debug-handle "
@@ -56,11 +55,11 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
     `calib` is unused: weight quantization needs no activation statistics."""
     artifact, out_path = Path(artifact), Path(out_path)
     check_artifact(artifact, manifest, NAME, SUFFIX)
-    _check_fp16(manifest)
+    check_fp16(manifest, "W8A16")
     ct = _coremltools()
-    float_model = _load(ct, artifact)
+    float_model = load_float(ct, artifact)
     _quantized_model(float_model).save(str(out_path))
-    program = _program(ct, out_path)
+    program = read_program(ct, out_path)
     written = written_weights(program)
     module = load_model(manifest.model_spec()).module
     simulated_module, simulated, folded = fake_quantized(module, written)
@@ -79,16 +78,16 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
     }
 
 
-def _check_fp16(manifest: Manifest) -> None:
+def check_fp16(manifest: Manifest, scheme: str) -> None:
     precision = (getattr(manifest, "export", None) or {}).get("precision")
     if precision != "fp16":
         raise EffconvError(
-            f"W8A16 quantizes an fp16 Core ML package; this one is {precision or 'of unknown precision'}.",
+            f"{scheme} quantizes an fp16 Core ML package; this one is {precision or 'of unknown precision'}.",
             "convert with `effconv convert SPEC --to coreml --precision fp16` (the default).",
         )
 
 
-def _load(ct, artifact: Path):
+def load_float(ct, artifact: Path):
     try:
         with captured_stdout():
             model = ct.models.MLModel(str(artifact), skip_model_load=True)
@@ -119,7 +118,7 @@ def _quantized_model(float_model):
         return cto.linear_quantize_weights(float_model, config=config)
 
 
-def _program(ct, path: Path):
+def read_program(ct, path: Path):
     """The saved package as a MIL program (ops with their constant values), read back from disk."""
     from coremltools.converters.mil.frontend.milproto import load as milproto
 
@@ -128,7 +127,7 @@ def _program(ct, path: Path):
     return milproto.load(spec, specification_version=spec.specificationVersion, file_weights_dir=model.weights_dir)
 
 
-def _operations(program):
+def operations(program):
     for function in program.functions.values():
         yield from function.operations
 
@@ -143,7 +142,7 @@ def _parameter_key(const_name: str) -> str:
 def written_weights(program) -> dict[str, dict]:
     """Every int8 weight in the saved program: parameter key -> int8 codes, per-channel scale, axis."""
     weights = {}
-    for op in _operations(program):
+    for op in operations(program):
         if op.op_type == DEQUANTIZE_OP:
             weights[_parameter_key(op.name)] = {
                 "codes": np.asarray(op.quantized_data.val),
@@ -157,7 +156,7 @@ def written_weights(program) -> dict[str, dict]:
 def float_weights(program) -> list[dict]:
     """Weights of conv/linear ops that coremltools left fp16, with why."""
     rows = []
-    for op in _operations(program):
+    for op in operations(program):
         weight = op.inputs.get("weight") if op.op_type in WEIGHTED_OPS else None
         if weight is not None and weight.op.op_type == "const":
             size = int(np.asarray(weight.val).size)
@@ -194,7 +193,7 @@ def _laid_out(codes: torch.Tensor, scale: torch.Tensor, entry: dict) -> tuple[to
 
 def _max_diff(entry: dict, simulated: tuple[torch.Tensor, torch.Tensor]) -> float:
     codes, scale = simulated
-    return float(np.abs((codes.float() * scale.float()).numpy() - _dequantized(entry)).max())
+    return float(np.abs((codes.float() * scale.float()).numpy() - dequantized(entry)).max())
 
 
 def _folded_source(entry: dict, rounded: dict[str, tuple]) -> str | None:
@@ -229,7 +228,7 @@ def fake_quantized(module: nn.Module, written: dict[str, dict]) -> tuple[nn.Modu
     return copied, simulated, folded
 
 
-def _dequantized(entry: dict) -> np.ndarray:
+def dequantized(entry: dict) -> np.ndarray:
     shape = [1] * entry["codes"].ndim
     shape[entry["axis"]] = -1
     offset = entry["zero_point"].astype(np.float32).reshape(shape)
