@@ -4,7 +4,8 @@ ops), the torch simulation is proven to carry its codes and scales, and quality 
 
 Measured on the demo teacher's tiny-recipe student (random init) with seeded random latents: 40.5 dB vs float,
 24 of 24 convs with int8 weights, 55 int8 activations; the simulation's weights equal the program's (difference 0)
-and its scales are within 4.6e-4 relative (one fp16 rounding, coremltools' add scale normalization)."""
+and its scales are equal, or within 4.6e-4 relative where coremltools stored an add's scale as a quotient (one fp16
+rounding per quotient)."""
 
 from __future__ import annotations
 
@@ -78,7 +79,10 @@ def test_simulation_carries_the_programs_codes_and_scales(quantized):
     assert check["weights_compared"] == report["weights_quantized"]
     assert check["max_abs_diff"] <= w8a8.WEIGHT_ATOL
     assert check["activations_compared"] == report["activations_quantized"]
-    assert check["max_scale_rel_diff"] <= w8a8.SCALE_RTOL
+    assert check["scales_off"] == []
+    # stored as calibrated, or as a quotient rounded to fp16 once per add scale normalization on its path
+    assert check["max_scale_rel_diff"] <= check["max_scale_roundings"] * w8a8.SCALE_RTOL + w8a8.ARITHMETIC_RTOL
+    assert 1 <= check["max_scale_roundings"] <= 3
     assert GATE_DB <= report["quality"]["psnr_vs_float_db"] < 60.0  # int8 activations cost more than W8A16's 48 dB
 
 
@@ -161,8 +165,10 @@ def test_auto_reaching_the_backend_builds_w8a16():
 @pytest.mark.slow
 def test_cogvideox_tiny_student_meets_the_gate_on_video_latents(tmp_path):
     """The whole stage, as `effconv quantize X.mlpackage --scheme w8a8` runs it: teacher latents of the bundled
-    clip; a bound above what plain int8 reaches makes the fallback return activations to fp16 until it holds."""
+    clip. Measured: 37.9 dB vs float with every activation int8. A bound 3 dB above that makes the fallback return
+    activations to fp16 until the validation split meets it (about a minute on 2 cores in all)."""
     from effconv.convert.stage import convert
+    from effconv.errors import VerificationFailed
     from effconv.quantize.stage import quantize_artifact
     from effconv.rewrite.stage import rewrite
     from effconv.spec import load_spec
@@ -174,13 +180,17 @@ def test_cogvideox_tiny_student_meets_the_gate_on_video_latents(tmp_path):
     assert plain["gate"]["passed"] and plain["quality"]["psnr_vs_float_db"] >= GATE_DB
     assert plain["simulation_check"]["passed"] and plain["activations_quantized"] > 0
     assert "sensitivity_fallback" not in plain
-    bound = plain["sensitivity_fallback"]["start_psnr_db"] + 3 if "sensitivity_fallback" in plain else \
-        plain["quality"]["psnr_vs_float_db"] + 3
-    gated = quantize_artifact(artifact, tmp_path / "gated", samples=8, scheme="w8a8", min_psnr_vs_float=bound).quantize
+
+    bound = plain["quality"]["psnr_vs_float_db"] + 3
+    try:
+        gated = quantize_artifact(artifact, tmp_path / "gated", samples=8, scheme="w8a8", min_psnr_vs_float=bound).quantize
+    except VerificationFailed as failure:  # the fallback meets the bound on the validation split, not the held-out clips
+        gated = failure.manifest.quantize
     fallback = gated["sensitivity_fallback"]
+    assert fallback["met"] and fallback["end_psnr_db"] >= bound > fallback["start_psnr_db"]
     returned = [row["tensor"] for row in fallback["returned_to_float"]]
-    assert fallback["end_psnr_db"] > fallback["start_psnr_db"] and returned
-    assert len(returned) < plain["activations_quantized"] or not fallback["met"]
+    assert 0 < len(returned) < plain["activations_quantized"]
     assert gated["activations_quantized"] == plain["activations_quantized"] - len(returned)
     assert [row["name"] for row in gated["float_nodes"] if row["op"] == "activation"] == returned
+    assert gated["quality"]["psnr_vs_float_db"] > plain["quality"]["psnr_vs_float_db"] + 1
     assert gated["simulation_check"]["passed"]

@@ -61,9 +61,10 @@ OBSERVER_EPS = 2.0**-24  # smallest scale: an all-zero tensor keeps a usable (fp
 FUSED_ACTIVATIONS = ("relu", "relu6", "leaky_relu", "sigmoid", "hardsigmoid", "tanh")
 FP16_SUFFIXES = ("_cast_fp16", "_to_fp16")  # what ct.convert appends to a torch node's name in an fp16 program
 # The simulation's scales are the fp16 values the program stores (`_fp16_scales`), except that coremltools stores an
-# add's output scale divided by one input's (distributive_quantized_binary_op_scale_normalization): one more fp16
-# rounding, at most half an fp16 step (2^-11 relative).
+# add's output scale divided by one input's (distributive_quantized_binary_op_scale_normalization): each such
+# quotient is rounded to fp16 once more, at most half an fp16 step (2^-11 relative).
 SCALE_RTOL = 2.0**-11
+ARITHMETIC_RTOL = 1e-6  # float32 products while multiplying a stored quotient back
 WEIGHT_ATOL = 1e-6  # dequantized int8 weights: the same codes and the same fp16 scales
 VALIDATION_SHARE = 4  # one calibration sample in four scores the sensitivity fallback
 # MIL ops that only move, cast or (de)quantize data: not listed among the ops that compute in fp16
@@ -315,20 +316,23 @@ def _scale(op) -> float:
 
 
 def activation_scales(program) -> dict[str, dict]:
-    """Every activation `quantize` of the saved program: torch name of the tensor it reads -> its dtype, zero point
-    and the scale of its codes in real units. coremltools stores a quantized add's output scale divided by the
-    scale of its `y` input, whose dequantize then reads scale 1, so that the ANE fuses one scale
-    (distributive_quantized_binary_op_scale_normalization); that factor is multiplied back here."""
+    """Every activation `quantize` of the saved program: torch name of the tensor it reads -> its dtype, zero point,
+    the scale of its codes in real units and the fp16 roundings that scale went through after calibration.
+    coremltools stores a quantized add's output scale divided by the scale of its `y` input, whose dequantize then
+    reads scale 1, so that the ANE fuses one scale (distributive_quantized_binary_op_scale_normalization): that
+    factor is multiplied back, and the quotient's rounding counted, with those of the factor."""
     quantizes = {op.outputs[0].name: op for op in w8a16.operations(program) if op.op_type == "quantize"}
-    real: dict[str, float] = {}
+    real: dict[str, tuple[float, int]] = {}
 
-    def real_scale(name: str) -> float:
+    def real_scale(name: str) -> tuple[float, int]:
         if name not in real:
             normalized_by = _normalizing_input(quantizes[name])
-            real[name] = _scale(quantizes[name]) * (1.0 if normalized_by is None else real_scale(normalized_by))
+            factor, roundings = (1.0, -1) if normalized_by is None else real_scale(normalized_by)
+            real[name] = (_scale(quantizes[name]) * factor, roundings + 1)
         return real[name]
 
-    return {_torch_name(op.input.name): {"scale": real_scale(name), "dtype": str(op.output_dtype.val),
+    return {_torch_name(op.input.name): {"scale": real_scale(name)[0], "roundings": real_scale(name)[1],
+                                         "dtype": str(op.output_dtype.val),
                                          "zero_point": 0 if op.zero_point is None else int(np.asarray(op.zero_point.val).reshape(-1)[0])}
             for name, op in quantizes.items()}
 
@@ -389,28 +393,40 @@ def weight_check(written: dict[str, dict], simulated: dict[str, tuple[np.ndarray
 
 def scale_check(saved: dict[str, dict], simulated: dict[str, float]) -> dict:
     """Every int8 activation of the program (`activation_scales`) is one the simulation quantizes, int8 with zero
-    point 0 and a scale within `SCALE_RTOL` of the simulation's; tensors coremltools renamed are paired by `_renamed`."""
+    point 0 and the simulation's scale: equal where the program stores it as calibrated, within one fp16 step
+    (`SCALE_RTOL`) per rounding where coremltools stored a quotient; tensors coremltools renamed are paired by
+    `_renamed`."""
     renamed = _renamed(saved, simulated)
     pairs = [(name, name) for name in simulated if name in saved] + list(renamed.items())
     unmatched = [f"activation {name}" for name in simulated if name not in saved and name not in renamed]
     unmatched += [f"activation {name}" for name in saved if name not in simulated and name not in renamed.values()]
-    diff = max((abs(saved[name]["scale"] - simulated[torch_name]) / simulated[torch_name] for torch_name, name in pairs),
-               default=0.0)
-    return {"activations_compared": len(pairs), "max_scale_rel_diff": diff, "renamed": renamed, "unmatched": unmatched,
-            "passed": not unmatched and diff <= SCALE_RTOL
+    diffs = {name: _relative_diff(saved[name], simulated[torch_name]) for torch_name, name in pairs}
+    off = [name for name, diff in diffs.items() if diff > _scale_tolerance(saved[name])]
+    return {"activations_compared": len(pairs), "max_scale_rel_diff": max(diffs.values(), default=0.0),
+            "max_scale_roundings": max((row["roundings"] for row in saved.values()), default=0),
+            "scales_off": sorted(off), "renamed": renamed, "unmatched": unmatched,
+            "passed": not unmatched and not off
                       and all(row["dtype"] == "int8" and row["zero_point"] == 0 for row in saved.values())}
+
+
+def _relative_diff(saved: dict, simulated: float) -> float:
+    return abs(saved["scale"] - simulated) / simulated
+
+
+def _scale_tolerance(saved: dict) -> float:
+    return saved["roundings"] * SCALE_RTOL + ARITHMETIC_RTOL
 
 
 def _renamed(saved: dict[str, dict], simulated: dict[str, float]) -> dict[str, str]:
     """Quantized tensors coremltools renamed, paired in graph order: when it removes an op that changes nothing (a
     norm's weight of ones and bias of zeros in a random-init student), the quantize that read its output reads its
-    input instead, under that input's name. A pair counts only when the two scales agree."""
+    input instead, under that input's name. A pair counts only when the two scales agree as `scale_check` requires."""
     lost = [name for name in simulated if name not in saved]
     found = [name for name in saved if name not in simulated]
     if len(lost) != len(found):
         return {}
     return {torch_name: name for torch_name, name in zip(lost, found)
-            if abs(saved[name]["scale"] - simulated[torch_name]) <= SCALE_RTOL * simulated[torch_name]}
+            if _relative_diff(saved[name], simulated[torch_name]) <= _scale_tolerance(saved[name])}
 
 
 def program_structure(program) -> dict:
