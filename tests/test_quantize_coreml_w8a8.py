@@ -69,6 +69,11 @@ def test_every_conv_reads_int8_weights_and_int8_activations(quantized, program):
     assert not any(row["op"] == "activation" for row in report["float_nodes"])  # no fallback asked for
     fp16 = {row["op"] for row in report["float_nodes"]}
     assert {"rsqrt", "silu", "reduce_mean"} <= fp16 and "conv" not in fp16
+    # every op of the program that does arithmetic is either int8 (by type) or listed by name with why
+    epsilon_adds = [row for row in report["float_nodes"] if row["op"] == "add"]
+    assert epsilon_adds and all(row["reason"] == w8a8.CONSTANT_OPERAND.format(op="add") for row in epsilon_adds)
+    arithmetic = [op for op in ops if op.op_type not in w8a8.NO_ARITHMETIC]
+    assert len(arithmetic) == sum(report["int8_ops"].values()) + len(report["float_nodes"])
     assert report["latency_ms"] == {"not_measured": w8a16.LATENCY_NOT_MEASURED}
 
 
@@ -166,7 +171,7 @@ def test_auto_reaching_the_backend_builds_w8a16():
 def test_cogvideox_tiny_student_meets_the_gate_on_video_latents(tmp_path):
     """The whole stage, as `effconv quantize X.mlpackage --scheme w8a8` runs it: teacher latents of the bundled
     clip. Measured: 37.9 dB vs float with every activation int8. A bound 3 dB above that makes the fallback return
-    activations to fp16 until the validation split meets it (about a minute on 2 cores in all)."""
+    activations to fp16 until the validation split meets it (about 2 minutes on 2 cores in all)."""
     from effconv.convert.stage import convert
     from effconv.errors import VerificationFailed
     from effconv.quantize.stage import quantize_artifact

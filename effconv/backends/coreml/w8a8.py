@@ -8,8 +8,10 @@ Which coremltools path works without a Mac, and why:
   (`_model_debugger.ModelDebugger.predict_intermediate_outputs`, `skip_model_load=False`), and Core ML predicts
   only on macOS. Its graph passes (`insert_prefix/suffix_quantize_dequantize_pair`) are plain Python, but they
   are fed by those predictions.
-- `coremltools.optimize.torch.quantization.LinearQuantizer` (eager FX QAT) fails at finalize on the students'
-  depthwise convs ("length of scales must equal to channel, expected 16 got 1").
+- `coremltools.optimize.torch.quantization.LinearQuantizer` (FX, for QAT) cannot see the students' convs: FX
+  symbolic tracing of the student module stops at its `return_features` branch, and on the legalized graph that
+  torch.export gives, the convs are aten calls, not the nn.Conv modules its configs match, so prepare/finalize
+  quantize nothing (measured: no quantize op, no int8 weight, 126 dB vs float).
 - pt2e (`torchao.quantization.pt2e`: prepare_pt2e, calibrate, convert_pt2e), then `torch.export` and
   `ct.convert`, does: coremltools 9 turns the int8 weights into `constexpr_affine_dequantize` and each
   activation quantize/dequantize into MIL `quantize`/`dequantize` ops. ExecuTorch's `CoreMLQuantizer` annotates
@@ -72,7 +74,8 @@ NO_ARITHMETIC = {"const", "quantize", "dequantize", "constexpr_affine_dequantize
                  "slice_by_index", "concat", "expand_dims", "squeeze", "split", "pad", "depth_to_space", "tile"}
 INT8_OPS = ("conv", "linear", "add")  # what Apple's activation passes put between int8 tensors
 COMPUTED_WEIGHT = "weight computed in the graph (not a parameter): pt2e has no int8 form for it, so it stays fp16"
-NOT_INT8_INPUT = "{op}: an input stays fp16 (returned by the fallback, or a constant operand), so it computes in fp16"
+NOT_INT8_INPUT = "{op}: an input activation was returned to fp16 (sensitivity fallback), so it computes in fp16"
+CONSTANT_OPERAND = "{op} with a constant operand: Apple's activation passes quantize only adds of two tensors"
 COMPUTE_FP16 = ("{op}: Apple's activation quantization covers conv, linear and add only "
                 "(insert_prefix/suffix_quantize_dequantize_pair), so it computes in fp16 between int8 tensors")
 RETURNED_REASON = ("activation returned to fp16 to meet --min-psnr-vs-float: the most sensitive tensors first (alone "
@@ -432,34 +435,31 @@ def _renamed(saved: dict[str, dict], simulated: dict[str, float]) -> dict[str, s
 def program_structure(program) -> dict:
     """What the saved program quantizes: int8 weights (constexpr dequantize ops), int8 activations (`quantize` ops,
     by dtype), the ops that compute in int8 (conv / linear / add whose every tensor input is dequantized from int8)
-    and, by type, the ops that compute in fp16 (everything else that does arithmetic)."""
+    and the ops that compute in fp16 (everything else that does arithmetic), each with why."""
     ops = list(w8a16.operations(program))
-    int8, fp16 = Counter(), Counter()
+    int8, fp16 = Counter(), []
     for op in ops:
         if op.op_type in NO_ARITHMETIC:
             continue
-        tensors = [var for var in _input_vars(op) if var.op is None or var.op.op_type not in ("const", w8a16.DEQUANTIZE_OP)]
-        in_int8 = op.op_type in INT8_OPS and bool(tensors) and all(
-            var.op is not None and var.op.op_type == "dequantize" for var in tensors)
-        (int8 if in_int8 else fp16)[op.op_type] += 1
+        operands = [op.x, op.y] if op.op_type == "add" else [op.x] if op.op_type in INT8_OPS else []
+        producers = [var.op.op_type if var.op is not None else "input" for var in operands]
+        reason = (COMPUTE_FP16 if not operands else CONSTANT_OPERAND if "const" in producers
+                  else NOT_INT8_INPUT if set(producers) != {"dequantize"} else None)
+        if reason is None:
+            int8[op.op_type] += 1
+        else:
+            fp16.append({"op": op.op_type, "name": op.name, "reason": reason.format(op=op.op_type)})
     return {
         "weights_int8": sum(op.op_type == w8a16.DEQUANTIZE_OP for op in ops),
         "activations_int8": sum(op.op_type == "quantize" and str(op.output_dtype.val) == "int8" for op in ops),
         "activation_dtypes": dict(Counter(str(op.output_dtype.val) for op in ops if op.op_type == "quantize")),
         "int8_ops": dict(sorted(int8.items())),
-        "fp16_ops": dict(sorted(fp16.items())),
+        "fp16_ops": fp16,
     }
 
 
-def _input_vars(op) -> list:
-    return [item for value in op.inputs.values() for item in (value if isinstance(value, (list, tuple)) else [value])]
-
-
 def _float_nodes(program, structure: dict, returned: dict[str, float]) -> list[dict]:
-    """Weights left fp16, activations the fallback returned to fp16, and the op types that compute in fp16."""
+    """Weights left fp16, activations the fallback returned to fp16, and the ops that compute in fp16."""
     rows = [{**row, "reason": COMPUTED_WEIGHT} for row in w8a16.float_weights(program)]
     rows += [{"op": "activation", "name": tensor, "reason": RETURNED_REASON.format(gain=gain)} for tensor, gain in returned.items()]
-    rows += [{"op": op, "count": count, "reason": (NOT_INT8_INPUT if op in INT8_OPS else COMPUTE_FP16).format(op=op)}
-             for op, count in structure["fp16_ops"].items()]
-    return rows
-
+    return rows + structure["fp16_ops"]
