@@ -147,6 +147,9 @@ class QuantizeRecipe(StrictModel):
     all_nodes: bool = Field(False, description="ONNX: int8 for every Conv/MatMul, not only the kinds faster here")
     search_seconds: float = Field(DEFAULT_SEARCH_SECONDS, ge=0, le=MAX_SEARCH_SECONDS, description="ONNX: time the int8 choices may "
                                   "spend measuring before stated rules decide the rest")
+    scheme: Literal["auto", "w8a16", "w8a8"] = Field("auto", description="Core ML: w8a16 (int8 weights) or w8a8 (int8 "
+                                                     "weights and activations); auto = w8a8 when a profiled device's "
+                                                     "Neural Engine computes int8 x int8, else w8a16")
 
 
 class ProfileRecipe(StrictModel):

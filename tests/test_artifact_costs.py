@@ -161,10 +161,10 @@ def test_weight_only_onnx_is_float_compute_on_a_quarter_of_the_weight_bytes(stud
 def test_static_qdq_onnx_computes_its_convs_in_int8(student, tmp_path):
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from effconv.backends.onnx.quantize import LatentReader
+    from effconv.backends.onnx.quantize import FeedReader
 
     shape = tuple(graph_cost(load_graph(student["onnx"])).inputs[0].shape)
-    latents = LatentReader("latent", [np.random.default_rng(i).standard_normal(shape).astype(np.float32) for i in range(2)])
+    latents = FeedReader(["latent"], [(np.random.default_rng(i).standard_normal(shape).astype(np.float32),) for i in range(2)])
     path = tmp_path / "int8.onnx"
     quantize_static(str(student["onnx"]), str(path), latents, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
                     per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
@@ -245,6 +245,25 @@ def test_w8a16_mlpackage_costs_fp16_compute_on_int8_weight_bytes(mlpackages):
     assert w8.flops == fp16.flops == reference.flops  # silu = sigmoid (4) + mul (1), as ONNX exports it
     assert _conv_flops(w8) == _conv_flops(reference)
     assert fp16.weight_bytes - w8.weight_bytes == 16 * 16 * 27
+
+
+def test_w8a8_mlpackage_costs_int8_compute_with_its_quantize_ops_fused(tmp_path):
+    """A W8A8 package's quantize / dequantize ops are fused (no nodes of their own), its convolutions read and compute
+    int8, and the iPhone 16 Pro (whose Neural Engine computes int8 x int8) estimates it faster than the fp16 package."""
+    from effconv.quantize.stage import quantize_artifact
+
+    manifest = convert(small_clip(load_spec(STUDENT)), "coreml", tmp_path / "fp16")
+    package = tmp_path / "fp16" / manifest.artifact
+    int8 = quantize_artifact(package, tmp_path / "w8a8", calib=["random"], samples=4, scheme="w8a8",
+                             max_psnr_drop=None, min_psnr_vs_float=None)
+    fp16, w8a8 = mlprogram_cost(package), mlprogram_cost(tmp_path / "w8a8" / int8.artifact)
+    assert not {n.op_type for n in w8a8.nodes} & {"quantize", "dequantize"} and any("W8A8" in note for note in w8a8.notes)
+    convs = [n for n in w8a8.nodes if n.category in CONV_CATEGORIES]
+    assert convs and {n.dtype for n in convs} == {"int8"} and all(any(t.stored == "int8" for t in n.reads if not t.constant) for n in convs)
+    assert w8a8.flops == fp16.flops
+    iphone = load_device("iphone16pro")
+    assert iphone.coreml_scheme == "w8a8" and load_device("pixel9").coreml_scheme == "w8a16"
+    assert estimate_cost(w8a8, iphone).total_ms < estimate_cost(fp16, iphone).total_ms
 
 
 def test_damaged_artifacts_exit_2_with_one_line(student, mlpackages, tmp_path, cli):

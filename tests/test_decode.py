@@ -13,10 +13,10 @@ import av
 import numpy as np
 import pytest
 
-import effconv.decode.encode as encode_module
+import effconv.models.chunked_encode as encode_module
 from effconv.backends.streaming import check_latent
 from effconv.convert.stage import convert
-from effconv.decode.encode import encode_plan, encoded_chunks
+from effconv.models.chunked_encode import encode_plan, encoded_chunks
 from effconv.decode.latents import check_all_finite
 from effconv.errors import EffconvError
 from effconv.models.base import Compression

@@ -25,10 +25,10 @@ from conftest import REPO, SPECS
 
 RECIPE = REPO / "tests" / "data" / "pipeline-tiny.yaml"
 STAGES = ["distill", "eval", "convert-onnx", "convert-coreml", "quantize-onnx", "quantize-coreml", "stream-onnx",
-          "stream-coreml", "lint", "profile-iphone16pro", "profile-host-cpu"]
+          "stream-coreml", "quantize-stream-onnx", "lint", "profile-iphone16pro", "profile-host-cpu"]
 STUDENT = "tiny-teacher-student"
 # why each stage after distill reruns when distill does: the first stage it reads that reruns
-RERUN_REASONS = [f"{'convert-' + s.removeprefix('quantize-') if s.startswith('quantize-') else 'distill'} reruns"
+RERUN_REASONS = [f"{s.removeprefix('quantize-') if s.startswith('quantize-stream-') else 'convert-' + s.removeprefix('quantize-') if s.startswith('quantize-') else 'distill'} reruns"
                  for s in STAGES[1:]]
 FAMILIES = {"wan": "AutoencoderKLWan", "hunyuan": "AutoencoderKLHunyuanVideo", "cogvideox": "AutoencoderKLCogVideoX",
             "ltx": "AutoencoderKLLTXVideo", "mochi": "AutoencoderKLMochi"}
@@ -100,7 +100,7 @@ def test_a_renamed_eval_video_reruns_eval_and_what_measures_on_it(finished_run, 
     shutil.copy(BUNDLED_CLIP, renamed)
     decisions = plan(resolve(RECIPE, eval_data=[renamed]), finished_run)
     # quantize measures int8 quality on the eval videos; each device's profile costs its backend's int8 artifact
-    reruns = {"eval", "quantize-onnx", "quantize-coreml", "profile-iphone16pro", "profile-host-cpu"}
+    reruns = {"eval", "quantize-onnx", "quantize-coreml", "quantize-stream-onnx", "profile-iphone16pro", "profile-host-cpu"}
     assert {d.stage.name: d.action for d in decisions} == {s: "run" if s in reruns else "skip" for s in STAGES}
     assert decisions[1].reason == "files changed"
 
@@ -186,6 +186,20 @@ def test_deploy_stream_exports_a_verified_streaming_artifact_profiled_per_call(f
     assert rows["host-cpu (stream-onnx/tiny-teacher-student.onnx)"][3].startswith(f"{per_call['memory']['total_mb']:.0f} MB (whole clip: ")
 
 
+def test_deploy_stream_quantizes_the_streaming_step_checked_by_its_own_chunk_loop(finished_run):
+    """Only ONNX and TFLite steps are quantized (the Core ML step is refused by `effconv quantize`, so not planned)."""
+    int8 = _manifest(finished_run, "quantize-stream-onnx", f"{STUDENT}-int8.json")
+    q = int8["quantize"]
+    assert q["gate"]["passed"] and q["quality"]["psnr_vs_float_db"] >= 30
+    assert q["stream"]["calls"] == q["stream"]["latent_frames"] > 2 * q["stream"]["window_latent_frames"] - 1
+    assert q["stream"]["fall_db"] <= 1.5  # drift lowers the last window; content alone moves it either way
+    assert not (finished_run / "quantize-stream-coreml").exists()
+    rows = _report_rows((finished_run / "report.md").read_text())
+    row = rows["onnx, int8 streaming"]
+    assert row[0] == f"{int8['artifact']} ({size(q['size_bytes']['quantized'])})"
+    assert row[1] == number(q["quality"]["psnr_vs_float_db"])
+
+
 def _recipe_with(tmp_path: Path, **sections) -> Path:
     recipe = yaml.safe_load(RECIPE.read_text()) | sections
     path = tmp_path / "recipe.yaml"
@@ -266,8 +280,9 @@ def test_device_rows_name_the_costed_artifacts_with_float_and_int8_side_by_side(
 
     onnx, onnx_int8 = host["student-onnx"], host["student-onnx-int8"]
     row = by_artifact[("host-cpu", "onnx")]
+    onnx_scheme = _manifest(finished_run, "quantize-onnx", f"{STUDENT}-int8.json")["quantize"]["scheme"].split(":")[0]
     assert row[1].startswith(f"onnx: convert-onnx/{STUDENT}.onnx ({onnx['dtype']}) / quantize-onnx/{STUDENT}-int8.onnx "
-                             f"({onnx_int8['dtype']}")
+                             f"({onnx_scheme}, {onnx_int8['dtype']}")
     assert "int8" in row[1].split(" / ")[1]  # int8 compute, or int8 weights where the quantizer fell back to weight-only
     assert row[2] == f"{_band(onnx)}; measured {onnx['measured']['median_ms']:.2f} ms"
     assert row[4] == f"{_band(onnx_int8)}; measured {onnx_int8['measured']['median_ms']:.2f} ms"
@@ -277,7 +292,10 @@ def test_device_rows_name_the_costed_artifacts_with_float_and_int8_side_by_side(
 
     coreml, coreml_int8 = phone["student-coreml"], phone["student-coreml-int8"]
     row = by_artifact[("iphone16pro", "coreml")]
-    assert row[1].startswith(f"coreml: convert-coreml/{STUDENT}.mlpackage (fp16) / quantize-coreml/{STUDENT}-int8.mlpackage")
+    # the iPhone 16 Pro's Neural Engine computes int8 x int8 (its profile cites Apple), so the recipe's `scheme: auto` is W8A8
+    assert row[1].startswith(f"coreml: convert-coreml/{STUDENT}.mlpackage (fp16) / quantize-coreml/{STUDENT}-int8.mlpackage "
+                             "(W8A8, fp16 (")
+    assert coreml_int8["dtypes"]["int8"]["ops"] > 0 and coreml_int8["latency_ms"]["estimate"] < coreml["latency_ms"]["estimate"]
     assert coreml["source"].endswith("costed on its own ML program (fp16)") and coreml["backend"] == "coreml"
     assert row[2] == _band(coreml) and row[4] == _band(coreml_int8)  # estimates only: nothing measured off the host
     assert row[6] == f"{coreml['latency_ms']['estimate'] / coreml_int8['latency_ms']['estimate']:.2f}x"

@@ -220,7 +220,7 @@ def test_kernel_times_of_a_static_int8_model_reach_its_conv_node(tmp_path):
     profiled time must land on that Conv node, not among the kernels onnxruntime added."""
     from onnxruntime.quantization import QuantType, quantize_static
 
-    from effconv.backends.onnx.quantize import LatentReader
+    from effconv.backends.onnx.quantize import FeedReader
     from effconv.profile.measure import measure_kernels
 
     rng = np.random.default_rng(0)
@@ -230,7 +230,7 @@ def test_kernel_times_of_a_static_int8_model_reach_its_conv_node(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 32, 32])], initializer=[weight])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "float.onnx")
 
-    latents = LatentReader("x", [rng.standard_normal((1, 16, 32, 32)).astype(np.float32) for _ in range(2)])
+    latents = FeedReader(["x"], [(rng.standard_normal((1, 16, 32, 32)).astype(np.float32),) for _ in range(2)])
     quantize_static(tmp_path / "float.onnx", tmp_path / "int8.onnx", latents, activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8)
     nodes = {node.name for node in onnx.load(tmp_path / "int8.onnx").graph.node}

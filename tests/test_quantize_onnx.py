@@ -85,7 +85,7 @@ def test_sensitivity_is_skipped_when_int8_already_meets_the_gate(student_onnx, t
 def test_gate_returns_sensitive_nodes_to_float_or_fails(student_onnx, teacher_latents, tmp_path):
     """Ground truth = float output + mild noise, so int8 rounding shows as a measurable PSNR drop."""
     calib = teacher_latents
-    outputs = run_all(student_onnx, calib.latents, threads=1)
+    outputs = run_all(student_onnx, calib.feeds, threads=1)
     rng = np.random.default_rng(0)
     frames = np.concatenate([o + rng.normal(0, 0.003, o.shape).astype(np.float32) for o in outputs])
     latents_file = tmp_path / "calib.npz"
@@ -226,7 +226,7 @@ def test_ranges_collected_with_optimizations_equal_onnxruntimes_own(student_onnx
     from onnxruntime.quantization.calibrate import create_calibrator, load_tensors_data
 
     from effconv.backends.base import CalibrationSet
-    from effconv.backends.onnx.quantize import COMPUTE_OPS, LatentReader, _Workspace, _preprocess
+    from effconv.backends.onnx.quantize import COMPUTE_OPS, FeedReader, _Workspace, _preprocess
 
     shape = read_manifest(student_onnx.with_suffix(".json")).inputs[0].shape
     latents = [np.random.default_rng(seed).standard_normal(shape).astype(np.float32) for seed in range(2)]
@@ -236,7 +236,7 @@ def test_ranges_collected_with_optimizations_equal_onnxruntimes_own(student_onnx
     ours = load_tensors_data(workspace.ranges("MinMax")).data
     reference = create_calibrator(preprocessed, list(COMPUTE_OPS), augmented_model_path=str(tmp_path / "aug.onnx"),
                                   calibrate_method=CalibrationMethod.MinMax)
-    reference.collect_data(LatentReader(workspace.input_name, latents))
+    reference.collect_data(FeedReader(workspace.input_names, [(latent,) for latent in latents]))
     theirs = reference.compute_data().data
     assert ours.keys() == theirs.keys() and len(ours) > 50
     for name, expected in theirs.items():

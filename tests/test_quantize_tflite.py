@@ -202,7 +202,8 @@ def test_artifact_of_another_backend_is_refused(conv_abs, tmp_path, backend, nam
 
 
 def test_int8_that_misses_the_gate_returns_its_most_sensitive_op_kinds_to_float(tmp_path):
-    """The cogvideox-tiny student's static int8 sits near 30 dB from float; a 32 dB gate makes the fallback return
+    """The cogvideox-tiny student's static int8 sits near 34 dB from float (28.4 dB before ranges were true min/max
+    rather than LiteRT's moving average); a 36 dB gate makes the fallback return
     the op kinds whose float32 form gains most (scored one kind at a time on a validation split of the calibration
     clips) until the gate holds, and the held-out clips then meet it too."""
     from effconv.convert.stage import convert
@@ -213,12 +214,12 @@ def test_int8_that_misses_the_gate_returns_its_most_sensitive_op_kinds_to_float(
     rewrite(load_spec(REPO / "examples" / "specs" / "cogvideox-tiny.yaml"), "tiny", tmp_path / "student")
     manifest = convert(load_spec(tmp_path / "student" / "cogvideox-tiny-student.yaml"), "tflite", tmp_path / "float")
     plain = quantize_artifact(tmp_path / "float" / manifest.artifact, tmp_path / "plain", samples=8, min_psnr_vs_float=None)
-    assert "sensitivity_fallback" not in plain.quantize and plain.quantize["quality"]["psnr_vs_float_db"] < 32
-    gated = quantize_artifact(tmp_path / "float" / manifest.artifact, tmp_path / "gated", samples=8, min_psnr_vs_float=32)
+    assert "sensitivity_fallback" not in plain.quantize and plain.quantize["quality"]["psnr_vs_float_db"] < 36
+    gated = quantize_artifact(tmp_path / "float" / manifest.artifact, tmp_path / "gated", samples=8, min_psnr_vs_float=36)
     report = gated.quantize
     fallback = report["sensitivity_fallback"]
-    assert fallback["met"] and fallback["end_psnr_db"] >= 32 > fallback["start_psnr_db"]
-    assert report["gate"]["passed"] and report["quality"]["psnr_vs_float_db"] >= 32
+    assert fallback["met"] and fallback["end_psnr_db"] >= 36 > fallback["start_psnr_db"]
+    assert report["gate"]["passed"] and report["quality"]["psnr_vs_float_db"] >= 36
     returned = {row["name"] for row in fallback["returned_to_float"]}
     listed = {row["name"] for row in report["float_nodes"] if row["reason"].startswith("returned to float32")}
     assert returned and listed == returned

@@ -27,14 +27,24 @@ def no_progress(_message: str) -> None:
 
 @dataclasses.dataclass
 class CalibrationSet:
-    """Samples of batch 1: `latents[i]` decodes to `frames[i]` (None when there is no ground truth)."""
+    """Samples of batch 1: `latents[i]` decodes to `frames[i]` (None when there is no ground truth). A streaming
+    step's samples also carry its other inputs, in argument order (`carried[i]`: the first-call flag and the caches
+    the chunk loop fed with that latent chunk)."""
 
     latents: list[np.ndarray]
     frames: list[np.ndarray] | None
     source: str
+    carried: list[tuple[np.ndarray, ...]] | None = None
 
     def __len__(self) -> int:
         return len(self.latents)
+
+    @property
+    def feeds(self) -> list[tuple[np.ndarray, ...]]:
+        """Every sample as the model's inputs in argument order."""
+        if self.carried is None:
+            return [(latent,) for latent in self.latents]
+        return [(latent, *carried) for latent, carried in zip(self.latents, self.carried)]
 
     @classmethod
     def random(cls, expected: tuple[int, ...], samples: int, seed: int) -> CalibrationSet:
@@ -44,7 +54,8 @@ class CalibrationSet:
 
     def subset(self, indices: range | list[int]) -> CalibrationSet:
         frames = None if self.frames is None else [self.frames[i] for i in indices]
-        return CalibrationSet([self.latents[i] for i in indices], frames, self.source)
+        carried = None if self.carried is None else [self.carried[i] for i in indices]
+        return CalibrationSet([self.latents[i] for i in indices], frames, self.source, carried)
 
     def split(self, held_out: int) -> tuple[CalibrationSet, CalibrationSet]:
         """(calibration, held-out): the last `held_out` samples are kept out of calibration."""
@@ -71,6 +82,7 @@ class QuantizeOptions:
     kind_decisions: dict[str, dict] | None = None  # ONNX: kind -> {int8, why} from the target's profile (None: time here)
     search_seconds: float = DEFAULT_SEARCH_SECONDS  # ONNX: time the choices may take before rules decide the rest
     qnn: bool = False  # ONNX: the target runs it through onnxruntime's QNN execution provider (its QDQ form)
+    scheme: str = "auto"  # Core ML: w8a16 (int8 weights) or w8a8 (int8 weights and activations); auto: the device's
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,10 @@ calibration came from real video) and fidelity to the float output."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Hashable
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -46,3 +50,48 @@ def apart_from(value: float, bound: float | None, decimals: int = 1) -> str:
         decimals += 1
         text = f"{value:.{decimals}f}"
     return text
+
+
+@dataclasses.dataclass
+class Fallback:
+    """The result of `fewest_back_to_float`: every item with its gain alone (best first), how many of the first
+    ones went back to float, and the candidate built with them."""
+
+    ranked: list[tuple[float, Hashable]]
+    count: int
+    psnr: float
+    candidate: Any
+    builds: int
+    bound: float
+
+    @property
+    def met(self) -> bool:
+        return self.psnr >= self.bound
+
+    @property
+    def returned(self) -> list[tuple[float, Hashable]]:
+        """(gain alone, item) of the items back to float."""
+        return self.ranked[:self.count]
+
+
+def fewest_back_to_float(items: list[Hashable], build: Callable[[frozenset], tuple[float, Any]], start: float,
+                         min_psnr: float) -> Fallback:
+    """The shortest run of `items` (op kinds, ops, activation tensors) returned to float that meets `min_psnr`:
+    each item alone back to float is scored (`build(items)` -> (PSNR vs float, candidate)), then the shortest
+    prefix of that ranking whose candidate meets the bound is found by bisection (ONNX returns its nodes one at a
+    time instead; its variants are cheap to make). When even every item misses, the candidate with all of them is
+    kept and `met` is False."""
+    ranked = sorted(((build(frozenset({item}))[0] - start, item) for item in items), key=lambda pair: pair[0], reverse=True)
+    scored: dict[int, tuple[float, Any]] = {}
+
+    def prefix(count: int) -> tuple[float, Any]:
+        if count not in scored:
+            scored[count] = build(frozenset(item for _, item in ranked[:count]))
+        return scored[count]
+
+    low, high = 0, len(ranked)  # the bound is missed with `low` items back to float; the fewest that meet it are <= high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if prefix(middle)[0] >= min_psnr else (middle, high)
+    psnr, candidate = prefix(high)
+    return Fallback(ranked, high, psnr, candidate, len(ranked) + len(scored), min_psnr)

@@ -71,9 +71,10 @@ def _regrouped(pieces: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
         yield np.concatenate(held, axis=2)
 
 
-def stream_chunks(run_all: RunAll, stream: dict, latent: np.ndarray | Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-    """The video frames of each call in order; their concatenation is the whole-clip decode. `latent` is the whole
-    latent or its pieces in order (of any lengths), so a latent made chunk by chunk is decoded as it comes."""
+def step_calls(run_all: RunAll, stream: dict, latent: np.ndarray | Iterable[np.ndarray]
+               ) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
+    """Each call of the chunk loop: the inputs it fed the step (latent chunk, first-call flag, caches) and the video
+    frames it kept. `latent` is the whole latent or its pieces in order (of any lengths)."""
     chunk, per_latent = stream["latent_frames_per_call"], _video_frames_per_latent(stream)
     caches = [np.zeros(cache["shape"], np.float32) for cache in stream["caches"]]
     pieces = [latent] if isinstance(latent, np.ndarray) else latent
@@ -82,7 +83,14 @@ def stream_chunks(run_all: RunAll, stream: dict, latent: np.ndarray | Iterable[n
         real = piece.shape[2]
         if real < chunk:  # causal: frames padded after the real ones change nothing before them
             piece = np.concatenate([piece] + [piece[:, :, -1:]] * (chunk - real), axis=2)
-        first = np.array([1.0 if index == 0 else 0.0], np.float32)
-        video, *caches = run_all([piece, first, *caches])
+        inputs = [piece, np.array([1.0 if index == 0 else 0.0], np.float32), *caches]
+        video, *caches = run_all(inputs)
         skip = stream["drop_leading_frames_of_first_call"] if index == 0 else 0
-        yield video[:, :, skip:real * per_latent]
+        yield inputs, video[:, :, skip:real * per_latent]
+
+
+def stream_chunks(run_all: RunAll, stream: dict, latent: np.ndarray | Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """The video frames of each call in order; their concatenation is the whole-clip decode. `latent` is the whole
+    latent or its pieces in order (of any lengths), so a latent made chunk by chunk is decoded as it comes."""
+    for _inputs, video in step_calls(run_all, stream, latent):
+        yield video

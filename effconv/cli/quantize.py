@@ -41,6 +41,9 @@ def quantize(
     search_seconds: float = typer.Option(DEFAULT_SEARCH_SECONDS, "--search-seconds", help="ONNX: time the int8 choices (activation type, "
                                          "node kinds, calibration method, sensitivity fallback) may spend measuring; "
                                          "a choice that does not fit is made by a stated rule (0: rules only)."),
+    scheme: str = typer.Option("auto", "--scheme", help="Core ML: w8a16 (int8 weights, fp16 compute: size) or w8a8 "
+                               "(int8 weights and activations: the int8 compute of A17 Pro / A18 Pro Neural Engines); "
+                               "auto: w8a8 where the --device profile's Neural Engine computes in int8, else w8a16."),
     as_json: bool = JsonFlag,
 ) -> None:
     """Per-channel int8 post-training quantization, with a measured quality gate.
@@ -51,7 +54,8 @@ def quantize(
     sensitive nodes return to float until the gate holds there; the held-out clips only measure the
     result. Each measured choice must fit `--search-seconds`. For a Snapdragon `--device` (QNN HTP): onnxruntime's
     QNN QDQ form instead, every op quantized, w8a8 or w8a16 as the gate needs, its arithmetic checked op by op
-    here. Core ML: W8A16 weights (coremltools).
+    here. Core ML: W8A16 (int8 weights, fp16 compute) or W8A8 (int8 weights and activations, for Neural Engines
+    with int8 compute: iphone16pro); --scheme auto picks by --device.
     TFLite: LiteRT quantizer static int8. Calibration latents come from the teacher encoder on real clips.
 
     Example: `effconv quantize out/demo-teacher-student.onnx --calib effconv/assets/video --out out/int8`
@@ -63,6 +67,7 @@ def quantize(
     from effconv.quantize.stage import quantize_artifact
 
     qnn = artifact.suffix == ".onnx" and _onnx_on_qnn(device)
+    scheme = _scheme(artifact, scheme, device)
     decisions = None if qnn else _kind_decisions(artifact, device)
     with progress_lines("Quantizing") as progress:
         try:
@@ -71,12 +76,25 @@ def quantize(
                                          activation=activation, select_by_speed=not all_nodes, sensitivity=sensitivity,
                                          min_psnr_vs_float=min_psnr_vs_float or None, target_device=device,
                                          kind_decisions=decisions, search_seconds=search_seconds, qnn=qnn,
-                                         progress=progress)
+                                         scheme=scheme, progress=progress)
         except VerificationFailed as failure:
             if failure.manifest is not None:
                 _print_quantize(failure.manifest, as_json, out_dir)
             raise
     _print_quantize(manifest, as_json, out_dir)
+
+
+def _scheme(artifact: Path, scheme: str, device: str) -> str:
+    """--scheme is Core ML's; auto picks the scheme the --device profile's Neural Engine gains speed from."""
+    from effconv.errors import EffconvError
+    from effconv.profile.devices import load_device
+
+    if artifact.suffix != ".mlpackage":
+        if scheme != "auto":
+            raise EffconvError(f"--scheme {scheme} applies to Core ML packages; '{artifact.name}' is not one.",
+                               "drop --scheme (ONNX picks its QDQ form from --device; TFLite and ExecuTorch are W8A8).")
+        return scheme
+    return load_device(device).coreml_scheme if scheme == "auto" else scheme
 
 
 def _onnx_on_qnn(device: str) -> bool:

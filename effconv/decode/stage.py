@@ -17,7 +17,7 @@ import numpy as np
 from effconv.artifacts import Manifest, manifest_path, read_manifest, staged_output
 from effconv.backends import registry
 from effconv.backends.streaming import calls, check_finite, check_latent, decoded_frames, stream_chunks
-from effconv.decode.encode import EncodePlan, encode_plan, encoded_chunks
+from effconv.models.chunked_encode import EncodePlan, encode_plan, encoded_chunks
 from effconv.decode.latents import check_all_finite, read_latents
 from effconv.errors import EffconvError
 from effconv.models.base import Compression

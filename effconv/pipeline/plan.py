@@ -24,6 +24,7 @@ from effconv.models.loader import load_model, pretrained_root
 from effconv.models.teacher_fit import check_teacher_fits, is_student
 from effconv.profile.devices import load_device, profiles_dir
 from effconv.profile.inputs import parse_resolution
+from effconv.quantize.stage import STREAM_BACKENDS
 from effconv.recipe import HOST_DEVICE, Recipe, load_recipe
 from effconv.rewrite.stage import STUDENT_SUFFIX
 from effconv.spec import SAFE_NAME, LoadedSpec, load_spec, read_yaml_mapping, spec_from_dict
@@ -223,6 +224,15 @@ def quantized_backends(recipe: Recipe) -> list[str]:
     return [b for b in recipe.export.backends if b in recipe.quantize.backends]
 
 
+def _int8_scheme(backend: str, scheme: str, devices: list[str]) -> str:
+    """The recipe's Core ML scheme, auto resolved: W8A8 when a profiled device that runs Core ML computes int8 x int8
+    (its profile says so, with the source), else W8A16. Other backends have one scheme (`auto`)."""
+    if backend != "coreml" or scheme != "auto":
+        return scheme
+    runs_coreml = [load_device(d) for d in devices if d != HOST_DEVICE and "coreml" in load_device(d).backends]
+    return "w8a8" if any(device.coreml_scheme == "w8a8" for device in runs_coreml) else "w8a16"
+
+
 def is_device_file(device: str) -> bool:
     return device.endswith((".yaml", ".yml")) or "/" in device or os.sep in device
 
@@ -319,11 +329,17 @@ def stages(inputs: RunInputs) -> list[Stage]:
                    settings={"backend": b, "opset": DEFAULT_OPSET, "precision": "fp16"}) for b in backends]
     videos = tuple(dict.fromkeys(expand_paths([*inputs.train_data, *inputs.eval_data])))
     plan += [Stage(f"quantize-{b}", "quantize", after=(f"convert-{b}",), backend=b,
-                   settings={"backend": b, **recipe.quantize.model_dump(mode="json", exclude={"backends"})},
+                   settings={"backend": b, "source": f"convert-{b}", **recipe.quantize.model_dump(mode="json", exclude={"backends"}),
+                             "scheme": _int8_scheme(b, recipe.quantize.scheme, inputs.devices)},
                    files=videos) for b in quantized_backends(recipe)]
     plan += [Stage(f"stream-{b}", "stream", after=(student,), backend=b,
                    settings={"backend": b, "latent_frames_per_call": recipe.deploy.stream, "opset": DEFAULT_OPSET})
              for b in recipe.streamed_backends()]
+    plan += [Stage(f"quantize-stream-{b}", "quantize", after=(f"stream-{b}",), backend=b,
+                   settings={"backend": b, "source": f"stream-{b}", **recipe.quantize.model_dump(mode="json", exclude={"backends"}),
+                             "scheme": _int8_scheme(b, recipe.quantize.scheme, inputs.devices)},
+                   files=videos, note="the streaming step, calibrated on its chunk loop's inputs")
+             for b in recipe.streamed_backends() if b in quantized_backends(recipe) and b in STREAM_BACKENDS]
     plan.append(Stage("lint", "lint", after=(student,),
                       settings={"backends": {b: _lint_device(b, inputs.devices) for b in backends}}))
     planned = {stage.name for stage in plan}

@@ -131,14 +131,14 @@ def run_stream(ctx: StageContext) -> None:
 def run_quantize(ctx: StageContext) -> None:
     """Calibrate on clips of the training videos; measure quality on the eval videos' centre clips."""
     settings = ctx.stage.settings
-    converted = ctx.out_dir / f"convert-{ctx.stage.backend}"
+    converted = ctx.out_dir / settings["source"]
     source = converted / read_manifest(converted / f"{ctx.inputs.student_name}.json").artifact
     manifest = quantize_artifact(
         source, ctx.directory, calib=[str(p) for p in ctx.inputs.train_data], samples=settings["samples"],
         max_psnr_drop=settings["max_psnr_drop"], weights_only=settings["weights_only"],
         min_psnr_vs_float=settings["min_psnr_vs_float"], eval_data=list(ctx.inputs.eval_data),
         activation=settings["activation"], select_by_speed=not settings["all_nodes"],
-        search_seconds=settings["search_seconds"], progress=ctx.on_progress)
+        search_seconds=settings["search_seconds"], scheme=settings["scheme"], progress=ctx.on_progress)
     slower = (manifest.model_extra or {}).get("quantize", {}).get("speed_warning")
     if slower:
         ctx.warn(f"int8 {ctx.stage.backend}: {slower}")

@@ -92,6 +92,8 @@ class ComputeUnit(StrictModel):
     int8_efficiency: dict[str, float] = Field(default_factory=dict, description="per op category: share of the int8 roofline "
                                               "int8 ops reach (a category not listed: `efficiency`); '<conv category> 3d' "
                                               "for 3-D convolutions apart")
+    int8_activations: str = Field("", description="the source that this unit computes int8 x int8 (a Core ML W8A8 model "
+                                  "runs at its int8 rate); empty: int8 weights only, computed at its float rate (W8A16)")
     runtime_fit: RuntimeFit | None = Field(None, description="host-cpu: this unit is one runtime's kernels, fitted on its own")
     lint_units: dict[str, list[str]] = Field(min_length=1, description="per backend, the units of effconv/legalize/rules/<backend>.yaml "
                                              "this unit is: it runs an op unless those rules rule out all of them")
@@ -179,6 +181,12 @@ class DeviceProfile(StrictModel):
         """Whether this device runs ONNX models through onnxruntime's QNN execution provider (a Snapdragon HTP),
         which compiles only QNN's own QDQ form (backends/onnx/qnn.py)."""
         return any(QNN_UNIT in unit.lint_units.get("onnx", []) for unit in self.units.values())
+
+    @property
+    def coreml_scheme(self) -> str:
+        """The Core ML int8 scheme this device gains speed from: w8a8 where a unit that runs Core ML computes int8 x
+        int8 (A17 Pro and later Neural Engines), else w8a16 (smaller, computed in fp16)."""
+        return "w8a8" if any(unit.int8_activations and "coreml" in unit.lint_units for unit in self.units.values()) else "w8a16"
 
     def for_backend(self, backend: str) -> DeviceProfile:
         """This device as an artifact of `backend` sees it: the units that backend's runtime uses, in order, placed

@@ -14,6 +14,12 @@ compressed weights: constexpr_affine_dequantize, constexpr_blockwise_shift_scale
 https://apple.github.io/coremltools/source/coremltools.converters.mil.mil.ops.defs.html#module-coremltools.converters.mil.mil.ops.defs.iOS18.compression)
 is a weight stored int8 (sub-byte palettes are counted as int8, an upper bound): the op reading it computes in
 fp16 with int8 weight bytes (W8A16).
+
+A W8A8 program carries its int8 activations as `quantize` / `dequantize` ops around them. The Neural Engine fuses
+each into the op beside it (coremltools guide, quantization 'Performance': W8A8 runs the int8 x int8 compute of A17
+Pro and later Neural Engines, https://apple.github.io/coremltools/docs-guides/source/opt-quantization-perf.html), so
+they are not costed as ops of their own: the op whose output is quantized writes int8, and the op reading a
+dequantized int8 activation reads int8 and so computes in int8.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ DATA_TYPES = {"FLOAT32": "fp32", "FLOAT16": "fp16", "BFLOAT16": "fp16", "INT8": 
 OTHER_TYPES = {"FLOAT64": "float64", "INT16": "int16", "UINT16": "uint16", "INT32": "int32", "UINT32": "uint32",
                "INT64": "int64", "UINT64": "uint64", "BOOL": "bool"}
 HANDLE = "int32"  # strings: counted as one word each, they never carry activations
+FUSED_QUANTIZATION = ("quantize", "dequantize")
 
 
 def _load(path: Path):
@@ -84,8 +91,9 @@ class _Values:
     """Every named value of the main block: its shape and stored dtype, whether it is a weight, and the small
     integer constants (groups, dilations, block sizes) that ops take as parameters."""
 
-    def __init__(self, function, type_names: dict[int, str]):
+    def __init__(self, function, type_names: dict[int, str], quantized: set[str] = frozenset()):
         self.type_names = type_names
+        self.quantized = quantized  # values a fused `quantize` turns int8 where they are written
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.stored: dict[str, str] = {}
         self.constants: set[str] = set()
@@ -100,7 +108,7 @@ class _Values:
     def _record(self, name: str, value_type) -> None:
         tensor = value_type.tensorType
         self.shapes[name] = tuple(int(d.constant.size) if d.HasField("constant") else -1 for d in tensor.dimensions)
-        self.stored[name] = self._dtype(tensor.dataType)
+        self.stored[name] = "int8" if name in self.quantized else self._dtype(tensor.dataType)
 
     def add_outputs(self, op) -> None:
         for output in op.outputs:
@@ -112,6 +120,8 @@ class _Values:
             immediate = _immediate_integers(op.attributes["val"])
             if immediate:
                 self.integers[op.outputs[0].name] = immediate
+        if op.type == "dequantize" and self.stored.get(_argument(op, "input") or "") == "int8":
+            self.stored[op.outputs[0].name] = "int8"
         if op.type.startswith("constexpr_"):
             # the payload (quantized data, palette indices) is an attribute (iOS 16/17 ops) or a const input (iOS 18)
             payload = [self._dtype(a.type.tensorType.dataType) for key, a in op.attributes.items() if key != "name"]
@@ -205,12 +215,16 @@ def mlprogram_cost(path: Path) -> GraphCost:
     block = function.block_specializations.get(function.opset)
     if block is None:
         raise EffconvError(f"'{path}' has no block for its opset {function.opset}.", FIX)
-    values = _Values(function, {value: name for name, value in MIL_pb2.DataType.items()})
+    quantized = {_argument(op, "input") for op in block.operations if op.type == "quantize"}
+    values = _Values(function, {value: name for name, value in MIL_pb2.DataType.items()}, quantized - {None})
     nodes, notes = [], []
     try:
         for op in block.operations:
             values.add_outputs(op)
-            if op.type != "const" and not op.type.startswith("constexpr_"):
+            if op.type in FUSED_QUANTIZATION:
+                notes.append("W8A8: quantize / dequantize ops fused into the ops beside them, which read and write int8 "
+                             "activations and compute int8 x int8 (Neural Engines from A17 Pro on).")
+            elif op.type != "const" and not op.type.startswith("constexpr_"):
                 nodes.append(_node(op, values, notes))
     except (KeyError, IndexError) as exc:  # an op that reads a value the program never defines
         raise EffconvError(f"'{path}' is not a consistent ML program: {exception_text(exc, 200)}.", FIX) from None

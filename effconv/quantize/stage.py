@@ -3,6 +3,7 @@ version beside a manifest that says how much smaller, faster and worse it is, me
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +11,8 @@ from effconv.recipe import DEFAULT_SEARCH_SECONDS, MAX_SEARCH_SECONDS
 from effconv.artifacts import Manifest, manifest_path, read_manifest, staged_output, write_manifest
 from effconv.video.clips import BUNDLED_CLIP
 from effconv.errors import EffconvError, VerificationFailed
-from effconv.quantize import calibration
+from effconv.models.loader import LoadedModel
+from effconv.quantize import calibration, streaming
 from effconv.quantize import gate as quality_gate
 from effconv.backends import registry
 from effconv.backends.base import HOST_DEVICE, Backend, CalibrationSet, QuantizeOptions
@@ -23,8 +25,9 @@ DEFAULT_MAX_PSNR_DROP = 0.3
 # with exact QDQ arithmetic; saturated x86 kernels gave 22.6 dB; trained students 37-74 dB on every backend.
 DEFAULT_MIN_PSNR_VS_FLOAT = 30.0
 HELD_OUT_SHARE = 4  # one sample in four measures quality; the rest calibrate
+STREAM_BACKENDS = ("onnx", "tflite")  # whose quantizers calibrate and run a step's several inputs
 # the manifest keys that explain an int8 model's quality, those a backend's report has
-QUALITY_EVIDENCE = ("quality", "sensitivity", "int8_kernels", "float_nodes", "simulation_check")
+QUALITY_EVIDENCE = ("quality", "stream", "sensitivity", "int8_kernels", "float_nodes", "simulation_check")
 
 
 def backend_of(artifact: Path) -> Backend:
@@ -43,21 +46,35 @@ def _check_source(artifact: Path, manifest: Manifest, backend: str) -> None:
     if manifest.spec.get("part", "decoder") != "decoder":
         raise EffconvError("effconv quantizes decoders (its calibration data are latents).",
                            "convert the decoder (`part: decoder`) and quantize that.")
-    if "stream" in (manifest.model_extra or {}):
-        raise EffconvError(f"'{artifact.name}' is a streaming step (inputs: latent, flag, caches); effconv quantizes "
-                           "whole-clip artifacts only so far.", f"quantize the whole-clip export (`effconv convert STUDENT.yaml --to {backend}`).")
+    if "stream" in (manifest.model_extra or {}) and backend not in STREAM_BACKENDS:
+        raise EffconvError(f"'{artifact.name}' is a {backend} streaming step; effconv quantizes streaming steps in "
+                           f"{' and '.join(STREAM_BACKENDS)} so far.",
+                           f"quantize the whole-clip export (`effconv convert STUDENT.yaml --to {backend}`), or stream "
+                           "an ONNX or TFLite export.")
 
 
 def _held_out_count(samples: int) -> int:
     return max(1, samples // HELD_OUT_SHARE)
 
 
+@dataclasses.dataclass
+class Calibration:
+    """Calibration and held-out clips, warnings about them, and (from video) the teacher and videos they came from."""
+
+    calib: CalibrationSet
+    held_out: CalibrationSet
+    notes: list[str]
+    teacher: LoadedModel | None = None
+    videos: list[Path] | None = None
+
+
 def calibration_sets(manifest: Manifest, calib: list[str] | None, samples: int, teacher: Path | None,
-                     eval_data: list[Path] | None) -> tuple[CalibrationSet, CalibrationSet, list[str]]:
-    """(calibration, held-out, warnings). Without --calib: clips of the bundled real video."""
+                     eval_data: list[Path] | None, expected: tuple[int, ...] | None = None) -> Calibration:
+    """Clips of latents of shape `expected` (default: the artifact's input). Without --calib: clips of the bundled
+    real video."""
     if samples < 2:
         raise EffconvError(f"--samples {samples} leaves nothing to measure quality on.", "use --samples 2 or more (default 16).")
-    expected = tuple(manifest.inputs[0].shape)
+    expected = expected or tuple(manifest.inputs[0].shape)
     sources = calib or [str(BUNDLED_CLIP)]
     notes: list[str] = []
     if calibration.RANDOM in sources:
@@ -70,17 +87,39 @@ def calibration_sets(manifest: Manifest, calib: list[str] | None, samples: int, 
     elif any(calibration.is_latent_file(source) for source in sources):
         raise EffconvError("a latents file cannot be mixed with videos in --calib.", "pass one latents file, or videos.")
     else:
-        teacher_model = calibration.teacher_model(manifest, teacher)
-        full = calibration.from_video(teacher_model, [Path(s) for s in sources], samples, expected=expected)
+        teacher_model, videos = calibration.teacher_model(manifest, teacher), [Path(s) for s in sources]
+        full = calibration.from_video(teacher_model, videos, samples, expected=expected)
         if eval_data:
             held_out = calibration.held_out_video(teacher_model, list(eval_data), _held_out_count(samples), expected=expected)
-            return full, held_out, notes
+            return Calibration(full, held_out, notes, teacher_model, videos)
+        return Calibration(*full.split(_held_out_count(len(full))), notes, teacher_model, videos)
     if eval_data:
         raise EffconvError("--eval-data needs video calibration (the teacher encodes both).", "drop --eval-data, or calibrate from video.")
     if full.frames is None:
         notes.append("no ground-truth frames: PSNR drop and the --max-psnr-drop gate cannot be measured, only PSNR vs the float artifact")
-    calib_set, held_out = full.split(_held_out_count(len(full)))
-    return calib_set, held_out, notes
+    return Calibration(*full.split(_held_out_count(len(full))), notes)
+
+
+def _chunk_loop_report(backend: Backend, artifact: Path, out_path: Path, stream: dict, clips: Calibration, report: dict,
+                       progress: Callable[[str], None], threads: int | None) -> dict:
+    """The streaming step's quality as a phone decodes with it: the int8 chunk loop, caches fed back, on the held-out
+    clips (this is what the gate judges; the backend's per-call figures, each call fed the float loop's caches, are
+    kept as `step_quality`), and its drift over a long clip."""
+    run_float, run_quant = backend.load_all(artifact, threads), backend.load_all(out_path, threads)
+    progress(f"running the float and int8 chunk loops on the {len(clips.held_out)} held-out clips")
+    quality = streaming.chunk_loop_quality(run_float, run_quant, stream, clips.held_out)
+    if clips.teacher is not None and clips.videos:
+        long, source = streaming.long_latent(clips.teacher, clips.videos, streaming.LONG_CLIP_LATENT_FRAMES)
+    else:
+        long, source = streaming.joined_latent(clips.calib, streaming.LONG_CLIP_LATENT_FRAMES)
+    progress(f"measuring drift: float and int8 chunk loops over {long.shape[2]} latent frames ({source})")
+    return {"quality": quality, "step_quality": report["quality"],
+            "stream": streaming.drift(run_float, run_quant, stream, long, source) | {
+                "latent_frames_per_call": stream["latent_frames_per_call"],
+                "calibration": "one call of the float step's chunk loop per calibration clip, with the caches that loop "
+                               "made; caches cross calls in float32",
+                "quality": "the int8 step's own chunk loop (its caches fed back) against the float step's, whole "
+                           "held-out clips"}}
 
 
 def _failure_fix(json_path: Path, report: dict, remedies: list[str], bound: str) -> str:
@@ -98,7 +137,7 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
                       select_by_speed: bool = True, sensitivity: bool = False,
                       min_psnr_vs_float: float | None = DEFAULT_MIN_PSNR_VS_FLOAT, target_device: str = HOST_DEVICE,
                       kind_decisions: dict[str, dict] | None = None,
-                      search_seconds: float = DEFAULT_SEARCH_SECONDS, qnn: bool = False) -> Manifest:
+                      search_seconds: float = DEFAULT_SEARCH_SECONDS, qnn: bool = False, scheme: str = "auto") -> Manifest:
     """Write OUT/NAME-int8.{onnx,mlpackage,tflite,pte} + OUT/NAME-int8.json; raise VerificationFailed after
     writing when the held-out PSNR drop exceeds `max_psnr_drop` or the output strays from the float artifact's
     by more than `min_psnr_vs_float` allows. `kind_decisions` (ONNX node kind -> {int8, why}) come from the
@@ -112,7 +151,7 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
     options = QuantizeOptions(weights_only=weights_only, max_psnr_drop=max_psnr_drop, min_psnr_vs_float=min_psnr_vs_float,
                               activation=activation, select_by_speed=select_by_speed, sensitivity=sensitivity,
                               progress=report_progress, target_device=target_device, kind_decisions=kind_decisions,
-                              search_seconds=search_seconds, qnn=qnn)
+                              search_seconds=search_seconds, qnn=qnn, scheme=scheme)
     backend.check_quantizable(artifact, options)  # before the teacher encodes calibration clips
     if not 0 <= search_seconds <= MAX_SEARCH_SECONDS:
         raise EffconvError(f"--search-seconds {search_seconds:g} is outside 0-{MAX_SEARCH_SECONDS}.",
@@ -122,12 +161,22 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
     if min_psnr_vs_float is not None and not 0 <= min_psnr_vs_float <= 200:
         raise EffconvError(f"--min-psnr-vs-float {min_psnr_vs_float} is outside 0-200 dB.",
                            f"give the lowest acceptable PSNR against the float output, e.g. {DEFAULT_MIN_PSNR_VS_FLOAT:g}.")
+    stream = (source.model_extra or {}).get("stream")
     report_progress("making calibration latents")
-    calib_set, held_out, notes = calibration_sets(source, calib, samples, teacher, eval_data)
+    clips = calibration_sets(source, calib, samples, teacher, eval_data,
+                             expected=streaming.whole_clip_shape(source) if stream else None)
+    calib_set, held_out, notes = clips.calib, clips.held_out, clips.notes
+    if stream:
+        run_float = backend.load_all(artifact, options.threads)
+        report_progress("running the float step's chunk loop for the inputs each call really gets")
+        calib_set, held_out = (streaming.step_samples(run_float, stream, clips.calib),
+                               streaming.step_samples(run_float, stream, clips.held_out))
     name = f"{source.name}{QUANTIZED_SUFFIX}"
     with staged_output(out_dir) as stage:
         out_path = stage / f"{name}{artifact.suffix}"
         report = backend.quantize(artifact, source, calib_set, held_out, out_path, options)
+        if stream:
+            report |= _chunk_loop_report(backend, artifact, out_path, stream, clips, report, report_progress, options.threads)
         remedies = report.pop("remedies")
         gate = quality_gate.evaluate(report, max_psnr_drop, min_psnr_vs_float)
         report["notes"] = notes + report.get("notes", [])
@@ -146,6 +195,7 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
             family=(source.model_extra or {}).get("family"),
             compression=(source.model_extra or {}).get("compression"),
             versions=(source.model_extra or {}).get("versions"),
+            **({"stream": stream} if stream else {}),
         )
         write_manifest(manifest, stage)
     json_path = Path(out_dir) / f"{name}.json"

@@ -17,7 +17,7 @@ from effconv.artifacts import Manifest
 from effconv.backends.base import CalibrationSet
 from effconv.backends.executorch.export import NAME, SUFFIX, load_method, lower, run, write
 from effconv.backends.files import alternating_latency, check_artifact, size_bytes, size_report
-from effconv.backends.quality import CALIBRATE_MORE, quality_report
+from effconv.backends.quality import CALIBRATE_MORE, fewest_back_to_float, quality_report
 from effconv.errors import EffconvError, missing_extra
 from effconv.legalize.rewrites import legalize, rewrites_for
 from effconv.legalize.student_form import exported_module
@@ -109,24 +109,13 @@ def _float_until_gate(module: torch.nn.Module, example: torch.Tensor, fit: Calib
     kinds = sorted({_kind(node) for node in graph.nodes if node.op == "call_function"})
     progress(f"int8 reaches {start:.1f} dB vs float on the validation split, below {min_psnr:g}: scoring each of "
              f"{len(kinds)} op kinds left float32 alone")
-    ranked = sorted(((build(frozenset({kind}))[0] - start, kind) for kind in kinds), reverse=True)
-    scored: dict[int, tuple[float, torch.nn.Module]] = {}
-
-    def prefix(count: int) -> tuple[float, torch.nn.Module]:
-        if count not in scored:
-            scored[count] = build(frozenset(kind for _, kind in ranked[:count]))
-        return scored[count]
-
-    low, high = 0, len(ranked)  # the gate fails with `low` kinds float; the fewest that meet it are <= high
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if prefix(middle)[0] >= min_psnr else (middle, high)
-    psnr, converted = prefix(high)
-    progress(f"{high} op kind(s) left float32: {psnr:.1f} dB on the validation split")
-    return converted, {"validation_samples": len(validation), "min_psnr_vs_float_db": min_psnr, "start_psnr_db": start,
-                       "end_psnr_db": psnr, "met": psnr >= min_psnr, "builds": 1 + len(ranked) + len(scored),
-                       "kind_gains_db": {kind: round(gain, 3) for gain, kind in ranked},
-                       "returned_to_float": [{"kind": kind, "gain_db": round(gain, 3)} for gain, kind in ranked[:high]]}
+    fallback = fewest_back_to_float(kinds, build, start, min_psnr)
+    progress(f"{fallback.count} op kind(s) left float32: {fallback.psnr:.1f} dB on the validation split")
+    return fallback.candidate, {
+        "validation_samples": len(validation), "min_psnr_vs_float_db": min_psnr, "start_psnr_db": start,
+        "end_psnr_db": fallback.psnr, "met": fallback.met, "builds": 1 + fallback.builds,
+        "kind_gains_db": {kind: round(gain, 3) for gain, kind in fallback.ranked},
+        "returned_to_float": [{"kind": kind, "gain_db": round(gain, 3)} for gain, kind in fallback.returned]}
 
 
 def quantized_program(manifest: Manifest, calib: CalibrationSet, out_path: Path, min_psnr_vs_float: float | None = None,

@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from effconv.backends.base import CalibrationSet, QuantizeOptions
-from effconv.backends.onnx.quantize import LatentReader, artifact_sizes, drop_exporter_notes, quiet_ort, run_all
+from effconv.backends.onnx.quantize import FeedReader, artifact_sizes, drop_exporter_notes, graph_input_names, quiet_ort, run_all
 from effconv.backends.quality import CALIBRATE_MORE, quality_report
 from effconv.quiet import captured_stdout
 
@@ -56,12 +56,12 @@ def outside_node_units(path: Path) -> list[dict]:
     return outside
 
 
-def _quantize_as(source: Path, out: Path, activation: str, calib: CalibrationSet, input_name: str) -> None:
+def _quantize_as(source: Path, out: Path, activation: str, calib: CalibrationSet, input_names: list[str]) -> None:
     from onnxruntime.quantization import QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
     with quiet_ort(), captured_stdout():
-        config = get_qnn_qdq_config(str(source), LatentReader(input_name, calib.latents),
+        config = get_qnn_qdq_config(str(source), FeedReader(input_names, calib.feeds),
                                     activation_type=getattr(QuantType, activation), weight_type=QuantType.QInt8,
                                     per_channel=True)
         quantize(str(source), str(out), config)
@@ -72,14 +72,13 @@ def quantize_for_qnn(artifact: Path, calib: CalibrationSet, held_out: Calibratio
                      options: QuantizeOptions) -> dict:
     """Write the QNN QDQ model of `artifact` to `out_path` (w8a8, else w8a16 when w8a8 misses the fidelity gate);
     return the quantize report."""
-    import onnx
     from onnxruntime.quantization.execution_providers.qnn import qnn_preprocess_model
 
     threads = options.threads or 1
-    input_name = onnx.load(str(artifact), load_external_data=False).graph.input[0].name
+    input_names = graph_input_names(artifact)
     # the scheme is chosen on a validation split of the calibration clips; the held-out clips only measure the result
     fit, validation = calib.split(max(1, len(calib) // VALIDATION_SHARE)) if len(calib) > 1 else (calib, calib)
-    validation_floats = run_all(artifact, validation.latents, threads)
+    validation_floats = run_all(artifact, validation.feeds, threads)
     tried = []
     with tempfile.TemporaryDirectory(prefix="effconv-qnn-") as tmp:
         prepared = Path(tmp) / "qnn-preprocessed.onnx"
@@ -88,16 +87,16 @@ def quantize_for_qnn(artifact: Path, calib: CalibrationSet, held_out: Calibratio
             source = prepared if qnn_preprocess_model(str(artifact), str(prepared)) else artifact
         for scheme, activation in SCHEMES:
             options.progress(f"quantizing {scheme} for the HTP (get_qnn_qdq_config, {len(fit)} calibration samples)")
-            _quantize_as(source, out_path, activation, fit, input_name)
+            _quantize_as(source, out_path, activation, fit, input_names)
             options.progress(f"running the {scheme} QDQ arithmetic op by op on the {len(validation)} validation samples")
-            psnr = quality_report(validation_floats, run_all(out_path, validation.latents, threads, fused=False),
+            psnr = quality_report(validation_floats, run_all(out_path, validation.feeds, threads, fused=False),
                                   None)["psnr_vs_float_db"]
             tried.append({"scheme": scheme, "validation_psnr_vs_float_db": psnr})
             if options.min_psnr_vs_float is None or psnr >= options.min_psnr_vs_float:
                 break
     options.progress(f"running the {scheme} QDQ arithmetic op by op on the {len(held_out)} held-out samples")
-    quality = quality_report(run_all(artifact, held_out.latents, threads),
-                             run_all(out_path, held_out.latents, threads, fused=False), held_out.frames)
+    quality = quality_report(run_all(artifact, held_out.feeds, threads),
+                             run_all(out_path, held_out.feeds, threads, fused=False), held_out.frames)
     outside = outside_node_units(out_path)
     met = options.min_psnr_vs_float is None or psnr >= options.min_psnr_vs_float
     return {

@@ -120,11 +120,12 @@ def int8_kernel_rule(features: list[str] | None = None, machine: str | None = No
             "source": SATURATION_SOURCE}
 
 
-class LatentReader:
-    """onnxruntime CalibrationDataReader over a window (`set_range`) of the calibration latents."""
+class FeedReader:
+    """onnxruntime CalibrationDataReader over a window (`set_range`) of the calibration samples, each the model's
+    inputs in argument order (a decoder's latent; a streaming step's latent chunk, first-call flag and caches)."""
 
-    def __init__(self, input_name: str, latents: list[np.ndarray]):
-        self._feeds = [{input_name: latent} for latent in latents]
+    def __init__(self, input_names: list[str], feeds: list[tuple[np.ndarray, ...]]):
+        self._feeds = [dict(zip(input_names, feed, strict=True)) for feed in feeds]
         self._window = iter(self._feeds)
 
     def __len__(self) -> int:
@@ -137,10 +138,15 @@ class LatentReader:
         return next(self._window, None)
 
 
-def run_all(path: Path, latents: list[np.ndarray], threads: int, fused: bool = True) -> list[np.ndarray]:
+def input_names(runner) -> list[str]:
+    return [spec.name for spec in runner.get_inputs()]
+
+
+def run_all(path: Path, feeds: list[tuple[np.ndarray, ...]], threads: int, fused: bool = True) -> list[np.ndarray]:
+    """The first output (the video) for each sample's inputs."""
     runner = session(path, threads, fused, lean=not fused)  # the op-by-op QDQ run keeps every dequantized weight
-    name = runner.get_inputs()[0].name
-    return [runner.run(None, {name: latent})[0] for latent in latents]
+    names = input_names(runner)
+    return [runner.run(None, dict(zip(names, feed, strict=True)))[0] for feed in feeds]
 
 
 def file_size(path: Path) -> int:
@@ -186,7 +192,7 @@ class _Workspace:
                                            augmented_model_path=str(self.directory / f"augmented-{method}.onnx"),
                                            providers=["CPUExecutionProvider"], extra_options=options)
             calibrator.infer_session = session(Path(calibrator.augmented_model_path), self.threads, lean=True)
-            reader = LatentReader(self.input_name, self.calib.latents)
+            reader = FeedReader(self.input_names, self.calib.feeds)
             started = time.perf_counter()
             for start in range(len(reader)):  # one sample at a time: a histogram holds one sample's activations
                 reader.set_range(start, start + 1)
@@ -223,10 +229,14 @@ class _Workspace:
         return out
 
     @property
-    def input_name(self) -> str:
-        import onnx
+    def input_names(self) -> list[str]:
+        return graph_input_names(self.original)
 
-        return onnx.load(str(self.original), load_external_data=False).graph.input[0].name
+
+def graph_input_names(path: Path) -> list[str]:
+    import onnx
+
+    return [value.name for value in onnx.load(str(path), load_external_data=False).graph.input]
 
 
 def _preprocess(original: Path, target: Path) -> None:
@@ -307,8 +317,8 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         # a calibration run (the model plus a min and max of every conv tensor) is the budget's unit: a little
         # above a plain float run, so the budget errs on the safe side, and no run is spent only on timing
         budget = Budget(search_seconds, ws.sample_seconds)
-        search = Search(ws.quantize, lambda path, latents: run_all(path, latents, threads), threads, artifact,
-                        validation.latents, validation.frames, budget, progress)
+        search = Search(ws.quantize, lambda path, feeds: run_all(path, feeds, threads), threads, artifact,
+                        validation.feeds, validation.frames, budget, progress)
         all_nodes = list(kinds)
         if activation == "auto":
             activation, activation_report = choose_activation(search, all_nodes)
@@ -330,10 +340,10 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         progress(f"writing the int8 model ({method} ranges)")
         ws.quantize(nodes, method, activation, out=out_path)
         progress(f"running float and int8 on the {len(held_out)} held-out samples")
-        float_outputs, quant_outputs, latency = _final_runs(artifact, out_path, held_out.latents, threads)
+        float_outputs, quant_outputs, latency = _final_runs(artifact, out_path, held_out.feeds, threads)
         quality = quality_report(float_outputs, quant_outputs, held_out.frames)
         progress("checking this CPU's int8 kernels against the QDQ model's own arithmetic")
-        kernels |= kernel_fidelity(out_path, held_out.latents[:1], threads, float_outputs[:1], quant_outputs[:1])
+        kernels |= kernel_fidelity(out_path, held_out.feeds[:1], threads, float_outputs[:1], quant_outputs[:1])
         slower_note = []
         if host_target and select_by_speed and latency["speedup"] < 1 / MIN_SPEEDUP:
             weight_only_path = out_path.with_name(f"{out_path.stem}.weight-only{out_path.suffix}")
@@ -422,20 +432,21 @@ def _fall_back_on_validation(search: Search, gate: "_Gate", nodes: list[str], ki
     return table, skipped
 
 
-def _final_runs(original: Path, quantized: Path, latents: list[np.ndarray], threads: int) -> tuple[list, list, dict]:
-    """Float and int8 outputs on the held-out latents, run in alternation so the same runs also time both
+def _final_runs(original: Path, quantized: Path, samples: list[tuple[np.ndarray, ...]], threads: int) -> tuple[list, list, dict]:
+    """Float and int8 outputs on the held-out samples, run in alternation so the same runs also time both
     models under the same load: each model's first run is its warm-up, the rest are timed (topped up with the
     first sample to MIN_REPEATS timed runs)."""
     sessions = [session(original, threads), session(quantized, threads)]
-    feeds = latents + [latents[0]] * max(0, MIN_REPEATS + 1 - len(latents))
+    feeds = samples + [samples[0]] * max(0, MIN_REPEATS + 1 - len(samples))
     outputs: list[list[np.ndarray]] = [[], []]
     times: list[list[float]] = [[], []]
-    for index, latent in enumerate(feeds):
+    for index, feed in enumerate(feeds):
         for which, runner in enumerate(sessions):
+            named = dict(zip(input_names(runner), feed, strict=True))
             started = time.perf_counter()
-            result = runner.run(None, {runner.get_inputs()[0].name: latent})[0]
+            result = runner.run(None, named)[0]
             elapsed_ms = (time.perf_counter() - started) * 1000
-            if index < len(latents):
+            if index < len(samples):
                 outputs[which].append(result)
             if index > 0:
                 times[which].append(elapsed_ms)
@@ -446,7 +457,7 @@ def _final_runs(original: Path, quantized: Path, latents: list[np.ndarray], thre
 
 
 
-def kernel_fidelity(path: Path, latents: list[np.ndarray], threads: int, float_outputs: list[np.ndarray],
+def kernel_fidelity(path: Path, feeds: list[tuple[np.ndarray, ...]], threads: int, float_outputs: list[np.ndarray],
                     fused_outputs: list[np.ndarray]) -> dict:
     """How much fidelity to the float model onnxruntime's fused int8 kernels lose against the QDQ model's exact
     arithmetic (the model run op by op in float, DequantizeLinear -> op -> QuantizeLinear). Saturating int16
@@ -454,11 +465,11 @@ def kernel_fidelity(path: Path, latents: list[np.ndarray], threads: int, float_o
     outputs are not compared with each other: onnxruntime legitimately fuses around layout ops (the Conv2d
     layout's time-shift Slice/Concat) where the op-by-op run requantizes, so the two differ by rounding as
     much as either differs from float, while their distance to float is the same."""
-    exact = run_all(path, latents, threads, fused=False)
+    exact = run_all(path, feeds, threads, fused=False)
     qdq_vs_float_db = quality_report(float_outputs, exact, None)["psnr_vs_float_db"]
     kernels_vs_float_db = quality_report(float_outputs, fused_outputs, None)["psnr_vs_float_db"]
     return {"qdq_vs_float_psnr_db": qdq_vs_float_db, "kernel_loss_db": round(qdq_vs_float_db - kernels_vs_float_db, 3),
-            "samples": len(latents)}
+            "samples": len(feeds)}
 
 
 def _kernel_notes(kernels: dict) -> list[str]:
@@ -573,7 +584,7 @@ def _weights_only(artifact: Path, out_path: Path, kinds: dict[str, str], held_ou
     _preprocess(artifact, out_path)
     store_weights_int8(out_path, set(kinds))
     progress(f"running float and int8-weight models on the {len(held_out)} held-out samples")
-    float_outputs, outputs, latency = _final_runs(artifact, out_path, held_out.latents, threads)
+    float_outputs, outputs, latency = _final_runs(artifact, out_path, held_out.feeds, threads)
     return {
         "scheme": "weight-only: per-channel symmetric int8 weights dequantized in the graph (DequantizeLinear), float compute",
         "size_bytes": artifact_sizes(artifact, out_path),

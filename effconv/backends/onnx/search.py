@@ -32,7 +32,7 @@ CALIBRATION_RUN_COST = 2.0
 
 Progress = Callable[[str], None]
 Quantizer = Callable[[list[str], str, str], Path]  # (nodes in int8, calibration method, activation type) -> QDQ model
-Runner = Callable[[Path, list[np.ndarray]], list[np.ndarray]]
+Runner = Callable[[Path, list[tuple[np.ndarray, ...]]], list[np.ndarray]]  # samples' inputs -> outputs
 
 
 def interleaved_latency(paths: list[Path], inputs: np.ndarray | tuple[np.ndarray, ...], threads: int,
@@ -104,7 +104,7 @@ class Search:
     run: Runner
     threads: int
     original: Path
-    validation_latents: list[np.ndarray]
+    validation_feeds: list[tuple[np.ndarray, ...]]
     validation_frames: list[np.ndarray] | None
     budget: Budget
     progress: Progress
@@ -115,15 +115,15 @@ class Search:
         """The float model's outputs on the validation split, computed when a choice first needs them."""
         if self._float_outputs is None:
             self.progress("running the float model on the validation split")
-            self._float_outputs = self.run(self.original, self.validation_latents)
+            self._float_outputs = self.run(self.original, self.validation_feeds)
         return self._float_outputs
 
     def quality(self, path: Path) -> dict:
-        return quality_report(self.float_outputs, self.run(path, self.validation_latents), self.validation_frames)
+        return quality_report(self.float_outputs, self.run(path, self.validation_feeds), self.validation_frames)
 
     def validation_runs(self) -> int:
         """Runs to score one variant on the validation split (and the float outputs, if not yet made)."""
-        return len(self.validation_latents) * (1 if self._float_outputs is not None else 2)
+        return len(self.validation_feeds) * (1 if self._float_outputs is not None else 2)
 
 
 def choose_activation(search: Search, nodes: list[str]) -> tuple[str, dict]:
@@ -133,7 +133,7 @@ def choose_activation(search: Search, nodes: list[str]) -> tuple[str, dict]:
                                                    "its fused x86 path)", "not_timed": search.budget.over(runs, "uint8 vs int8 activations")}
     search.progress("timing uint8 vs int8 activations")
     variants = {activation: search.quantize(nodes, "MinMax", activation) for activation in ("uint8", "int8")}
-    times = interleaved_latency([search.original, *variants.values()], search.validation_latents[0], search.threads)
+    times = interleaved_latency([search.original, *variants.values()], search.validation_feeds[0], search.threads)
     measured = {"float": times[0], "uint8": times[1], "int8": times[2]}
     chosen = "uint8" if measured["uint8"] <= measured["int8"] else "int8"
     return chosen, {"chosen": chosen, "by": "timed here", "latency_ms_all_nodes_quantized": measured}
@@ -165,7 +165,7 @@ def fast_kinds(search: Search, kinds: dict[str, str], activation: str) -> tuple[
     search.progress(f"timing int8 without each node kind ({', '.join(groups)})")
     everything = search.quantize(list(kinds), "MinMax", activation)
     variants = [search.quantize([n for n in kinds if kinds[n] != kind], "MinMax", activation) for kind in groups]
-    times = interleaved_latency([search.original, everything, *variants], search.validation_latents[0], search.threads)
+    times = interleaved_latency([search.original, everything, *variants], search.validation_feeds[0], search.threads)
     float_ms, all_int8_ms, table, keep, left_float = times[0], times[1], [], [], []
     for (kind, nodes), without_ms in zip(groups.items(), times[2:]):
         int8 = all_int8_ms / without_ms < MIN_SPEEDUP
@@ -213,7 +213,7 @@ def sensitivity_table(search: Search, nodes: list[str], kinds: dict[str, str], m
     runs = len(nodes) * 1.5 + 1  # a run per node, its quantization, and the float reference
     if not forced and not search.budget.affords(runs):
         return [], search.budget.over(runs, f"per-node sensitivity ({len(nodes)} nodes)")
-    sample, reference = search.validation_latents[:1], search.float_outputs[:1]
+    sample, reference = search.validation_feeds[:1], search.float_outputs[:1]
     table = []
     for index, node in enumerate(nodes, 1):
         search.progress(f"sensitivity {index}/{len(nodes)}: {node}")

@@ -120,15 +120,20 @@ def op_inventory(path: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _in_argument_order(details: list[dict]) -> list[int]:
-    """Tensor indices in the order of the converted module's arguments and outputs: litert-torch names them
+def in_argument_order(names: list[str]) -> list[str]:
+    """Input or output names in the order of the converted module's arguments and outputs: litert-torch names them
     `args_N` and `output_N`, and the interpreter lists them in another order (args_10 before args_2)."""
-    return [d["index"] for d in sorted(details, key=lambda d: int(re.search(r"(?:args|output)_(\d+)", d["name"])[1]))]
+    return sorted(names, key=lambda name: int(re.search(r"(?:args|output)_(\d+)", name)[1]))
+
+
+def _indices_in_argument_order(details: list[dict]) -> list[int]:
+    index_of = {d["name"]: d["index"] for d in details}
+    return [index_of[name] for name in in_argument_order(list(index_of))]
 
 
 def load_all(path: Path, threads: int | None = None):
     runner = interpreter(path, threads)
-    inputs, outputs = _in_argument_order(runner.get_input_details()), _in_argument_order(runner.get_output_details())
+    inputs, outputs = _indices_in_argument_order(runner.get_input_details()), _indices_in_argument_order(runner.get_output_details())
 
     def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
         for index, array in zip(inputs, arrays):

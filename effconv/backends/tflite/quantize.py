@@ -26,7 +26,7 @@ from effconv.errors import EffconvError, exception_text, missing_extra
 from effconv.host import default_threads
 from effconv.backends.files import alternating_latency, check_artifact, size_bytes, size_report
 from effconv.backends.base import CalibrationSet
-from effconv.backends.quality import CALIBRATE_MORE, WEIGHTS_ONLY, quality_report
+from effconv.backends.quality import CALIBRATE_MORE, WEIGHTS_ONLY, fewest_back_to_float, quality_report
 from effconv.quiet import captured_stdout, is_debug, quiet_imports
 
 STATIC_SCHEME = ("W8A8 static int8: per-channel symmetric int8 weights, per-tensor asymmetric int8 activations "
@@ -51,6 +51,7 @@ CHUNKED_WEIGHT_BYTES = 32 * 2**20  # ai-edge-quantizer quantizes larger weights 
 # An int8 scale this large spans +-1e22: only an attention mask (-inf, or the float32 minimum that stands for it) gets
 # one, and LiteRT aborts the process when it prepares such a kernel.
 MAX_INT8_SCALE = 1e20
+OUTPUT_REASON = "writes a graph output the next call reads back (a streaming step's cache): kept float32"
 MASK_REASON = "reads or writes an attention mask's -inf, whose int8 scale LiteRT cannot load: kept float32"
 RETURNED_REASON = ("returned to float32 to meet --min-psnr-vs-float: its kind is among the most sensitive (all of its "
                    "kind alone in float32 gained {gain:+.2f} dB on the validation split)")
@@ -108,8 +109,9 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         "scheme": WEIGHT_ONLY_SCHEME if weights_only else STATIC_SCHEME,
         "size_bytes": size_report(size_bytes(artifact), size_bytes(out_path)),
         "quality": quality_report(float_outputs, quant_outputs, held_out.frames),
-        "latency_ms": host_latency(artifact, out_path, held_out.latents[0], threads, runs),
-        "float_nodes": float_nodes(out_path, weights_only, builder.mask_ops, returned),
+        "latency_ms": host_latency(artifact, out_path, held_out.feeds[0], threads, runs),
+        "float_nodes": float_nodes(out_path, weights_only, {name: MASK_REASON for name in builder.mask_ops}
+                                   | {name: OUTPUT_REASON for name in builder.output_ops}, returned),
         "calibration_samples": 0 if weights_only else len(builder.calib),
         **({"sensitivity_fallback": fallback} if fallback else {}),
         "remedies": [] if weights_only else [CALIBRATE_MORE, WEIGHTS_ONLY],
@@ -141,26 +143,19 @@ def _float_until_gate(builder: Int8Builder, artifact: Path, validation: Calibrat
     kinds = builder.quantizable_ops()
     progress(f"int8 reaches {start:.1f} dB vs float on the validation split, below {min_psnr:g}: scoring each of "
              f"{len(kinds)} op kinds returned to float32 alone")
-    ranked = sorted(((psnr_of(builder.model(set(ops))) - start, kind) for kind, ops in kinds.items()), reverse=True)
-    scored: dict[int, tuple[float, bytes]] = {}
 
-    def prefix(count: int) -> tuple[float, bytes]:
-        if count not in scored:
-            candidate = builder.model({op for _, kind in ranked[:count] for op in kinds[kind]})
-            scored[count] = (psnr_of(candidate), candidate)
-        return scored[count]
+    def build(chosen: frozenset[str]) -> tuple[float, bytes]:
+        candidate = builder.model({op for kind in chosen for op in kinds[kind]})
+        return psnr_of(candidate), candidate
 
-    low, high = 0, len(ranked)  # the gate fails with `low` kinds float; the fewest that meet it are <= high
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if prefix(middle)[0] >= min_psnr else (middle, high)
-    psnr, model = prefix(high)
-    progress(f"{high} op kind(s) returned to float32: {psnr:.1f} dB on the validation split")
-    return model, {"validation_samples": len(validation), "min_psnr_vs_float_db": min_psnr, "start_psnr_db": start,
-                   "end_psnr_db": psnr, "met": psnr >= min_psnr, "builds": len(ranked) + len(scored),
-                   "kind_gains_db": {kind: round(gain, 3) for gain, kind in ranked},
-                   "returned_to_float": [{"kind": kind, "name": op, "gain_db": round(gain, 3)}
-                                         for gain, kind in ranked[:high] for op in kinds[kind]]}
+    fallback = fewest_back_to_float(list(kinds), build, start, min_psnr)
+    progress(f"{fallback.count} op kind(s) returned to float32: {fallback.psnr:.1f} dB on the validation split")
+    return fallback.candidate, {
+        "validation_samples": len(validation), "min_psnr_vs_float_db": min_psnr, "start_psnr_db": start,
+        "end_psnr_db": fallback.psnr, "met": fallback.met, "builds": fallback.builds,
+        "kind_gains_db": {kind: round(gain, 3) for gain, kind in fallback.ranked},
+        "returned_to_float": [{"kind": kind, "name": op, "gain_db": round(gain, 3)}
+                              for gain, kind in fallback.returned for op in kinds[kind]]}
 
 
 def _notes(weights_only: bool) -> list[str]:
@@ -171,15 +166,14 @@ def _notes(weights_only: bool) -> list[str]:
     return notes
 
 
-def _signature(artifact: Path) -> tuple[str, str]:
+def _signature(artifact: Path) -> tuple[str, list[str]]:
+    """(signature key, its input names in argument order)."""
     runner = _interpreter(artifact, threads=1)
     signatures = runner.get_signature_list()
     if len(signatures) != 1:
         raise EffconvError(f"'{artifact}' has {len(signatures)} signatures; ai-edge-quantizer calibrates one.", FLOAT_FIX)
     (key, io_names), = signatures.items()
-    if len(io_names["inputs"]) != 1:
-        raise EffconvError(f"'{artifact}' takes {len(io_names['inputs'])} inputs; an effconv decoder takes one.", FLOAT_FIX)
-    return key, io_names["inputs"][0]
+    return key, tflite_backend.in_argument_order(io_names["inputs"])
 
 
 def _interpreter(path: Path, threads: int):
@@ -206,20 +200,27 @@ class Int8Builder:
     def __init__(self, artifact: Path, calib: CalibrationSet, weights_only: bool, threads: int,
                  float_kinds: tuple[str, ...] = SLOW_IN_INT8):
         quantizer, recipe, CalibrationMode = _quantizer_modules()
-        signature, input_name = _signature(artifact)
+        signature, input_names = _signature(artifact)
         self.artifact, self.calib, self.float_kinds = artifact, calib, float_kinds
         self._quantizer, self._recipe = quantizer, recipe.weight_only_wi8_afp32() if weights_only else recipe.static_wi8_ai8()
-        samples = [{input_name: np.asarray(latent, dtype=np.float32)} for latent in calib.latents]
+        samples = [dict(zip(input_names, feed, strict=True)) for feed in calib.feeds]
         engine = self._quantizer.Quantizer(str(artifact), self._recipe)
         with _quiet():
-            self._ranges = (engine.calibrate({signature: samples}, num_threads=threads,
-                                             mode=CalibrationMode.CALIBRATION_PROFILER_BASED)
+            self._ranges = (_min_max_ranges(engine, signature, samples, threads, CalibrationMode.CALIBRATION_PROFILER_BASED)
                             if engine.need_calibration else None)
         self.mask_ops: set[str] = set()
-        # An attention mask's -inf gets an unusable int8 scale: the ops it reaches stay float (the ranges are reused).
+        self.output_ops: set[str] = set()
+        # An attention mask's -inf gets an unusable int8 scale: the ops it reaches stay float; an op whose output is a
+        # graph output the quantizer left int8 (a streaming step's cache, fed back as a float32 input) stays float too.
+        # The ranges are reused.
         model = self._build(set())
-        while readers := _ops_touching(artifact, _unusable_scales(model)) - self.mask_ops:
+        while True:
+            readers = _ops_touching(artifact, _unusable_scales(model)) - self.mask_ops
+            writers = _ops_touching(artifact, _int8_outputs(model, artifact)) - self.output_ops
+            if not readers and not writers:
+                break
             self.mask_ops |= readers
+            self.output_ops |= writers
             model = self._build(set())
 
     def _engine(self, float_ops: set[str]):
@@ -232,7 +233,7 @@ class Int8Builder:
 
     def _build(self, float_ops: set[str]) -> bytes:
         with _quiet():
-            return _quantized(self._engine(float_ops | self.mask_ops), self._ranges)
+            return _quantized(self._engine(float_ops | self.mask_ops | self.output_ops), self._ranges)
 
     def model(self, float_ops: set[str] = frozenset()) -> bytes:
         model = self._build(set(float_ops))
@@ -246,9 +247,23 @@ class Int8Builder:
         kinds: dict[str, list[str]] = {}
         for op in ops:
             name = tensors[int(op["outputs"][0])]["name"]
-            if op["op_name"] not in kept and name not in self.mask_ops:
+            if op["op_name"] not in kept and name not in self.mask_ops | self.output_ops:
                 kinds.setdefault(op["op_name"], []).append(name)
         return kinds
+
+
+def _min_max_ranges(engine, signature: str, samples: list[dict], threads: int, mode) -> dict:
+    """Each tensor's min and max over all samples. LiteRT's calibrator merges samples by a moving average of min and
+    max (smoothing 0.95, `qsv_utils.moving_average_update`), which favours the first samples and shrinks a range only
+    some samples reach: a streaming step's first-call flag, 1 in one call per clip, was calibrated to [0, 0.82], and
+    the int8 step fell to 17-23 dB vs float. So each sample is calibrated alone and the ranges merged here."""
+    merged: dict[str, dict] = {}
+    for sample in samples:
+        for name, qsv in engine.calibrate({signature: [sample]}, num_threads=threads, mode=mode).items():
+            held = merged.get(name)
+            merged[name] = qsv if not held or not qsv else {
+                **qsv, "min": np.minimum(held["min"], qsv["min"]), "max": np.maximum(held["max"], qsv["max"])}
+    return merged
 
 
 def quantized_bytes(artifact: Path, calib: CalibrationSet, weights_only: bool, threads: int,
@@ -284,6 +299,15 @@ def _unusable_scales(model: bytes) -> list[str]:
             and not np.all((np.asarray(tensor.quantization.scale) > 0) & (np.asarray(tensor.quantization.scale) < MAX_INT8_SCALE))]
 
 
+def _int8_outputs(model: bytes, artifact: Path) -> list[str]:
+    """The float model's names of the graph outputs the quantizer wrote in int8 (it renames them, so by position)."""
+    fb = tflite_backend.schema()
+    quantized, original = (fb.ModelT.InitFromObj(fb.Model.GetRootAs(data, 0)).subgraphs[0]
+                           for data in (model, artifact.read_bytes()))
+    return [original.tensors[ours].name.decode(errors="replace") for theirs, ours in zip(quantized.outputs, original.outputs)
+            if quantized.tensors[theirs].type == fb.TensorType.INT8]
+
+
 def check_scales(model: bytes) -> None:
     """Refuse an int8 model with an unusable quantization scale before any interpreter loads it: LiteRT aborts the
     whole process on one (no Python exception to catch). Measured on litert-quantizer 0.11.0 with the HunyuanVideo
@@ -295,24 +319,26 @@ def check_scales(model: bytes) -> None:
                            f"(first: '{bad[0][-80:]}'); LiteRT would abort loading it.", INT8_FIX)
 
 
-def _invoke(runner, latent: np.ndarray) -> np.ndarray:
-    runner.set_tensor(runner.get_input_details()[0]["index"], np.asarray(latent, dtype=np.float32))
-    runner.invoke()
-    return np.array(runner.get_tensor(runner.get_output_details()[0]["index"]))
+def _runner(path: Path, threads: int):
+    """The model as a function of its inputs (argument order) to its first output (the video)."""
+    try:
+        run_all = tflite_backend.load_all(path, threads)
+    except (ValueError, RuntimeError) as exc:
+        raise _load_error(path, exc) from None
+    return lambda feed: run_all(list(feed))[0]
 
 
 def _predictions(path: Path, samples: CalibrationSet, threads: int, fix: str) -> list[np.ndarray]:
     try:
-        runner = tflite_backend.interpreter(path, threads)
-        return [_invoke(runner, latent) for latent in samples.latents]
+        run = _runner(path, threads)
+        return [run(feed) for feed in samples.feeds]
     except (ValueError, RuntimeError) as exc:
         raise EffconvError(f"'{path.name}' does not run in LiteRT: {exception_text(exc, 300)}.", fix) from None
 
 
-def host_latency(float_path: Path, quant_path: Path, latent: np.ndarray, threads: int, runs: int) -> dict:
-    float_runner, quant_runner = _interpreter(float_path, threads), _interpreter(quant_path, threads)
-    latency = alternating_latency(lambda: _invoke(float_runner, latent), lambda: _invoke(quant_runner, latent), runs,
-                                  warmup=WARMUP_RUNS)
+def host_latency(float_path: Path, quant_path: Path, feed: tuple[np.ndarray, ...], threads: int, runs: int) -> dict:
+    run_float, run_quant = _runner(float_path, threads), _runner(quant_path, threads)
+    latency = alternating_latency(lambda: run_float(feed), lambda: run_quant(feed), runs, warmup=WARMUP_RUNS)
     return latency | {"threads": threads}
 
 
@@ -357,11 +383,11 @@ def _quantizer_version() -> str:
     return f"{distribution} {version(distribution)}"
 
 
-def float_nodes(path: Path, weights_only: bool, mask_ops: set[str] = frozenset(),
+def float_nodes(path: Path, weights_only: bool, kept: dict[str, str] | None = None,
                 returned: dict[str, dict] | None = None) -> list[dict]:
-    """Ops the scheme meant to be int8 that stay float, named by their first output tensor, with why (`mask_ops`:
-    those effconv kept float because an attention mask's range reaches them; `returned`: those the sensitivity
-    fallback returned to float, with their measured gain).
+    """Ops the scheme meant to be int8 that stay float, named by their first output tensor, with why (`kept`: those
+    effconv kept float, with the reason; `returned`: those the sensitivity fallback returned to float, with their
+    measured gain).
 
     Static: ops with a float32 output (besides QUANTIZE/DEQUANTIZE). Weight-only: conv/matmul ops whose
     weight is a float32 constant (an int8 weight reaches its op through a DEQUANTIZE)."""
@@ -377,7 +403,7 @@ def float_nodes(path: Path, weights_only: bool, mask_ops: set[str] = frozenset()
             stays_float = kind not in CONVERSION_OPS and any(is_float[int(index)] for index in op["outputs"])
         if stays_float:
             name = tensors[int(op["outputs"][0])]["name"]
-            reason = (MASK_REASON if name in mask_ops else SLOW_REASON.format(op=kind) if kind in SLOW_IN_INT8
+            reason = (kept[name] if name in (kept or {}) else SLOW_REASON.format(op=kind) if kind in SLOW_IN_INT8
                       else RETURNED_REASON.format(gain=returned[name]["gain_db"]) if name in (returned or {})
                       else no_int8_rule(kind))
             rows.append({"op": kind, "name": name, "reason": reason})

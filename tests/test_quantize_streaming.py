@@ -1,0 +1,91 @@
+"""Int8 streaming steps: calibrated on the inputs the float chunk loop feeds each call, verified by the int8 step's own
+chunk loop (caches fed back) against the float one on whole held-out clips and over the bundled clip's 33 latent
+frames, whose first and last 12-frame windows must stay close (no drift through the caches).
+
+Measured on the tiny demo-teacher student (random init, 1 latent frame per call, bundled-video calibration, AVX-512
+VNNI host): int8 chunk loop vs float 41.1 dB (ONNX) and 37.9 dB (TFLite); first-to-last window fall 0.84 and 0.56 dB.
+Bounds: >= 30 dB and < 60 dB (an unquantized model fails), a fall of at most 1.5 dB (the issue's target is 1 dB; the
+margin is for CPUs whose int8 kernels round otherwise)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import SPECS
+from effconv.artifacts import Manifest, read_manifest
+from effconv.backends import registry
+from effconv.backends.streaming import step_calls
+from effconv.convert.stage import convert
+from effconv.errors import EffconvError
+from effconv.quantize import streaming
+from effconv.quantize.stage import _check_source, calibration_sets, quantize_artifact
+from effconv.rewrite.stage import rewrite
+from effconv.spec import load_spec
+
+STREAM_INT8_BACKENDS = ["onnx", pytest.param("tflite", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(scope="module")
+def streaming_student(tmp_path_factory):
+    """The tiny demo-teacher student exported with --stream 1 to a backend on first use."""
+    root = tmp_path_factory.mktemp("int8-stream")
+    rewrite(load_spec(SPECS / "demo-teacher.yaml"), "tiny", root)
+    student = load_spec(root / "demo-teacher-student.yaml")
+
+    class Artifacts(dict):
+        def __missing__(self, name: str):
+            self[name] = root / name / convert(student, name, root / name, stream=1).artifact
+            return self[name]
+
+    return Artifacts()
+
+
+def test_calibration_samples_are_calls_of_the_float_chunk_loop_with_the_caches_it_made(streaming_student):
+    artifact = streaming_student["onnx"]
+    manifest = read_manifest(artifact.with_suffix(".json"))
+    stream, backend = manifest.stream, registry.for_artifact(artifact)
+    clips = calibration_sets(manifest, None, 4, None, None, expected=streaming.whole_clip_shape(manifest)).calib
+    assert clips.latents[0].shape == (1, 8, 3, 16, 16)  # 9 frames, 4x causal: 3 latent frames, 1 per call
+    run_float = backend.load_all(artifact, None)
+    samples = streaming.step_samples(run_float, stream, clips)
+    assert len(samples) == len(clips) == 3
+    for index, (latent, carried) in enumerate(zip(samples.latents, samples.carried)):
+        assert latent.shape == tuple(manifest.inputs[0].shape) and len(carried) == 1 + len(stream["caches"])
+        expected_inputs = list(step_calls(run_float, stream, clips.latents[index]))[index % 3][0]
+        assert carried[0][0] == (1.0 if index == 0 else 0.0)
+        for got, want in zip((latent, *carried), expected_inputs):
+            np.testing.assert_array_equal(got, want)
+        caches_zero = all(not cache.any() for cache in carried[1:])
+        assert caches_zero == (index == 0)
+
+
+@pytest.mark.parametrize("backend", STREAM_INT8_BACKENDS)
+def test_an_int8_streaming_step_keeps_its_chunk_loop_close_to_float_without_drift(streaming_student, backend, tmp_path):
+    artifact = streaming_student[backend]
+    manifest = quantize_artifact(artifact, tmp_path / "int8", samples=8, search_seconds=0)
+    q = manifest.model_extra["quantize"]
+    assert manifest.model_extra["stream"] == read_manifest(artifact.with_suffix(".json")).stream
+    assert q["gate"]["passed"] and 30.0 <= q["quality"]["psnr_vs_float_db"] < 60.0
+    assert q["quality"]["samples"] == 2 and "psnr_drop_db" in q["quality"]  # whole held-out clips, with ground truth
+    assert q["step_quality"]["samples"] == 2
+    drift = q["stream"]
+    assert drift["latent_frames"] == drift["calls"] == 33 and drift["source"].startswith("bigbuckbunny.mp4")
+    assert drift["window_latent_frames"] == 12 and len(drift["psnr_per_call_db"]) == 33
+    assert drift["fall_db"] <= 1.5 and min(drift["psnr_per_call_db"]) >= 28.0
+    assert q["size_bytes"]["ratio"] > 1.5
+
+    # the written step streams: its chunk loop decodes a clip as the float one does, within the measured fidelity
+    written = tmp_path / "int8" / manifest.artifact
+    float_run, int8_run = (registry.for_artifact(artifact).load_all(path, None) for path in (artifact, written))
+    latent = np.random.default_rng(0).standard_normal((1, 8, 5, 16, 16)).astype(np.float32)
+    decoded = [streaming.decoded(run, manifest.stream, latent) for run in (float_run, int8_run)]
+    assert decoded[0].shape == decoded[1].shape == (1, 3, 17, 64, 64)
+    assert 0 < float(np.abs(decoded[0] - decoded[1]).max()) < 0.5
+
+
+def test_a_core_ml_or_executorch_streaming_step_is_refused_in_one_line(tmp_path):
+    manifest = Manifest(name="s", backend="coreml", artifact="s.mlpackage", spec={"part": "decoder"},
+                        inputs=[], outputs=[], params=0, verify={}, stream={"latent_frames_per_call": 1})
+    with pytest.raises(EffconvError, match="coreml streaming step; effconv quantizes streaming steps in onnx and tflite"):
+        _check_source(tmp_path / "s.mlpackage", manifest, "coreml")
