@@ -44,7 +44,7 @@ from effconv.backends.base import CalibrationSet
 from effconv.backends.coreml import quantize as w8a16
 from effconv.backends.coreml.export import NAME, SUFFIX, _coremltools, export
 from effconv.backends.files import check_artifact, size_bytes, size_report
-from effconv.backends.quality import CALIBRATE_MORE, quality_report
+from effconv.backends.quality import CALIBRATE_MORE, fewest_back_to_float, quality_report
 from effconv.errors import EffconvError, missing_extra
 from effconv.legalize.rewrites import legalize, rewrites_for
 from effconv.legalize.student_form import exported_module
@@ -271,40 +271,27 @@ def _run(module: torch.nn.Module, samples: CalibrationSet) -> list[np.ndarray]:
 def _float_until_gate(converted: torch.fx.GraphModule, module: torch.nn.Module, validation: CalibrationSet,
                       min_psnr: float, progress: Callable[[str], None]) -> tuple[torch.fx.GraphModule, dict]:
     """The int8 module with the fewest activation tensors returned to fp16 that meets `min_psnr` (PSNR vs the
-    float module on the validation split): each tensor alone in fp16 is scored, then the shortest run of tensors in
-    order of that gain that meets the gate is found by bisection. Per tensor, not per op kind as the TFLite and
-    ExecuTorch quantizers do: the ranges are calibrated once, and a tensor returned to fp16 is the same module with
-    one quantize/dequantize pair removed, so each score is one forward pass, not a rebuild. When even every
-    tensor misses, the module with all of them fp16 (int8 weights only) is kept and the gate reports the miss."""
+    float module on the validation split), found by `fewest_back_to_float`. Per tensor, not per op kind as the
+    TFLite and ExecuTorch quantizers do: the ranges are calibrated once, and a tensor returned to fp16 is the same
+    module with one quantize/dequantize pair removed, so each score is one forward pass, not a rebuild."""
     reference = _run(module, validation)
 
-    def psnr_of(candidate: torch.nn.Module) -> float:
-        return quality_report(reference, _run(candidate, validation), None)["psnr_vs_float_db"]
+    def build(tensors: frozenset) -> tuple[float, torch.fx.GraphModule]:
+        candidate = in_fp16(converted, set(tensors)) if tensors else converted
+        return quality_report(reference, _run(candidate, validation), None)["psnr_vs_float_db"], candidate
 
-    start = psnr_of(converted)
+    start = build(frozenset())[0]
     if start >= min_psnr:
         return converted, {}
     tensors = activation_tensors(converted)
     progress(f"int8 reaches {start:.1f} dB vs float on the validation split, below {min_psnr:g}: scoring each of "
              f"{len(tensors)} int8 activations returned to fp16 alone")
-    ranked = sorted(((psnr_of(in_fp16(converted, {tensor})) - start, tensor) for tensor in tensors), reverse=True)
-    scored: dict[int, tuple[float, torch.fx.GraphModule]] = {}
-
-    def prefix(count: int) -> tuple[float, torch.fx.GraphModule]:
-        if count not in scored:
-            candidate = in_fp16(converted, {tensor for _, tensor in ranked[:count]})
-            scored[count] = (psnr_of(candidate), candidate)
-        return scored[count]
-
-    low, high = 0, len(ranked)  # the gate fails with `low` tensors in fp16; the fewest that meet it are <= high
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if prefix(middle)[0] >= min_psnr else (middle, high)
-    psnr, chosen = prefix(high)
-    progress(f"{high} activation(s) returned to fp16: {psnr:.1f} dB on the validation split")
-    return chosen, {"validation_samples": len(validation), "min_psnr_vs_float_db": min_psnr, "start_psnr_db": start,
-                    "end_psnr_db": psnr, "met": psnr >= min_psnr, "evaluations": 1 + len(ranked) + len(scored),
-                    "returned_to_float": [{"tensor": tensor, "gain_db": round(gain, 3)} for gain, tensor in ranked[:high]]}
+    fallback = fewest_back_to_float(tensors, build, start, min_psnr)
+    progress(f"{fallback.count} activation(s) returned to fp16: {fallback.psnr:.1f} dB on the validation split")
+    return fallback.candidate, {
+        "validation_samples": len(validation), "min_psnr_vs_float_db": min_psnr, "start_psnr_db": start,
+        "end_psnr_db": fallback.psnr, "met": fallback.met, "evaluations": 1 + fallback.builds,
+        "returned_to_float": [{"tensor": tensor, "gain_db": round(gain, 3)} for gain, tensor in fallback.returned]}
 
 
 def _torch_name(var_name: str) -> str:
