@@ -10,6 +10,7 @@ import onnx
 import pytest
 
 from effconv.backends.onnx.qnn import outside_node_units
+from effconv.profile.onnx_cost import graph_cost, load_graph
 from effconv.convert.stage import convert
 from effconv.errors import VerificationFailed
 from effconv.quantize.stage import quantize_artifact
@@ -57,6 +58,10 @@ def test_qnn_w8a8_puts_every_op_in_a_node_unit_and_stays_close_to_float(student_
     written = tmp_path / "demo-teacher-student-int8.onnx"
     assert outside_node_units(written) == []
     assert _zero_point_types(written) == {"activations": {UINT8}, "weights": {INT8}}
+    # costed in the dtype the HTP computes: every conv in int8, the Q/DQ beside them folded (views)
+    cost = graph_cost(load_graph(written))
+    assert {n.dtype for n in cost.nodes if n.op_type == "Conv"} == {"int8"}
+    assert {n.category for n in cost.nodes if n.op_type == "DequantizeLinear" and n.reads[0].constant} == {"view"}
 
 
 def test_the_structural_check_finds_every_float_op(student_onnx):
@@ -75,6 +80,11 @@ def test_a_gate_w8a8_misses_takes_16_bit_activations_and_says_so(student_onnx, t
     # 256x finer activation steps; the 8-bit weights then bound it (measured: 35.3 -> 48.8 dB)
     assert w8a16["validation_psnr_vs_float_db"] > w8a8["validation_psnr_vs_float_db"] + 10
     assert _zero_point_types(tmp_path / "demo-teacher-student-int8.onnx")["activations"] == {UINT16}
+    # 16-bit activations compute at the unit's 16-bit rate (costed fp16), not int8's; their Q/DQ fold as for w8a8
+    cost = graph_cost(load_graph(tmp_path / "demo-teacher-student-int8.onnx"))
+    convs = [n for n in cost.nodes if n.op_type == "Conv"]
+    assert {n.dtype for n in convs} == {"fp16"} and all(n.weight.stored == "int8" for n in convs)
+    assert "latent_QuantizeLinear" in {n.name for n in cost.nodes if n.category == "conversion"}  # the float input's
 
 
 def test_weights_only_has_no_qnn_form(student_onnx, tmp_path, cli):

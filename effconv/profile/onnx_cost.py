@@ -10,6 +10,10 @@ Add/Mul/Concat); everything else is float: fp16 when its outputs are fp16, else 
 the other operator-oriented int8 ops compute in int8. A QuantizeLinear after an int8 op and a DequantizeLinear whose
 readers all compute in int8 are folded into those kernels (views, zero cost); any other Q/DQ of an activation is a
 kernel onnxruntime runs (a float op's input or output converted), costed as one elementwise pass.
+
+16-bit activations (QNN's w8a16 QDQ form, onnxruntime `get_qnn_qdq_config` with QUInt16 activations): an op that
+would compute in int8 from them computes at the unit's 16-bit rate instead, costed as fp16 (2-byte activations, the
+profile's fp16 peak: the HTP's 16-bit path), with its int8 weights; its Q/DQ fold as for int8.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ from effconv.profile.cost import (
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE}
 HALF_TYPES = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
 INT8_TYPES = {TensorProto.INT8, TensorProto.UINT8}
+INT16_TYPES = {TensorProto.INT16, TensorProto.UINT16}
 
+STANDARD_16_BIT_QDQ_OPSET = 21
+MICROSOFT_DOMAIN = "com.microsoft"
 QDQ_COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 INTEGER_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
 
@@ -42,12 +49,24 @@ def load_graph(path: Path) -> onnx.ModelProto:
     if not model.graph.node:
         # protobuf parses an empty (or truncated-to-nothing) file as an empty model without complaint
         raise EffconvError(f"'{path}' holds no ONNX graph (0 nodes).", "pass an .onnx written by `effconv convert`.")
+    _standard_qdq(model)
     try:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:  # onnx's InferenceError / ValidationError: a damaged or hand-edited graph
         reason = exception_text(exc, 200)
         raise EffconvError(f"'{path}' is not a consistent ONNX graph (shape inference failed: {reason}).",
                            "pass an .onnx written by `effconv convert`, or re-create it.") from None
+
+
+def _standard_qdq(model: onnx.ModelProto) -> None:
+    """onnxruntime writes 16-bit Q/DQ in its com.microsoft domain (QNN's w8a16 form), whose outputs ONNX shape
+    inference cannot type; from opset 21 on the standard Q/DQ take 16-bit types, so costing reads them as those."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < STANDARD_16_BIT_QDQ_OPSET:
+        return
+    for node in model.graph.node:
+        if node.domain == MICROSOFT_DOMAIN and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            node.domain = ""
 
 
 def _stored(elem_type: int) -> str:
@@ -96,6 +115,7 @@ class _Graph:
         # DequantizeLinear outputs: of an initializer (a quantized weight: its stored dtype) or of a QuantizeLinear
         self.dequantized_weights: dict[str, str] = {}
         self.dequantized_activations: set[str] = set()
+        self.wide_activations: set[str] = set()  # of them, those quantized to 16 bits
         for node in model.graph.node:
             if node.op_type != "DequantizeLinear":
                 continue
@@ -104,6 +124,8 @@ class _Graph:
                 self.dequantized_weights[node.output[0]] = _stored(self.shapes[source][1])
             elif source in producers and producers[source].op_type == "QuantizeLinear":
                 self.dequantized_activations.add(node.output[0])
+                if self.shapes.get(source, ((), 0))[1] in INT16_TYPES:
+                    self.wide_activations.add(node.output[0])
 
     def use(self, name: str) -> TensorUse:
         shape, elem = self.shapes.get(name, ((), 0))
@@ -119,17 +141,18 @@ class _Graph:
         return bool(readers) and all(reader.op_type == "QuantizeLinear" for reader in readers)
 
 
-def _runs_as_kernel(node: onnx.NodeProto, graph: _Graph, dtypes: dict[str, str]) -> bool:
-    """Whether a Q/DQ of an activation stays a kernel of its own: a Q whose producer is not an int8 op, a DQ with a
-    reader that is not (module docstring). Q/DQ of weights are folded."""
+def _runs_as_kernel(node: onnx.NodeProto, graph: _Graph, quantized: set[str]) -> bool:
+    """Whether a Q/DQ of an activation stays a kernel of its own: a Q whose producer is not a quantized op, a DQ with
+    a reader that is not (module docstring; `quantized`: the outputs of ops computing on quantized activations). Q/DQ
+    of weights are folded."""
     source = node.input[0]
     if graph.is_constant(source):
         return False
     if node.op_type == "QuantizeLinear":
         producer = graph.producers.get(source)
-        return producer is None or dtypes[producer.output[0]] != "int8"
+        return producer is None or producer.output[0] not in quantized
     readers = graph.consumers.get(node.output[0], [])
-    return any(dtypes[reader.output[0]] != "int8" for reader in readers) or not readers
+    return any(reader.output[0] not in quantized for reader in readers) or not readers
 
 
 def _float_dtype(node: onnx.NodeProto, graph: _Graph) -> str:
@@ -137,18 +160,26 @@ def _float_dtype(node: onnx.NodeProto, graph: _Graph) -> str:
     return "fp16" if elems & HALF_TYPES else "fp32"
 
 
+def _activations(node: onnx.NodeProto, graph: _Graph) -> list[str]:
+    return [name for name in node.input[:2 if node.op_type in QDQ_COMPUTE_OPS else None] if name and not graph.is_constant(name)]
+
+
+def computes_quantized(node: onnx.NodeProto, graph: _Graph) -> bool:
+    """Whether the runtime runs the node as a quantized kernel (module docstring)."""
+    if node.op_type in INTEGER_OPS:
+        return True
+    if node.op_type in VIEW_OPS:
+        return False
+    activations = _activations(node, graph)
+    quantized = bool(activations) and all(name in graph.dequantized_activations for name in activations)
+    return quantized and (node.op_type in QDQ_COMPUTE_OPS or all(graph.requantized(name) for name in node.output))
+
+
 def node_dtype(node: onnx.NodeProto, graph: _Graph) -> str:
     """The dtype a node computes in (module docstring)."""
-    if node.op_type in INTEGER_OPS:
-        return "int8"
-    if node.op_type in VIEW_OPS:
+    if not computes_quantized(node, graph):
         return _float_dtype(node, graph)
-    activations = [name for name in node.input[:2 if node.op_type in QDQ_COMPUTE_OPS else None]
-                   if name and not graph.is_constant(name)]
-    quantized = bool(activations) and all(name in graph.dequantized_activations for name in activations)
-    if quantized and (node.op_type in QDQ_COMPUTE_OPS or all(graph.requantized(name) for name in node.output)):
-        return "int8"
-    return _float_dtype(node, graph)
+    return "fp16" if any(name in graph.wide_activations for name in _activations(node, graph)) else "int8"
 
 
 def _conv(node: onnx.NodeProto, shapes) -> tuple[str, str, int, int]:
@@ -219,10 +250,11 @@ def graph_cost(model: onnx.ModelProto, dtype: str | None = None) -> GraphCost:
     """Cost every node of a shape-inferred ONNX model in the dtype it computes in; `dtype` forces one everywhere."""
     graph = _Graph(model)
     dtypes = {node.output[0]: node_dtype(node, graph) for node in model.graph.node if node.output}
+    quantized = {node.output[0] for node in model.graph.node if node.output and computes_quantized(node, graph)}
     nodes = []
     for node in model.graph.node:
         cost = _node_cost(node, graph, dtypes.get(node.output[0], "fp32") if node.output else "fp32")
-        if node.op_type in CONVERSION_KINDS and _runs_as_kernel(node, graph, dtypes):
+        if node.op_type in CONVERSION_KINDS and _runs_as_kernel(node, graph, quantized):
             cost = runtime_conversion(cost)
         nodes.append(cost)
     inputs = tuple(graph.use(i.name) for i in model.graph.input if i.name not in graph.initializers)
