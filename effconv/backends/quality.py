@@ -63,6 +63,12 @@ class Fallback:
     candidate: Any
     builds: int
     bound: float
+    start: float
+
+    def summary(self, validation_samples: int) -> dict:
+        """The report entries every backend's fallback shares."""
+        return {"validation_samples": validation_samples, "min_psnr_vs_float_db": self.bound, "start_psnr_db": self.start,
+                "end_psnr_db": self.psnr, "met": self.met}
 
     @property
     def met(self) -> bool:
@@ -75,12 +81,15 @@ class Fallback:
 
 
 def fewest_back_to_float(items: list[Hashable], build: Callable[[frozenset], tuple[float, Any]], start: float,
-                         min_psnr: float) -> Fallback:
+                         min_psnr: float, progress: Callable[[str], None], what: str, precision: str) -> Fallback:
     """The shortest run of `items` (op kinds, ops, activation tensors) returned to float that meets `min_psnr`:
     each item alone back to float is scored (`build(items)` -> (PSNR vs float, candidate)), then the shortest
     prefix of that ranking whose candidate meets the bound is found by bisection (ONNX returns its nodes one at a
     time instead; its variants are cheap to make). When even every item misses, the candidate with all of them is
-    kept and `met` is False."""
+    kept and `met` is False. `what` names the items (op kinds, int8 activations) and `precision` the float they go
+    back to, for `progress`."""
+    progress(f"int8 reaches {start:.1f} dB vs float on the validation split, below {min_psnr:g}: scoring each of "
+             f"{len(items)} {what} back to {precision} alone")
     ranked = sorted(((build(frozenset({item}))[0] - start, item) for item in items), key=lambda pair: pair[0], reverse=True)
     scored: dict[int, tuple[float, Any]] = {}
 
@@ -94,4 +103,5 @@ def fewest_back_to_float(items: list[Hashable], build: Callable[[frozenset], tup
         middle = (low + high) // 2
         low, high = (low, middle) if prefix(middle)[0] >= min_psnr else (middle, high)
     psnr, candidate = prefix(high)
-    return Fallback(ranked, high, psnr, candidate, len(ranked) + len(scored), min_psnr)
+    progress(f"{high} {what} back to {precision}: {psnr:.1f} dB on the validation split")
+    return Fallback(ranked, high, psnr, candidate, len(ranked) + len(scored), min_psnr, start)

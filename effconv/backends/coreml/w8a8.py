@@ -284,13 +284,9 @@ def _float_until_gate(converted: torch.fx.GraphModule, module: torch.nn.Module, 
     if start >= min_psnr:
         return converted, {}
     tensors = activation_tensors(converted)
-    progress(f"int8 reaches {start:.1f} dB vs float on the validation split, below {min_psnr:g}: scoring each of "
-             f"{len(tensors)} int8 activations returned to fp16 alone")
-    fallback = fewest_back_to_float(tensors, build, start, min_psnr)
-    progress(f"{fallback.count} activation(s) returned to fp16: {fallback.psnr:.1f} dB on the validation split")
-    return fallback.candidate, {
-        "validation_samples": len(validation), "min_psnr_vs_float_db": min_psnr, "start_psnr_db": start,
-        "end_psnr_db": fallback.psnr, "met": fallback.met, "evaluations": 1 + fallback.builds,
+    fallback = fewest_back_to_float(tensors, build, start, min_psnr, progress, "int8 activations", "fp16")
+    return fallback.candidate, fallback.summary(len(validation)) | {
+        "evaluations": 1 + fallback.builds,
         "returned_to_float": [{"tensor": tensor, "gain_db": round(gain, 3)} for gain, tensor in fallback.returned]}
 
 

@@ -107,13 +107,9 @@ def _float_until_gate(module: torch.nn.Module, example: torch.Tensor, fit: Calib
     with torch.no_grad(), captured_stdout():
         graph = torch.export.export(module, (example,)).graph
     kinds = sorted({_kind(node) for node in graph.nodes if node.op == "call_function"})
-    progress(f"int8 reaches {start:.1f} dB vs float on the validation split, below {min_psnr:g}: scoring each of "
-             f"{len(kinds)} op kinds left float32 alone")
-    fallback = fewest_back_to_float(kinds, build, start, min_psnr)
-    progress(f"{fallback.count} op kind(s) left float32: {fallback.psnr:.1f} dB on the validation split")
-    return fallback.candidate, {
-        "validation_samples": len(validation), "min_psnr_vs_float_db": min_psnr, "start_psnr_db": start,
-        "end_psnr_db": fallback.psnr, "met": fallback.met, "builds": 1 + fallback.builds,
+    fallback = fewest_back_to_float(kinds, build, start, min_psnr, progress, "op kinds", "float32")
+    return fallback.candidate, fallback.summary(len(validation)) | {
+        "builds": 1 + fallback.builds,
         "kind_gains_db": {kind: round(gain, 3) for gain, kind in fallback.ranked},
         "returned_to_float": [{"kind": kind, "gain_db": round(gain, 3)} for gain, kind in fallback.returned]}
 

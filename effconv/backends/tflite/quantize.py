@@ -141,18 +141,14 @@ def _float_until_gate(builder: Int8Builder, artifact: Path, validation: Calibrat
     if start >= min_psnr:
         return model, {}
     kinds = builder.quantizable_ops()
-    progress(f"int8 reaches {start:.1f} dB vs float on the validation split, below {min_psnr:g}: scoring each of "
-             f"{len(kinds)} op kinds returned to float32 alone")
 
     def build(chosen: frozenset[str]) -> tuple[float, bytes]:
         candidate = builder.model({op for kind in chosen for op in kinds[kind]})
         return psnr_of(candidate), candidate
 
-    fallback = fewest_back_to_float(list(kinds), build, start, min_psnr)
-    progress(f"{fallback.count} op kind(s) returned to float32: {fallback.psnr:.1f} dB on the validation split")
-    return fallback.candidate, {
-        "validation_samples": len(validation), "min_psnr_vs_float_db": min_psnr, "start_psnr_db": start,
-        "end_psnr_db": fallback.psnr, "met": fallback.met, "builds": fallback.builds,
+    fallback = fewest_back_to_float(list(kinds), build, start, min_psnr, progress, "op kinds", "float32")
+    return fallback.candidate, fallback.summary(len(validation)) | {
+        "builds": fallback.builds,
         "kind_gains_db": {kind: round(gain, 3) for gain, kind in fallback.ranked},
         "returned_to_float": [{"kind": kind, "name": op, "gain_db": round(gain, 3)}
                               for gain, kind in fallback.returned for op in kinds[kind]]}
