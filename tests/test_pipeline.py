@@ -25,7 +25,7 @@ from conftest import REPO, SPECS
 
 RECIPE = REPO / "tests" / "data" / "pipeline-tiny.yaml"
 STAGES = ["distill", "eval", "convert-onnx", "convert-coreml", "quantize-onnx", "quantize-coreml", "stream-onnx",
-          "stream-coreml", "quantize-stream-onnx", "lint", "profile-iphone16pro", "profile-host-cpu"]
+          "stream-coreml", "quantize-stream-onnx", "quantize-stream-coreml", "lint", "profile-iphone16pro", "profile-host-cpu"]
 STUDENT = "tiny-teacher-student"
 # why each stage after distill reruns when distill does: the first stage it reads that reruns
 RERUN_REASONS = [f"{s.removeprefix('quantize-') if s.startswith('quantize-stream-') else 'convert-' + s.removeprefix('quantize-') if s.startswith('quantize-') else 'distill'} reruns"
@@ -100,7 +100,8 @@ def test_a_renamed_eval_video_reruns_eval_and_what_measures_on_it(finished_run, 
     shutil.copy(BUNDLED_CLIP, renamed)
     decisions = plan(resolve(RECIPE, eval_data=[renamed]), finished_run)
     # quantize measures int8 quality on the eval videos; each device's profile costs its backend's int8 artifact
-    reruns = {"eval", "quantize-onnx", "quantize-coreml", "quantize-stream-onnx", "profile-iphone16pro", "profile-host-cpu"}
+    reruns = {"eval", "quantize-onnx", "quantize-coreml", "quantize-stream-onnx", "quantize-stream-coreml",
+              "profile-iphone16pro", "profile-host-cpu"}
     assert {d.stage.name: d.action for d in decisions} == {s: "run" if s in reruns else "skip" for s in STAGES}
     assert decisions[1].reason == "files changed"
 
@@ -187,13 +188,16 @@ def test_deploy_stream_exports_a_verified_streaming_artifact_profiled_per_call(f
 
 
 def test_deploy_stream_quantizes_the_streaming_step_checked_by_its_own_chunk_loop(finished_run):
-    """Only ONNX and TFLite steps are quantized (the Core ML step is refused by `effconv quantize`, so not planned)."""
+    """ONNX: calibrated on the chunk loop's inputs, checked by its own chunk loop and for drift; Core ML: W8A16 (the
+    recipe's W8A8 for the iPhone is whole-clip only), checked on the whole-clip decoder with the program's weights."""
     int8 = _manifest(finished_run, "quantize-stream-onnx", f"{STUDENT}-int8.json")
     q = int8["quantize"]
     assert q["gate"]["passed"] and q["quality"]["psnr_vs_float_db"] >= 30
     assert q["stream"]["calls"] == q["stream"]["latent_frames"] > 2 * q["stream"]["window_latent_frames"] - 1
     assert q["stream"]["fall_db"] <= 1.5  # drift lowers the last window; content alone moves it either way
-    assert not (finished_run / "quantize-stream-coreml").exists()
+    coreml = _manifest(finished_run, "quantize-stream-coreml", f"{STUDENT}-int8.json")["quantize"]
+    assert coreml["scheme"].startswith("W8A16") and coreml["gate"]["passed"] and coreml["simulation_check"]["passed"]
+    assert "calls" not in coreml["stream"]
     rows = _report_rows((finished_run / "report.md").read_text())
     row = rows["onnx, int8 streaming"]
     assert row[0] == f"{int8['artifact']} ({size(q['size_bytes']['quantized'])})"
@@ -329,7 +333,7 @@ def test_a_measurement_against_its_estimate_gets_an_explanation_from_the_manifes
         assert f"{len(quantized['float_nodes'])} quantizable nodes compute in float: " in note
     assert f"host-cpu profile: {onnx_int8['validation'].split('. ')[0].rstrip('.')}" in note
     shares = onnx_int8["dtypes"]
-    assert f"costed FLOPs by dtype: " + ", ".join(f"{d} {v['flop_share']:.0%}" for d, v in shares.items()) in note
+    assert "costed FLOPs by dtype: " + ", ".join(f"{d} {v['flop_share']:.0%}" for d, v in shares.items()) in note
     assert "\n" not in note
 
 

@@ -9,6 +9,8 @@ margin is for CPUs whose int8 kernels round otherwise)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -84,8 +86,34 @@ def test_an_int8_streaming_step_keeps_its_chunk_loop_close_to_float_without_drif
     assert 0 < float(np.abs(decoded[0] - decoded[1]).max()) < 0.5
 
 
-def test_a_core_ml_or_executorch_streaming_step_is_refused_in_one_line(tmp_path):
-    manifest = Manifest(name="s", backend="coreml", artifact="s.mlpackage", spec={"part": "decoder"},
-                        inputs=[], outputs=[], params=0, verify={}, stream={"latent_frames_per_call": 1})
-    with pytest.raises(EffconvError, match="coreml streaming step; effconv quantizes streaming steps in onnx and tflite"):
-        _check_source(tmp_path / "s.mlpackage", manifest, "coreml")
+def test_streaming_steps_effconv_cannot_verify_are_refused_in_one_line(tmp_path):
+    def manifest(backend: str) -> Manifest:
+        return Manifest(name="s", backend=backend, artifact="s.x", spec={"part": "decoder"}, inputs=[], outputs=[],
+                        params=0, verify={}, stream={"latent_frames_per_call": 1})
+
+    with pytest.raises(EffconvError, match="executorch streaming step; effconv quantizes streaming steps in onnx, tflite "
+                                           "and Core ML") as caught:
+        _check_source(tmp_path / "s.pte", manifest("executorch"), "executorch")
+    assert "whole-clip export" in caught.value.fix
+    with pytest.raises(EffconvError, match="as w8a16 only") as caught:
+        _check_source(tmp_path / "s.mlpackage", manifest("coreml"), "coreml", "w8a8")
+    assert caught.value.fix.startswith("pass --scheme w8a16")
+    _check_source(tmp_path / "s.mlpackage", manifest("coreml"), "coreml", "auto")
+
+
+def test_a_core_ml_streaming_step_gets_int8_weights_checked_on_the_decode_its_loop_computes(streaming_student, tmp_path,
+                                                                                           cli):
+    """Core ML predicts only on macOS, and W8A16 changes weights only: the step's program gets int8 weights, checked
+    against the torch simulation (every int8 weight read back, matched to its decoder parameter), whose whole-clip
+    decode is what the step's chunk loop computes. `--device iphone16pro` would pick W8A8 for a whole clip; a step
+    gets W8A16."""
+    artifact = streaming_student["coreml"]
+    code, out, err = cli("quantize", artifact, "--device", "iphone16pro", "--samples", "4", "--out", tmp_path / "int8",
+                         "--json")
+    assert code == 0, err
+    written = json.loads(out)
+    q = written["quantize"]
+    assert q["scheme"].startswith("W8A16") and q["gate"]["passed"] and 30.0 <= q["quality"]["psnr_vs_float_db"] < 80.0
+    check = q["simulation_check"]
+    assert check["passed"] and check["max_abs_diff"] == 0.0 and check["weights_compared"] == q["weights_quantized"] > 0
+    assert written["stream"] == read_manifest(artifact.with_suffix(".json")).stream and "calls" not in q["stream"]

@@ -94,7 +94,18 @@ def _scheme(artifact: Path, scheme: str, device: str) -> str:
             raise EffconvError(f"--scheme {scheme} applies to Core ML packages; '{artifact.name}' is not one.",
                                "drop --scheme (ONNX picks its QDQ form from --device; TFLite and ExecuTorch are W8A8).")
         return scheme
-    return load_device(device).coreml_scheme if scheme == "auto" else scheme
+    if scheme != "auto":
+        return scheme
+    if _is_stream(artifact):
+        return "w8a16"  # a streaming step's only Core ML scheme (docs/quantize.md, "Streaming steps")
+    return load_device(device).coreml_scheme
+
+
+def _is_stream(artifact: Path) -> bool:
+    from effconv.artifacts import manifest_path, read_manifest
+
+    manifest = manifest_path(artifact)
+    return manifest.is_file() and "stream" in (read_manifest(manifest).model_extra or {})
 
 
 def _onnx_on_qnn(device: str) -> bool:

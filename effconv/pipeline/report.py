@@ -436,12 +436,13 @@ def _stream_section(m: Manifests) -> Section:
                            "loop of calls with the caches fed back (the manifest's `stream.loop` says how; "
                            "`effconv decode` runs it on this machine)."]
     if m.stream_quantize:
-        section.blocks += [Table(["backend", "int8 step", "PSNR vs float chunk loop (dB)", "long clip: first / last "
+        section.blocks += [Table(["backend", "int8 step", "PSNR vs float (dB)", "long clip: first / last "
                                   "window (dB)", "gate"], [_stream_int8_row(backend, manifest)
                                                           for backend, manifest in m.stream_quantize.items()]),
-                           "The int8 step is calibrated on the inputs its chunk loop feeds it; its own chunk loop (caches "
-                           "fed back) is compared with the float one on the held-out clips, and over a long clip whose "
-                           "first and last windows show any drift."]
+                           "An ONNX or TFLite int8 step is calibrated on the inputs its chunk loop feeds it; its own chunk "
+                           "loop (caches fed back) is compared with the float one on the held-out clips, and over a long "
+                           "clip whose first and last windows show any drift. A Core ML step is W8A16 (int8 weights): the "
+                           "whole-clip decoder with its int8 weights, which its chunk loop computes exactly, is compared."]
     return section
 
 
@@ -451,9 +452,11 @@ def _stream_int8_row(backend: str, manifest: dict | None) -> list[str]:
         return [label] + [MISSING] * 3 + ["not run"]
     q = manifest["quantize"]
     drift = q["stream"]
+    windows = (f"{drift['psnr_first_window_db']:.1f} / {drift['psnr_last_window_db']:.1f} ({drift['latent_frames']} latent "
+               f"frames, windows of {drift['window_latent_frames']})" if "calls" in drift
+               else "int8 weights only: nothing quantized crosses calls")
     return [label, f"{manifest['artifact']} ({size(q['size_bytes']['quantized'])})", number(q["quality"]["psnr_vs_float_db"]),
-            f"{drift['psnr_first_window_db']:.1f} / {drift['psnr_last_window_db']:.1f} ({drift['latent_frames']} latent "
-            f"frames, windows of {drift['window_latent_frames']})", describe_gate(q["gate"])]
+            windows, describe_gate(q["gate"])]
 
 
 def _lint_section(m: Manifests) -> Section:

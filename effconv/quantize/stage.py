@@ -26,6 +26,9 @@ DEFAULT_MAX_PSNR_DROP = 0.3
 DEFAULT_MIN_PSNR_VS_FLOAT = 30.0
 HELD_OUT_SHARE = 4  # one sample in four measures quality; the rest calibrate
 STREAM_BACKENDS = ("onnx", "tflite")  # whose quantizers calibrate and run a step's several inputs
+# W8A16 changes weights only, so a Core ML step (which cannot run here) is checked on the whole-clip decoder with the
+# program's int8 weights: the step's chunk loop computes exactly that decode (`effconv convert` verified it)
+WEIGHT_ONLY_STREAMS = {"coreml": "w8a16"}
 # the manifest keys that explain an int8 model's quality, those a backend's report has
 QUALITY_EVIDENCE = ("quality", "stream", "sensitivity", "int8_kernels", "float_nodes", "simulation_check")
 
@@ -37,7 +40,7 @@ def backend_of(artifact: Path) -> Backend:
     return backend
 
 
-def _check_source(artifact: Path, manifest: Manifest, backend: str) -> None:
+def _check_source(artifact: Path, manifest: Manifest, backend: str, scheme: str = "auto") -> None:
     if manifest.backend != backend:
         raise EffconvError(f"the manifest beside '{artifact.name}' describes a {manifest.backend} artifact.",
                            "keep each artifact with the manifest `effconv convert` wrote for it.")
@@ -46,11 +49,18 @@ def _check_source(artifact: Path, manifest: Manifest, backend: str) -> None:
     if manifest.spec.get("part", "decoder") != "decoder":
         raise EffconvError("effconv quantizes decoders (its calibration data are latents).",
                            "convert the decoder (`part: decoder`) and quantize that.")
-    if "stream" in (manifest.model_extra or {}) and backend not in STREAM_BACKENDS:
+    if "stream" not in (manifest.model_extra or {}) or backend in STREAM_BACKENDS:
+        return
+    weight_only = WEIGHT_ONLY_STREAMS.get(backend)
+    if weight_only is None:
         raise EffconvError(f"'{artifact.name}' is a {backend} streaming step; effconv quantizes streaming steps in "
-                           f"{' and '.join(STREAM_BACKENDS)} so far.",
+                           f"{', '.join(STREAM_BACKENDS)} and Core ML ({WEIGHT_ONLY_STREAMS['coreml']}) so far.",
                            f"quantize the whole-clip export (`effconv convert STUDENT.yaml --to {backend}`), or stream "
                            "an ONNX or TFLite export.")
+    if scheme not in ("auto", weight_only):
+        raise EffconvError(f"'{artifact.name}' is a {backend} streaming step; effconv quantizes those as {weight_only} "
+                           f"only (int8 weights), not {scheme}.",
+                           f"pass --scheme {weight_only}, or quantize the whole-clip export for {scheme}.")
 
 
 def _held_out_count(samples: int) -> int:
@@ -146,7 +156,7 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
     artifact = Path(artifact)
     backend = backend_of(artifact)
     source = read_manifest(manifest_path(artifact))
-    _check_source(artifact, source, backend.name)
+    _check_source(artifact, source, backend.name, scheme)
     report_progress = progress or (lambda _message: None)
     options = QuantizeOptions(weights_only=weights_only, max_psnr_drop=max_psnr_drop, min_psnr_vs_float=min_psnr_vs_float,
                               activation=activation, select_by_speed=select_by_speed, sensitivity=sensitivity,
@@ -166,7 +176,8 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
     clips = calibration_sets(source, calib, samples, teacher, eval_data,
                              expected=streaming.whole_clip_shape(source) if stream else None)
     calib_set, held_out, notes = clips.calib, clips.held_out, clips.notes
-    if stream:
+    runs_step = stream and backend.name in STREAM_BACKENDS
+    if runs_step:
         run_float = backend.load_all(artifact, options.threads)
         report_progress("running the float step's chunk loop for the inputs each call really gets")
         calib_set, held_out = (streaming.step_samples(run_float, stream, clips.calib),
@@ -175,8 +186,13 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
     with staged_output(out_dir) as stage:
         out_path = stage / f"{name}{artifact.suffix}"
         report = backend.quantize(artifact, source, calib_set, held_out, out_path, options)
-        if stream:
+        if runs_step:
             report |= _chunk_loop_report(backend, artifact, out_path, stream, clips, report, report_progress, options.threads)
+        elif stream:
+            report["stream"] = {"latent_frames_per_call": stream["latent_frames_per_call"],
+                                "quality": "int8 weights only: the whole-clip decoder with the program's int8 weights, which "
+                                           "the step's chunk loop computes exactly (effconv convert verified the float "
+                                           "step's loop against the whole-clip decode)"}
         remedies = report.pop("remedies")
         gate = quality_gate.evaluate(report, max_psnr_drop, min_psnr_vs_float)
         report["notes"] = notes + report.get("notes", [])
