@@ -24,7 +24,7 @@ from effconv.models.loader import load_model, pretrained_root
 from effconv.models.teacher_fit import check_teacher_fits, is_student
 from effconv.profile.devices import load_device, profiles_dir
 from effconv.profile.inputs import parse_resolution
-from effconv.quantize.stage import STREAM_BACKENDS, WEIGHT_ONLY_STREAMS
+from effconv.quantize.stage import WEIGHT_ONLY_STREAMS
 from effconv.recipe import HOST_DEVICE, Recipe, load_recipe
 from effconv.rewrite.stage import STUDENT_SUFFIX
 from effconv.spec import SAFE_NAME, LoadedSpec, load_spec, read_yaml_mapping, spec_from_dict
@@ -339,8 +339,7 @@ def stages(inputs: RunInputs) -> list[Stage]:
                    settings={"backend": b, "source": f"stream-{b}", **recipe.quantize.model_dump(mode="json", exclude={"backends"}),
                              "scheme": WEIGHT_ONLY_STREAMS.get(b, "auto")},
                    files=videos, note="the streaming step, checked by its own chunk loop")
-             for b in recipe.streamed_backends() if b in quantized_backends(recipe)
-             and (b in STREAM_BACKENDS or b in WEIGHT_ONLY_STREAMS)]
+             for b in recipe.streamed_backends() if b in quantized_backends(recipe)]
     plan.append(Stage("lint", "lint", after=(student,),
                       settings={"backends": {b: _lint_device(b, inputs.devices) for b in backends}}))
     planned = {stage.name for stage in plan}

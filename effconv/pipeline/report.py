@@ -439,9 +439,9 @@ def _stream_section(m: Manifests) -> Section:
         section.blocks += [Table(["backend", "int8 step", "PSNR vs float (dB)", "long clip: first / last "
                                   "window (dB)", "gate"], [_stream_int8_row(backend, manifest)
                                                           for backend, manifest in m.stream_quantize.items()]),
-                           "An ONNX or TFLite int8 step is calibrated on the inputs its chunk loop feeds it; its own chunk "
-                           "loop (caches fed back) is compared with the float one on the held-out clips, and over a long "
-                           "clip whose first and last windows show any drift. A Core ML step is W8A16 (int8 weights): the "
+                           "An ONNX, TFLite or ExecuTorch int8 step is calibrated on the inputs its chunk loop feeds it; its "
+                           "own chunk loop (caches fed back) is compared with the float one on the held-out clips, and over "
+                           "a long clip whose first and last windows show any drift. A Core ML step is W8A16 (int8 weights): the "
                            "whole-clip decoder with its int8 weights, which its chunk loop computes exactly, is compared."]
     return section
 

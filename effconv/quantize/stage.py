@@ -25,7 +25,7 @@ DEFAULT_MAX_PSNR_DROP = 0.3
 # with exact QDQ arithmetic; saturated x86 kernels gave 22.6 dB; trained students 37-74 dB on every backend.
 DEFAULT_MIN_PSNR_VS_FLOAT = 30.0
 HELD_OUT_SHARE = 4  # one sample in four measures quality; the rest calibrate
-STREAM_BACKENDS = ("onnx", "tflite")  # whose quantizers calibrate and run a step's several inputs
+STREAM_BACKENDS = ("onnx", "tflite", "executorch")  # whose quantizers calibrate and run a step's several inputs
 # W8A16 changes weights only, so a Core ML step (which cannot run here) is checked on the whole-clip decoder with the
 # program's int8 weights: the step's chunk loop computes exactly that decode (`effconv convert` verified it)
 WEIGHT_ONLY_STREAMS = {"coreml": "w8a16"}
@@ -49,15 +49,8 @@ def _check_source(artifact: Path, manifest: Manifest, backend: str, scheme: str 
     if manifest.spec.get("part", "decoder") != "decoder":
         raise EffconvError("effconv quantizes decoders (its calibration data are latents).",
                            "convert the decoder (`part: decoder`) and quantize that.")
-    if "stream" not in (manifest.model_extra or {}) or backend in STREAM_BACKENDS:
-        return
     weight_only = WEIGHT_ONLY_STREAMS.get(backend)
-    if weight_only is None:
-        raise EffconvError(f"'{artifact.name}' is a {backend} streaming step; effconv quantizes streaming steps in "
-                           f"{', '.join(STREAM_BACKENDS)} and Core ML ({WEIGHT_ONLY_STREAMS['coreml']}) so far.",
-                           f"quantize the whole-clip export (`effconv convert STUDENT.yaml --to {backend}`), or stream "
-                           "an ONNX or TFLite export.")
-    if scheme not in ("auto", weight_only):
+    if "stream" in (manifest.model_extra or {}) and weight_only and scheme not in ("auto", weight_only):
         raise EffconvError(f"'{artifact.name}' is a {backend} streaming step; effconv quantizes those as {weight_only} "
                            f"only (int8 weights), not {scheme}.",
                            f"pass --scheme {weight_only}, or quantize the whole-clip export for {scheme}.")

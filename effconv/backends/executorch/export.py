@@ -174,8 +174,9 @@ def _tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
     return (array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))).contiguous()
 
 
-def run(method, latent: np.ndarray | torch.Tensor) -> np.ndarray:
-    return method.execute([_tensor(latent)])[0].numpy()
+def run(method, *inputs: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The first output (a decoder's video) for the method's inputs in argument order."""
+    return method.execute([_tensor(array) for array in inputs])[0].numpy()
 
 
 def load_all(path: Path, threads: int | None = None):

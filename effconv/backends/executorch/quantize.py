@@ -22,6 +22,7 @@ from effconv.errors import EffconvError, missing_extra
 from effconv.legalize.rewrites import legalize, rewrites_for
 from effconv.legalize.student_form import exported_module
 from effconv.models.loader import load_model
+from effconv.models.turbo_vaed.streaming import FIRST_INPUT, StreamingStep
 from effconv.quiet import captured_stdout, quiet_imports
 
 SCHEME = ("W8A8 static int8: per-channel symmetric int8 weights, per-tensor int8 activations (pt2e, XNNPACKQuantizer "
@@ -60,52 +61,64 @@ def _kind(node) -> str:
     return str(node.target)
 
 
-def _float_module(manifest: Manifest) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The exported module, legalized as `effconv convert --to executorch` did, and an example input."""
+def _float_module(manifest: Manifest) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """The exported module, legalized as `effconv convert --to executorch` did, and example inputs: the decoder's
+    latent, or a streaming step's first call (latent chunk, flag 1, zero caches)."""
     model = load_model(manifest.model_spec())
+    if "stream" in (manifest.model_extra or {}):
+        example = tuple(torch.ones(info.shape) if info.name == FIRST_INPUT else torch.zeros(info.shape)
+                        for info in manifest.inputs)
+        return legalize(StreamingStep(model.module).eval(), example, rewrites_for(NAME)).module, example
     example = model.example_input(0)
     module, _ = exported_module(model.module, NAME, example)
-    return legalize(module, example, rewrites_for(NAME)).module, example
+    return legalize(module, example, rewrites_for(NAME)).module, (example,)
 
 
-def _converted(module: torch.nn.Module, example: torch.Tensor, calib: CalibrationSet,
+def _video(outputs) -> torch.Tensor:
+    """A decoder's output, or a streaming step's first output (its video; the rest are caches)."""
+    return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+
+
+def _run_torch(module: torch.nn.Module, samples: CalibrationSet) -> list:
+    with torch.no_grad():
+        return [_video(module(*(torch.from_numpy(array) for array in feed))).numpy() for feed in samples.feeds]
+
+
+def _converted(module: torch.nn.Module, example: tuple[torch.Tensor, ...], calib: CalibrationSet,
                float_kinds: frozenset[str] = frozenset()) -> torch.nn.Module:
     """The pt2e int8 module (quantize/dequantize ops around int8 arithmetic, runnable in torch), calibrated on `calib`."""
     quantizer, prepare_pt2e, convert_pt2e = _pt2e(float_kinds)
     with torch.no_grad(), captured_stdout():
-        prepared = prepare_pt2e(torch.export.export(module, (example,)).module(), quantizer)
-        for latent in calib.latents:
-            prepared(torch.from_numpy(latent))
+        prepared = prepare_pt2e(torch.export.export(module, example).module(), quantizer)
+        for feed in calib.feeds:
+            prepared(*(torch.from_numpy(array) for array in feed))
         return convert_pt2e(prepared)
 
 
-def _write(converted: torch.nn.Module, example: torch.Tensor, out_path: Path) -> dict:
+def _write(converted: torch.nn.Module, example: tuple[torch.Tensor, ...], out_path: Path) -> dict:
     with torch.no_grad(), captured_stdout():
-        program = torch.export.export(converted, (example,))
+        program = torch.export.export(converted, example)
     return write(lower(program), out_path)
 
 
-def _float_until_gate(module: torch.nn.Module, example: torch.Tensor, fit: CalibrationSet, validation: CalibrationSet,
+def _float_until_gate(module: torch.nn.Module, example: tuple[torch.Tensor, ...], fit: CalibrationSet, validation: CalibrationSet,
                       min_psnr: float, progress: Callable[[str], None]) -> tuple[torch.nn.Module, dict]:
     """The pt2e int8 module with the fewest op kinds left float32 that meets `min_psnr` (PSNR vs the float module on
     the validation split), as the TFLite quantizer finds them: each kind of the exported graph (every
     aten.conv2d, every aten.mul, ...) alone left float is scored, then the shortest run of kinds in order of that
     gain that meets the gate is found by bisection. Scored in torch on pt2e's simulated int8 (the lowered XNNPACK
     program computes the same quantized arithmetic); only the result is lowered."""
-    with torch.no_grad():
-        reference = [module(torch.from_numpy(latent)).numpy() for latent in validation.latents]
+    reference = _run_torch(module, validation)
 
     def build(kinds: frozenset[str]) -> tuple[float, torch.nn.Module]:
         converted = _converted(module, example, fit, kinds)
-        with torch.no_grad():
-            outputs = [converted(torch.from_numpy(latent)).numpy() for latent in validation.latents]
-        return quality_report(reference, outputs, None)["psnr_vs_float_db"], converted
+        return quality_report(reference, _run_torch(converted, validation), None)["psnr_vs_float_db"], converted
 
     start, converted = build(frozenset())
     if start >= min_psnr:
         return converted, {}
     with torch.no_grad(), captured_stdout():
-        graph = torch.export.export(module, (example,)).graph
+        graph = torch.export.export(module, example).graph
     kinds = sorted({_kind(node) for node in graph.nodes if node.op == "call_function"})
     fallback = fewest_back_to_float(kinds, build, start, min_psnr, progress, "op kinds", "float32")
     return fallback.candidate, fallback.summary(len(validation)) | {
@@ -136,14 +149,14 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
     check_weights_only(weights_only)
     ops, fallback, calibrated = quantized_program(manifest, calib, out_path, min_psnr_vs_float, progress)
     float_method, quant_method = load_method(artifact), load_method(out_path)
-    float_outputs = [run(float_method, latent) for latent in held_out.latents]
-    quant_outputs = [run(quant_method, latent) for latent in held_out.latents]
-    latent = held_out.latents[0]
+    float_outputs = [run(float_method, *feed) for feed in held_out.feeds]
+    quant_outputs = [run(quant_method, *feed) for feed in held_out.feeds]
+    feed = held_out.feeds[0]
     return {
         "scheme": SCHEME,
         "size_bytes": size_report(size_bytes(artifact), size_bytes(out_path)),
         "quality": quality_report(float_outputs, quant_outputs, held_out.frames),
-        "latency_ms": alternating_latency(lambda: run(float_method, latent), lambda: run(quant_method, latent), runs)
+        "latency_ms": alternating_latency(lambda: run(float_method, *feed), lambda: run(quant_method, *feed), runs)
                       | {"threads": "runtime default"},
         "float_nodes": [{"name": op, "count": count, "reason": "left to the portable kernels (not taken by XNNPACK)"}
                         for op, count in ops.items() if not op.startswith("delegate:")]
