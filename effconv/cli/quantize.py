@@ -57,12 +57,16 @@ def quantize(
     here. Core ML: W8A16 (int8 weights, fp16 compute) or W8A8 (int8 weights and activations, for Neural Engines
     with int8 compute: iphone16pro); --scheme auto picks by --device.
     TFLite: LiteRT quantizer static int8. Calibration latents come from the teacher encoder on real clips.
+    A streaming step (`convert --stream K`) is calibrated on the inputs its float chunk loop feeds each call and
+    checked by its own chunk loop, caches fed back, over the held-out clips and a long clip (drift per call).
 
     Example: `effconv quantize out/demo-teacher-student.onnx --calib effconv/assets/video --out out/int8`
 
     Example: `effconv quantize student.onnx --device pixel9 --calib clips/ --out int8/` (kinds by the Pixel 9's profile)
 
     Example: `effconv quantize student.onnx --device galaxy-s24 --calib clips/ --out int8/` (QNN HTP QDQ)
+
+    Example: `effconv quantize stream/student.tflite --out int8/` (a streaming step)
     """
     from effconv.quantize.stage import quantize_artifact
 
