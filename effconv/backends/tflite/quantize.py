@@ -257,8 +257,10 @@ def _min_max_ranges(engine, signature: str, samples: list[dict], threads: int, m
     for sample in samples:
         for name, qsv in engine.calibrate({signature: [sample]}, num_threads=threads, mode=mode).items():
             held = merged.get(name)
-            merged[name] = qsv if not held or not qsv else {
-                **qsv, "min": np.minimum(held["min"], qsv["min"]), "max": np.maximum(held["max"], qsv["max"])}
+            if not held:
+                merged[name] = qsv
+            elif qsv:  # a sample that left a tensor unmeasured keeps the range the others gave it
+                merged[name] = {**qsv, "min": np.minimum(held["min"], qsv["min"]), "max": np.maximum(held["max"], qsv["max"])}
     return merged
 
 
