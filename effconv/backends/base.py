@@ -19,6 +19,7 @@ from effconv.errors import EffconvError
 from effconv.recipe import DEFAULT_SEARCH_SECONDS, HOST_DEVICE
 
 Progress = Callable[[str], None]  # told each step of long work as it starts, in words ("lowering to XNNPACK")
+VALIDATION_SHARE = 4  # one calibration sample in four scores a quantizer's choices instead of calibrating
 
 
 def no_progress(_message: str) -> None:
@@ -56,6 +57,11 @@ class CalibrationSet:
         frames = None if self.frames is None else [self.frames[i] for i in indices]
         carried = None if self.carried is None else [self.carried[i] for i in indices]
         return CalibrationSet([self.latents[i] for i in indices], frames, self.source, carried)
+
+    def validation_split(self) -> tuple[CalibrationSet, CalibrationSet]:
+        """(ranges, validation): the last quarter of the samples (at least one) scores a quantizer's choices and
+        takes no part in its ranges."""
+        return self.split(max(1, len(self) // VALIDATION_SHARE))
 
     def split(self, held_out: int) -> tuple[CalibrationSet, CalibrationSet]:
         """(calibration, held-out): the last `held_out` samples are kept out of calibration."""

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from effconv.backends.base import CalibrationSet
 from effconv.video.metrics import psnr, ssim
 
 # A quantize report's `remedies`: what its scheme lets a user change when int8 quality misses a bound
@@ -40,6 +41,16 @@ def quality_report(float_outputs: list[np.ndarray], quant_outputs: list[np.ndarr
     report["psnr_drop_db"] = round(report["psnr_float_db"] - report["psnr_quant_db"], 4)
     report["ssim_drop"] = round(report["ssim_float"] - report["ssim_quant"], 4)
     return report
+
+
+@torch.no_grad()
+def torch_outputs(module: torch.nn.Module, samples: CalibrationSet) -> list[np.ndarray]:
+    """A torch module's output on each sample's inputs; of a streaming step's outputs, the first (its video)."""
+    outputs = []
+    for feed in samples.feeds:
+        output = module(*(torch.from_numpy(array) for array in feed))
+        outputs.append((output[0] if isinstance(output, (tuple, list)) else output).numpy())
+    return outputs
 
 
 def apart_from(value: float, bound: float | None, decimals: int = 1) -> str:

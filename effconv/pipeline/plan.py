@@ -225,12 +225,12 @@ def quantized_backends(recipe: Recipe) -> list[str]:
 
 
 def _int8_scheme(backend: str, scheme: str, devices: list[str]) -> str:
-    """The recipe's Core ML scheme, auto resolved: W8A8 when a profiled device that runs Core ML computes int8 x int8
-    (its profile says so, with the source), else W8A16. Other backends have one scheme (`auto`)."""
+    """The recipe's Core ML scheme, auto resolved: W8A8 when a profiled device's Core ML unit computes int8 x int8
+    (`DeviceProfile.coreml_scheme`), else W8A16. Other backends have one scheme (`auto`). host-cpu runs no Core ML
+    (and loading it would measure this machine)."""
     if backend != "coreml" or scheme != "auto":
         return scheme
-    runs_coreml = [load_device(d) for d in devices if d != HOST_DEVICE and "coreml" in load_device(d).backends]
-    return "w8a8" if any(device.coreml_scheme == "w8a8" for device in runs_coreml) else "w8a16"
+    return "w8a8" if any(load_device(d).coreml_scheme == "w8a8" for d in devices if d != HOST_DEVICE) else "w8a16"
 
 
 def is_device_file(device: str) -> bool:

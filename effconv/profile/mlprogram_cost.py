@@ -71,6 +71,8 @@ OTHER_TYPES = {"FLOAT64": "float64", "INT16": "int16", "UINT16": "uint16", "INT3
                "INT64": "int64", "UINT64": "uint64", "BOOL": "bool"}
 HANDLE = "int32"  # strings: counted as one word each, they never carry activations
 FUSED_QUANTIZATION = ("quantize", "dequantize")
+W8A8_NOTE = ("W8A8: quantize / dequantize ops fused into the ops beside them, which read and write int8 activations and "
+             "compute int8 x int8 (Neural Engines from A17 Pro on).")
 
 
 def _load(path: Path):
@@ -215,16 +217,14 @@ def mlprogram_cost(path: Path) -> GraphCost:
     block = function.block_specializations.get(function.opset)
     if block is None:
         raise EffconvError(f"'{path}' has no block for its opset {function.opset}.", FIX)
-    quantized = {_argument(op, "input") for op in block.operations if op.type == "quantize"}
-    values = _Values(function, {value: name for name, value in MIL_pb2.DataType.items()}, quantized - {None})
-    nodes, notes = [], []
+    quantized = {_argument(op, "input") for op in block.operations if op.type == "quantize"} - {None}
+    values = _Values(function, {value: name for name, value in MIL_pb2.DataType.items()}, quantized)
+    nodes = []
+    notes = [W8A8_NOTE] if any(op.type in FUSED_QUANTIZATION for op in block.operations) else []
     try:
         for op in block.operations:
             values.add_outputs(op)
-            if op.type in FUSED_QUANTIZATION:
-                notes.append("W8A8: quantize / dequantize ops fused into the ops beside them, which read and write int8 "
-                             "activations and compute int8 x int8 (Neural Engines from A17 Pro on).")
-            elif op.type != "const" and not op.type.startswith("constexpr_"):
+            if op.type not in FUSED_QUANTIZATION and op.type != "const" and not op.type.startswith("constexpr_"):
                 nodes.append(_node(op, values, notes))
     except (KeyError, IndexError) as exc:  # an op that reads a value the program never defines
         raise EffconvError(f"'{path}' is not a consistent ML program: {exception_text(exc, 200)}.", FIX) from None

@@ -25,7 +25,7 @@ from effconv.errors import EffconvError, exception_text
 from effconv.models.loader import load_model
 from effconv.backends.files import check_artifact, size_bytes, size_report
 from effconv.backends.base import CalibrationSet
-from effconv.backends.quality import quality_report
+from effconv.backends.quality import quality_report, torch_outputs
 from effconv.quiet import captured_stdout, is_debug
 
 SCHEME = "W8A16: per-channel symmetric int8 weights, fp16 activations (coremltools.optimize.coreml.linear_quantize_weights)"
@@ -63,7 +63,7 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
     written = written_weights(program)
     module = load_model(manifest.model_spec()).module
     simulated_module, simulated, folded = fake_quantized(module, written)
-    float_outputs, quant_outputs = _outputs(module, simulated_module, held_out)
+    float_outputs, quant_outputs = torch_outputs(module, held_out), torch_outputs(simulated_module, held_out)
     return {
         "scheme": SCHEME,
         "size_bytes": size_report(size_bytes(artifact / MODEL_DIR), size_bytes(out_path / MODEL_DIR)),
@@ -254,11 +254,3 @@ def simulation_check(written: dict[str, dict], simulated: dict[str, tuple], fold
     }
 
 
-@torch.no_grad()
-def _outputs(module: nn.Module, simulated: nn.Module, held_out: CalibrationSet) -> tuple[list, list]:
-    float_outputs, quant_outputs = [], []
-    for latent in held_out.latents:
-        example = torch.from_numpy(np.asarray(latent, dtype=np.float32))
-        float_outputs.append(module(example).numpy())
-        quant_outputs.append(simulated(example).numpy())
-    return float_outputs, quant_outputs

@@ -44,8 +44,8 @@ from effconv.backends.base import CalibrationSet
 from effconv.backends.coreml import quantize as w8a16
 from effconv.backends.coreml.export import NAME, SUFFIX, _coremltools, export
 from effconv.backends.files import check_artifact, size_bytes, size_report
-from effconv.backends.quality import CALIBRATE_MORE, fewest_back_to_float, quality_report
-from effconv.errors import EffconvError, missing_extra
+from effconv.backends.quality import CALIBRATE_MORE, fewest_back_to_float, quality_report, torch_outputs
+from effconv.errors import missing_extra
 from effconv.legalize.rewrites import legalize, rewrites_for
 from effconv.legalize.student_form import exported_module
 from effconv.models.loader import load_model
@@ -68,7 +68,6 @@ FP16_SUFFIXES = ("_cast_fp16", "_to_fp16")  # what ct.convert appends to a torch
 SCALE_RTOL = 2.0**-11
 ARITHMETIC_RTOL = 1e-6  # float32 products while multiplying a stored quotient back
 WEIGHT_ATOL = 1e-6  # dequantized int8 weights: the same codes and the same fp16 scales
-VALIDATION_SHARE = 4  # one calibration sample in four scores the sensitivity fallback
 # MIL ops that only move, cast or (de)quantize data: not listed among the ops that compute in fp16
 NO_ARITHMETIC = {"const", "quantize", "dequantize", "constexpr_affine_dequantize", "cast", "reshape", "transpose",
                  "slice_by_index", "concat", "expand_dims", "squeeze", "split", "pad", "depth_to_space", "tile"}
@@ -96,12 +95,11 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
     artifact, out_path = Path(artifact), Path(out_path)
     check_artifact(artifact, manifest, NAME, SUFFIX)
     w8a16.check_fp16(manifest, "W8A8")
-    _check_one_input(manifest)
     ct = _coremltools()
     w8a16.load_float(ct, artifact)
     module, example = float_module(manifest)
     gated = min_psnr_vs_float is not None and len(calib) >= 2
-    fit, validation = calib.split(max(1, len(calib) // VALIDATION_SHARE)) if gated else (calib, None)
+    fit, validation = calib.validation_split() if gated else (calib, None)
     progress(f"calibrating int8 activations on {len(fit)} latent(s)")
     converted, fallback = calibrated(module, example, fit), {}
     if gated:
@@ -111,7 +109,7 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
     program = w8a16.read_program(ct, out_path)
     simulated = _exported(converted, example)
     structure = program_structure(program)
-    float_outputs, quant_outputs = _run(module, held_out), _run(simulated.module(), held_out)
+    float_outputs, quant_outputs = torch_outputs(module, held_out), torch_outputs(simulated.module(), held_out)
     returned = {row["tensor"]: row["gain_db"] for row in fallback.get("returned_to_float", [])}
     return {
         "scheme": SCHEME,
@@ -131,12 +129,6 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         "remedies": [CALIBRATE_MORE, W8A16_REMEDY],
         "notes": NOTES,
     }
-
-
-def _check_one_input(manifest: Manifest) -> None:
-    if len(manifest.inputs) != 1:
-        raise EffconvError(f"W8A8 calibrates a decoder of one input; '{manifest.name}' takes {len(manifest.inputs)} "
-                           "(a streaming step).", "quantize it with --scheme w8a16.")
 
 
 def float_module(manifest: Manifest) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -264,21 +256,17 @@ def in_fp16(converted: torch.fx.GraphModule, tensors: set[str]) -> torch.fx.Grap
 
 
 @torch.no_grad()
-def _run(module: torch.nn.Module, samples: CalibrationSet) -> list[np.ndarray]:
-    return [module(torch.from_numpy(np.asarray(latent, dtype=np.float32))).numpy() for latent in samples.latents]
-
-
 def _float_until_gate(converted: torch.fx.GraphModule, module: torch.nn.Module, validation: CalibrationSet,
                       min_psnr: float, progress: Callable[[str], None]) -> tuple[torch.fx.GraphModule, dict]:
     """The int8 module with the fewest activation tensors returned to fp16 that meets `min_psnr` (PSNR vs the
     float module on the validation split), found by `fewest_back_to_float`. Per tensor, not per op kind as the
     TFLite and ExecuTorch quantizers do: the ranges are calibrated once, and a tensor returned to fp16 is the same
     module with one quantize/dequantize pair removed, so each score is one forward pass, not a rebuild."""
-    reference = _run(module, validation)
+    reference = torch_outputs(module, validation)
 
     def build(tensors: frozenset) -> tuple[float, torch.fx.GraphModule]:
         candidate = in_fp16(converted, set(tensors)) if tensors else converted
-        return quality_report(reference, _run(candidate, validation), None)["psnr_vs_float_db"], candidate
+        return quality_report(reference, torch_outputs(candidate, validation), None)["psnr_vs_float_db"], candidate
 
     start = build(frozenset())[0]
     if start >= min_psnr:

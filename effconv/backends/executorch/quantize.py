@@ -17,7 +17,7 @@ from effconv.artifacts import Manifest
 from effconv.backends.base import CalibrationSet
 from effconv.backends.executorch.export import NAME, SUFFIX, load_method, lower, run, write
 from effconv.backends.files import alternating_latency, check_artifact, size_bytes, size_report
-from effconv.backends.quality import CALIBRATE_MORE, fewest_back_to_float, quality_report
+from effconv.backends.quality import CALIBRATE_MORE, fewest_back_to_float, quality_report, torch_outputs
 from effconv.errors import EffconvError, missing_extra
 from effconv.legalize.rewrites import legalize, rewrites_for
 from effconv.legalize.student_form import exported_module
@@ -28,7 +28,6 @@ from effconv.quiet import captured_stdout, quiet_imports
 SCHEME = ("W8A8 static int8: per-channel symmetric int8 weights, per-tensor int8 activations (pt2e, XNNPACKQuantizer "
           "get_symmetric_quantization_config(is_per_channel=True)), lowered to XNNPACK")
 TIMED_RUNS = 10
-VALIDATION_SHARE = 4  # one calibration sample in four scores the sensitivity fallback
 RETURNED_REASON = ("left float32 to meet --min-psnr-vs-float: every node of this op kind (its kind alone in float32 "
                    "gained {gain:+.2f} dB on the validation split)")
 NOTES = ["latency: executorch.runtime on this CPU (XNNPACK delegate, its default thread pool), float and int8 timed "
@@ -74,16 +73,6 @@ def _float_module(manifest: Manifest) -> tuple[torch.nn.Module, tuple[torch.Tens
     return legalize(module, example, rewrites_for(NAME)).module, (example,)
 
 
-def _video(outputs) -> torch.Tensor:
-    """A decoder's output, or a streaming step's first output (its video; the rest are caches)."""
-    return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
-
-
-def _run_torch(module: torch.nn.Module, samples: CalibrationSet) -> list:
-    with torch.no_grad():
-        return [_video(module(*(torch.from_numpy(array) for array in feed))).numpy() for feed in samples.feeds]
-
-
 def _converted(module: torch.nn.Module, example: tuple[torch.Tensor, ...], calib: CalibrationSet,
                float_kinds: frozenset[str] = frozenset()) -> torch.nn.Module:
     """The pt2e int8 module (quantize/dequantize ops around int8 arithmetic, runnable in torch), calibrated on `calib`."""
@@ -108,11 +97,11 @@ def _float_until_gate(module: torch.nn.Module, example: tuple[torch.Tensor, ...]
     aten.conv2d, every aten.mul, ...) alone left float is scored, then the shortest run of kinds in order of that
     gain that meets the gate is found by bisection. Scored in torch on pt2e's simulated int8 (the lowered XNNPACK
     program computes the same quantized arithmetic); only the result is lowered."""
-    reference = _run_torch(module, validation)
+    reference = torch_outputs(module, validation)
 
     def build(kinds: frozenset[str]) -> tuple[float, torch.nn.Module]:
         converted = _converted(module, example, fit, kinds)
-        return quality_report(reference, _run_torch(converted, validation), None)["psnr_vs_float_db"], converted
+        return quality_report(reference, torch_outputs(converted, validation), None)["psnr_vs_float_db"], converted
 
     start, converted = build(frozenset())
     if start >= min_psnr:
@@ -134,7 +123,7 @@ def quantized_program(manifest: Manifest, calib: CalibrationSet, out_path: Path,
     module, example = _float_module(manifest)
     if min_psnr_vs_float is None or len(calib) < 2:
         return _write(_converted(module, example, calib), example, out_path), {}, len(calib)
-    fit, validation = calib.split(max(1, len(calib) // VALIDATION_SHARE))
+    fit, validation = calib.validation_split()
     converted, fallback = _float_until_gate(module, example, fit, validation, min_psnr_vs_float, progress)
     return _write(converted, example, out_path), fallback, len(fit)
 

@@ -29,7 +29,6 @@ QUANTIZE_OPS = ("QuantizeLinear", "DequantizeLinear")
 # (scheme, activation QuantType name): tried in this order until one meets the fidelity gate
 SCHEMES = (("w8a8", "QUInt8"), ("w8a16", "QUInt16"))
 QNN_SOURCE = "https://onnxruntime.ai/docs/execution-providers/QNN-ExecutionProvider.html"
-VALIDATION_SHARE = 4  # one calibration sample in four chooses the scheme
 
 
 def outside_node_units(path: Path) -> list[dict]:
@@ -77,7 +76,7 @@ def quantize_for_qnn(artifact: Path, calib: CalibrationSet, held_out: Calibratio
     threads = options.threads or 1
     input_names = graph_input_names(artifact)
     # the scheme is chosen on a validation split of the calibration clips; the held-out clips only measure the result
-    fit, validation = calib.split(max(1, len(calib) // VALIDATION_SHARE)) if len(calib) > 1 else (calib, calib)
+    fit, validation = calib.validation_split() if len(calib) > 1 else (calib, calib)
     validation_floats = run_all(artifact, validation.feeds, threads)
     tried = []
     with tempfile.TemporaryDirectory(prefix="effconv-qnn-") as tmp:

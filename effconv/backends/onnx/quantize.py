@@ -437,12 +437,13 @@ def _final_runs(original: Path, quantized: Path, samples: list[tuple[np.ndarray,
     models under the same load: each model's first run is its warm-up, the rest are timed (topped up with the
     first sample to MIN_REPEATS timed runs)."""
     sessions = [session(original, threads), session(quantized, threads)]
+    names = [input_names(runner) for runner in sessions]
     feeds = samples + [samples[0]] * max(0, MIN_REPEATS + 1 - len(samples))
     outputs: list[list[np.ndarray]] = [[], []]
     times: list[list[float]] = [[], []]
     for index, feed in enumerate(feeds):
         for which, runner in enumerate(sessions):
-            named = dict(zip(input_names(runner), feed, strict=True))
+            named = dict(zip(names[which], feed, strict=True))
             started = time.perf_counter()
             result = runner.run(None, named)[0]
             elapsed_ms = (time.perf_counter() - started) * 1000

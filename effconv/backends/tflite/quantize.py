@@ -55,7 +55,6 @@ OUTPUT_REASON = "writes a graph output the next call reads back (a streaming ste
 MASK_REASON = "reads or writes an attention mask's -inf, whose int8 scale LiteRT cannot load: kept float32"
 RETURNED_REASON = ("returned to float32 to meet --min-psnr-vs-float: its kind is among the most sensitive (all of its "
                    "kind alone in float32 gained {gain:+.2f} dB on the validation split)")
-VALIDATION_SHARE = 4  # one calibration sample in four scores the sensitivity fallback
 
 
 def _quantizer_package() -> tuple[str, str]:
@@ -98,7 +97,7 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         builder = Int8Builder(artifact, calib, weights_only, threads)
         model = builder.model()
     else:
-        fit, validation = calib.split(max(1, len(calib) // VALIDATION_SHARE))
+        fit, validation = calib.validation_split()
         builder = Int8Builder(artifact, fit, weights_only, threads)
         model, fallback = _float_until_gate(builder, artifact, validation, threads, min_psnr_vs_float, progress)
     out_path.write_bytes(model)
@@ -110,8 +109,7 @@ def quantize(artifact: Path, manifest: Manifest, calib: CalibrationSet, held_out
         "size_bytes": size_report(size_bytes(artifact), size_bytes(out_path)),
         "quality": quality_report(float_outputs, quant_outputs, held_out.frames),
         "latency_ms": host_latency(artifact, out_path, held_out.feeds[0], threads, runs),
-        "float_nodes": float_nodes(out_path, weights_only, {name: MASK_REASON for name in builder.mask_ops}
-                                   | {name: OUTPUT_REASON for name in builder.output_ops}, returned),
+        "float_nodes": float_nodes(out_path, weights_only, builder.kept, returned),
         "calibration_samples": 0 if weights_only else len(builder.calib),
         **({"sensitivity_fallback": fallback} if fallback else {}),
         "remedies": [] if weights_only else [CALIBRATE_MORE, WEIGHTS_ONLY],
@@ -186,7 +184,7 @@ def _load_error(path: Path, exc: Exception) -> EffconvError:
 class Int8Builder:
     """The LiteRT quantizer set up for one float model, calibrated once: it writes the int8 model with any set of ops
     (named by their first output tensor) left float32. Op kinds in KEEP_FLOAT and `float_kinds` always stay float,
-    and so do the ops an attention mask's -inf reaches (found on the first build: `mask_ops`).
+    and so do the ops effconv must keep float (found on the first builds: `kept`, op -> why).
 
     Min/max ranges come from LiteRT's profiler-based calibration: the default mode keeps every intermediate
     tensor of the model alive to read it from Python (1.07 GiB peak for the demo student at 9x64x64 against
@@ -204,20 +202,19 @@ class Int8Builder:
         with _quiet():
             self._ranges = (_min_max_ranges(engine, signature, samples, threads, CalibrationMode.CALIBRATION_PROFILER_BASED)
                             if engine.need_calibration else None)
-        self.mask_ops: set[str] = set()
-        self.output_ops: set[str] = set()
+        self.kept: dict[str, str] = {}
         # An attention mask's -inf gets an unusable int8 scale: the ops it reaches stay float; an op whose output is a
         # graph output the quantizer left int8 (a streaming step's cache, fed back as a float32 input) stays float too.
         # The ranges are reused.
         model = self._build(set())
-        while True:
-            readers = _ops_touching(artifact, _unusable_scales(model)) - self.mask_ops
-            writers = _ops_touching(artifact, _int8_outputs(model, artifact)) - self.output_ops
-            if not readers and not writers:
-                break
-            self.mask_ops |= readers
-            self.output_ops |= writers
+        while new := {op: why for op, why in self._to_keep(model).items() if op not in self.kept}:
+            self.kept |= new
             model = self._build(set())
+
+    def _to_keep(self, model: bytes) -> dict[str, str]:
+        """The float model's ops that must stay float in `model`, with why."""
+        return ({op: OUTPUT_REASON for op in _ops_touching(self.artifact, _int8_outputs(model, self.artifact))}
+                | {op: MASK_REASON for op in _ops_touching(self.artifact, _unusable_scales(model))})
 
     def _engine(self, float_ops: set[str]):
         engine = self._quantizer.Quantizer(str(self.artifact), self._recipe)
@@ -229,7 +226,7 @@ class Int8Builder:
 
     def _build(self, float_ops: set[str]) -> bytes:
         with _quiet():
-            return _quantized(self._engine(float_ops | self.mask_ops | self.output_ops), self._ranges)
+            return _quantized(self._engine(float_ops | self.kept.keys()), self._ranges)
 
     def model(self, float_ops: set[str] = frozenset()) -> bytes:
         model = self._build(set(float_ops))
@@ -243,7 +240,7 @@ class Int8Builder:
         kinds: dict[str, list[str]] = {}
         for op in ops:
             name = tensors[int(op["outputs"][0])]["name"]
-            if op["op_name"] not in kept and name not in self.mask_ops | self.output_ops:
+            if op["op_name"] not in kept and name not in self.kept:
                 kinds.setdefault(op["op_name"], []).append(name)
         return kinds
 
@@ -266,9 +263,9 @@ def _min_max_ranges(engine, signature: str, samples: list[dict], threads: int, m
 
 def quantized_bytes(artifact: Path, calib: CalibrationSet, weights_only: bool, threads: int,
                     float_kinds: tuple[str, ...] = SLOW_IN_INT8) -> tuple[bytes, set[str]]:
-    """The int8 model, and the ops kept float for an attention mask (by output name)."""
+    """The int8 model, and the ops effconv kept float (by output name: an attention mask's, an int8 graph output's)."""
     builder = Int8Builder(artifact, calib, weights_only, threads, float_kinds)
-    return builder.model(), builder.mask_ops
+    return builder.model(), set(builder.kept)
 
 
 def _quantized(engine, ranges) -> bytes:
