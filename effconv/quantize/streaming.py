@@ -4,8 +4,8 @@ int8 step's own chunk loop, its caches fed back call after call, is measured aga
 which `effconv convert` verified to be the whole-clip decode.
 
 The caches cross calls in float32: they are graph inputs and outputs, and each backend's int8 scheme quantizes a
-cache where a convolution reads it, as the whole-clip int8 model quantizes the same activation, so no rounding
-accumulates from call to call beyond what the activations themselves carry. `drift` measures that on a long clip.
+cache where a convolution reads it, as the whole-clip int8 model quantizes the same activation. Whether int8 error
+still builds up through the caches is measured, not assumed: `drift` reports PSNR per call over a long clip.
 """
 
 from __future__ import annotations
