@@ -261,6 +261,9 @@ def test_w8a8_mlpackage_costs_int8_compute_with_its_quantize_ops_fused(tmp_path)
     convs = [n for n in w8a8.nodes if n.category in CONV_CATEGORIES]
     assert convs and {n.dtype for n in convs} == {"int8"} and all(any(t.stored == "int8" for t in n.reads if not t.constant) for n in convs)
     assert w8a8.flops == fp16.flops
+    # without its quantize ops the graph stays connected: each activation an op reads is an input or another op's output
+    written = {name for n in w8a8.nodes for name in n.outputs} | set(w8a8.input_shapes)
+    assert all(t.name in written for n in w8a8.nodes for t in n.reads if not t.constant and t.is_data())
     iphone = load_device("iphone16pro")
     assert iphone.coreml_scheme == "w8a8" and load_device("pixel9").coreml_scheme == "w8a16"
     assert estimate_cost(w8a8, iphone).total_ms < estimate_cost(fp16, iphone).total_ms

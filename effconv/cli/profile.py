@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import typer
@@ -99,16 +100,22 @@ def _render_profile(result, top: int) -> None:
 
     data = result.to_dict(top)
     out.print(f"[bold]{data['model']}[/] on [bold]{data['device']}[/] ({result.device.description}); {data['source']}")
-    ops = Table(title=f"top {top} ops by estimated time")
-    for column in ("op", "kind", "unit", "dtype", "GFLOP", "MB", "ms", "bound"):
+    ops = Table(title=f"top {top} kernels by estimated time")
+    for column in ("kernel", "kind", "+ fused", "unit", "dtype", "GFLOP", "MB", "ms", "bound"):
         ops.add_column(column, justify="right" if column in ("GFLOP", "MB", "ms") else "left")
-    for op in data["top_ops"]:
-        handoff = f" (+{op['handoff_ms']:.2f} hand-off)" if op["handoff_ms"] else ""
-        ops.add_row(op["name"][:40], op["kind"], op["unit"], op["dtype"], f"{op['gflops']:.3f}", f"{op['mb']:.2f}",
-                    f"{op['ms']:.3f}{handoff}", op["bound"])
+    for kernel in data["top_kernels"]:
+        handoff = f" (+{kernel['handoff_ms']:.2f} hand-off)" if kernel["handoff_ms"] else ""
+        ops.add_row(kernel["name"][:32], kernel["kind"], _fused_text(kernel["fused"]), kernel["unit"], kernel["dtype"],
+                    f"{kernel['gflops']:.3f}", f"{kernel['mb']:.2f}", f"{kernel['ms']:.3f}{handoff}", kernel["bound"])
     out.print(ops)
     shares = ", ".join(f"{k} {v:.1f}" for k, v in data["by_category_ms"].items() if v >= 0.05)
     out.print(f"by op category (ms): {shares}")
+    fusion = data["fusion"]
+    if fusion["rules"]:
+        rules = ", ".join(f"{unit}: {name}" for unit, name in fusion["rules"].items())
+        out.print(f"fusion ({rules}; effconv/device_profiles/fusion/): {fusion['ops']} ops run as {fusion['kernels']} "
+                  f"kernels, {fusion['fused_ops']} fused into the op before them; unfused the estimate would be "
+                  f"{fusion['unfused_ms']:.1f} ms")
     if len(data["by_unit_ms"]) > 1:
         out.print(f"by compute unit (ms): {', '.join(f'{k} {v:.1f}' for k, v in data['by_unit_ms'].items())}")
     if data["fallbacks"]:
@@ -118,7 +125,8 @@ def _render_profile(result, top: int) -> None:
         out.print(f"[yellow]note:[/] {note}")
     latency, fps, memory = data["latency_ms"], data["fps"], data["memory"]
     summary = Table(show_header=False, title="estimate (a model, not a measurement)")
-    summary.add_row("latency", f"{latency['estimate']:.1f} ms  (band {latency['low']:.1f} - {latency['high']:.1f} ms)")
+    summary.add_row("latency", f"{latency['estimate']:.2f} ms  (band {latency['low']:.2f} - {latency['high']:.2f} ms: "
+                    f"{latency['band_source']})")
     summary.add_row("frames / FPS", f"{data['frames']} frames -> {fps['estimate']:.1f} FPS  (band {fps['low']:.1f} - {fps['high']:.1f})")
     summary.add_row("compute", f"{data['gflops']:.2f} GFLOP, {_dtype_text(data['dtypes'])}")
     fits = "[green]fits[/]" if memory["fits"] else "[red]does NOT fit[/]"
@@ -144,6 +152,12 @@ def _render_profile(result, top: int) -> None:
     out.print(f"[dim]{result.device.validation}[/]", highlight=False)
     if set(result.device.measured.get("outdated_calibration", ())) & set(result.device.units):
         out.print(f"[yellow]{OUTDATED_CALIBRATION}[/]", highlight=False)
+
+
+def _fused_text(kinds: list[str]) -> str:
+    """`Add, Silu x2`: the kinds of the ops a kernel fused, counted."""
+    counts = Counter(kinds)
+    return ", ".join(kind if n == 1 else f"{kind} x{n}" for kind, n in counts.items())
 
 
 def _dtype_text(dtypes: dict[str, dict]) -> str:

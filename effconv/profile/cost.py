@@ -137,6 +137,15 @@ class NodeCost:
     writes: tuple[TensorUse, ...]
     upsample: float = 1.0  # largest Resize/DepthToSpace scale factor (1 when not an upsampler)
     gemm_n: int = 0  # output channels per group (conv) or output columns (matmul): the vectorized width
+    # The kernel the runtime runs this op in (fusion.py): None, its own; another op's name, fused into that op (no
+    # dispatch of its own); "", none at all (a view a compiled graph folds away).
+    kernel: str | None = None
+    on_chip: frozenset[str] = frozenset()  # tensors it reads or writes that stay inside its kernel: no DRAM bytes
+
+    @property
+    def dispatched(self) -> bool:
+        """Whether the runtime launches this op as a kernel of its own (and pays its dispatch)."""
+        return self.kernel is None or self.kernel == self.name
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -162,17 +171,28 @@ class NodeCost:
     def weight_bytes(self) -> int:
         if self.category == "view":
             return 0
-        return sum(tensor.bytes_at(self.dtype) for tensor in self.reads if tensor.constant)
+        return sum(tensor.bytes_at(self.dtype) for tensor in self.reads if tensor.constant and tensor.name not in self.on_chip)
 
     @property
     def input_bytes(self) -> int:
         if self.category == "view":
             return 0
-        return sum(tensor.bytes_at(self.dtype) for tensor in self.reads if not tensor.constant)
+        return sum(tensor.bytes_at(self.dtype) for tensor in self.reads if not tensor.constant and tensor.name not in self.on_chip)
+
+    def resident_bytes(self, capacity: int) -> int:
+        """Bytes of the activations it moves that fit in `capacity` bytes of on-chip memory, each tensor whole (weights
+        always come from DRAM: an on-chip activation buffer does not hold them)."""
+        if self.category == "view" or capacity <= 0:
+            return 0
+        sizes = [tensor.bytes_at(self.dtype) for tensor in self.reads if not tensor.constant and tensor.name not in self.on_chip]
+        sizes += [size for tensor, size in zip(self.writes, self.output_byte_sizes) if tensor.name not in self.on_chip]
+        return sum(size for size in sizes if size <= capacity)
 
     @property
     def output_bytes(self) -> int:
-        return 0 if self.category == "view" else sum(self.output_byte_sizes)
+        if self.category == "view":
+            return 0
+        return sum(size for tensor, size in zip(self.writes, self.output_byte_sizes) if tensor.name not in self.on_chip)
 
     @property
     def bytes(self) -> int:

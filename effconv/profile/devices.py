@@ -26,6 +26,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from effconv.errors import EffconvError
 from effconv.host import cpu_model, default_threads
 from effconv.profile.cost import CATEGORIES, CONV_3D_KEYS
+from effconv.profile.fusion import rule_names
 from effconv.profile.legality import check_lint_units
 from effconv.provenance import produced_by
 from effconv.recipe import HOST_DEVICE
@@ -70,6 +71,24 @@ class Figure(StrictModel):
     uncertainty: float = Field(ge=0, le=10, description="relative: 0.2 means the true value is within +-20%")
 
 
+class OnChip(StrictModel):
+    """An activation buffer beside a compute unit (the Neural Engine's L2, the HTP's VTCM): a tensor no larger than
+    `mb` is read and written there, at `bandwidth_gbps`, instead of through DRAM."""
+
+    mb: Figure
+    bandwidth_gbps: Figure
+
+
+class HeldOutBand(StrictModel):
+    """The error of this unit's estimates on public measurements the fit did not see (error = estimate / measured - 1):
+    a measurement lies within [estimate / (1 + error_high), estimate / (1 + error_low)] when its error is in range."""
+
+    error_low: float = Field(gt=-1, le=0)
+    error_high: float = Field(ge=0, le=MAX_FIGURE)
+    rows: int = Field(ge=1, description="held-out measurements the range rests on")
+    source: str = Field(min_length=3, description="the results file and what was held out")
+
+
 class RuntimeFit(StrictModel):
     """What holds for estimates of one runtime's artifacts when a unit is that runtime alone (host-cpu): it replaces
     the device's figures when an artifact runs on this unit only (`DeviceProfile.for_backend`)."""
@@ -83,6 +102,8 @@ class ComputeUnit(StrictModel):
     kind: Literal["npu", "gpu", "cpu"]
     peak_gops: dict[Dtype, Figure] = Field(description="GFLOP/s for fp32/fp16, GOP/s for int8")
     bandwidth_gbps: Figure | None = Field(None, description="if lower than the device's DRAM bandwidth")
+    on_chip: OnChip | None = Field(None, description="memory next to the unit that holds activations: tensors that fit move "
+                                   "at its bandwidth instead of DRAM's")
     op_overhead_us: float = Field(0.0, ge=0, le=MAX_FIGURE, description="fixed dispatch cost per op")
     narrow_channels: float = Field(0.0, ge=0, le=MAX_FIGURE, description="conv/matmul output width at which compute efficiency halves (0: off)")
     int8_position_ns: dict[str, float] = Field(default_factory=dict, description="per int8 convolution key (as in "
@@ -94,10 +115,33 @@ class ComputeUnit(StrictModel):
                                               "for 3-D convolutions apart")
     int8_activations: str = Field("", description="the source that this unit computes int8 x int8 (a Core ML W8A8 model "
                                   "runs at its int8 rate); empty: int8 weights only, computed at its float rate (W8A16)")
+    held_out_band: HeldOutBand | None = Field(None, description="estimates on this unit alone print this band instead of "
+                                              "the figures' uncertainties")
+    float_weights_at_run_time: str = Field("", description="the source that this unit decompresses weight-only int8 "
+                                           "weights to its float dtype before running (W8A16 moves fp16 weight bytes); "
+                                           "empty: the int8 bytes are what it reads")
     runtime_fit: RuntimeFit | None = Field(None, description="host-cpu: this unit is one runtime's kernels, fitted on its own")
     lint_units: dict[str, list[str]] = Field(min_length=1, description="per backend, the units of effconv/legalize/rules/<backend>.yaml "
                                              "this unit is: it runs an op unless those rules rule out all of them")
+    fusion: dict[str, str] = Field(default_factory=dict, description="per backend, the fusion rules "
+                                   "(effconv/device_profiles/fusion/<name>.yaml) of the runtime that runs it on this unit; "
+                                   "a backend not listed: every op is its own kernel")
     note: str = ""
+
+    @field_validator("fusion")
+    @classmethod
+    def _known_rules(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value.values()) - set(rule_names()))
+        if unknown:
+            raise ValueError(f"unknown fusion rules {', '.join(unknown)} (use one of {', '.join(rule_names())})")
+        return value
+
+    @model_validator(mode="after")
+    def _fusion_backends(self) -> ComputeUnit:
+        stray = sorted(set(self.fusion) - set(self.lint_units))
+        if stray:
+            raise ValueError(f"fusion names backend(s) {', '.join(stray)} that lint_units does not")
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from effconv.profile.cost import CONV_CATEGORIES, GraphCost, NodeCost, conv_3d_key
-from effconv.profile.devices import ComputeUnit, DeviceProfile
+from effconv.profile.cost import CONV_CATEGORIES, GraphCost, NodeCost, Precision, conv_3d_key
+from effconv.profile.devices import ComputeUnit, DeviceProfile, HeldOutBand
+from effconv.profile.fusion import FusionRules, fuse, load_rules
 from effconv.profile.legality import placement_notes, runs_on
 from effconv.profile.onnx_cost import graph_cost
 
@@ -41,6 +42,25 @@ class OpEstimate:
 
 
 @dataclass
+class Kernel:
+    """Ops a runtime runs as one kernel: its root (the op it launches) and the ops fused into it."""
+
+    ops: list[OpEstimate]
+
+    @property
+    def root(self) -> OpEstimate:
+        return next((op for op in self.ops if op.node.dispatched), self.ops[0])
+
+    @property
+    def fused(self) -> list[OpEstimate]:
+        return [op for op in self.ops if op is not self.root]
+
+    @property
+    def ms(self) -> float:
+        return sum(op.ms for op in self.ops)
+
+
+@dataclass
 class Estimate:
     device: str
     dtype: str  # what the artifact's ops compute in: one dtype, or a mix such as "int8 (61 ops) + fp32 (12 ops)"
@@ -58,6 +78,19 @@ class Estimate:
     budget_ms: float | None = None
     preferred_unit: str = ""
     notes: list[str] = field(default_factory=list)
+    fusion: dict[str, str] = field(default_factory=dict)  # unit -> the fusion rules applied there
+    band_source: str = ""  # where low/high come from when they are a held-out error range ("": the figures' uncertainties)
+
+    def kernels(self) -> list[Kernel]:
+        """The kernels the runtimes launch, each with the ops fused into it (halo padding included), slowest first."""
+        by_root: dict[str, Kernel] = {}
+        for op in self.ops:
+            if op.node.kernel == "":
+                continue
+            root = op.node.kernel or op.node.name
+            by_root.setdefault(root, Kernel([]))
+            by_root[root].ops.append(op)
+        return sorted(by_root.values(), key=lambda kernel: -kernel.ms)
 
     @property
     def memory_bytes(self) -> int:
@@ -151,15 +184,25 @@ def position_ms(node: NodeCost, unit: ComputeUnit, dtype: str) -> float:
     return output_positions(node) * (int8_figure(node, unit.int8_position_ns) or 0.0) / 1e6
 
 
+def memory_ms(node: NodeCost, unit: ComputeUnit, device: DeviceProfile) -> float:
+    """Time to move the node's bytes: through DRAM, except the activations that fit the unit's on-chip memory."""
+    if unit.on_chip is None:
+        return roofline_ms(0, node.bytes, 1.0, _unit_bandwidth(unit, device))[1]
+    resident = node.resident_bytes(int(unit.on_chip.mb.value * 1e6))
+    return ((node.bytes - resident) / _unit_bandwidth(unit, device) + resident / unit.on_chip.bandwidth_gbps.value) / 1e6
+
+
 def op_ms(node: NodeCost, unit: ComputeUnit, dtype: str, device: DeviceProfile) -> tuple[float, float, float]:
     """(compute ms, memory ms, total ms) of one node on one unit."""
     peak = unit.peak_gops[dtype].value * narrow_factor(node, unit)
-    compute, memory = roofline_ms(node.flops, node.bytes, peak, _unit_bandwidth(unit, device))
+    compute = roofline_ms(node.flops, 0, peak, 1.0)[0]
+    memory = memory_ms(node, unit, device)
+    dispatch = unit.op_overhead_us / 1000 if node.dispatched else 0.0
     if node.category == "view":
-        return compute, memory, unit.op_overhead_us / 1000
+        return compute, memory, dispatch
     int8 = int8_figure(node, unit.int8_efficiency) if dtype == "int8" else None
     efficiency = int8 or unit.efficiency.get(node.category, 1.0)
-    return compute, memory, max(compute, memory) / efficiency + position_ms(node, unit, dtype) + unit.op_overhead_us / 1000
+    return compute, memory, max(compute, memory) / efficiency + position_ms(node, unit, dtype) + dispatch
 
 
 def int8_figure(node: NodeCost, figures: dict[str, float]) -> float | None:
@@ -174,6 +217,14 @@ def int8_keys(node: NodeCost) -> tuple[str, ...]:
     if node.category in CONV_CATEGORIES and node.kind.endswith("3d"):
         return conv_3d_key(node.category), node.category
     return (node.category,)
+
+
+def held_out_band(device: DeviceProfile, units: set[str]) -> HeldOutBand | None:
+    """The held-out error range of the units an estimate ran on, when every one has one (the widest of them)."""
+    bands = [device.units[unit].held_out_band for unit in units]
+    if not bands or None in bands:
+        return None
+    return max(bands, key=lambda band: band.error_high - band.error_low)
 
 
 def _uncertainty(device: DeviceProfile, used: set[tuple[str, str]]) -> float:
@@ -195,18 +246,35 @@ def estimate(model: onnx.ModelProto, device: DeviceProfile, dtype: str | None = 
     return estimate_cost(graph_cost(model, dtype), device, budget_ms)
 
 
-def estimate_cost(cost: GraphCost, device: DeviceProfile, budget_ms: float | None = None) -> Estimate:
-    """Estimate a costed graph on a device: each node runs in its own dtype where its unit has it."""
+def as_run(node: NodeCost, unit: ComputeUnit, dtype: str) -> NodeCost:
+    """The node as `unit` runs it in `dtype`: weight-only int8 weights read at the float width where the unit
+    decompresses them before running (`float_weights_at_run_time`)."""
+    if unit.float_weights_at_run_time and dtype != "int8" and node.precision.weights != node.dtype:
+        return node.with_precision(Precision(dtype, dtype))
+    return node.at(dtype)
+
+
+def fusion_rules(device: DeviceProfile) -> dict[str, FusionRules]:
+    """Unit -> the fusion rules its runtime applies to the device's (first) backend."""
+    backend = device.backends[0]
+    return {name: load_rules(unit.fusion[backend]) for name, unit in device.units.items() if backend in unit.fusion}
+
+
+def estimate_cost(cost: GraphCost, device: DeviceProfile, budget_ms: float | None = None, fused: bool = True) -> Estimate:
+    """Estimate a costed graph on a device: each node runs in its own dtype where its unit has it, in the kernels its
+    unit's runtime fuses it into (`fused=False`: every op a kernel of its own, as the graph stores it)."""
+    placed = [place(node, device) for node in cost.nodes]
+    rules = fusion_rules(device) if fused else {}
+    fusion = fuse(cost, [unit for unit, _ in placed], rules)
     producer_unit: dict[str, str] = {}
     tensor_bytes: dict[str, int] = {}
     fallback_ms = device.fallback_us.value / 1000
     ops, used = [], set()
-    for node in cost.nodes:
-        unit_name, legal = place(node, device)
+    for node, (unit_name, legal) in zip(fusion.cost.nodes, placed):
         unit = device.units[unit_name]
         run_dtype = execution_dtype(unit, node.dtype)
         used.add((unit_name, run_dtype))
-        costed = node.at(run_dtype)
+        costed = as_run(node, unit, run_dtype)
         compute, memory, ms = op_ms(costed, unit, run_dtype, device)
         handoff = 0.0
         for name in costed.inputs:
@@ -219,6 +287,8 @@ def estimate_cost(cost: GraphCost, device: DeviceProfile, budget_ms: float | Non
         ops.append(OpEstimate(costed, unit_name, run_dtype, compute, memory, handoff, ms + handoff, legal))
     total = sum(op.ms for op in ops) + device.run_overhead_ms
     uncertainty = _uncertainty(device, used)
+    band = held_out_band(device, {op.unit for op in ops if op.node.category != "view"})
+    low, high = (total / (1 + band.error_high), total / (1 + band.error_low)) if band else (total / (1 + uncertainty), total * (1 + uncertainty))
     first_unit = next(iter(device.units.values()))
     on_first_unit = cost.mapped(lambda node: node.at(execution_dtype(first_unit, node.dtype)))
     peak_act, weights = on_first_unit.peak_activation_bytes, on_first_unit.weight_bytes
@@ -233,8 +303,9 @@ def estimate_cost(cost: GraphCost, device: DeviceProfile, budget_ms: float | Non
         dtypes=cost.dtype_table(),
         ops=ops,
         total_ms=total,
-        low_ms=total / (1 + uncertainty),
-        high_ms=total * (1 + uncertainty),
+        low_ms=low,
+        high_ms=high,
+        band_source=f"held-out error on {band.rows} public measurements ({band.source})" if band else "",
         uncertainty=uncertainty,
         frames=frames,
         weight_bytes=weights,
@@ -244,6 +315,7 @@ def estimate_cost(cost: GraphCost, device: DeviceProfile, budget_ms: float | Non
         budget_ms=budget_ms,
         preferred_unit=next(iter(device.units)),
         notes=list(cost.notes),
+        fusion=fusion.rules,
     )
     result.notes += placement_notes(device, [(op.node, op.unit, op.legal) for op in ops])
     return result

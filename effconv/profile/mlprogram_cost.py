@@ -100,6 +100,7 @@ class _Values:
         self.stored: dict[str, str] = {}
         self.constants: set[str] = set()
         self.integers: dict[str, list[int]] = {}
+        self.fused_from: dict[str, str] = {}  # a fused quantize/dequantize's output -> the activation it came from
         for value in function.inputs:
             self._record(value.name, value.type)
 
@@ -124,6 +125,8 @@ class _Values:
                 self.integers[op.outputs[0].name] = immediate
         if op.type == "dequantize" and self.stored.get(_argument(op, "input") or "") == "int8":
             self.stored[op.outputs[0].name] = "int8"
+        if op.type in FUSED_QUANTIZATION and _argument(op, "input"):
+            self.fused_from[op.outputs[0].name] = self.origin(_argument(op, "input"))
         if op.type.startswith("constexpr_"):
             # the payload (quantized data, palette indices) is an attribute (iOS 16/17 ops) or a const input (iOS 18)
             payload = [self._dtype(a.type.tensorType.dataType) for key, a in op.attributes.items() if key != "name"]
@@ -131,6 +134,10 @@ class _Values:
             if "int8" in payload:
                 for output in op.outputs:
                     self.stored[output.name] = "int8"
+
+    def origin(self, name: str) -> str:
+        """The activation a value is, through fused quantize/dequantize ops: the graph stays connected without them."""
+        return self.fused_from.get(name, name)
 
     def use(self, name: str) -> TensorUse:
         return TensorUse(name, self.shapes.get(name, ()), self.stored.get(name, "fp32"), constant=name in self.constants)
@@ -185,7 +192,7 @@ def _node(op, values: _Values, notes: list[str]) -> NodeCost:
         notes.append(f"MIL op {op.type} has no cost rule in effconv: costed as elementwise (1 FLOP per output element).")
     kind = known or op.type
     category, transcendental = op_category(kind) if known else "elementwise", kind in TRANSCENDENTAL_OPS
-    reads = tuple(values.use(b.name) for argument in op.inputs.values() for b in argument.arguments if b.name)
+    reads = tuple(values.use(values.origin(b.name)) for argument in op.inputs.values() for b in argument.arguments if b.name)
     writes = tuple(values.use(output.name) for output in op.outputs)
     out_elements = sum(numel(t.shape) for t in writes)
     in_elements = sum(numel(t.shape) for t in reads if not t.constant)

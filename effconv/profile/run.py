@@ -12,7 +12,7 @@ from effconv.profile.cost import DTYPE_BYTES
 from effconv.host import default_threads
 from effconv.backends import registry
 from effconv.profile.devices import HOST, HOST_UNIT_BACKENDS, DeviceProfile, load_device
-from effconv.profile.estimate import Estimate, estimate_cost
+from effconv.profile.estimate import Estimate, Kernel, estimate_cost
 from effconv.profile.inputs import ProfileInput, resolve
 from effconv.profile.measure import measure
 
@@ -31,6 +31,7 @@ class ProfileResult:
     threads: int | None
     measured: dict | None
     budget_from: str | None
+    unfused: Estimate | None = None  # every op its own kernel: what fusion saved (None where no unit fuses)
 
     @property
     def judged_ms(self) -> float:
@@ -50,7 +51,6 @@ class ProfileResult:
 
     def to_dict(self, top: int = 10) -> dict:
         est = self.estimate
-        ops = sorted(est.ops, key=lambda op: -op.ms)[:top]
         return {
             "model": self.source.name,
             "source": self.source.how,
@@ -58,7 +58,8 @@ class ProfileResult:
             "device_description": self.device.description,
             "dtype": est.dtype,
             "dtypes": est.dtypes,
-            "latency_ms": {"estimate": est.total_ms, "low": est.low_ms, "high": est.high_ms, "uncertainty": est.uncertainty},
+            "latency_ms": {"estimate": est.total_ms, "low": est.low_ms, "high": est.high_ms, "uncertainty": est.uncertainty,
+                           "band_source": est.band_source or "the profile's figure uncertainties"},
             "frames": est.frames,
             "fps": {"estimate": est.fps, "low": 1000 * est.frames / est.high_ms, "high": 1000 * est.frames / est.low_ms},
             "gflops": est.flops / 1e9,
@@ -73,14 +74,23 @@ class ProfileResult:
             "by_unit_ms": est.by("unit"),
             "fallbacks": est.fallbacks(),
             "notes": est.notes,
-            "top_ops": [{"name": op.node.name, "kind": op.node.kind, "unit": op.unit, "dtype": op.dtype,
-                         "gflops": op.node.flops / 1e9, "mb": op.node.bytes / 1e6, "ms": op.ms, "bound": op.bound,
-                         "handoff_ms": op.handoff_ms} for op in ops],
+            "fusion": self.fusion_summary(),
+            "top_kernels": [_kernel_row(kernel) for kernel in est.kernels()[:top]],
             "measured": self.measured,
             "rel_error": self.rel_error,
             "validation": self.device.validation,
             "fitted_runtime": fitted_runtime(self.device),
         }
+
+    def fusion_summary(self) -> dict:
+        """Which rules fused what, and the estimate before fusion (every op its own kernel, as the graph stores it)."""
+        est = self.estimate
+        kernels = est.kernels()
+        summary = {"rules": est.fusion, "ops": sum(op.node.category != "view" for op in est.ops), "kernels": len(kernels),
+                   "fused_ops": sum(len(kernel.fused) for kernel in kernels)}
+        if self.unfused is not None:
+            summary |= {"unfused_ms": self.unfused.total_ms, "unfused_by_category_ms": self.unfused.by("category")}
+        return summary
 
     @property
     def chunk_frames(self) -> int | None:
@@ -90,6 +100,14 @@ class ProfileResult:
         if k is None or k < 1 or not comp:
             return None
         return (1 if comp["causal"] else 0) + comp["temporal"] * (k - (1 if comp["causal"] else 0))
+
+
+def _kernel_row(kernel: Kernel) -> dict:
+    root = kernel.root
+    return {"name": root.node.name, "kind": root.node.kind, "fused": [op.node.kind for op in kernel.fused],
+            "fused_ops": [op.node.name for op in kernel.fused], "unit": root.unit, "dtype": root.dtype,
+            "gflops": sum(op.node.flops for op in kernel.ops) / 1e9, "mb": sum(op.node.bytes for op in kernel.ops) / 1e6,
+            "ms": kernel.ms, "bound": root.bound, "handoff_ms": sum(op.handoff_ms for op in kernel.ops)}
 
 
 def check_budget_args(budget_ms: float | None, fps: float | None) -> None:
@@ -121,7 +139,9 @@ def run(target: Path, device_name: str, resolution: str | None = None, frames: i
     with tempfile.TemporaryDirectory(prefix="effconv-profile-") as workdir:
         source = resolve(target, Path(workdir), resolution, frames, allow_import)
         device = device.for_backend(source.backend)
-        result_estimate = estimate_cost(source.cost.forced(dtype) if dtype else source.cost, device)
+        cost = source.cost.forced(dtype) if dtype else source.cost
+        result_estimate = estimate_cost(cost, device)
+        unfused = estimate_cost(cost, device, fused=False) if result_estimate.fusion else None
         measured = _measured(source, threads, repeats) if do_measure else None
     if source.backend in device.backend_units:
         result_estimate.notes.append(f"{source.backend} on {device.name}: {device.backend_units[source.backend].note}")
@@ -132,7 +152,7 @@ def run(target: Path, device_name: str, resolution: str | None = None, frames: i
     limit, limit_from = budget(budget_ms, fps, result_estimate.frames)
     result_estimate.budget_ms = limit
     host_threads = threads if device.name == HOST else None
-    return ProfileResult(source, device, result_estimate, host_threads, measured, limit_from)
+    return ProfileResult(source, device, result_estimate, host_threads, measured, limit_from, unfused)
 
 
 def fitted_runtime(device: DeviceProfile) -> str | None:

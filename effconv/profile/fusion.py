@@ -1,0 +1,239 @@
+"""Which ops a runtime runs as one kernel: the graph a compiler executes, not the op list an artifact stores.
+
+A runtime's rules are data (`effconv/device_profiles/fusion/<name>.yaml`, each rule with its public source); a
+device profile's unit names the rules its runtime applies per backend (`ComputeUnit.fusion`). Three kinds of rule:
+
+- `epilogues`: an op joins the kernel of the op that produced one of its inputs when the kernel's first op (its root)
+  and the joining op match a rule (a convolution's activation, a clamp after an add), and, where the rule says
+  `lone_consumer`, when the joining op is the only reader of that input. A tensor whose producer and every reader
+  are in one kernel never goes to DRAM: it is "on chip", and neither its writer nor its readers pay for it; a kernel
+  reads each outside tensor once. The joining op keeps its FLOPs and pays no dispatch.
+- `halo`: a padding op (and the `Slice`s that feed only it) whose output only convolutions read is the convolution's
+  halo read, not a copy: it moves no bytes of its own (the convolution reads the padded extent).
+- `free`: view kinds that are no kernel at all in this runtime (quantize/dequantize pairs that become an int8
+  kernel's tensor parameters): no dispatch.
+
+Only what a runtime's public source shows is a rule: what its compiler may fuse beyond that is not assumed (the
+rules files say what is not public).
+
+An op joins a kernel only on the same compute unit, and only when each of its other inputs exists before the kernel
+starts (so the fused kernel never waits on work that waits on it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from pydantic import Field, ValidationError, field_validator
+
+from effconv.errors import EffconvError
+from effconv.profile.cost import CATEGORIES, CONV_CATEGORIES, GraphCost, NodeCost
+from effconv.spec import StrictModel, format_validation_error, read_yaml_mapping
+
+
+def _known(selectors: list[str]) -> list[str]:
+    """Selectors are op categories (lower case: `elementwise`) or op kinds (as cost.py names them: `Silu`, `Add`)."""
+    for selector in selectors:
+        if selector.islower() and selector not in CATEGORIES:
+            raise ValueError(f"unknown op category '{selector}' (categories: {', '.join(CATEGORIES)}; kinds start upper case)")
+    return selectors
+
+
+class Epilogue(StrictModel):
+    into: list[str] = Field(min_length=1, description="categories or kinds of the kernel's first op")
+    fuse: list[str] = Field(min_length=1, description="categories or kinds of the ops that join that kernel")
+    lone_consumer: bool = Field(False, description="the joining op must be the only reader of the kernel's tensor it reads")
+    source: str = Field(min_length=3, description="where the runtime says so: a URL, or a repository path and symbol")
+
+    @field_validator("into", "fuse")
+    @classmethod
+    def _selectors(cls, value: list[str]) -> list[str]:
+        return _known(value)
+
+    def joins(self, root: NodeCost, node: NodeCost) -> bool:
+        return matches(self.into, root) and matches(self.fuse, node)
+
+
+class Halo(StrictModel):
+    kinds: list[str] = Field(min_length=1, description="padding ops (Concat, Pad) and the Slices that only feed them")
+    into: list[str] = Field(default_factory=lambda: list(CONV_CATEGORIES), description="the readers they fold into")
+    source: str = Field(min_length=3)
+
+    @field_validator("kinds", "into")
+    @classmethod
+    def _selectors(cls, value: list[str]) -> list[str]:
+        return _known(value)
+
+
+class FreeViews(StrictModel):
+    kinds: list[str] = Field(min_length=1, description="view kinds that are not kernels in this runtime")
+    source: str = Field(min_length=3)
+
+
+class FusionRules(StrictModel):
+    name: str
+    runtime: str = Field(description="the runtime and compiler these rules describe, with its version where it matters")
+    epilogues: list[Epilogue] = Field(default_factory=list)
+    halo: Halo | None = None
+    free: FreeViews | None = None
+    not_fused: str = Field(min_length=3, description="what this runtime is known not to fuse, and what is not public")
+
+
+def matches(selectors: list[str], node: NodeCost) -> bool:
+    return node.category in selectors or node.kind in selectors
+
+
+def rules_dir():
+    return resources.files("effconv") / "device_profiles" / "fusion"
+
+
+def rule_names() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in rules_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+@cache
+def load_rules(name: str) -> FusionRules:
+    if name not in rule_names():
+        raise EffconvError(f"unknown fusion rules '{name}'.", f"use one of: {', '.join(rule_names())}.")
+    path = rules_dir() / f"{name}.yaml"
+    with resources.as_file(path) as real_path:
+        data = read_yaml_mapping(real_path, "fusion rules")
+    try:
+        return FusionRules.model_validate(data)
+    except ValidationError as exc:
+        error = format_validation_error(exc, str(path))
+        raise EffconvError(error.message, error.fix) from None
+
+
+@dataclass(frozen=True)
+class Fused:
+    """A graph as one device's runtimes execute it: its nodes carry `kernel` / `on_chip` (NodeCost), and `rules`
+    names the rules each unit applied."""
+
+    cost: GraphCost
+    rules: dict[str, str]  # unit -> rules name (units without rules absent)
+
+    @property
+    def kernels(self) -> dict[str, list[str]]:
+        """Kernel root -> the ops fused into it (roots without fused ops absent)."""
+        members: dict[str, list[str]] = defaultdict(list)
+        for node in self.cost.nodes:
+            if node.kernel and node.kernel != node.name:
+                members[node.kernel].append(node.name)
+        return dict(members)
+
+
+class _Graph:
+    """Producers and readers of each tensor, views seen through (a view's output is its input's data)."""
+
+    def __init__(self, nodes: list[NodeCost], graph_outputs: set[str]):
+        self.alias: dict[str, str] = {}
+        for node in nodes:
+            data = [t.name for t in node.reads if not t.constant]
+            if node.category == "view" and data:
+                for name in node.outputs[:1]:
+                    self.alias[name] = self.real(data[0])
+        self.producer: dict[str, int] = {}
+        self.readers: dict[str, set[int]] = defaultdict(set)
+        for index, node in enumerate(nodes):
+            if node.category == "view":
+                continue
+            for name in node.outputs:
+                self.producer[name] = index
+            for tensor in node.reads:
+                if not tensor.constant:
+                    self.readers[self.real(tensor.name)].add(index)
+        self.outputs = {self.real(name) for name in graph_outputs}
+
+    def real(self, name: str) -> str:
+        return self.alias.get(name, name)
+
+    def data_inputs(self, node: NodeCost) -> list[str]:
+        return list(dict.fromkeys(self.real(t.name) for t in node.reads if not t.constant))
+
+
+def _halo_targets(nodes: list[NodeCost], graph: _Graph, units: list[str], rules_by_unit: dict[str, FusionRules]) -> dict[int, int]:
+    """Padding op -> the convolution it is the halo of, walking back from the readers (a Slice feeding a halo Concat
+    is part of that halo)."""
+    target: dict[int, int] = {}
+    for index in range(len(nodes) - 1, -1, -1):
+        node = nodes[index]
+        rules = rules_by_unit.get(units[index])
+        halo = rules.halo if rules else None
+        if halo is None or node.kind not in halo.kinds or not node.outputs:
+            continue
+        readers = set().union(*(graph.readers[graph.real(name)] for name in node.outputs))
+        if not readers or any(graph.real(name) in graph.outputs for name in node.outputs):
+            continue
+        ends = {reader if matches(halo.into, nodes[reader]) else target.get(reader) for reader in readers}
+        if len(ends) == 1 and None not in ends and units[next(iter(ends))] == units[index]:
+            target[index] = next(iter(ends))
+    return target
+
+
+def _join(index: int, nodes: list[NodeCost], graph: _Graph, root_of: dict[int, int], last_of: dict[int, int],
+          units: list[str], rules: FusionRules) -> int | None:
+    """The root of the kernel node `index` joins, or None: the latest producer's kernel a rule lets it join, when
+    every other input of the node comes from a kernel that ended before that one starts (`last_of`: kernel root ->
+    its last op), so a fused kernel never waits on work that waits on it."""
+    node = nodes[index]
+    producers = [graph.producer[name] for name in graph.data_inputs(node) if name in graph.producer]
+    for producer in sorted(producers, reverse=True):
+        root = root_of.get(producer)
+        if root is None or units[root] != units[index]:
+            continue
+        alone = all(graph.readers[graph.real(name)] == {index} for name in nodes[producer].outputs)
+        if not any(rule.joins(nodes[root], node) and (alone or not rule.lone_consumer) for rule in rules.epilogues):
+            continue
+        if all(root_of.get(other, other) == root or last_of.get(root_of.get(other, other), other) < root
+               for other in producers):
+            return root
+    return None
+
+
+def fuse(cost: GraphCost, units: list[str], rules_by_unit: dict[str, FusionRules]) -> Fused:
+    """`cost` as its runtimes run it: each node placed on `units[i]` is grouped by that unit's rules."""
+    nodes = cost.nodes
+    graph = _Graph(nodes, set(cost.output_shapes))
+    root_of: dict[int, int] = {}  # compute node -> the first node of its kernel
+    last_of: dict[int, int] = {}  # kernel root -> its last node
+    halo_of = _halo_targets(nodes, graph, units, rules_by_unit)
+    for index, node in enumerate(nodes):
+        if node.category == "view" or index in halo_of:
+            continue
+        rules = rules_by_unit.get(units[index])
+        joined = _join(index, nodes, graph, root_of, last_of, units, rules) if rules else None
+        root_of[index] = index if joined is None else joined
+        last_of[root_of[index]] = index
+    kernel_of = {index: nodes[root].name for index, root in root_of.items()}
+    kernel_of |= {index: nodes[conv].name for index, conv in halo_of.items()}
+    on_chip = set()
+    for name, producer in graph.producer.items():
+        readers = graph.readers.get(name, set())
+        if producer in root_of and readers and name not in graph.outputs and all(
+                root_of.get(reader) == root_of[producer] for reader in readers):
+            on_chip.add(name)
+    fused_nodes = []
+    read_by_kernel: dict[int, set[str]] = {}  # kernel root -> outside tensors it already read (once per kernel)
+    for index, node in enumerate(nodes):
+        rules = rules_by_unit.get(units[index])
+        if index in halo_of:
+            chip = frozenset(t.name for t in (*node.reads, *node.writes))
+            fused_nodes.append(dataclasses.replace(node, kernel=kernel_of[index], on_chip=chip))
+        elif node.category == "view":
+            free = rules is not None and rules.free is not None and node.kind in rules.free.kinds
+            fused_nodes.append(dataclasses.replace(node, kernel="" if free else None))
+        elif rules is None:
+            fused_nodes.append(node)
+        else:
+            kernel_reads = read_by_kernel.setdefault(root_of[index], set())
+            chip = {t.name for t in (*node.reads, *node.writes) if graph.real(t.name) in on_chip}
+            chip |= {t.name for t in node.reads if not t.constant and graph.real(t.name) in kernel_reads}
+            kernel_reads |= {graph.real(t.name) for t in node.reads if not t.constant}
+            fused_nodes.append(dataclasses.replace(node, kernel=kernel_of[index], on_chip=frozenset(chip)))
+    applied = {unit: rules.name for unit, rules in rules_by_unit.items() if unit in units}
+    return Fused(dataclasses.replace(cost, nodes=fused_nodes), applied)
