@@ -1,11 +1,13 @@
-"""Int8 streaming steps: calibrated on the inputs the float chunk loop feeds each call, verified by the int8 step's own
-chunk loop (caches fed back) against the float one on whole held-out clips and over the bundled clip's 33 latent
-frames, whose first and last 12-frame windows must stay close (no drift through the caches).
+"""Int8 streaming steps: calibrated on every call of the float chunk loop over 17-latent-frame clips, verified by the
+int8 step's own chunk loop (caches fed back) against the float one on whole held-out clips and over the bundled clip's
+33 latent frames, whose first and last 12-frame windows must stay close (no drift through the caches).
 
-Measured on the tiny demo-teacher student (random init, 1 latent frame per call, bundled-video calibration, AVX-512
-VNNI host): int8 chunk loop vs float 41.1 dB (ONNX) and 37.9 dB (TFLite); first-to-last window fall 0.84 and 0.56 dB.
-Bounds: >= 30 dB and < 60 dB (an unquantized model fails), a fall of at most 1.5 dB (the issue's target is 1 dB; the
-margin is for CPUs whose int8 kernels round otherwise)."""
+Measured on the tiny demo-teacher student (random init, 1 latent frame per call, 8 bundled-video samples, no search,
+AVX-512 VNNI host): ONNX int8 chunk loop vs float 39.9 dB on the held-out clips, first-to-last window fall 0.74 dB
+(calibrated on one early call per 9-frame clip, as before: 41.1 dB on 3-latent-frame clips, fall 0.84 dB). The TFLite
+step passes the same bounds. Bounds: >= 30 dB and < 60 dB (an unquantized model fails), a fall of at most 1.5 dB (the
+issue's target is 1 dB; the margin is for CPUs whose int8 kernels round otherwise). The tiny Wan 2.2 student, whose
+loop fell 3.6 dB when calibrated on the first calls only, is held to the 1 dB target on ONNX (0.56 dB measured)."""
 
 from __future__ import annotations
 
@@ -43,23 +45,37 @@ def streaming_student(tmp_path_factory):
     return Artifacts()
 
 
-def test_calibration_samples_are_calls_of_the_float_chunk_loop_with_the_caches_it_made(streaming_student):
+def test_calibration_samples_are_every_call_of_the_float_chunk_loop_over_long_clips(streaming_student):
+    """Clips of the exported 9 frames would show the step only its first 3 calls (caches still filling)."""
     artifact = streaming_student["onnx"]
     manifest = read_manifest(artifact.with_suffix(".json"))
     stream, backend = manifest.stream, registry.for_artifact(artifact)
-    clips = calibration_sets(manifest, None, 4, None, None, expected=streaming.whole_clip_shape(manifest)).calib
-    assert clips.latents[0].shape == (1, 8, 3, 16, 16)  # 9 frames, 4x causal: 3 latent frames, 1 per call
+    clips = calibration_sets(manifest, None, 4, None, None, chunk_loop=True).calib
+    calls = streaming.CALIBRATION_LATENT_FRAMES
+    assert clips.latents[0].shape == (1, 8, calls, 16, 16)  # the bundled clip holds 33 latent frames, 1 per call
     run_float = backend.load_all(artifact, None)
     samples = streaming.step_samples(run_float, stream, clips)
-    assert len(samples) == len(clips) == 3
+    assert len(clips) == 3 and len(samples) == 3 * calls
+    loops = [[inputs for inputs, _video in step_calls(run_float, stream, latent)] for latent in clips.latents]
     for index, (latent, carried) in enumerate(zip(samples.latents, samples.carried)):
+        clip, call = divmod(index, calls)
         assert latent.shape == tuple(manifest.inputs[0].shape) and len(carried) == 1 + len(stream["caches"])
-        expected_inputs = list(step_calls(run_float, stream, clips.latents[index]))[index % 3][0]
-        assert carried[0][0] == (1.0 if index == 0 else 0.0)
+        expected_inputs = loops[clip][call]
+        assert carried[0][0] == (1.0 if call == 0 else 0.0)
         for got, want in zip((latent, *carried), expected_inputs):
             np.testing.assert_array_equal(got, want)
         caches_zero = all(not cache.any() for cache in carried[1:])
-        assert caches_zero == (index == 0)
+        assert caches_zero == (call == 0)
+
+
+def test_a_step_calibrated_from_a_latents_file_says_it_saw_only_the_first_calls(streaming_student, tmp_path):
+    manifest = read_manifest(streaming_student["onnx"].with_suffix(".json"))
+    latents = tmp_path / "latents.npy"
+    shape = (4, *streaming.whole_clip_shape(manifest)[1:])
+    np.save(latents, np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    found = calibration_sets(manifest, [str(latents)], 4, None, None, chunk_loop=True)
+    assert found.calib.latents[0].shape[2] == 3
+    assert any("first 3 calls only" in note for note in found.notes)
 
 
 @pytest.mark.parametrize("backend", STREAM_INT8_BACKENDS)
@@ -70,7 +86,7 @@ def test_an_int8_streaming_step_keeps_its_chunk_loop_close_to_float_without_drif
     assert manifest.model_extra["stream"] == read_manifest(artifact.with_suffix(".json")).stream
     assert q["gate"]["passed"] and 30.0 <= q["quality"]["psnr_vs_float_db"] < 60.0
     assert q["quality"]["samples"] == 2 and "psnr_drop_db" in q["quality"]  # whole held-out clips, with ground truth
-    assert q["step_quality"]["samples"] == 2
+    assert q["step_quality"]["samples"] == 2 * streaming.CALIBRATION_LATENT_FRAMES  # every call of those clips
     drift = q["stream"]
     assert drift["latent_frames"] == drift["calls"] == 33 and drift["source"].startswith("bigbuckbunny.mp4")
     assert drift["window_latent_frames"] == 12 and len(drift["psnr_per_call_db"]) == 33
@@ -84,6 +100,19 @@ def test_an_int8_streaming_step_keeps_its_chunk_loop_close_to_float_without_drif
     decoded = [streaming.decoded(run, manifest.stream, latent) for run in (float_run, int8_run)]
     assert decoded[0].shape == decoded[1].shape == (1, 3, 17, 64, 64)
     assert 0 < float(np.abs(decoded[0] - decoded[1]).max()) < 0.5
+
+
+def test_the_int8_step_of_a_wan_student_meets_the_drift_target_over_the_long_clip(tmp_path):
+    """The tiny Wan 2.2 student's int8 chunk loop fell 3.6 dB from the first 12 latent frames of the bundled clip to
+    the last (38.8 -> 27 dB per call) while calibrated on calls 0-2 only: steady-state activations outgrow those
+    ranges, and the clipped error travels through the caches. Calibrated on every call of long clips it holds."""
+    rewrite(load_spec(SPECS / "wan22-tiny.yaml"), "tiny", tmp_path)
+    student = load_spec(tmp_path / "wan22-tiny-student.yaml")
+    artifact = tmp_path / "onnx" / convert(student, "onnx", tmp_path / "onnx", stream=1).artifact
+    q = quantize_artifact(artifact, tmp_path / "int8", samples=4, search_seconds=0).model_extra["quantize"]
+    drift = q["stream"]
+    assert q["gate"]["passed"] and q["quality"]["psnr_vs_float_db"] >= 30.0
+    assert drift["calls"] == 33 and drift["psnr_last_window_db"] >= 30.0 and drift["fall_db"] <= 1.0
 
 
 def test_a_core_ml_streaming_step_refuses_w8a8_in_one_line(tmp_path):

@@ -50,9 +50,11 @@ def _check_latent_shape(shape: tuple[int, ...], expected: tuple[int, ...], sourc
 
 @torch.no_grad()
 def from_video(teacher: LoadedModel, paths: list[Path], samples: int, seed: int = CALIBRATION_SEED,
-               expected: tuple[int, ...] | None = None) -> CalibrationSet:
-    """`samples` random clips (window, scale crop, flip) of the videos, encoded by the teacher (latent mode)."""
-    _, _, frames, height, width = teacher.clip_shape
+               expected: tuple[int, ...] | None = None, frames: int | None = None) -> CalibrationSet:
+    """`samples` random clips (window, scale crop, flip) of the videos, encoded by the teacher (latent mode); clips of
+    `frames` frames (default: the teacher's clip)."""
+    _, _, clip_frames, height, width = teacher.clip_shape
+    frames = frames or clip_frames
     videos = probe_videos(paths, frames, height, width)
     sampler = ClipSampler(videos, frames, height, width, seed=seed)
     return _encoded(teacher, [sampler.clip(k) for k in range(samples)], videos, expected)
@@ -60,9 +62,11 @@ def from_video(teacher: LoadedModel, paths: list[Path], samples: int, seed: int 
 
 @torch.no_grad()
 def held_out_video(teacher: LoadedModel, paths: list[Path], per_video: int,
-                   expected: tuple[int, ...] | None = None) -> CalibrationSet:
-    """Deterministic evaluation clips (evenly spaced windows, centre crop) of videos kept out of calibration."""
-    _, _, frames, height, width = teacher.clip_shape
+                   expected: tuple[int, ...] | None = None, frames: int | None = None) -> CalibrationSet:
+    """Deterministic evaluation clips (evenly spaced windows, centre crop) of videos kept out of calibration; clips
+    of `frames` frames (default: the teacher's clip)."""
+    _, _, clip_frames, height, width = teacher.clip_shape
+    frames = frames or clip_frames
     videos = probe_videos(paths, frames, height, width)
     clips = [clip for _, clip in center_clips(videos, frames, height, width, per_video=per_video)]
     return _encoded(teacher, clips, videos, expected)

@@ -31,6 +31,10 @@ STREAM_BACKENDS = ("onnx", "tflite", "executorch")  # whose quantizers calibrate
 WEIGHT_ONLY_STREAMS = {"coreml": "w8a16"}
 # the manifest keys that explain an int8 model's quality, those a backend's report has
 QUALITY_EVIDENCE = ("quality", "stream", "sensitivity", "int8_kernels", "float_nodes", "simulation_check")
+SHORT_STEP_CALIBRATION = ("the latents file holds clips of {calls} latent frames, so the step is calibrated on its "
+                          "chunk loop's first {calls} calls only: ranges of later calls may be clipped (read the "
+                          "per-call PSNR in quantize.stream; calibrate from video for clips of "
+                          f"{streaming.CALIBRATION_LATENT_FRAMES} latent frames)")
 
 
 def backend_of(artifact: Path) -> Backend:
@@ -72,28 +76,38 @@ class Calibration:
 
 
 def calibration_sets(manifest: Manifest, calib: list[str] | None, samples: int, teacher: Path | None,
-                     eval_data: list[Path] | None, expected: tuple[int, ...] | None = None) -> Calibration:
-    """Clips of latents of shape `expected` (default: the artifact's input). Without --calib: clips of the bundled
+                     eval_data: list[Path] | None, chunk_loop: bool = False) -> Calibration:
+    """Clips of latents the artifact decodes: its input, or a streaming step's whole exported clip. `chunk_loop`: the
+    step's chunk loop runs on them here, so they are clips of streaming.calibration_shape, long enough for it to run
+    past its first calls (a latents file keeps the exported clip's shape). Without --calib: clips of the bundled
     real video."""
     if samples < 2:
         raise EffconvError(f"--samples {samples} leaves nothing to measure quality on.", "use --samples 2 or more (default 16).")
-    expected = expected or tuple(manifest.inputs[0].shape)
+    stream = "stream" in (manifest.model_extra or {})
+    expected = streaming.whole_clip_shape(manifest) if stream else tuple(manifest.inputs[0].shape)
     sources = calib or [str(BUNDLED_CLIP)]
     notes: list[str] = []
     if calibration.RANDOM in sources:
         if len(sources) > 1:
             raise EffconvError("--calib random cannot be mixed with files.", "pass either `--calib random` or files.")
         notes.append("calibrating on random latents: ranges and quality numbers do not reflect real video")
-        full = calibration.random_latents(expected, samples)
+        full = calibration.random_latents(streaming.calibration_shape(manifest) if chunk_loop else expected, samples)
     elif len(sources) == 1 and calibration.is_latent_file(sources[0]):
         full = calibration.from_file(Path(sources[0]), expected)
+        if chunk_loop:
+            notes.append(SHORT_STEP_CALIBRATION.format(calls=expected[2]))
     elif any(calibration.is_latent_file(source) for source in sources):
         raise EffconvError("a latents file cannot be mixed with videos in --calib.", "pass one latents file, or videos.")
     else:
         teacher_model, videos = calibration.teacher_model(manifest, teacher), [Path(s) for s in sources]
-        full = calibration.from_video(teacher_model, videos, samples, expected=expected)
+        frames = None
+        if chunk_loop:
+            expected = streaming.calibration_shape(manifest, [videos] + ([list(eval_data)] if eval_data else []))
+            frames = teacher_model.compression.pixel_frames(expected[2])
+        full = calibration.from_video(teacher_model, videos, samples, expected=expected, frames=frames)
         if eval_data:
-            held_out = calibration.held_out_video(teacher_model, list(eval_data), _held_out_count(samples), expected=expected)
+            held_out = calibration.held_out_video(teacher_model, list(eval_data), _held_out_count(samples),
+                                                  expected=expected, frames=frames)
             return Calibration(full, held_out, notes, teacher_model, videos)
         return Calibration(*full.split(_held_out_count(len(full))), notes, teacher_model, videos)
     if eval_data:
@@ -119,8 +133,9 @@ def _chunk_loop_report(backend: Backend, artifact: Path, out_path: Path, stream:
     return {"quality": quality, "step_quality": report["quality"],
             "stream": streaming.drift(run_float, run_quant, stream, long, source) | {
                 "latent_frames_per_call": stream["latent_frames_per_call"],
-                "calibration": "one call of the float step's chunk loop per calibration clip, with the caches that loop "
-                               "made; caches cross calls in float32",
+                "calibration": f"every call of the float step's chunk loop over each calibration clip "
+                               f"({clips.calib.latents[0].shape[2]} latent frames), with the caches that loop made; "
+                               "caches cross calls in float32",
                 "quality": "the int8 step's own chunk loop (its caches fed back) against the float step's, whole "
                            "held-out clips"}}
 
@@ -166,10 +181,9 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
                            f"give the lowest acceptable PSNR against the float output, e.g. {DEFAULT_MIN_PSNR_VS_FLOAT:g}.")
     stream = (source.model_extra or {}).get("stream")
     report_progress("making calibration latents")
-    clips = calibration_sets(source, calib, samples, teacher, eval_data,
-                             expected=streaming.whole_clip_shape(source) if stream else None)
-    calib_set, held_out, notes = clips.calib, clips.held_out, clips.notes
     runs_step = stream and backend.name in STREAM_BACKENDS
+    clips = calibration_sets(source, calib, samples, teacher, eval_data, chunk_loop=bool(runs_step))
+    calib_set, held_out, notes = clips.calib, clips.held_out, clips.notes
     if runs_step:
         run_float = backend.load_all(artifact, options.threads)
         report_progress("running the float step's chunk loop for the inputs each call really gets")
