@@ -92,29 +92,37 @@ def costed_rows(work: Path) -> list[dict]:
 
 
 def predicted_ms(row: dict, devices: dict, ane: dict | None = None) -> float:
-    """The row's estimate on its phone's profile, with `ane` (fitted figures) in place of the profile's."""
+    """The row's estimate on its phone's profile with the Neural Engine figures `ane` (default: the guesses the
+    profiles carried before any fit)."""
     from effconv.profile.estimate import estimate_cost
 
-    device = devices[row["profile"]]
-    if ane is not None:
-        device = with_ane(device, ane)
+    device = with_ane(devices[row["profile"]], ane or GUESSED_ANE)
     return estimate_cost(row["cost"], device.for_backend("coreml")).total_ms
 
 
 def with_ane(device, ane: dict):
+    """`device` with the Neural Engine figures in `ane`: fitted (efficiencies for compute and other categories, or a
+    full `efficiency` table), dispatch, per-call cost and the on-chip buffer (none when `on_chip_mb` is absent)."""
     from effconv.profile.cost import CATEGORIES
     from effconv.profile.devices import Figure, OnChip
 
     unit = device.units[ANE]
-    efficiency = {category: ane["compute_efficiency"] if category in COMPUTE else ane["other_efficiency"]
-                  for category in CATEGORIES if category != "view"}
-    on_chip = OnChip(mb=Figure(value=ane["on_chip_mb"], source="fitted", uncertainty=0),
-                     bandwidth_gbps=Figure(value=ane["on_chip_bandwidth_gbps"], source="fitted", uncertainty=0))
+    efficiency = ane.get("efficiency") or {category: ane["compute_efficiency"] if category in COMPUTE else ane["other_efficiency"]
+                                           for category in CATEGORIES if category != "view"}
+    on_chip = None
+    if "on_chip_mb" in ane:
+        on_chip = OnChip(mb=Figure(value=ane["on_chip_mb"], source="fitted", uncertainty=0),
+                         bandwidth_gbps=Figure(value=ane["on_chip_bandwidth_gbps"], source="fitted", uncertainty=0))
     units = dict(device.units) | {ANE: unit.model_copy(update={"efficiency": efficiency, "op_overhead_us": ane["op_overhead_us"],
                                                                "on_chip": on_chip})}
     return device.model_copy(update={"units": units, "run_overhead_ms": ane["run_overhead_ms"]})
 
 
+# What the iPhone profile said before this fit (typical NPU shares of peak, guessed dispatch and per-call costs, no
+# on-chip buffer): the "before" column.
+GUESSED_ANE = {"efficiency": {"conv": 0.5, "conv_pw": 0.4, "conv_dw": 0.1, "matmul": 0.5, "norm": 0.3, "elementwise": 0.5,
+                              "reduce": 0.3, "resize": 0.3, "layout": 0.3},
+               "op_overhead_us": 5.0, "run_overhead_ms": 1.0}
 COMPUTE = ("conv", "conv_pw", "matmul")
 PARAMETERS = ("compute_efficiency", "other_efficiency", "op_overhead_us", "run_overhead_ms", "on_chip_bandwidth_gbps")
 LOWER = (0.01, 0.01, 0.0, 0.0, 51.2)
@@ -167,9 +175,8 @@ def ane_lines(fit: dict, held_out: dict, results: str) -> dict[str, str]:
                         f"Neural Engine's L2 at 4 MB (tinygrad extra/accel/ane)\", uncertainty: 1.0}}, bandwidth_gbps: "
                         f"{{value: {fit['on_chip_bandwidth_gbps']:.4g}, source: \"{source}\", uncertainty: 1.0}}}}"),
         "    held_out_band:": (f"    held_out_band: {{error_low: {held_out['band_error_low']:.3f}, error_high: "
-                              f"{held_out['band_error_high']:.3f}, rows: {held_out['n']}, source: \"{results}, each "
-                              f"architecture family left out of the fit in turn; {BAND_PERCENTILES[0]}th-{BAND_PERCENTILES[1]}th "
-                              f"percentile\"}}"),
+                              f"{held_out['band_error_high']:.3f}, rows: {held_out['n']}, source: \"{results}: families left "
+                              f"out in turn, {BAND_PERCENTILES[0]}th-{BAND_PERCENTILES[1]}th percentile\"}}"),
         "run_overhead_ms:": f"run_overhead_ms: {round(fit['run_overhead_ms'], 4):g}  # {source}",
     }
 

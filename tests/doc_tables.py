@@ -180,7 +180,45 @@ def onnx_int8_layouts(data: dict) -> list[str]:
     return lines
 
 
+# --- docs/profile.md, README.md: benchmarks/results/device_truth.json ------------------------------------------
+
+
+def device_truth(data: dict) -> list[str]:
+    """Each public Apple measurement: the estimate before the fit, held out (its family left out of the fit), and the
+    error held out."""
+    lines = [row("network", "phone (SoC)", "precision", "measured ms", "before fit ms", "held out ms", "held-out error"),
+             row(*["---"] * 7)]
+    for r in data["rows"]:
+        lines.append(row(r["model_id"], f"{r['device']} ({r['soc']})", r["precision"], f"{r['latency_ms']:.2f}",
+                         f"{r['before_ms']:.2f}", f"{r['held_out_ms']:.2f}", f"{r['held_out_error'] * 100:+.0f}%"))
+    return lines
+
+
+# --- docs/profile.md: benchmarks/results/fusion_effect.json ------------------------------------------------------
+
+FUSION_CATEGORIES = ("elementwise", "conv", "layout", "reduce")
+
+
+def fusion_effect(data: dict) -> list[str]:
+    """Each family's paper-layout student on iphone16pro at 512x512: estimate, estimate unfused, and the share of time of
+    the largest categories before -> after fusion."""
+    lines = [row("student (recipe)", "GFLOP", "estimate ms (band)", "FPS", "every op its own kernel, ms",
+                 *(f"{category} share" for category in FUSION_CATEGORIES)), row(*["---"] * (5 + len(FUSION_CATEGORIES)))]
+    students = [(family, result) for family, result in data["families"].items()]
+    students += [(f"{family}, default recipe", result) for family, result in data["default_recipe"].items()]
+    for name, r in students:
+        latency, shares = r["latency_ms"], r["by_category"]
+        lines.append(row(f"{name} ({r['recipe']})", f"{r['gflops']:.0f}",
+                         f"{latency['estimate']:.0f} ({latency['low']:.0f}-{latency['high']:.0f})", f"{r['fps']['estimate']:.1f}",
+                         f"{r['unfused_ms']:.0f}",
+                         *(f"{shares['unfused'].get(c, {'share': 0})['share'] * 100:.0f}% -> {shares['fused'].get(c, {'share': 0})['share'] * 100:.0f}%"
+                           for c in FUSION_CATEGORIES)))
+    return lines
+
+
 TABLES = {
+    "fusion_effect": fusion_effect,
+    "device_truth": device_truth,
     "onnx_int8_layouts": onnx_int8_layouts,
     "init_from_teacher": init_from_teacher,
     "student_vs_teacher": student_vs_teacher,

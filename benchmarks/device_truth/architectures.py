@@ -7,6 +7,10 @@ fuse_conv_batchnorm, the TFLite converter, onnxruntime ConvBNFusion), so each co
 - MobileNetV2: Sandler et al., arXiv 1801.04381, Table 2 (width 1.0, ReLU6).
 - MobileNetV3-Small: Howard et al., "Searching for MobileNetV3" (arXiv 1905.02244), Table 2 (hard-swish, squeeze-and-
   excite with hard-sigmoid, SE width rounded to a multiple of 8 as in the reference implementation the paper cites).
+- MobileViTv2 (width 1.0): Mehta and Rastegari, "Separable Self-attention for Mobile Vision Transformers" (arXiv
+  2206.02680): MobileNetV2 blocks (expansion 2) and, in its last three stages, MobileViTv2 blocks (depthwise 3x3 and
+  pointwise local representation, 2x2 patches, pre-norm separable self-attention and a 2x feed-forward, with
+  group norm over one group) of widths 128, 192, 256 and 2, 4, 3 attention blocks; 256x256 input.
 """
 
 from __future__ import annotations
@@ -101,4 +105,62 @@ def mobilenet_v3_small(classes: int = 1000) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-ARCHITECTURES = {"resnet50": resnet50, "mobilenet_v2": mobilenet_v2, "mobilenet_v3_small": mobilenet_v3_small}
+class SeparableSelfAttention(nn.Module):
+    """A query of one channel, softmax over the patches' positions, a context vector, and ReLU(values) scaled by it."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.width = width
+        self.qkv = nn.Conv2d(width, 1 + 2 * width, 1)
+        self.out = nn.Conv2d(width, width, 1)
+
+    def forward(self, x):
+        query, key, value = self.qkv(x).split([1, self.width, self.width], dim=1)
+        scores = query.softmax(dim=-1)
+        context = (key * scores).sum(dim=-1, keepdim=True)
+        return self.out(value.relu() * context)
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm1, self.attention = nn.GroupNorm(1, width), SeparableSelfAttention(width)
+        self.norm2 = nn.GroupNorm(1, width)
+        self.ffn = nn.Sequential(nn.Conv2d(width, 2 * width, 1), nn.SiLU(), nn.Conv2d(2 * width, width, 1))
+
+    def forward(self, x):
+        x = x + self.attention(self.norm1(x))
+        return x + self.ffn(self.norm2(x))
+
+
+class MobileViTv2Block(nn.Module):
+    PATCH = 2
+
+    def __init__(self, channels: int, width: int, blocks: int):
+        super().__init__()
+        self.local = nn.Sequential(conv(channels, channels, 3, groups=channels, act=nn.SiLU), nn.Conv2d(channels, width, 1, bias=False))
+        self.globals = nn.Sequential(*(AttentionBlock(width) for _ in range(blocks)), nn.GroupNorm(1, width))
+        self.project = conv(width, channels, 1, act=None)
+
+    def forward(self, x):
+        y = self.local(x)
+        batch, width, height, breadth = y.shape
+        p = self.PATCH
+        patches = y.reshape(batch, width, height // p, p, breadth // p, p).permute(0, 1, 3, 5, 2, 4)
+        patches = self.globals(patches.reshape(batch, width, p * p, -1))
+        y = patches.reshape(batch, width, p, p, height // p, breadth // p).permute(0, 1, 4, 2, 5, 3)
+        return self.project(y.reshape(batch, width, height, breadth))
+
+
+def mobilevit_v2(classes: int = 1000) -> nn.Module:
+    layers = [conv(3, 32, 3, 2, act=nn.SiLU), InvertedResidual(32, 64, 1, 2, act=nn.SiLU)]
+    layers += [InvertedResidual(64, 128, 2, 2, act=nn.SiLU), InvertedResidual(128, 128, 1, 2, act=nn.SiLU)]
+    cin = 128
+    for cout, width, blocks in ((256, 128, 2), (384, 192, 4), (512, 256, 3)):
+        layers += [InvertedResidual(cin, cout, 2, 2, act=nn.SiLU), MobileViTv2Block(cout, width, blocks)]
+        cin = cout
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes))
+
+
+ARCHITECTURES = {"resnet50": resnet50, "mobilenet_v2": mobilenet_v2, "mobilenet_v3_small": mobilenet_v3_small,
+                 "mobilevit_v2": mobilevit_v2}

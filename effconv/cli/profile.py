@@ -108,14 +108,15 @@ def _render_profile(result, top: int) -> None:
         ops.add_row(kernel["name"][:32], kernel["kind"], _fused_text(kernel["fused"]), kernel["unit"], kernel["dtype"],
                     f"{kernel['gflops']:.3f}", f"{kernel['mb']:.2f}", f"{kernel['ms']:.3f}{handoff}", kernel["bound"])
     out.print(ops)
-    shares = ", ".join(f"{k} {v:.1f}" for k, v in data["by_category_ms"].items() if v >= 0.05)
+    total = sum(data["by_category_ms"].values()) or 1.0
+    shares = ", ".join(f"{k} {v:.3g}" for k, v in data["by_category_ms"].items() if v >= 0.01 * total)
     out.print(f"by op category (ms): {shares}")
     fusion = data["fusion"]
     if fusion["rules"]:
         rules = ", ".join(f"{unit}: {name}" for unit, name in fusion["rules"].items())
         out.print(f"fusion ({rules}; effconv/device_profiles/fusion/): {fusion['ops']} ops run as {fusion['kernels']} "
-                  f"kernels, {fusion['fused_ops']} fused into the op before them; unfused the estimate would be "
-                  f"{fusion['unfused_ms']:.1f} ms")
+                  f"kernels, {fusion['fused_ops']} of them fused into another op's kernel; every op its own kernel, "
+                  f"the estimate would be {fusion['unfused_ms']:.3g} ms")
     if len(data["by_unit_ms"]) > 1:
         out.print(f"by compute unit (ms): {', '.join(f'{k} {v:.1f}' for k, v in data['by_unit_ms'].items())}")
     if data["fallbacks"]:
@@ -125,7 +126,7 @@ def _render_profile(result, top: int) -> None:
         out.print(f"[yellow]note:[/] {note}")
     latency, fps, memory = data["latency_ms"], data["fps"], data["memory"]
     summary = Table(show_header=False, title="estimate (a model, not a measurement)")
-    summary.add_row("latency", f"{latency['estimate']:.2f} ms  (band {latency['low']:.2f} - {latency['high']:.2f} ms: "
+    summary.add_row("latency", f"{latency['estimate']:.3g} ms  (band {latency['low']:.3g} - {latency['high']:.3g} ms: "
                     f"{latency['band_source']})")
     summary.add_row("frames / FPS", f"{data['frames']} frames -> {fps['estimate']:.1f} FPS  (band {fps['low']:.1f} - {fps['high']:.1f})")
     summary.add_row("compute", f"{data['gflops']:.2f} GFLOP, {_dtype_text(data['dtypes'])}")

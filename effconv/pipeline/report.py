@@ -394,8 +394,10 @@ def _devices_section(m: Manifests) -> Section:
                "int8 latency, estimated (band)", "int8 FPS", "int8 speed-up", "note"], rows),
         "Each row costs the artifact named in it on that device's profile: a .tflite on its own LiteRT flatbuffer, "
         "a .mlpackage on its own ML program (fp16; a W8A16 int8 computes in fp16 on int8 weights, a W8A8 one at the "
-        "int8 rate of a unit whose profile says it computes int8 x int8: Apple measured W8A8 1.3-2.4x faster than "
-        "float16 on an iPhone 15 Pro's Neural Engine, coremltools guide 'Performance' under quantization), an .onnx on its "
+        "int8 rate of a unit whose profile says it computes int8 x int8: Apple measured W8A8 1.8x (ResNet-50) and 2.4x "
+        "(MobileNetV2) faster than float16 on an iPhone 15 Pro's Neural Engine, coremltools guide 'Performance' under "
+        "quantization; the iPhone profiles' Neural Engine figures are fitted to those tables, benchmarks/device_truth.py), "
+        "an .onnx on its "
         "own graph, a .pte on its spec's ONNX graph, each op in the dtype it computes in there. Which backends a device "
         "costs: the recipe's `profile.backends`, else the exported backends its profile lists (host-cpu: those that run "
         "here). On host-cpu every artifact that runs here is also measured in its own runtime; the note says why a "

@@ -49,7 +49,7 @@ CALIBRATION_FIELDS = {"efficiency": dict, "op_overhead_us": NUMBER, "run_overhea
 # artifacts' graphs. A change there changes what the fitted efficiencies mean, so the fit is redone. Left out on
 # purpose: host_fit's fitting and the converters it measures (their digest spans most of effconv, so any edit would
 # discard a 30-minute calibration whose parameters still mean the same; a release changes the effconv version anyway).
-COST_MODEL_MODULES = ("effconv.profile.estimate", "effconv.profile.tflite_cost", "effconv.profile.mlprogram_cost")
+COST_MODEL_MODULES = ("effconv.profile.estimate", "effconv.profile.fusion", "effconv.profile.tflite_cost", "effconv.profile.mlprogram_cost")
 # The peaks are measured by this module's code (with the runtimes' own kernels, whose versions are in host_key).
 MEASUREMENT_MODULES = (__name__,)
 OUTDATED_CALIBRATION = "host calibration from an older cost model ignored; run `effconv calibrate` again"

@@ -305,7 +305,7 @@ def estimate_cost(cost: GraphCost, device: DeviceProfile, budget_ms: float | Non
         total_ms=total,
         low_ms=low,
         high_ms=high,
-        band_source=f"held-out error on {band.rows} public measurements ({band.source})" if band else "",
+        band_source=f"held-out error, {band.rows} public measurements, {band.source}" if band else "",
         uncertainty=uncertainty,
         frames=frames,
         weight_bytes=weights,

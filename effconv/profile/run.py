@@ -85,9 +85,10 @@ class ProfileResult:
     def fusion_summary(self) -> dict:
         """Which rules fused what, and the estimate before fusion (every op its own kernel, as the graph stores it)."""
         est = self.estimate
-        kernels = est.kernels()
+        kernels = [kernel for kernel in est.kernels() if kernel.root.node.category != "view"]
         summary = {"rules": est.fusion, "ops": sum(op.node.category != "view" for op in est.ops), "kernels": len(kernels),
-                   "fused_ops": sum(len(kernel.fused) for kernel in kernels)}
+                   "fused_ops": sum(len(kernel.fused) for kernel in kernels),
+                   "views_dispatched": sum(op.node.category == "view" and op.node.dispatched for op in est.ops)}
         if self.unfused is not None:
             summary |= {"unfused_ms": self.unfused.total_ms, "unfused_by_category_ms": self.unfused.by("category")}
         return summary
