@@ -72,3 +72,19 @@ def test_a_gate_from_an_older_manifest_is_still_described():
     assert describe(old) == "passed (PSNR vs float 44.2 dB >= 30; drop 0.05 dB <= 0.3)"
     assert describe({"applied": False, "passed": True, "reason": "no --max-psnr-drop given"}) == \
         "not applied (no --max-psnr-drop given)"
+
+
+def _streamed(fall: float) -> dict:
+    stream = {"fall_db": fall, "window_latent_frames": 12, "latent_frames": 48}
+    return _report(40.0) | {"stream": stream}
+
+
+def test_a_streaming_step_whose_chunk_loop_drifts_more_than_a_db_fails_the_gate():
+    held = evaluate(_streamed(0.84), max_psnr_drop=None, min_psnr_vs_float=30.0)
+    assert held["passed"] is True and describe(held) == "passed (PSNR vs float 40.0 dB >= 30; drift 0.84 dB <= 1)"
+    drifted = evaluate(_streamed(3.63), max_psnr_drop=None, min_psnr_vs_float=30.0)
+    assert drifted["passed"] is False and drifted["failed"] == "drift"
+    assert "falls 3.63 dB from the first 12 latent frames of a 48-frame clip to the last" in drifted["reason"]
+    assert describe(drifted).startswith("FAILED (PSNR vs float 40.0 dB >= 30; drift 3.63 dB > 1")
+    # --min-psnr-vs-float 0 (None here) turns the drift bound off with the floor
+    assert evaluate(_streamed(3.63), max_psnr_drop=None, min_psnr_vs_float=None)["passed"] is True

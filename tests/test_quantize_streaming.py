@@ -5,9 +5,9 @@ int8 step's own chunk loop (caches fed back) against the float one on whole held
 Measured on the tiny demo-teacher student (random init, 1 latent frame per call, 8 bundled-video samples, no search,
 AVX-512 VNNI host): ONNX int8 chunk loop vs float 39.9 dB on the held-out clips, first-to-last window fall 0.74 dB
 (calibrated on one early call per 9-frame clip, as before: 41.1 dB on 3-latent-frame clips, fall 0.84 dB). The TFLite
-step passes the same bounds. Bounds: >= 30 dB and < 60 dB (an unquantized model fails), a fall of at most 1.5 dB (the
-issue's target is 1 dB; the margin is for CPUs whose int8 kernels round otherwise). The tiny Wan 2.2 student, whose
-loop fell 3.6 dB when calibrated on the first calls only, is held to the 1 dB target on ONNX (0.56 dB measured)."""
+step passes the same bounds. Bounds: >= 30 dB and < 60 dB (an unquantized model fails), a fall of at most 1 dB (the
+quantize gate's own drift bound, which would fail the quantization first). The tiny Wan 2.2 student, whose loop fell
+3.6 dB when calibrated on the first calls only, is held to the same bound on ONNX (0.56 dB measured)."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def test_an_int8_streaming_step_keeps_its_chunk_loop_close_to_float_without_drif
     drift = q["stream"]
     assert drift["latent_frames"] == drift["calls"] == 33 and drift["source"].startswith("bigbuckbunny.mp4")
     assert drift["window_latent_frames"] == 12 and len(drift["psnr_per_call_db"]) == 33
-    assert drift["fall_db"] <= 1.5 and min(drift["psnr_per_call_db"]) >= 28.0
+    assert drift["fall_db"] <= 1.0 and min(drift["psnr_per_call_db"]) >= 28.0  # the gate's bound (quantize.gate.MAX_DRIFT_DB)
     assert q["size_bytes"]["ratio"] > 1.5
 
     # the written step streams: its chunk loop decodes a clip as the float one does, within the measured fidelity

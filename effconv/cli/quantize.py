@@ -24,7 +24,8 @@ def quantize(
     samples: int = typer.Option(16, "--samples", help="Calibration clips drawn from the videos; a quarter is held out to measure quality."),
     max_psnr_drop: float | None = typer.Option(0.3, "--max-psnr-drop", help="Largest PSNR loss (dB, held-out ground truth) allowed; exit 1 beyond it."),
     min_psnr_vs_float: float = typer.Option(30.0, "--min-psnr-vs-float", help="Lowest PSNR (dB) of the int8 output against "
-                                            "the float artifact's, ground truth or not; exit 1 below it (0 turns it off)."),
+                                            "the float artifact's, ground truth or not; exit 1 below it, or when a streaming "
+                                            "step's chunk loop drifts more than 1 dB over a long clip (0 turns both off)."),
     weights_only: bool = typer.Option(False, "--weights-only", help="Only weights in int8 (ONNX: dynamic quantization), for size."),
     teacher: Path | None = typer.Option(None, "--teacher", help="Teacher spec whose encoder makes latents [default: from the manifests]."),
     eval_data: list[Path] | None = typer.Option(None, "--eval-data", help="Videos kept out of calibration to measure quality (repeatable)."),
@@ -159,6 +160,11 @@ def _print_quantize(manifest, as_json: bool, out_dir: Path) -> None:
                                               f"(drop {'+' if drop >= 0 else ''}{apart_from(drop, gate.get('max_psnr_drop'), 3)} dB)")
         table.add_row("SSIM", f"{quality['ssim_float']:.4f} -> {quality['ssim_quant']:.4f} (drop {quality['ssim_drop']:+.4f})")
     table.add_row("PSNR vs float output", f"{apart_from(quality['psnr_vs_float_db'], gate.get('min_psnr_vs_float'))} dB")
+    drift = report.get("stream", {})
+    if "fall_db" in drift:
+        table.add_row("chunk loop, long clip", f"{drift['psnr_first_window_db']:.1f} dB over the first {drift['window_latent_frames']} "
+                                               f"latent frames, {drift['psnr_last_window_db']:.1f} dB over the last "
+                                               f"(of {drift['latent_frames']}; drift {drift['fall_db']:.2f} dB)")
     kernels = report.get("int8_kernels")
     if kernels:
         weights = "7-bit weights (no VNNI: avoids int16 saturation)" if kernels["reduce_range"] else "8-bit weights"

@@ -117,15 +117,6 @@ class Fused:
     cost: GraphCost
     rules: dict[str, str]  # unit -> rules name (units without rules absent)
 
-    @property
-    def kernels(self) -> dict[str, list[str]]:
-        """Kernel root -> the ops fused into it (roots without fused ops absent)."""
-        members: dict[str, list[str]] = defaultdict(list)
-        for node in self.cost.nodes:
-            if node.kernel and node.kernel != node.name:
-                members[node.kernel].append(node.name)
-        return dict(members)
-
 
 class _Graph:
     """Producers and readers of each tensor, views seen through (a view's output is its input's data)."""

@@ -2,8 +2,10 @@
 table, the manifest and the pipeline report.
 
 `--min-psnr-vs-float` bounds the int8 output's PSNR against the float artifact's and always applies (0 turns
-it off); `--max-psnr-drop` bounds the PSNR lost against ground-truth frames and applies only when the
-calibration came with them. A Core ML report's `simulation_check` must pass as well: its quality was
+it off, and with it the drift bound); `--max-psnr-drop` bounds the PSNR lost against ground-truth frames and applies
+only when the calibration came with them. A streaming step's int8 chunk loop must also hold its quality over a long
+clip: its PSNR against the float loop over the last latent frames may fall at most MAX_DRIFT_DB below the first
+ones' (rounding that builds up through the caches would show there). A Core ML report's `simulation_check` must pass as well: its quality was
 measured on a torch simulation, which counts only if it holds the weights that were written.
 
 Beside the gate, the speed verdict: an int8 artifact that timed slower than its float one on this host says so
@@ -16,6 +18,7 @@ from effconv.backends.quality import apart_from
 
 NO_GROUND_TRUTH = "no ground-truth frames in the calibration data"
 SIMULATION_DIFFERS = "the weights in the written artifact differ from the simulated ones the quality was measured on"
+MAX_DRIFT_DB = 1.0
 
 
 def evaluate(report: dict, max_psnr_drop: float | None, min_psnr_vs_float: float | None) -> dict:
@@ -40,6 +43,14 @@ def evaluate(report: dict, max_psnr_drop: float | None, min_psnr_vs_float: float
         return {**gate, "passed": False, "failed": "psnr_drop",
                 "reason": f"it loses {apart_from(drop, max_psnr_drop, 2)} dB PSNR on held-out clips, more than "
                           f"--max-psnr-drop {max_psnr_drop:g}"}
+    drift = report.get("stream", {})
+    if min_psnr_vs_float is not None and drift.get("fall_db") is not None:
+        gate |= {"max_drift_db": MAX_DRIFT_DB, "drift_db": drift["fall_db"]}
+        if drift["fall_db"] > MAX_DRIFT_DB:
+            return {**gate, "passed": False, "failed": "drift",
+                    "reason": f"its chunk loop's PSNR against the float loop falls {drift['fall_db']:.2f} dB from the first "
+                              f"{drift['window_latent_frames']} latent frames of a {drift['latent_frames']}-frame clip to the "
+                              f"last, more than {MAX_DRIFT_DB:g} dB"}
     if not gate["applied"]:
         gate["reason"] = NO_GROUND_TRUTH if max_psnr_drop is not None else "--min-psnr-vs-float 0 and no --max-psnr-drop"
     return {**gate, "passed": True}
@@ -61,6 +72,9 @@ def describe(gate: dict) -> str:
         parts.append(f"drop {apart_from(drop, ceiling, 2)} dB {'<=' if drop <= ceiling else '>'} {ceiling:g}")
     elif ceiling is not None:
         parts.append(f"drop bound not applied: {gate.get('drop_not_applied', NO_GROUND_TRUTH)}")
+    if gate.get("drift_db") is not None:
+        bound = gate["max_drift_db"]
+        parts.append(f"drift {gate['drift_db']:.2f} dB {'<=' if gate['drift_db'] <= bound else '>'} {bound:g}")
     return f"{'passed' if gate['passed'] else 'FAILED'} ({'; '.join(parts)})"
 
 

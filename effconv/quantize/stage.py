@@ -230,4 +230,9 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
     if gate.get("failed") == "psnr_drop":
         raise VerificationFailed(f"int8 {backend.name}: {gate['reason']}.",
                                  _failure_fix(json_path, report, remedies, "raise --max-psnr-drop"), manifest=manifest)
+    if gate.get("failed") == "drift":
+        raise VerificationFailed(f"int8 {backend.name} streaming step: {gate['reason']}.",
+                                 f"see quantize.stream.psnr_per_call_db in {json_path}; calibrate on more or longer clips "
+                                 f"(--samples {2 * samples}: the later calls' activation ranges are what the early ones miss), "
+                                 "or ship the float step (--min-psnr-vs-float 0 turns this bound off).", manifest=manifest)
     return manifest
