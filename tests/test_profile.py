@@ -319,7 +319,7 @@ def test_calibrate_checks_its_arguments_and_writes_its_report(tmp_path):
     ({"quantize": {"weights_only": False}}, True),
 ])
 def test_a_pte_is_costed_int8_when_statically_quantized(sections, int8):
-    """A .pte is costed on its spec's ONNX graph, so its dtype comes from its manifest; .tflite and .mlpackage
+    """A .pte is costed on the ONNX graph of the module it was lowered from, so its dtype comes from its manifest; .tflite and .mlpackage
     files are costed on their own graphs (tests/test_artifact_costs.py)."""
     manifest = Manifest(name="m", backend="executorch", artifact="m", spec={}, inputs=[], outputs=[], params=0,
                         verify={}, **sections)

@@ -398,7 +398,7 @@ def _devices_section(m: Manifests) -> Section:
         "(MobileNetV2) faster than float16 on an iPhone 15 Pro's Neural Engine, coremltools guide 'Performance' under "
         "quantization; the iPhone profiles' Neural Engine figures are fitted to those tables, benchmarks/device_truth.py), "
         "an .onnx on its "
-        "own graph, a .pte on its spec's ONNX graph, each op in the dtype it computes in there. Which backends a device "
+        "own graph, a .pte on the ONNX graph of the module it was lowered from, each op in the dtype it computes in there. Which backends a device "
         "costs: the recipe's `profile.backends`, else the exported backends its profile lists (host-cpu: those that run "
         "here). On host-cpu every artifact that runs here is also measured in its own runtime; the note says why a "
         "measurement falls outside its estimate's band or int8's measured speed-up goes the other way.",

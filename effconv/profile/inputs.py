@@ -3,9 +3,9 @@
 - A spec YAML is built and exported to ONNX on the fly (fp32).
 - An .onnx is costed on its own graph, a .tflite on its own flatbuffer (tflite_cost.py), a .mlpackage on its own
   ML program (mlprogram_cost.py), each node in the dtype it computes in there.
-- A .pte is costed on the ONNX graph of the spec in its manifest (ExecuTorch's serialized XNNPACK program does not
-  list per-op shapes), with the dtypes the .pte ships: static int8 computes the kinds XNNPACKQuantizer quantizes in
-  int8 (XNNPACK_INT8_KINDS), the rest in fp32.
+- A .pte is costed on the ONNX graph of the module it was lowered from (its spec legalized as `effconv convert --to
+  executorch` did; ExecuTorch's serialized XNNPACK program does not list per-op shapes), with the dtypes the .pte
+  ships: static int8 computes the kinds XNNPACKQuantizer quantizes in int8 (XNNPACK_INT8_KINDS), the rest in fp32.
 - At another --resolution/--frames an artifact is re-exported from the spec in its manifest (shapes are fixed in an
   exported graph, and re-exporting gives exact shapes where scaling per-node costs would only approximate them):
   to its own backend with `effconv convert`'s library function (ONNX, TFLite and Core ML convert here), a .pte to
@@ -22,17 +22,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from pydantic import TypeAdapter, ValidationError
 
 from effconv.artifacts import Manifest, manifest_path, read_manifest
 from effconv.backends import registry
+from effconv.backends.executorch import quantize as executorch_quantize
 from effconv.backends.onnx import export as onnx_backend
 from effconv.convert.stage import convert
 from effconv.errors import EffconvError, VerificationFailed
 from effconv.models.base import Compression
 from effconv.models.loader import load_model
-from effconv.models.turbo_vaed.streaming import StreamingStep, stream_layout
 from effconv.profile.cost import CONV_CATEGORIES, GraphCost, NodeCost, Precision
 from effconv.profile.mlprogram_cost import mlprogram_cost
 from effconv.profile.onnx_cost import graph_cost, load_graph
@@ -79,17 +78,6 @@ def _export(loaded: LoadedSpec, directory: Path, allow_import: bool) -> tuple[Pa
     example = model.example_input(0)
     onnx_backend.export(model.module, example, path, model.input_name, model.output_name)
     return path, model.compression.as_dict(), tuple(example.shape)
-
-
-def _export_step(loaded: LoadedSpec, directory: Path, stream: dict) -> Path:
-    """The streaming step of a student as ONNX, for costing a streaming artifact of another backend."""
-    model = load_model(loaded)
-    latent = model.example_input(0)
-    layout = stream_layout(model.model, (*latent.shape[:2], stream["latent_frames_per_call"], *latent.shape[3:]))
-    path = directory / f"{loaded.spec.name}-step.onnx"
-    onnx_backend.export(StreamingStep(model.model).eval(), layout.first_call(torch.zeros(layout.latent_shape)), path,
-                        layout.input_names, layout.output_names)
-    return path
 
 
 def _reshaped(loaded: LoadedSpec, resolution: str | None, frames: int | None) -> LoadedSpec:
@@ -171,16 +159,25 @@ def _as_shipped(target: Path, backend: str, manifest: Manifest | None, compressi
             exported = f"{backend} {exported}, measured as shipped"
         how = f"{exported}; costed on {what} ({cost.dtype})"
         return ProfileInput(target.stem, cost, compression, how, backend, target, shapes)
-    loaded = spec_from_dict(manifest.spec, target.resolve().parent, source=str(manifest_path(target)))
     stream = (manifest.model_extra or {}).get("stream")
-    path = _export_step(loaded, workdir, stream) if stream else _export(loaded, workdir, allow_import)[0]
-    cost = graph_cost(load_graph(path))
+    cost = graph_cost(load_graph(_export_lowered(manifest, workdir)))
     if statically_quantized(manifest):
         cost = cost.with_precisions(_executorch_precisions(cost))
-    return ProfileInput(loaded.spec.name, cost, compression,
-                        f"{backend} {_as_exported(manifest)}, measured as shipped; costed on its spec's ONNX graph"
-                        f"{' (the same step)' if stream else ''} with the dtypes the .pte ships ({cost.dtype})",
-                        backend, target, _manifest_shapes(manifest))
+    return ProfileInput(manifest.spec["name"], cost, compression,
+                        f"{backend} {_as_exported(manifest)}, measured as shipped; costed on the ONNX graph of the module "
+                        f"it was lowered from{' (the same step)' if stream else ''}, after the same rewrites, with the "
+                        f"dtypes the .pte ships ({cost.dtype})", backend, target, _manifest_shapes(manifest))
+
+
+def _export_lowered(manifest: Manifest, directory: Path) -> Path:
+    """The module a .pte was lowered from (its spec's decoder or streaming step, legalized as `effconv convert --to
+    executorch` did: e.g. Conv3d as Conv2d over frames), as ONNX: ExecuTorch's serialized XNNPACK program does not
+    list per-op shapes, this graph has the same ops."""
+    module, example = executorch_quantize.lowered_module(manifest)
+    path = directory / f"{manifest.name}-lowered.onnx"
+    onnx_backend.export(module, example if len(example) > 1 else example[0], path,
+                        [info.name for info in manifest.inputs], [info.name for info in manifest.outputs])
+    return path
 
 
 def _re_exported(target: Path, backend: str, manifest: Manifest, compression: dict | None, workdir: Path,

@@ -60,7 +60,7 @@ def _kind(node) -> str:
     return str(node.target)
 
 
-def _float_module(manifest: Manifest) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+def lowered_module(manifest: Manifest) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     """The exported module, legalized as `effconv convert --to executorch` did, and example inputs: the decoder's
     latent, or a streaming step's first call (latent chunk, flag 1, zero caches)."""
     model = load_model(manifest.model_spec())
@@ -120,7 +120,7 @@ def quantized_program(manifest: Manifest, calib: CalibrationSet, out_path: Path,
                       progress: Callable[[str], None] = lambda _message: None) -> tuple[dict, dict, int]:
     """Write the int8 `.pte` to `out_path`; return its op inventory, the sensitivity fallback's report (empty when
     it was not needed) and the number of calibration samples the ranges came from."""
-    module, example = _float_module(manifest)
+    module, example = lowered_module(manifest)
     if min_psnr_vs_float is None or len(calib) < 2:
         return _write(_converted(module, example, calib), example, out_path), {}, len(calib)
     fit, validation = calib.validation_split()
