@@ -10,9 +10,10 @@ inputs and outputs, calibrated on random images: the scales do not change the pr
 
 Fit: the Apple Neural Engine's figures shared by iphone14pro, iphone15pro and iphone16pro (one ANE design, three
 chips whose peaks and bandwidths the profiles give): a compute efficiency for convolutions and matrix products, one
-for the other categories, the dispatch cost per kernel and the fixed cost per call, with physical bounds (an
-efficiency is a share of peak: at most 1). Held out: each architecture family in turn is left out, the rest fitted,
-and the left-out rows predicted; the band the profiles print is the 10th-90th percentile of those held-out errors.
+for the other categories, the dispatch cost per kernel, the fixed cost per call and the on-chip activation buffer
+(its bandwidth fitted at each size of ON_CHIP_MB), with physical bounds (an efficiency is a share of peak: at most
+1). Held out: each architecture family in turn is left out, the rest fitted, and the left-out rows predicted; the
+band the profiles print is the BAND_PERCENTILES range of those held-out errors.
 
 Usage: PYTHONPATH=. python benchmarks/device_truth.py [--work DIR]
 Writes benchmarks/results/device_truth.json. Needs the coreml extra (coremltools, torchao); runs in a few minutes.
@@ -103,12 +104,10 @@ def predicted_ms(row: dict, devices: dict, ane: dict | None = None) -> float:
 def with_ane(device, ane: dict):
     """`device` with the Neural Engine figures in `ane`: fitted (efficiencies for compute and other categories, or a
     full `efficiency` table), dispatch, per-call cost and the on-chip buffer (none when `on_chip_mb` is absent)."""
-    from effconv.profile.cost import CATEGORIES
     from effconv.profile.devices import Figure, OnChip
 
     unit = device.units[ANE]
-    efficiency = ane.get("efficiency") or {category: ane["compute_efficiency"] if category in COMPUTE else ane["other_efficiency"]
-                                           for category in CATEGORIES if category != "view"}
+    efficiency = ane.get("efficiency") or fitted_efficiency(ane)
     on_chip = None
     if "on_chip_mb" in ane:
         on_chip = OnChip(mb=Figure(value=ane["on_chip_mb"], source="fitted", uncertainty=0),
@@ -116,6 +115,15 @@ def with_ane(device, ane: dict):
     units = dict(device.units) | {ANE: unit.model_copy(update={"efficiency": efficiency, "op_overhead_us": ane["op_overhead_us"],
                                                                "on_chip": on_chip})}
     return device.model_copy(update={"units": units, "run_overhead_ms": ane["run_overhead_ms"]})
+
+
+def fitted_efficiency(fit: dict) -> dict[str, float]:
+    """A unit's per-category efficiency from the fit: convolutions and matrix products at one share of peak, every
+    other category at the other."""
+    from effconv.profile.cost import CATEGORIES
+
+    return {category: fit["compute_efficiency"] if category in COMPUTE else fit["other_efficiency"]
+            for category in CATEGORIES if category != "view"}
 
 
 # What the iPhone profile said before this fit (typical NPU shares of peak, guessed dispatch and per-call costs, no
@@ -166,8 +174,7 @@ def summary(errors: list[float]) -> dict:
 def ane_lines(fit: dict, held_out: dict, results: str) -> dict[str, str]:
     """The lines of a phone profile's `ane` unit (and its run overhead) that hold the fitted figures."""
     source = f"fitted: benchmarks/device_truth.py on {held_out['n']} Apple measurements ({results})"
-    efficiency = {category: round(fit["compute_efficiency"] if category in COMPUTE else fit["other_efficiency"], 3)
-                  for category in ("conv", "conv_pw", "conv_dw", "matmul", "norm", "elementwise", "reduce", "resize", "layout", "conversion")}
+    efficiency = {category: round(value, 3) for category, value in fitted_efficiency(fit).items()}
     return {
         "    op_overhead_us:": f"    op_overhead_us: {round(fit['op_overhead_us'], 3):g}  # {source}",
         "    efficiency:": "    efficiency: {" + ", ".join(f"{k}: {v}" for k, v in efficiency.items()) + f"}}  # {source}",
@@ -222,14 +229,15 @@ def main() -> int:
         for row in rows:
             if row["family"] == family:
                 row["held_out_ms"] = predicted_ms(row, devices, fitted)
-                held_out_errors.append(row["held_out_ms"] / float(row["latency_ms"]) - 1)
+                row["held_out_error"] = row["held_out_ms"] / float(row["latency_ms"]) - 1
+                held_out_errors.append(row["held_out_error"])
     final = fit(rows, devices)
     for row in rows:
         row["fitted_ms"] = predicted_ms(row, devices, final)
     table = [{key: row[key] for key in ("model_id", "family", "device", "soc", "precision", "input_shape", "latency_ms",
                                         "source_url", "file")}
              | {"latency_ms": float(row["latency_ms"]), "before_ms": row["before_ms"], "held_out_ms": row["held_out_ms"],
-                "fitted_ms": row["fitted_ms"], "held_out_error": row["held_out_ms"] / float(row["latency_ms"]) - 1}
+                "fitted_ms": row["fitted_ms"], "held_out_error": row["held_out_error"]}
              for row in rows]
     result = {
         "rows": table,

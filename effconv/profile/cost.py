@@ -173,26 +173,29 @@ class NodeCost:
             return 0
         return sum(tensor.bytes_at(self.dtype) for tensor in self.reads if tensor.constant and tensor.name not in self.on_chip)
 
+    def _moved_reads(self) -> list[int]:
+        """Bytes of each activation it reads from memory (a view moves none; a tensor its kernel keeps on chip neither)."""
+        if self.category == "view":
+            return []
+        return [tensor.bytes_at(self.dtype) for tensor in self.reads if not tensor.constant and tensor.name not in self.on_chip]
+
+    def _moved_writes(self) -> list[int]:
+        if self.category == "view":
+            return []
+        return [size for tensor, size in zip(self.writes, self.output_byte_sizes) if tensor.name not in self.on_chip]
+
     @property
     def input_bytes(self) -> int:
-        if self.category == "view":
-            return 0
-        return sum(tensor.bytes_at(self.dtype) for tensor in self.reads if not tensor.constant and tensor.name not in self.on_chip)
+        return sum(self._moved_reads())
 
     def resident_bytes(self, capacity: int) -> int:
         """Bytes of the activations it moves that fit in `capacity` bytes of on-chip memory, each tensor whole (weights
         always come from DRAM: an on-chip activation buffer does not hold them)."""
-        if self.category == "view" or capacity <= 0:
-            return 0
-        sizes = [tensor.bytes_at(self.dtype) for tensor in self.reads if not tensor.constant and tensor.name not in self.on_chip]
-        sizes += [size for tensor, size in zip(self.writes, self.output_byte_sizes) if tensor.name not in self.on_chip]
-        return sum(size for size in sizes if size <= capacity)
+        return sum(size for size in (*self._moved_reads(), *self._moved_writes()) if size <= capacity)
 
     @property
     def output_bytes(self) -> int:
-        if self.category == "view":
-            return 0
-        return sum(size for tensor, size in zip(self.writes, self.output_byte_sizes) if tensor.name not in self.on_chip)
+        return sum(self._moved_writes())
 
     @property
     def bytes(self) -> int:

@@ -184,19 +184,14 @@ def position_ms(node: NodeCost, unit: ComputeUnit, dtype: str) -> float:
     return output_positions(node) * (int8_figure(node, unit.int8_position_ns) or 0.0) / 1e6
 
 
-def memory_ms(node: NodeCost, unit: ComputeUnit, device: DeviceProfile) -> float:
-    """Time to move the node's bytes: through DRAM, except the activations that fit the unit's on-chip memory."""
-    if unit.on_chip is None:
-        return roofline_ms(0, node.bytes, 1.0, _unit_bandwidth(unit, device))[1]
-    resident = node.resident_bytes(int(unit.on_chip.mb.value * 1e6))
-    return ((node.bytes - resident) / _unit_bandwidth(unit, device) + resident / unit.on_chip.bandwidth_gbps.value) / 1e6
-
-
 def op_ms(node: NodeCost, unit: ComputeUnit, dtype: str, device: DeviceProfile) -> tuple[float, float, float]:
-    """(compute ms, memory ms, total ms) of one node on one unit."""
+    """(compute ms, memory ms, total ms) of one node on one unit. Activations that fit the unit's on-chip buffer move
+    at its bandwidth, the rest of the bytes through DRAM."""
     peak = unit.peak_gops[dtype].value * narrow_factor(node, unit)
-    compute = roofline_ms(node.flops, 0, peak, 1.0)[0]
-    memory = memory_ms(node, unit, device)
+    resident = node.resident_bytes(int(unit.on_chip.mb.value * 1e6)) if unit.on_chip else 0
+    compute, memory = roofline_ms(node.flops, node.bytes - resident, peak, _unit_bandwidth(unit, device))
+    if resident:
+        memory += roofline_ms(0, resident, 1.0, unit.on_chip.bandwidth_gbps.value)[1]
     dispatch = unit.op_overhead_us / 1000 if node.dispatched else 0.0
     if node.category == "view":
         return compute, memory, dispatch

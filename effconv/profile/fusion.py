@@ -188,6 +188,8 @@ def _join(index: int, nodes: list[NodeCost], graph: _Graph, root_of: dict[int, i
 
 def fuse(cost: GraphCost, units: list[str], rules_by_unit: dict[str, FusionRules]) -> Fused:
     """`cost` as its runtimes run it: each node placed on `units[i]` is grouped by that unit's rules."""
+    if not rules_by_unit:  # every op its own kernel, as the graph stores it (host-cpu; estimate_cost(fused=False))
+        return Fused(cost, {})
     nodes = cost.nodes
     graph = _Graph(nodes, set(cost.output_shapes))
     root_of: dict[int, int] = {}  # compute node -> the first node of its kernel

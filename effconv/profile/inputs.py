@@ -160,7 +160,7 @@ def _as_shipped(target: Path, backend: str, manifest: Manifest | None, compressi
         how = f"{exported}; costed on {what} ({cost.dtype})"
         return ProfileInput(target.stem, cost, compression, how, backend, target, shapes)
     stream = (manifest.model_extra or {}).get("stream")
-    cost = graph_cost(load_graph(_export_lowered(manifest, workdir)))
+    cost = graph_cost(load_graph(_export_lowered(manifest, workdir, allow_import)))
     if statically_quantized(manifest):
         cost = cost.with_precisions(_executorch_precisions(cost))
     return ProfileInput(manifest.spec["name"], cost, compression,
@@ -169,11 +169,11 @@ def _as_shipped(target: Path, backend: str, manifest: Manifest | None, compressi
                         f"dtypes the .pte ships ({cost.dtype})", backend, target, _manifest_shapes(manifest))
 
 
-def _export_lowered(manifest: Manifest, directory: Path) -> Path:
+def _export_lowered(manifest: Manifest, directory: Path, allow_import: bool) -> Path:
     """The module a .pte was lowered from (its spec's decoder or streaming step, legalized as `effconv convert --to
     executorch` did: e.g. Conv3d as Conv2d over frames), as ONNX: ExecuTorch's serialized XNNPACK program does not
     list per-op shapes, this graph has the same ops."""
-    module, example = executorch_quantize.lowered_module(manifest)
+    module, example = executorch_quantize.lowered_module(manifest, allow_import)
     path = directory / f"{manifest.name}-lowered.onnx"
     onnx_backend.export(module, example if len(example) > 1 else example[0], path,
                         [info.name for info in manifest.inputs], [info.name for info in manifest.outputs])

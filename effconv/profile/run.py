@@ -51,6 +51,7 @@ class ProfileResult:
 
     def to_dict(self, top: int = 10) -> dict:
         est = self.estimate
+        kernels = est.kernels()
         return {
             "model": self.source.name,
             "source": self.source.how,
@@ -74,18 +75,19 @@ class ProfileResult:
             "by_unit_ms": est.by("unit"),
             "fallbacks": est.fallbacks(),
             "notes": est.notes,
-            "fusion": self.fusion_summary(),
-            "top_kernels": [_kernel_row(kernel) for kernel in est.kernels()[:top]],
+            "fusion": self.fusion_summary(kernels),
+            "top_kernels": [_kernel_row(kernel) for kernel in kernels[:top]],
             "measured": self.measured,
             "rel_error": self.rel_error,
             "validation": self.device.validation,
             "fitted_runtime": fitted_runtime(self.device),
         }
 
-    def fusion_summary(self) -> dict:
-        """Which rules fused what, and the estimate before fusion (every op its own kernel, as the graph stores it)."""
+    def fusion_summary(self, kernels: list[Kernel]) -> dict:
+        """Which rules fused what (`kernels`: the estimate's), and the estimate before fusion (every op its own kernel,
+        as the graph stores it)."""
         est = self.estimate
-        kernels = [kernel for kernel in est.kernels() if kernel.root.node.category != "view"]
+        kernels = [kernel for kernel in kernels if kernel.root.node.category != "view"]
         summary = {"rules": est.fusion, "ops": sum(op.node.category != "view" for op in est.ops), "kernels": len(kernels),
                    "fused_ops": sum(len(kernel.fused) for kernel in kernels),
                    "views_dispatched": sum(op.node.category == "view" and op.node.dispatched for op in est.ops)}

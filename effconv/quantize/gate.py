@@ -5,8 +5,9 @@ table, the manifest and the pipeline report.
 it off, and with it the drift bound); `--max-psnr-drop` bounds the PSNR lost against ground-truth frames and applies
 only when the calibration came with them. A streaming step's int8 chunk loop must also hold its quality over a long
 clip: its PSNR against the float loop over the last latent frames may fall at most MAX_DRIFT_DB below the first
-ones' (rounding that builds up through the caches would show there). A Core ML report's `simulation_check` must pass as well: its quality was
-measured on a torch simulation, which counts only if it holds the weights that were written.
+ones' (rounding that builds up through the caches would show there). A Core ML report's `simulation_check` must
+pass as well: its quality was measured on a torch simulation, which counts only if it holds the weights that were
+written.
 
 Beside the gate, the speed verdict: an int8 artifact that timed slower than its float one on this host says so
 wherever the gate's verdict is read, since passing a quality gate says nothing about speed.

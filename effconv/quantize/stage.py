@@ -16,6 +16,7 @@ from effconv.quantize import calibration, streaming
 from effconv.quantize import gate as quality_gate
 from effconv.backends import registry
 from effconv.backends.base import HOST_DEVICE, Backend, CalibrationSet, QuantizeOptions
+from effconv.backends.streaming import RunAll
 
 QUANTIZED_SUFFIX = "-int8"
 DEFAULT_SAMPLES = 16
@@ -117,12 +118,12 @@ def calibration_sets(manifest: Manifest, calib: list[str] | None, samples: int, 
     return Calibration(*full.split(_held_out_count(len(full))), notes)
 
 
-def _chunk_loop_report(backend: Backend, artifact: Path, out_path: Path, stream: dict, clips: Calibration, report: dict,
-                       progress: Callable[[str], None], threads: int | None) -> dict:
+def _chunk_loop_report(backend: Backend, run_float: RunAll, out_path: Path, stream: dict, clips: Calibration,
+                       report: dict, progress: Callable[[str], None], threads: int | None) -> dict:
     """The streaming step's quality as a phone decodes with it: the int8 chunk loop, caches fed back, on the held-out
     clips (this is what the gate judges; the backend's per-call figures, each call fed the float loop's caches, are
     kept as `step_quality`), and its drift over a long clip."""
-    run_float, run_quant = backend.load_all(artifact, threads), backend.load_all(out_path, threads)
+    run_quant = backend.load_all(out_path, threads)
     progress(f"running the float and int8 chunk loops on the {len(clips.held_out)} held-out clips")
     quality = streaming.chunk_loop_quality(run_float, run_quant, stream, clips.held_out)
     if clips.teacher is not None and clips.videos:
@@ -194,7 +195,7 @@ def quantize_artifact(artifact: Path, out_dir: Path, calib: list[str] | None = N
         out_path = stage / f"{name}{artifact.suffix}"
         report = backend.quantize(artifact, source, calib_set, held_out, out_path, options)
         if runs_step:
-            report |= _chunk_loop_report(backend, artifact, out_path, stream, clips, report, report_progress, options.threads)
+            report |= _chunk_loop_report(backend, run_float, out_path, stream, clips, report, report_progress, options.threads)
         elif stream:
             report["stream"] = {"latent_frames_per_call": stream["latent_frames_per_call"],
                                 "quality": "int8 weights only: the whole-clip decoder with the program's int8 weights, which "

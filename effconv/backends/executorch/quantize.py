@@ -60,10 +60,11 @@ def _kind(node) -> str:
     return str(node.target)
 
 
-def lowered_module(manifest: Manifest) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+def lowered_module(manifest: Manifest, allow_import: bool = False) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     """The exported module, legalized as `effconv convert --to executorch` did, and example inputs: the decoder's
-    latent, or a streaming step's first call (latent chunk, flag 1, zero caches)."""
-    model = load_model(manifest.model_spec())
+    latent, or a streaming step's first call (latent chunk, flag 1, zero caches). `allow_import`: the spec's factory
+    may run (`--allow-import`)."""
+    model = load_model(manifest.model_spec(), allow_import=allow_import)
     if "stream" in (manifest.model_extra or {}):
         example = tuple(torch.ones(info.shape) if info.name == FIRST_INPUT else torch.zeros(info.shape)
                         for info in manifest.inputs)
