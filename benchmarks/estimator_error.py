@@ -1,6 +1,6 @@
 """Estimator error on host-cpu, per runtime: calibrate on half of a set of decoders, report error on the other half.
 
-Runs `effconv.profile.host_fit.calibrate` (converts 28 small decoders -- teachers of the six families at three sizes and
+Runs `effconv.profile.fit.calibrate.calibrate` (converts 28 small decoders -- teachers of the six families at three sizes and
 Turbo-VAED students of five families at two widths -- to ONNX and TFLite, fp32 and int8 (`quantize --calib random`),
 measures each in its own runtime: onnxruntime, LiteRT with XNNPACK) and writes benchmarks/results/estimator_error.json.
 Targets, for each runtime on its held-out artifacts (fp32 and int8 together, at least 10): median |error| <= 10%,
@@ -43,7 +43,7 @@ FRESH_PREFIX = "fresh-"
 
 
 def fresh_models():
-    from effconv.profile.host_fit import STUDENT_FAMILIES, TEACHERS, CalibrationModel, student_writer, teacher_writer
+    from effconv.profile.fit.model_set import STUDENT_FAMILIES, TEACHERS, CalibrationModel, student_writer, teacher_writer
 
     teachers = [CalibrationModel(f"{FRESH_PREFIX}{family}-x{FRESH_TEACHER_SCALE}-{'x'.join(map(str, FRESH_TEACHER_CLIP))}", True,
                                  teacher_writer(family, FRESH_TEACHER_SCALE, (clip[0], *FRESH_TEACHER_CLIP)))
@@ -67,9 +67,13 @@ def main() -> int:
     os.environ.setdefault("EFFCONV_CACHE_DIR", tempfile.mkdtemp(prefix="effconv-bench-cache-"))
 
     from effconv.host import cpu_int8_features, cpu_model
-    from effconv.profile.devices import HOST, host_key, load_device, measurement_version, write_cache_entry
-    from effconv.profile.host_fit import calibration_set, errors, fit_and_store, measure_set, summarize, with_fit
-    from effconv.profile.inputs import OWN_GRAPH
+    from effconv.profile.device.host_cpu import host_key, measurement_version, write_cache_entry
+    from effconv.profile.device.profiles import HOST, load_device
+    from effconv.profile.fit.calibrate import errors, fit_and_store, summarize
+    from effconv.profile.fit.fitting import with_fit
+    from effconv.profile.fit.measure_set import measure_set
+    from effconv.profile.fit.model_set import calibration_set
+    from effconv.profile.graph.targets import OWN_GRAPH
 
     started, load_before = time.perf_counter(), os.getloadavg()
     refit = args.records is not None and args.records.exists()

@@ -76,7 +76,7 @@ from effconv.legalize.rewrites import legalize, resolve
 from effconv.models.loader import load_model
 from effconv.models.turbo_vaed.compare import compare
 from effconv.models.turbo_vaed.decoder import build_student
-from effconv.profile.devices import onnxruntime_matmul_seconds
+from effconv.profile.device.host_cpu import onnxruntime_matmul_seconds
 from effconv.recipe import load_recipe
 from effconv.spec import load_spec, spec_from_dict
 

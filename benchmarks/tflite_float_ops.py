@@ -1,6 +1,6 @@
 """Which LiteRT ops are slower in int8 than in float on LiteRT's CPU runtime (XNNPACK): each op kind kept float in turn.
 
-For a few decoders of the calibration set (effconv.profile.host_fit: Turbo-VAED students and tiny teachers), the
+For a few decoders of the calibration set (effconv.profile.fit.model_set: Turbo-VAED students and tiny teachers), the
 .tflite is quantized with the LiteRT quantizer's static int8 recipe, once with every op int8 and once per op kind
 with that kind left float (`no_quantize`), and every variant is timed in one process in interleaved rounds. A kind
 whose float variant is clearly faster than all-int8 is one whose int8 kernel is slow on this runtime: effconv's
@@ -28,7 +28,7 @@ from effconv.backends.tflite import quantize as tflite_quantize
 from effconv.backends.tflite.export import op_inventory
 from effconv.convert.stage import convert
 from effconv.host import cpu_int8_features, cpu_model
-from effconv.profile.host_fit import calibration_set
+from effconv.profile.fit.model_set import calibration_set
 from effconv.profile.measure import measure_walls
 from effconv.spec import load_spec
 

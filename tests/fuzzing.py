@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from effconv.artifacts import STAGING_PREFIX
-from effconv.profile import devices
+from effconv.profile.device import host_cpu
 
 from conftest import SPECS
 
@@ -213,7 +213,7 @@ def sandbox(tmp_path, monkeypatch, cli) -> Sandbox:
     for name in ("in", "cwd"):
         (tmp_path / name).mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
-    monkeypatch.setenv(devices.CACHE_ENV, str(tmp_path.parent / f"{tmp_path.name}-cache"))
+    monkeypatch.setenv(host_cpu.CACHE_ENV, str(tmp_path.parent / f"{tmp_path.name}-cache"))
     return Sandbox(tmp_path, cli)
 
 

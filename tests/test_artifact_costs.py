@@ -25,13 +25,14 @@ from effconv.backends.onnx.quantize import store_weights_int8
 from effconv.backends.tflite import quantize as tflite_quantize
 from effconv.convert.stage import convert
 from effconv.errors import EffconvError
-from effconv.profile import devices, tflite_cost as tflite_module
-from effconv.profile.cost import CONV_CATEGORIES
-from effconv.profile.estimate import estimate_cost
-from effconv.profile.devices import load_device
-from effconv.profile.mlprogram_cost import mlprogram_cost
-from effconv.profile.onnx_cost import graph_cost, load_graph
-from effconv.profile.tflite_cost import tflite_cost
+from effconv.profile.device import host_cpu
+from effconv.profile.graph.costs import CONV_CATEGORIES
+from effconv.profile.device.profiles import load_device
+from effconv.profile.estimate.latency import estimate_cost
+from effconv.profile.graph.mlprogram import mlprogram_cost
+from effconv.profile.graph.onnx import graph_cost, load_graph
+from effconv.profile.graph import tflite as tflite_module
+from effconv.profile.graph.tflite import tflite_cost
 from effconv.quantize.calibration import random_latents
 from effconv.spec import load_spec
 
@@ -44,7 +45,7 @@ FLOP_TOLERANCE = 0.02
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(devices.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(host_cpu.CACHE_ENV, str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from effconv.artifacts import manifest_path, read_manifest
 from effconv.convert.layout import RULE, STUDENT_DEFAULT, SWITCH_MIN_ROUNDS, SWITCH_SPEEDUP, decide
 from effconv.convert.stage import convert
 from effconv.models.loader import load_model
-from effconv.profile.inputs import resolve
+from effconv.profile.graph.targets import resolve
 from effconv.spec import load_spec
 
 from backend_cases import small_clip

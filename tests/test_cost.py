@@ -10,7 +10,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from effconv.profile.onnx_cost import graph_cost
+from effconv.profile.graph.onnx import graph_cost
 
 
 def _model(nodes, inputs, outputs, initializers) -> onnx.ModelProto:
@@ -115,7 +115,7 @@ def test_peak_activation_frees_tensors_after_their_last_reader():
 def test_conv_flops_of_an_exported_decoder_match_its_torch_modules(tmp_path):
     from effconv.backends.onnx.export import export
     from effconv.models.turbo_vaed.decoder import TurboVAEDDecoder
-    from effconv.profile.onnx_cost import load_graph
+    from effconv.profile.graph.onnx import load_graph
 
     module = TurboVAEDDecoder(latent_channels=8, widths=(16, 16, 8), layers=(1, 1, 1), separable=(True, True, False),
                               upsample_factors=((2, 2, 2), (1, 2, 2))).eval()

@@ -8,15 +8,15 @@ import pytest
 import yaml
 
 from effconv.errors import EffconvError
-from effconv.profile import devices
-from effconv.profile.devices import HOST, builtin_names, load_device
+from effconv.profile.device import host_cpu
+from effconv.profile.device.profiles import HOST, DeviceProfile, builtin_names, load_device, profiles_dir
 
 PHONES = ["iphone14pro", "iphone15pro", "iphone16pro", "pixel9", "galaxy-s24", "sd8-elite"]
 
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(devices.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(host_cpu.CACHE_ENV, str(tmp_path / "cache"))
 
 
 def _figures(profile):
@@ -52,7 +52,7 @@ def test_unknown_device_name_is_a_one_line_error():
 
 
 def test_user_profile_with_an_unknown_key_is_rejected(tmp_path):
-    text = (devices.profiles_dir() / "rpi5.yaml").read_text()
+    text = (profiles_dir() / "rpi5.yaml").read_text()
     bad = tmp_path / "mine.yaml"
     bad.write_text(text.replace("soc:", "turbo: true\nsoc:"))
     with pytest.raises(EffconvError, match="unknown key 'turbo'"):
@@ -60,7 +60,7 @@ def test_user_profile_with_an_unknown_key_is_rejected(tmp_path):
 
 
 def test_user_profile_loads_from_a_path(tmp_path):
-    text = (devices.profiles_dir() / "rpi5.yaml").read_text().replace("name: rpi5", "name: rpi5-4gb")
+    text = (profiles_dir() / "rpi5.yaml").read_text().replace("name: rpi5", "name: rpi5-4gb")
     path = tmp_path / "rpi5-4gb.yaml"
     path.write_text(text.replace("ram_gb: {value: 8", "ram_gb: {value: 4"))
     profile = load_device(str(path))
@@ -77,14 +77,14 @@ def test_bad_device_yaml_exits_2_with_one_line(cli, tmp_path):
 
 def test_host_measurement_is_cached_and_not_repeated(tmp_path):
     first = load_device(HOST, threads=1)
-    cache_file = tmp_path / "cache" / devices.CACHE_FILE
+    cache_file = tmp_path / "cache" / host_cpu.CACHE_FILE
     stamp = cache_file.stat().st_mtime_ns
     second = load_device(HOST, threads=1)
     assert cache_file.stat().st_mtime_ns == stamp
     assert second.measured == first.measured
     assert first.units["cpu"].peak_gops["fp32"].value > 0.1
     assert first.memory.bandwidth_gbps.value > 0.1
-    entry = json.loads(cache_file.read_text())[devices.host_key(1)]
+    entry = json.loads(cache_file.read_text())[host_cpu.host_key(1)]
     assert entry["measurement"]["peak_fp32_gflops"]["cpu"] == first.units["cpu"].peak_gops["fp32"].value
 
 
@@ -97,8 +97,8 @@ def test_each_runtime_has_its_own_measured_peak_and_cached_calibration():
     assert first.units["xnnpack"].peak_gops["fp32"].value == peaks["xnnpack"]
     fit = {"efficiency": {"conv": 0.7}, "int8_efficiency": {"conv": 0.2}, "op_overhead_us": 3.0, "narrow_channels": 16.0,
            "run_overhead_ms": 0.4, "model_uncertainty": 0.2, "validation": "LiteRT calibrated in a test", "calibrated_at": "now",
-           "produced_by": devices.cost_model_version()}
-    devices.write_cache_entry(devices.host_key(1), "calibration", {"xnnpack": fit})
+           "produced_by": host_cpu.cost_model_version()}
+    host_cpu.write_cache_entry(host_cpu.host_key(1), "calibration", {"xnnpack": fit})
     calibrated = load_device(HOST, threads=1)
     lite = calibrated.for_backend("tflite")
     assert lite.units["xnnpack"].efficiency == {"conv": 0.7} and lite.units["xnnpack"].int8_efficiency == {"conv": 0.2}
@@ -116,10 +116,10 @@ def test_devices_command_lists_every_profile(cli):
     assert {p["name"] for p in json.loads(out)} == set(builtin_names())
 
 
-def _shipped(name: str) -> devices.DeviceProfile:
+def _shipped(name: str) -> DeviceProfile:
     """host-cpu as written (not measured): which unit runs what does not depend on its figures."""
     if name == HOST:
-        return devices.DeviceProfile.model_validate(yaml.safe_load((devices.profiles_dir() / f"{HOST}.yaml").read_text()))
+        return DeviceProfile.model_validate(yaml.safe_load((profiles_dir() / f"{HOST}.yaml").read_text()))
     return load_device(name)
 
 
@@ -149,7 +149,7 @@ def test_a_backend_limited_to_some_units_sees_only_those():
     ("    lint_units:", "    max_rank: 4\n    lint_units:", "max_rank: a unit no longer lists what it cannot run"),
 ])
 def test_a_unit_that_is_not_lint_units_is_a_one_line_error(tmp_path, old, new, message):
-    text = (devices.profiles_dir() / "rpi5.yaml").read_text()
+    text = (profiles_dir() / "rpi5.yaml").read_text()
     assert old in text
     path = tmp_path / "mine.yaml"
     path.write_text(text.replace(old, new))

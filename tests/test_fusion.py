@@ -9,11 +9,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from effconv.errors import EffconvError
-from effconv.profile.devices import DeviceProfile, load_device
-from effconv.profile.estimate import estimate_cost
-from effconv.profile.fusion import FusionRules, fuse, load_rules, rule_names
-from effconv.profile.inputs import resolve
-from effconv.profile.onnx_cost import graph_cost
+from effconv.profile.device.fusion_rules import FusionRules, load_rules, rule_names
+from effconv.profile.device.profiles import DeviceProfile, load_device
+from effconv.profile.estimate.fusion import fuse
+from effconv.profile.estimate.latency import estimate_cost
+from effconv.profile.graph.targets import resolve
+from effconv.profile.graph.onnx import graph_cost
 
 from conftest import SPECS
 

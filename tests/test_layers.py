@@ -98,6 +98,21 @@ def import_graph() -> dict[str, set[str]]:
     return {name: _imported_modules(ast.parse(path.read_text())) - {name} for name, path in MODULES.items()}
 
 
+# effconv.profile's own layers, lowest first, by the same rule (README, Layout).
+PROFILE_LAYERS = [{"graph", "measure"}, {"device"}, {"estimate"}, {"fit", "run"}, {"plot"}]
+
+
+def test_profile_modules_import_down_its_layers():
+    layer_of = {name: index for index, names in enumerate(PROFILE_LAYERS) for name in names}
+    profile = {name for name in MODULES if name.startswith("effconv.profile.")}
+    unit = {name: name.split(".")[2] for name in profile}
+    assert set(unit.values()) <= set(layer_of)
+    graph = import_graph()
+    upward = [f"{name} imports {target}" for name in sorted(profile) for target in sorted(graph[name] & profile)
+              if unit[target] != unit[name] and layer_of[unit[target]] >= layer_of[unit[name]]]
+    assert upward == []
+
+
 def test_no_module_imports_itself_through_others():
     """A cycle (convert/stage.py <-> convert/streaming.py once) makes the import order matter: whichever module a
     process imports first sees the other half-initialized. graphlib names the cycle it finds."""

@@ -21,18 +21,17 @@ from effconv.backends.onnx import export as onnx_backend
 from effconv.legalize.lint import matching_rules, op_facts, rule_table
 from effconv.legalize.rewrites import export_graph
 from effconv.models.loader import load_model
-from effconv.profile import devices
-from effconv.profile.onnx_cost import graph_cost, load_graph
-from effconv.profile.devices import HOST, DeviceProfile, builtin_names, load_device
-from effconv.profile.estimate import unit_accepts
-from effconv.profile.legality import rules_against
+from effconv.profile.device.legality import rules_against
+from effconv.profile.device.profiles import HOST, DeviceProfile, builtin_names, load_device, profiles_dir
+from effconv.profile.estimate.placement import unit_accepts
+from effconv.profile.graph.onnx import graph_cost, load_graph
 from effconv.spec import load_spec
 
 
 def _shipped(name: str) -> DeviceProfile:
     """A shipped profile as written: host-cpu's measured figures do not change which unit runs what."""
     if name == HOST:
-        return DeviceProfile.model_validate(yaml.safe_load((devices.profiles_dir() / f"{HOST}.yaml").read_text()))
+        return DeviceProfile.model_validate(yaml.safe_load((profiles_dir() / f"{HOST}.yaml").read_text()))
     return load_device(name)
 
 

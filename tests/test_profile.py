@@ -11,11 +11,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from effconv.artifacts import Manifest
 from effconv.errors import EffconvError
-from effconv.profile import devices
-from effconv.profile.onnx_cost import graph_cost
-from effconv.profile.devices import DeviceProfile, Figure, load_device
-from effconv.profile.estimate import estimate, estimate_cost, op_ms, place, roofline_ms
-from effconv.profile.inputs import statically_quantized
+from effconv.profile.device import host_cpu
+from effconv.profile.device.profiles import DeviceProfile, Figure, load_device
+from effconv.profile.estimate.latency import estimate, estimate_cost, op_ms, roofline_ms
+from effconv.profile.estimate.placement import place
+from effconv.profile.graph.onnx import graph_cost
+from effconv.profile.graph.targets import statically_quantized
 
 from conftest import SPECS
 
@@ -24,7 +25,7 @@ LTX = SPECS / "ltx-tiny.yaml"
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(devices.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(host_cpu.CACHE_ENV, str(tmp_path / "cache"))
 
 
 def _figure(value):
@@ -121,7 +122,7 @@ def test_band_contains_the_estimate_and_widens_with_uncertainty():
 
 def test_memory_that_does_not_fit_suggests_a_chunk():
     device = _device({"cpu": _unit()})
-    tiny_ram = device.model_copy(update={"memory": device.memory.model_copy(update={"ram_gb": devices.Figure(**_figure(9.6e-6))})})
+    tiny_ram = device.model_copy(update={"memory": device.memory.model_copy(update={"ram_gb": Figure(**_figure(9.6e-6))})})
     result = estimate(_chain(), tiny_ram)
     # 4.8 kB usable; 1.7 kB of weights + 4 kB of activations for two latent frames do not fit, one does
     assert not result.fits
@@ -191,8 +192,8 @@ def test_kernel_fit_recovers_a_known_efficiency_and_overhead():
     """fp32 records whose node times follow roofline / 0.25 + 0.01 ms (views: the 0.01 ms alone), and int8 ones whose
     3-D convs take roofline / 0.5 + 40 ns per output position + 0.01 ms, as the estimate models them: the fit must
     give those numbers back."""
-    from effconv.profile.estimate import output_positions
-    from effconv.profile.host_fit import kernel_fit
+    from effconv.profile.estimate.latency import output_positions
+    from effconv.profile.fit.fitting import kernel_fit
 
     host = load_device("host-cpu", threads=1, calibrated=False).for_backend("onnx")
     plain = host.model_copy(update={"units": {"cpu": host.units["cpu"].model_copy(update={"efficiency": {}, "op_overhead_us": 0.0})},
@@ -252,7 +253,7 @@ def test_wall_fit_recovers_fp32_and_int8_efficiencies_from_wall_clock_times():
     """Wall times made by the estimate itself from known efficiencies (fp32 conv 0.3, int8 3-D conv 0.1 of the int8
     peak, int8 3-D convs paying 50 ns per output position, 20 us per node, 0.5 ms per run): the wall fit, starting
     from a prior 2x off, lands within 10% of each efficiency and 20% of the per-position cost."""
-    from effconv.profile.host_fit import wall_fit, with_fit
+    from effconv.profile.fit.fitting import wall_fit, with_fit
 
     measured = load_device("host-cpu", threads=1, calibrated=False).for_backend("onnx")
     # fixed peaks and bandwidth: this machine's measured ones change how FLOP time and per-position time share a wall
@@ -281,7 +282,8 @@ def test_calibrate_measures_fits_and_the_host_profile_uses_the_fit(capsys):
     """Two real Turbo-VAED students, converted to ONNX and measured in onnxruntime: the fit is cached, and host-cpu's
     onnxruntime unit (not its XNNPACK one) carries it, with its held-out error as the band."""
     from effconv.cli.profile import render_calibration
-    from effconv.profile.host_fit import calibrate, calibration_set
+    from effconv.profile.fit.calibrate import calibrate
+    from effconv.profile.fit.model_set import calibration_set
 
     students = [m for m in calibration_set() if m.name in ("hunyuan-student-w32", "hunyuan-student-w64")]
     result = calibrate(threads=1, repeats=3, progress=lambda _: None, models=students, backends=("onnx",), int8=False)
@@ -290,7 +292,7 @@ def test_calibrate_measures_fits_and_the_host_profile_uses_the_fit(capsys):
     assert after["held_out"]["n"] == 1 and after["held_out"]["p90_is_max"]
     host = load_device("host-cpu", threads=1)
     assert host.units["cpu"].efficiency == result["runtimes"]["onnx"]["fit"]["efficiency"]
-    assert result["runtimes"]["onnx"]["fit"]["produced_by"] == devices.cost_model_version()  # else the fit is ignored
+    assert result["runtimes"]["onnx"]["fit"]["produced_by"] == host_cpu.cost_model_version()  # else the fit is ignored
     assert host.units["xnnpack"].efficiency != host.units["cpu"].efficiency and host.units["xnnpack"].runtime_fit.model_uncertainty == 3.5
     onnx_host = host.for_backend("onnx")
     assert "held-out error on 1 artifacts" in onnx_host.validation
@@ -301,7 +303,7 @@ def test_calibrate_measures_fits_and_the_host_profile_uses_the_fit(capsys):
 
 
 def test_calibrate_checks_its_arguments_and_writes_its_report(tmp_path):
-    from effconv.profile.host_fit import calibrate_host, write_report
+    from effconv.profile.fit.calibrate import calibrate_host, write_report
 
     for threads, repeats in [(0, 10), (None, 0)]:
         with pytest.raises(EffconvError, match="at least 1"):

@@ -297,7 +297,7 @@ def test_choices_are_scored_on_the_validation_split(student_onnx, tmp_path):
 
 
 def test_another_device_decides_kinds_from_its_profile(student_onnx, tmp_path):
-    from effconv.profile.int8_kinds import kind_decisions
+    from effconv.profile.estimate.int8_kinds import kind_decisions
 
     decisions = kind_decisions(student_onnx, "pixel9")
     assert set(decisions) == set(node_kinds(onnx.load(str(student_onnx))).values())

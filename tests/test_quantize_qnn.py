@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from effconv.backends.onnx.qnn import outside_node_units
-from effconv.profile.onnx_cost import graph_cost, load_graph
+from effconv.profile.graph.onnx import graph_cost, load_graph
 from effconv.convert.stage import convert
 from effconv.errors import VerificationFailed
 from effconv.quantize.stage import quantize_artifact

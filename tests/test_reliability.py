@@ -23,7 +23,8 @@ from effconv.errors import EffconvError
 from effconv.host import default_threads
 from effconv.models.limits import MAX_MODULES
 from effconv.models.loader import load_model
-from effconv.profile import devices
+from effconv.profile.device import host_cpu
+from effconv.profile.device.profiles import HOST
 from effconv.spec import MAX_YAML_BYTES, MAX_YAML_NODES, load_spec
 
 from conftest import REPO, SPECS
@@ -278,7 +279,7 @@ def test_bad_calibrate_option_is_refused_before_measuring(options, sandbox):
 
 
 def _host_key() -> str:
-    return devices.host_key(default_threads())
+    return host_cpu.host_key(default_threads())
 
 
 HOST_CACHE_DAMAGE = {
@@ -295,11 +296,11 @@ HOST_CACHE_DAMAGE = {
 @pytest.mark.parametrize("case", sorted(HOST_CACHE_DAMAGE))
 def test_damaged_host_cache_is_measured_again(case, sandbox):
     """regression: a damaged ~/.cache/effconv/host-cpu.json was AttributeError / TypeError (exit 3)."""
-    cache = devices.cache_dir() / devices.CACHE_FILE
+    cache = host_cpu.cache_dir() / host_cpu.CACHE_FILE
     cache.parent.mkdir(parents=True)
     cache.write_text(json.dumps(HOST_CACHE_DAMAGE[case]()))
     _, out, _ = sandbox.run("devices", "--json", allowed=(0,))
-    host = next(profile for profile in json.loads(out) if profile["name"] == devices.HOST)
+    host = next(profile for profile in json.loads(out) if profile["name"] == HOST)
     assert host["units"]["cpu"]["peak_gops"]["fp32"]["value"] > 0
     assert json.loads(cache.read_text())[_host_key()]["measurement"]["peak_fp32_gflops"]["cpu"] > 0
 

@@ -22,7 +22,7 @@ def devices(as_json: bool = typer.Option(False, "--json", help="Print the profil
 
     Example: `effconv devices`
     """
-    from effconv.profile.devices import builtin_names, load_device
+    from effconv.profile.device.profiles import builtin_names, load_device
 
     profiles = [load_device(name) for name in builtin_names()]
     if as_json:
@@ -96,7 +96,7 @@ def profile(
 
 
 def _render_profile(result, top: int) -> None:
-    from effconv.profile.devices import OUTDATED_CALIBRATION
+    from effconv.profile.device.host_cpu import OUTDATED_CALIBRATION
 
     data = result.to_dict(top)
     out.print(f"[bold]{data['model']}[/] on [bold]{data['device']}[/] ({result.device.description}); {data['source']}")
@@ -192,7 +192,8 @@ def calibrate(
 
     Example: `effconv calibrate --threads 1`
     """
-    from effconv.profile.host_fit import BACKEND_UNITS, calibrate_host, write_report
+    from effconv.profile.fit.calibrate import calibrate_host, write_report
+    from effconv.profile.fit.measure_set import BACKEND_UNITS
 
     backends = tuple(dict.fromkeys(runtime or BACKEND_UNITS))
     result = calibrate_host(threads, repeats=repeats, remeasure=remeasure, progress=lambda m: err.print(m, highlight=False),

@@ -92,7 +92,7 @@ def quantize(
 def _scheme(artifact: Path, scheme: str, device: str) -> str:
     """--scheme is Core ML's; auto picks the scheme the --device profile's Neural Engine gains speed from."""
     from effconv.errors import EffconvError
-    from effconv.profile.devices import load_device
+    from effconv.profile.device.profiles import load_device
 
     if artifact.suffix != ".mlpackage":
         if scheme != "auto":
@@ -114,15 +114,15 @@ def _is_stream(artifact: Path) -> bool:
 
 
 def _onnx_on_qnn(device: str) -> bool:
-    from effconv.profile.devices import load_device
+    from effconv.profile.device.profiles import load_device
 
     return device != HOST_DEVICE and load_device(device).onnx_on_qnn
 
 
 def _kind_decisions(artifact: Path, device: str) -> dict[str, dict] | None:
     """For an ONNX model bound for another device: which node kinds compute in int8, from that device's profile."""
-    from effconv.profile.devices import load_device
-    from effconv.profile.int8_kinds import kind_decisions
+    from effconv.profile.device.profiles import load_device
+    from effconv.profile.estimate.int8_kinds import kind_decisions
 
     load_device(device)  # an unknown device is an error for every backend, before any work
     if device == HOST_DEVICE or artifact.suffix != ".onnx" or not artifact.is_file():

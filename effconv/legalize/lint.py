@@ -9,7 +9,7 @@ run blocks export.
 
 The same rules place ops in `effconv profile`'s latency estimate, which costs the ONNX graph: a rule
 that rules out a unit says which nodes of that graph it concerns (`cost_nodes`, read by
-effconv/profile/legality.py), or why that graph cannot show it (`cost_unseen`).
+effconv/profile/device/legality.py), or why that graph cannot show it (`cost_unseen`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class BackendBlocked(EffconvError):
         self.report = report
 
 
-# What a `cost_nodes` entry may test on a costed node (effconv/profile/cost.py NodeCost): its kind or ONNX op
+# What a `cost_nodes` entry may test on a costed node (effconv/profile/graph/costs.py NodeCost): its kind or ONNX op
 # type, its largest tensor rank, its upsampling factor, and how many outputs it has.
 COST_NODE_KEYS = {"kinds", "rank_above", "rank_at_most", "factor_above", "outputs"}
 

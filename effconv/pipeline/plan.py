@@ -22,8 +22,8 @@ from effconv.legalize.lint import rule_table
 from effconv.distill.trainer import resolve_device
 from effconv.models.loader import load_model, pretrained_root
 from effconv.models.teacher_fit import check_teacher_fits, is_student
-from effconv.profile.devices import load_device, profiles_dir
-from effconv.profile.inputs import parse_resolution
+from effconv.profile.device.profiles import load_device, profiles_dir
+from effconv.profile.graph.targets import parse_resolution
 from effconv.quantize.stage import WEIGHT_ONLY_STREAMS
 from effconv.recipe import HOST_DEVICE, Recipe, load_recipe
 from effconv.rewrite.stage import STUDENT_SUFFIX

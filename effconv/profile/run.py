@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from effconv.errors import EffconvError
-from effconv.profile.cost import DTYPE_BYTES
+from effconv.profile.graph.costs import DTYPE_BYTES
 from effconv.host import default_threads
 from effconv.backends import registry
-from effconv.profile.devices import HOST, HOST_UNIT_BACKENDS, DeviceProfile, load_device
-from effconv.profile.estimate import Estimate, Kernel, estimate_cost
-from effconv.profile.inputs import ProfileInput, resolve
+from effconv.profile.device.host_cpu import HOST_UNIT_BACKENDS
+from effconv.profile.device.profiles import HOST, DeviceProfile, load_device
+from effconv.profile.estimate.latency import Estimate, Kernel, estimate_cost
+from effconv.profile.graph.targets import ProfileInput, resolve
 from effconv.profile.measure import measure
 
 

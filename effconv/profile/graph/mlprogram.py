@@ -1,4 +1,4 @@
-"""A Core ML ML program (.mlpackage) as per-node costs (cost.py's conventions), read from the saved program's
+"""A Core ML ML program (.mlpackage) as per-node costs (costs.py's conventions), read from the saved program's
 protobuf with coremltools on any OS: no compilation, no prediction. Every op output in an ML program carries its
 tensor type and dims (https://apple.github.io/coremltools/mlmodel/Format/MIL.html), so shapes and dtypes are
 the program's own.
@@ -27,7 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from effconv.errors import EffconvError, exception_text
-from effconv.profile.cost import (
+from effconv.profile.graph.costs import (
     TRANSCENDENTAL_OPS, GraphCost, NodeCost, TensorUse, activation_dtype, conv_flops, conv_kind, conv_transpose_flops,
     matmul_flops, numel, op_category, resize_flops, settled, simple_flops, upsample_factor,
 )
@@ -35,7 +35,7 @@ from effconv.profile.cost import (
 FIX = "re-create it with `effconv convert SPEC --to coreml`."
 FUNCTION = "main"
 
-# MIL op -> its kind in ONNX's vocabulary, which decides its cost category (cost.op_category); convs, matmuls and
+# MIL op -> its kind in ONNX's vocabulary, which decides its cost category (costs.op_category); convs, matmuls and
 # resizes are refined below.
 OPS = {
     "add": "Add", "sub": "Sub", "mul": "Mul", "real_div": "Div", "floor_div": "Div", "maximum": "Max",
@@ -63,7 +63,7 @@ OPS = {
 }
 NEAREST = {"upsample_nearest_neighbor", "resize_nearest_neighbor"}
 BLOCK_PARAMETERS = {"depth_to_space": "block_size", "pixel_shuffle": "upscale_factor"}
-# MIL DataType names -> cost.py's stored dtypes; sub-byte and fp8 weights count as int8 (an upper bound: effconv writes int8)
+# MIL DataType names -> costs.py's stored dtypes; sub-byte and fp8 weights count as int8 (an upper bound: effconv writes int8)
 DATA_TYPES = {"FLOAT32": "fp32", "FLOAT16": "fp16", "BFLOAT16": "fp16", "INT8": "int8", "UINT8": "int8",
               "INT4": "int8", "UINT4": "int8", "UINT3": "int8", "UINT2": "int8", "UINT1": "int8", "UINT6": "int8",
               "FLOAT8E4M3FN": "int8", "FLOAT8E5M2": "int8"}

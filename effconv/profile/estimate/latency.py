@@ -1,11 +1,12 @@
-"""Latency estimate: a per-op roofline on the compute unit each op can run on, with an error band.
+"""Latency estimate: a per-op roofline on the compute unit each op can run on (placement.py), in the kernels its
+runtime fuses it into (fusion.py), with an error band.
 
 time(op) = max(FLOPs / (peak[dtype] x narrow), bytes / bandwidth) / efficiency[category] + dispatch
 overhead, where narrow = N / (N + narrow_channels) for convs and matmuls of output width N; int8 convolutions also
 pay a fixed cost per output position (`int8_position_ns`); plus, whenever an op's input was produced on another
 compute unit, a hand-off (fixed cost + the tensor over DRAM). The total carries a relative band from the profile's
 model uncertainty and the uncertainty of the figures it used. It is a model, not a measurement. dtype is each op's own compute dtype
-(cost.py), or the unit's nearest when the unit lacks it.
+(graph/costs.py), or the unit's nearest when the unit lacks it.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from effconv.profile.cost import CONV_CATEGORIES, GraphCost, NodeCost, Precision, conv_3d_key
-from effconv.profile.devices import ComputeUnit, DeviceProfile, HeldOutBand
-from effconv.profile.fusion import FusionRules, fuse, load_rules
-from effconv.profile.legality import placement_notes, runs_on
-from effconv.profile.onnx_cost import graph_cost
+from effconv.profile.device.fusion_rules import FusionRules, load_rules
+from effconv.profile.device.profiles import ComputeUnit, DeviceProfile, HeldOutBand
+from effconv.profile.estimate.fusion import fuse
+from effconv.profile.estimate.placement import place, placement_notes
+from effconv.profile.graph.costs import CONV_CATEGORIES, GraphCost, NodeCost, Precision, conv_3d_key
+from effconv.profile.graph.onnx import graph_cost
 
 DTYPE_FALLBACK = ("fp16", "fp32", "int8")
 
@@ -121,23 +123,6 @@ class Estimate:
             if op.node.category != "view" and op.unit != self.preferred_unit:
                 counts[op.node.kind] += 1
         return dict(counts)
-
-
-def unit_accepts(unit: ComputeUnit, node: NodeCost, backend: str) -> bool:
-    """Whether a compute unit can run a node: `effconv lint`'s rules for `backend` on the lint units it is."""
-    return runs_on(node, backend, unit.lint_units[backend])
-
-
-def place(node: NodeCost, device: DeviceProfile) -> tuple[str, bool]:
-    """The first unit, in the profile's order, that accepts the node as its first backend runs it (`for_backend`
-    narrows a device to the artifact's). When none does, the op is not legal on this device at all (it needs a
-    rewrite); it is costed on the last unit and flagged."""
-    backend = device.backends[0]
-    units = [name for name, unit in device.units.items() if backend in unit.lint_units]
-    for name in units:
-        if unit_accepts(device.units[name], node, backend):
-            return name, True
-    return units[-1], False
 
 
 def execution_dtype(unit: ComputeUnit, wanted: str) -> str:

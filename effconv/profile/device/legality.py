@@ -9,15 +9,10 @@ them, as a phone CPU runs on TFLite's builtin kernels what XNNPACK refuses.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
 from functools import cache
-from typing import TYPE_CHECKING
 
 from effconv.legalize.lint import RULE_BACKENDS, rule_table
-from effconv.profile.cost import NodeCost
-
-if TYPE_CHECKING:
-    from effconv.profile.devices import DeviceProfile
+from effconv.profile.graph.costs import NodeCost
 
 
 def _matches(matcher: dict, kind: str, op_type: str, rank: int, factor: float, outputs: int) -> bool:
@@ -76,34 +71,3 @@ def check_lint_units(name: str, backends: list[str], units: dict[str, dict[str, 
         if linted is not None and mapped != set(linted):
             raise ValueError(f"its units map {sorted(mapped)} of {backend}, but effconv/legalize/rules/{backend}.yaml "
                              f"gives {name} {sorted(linted)} (make them name the same units)")
-
-
-def _by_rule(nodes: list[NodeCost], backend: str, lint_units: list[str]) -> str:
-    kinds: dict[str, Counter] = defaultdict(Counter)
-    rules: dict[str, dict] = {}
-    for node in nodes:
-        for rule in rules_against(node, backend, lint_units):
-            kinds[rule["id"]][node.kind] += 1
-            rules[rule["id"]] = rule
-    return "; ".join(f"{rule_id} ({', '.join(f'{k} x{n}' for k, n in counts.most_common())}; "
-                     f"fix: {', '.join(rules[rule_id].get('fix') or ['none'])})" for rule_id, counts in kinds.items())
-
-
-def placement_notes(device: DeviceProfile, placed: list[tuple[NodeCost, str, bool]]) -> list[str]:
-    """Which lint rules kept nodes off the preferred unit, and which left them on no unit, with lint's fixes.
-    `placed`: (node, unit, legal) per costed node, as `estimate.place` put them."""
-    backend = device.backends[0]
-    units = [name for name, unit in device.units.items() if backend in unit.lint_units]
-    preferred, last = units[0], units[-1]
-    lint = f"`effconv lint SPEC --backend {backend}" + (f" --device {device.name}`" if device.name in rule_table(backend)["devices"] else "`")
-    notes = []
-    moved = [node for node, unit, legal in placed if legal and unit != preferred]
-    if moved:
-        notes.append(f"kept off {preferred} by {backend} lint rules: "
-                     f"{_by_rule(moved, backend, device.units[preferred].lint_units[backend])}.")
-    stuck = [node for node, _, legal in placed if not legal]
-    if stuck:
-        every_unit = sorted({u for name in units for u in device.units[name].lint_units[backend]})
-        notes.append(f"not runnable on any {device.name} unit as {backend} without a rewrite (costed on {last}): "
-                     f"{_by_rule(stuck, backend, every_unit)}; {lint} shows them on the exported graph.")
-    return notes

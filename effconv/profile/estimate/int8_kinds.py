@@ -13,9 +13,10 @@ from pathlib import Path
 
 from effconv.backends.onnx.quantize import node_kinds
 from effconv.backends.onnx.search import MIN_SPEEDUP
-from effconv.profile.onnx_cost import graph_cost, load_graph
-from effconv.profile.devices import load_device
-from effconv.profile.estimate import execution_dtype, op_ms, place
+from effconv.profile.graph.onnx import graph_cost, load_graph
+from effconv.profile.device.profiles import load_device
+from effconv.profile.estimate.latency import execution_dtype, op_ms
+from effconv.profile.estimate.placement import place
 
 
 def kind_decisions(onnx_path: Path, device_name: str) -> dict[str, dict]:

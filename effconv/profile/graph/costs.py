@@ -1,5 +1,5 @@
 """Per-node cost of a decoder graph, whatever format it was read from: FLOPs, bytes moved, and the dtype each
-node computes in. The readers (onnx_cost.py, tflite_cost.py, mlprogram_cost.py) map their ops onto this one
+node computes in. The readers (onnx.py, tflite.py, mlprogram.py) map their ops onto this one
 vocabulary of kinds and categories and use the FLOP rules below, so the same model costs the same in every format.
 
 Conventions (also in docs/profile.md):
@@ -57,7 +57,8 @@ CONVERSION_KINDS = ("QuantizeLinear", "DequantizeLinear")
 
 
 def conv_3d_key(category: str) -> str:
-    """The efficiency key of a conv category's 3-D convolutions, fitted apart from its 2-D ones (estimate.int8_keys)."""
+    """The efficiency key of a conv category's 3-D convolutions, fitted apart from its 2-D ones (int8_keys in
+    estimate/latency.py)."""
     return f"{category} 3d"
 
 
@@ -137,7 +138,7 @@ class NodeCost:
     writes: tuple[TensorUse, ...]
     upsample: float = 1.0  # largest Resize/DepthToSpace scale factor (1 when not an upsampler)
     gemm_n: int = 0  # output channels per group (conv) or output columns (matmul): the vectorized width
-    # The kernel the runtime runs this op in (fusion.py): None, its own; another op's name, fused into that op (no
+    # The kernel the runtime runs this op in (estimate/fusion.py): None, its own; another op's name, fused into that op (no
     # dispatch of its own); "", none at all (a view a compiled graph folds away).
     kernel: str | None = None
     on_chip: frozenset[str] = frozenset()  # tensors it reads or writes that stay inside its kernel: no DRAM bytes

@@ -1,8 +1,8 @@
 """What `effconv profile` costs and measures: the graph each target is costed on, and the file --measure runs.
 
 - A spec YAML is built and exported to ONNX on the fly (fp32).
-- An .onnx is costed on its own graph, a .tflite on its own flatbuffer (tflite_cost.py), a .mlpackage on its own
-  ML program (mlprogram_cost.py), each node in the dtype it computes in there.
+- An .onnx is costed on its own graph, a .tflite on its own flatbuffer (tflite.py), a .mlpackage on its own
+  ML program (mlprogram.py), each node in the dtype it computes in there.
 - A .pte is costed on the ONNX graph of the module it was lowered from (its spec legalized as `effconv convert --to
   executorch` did; ExecuTorch's serialized XNNPACK program does not list per-op shapes), with the dtypes the .pte
   ships: static int8 computes the kinds XNNPACKQuantizer quantizes in int8 (XNNPACK_INT8_KINDS), the rest in fp32.
@@ -32,10 +32,10 @@ from effconv.convert.stage import convert
 from effconv.errors import EffconvError, VerificationFailed
 from effconv.models.base import Compression
 from effconv.models.loader import load_model
-from effconv.profile.cost import CONV_CATEGORIES, GraphCost, NodeCost, Precision
-from effconv.profile.mlprogram_cost import mlprogram_cost
-from effconv.profile.onnx_cost import graph_cost, load_graph
-from effconv.profile.tflite_cost import tflite_cost
+from effconv.profile.graph.costs import CONV_CATEGORIES, GraphCost, NodeCost, Precision
+from effconv.profile.graph.mlprogram import mlprogram_cost
+from effconv.profile.graph.onnx import graph_cost, load_graph
+from effconv.profile.graph.tflite import tflite_cost
 from effconv.spec import LoadedSpec, load_spec, spec_from_dict
 
 RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280), "1080p": (1088, 1920)}

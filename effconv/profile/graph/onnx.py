@@ -1,4 +1,4 @@
-"""An ONNX graph as per-node costs (cost.py's conventions), from the shapes ONNX shape inference fills in.
+"""An ONNX graph as per-node costs (costs.py's conventions), from the shapes ONNX shape inference fills in.
 
 Compute dtype per node, for QDQ graphs (https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html#onnx-quantization-representation-format):
 a DequantizeLinear whose input comes from a QuantizeLinear carries a quantized activation, one whose input is an
@@ -24,7 +24,7 @@ import onnx
 from onnx import TensorProto
 
 from effconv.errors import EffconvError, exception_text
-from effconv.profile.cost import (
+from effconv.profile.graph.costs import (
     CONV_OPS, CONVERSION_KINDS, TRANSCENDENTAL_OPS, VIEW_OPS, GraphCost, NodeCost, TensorUse, conv_flops, conv_kind, conv_transpose_flops,
     matmul_flops, numel, op_category, resize_flops, runtime_conversion, simple_flops, upsample_factor,
 )

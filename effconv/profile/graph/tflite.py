@@ -1,4 +1,4 @@
-"""A .tflite flatbuffer as per-node costs (cost.py's conventions): the ops, tensors, shapes and dtypes of the file
+"""A .tflite flatbuffer as per-node costs (costs.py's conventions): the ops, tensors, shapes and dtypes of the file
 that ships, read with the LiteRT flatbuffer schema that `ai-edge-litert` packages (no interpreter, so no delegate
 folds ops away).
 
@@ -6,7 +6,7 @@ LiteRT ops map onto the ONNX vocabulary of kinds and categories (table below, an
 LiteRT's (https://ai.google.dev/edge/litert/models/ops_compatibility, schema: tensorflow/compiler/mlir/lite/schema/
 schema.fbs): activations NHWC / NDHWC; CONV_2D weights [O, KH, KW, I/groups]; DEPTHWISE_CONV_2D [1, KH, KW, C*M];
 CONV_3D [KD, KH, KW, I/groups, O]; TRANSPOSE_CONV [O, KH, KW, I] and CONV_3D_TRANSPOSE [KD, KH, KW, O, I], both
-after an output-shape input; FULLY_CONNECTED [O, I]. FLOPs follow cost.py: a conv costs 2 x outputs x (C_in /
+after an output-shape input; FULLY_CONNECTED [O, I]. FLOPs follow costs.py: a conv costs 2 x outputs x (C_in /
 groups) x prod(kernel) (+ outputs for a bias), so a Conv3d that effconv's rewrite turned into Conv2d taps costs the
 same multiply-adds plus one bias add per tap.
 
@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 from effconv.errors import EffconvError, exception_text, missing_extra
-from effconv.profile.cost import (
+from effconv.profile.graph.costs import (
     CONVERSION_KINDS, TRANSCENDENTAL_OPS, GraphCost, NodeCost, TensorUse, activation_dtype, conv_flops, conv_kind, conv_transpose_flops,
     matmul_flops, numel, op_category, resize_flops, runtime_conversion, settled, simple_flops, upsample_factor,
 )
@@ -33,7 +33,7 @@ from effconv.quiet import quiet_imports
 SCHEMA_MODULE = "ai_edge_litert.schema_py_generated"
 FIX = "re-create it with `effconv convert SPEC --to tflite`."
 
-# LiteRT op -> its kind in ONNX's vocabulary, which decides its cost category (cost.op_category); convs, matmuls and
+# LiteRT op -> its kind in ONNX's vocabulary, which decides its cost category (costs.op_category); convs, matmuls and
 # resizes are refined below.
 OPS = {
     "ADD": "Add", "SUB": "Sub", "MUL": "Mul", "DIV": "Div", "MAXIMUM": "Max", "MINIMUM": "Min",
@@ -58,7 +58,7 @@ OPS = {
     "CONV_3D_TRANSPOSE": "ConvTranspose3d", "FULLY_CONNECTED": "Gemm", "BATCH_MATMUL": "MatMul",
 }
 RESIZE_MODES = {"RESIZE_NEAREST_NEIGHBOR": "nearest", "RESIZE_BILINEAR": "linear"}
-# LiteRT tensor types -> cost.py's stored dtypes. int4 weights are counted as int8 (an upper bound: effconv writes int8)
+# LiteRT tensor types -> costs.py's stored dtypes. int4 weights are counted as int8 (an upper bound: effconv writes int8)
 DATA_TYPES = {"FLOAT32": "fp32", "FLOAT16": "fp16", "BFLOAT16": "fp16", "INT8": "int8", "UINT8": "int8", "INT4": "int8"}
 OTHER_TYPES = {"FLOAT64": "float64", "INT16": "int16", "UINT16": "uint16", "INT32": "int32", "UINT32": "uint32",
                "INT64": "int64", "UINT64": "uint64", "BOOL": "bool", "COMPLEX64": "complex64", "COMPLEX128": "complex128"}
@@ -91,7 +91,7 @@ def _read(path: Path, schema):
 
 
 class _Tensors:
-    """The main subgraph's tensors as cost.py sees them. A DEQUANTIZE of a constant (weight-only int8) hands its
+    """The main subgraph's tensors as costs.py sees them. A DEQUANTIZE of a constant (weight-only int8) hands its
     reader a weight still stored in the constant's narrow dtype."""
 
     def __init__(self, subgraph, type_names: dict[int, str]):

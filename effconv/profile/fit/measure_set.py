@@ -1,0 +1,53 @@
+"""Measure the calibration set on this machine: every model converted to each runtime's artifact (model_set.py), each
+artifact's wall clock in its own runtime and the onnxruntime fp32 models' per-node kernel times, in interleaved rounds,
+medians throughout, because the machine may be shared and noisy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+
+from effconv.profile.device.host_cpu import HOST_UNIT_BACKENDS
+from effconv.profile.fit.model_set import CalibrationModel, make_artifacts
+from effconv.profile.graph.onnx import load_graph
+from effconv.profile.graph.targets import OWN_GRAPH
+from effconv.profile.measure import measure_kernels, measure_walls
+
+BACKEND_UNITS = {backend: unit for unit, backend in HOST_UNIT_BACKENDS.items()}  # the runtimes calibrate fits
+
+
+def measure_set(models: list[CalibrationModel], threads: int, repeats: int, backends: tuple[str, ...] = tuple(BACKEND_UNITS),
+                int8: bool = True, progress=print, keep: Path | None = None) -> list[dict]:
+    """Convert every model to each backend's artifact, then measure them all: onnxruntime fp32 models' per-node
+    kernel times (interleaved profiled rounds), every artifact's wall clock in interleaved rounds. With `keep`, the
+    artifacts stay in that folder and each record keeps its `path` (to cost them again after a cost-model change)."""
+    with (contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory()) as tmp:
+        records = []
+        for entry in models:
+            started = time.perf_counter()
+            directory = Path(tmp) / entry.name
+            directory.mkdir()
+            for backend, dtype, path, shapes in make_artifacts(entry, directory, backends, int8, progress):
+                records.append({"name": entry.name, "held_out": entry.held_out, "backend": backend, "dtype": dtype,
+                                "path": path, "cost": OWN_GRAPH[backend][1](path), "shapes": shapes})
+            progress(f"converted {entry.name} ({time.perf_counter() - started:.0f} s)")
+        profiled = [r for r in records if r["backend"] == "onnx"]
+        progress(f"measuring {len(records)} artifacts in {repeats} interleaved rounds...")
+        nodes = [{node.name for node in load_graph(r["path"]).graph.node} for r in profiled]
+        for record, kernels in zip(profiled, measure_kernels([r["path"] for r in profiled], nodes, threads, repeats)):
+            record["kernels"] = kernels
+        for record, wall in zip(records, measure_walls([r["path"] for r in records], [r["shapes"] for r in records], threads,
+                                                      repeats=repeats)):
+            record["wall"] = wall
+            progress(f"measured {_label(record)}: {wall['median_ms']:.1f} ms median")
+    if keep is None:
+        for record in records:
+            del record["path"]
+    return records
+
+
+def _label(record: dict) -> str:
+    return f"{record['name']} {record['backend']} {record['dtype']}"
