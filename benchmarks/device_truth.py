@@ -1,22 +1,37 @@
 """The phone estimates against public on-device measurements: rebuild each measured network, export it with effconv's
-own exporter, cost it with the device profile of the phone that measured it, fit the Neural Engine's figures on some
+own exporters, cost it with the device profile of the phone that measured it, fit the phone's NPU figures on some
 architecture families and report the error on the others.
 
 Truth rows: benchmarks/device_truth/*.csv (one row per published measurement, with its source URL and commit; see the
-folder's README). Networks: benchmarks/device_truth/architectures.py (written from their papers; weights do not change
-latency). Core ML rows: fp16 `.mlpackage` from `effconv.backends.coreml.export.export`, W8A16 by effconv's weight
-quantizer (coremltools linear_quantize_weights), W8A8 by effconv's pt2e path (int8 activations at conv/linear/add
-inputs and outputs, calibrated on random images: the scales do not change the program's structure).
+folder's README). Networks: benchmarks/device_truth/architectures.py (written from their papers and public reference
+code; weights do not change latency). Rows whose network is not rebuilt there are counted and left out.
+- Apple (coremltools guide, Core ML on the Neural Engine): fp16 `.mlpackage` from `effconv.backends.coreml.export`,
+  W8A16 by effconv's weight quantizer (coremltools linear_quantize_weights), W8A8 by effconv's pt2e path (int8
+  activations at conv/linear/add inputs and outputs).
+- Qualcomm AI Hub (Snapdragon HTP through QNN, onnxruntime's QNN execution provider or LiteRT's QNN delegate): the
+  ONNX export of `effconv.backends.onnx.export`, and for w8a8 and w8a16 the QNN QDQ model effconv's QNN quantizer writes
+  (onnxruntime get_qnn_qdq_config: per-channel int8 weights, 8- or 16-bit activations), costed as onnxruntime's QNN
+  execution provider runs it. The TFLite rows are costed on the same graph placed as a LiteRT model is (effconv's TFLite
+  lint rules decide what leaves the NPU: CONV_3D runs on the CPU's reference kernel); a LiteRT export of every network
+  is left out for time. "float" runs in fp16 on the HTP; the mixed-precision rows (per-layer 16-bit choices AI Hub does
+  not publish) are left out.
+Calibration data for the int8 models is random images: the scales do not change a program's structure or its cost.
 
-Fit: the Apple Neural Engine's figures shared by iphone14pro, iphone15pro and iphone16pro (one ANE design, three
-chips whose peaks and bandwidths the profiles give): a compute efficiency for convolutions and matrix products, one
-for the other categories, the dispatch cost per kernel, the fixed cost per call and the on-chip activation buffer
-(its bandwidth fitted at each size of ON_CHIP_MB), with physical bounds (an efficiency is a share of peak: at most
-1). Held out: each architecture family in turn is left out, the rest fitted, and the left-out rows predicted; the
-band the profiles print is the BAND_PERCENTILES range of those held-out errors.
+Fit, per NPU (`Group`): the Apple Neural Engine's figures are shared by iphone14pro, iphone15pro and iphone16pro (one
+ANE design, three chips whose peaks and bandwidths the profiles give); each Snapdragon's HTP is fitted on its own SoC's
+rows. The estimate is linear in the inverse efficiencies and overheads once the on-chip activation buffer is fixed
+(`terms`): convolutions and matrix products at one share of peak, every other category at another (int8 ops apart on
+the HTP, whose int8 and fp16 rates are both measured), the dispatch cost per kernel and the fixed cost per call of each
+runtime; robust least squares of the log error (`ROBUST_SCALE`) within physical bounds (an efficiency is a share of peak: at most 1), at each
+size and bandwidth of the on-chip buffer on the group's grid. Held out: each architecture family in turn is left out,
+the rest fitted, and the left-out rows predicted; the band the profiles print is the BAND_PERCENTILES range of those
+held-out errors. Identical networks (ESRGAN and Real-ESRGAN x4plus are one RRDBNet, the latter clamped) count once:
+rows of one network (the same convolutions and matrix products), device, runtime and precision are merged into one at
+their median latency.
 
-Usage: PYTHONPATH=. python benchmarks/device_truth.py [--work DIR]
-Writes benchmarks/results/device_truth.json. Needs the coreml extra (coremltools, torchao); runs in a few minutes.
+Usage: PYTHONPATH=. python benchmarks/device_truth.py [--work DIR] [--write-profiles]
+Writes benchmarks/results/device_truth.json. Needs the coreml extra (coremltools, torchao); the exports take about
+ten minutes the first time (cached in --work), the fits a minute.
 """
 
 from __future__ import annotations
@@ -25,8 +40,11 @@ import argparse
 import csv
 import importlib.util
 import json
+import statistics
 import sys
 import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +53,75 @@ import torch
 ROOT = Path(__file__).resolve().parent
 TRUTH = ROOT / "device_truth"
 RESULTS = ROOT / "results" / "device_truth.json"
-APPLE_PROFILES = {"iPhone 14 Pro": "iphone14pro", "iPhone 15 Pro": "iphone15pro"}
-APPLE_ANE_PROFILES = ("iphone14pro", "iphone15pro", "iphone16pro")  # one Neural Engine design: they share its fit
-ANE = "ane"
-W8A8_CALIBRATION_IMAGES = 2
+# The profile of each measuring phone: the Galaxy S25's "8 Elite for Galaxy" is the up-clocked bin of the 8 Elite
+PHONE_PROFILES = {"iPhone 14 Pro": "iphone14pro", "iPhone 15 Pro": "iphone15pro", "Samsung Galaxy S23": "galaxy-s23",
+                  "Samsung Galaxy S24": "galaxy-s24", "Samsung Galaxy S25": "sd8-elite", "Snapdragon 8 Elite QRD": "sd8-elite"}
+# A truth row's precision -> the artifact costed for it (None: not costed, and why)
+PRECISIONS = {"coreml": {"fp16": "fp16", "w8a16": "w8a16", "w8a8": "w8a8"},
+              "onnx": {"float": "float", "w8a8": "w8a8", "w8a16": "w8a16"}}
+NOT_COSTED_PRECISION = "mixed precision (AI Hub does not publish which layers run at 16 bits)"
+CALIBRATION_IMAGES = 2
+COMPUTE = ("conv", "conv_pw", "matmul")
+BAND_PERCENTILES = (5, 95)  # of the held-out errors: the band the fitted profiles print
+# Efficiencies are shares of peak (inverse efficiency >= 1); per-kernel and per-call costs are non-negative
+MAX_INVERSE_EFFICIENCY = 1000.0
+MAX_KERNEL_MS = 0.1
+MAX_RUN_MS = 10.0
+# The fit's loss is quadratic in the log error up to this scale and linear beyond (soft L1): a measurement the model
+# cannot explain (DeepLabV3's int8 rows take 250 s, some 10,000x its float rows) must not move every figure
+ROBUST_SCALE = 0.25
+
+
+@dataclass(frozen=True)
+class Group:
+    """One NPU design, fitted on its own: its rows are those measured on `row_profiles` in `runtimes`; `profiles`
+    share (and are written with) its figures."""
+
+    name: str
+    unit: str
+    artifact: str  # the effconv export its rows are costed on: "coreml" or "onnx" (PRECISIONS)
+    backends: dict[str, str]  # runtime -> the effconv backend its rows are placed as (lint rules, fusion rules)
+    row_profiles: tuple[str, ...]
+    profiles: tuple[str, ...]
+    int8_apart: bool  # int8 ops get efficiencies of their own
+    on_chip_grid: tuple[tuple[float, float] | None, ...]  # (MB, GB/s) of the on-chip buffer tried; None: no buffer
+    guessed: dict  # the figures the profiles carried before any fit: the "before" column
+
+    @property
+    def runtimes(self) -> tuple[str, ...]:
+        return tuple(self.backends)
+
+    @property
+    def inverse_columns(self) -> tuple[str, ...]:
+        """The fitted inverse efficiencies (the first parameters of the fit; then ms per kernel, ms per call of each
+        runtime)."""
+        return ("compute", "other", "int8 compute", "int8 other") if self.int8_apart else ("compute", "other")
+
+    def column(self, category: str, dtype: str) -> str:
+        """The inverse efficiency an op of this category and compute dtype is divided by."""
+        column = "compute" if category in COMPUTE else "other"
+        return f"int8 {column}" if self.int8_apart and dtype == "int8" else column
+
+
+# The Neural Engine's buffer: reverse engineering puts the M1's L2 at 4 MB (tinygrad extra/accel/ane)
+# Bandwidths: 200 GB/s to 3.2 TB/s in steps of 2^(1/4)
+BANDWIDTHS = tuple(round(200.0 * 2 ** (step / 4)) for step in range(17))
+ANE_GRID = tuple((mb, gbps) for mb in (1.0, 2.0, 4.0, 8.0, 16.0, 32.0) for gbps in BANDWIDTHS)
+# The HTP's VTCM: up to 8 MB on these Hexagon generations (QNN HTP backend's vtcm_mb option)
+HTP_GRID = (None, *((mb, gbps) for mb in (1.0, 2.0, 4.0, 8.0) for gbps in BANDWIDTHS))
+GUESSED_ANE = {"efficiency": {"conv": 0.5, "conv_pw": 0.4, "conv_dw": 0.1, "matmul": 0.5, "norm": 0.3, "elementwise": 0.5,
+                              "reduce": 0.3, "resize": 0.3, "layout": 0.3},
+               "op_overhead_us": 5.0, "run_overhead_ms": 1.0}
+GUESSED_HTP = {"efficiency": {"conv": 0.4, "conv_pw": 0.4, "conv_dw": 0.1, "matmul": 0.5, "norm": 0.3, "elementwise": 0.4,
+                              "reduce": 0.3, "resize": 0.3, "layout": 0.3},
+               "op_overhead_us": 5.0, "run_overhead_ms": 1.0}
+GROUPS = (
+    Group("apple_ane", "ane", "coreml", {"coreml": "coreml"}, ("iphone14pro", "iphone15pro"),
+          ("iphone14pro", "iphone15pro", "iphone16pro"), False, ANE_GRID, GUESSED_ANE),
+    *(Group(profile, "htp", "onnx", {"tflite": "tflite", "qnn": "onnx", "onnx": "onnx"}, (profile,), (profile,), True, HTP_GRID,
+            GUESSED_HTP)
+      for profile in ("galaxy-s23", "galaxy-s24", "sd8-elite")),
+)
 
 
 def architectures():
@@ -49,116 +132,206 @@ def architectures():
     return module
 
 
-def truth_rows(runtime: str) -> list[dict]:
+def truth_rows() -> list[dict]:
     rows = []
     for path in sorted(TRUTH.glob("*.csv")):
-        with path.open() as handle:
-            rows += [row | {"file": path.name} for row in csv.DictReader(handle) if row["runtime"] == runtime]
+        if "details" not in path.name:
+            with path.open() as handle:
+                rows += [row | {"file": path.name, "profile": PHONE_PROFILES.get(row["device"])} for row in csv.DictReader(handle)]
     return rows
+
+
+def _network(model_id: str, shape: tuple[int, ...]) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return architectures().ARCHITECTURES[model_id]().eval(), torch.randn(shape)
+
+
+def _calibration(shape: tuple[int, ...]):
+    from effconv.backends.base import CalibrationSet
+
+    return CalibrationSet([torch.randn(shape).numpy() for _ in range(CALIBRATION_IMAGES)], None, "random images")
 
 
 def coreml_artifacts(model_id: str, shape: tuple[int, ...], work: Path) -> dict[str, Path]:
     """fp16, W8A16 and W8A8 packages of one network, written once into `work`."""
-    from effconv.backends.base import CalibrationSet
     from effconv.backends.coreml import quantize as w8a16, w8a8
     from effconv.backends.coreml.export import _coremltools, export
 
-    paths = {precision: work / f"{model_id}-{precision}.mlpackage" for precision in ("fp16", "w8a16", "w8a8")}
-    if all(path.exists() for path in paths.values()):
-        return paths
-    torch.manual_seed(0)
-    module = architectures().ARCHITECTURES[model_id]().eval()
-    example = torch.randn(shape)
-    export(module, example, paths["fp16"], "image", "output")
-    w8a16._quantized_model(w8a16.load_float(_coremltools(), paths["fp16"])).save(str(paths["w8a16"]))
-    images = CalibrationSet([torch.randn(shape).numpy() for _ in range(W8A8_CALIBRATION_IMAGES)], None, "random images")
-    export(w8a8.calibrated(module, example, images), example, paths["w8a8"], "image", "output")
+    paths = {precision: work / f"{model_id}-{precision}.mlpackage" for precision in PRECISIONS["coreml"]}
+    if not all(path.exists() for path in paths.values()):
+        module, example = _network(model_id, shape)
+        export(module, example, paths["fp16"], "image", "output")
+        w8a16._quantized_model(w8a16.load_float(_coremltools(), paths["fp16"])).save(str(paths["w8a16"]))
+        export(w8a8.calibrated(module, example, _calibration(shape)), example, paths["w8a8"], "image", "output")
     return paths
 
 
-def costed_rows(work: Path) -> list[dict]:
-    """Each Core ML truth row with its artifact's cost (GraphCost) and the profile of its phone."""
-    from effconv.profile.mlprogram_cost import mlprogram_cost
+def onnx_artifacts(model_id: str, shape: tuple[int, ...], work: Path) -> dict[str, Path]:
+    """The float ONNX model of one network and its QNN QDQ models (w8a8, w8a16), written once into `work`."""
+    from onnxruntime.quantization.execution_providers.qnn import qnn_preprocess_model
 
-    rows, costs = truth_rows("coreml"), {}
+    from effconv.backends.onnx.export import export
+    from effconv.backends.onnx.qnn import SCHEMES, quantize_as
+    from effconv.backends.onnx.quantize import quiet_ort
+
+    paths = {precision: work / f"{model_id}-{precision}.onnx" for precision in PRECISIONS["onnx"]}
+    if not all(path.exists() for path in paths.values()):
+        module, example = _network(model_id, shape)
+        export(module, example, paths["float"], "image", "output")
+        prepared = work / f"{model_id}-qnn-preprocessed.onnx"
+        with quiet_ort():
+            source = prepared if qnn_preprocess_model(str(paths["float"]), str(prepared)) else paths["float"]
+        for scheme, activation in SCHEMES:
+            quantize_as(source, paths[scheme], activation, _calibration(shape), ["image"])
+    return paths
+
+
+def _costs(backend: str, model_id: str, shape: tuple[int, ...], work: Path) -> dict:
+    """Precision -> GraphCost of one network's artifacts for `backend`."""
+    from effconv.profile.graph.mlprogram import mlprogram_cost
+    from effconv.profile.graph.onnx import graph_cost, load_graph
+
+    if backend == "coreml":
+        return {precision: mlprogram_cost(path) for precision, path in coreml_artifacts(model_id, shape, work).items()}
+    return {precision: graph_cost(load_graph(path)) for precision, path in onnx_artifacts(model_id, shape, work).items()}
+
+
+def group_rows(group: Group, rows: list[dict], work: Path, skipped: Counter) -> list[dict]:
+    """The group's truth rows with their artifact's cost, rows of one network (the same convolutions and matrix products),
+    device, runtime and precision merged at their median latency; what could not be costed is counted in `skipped`."""
+    known, costs = architectures().ARCHITECTURES, {}
+    merged: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
+        if row["profile"] not in group.row_profiles or row["runtime"] not in group.runtimes:
+            continue
+        precision = PRECISIONS[group.artifact].get(row["precision"])
+        if row["model_id"] not in known or precision is None:
+            skipped[f"{group.name}: " + ("network not rebuilt" if row["model_id"] not in known else NOT_COSTED_PRECISION)] += 1
+            continue
         key = (row["model_id"], row["input_shape"])
         if key not in costs:
-            shape = tuple(int(d) for d in row["input_shape"].split("x"))
-            print(f"exporting {row['model_id']} {row['input_shape']} (fp16, W8A16, W8A8)", flush=True)
-            costs[key] = {precision: mlprogram_cost(path) for precision, path in coreml_artifacts(row["model_id"], shape, work).items()}
-        row["cost"] = costs[key][row["precision"]]
-        row["profile"] = APPLE_PROFILES[row["device"]]
-    return rows
+            print(f"{group.name}: costing {row['model_id']} {row['input_shape']}", flush=True)
+            costs[key] = _costs(group.artifact, row["model_id"], tuple(int(d) for d in row["input_shape"].split("x")), work)
+        cost = costs[key][precision]
+        compute = [node for node in cost.nodes if node.category in (*COMPUTE, "conv_dw")]
+        signature = (len(compute), sum(node.flops for node in compute))  # a network's convolutions and matrix products
+        merged[(signature, row["device"], row["runtime"], row["precision"])].append(row | {"cost": cost})
+    result = []
+    for same in merged.values():
+        result.append(same[0] | {"latency_ms": statistics.median(float(row["latency_ms"]) for row in same),
+                                 "same_network": sorted({row["model_id"] for row in same[1:]} - {same[0]["model_id"]})})
+    return result
 
 
-def predicted_ms(row: dict, devices: dict, ane: dict | None = None) -> float:
-    """The row's estimate on its phone's profile with the Neural Engine figures `ane` (default: the guesses the
-    profiles carried before any fit)."""
-    from effconv.profile.estimate import estimate_cost
-
-    device = with_ane(devices[row["profile"]], ane or GUESSED_ANE)
-    return estimate_cost(row["cost"], device.for_backend("coreml")).total_ms
+def unit_with(device, unit: str, update: dict):
+    """`device` with its unit `unit` updated (pydantic copy)."""
+    units = dict(device.units) | {unit: device.units[unit].model_copy(update=update)}
+    return device.model_copy(update={"units": units})
 
 
-def with_ane(device, ane: dict):
-    """`device` with the Neural Engine figures in `ane`: fitted (efficiencies for compute and other categories, or a
-    full `efficiency` table), dispatch, per-call cost and the on-chip buffer (none when `on_chip_mb` is absent)."""
-    from effconv.profile.devices import Figure, OnChip
+def on_chip(point: tuple[float, float] | None):
+    from effconv.profile.device.profiles import Figure, OnChip
 
-    unit = device.units[ANE]
-    efficiency = ane.get("efficiency") or fitted_efficiency(ane)
-    on_chip = None
-    if "on_chip_mb" in ane:
-        on_chip = OnChip(mb=Figure(value=ane["on_chip_mb"], source="fitted", uncertainty=0),
-                         bandwidth_gbps=Figure(value=ane["on_chip_bandwidth_gbps"], source="fitted", uncertainty=0))
-    units = dict(device.units) | {ANE: unit.model_copy(update={"efficiency": efficiency, "op_overhead_us": ane["op_overhead_us"],
-                                                               "on_chip": on_chip})}
-    return device.model_copy(update={"units": units, "run_overhead_ms": ane["run_overhead_ms"]})
+    if point is None:
+        return None
+    return OnChip(mb=Figure(value=point[0], source="fitted", uncertainty=0), bandwidth_gbps=Figure(value=point[1], source="fitted", uncertainty=0))
 
 
-def fitted_efficiency(fit: dict) -> dict[str, float]:
-    """A unit's per-category efficiency from the fit: convolutions and matrix products at one share of peak, every
-    other category at the other."""
-    from effconv.profile.cost import CATEGORIES
+def terms(cost, device, group: Group, point) -> dict[str, float]:
+    """A costed graph's estimate on `device` split into the group's columns, its unit at efficiency 1 with no dispatch
+    or per-call cost and the on-chip buffer `point`: roofline ms per column, kernels dispatched on the unit, and the
+    fixed ms of what the fit does not touch (ops on other units, hand-offs)."""
+    from effconv.profile.estimate.latency import estimate_cost
 
-    return {category: fit["compute_efficiency"] if category in COMPUTE else fit["other_efficiency"]
+    bare = unit_with(device, group.unit, {"efficiency": {}, "int8_efficiency": {}, "op_overhead_us": 0.0, "on_chip": on_chip(point)})
+    result: dict[str, float] = defaultdict(float)
+    for op in estimate_cost(cost, bare.model_copy(update={"run_overhead_ms": 0.0})).ops:
+        if op.unit != group.unit:
+            result["fixed"] += op.ms
+            continue
+        result["fixed"] += op.handoff_ms
+        result["kernel"] += op.node.dispatched
+        if op.node.category != "view":
+            result[group.column(op.node.category, op.dtype)] += op.ms - op.handoff_ms
+    return result
+
+
+def design_matrix(rows: list[dict], group: Group, point) -> tuple[np.ndarray, np.ndarray]:
+    """(rows x columns of `terms`, each row's fixed ms); a row's estimate is matrix @ parameters + fixed."""
+    matrix, fixed = [], []
+    for row in rows:
+        split = row["terms"][point]
+        matrix.append([split.get(column, 0.0) for column in (*group.inverse_columns, "kernel")]
+                      + [float(row["runtime"] == runtime) for runtime in group.runtimes])
+        fixed.append(split.get("fixed", 0.0))
+    return np.array(matrix), np.array(fixed)
+
+
+def fit(rows: list[dict], group: Group) -> dict:
+    """The group's figures minimising the squared log error over `rows` within physical bounds, at the best point of
+    its on-chip grid."""
+    from scipy.optimize import least_squares
+
+    measured = np.log([row["latency_ms"] for row in rows])
+    inverse = len(group.inverse_columns)
+    lower = [1.0] * inverse + [0.0] * (1 + len(group.runtimes))
+    upper = [MAX_INVERSE_EFFICIENCY] * inverse + [MAX_KERNEL_MS] + [MAX_RUN_MS] * len(group.runtimes)
+    start = [2.0] * inverse + [0.005] + [0.1] * len(group.runtimes)
+    best = None
+    for point in group.on_chip_grid:
+        matrix, fixed = design_matrix(rows, group, point)
+        solution = least_squares(lambda x: np.log(matrix @ x + fixed) - measured, start, bounds=(lower, upper),
+                                 loss="soft_l1", f_scale=ROBUST_SCALE)
+        if best is None or solution.cost < best[0]:
+            best = (solution.cost, point, solution.x)
+    _, point, x = best
+    result = {_efficiency_key(name): 1 / float(value) for name, value in zip(group.inverse_columns, x)}
+    result |= {"op_overhead_us": float(x[inverse]) * 1000,
+               "run_overhead_ms": {runtime: float(value) for runtime, value in zip(group.runtimes, x[inverse + 1:])},
+               "on_chip_mb": point[0] if point else 0.0, "on_chip_bandwidth_gbps": point[1] if point else 0.0}
+    return result
+
+
+def _point(fitted: dict) -> tuple[float, float] | None:
+    return (fitted["on_chip_mb"], fitted["on_chip_bandwidth_gbps"]) if fitted["on_chip_mb"] else None
+
+
+def predicted_ms(row: dict, group: Group, fitted: dict) -> float:
+    """The row's estimate with the group's fitted figures, by the same linear form the fit minimised."""
+    matrix, fixed = design_matrix([row], group, _point(fitted))
+    parameters = [1 / fitted[_efficiency_key(name)] for name in group.inverse_columns]
+    parameters += [fitted["op_overhead_us"] / 1000, *(fitted["run_overhead_ms"][runtime] for runtime in group.runtimes)]
+    return float(matrix[0] @ np.array(parameters) + fixed[0])
+
+
+def _efficiency_key(column: str) -> str:
+    return f"{column.replace(' ', '_')}_efficiency"
+
+
+def fitted_efficiency(fitted: dict, prefix: str = "") -> dict[str, float]:
+    """A unit's per-category efficiency from the fit (`prefix` "int8_": its int8 table): convolutions and matrix
+    products at one share of peak, every other category at the other."""
+    from effconv.profile.graph.costs import CATEGORIES
+
+    return {category: fitted[f"{prefix}compute_efficiency"] if category in COMPUTE else fitted[f"{prefix}other_efficiency"]
             for category in CATEGORIES if category != "view"}
 
 
-# What the iPhone profile said before this fit (typical NPU shares of peak, guessed dispatch and per-call costs, no
-# on-chip buffer): the "before" column.
-GUESSED_ANE = {"efficiency": {"conv": 0.5, "conv_pw": 0.4, "conv_dw": 0.1, "matmul": 0.5, "norm": 0.3, "elementwise": 0.5,
-                              "reduce": 0.3, "resize": 0.3, "layout": 0.3},
-               "op_overhead_us": 5.0, "run_overhead_ms": 1.0}
-COMPUTE = ("conv", "conv_pw", "matmul")
-PARAMETERS = ("compute_efficiency", "other_efficiency", "op_overhead_us", "run_overhead_ms", "on_chip_bandwidth_gbps")
-LOWER = (0.01, 0.01, 0.0, 0.0, 51.2)
-UPPER = (1.0, 1.0, 100.0, 10.0, 2000.0)
-START = (0.5, 0.3, 5.0, 0.1, 200.0)
-# The on-chip buffer's size moves whole tensors between DRAM and chip, a step the gradient cannot follow: it is
-# searched over these sizes (MB), the rest fitted at each. Reverse engineering puts the M1 Neural Engine's at 4 MB.
-ON_CHIP_MB = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+def fitted_device(device, group: Group, fitted: dict, runtime: str):
+    """`device` with the group's fitted figures on its unit and `runtime`'s per-call cost."""
+    int8 = fitted_efficiency(fitted, "int8_") if group.int8_apart else {}
+    device = unit_with(device, group.unit, {"efficiency": fitted_efficiency(fitted), "int8_efficiency": int8,
+                                            "op_overhead_us": fitted["op_overhead_us"], "on_chip": on_chip(_point(fitted))})
+    return device.model_copy(update={"run_overhead_ms": fitted["run_overhead_ms"][runtime]})
 
 
-def fit(rows: list[dict], devices: dict) -> dict:
-    """ANE figures minimising the squared log error over `rows`, within physical bounds."""
-    from scipy.optimize import least_squares
+def guessed_ms(row: dict, device, group: Group) -> float:
+    """The row's estimate with the figures the profile carried before any fit."""
+    from effconv.profile.estimate.latency import estimate_cost
 
-    measured = np.log([float(row["latency_ms"]) for row in rows])
-    best = None
-    for mb in ON_CHIP_MB:
-        def residuals(theta):
-            ane = dict(zip(PARAMETERS, theta)) | {"on_chip_mb": mb}
-            return np.log([predicted_ms(row, devices, ane) for row in rows]) - measured
-
-        solution = least_squares(residuals, START, bounds=(LOWER, UPPER), diff_step=1e-3)
-        if best is None or solution.cost < best[0]:
-            best = (solution.cost, dict(zip(PARAMETERS, (float(v) for v in solution.x))) | {"on_chip_mb": mb})
-    return best[1]
-
-
-BAND_PERCENTILES = (5, 95)  # of the held-out errors: the band the fitted profiles print
+    guessed = unit_with(device, group.unit, {"efficiency": group.guessed["efficiency"], "int8_efficiency": {},
+                                             "op_overhead_us": group.guessed["op_overhead_us"], "on_chip": None})
+    return estimate_cost(row["cost"], guessed.model_copy(update={"run_overhead_ms": group.guessed["run_overhead_ms"]})).total_ms
 
 
 def summary(errors: list[float]) -> dict:
@@ -171,90 +344,134 @@ def summary(errors: list[float]) -> dict:
             "inside_band": float(np.mean((errors >= low) & (errors <= high)))}
 
 
-def ane_lines(fit: dict, held_out: dict, results: str) -> dict[str, str]:
-    """The lines of a phone profile's `ane` unit (and its run overhead) that hold the fitted figures."""
-    source = f"fitted: benchmarks/device_truth.py on {held_out['n']} Apple measurements ({results})"
-    efficiency = {category: round(value, 3) for category, value in fitted_efficiency(fit).items()}
+def held_out_by(rows: list[dict], key: str, band: dict) -> dict[str, dict]:
+    """Held-out error statistics per value of `key` (soc, runtime, precision), with the share inside the group's band."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        values[row[key]].append(row["held_out_error"])
+    return {value: summary(errors) | {"inside_band": float(np.mean([band["band_error_low"] <= e <= band["band_error_high"]
+                                                                      for e in errors]))}
+            for value, errors in sorted(values.items())}
+
+
+def run_group(group: Group, rows: list[dict], devices: dict) -> dict:
+    """Cost every row on its profile at every on-chip point, fit with each family left out in turn, then on all rows."""
+    from effconv.profile.estimate.latency import estimate_cost
+
+    costed = {}  # rows of one artifact placed alike on one phone share its terms
+    for row in rows:
+        backend = group.backends[row["runtime"]]
+        key = (id(row["cost"]), row["profile"], backend)
+        if key not in costed:
+            device = devices[row["profile"]].for_backend(backend)
+            costed[key] = ({point: terms(row["cost"], device, group, point) for point in group.on_chip_grid},
+                           guessed_ms(row, device, group))
+        row["terms"], row["before_ms"] = costed[key]
+    families = sorted({row["family"] for row in rows})
+    folds = {}
+    for family in families:
+        folds[family] = fit([row for row in rows if row["family"] != family], group)
+        for row in rows:
+            if row["family"] == family:
+                row["held_out_ms"] = predicted_ms(row, group, folds[family])
+                row["held_out_error"] = row["held_out_ms"] / row["latency_ms"] - 1
+    final = fit(rows, group)
+    for row in rows:
+        row["fitted_ms"] = predicted_ms(row, group, final)
+    for row in rows:  # the linear form is the estimator's own arithmetic: the full estimate must agree with it
+        device = devices[row["profile"]].for_backend(group.backends[row["runtime"]])
+        full = estimate_cost(row["cost"], fitted_device(device, group, final, row["runtime"])).total_ms
+        assert abs(full - row["fitted_ms"]) <= 1e-6 * full, (row["model_id"], full, row["fitted_ms"])
+    held_out = summary([row["held_out_error"] for row in rows])
+    return {"fit": final, "leave_one_family_out": folds, "held_out": held_out,
+            "held_out_by_soc": held_out_by(rows, "soc", held_out), "held_out_by_runtime": held_out_by(rows, "runtime", held_out),
+            "held_out_by_precision": held_out_by(rows, "precision", held_out),
+            "before_fit": summary([row["before_ms"] / row["latency_ms"] - 1 for row in rows]),
+            "fitted_in_sample": summary([row["fitted_ms"] / row["latency_ms"] - 1 for row in rows]),
+            "families": families, "networks": sorted({row["model_id"] for row in rows}), "profiles": list(group.profiles)}
+
+
+RUNTIME_BACKENDS = {"coreml": "coreml", "tflite": "tflite", "onnx": "onnx"}  # QNN's own runtime is no effconv backend
+ON_CHIP_SOURCES = {"ane": "reverse engineering puts the M1 Neural Engine's L2 at 4 MB (tinygrad extra/accel/ane)",
+                   "htp": "the HTP's VTCM; QNN's HTP backend takes up to 8 MB of it (vtcm_mb)"}
+
+
+def unit_lines(group: Group, result: dict, results: str) -> dict[str, str | None]:
+    """The lines of a profile's fitted unit that hold the group's figures (None: the line goes)."""
+    fitted, held_out = result["fit"], result["held_out"]
+    source = f"fitted: benchmarks/device_truth.py on {held_out['n']} public measurements ({results})"
+
+    def table(prefix: str) -> str:
+        return "{" + ", ".join(f"{k}: {round(v, 3)}" for k, v in fitted_efficiency(fitted, prefix).items()) + "}"
+
+    point = _point(fitted)
+    overheads = {RUNTIME_BACKENDS[runtime]: round(ms, 4) for runtime, ms in fitted["run_overhead_ms"].items() if runtime in RUNTIME_BACKENDS}
     return {
-        "    op_overhead_us:": f"    op_overhead_us: {round(fit['op_overhead_us'], 3):g}  # {source}",
-        "    efficiency:": "    efficiency: {" + ", ".join(f"{k}: {v}" for k, v in efficiency.items()) + f"}}  # {source}",
-        "    on_chip:": (f"    on_chip: {{mb: {{value: {fit['on_chip_mb']:g}, source: \"{source}; reverse engineering puts the M1 "
-                        f"Neural Engine's L2 at 4 MB (tinygrad extra/accel/ane)\", uncertainty: 1.0}}, bandwidth_gbps: "
-                        f"{{value: {fit['on_chip_bandwidth_gbps']:.4g}, source: \"{source}\", uncertainty: 1.0}}}}"),
+        "    op_overhead_us:": f"    op_overhead_us: {round(fitted['op_overhead_us'], 3):g}  # {source}",
+        "    efficiency:": f"    efficiency: {table('')}  # {source}",
+        "    int8_efficiency:": f"    int8_efficiency: {table('int8_')}  # {source}" if group.int8_apart else None,
+        "    run_overhead_ms:": "    run_overhead_ms: {" + ", ".join(f"{k}: {v:g}" for k, v in overheads.items()) + f"}}  # {source}",
+        "    on_chip:": (f"    on_chip: {{mb: {{value: {point[0]:g}, source: \"{source}; {ON_CHIP_SOURCES[group.unit]}\", uncertainty: "
+                        f"1.0}}, bandwidth_gbps: {{value: {point[1]:g}, source: \"{source}\", uncertainty: 1.0}}}}") if point else None,
         "    held_out_band:": (f"    held_out_band: {{error_low: {held_out['band_error_low']:.3f}, error_high: "
                               f"{held_out['band_error_high']:.3f}, rows: {held_out['n']}, source: \"{results}: families left "
                               f"out in turn, {BAND_PERCENTILES[0]}th-{BAND_PERCENTILES[1]}th percentile\"}}"),
-        "run_overhead_ms:": f"run_overhead_ms: {round(fit['run_overhead_ms'], 4):g}  # {source}",
     }
 
 
-def write_profiles(fit: dict, held_out: dict, results: str) -> None:
-    """Put the fitted figures into the Apple phones' profiles (the first `ane` unit's lines, replaced or added after
-    its efficiency line)."""
-    from effconv.profile.devices import profiles_dir
+def unit_block(text: list[str], unit: str) -> tuple[int, int]:
+    """The [start, end) line range of a unit's fields in a profile."""
+    start = text.index(f"  {unit}:") + 1
+    end = next((i for i in range(start, len(text)) if not text[i].startswith("    ")), len(text))
+    return start, end
 
-    lines = ane_lines(fit, held_out, results)
-    for name in APPLE_ANE_PROFILES:
+
+def write_profiles(group: Group, result: dict, results: str) -> None:
+    """Put the group's fit into its profiles: its unit's lines replaced, added after its efficiency line, or removed."""
+    from effconv.profile.device.profiles import profiles_dir
+
+    for name in group.profiles:
         path = Path(str(profiles_dir() / f"{name}.yaml"))
         text = path.read_text().splitlines()
-        for prefix, line in lines.items():
-            index = next((i for i, old in enumerate(text) if old.startswith(prefix)), None)
-            if index is None:
-                index = next(i for i, old in enumerate(text) if old.startswith("    efficiency:")) + 1
-                text.insert(index, line)
-            else:
+        for prefix, line in unit_lines(group, result, results).items():
+            start, end = unit_block(text, group.unit)
+            index = next((i for i in range(start, end) if text[i].startswith(prefix)), None)
+            if index is not None and line is None:
+                del text[index]
+            elif index is not None:
                 text[index] = line
+            elif line is not None:
+                text.insert(next(i for i in range(start, end) if text[i].startswith("    efficiency:")) + 1, line)
         path.write_text("\n".join(text) + "\n")
+
+
+ROW_FIELDS = ("model_id", "family", "device", "soc", "runtime", "precision", "input_shape", "latency_ms", "source_url", "file",
+              "same_network", "before_ms", "held_out_ms", "fitted_ms", "held_out_error")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/effconv-device-truth"))
     parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--write-profiles", action="store_true", help="put the fit into the Apple phones' profiles")
+    parser.add_argument("--write-profiles", action="store_true", help="put each fit into the profiles that share it")
     args = parser.parse_args()
-    from effconv.profile.devices import load_device
+    from effconv.profile.device.profiles import load_device
 
     started = time.time()
     args.work.mkdir(parents=True, exist_ok=True)
-    rows = costed_rows(args.work)
-    devices = {name: load_device(name) for name in set(APPLE_PROFILES.values())}
-    for row in rows:
-        row["before_ms"] = predicted_ms(row, devices)
-    families = sorted({row["family"] for row in rows})
-    held_out_errors, fits = [], {}
-    for family in families:
-        fitted = fit([row for row in rows if row["family"] != family], devices)
-        fits[family] = fitted
-        for row in rows:
-            if row["family"] == family:
-                row["held_out_ms"] = predicted_ms(row, devices, fitted)
-                row["held_out_error"] = row["held_out_ms"] / float(row["latency_ms"]) - 1
-                held_out_errors.append(row["held_out_error"])
-    final = fit(rows, devices)
-    for row in rows:
-        row["fitted_ms"] = predicted_ms(row, devices, final)
-    table = [{key: row[key] for key in ("model_id", "family", "device", "soc", "precision", "input_shape", "latency_ms",
-                                        "source_url", "file")}
-             | {"latency_ms": float(row["latency_ms"]), "before_ms": row["before_ms"], "held_out_ms": row["held_out_ms"],
-                "fitted_ms": row["fitted_ms"], "held_out_error": row["held_out_error"]}
-             for row in rows]
-    result = {
-        "rows": table,
-        "apple_ane": {"fit": final, "leave_one_family_out": fits, "held_out": summary(held_out_errors),
-                      "before_fit": summary([row["before_ms"] / float(row["latency_ms"]) - 1 for row in rows]),
-                      "fitted_in_sample": summary([row["fitted_ms"] / float(row["latency_ms"]) - 1 for row in rows]),
-                      "families": families, "profiles": sorted(set(APPLE_PROFILES.values()))},
-        "seconds": round(time.time() - started, 1),
-    }
+    rows, skipped = truth_rows(), Counter()
+    devices = {name: load_device(name) for group in GROUPS for name in group.profiles}
+    result, table = {}, []
+    for group in GROUPS:
+        grouped = group_rows(group, rows, args.work, skipped)
+        result[group.name] = run_group(group, grouped, devices)
+        table += [{key: row[key] for key in ROW_FIELDS} | {"group": group.name} for row in grouped]
+        if args.write_profiles:
+            write_profiles(group, result[group.name], f"benchmarks/results/{args.results.name}")
+        print(group.name, json.dumps(result[group.name]["held_out"]), flush=True)
+    result = {"rows": table} | result | {"not_costed": dict(sorted(skipped.items())), "seconds": round(time.time() - started, 1)}
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(result, indent=2) + "\n")
-    if args.write_profiles:
-        write_profiles(final, result["apple_ane"]["held_out"], f"benchmarks/results/{args.results.name}")
-    for row in table:
-        print(f"{row['model_id']:20s} {row['device']:14s} {row['precision']:6s} measured {row['latency_ms']:6.2f} "
-              f"before {row['before_ms']:6.2f} held-out {row['held_out_ms']:6.2f} ({row['held_out_error']:+.0%})")
-    print(json.dumps(result["apple_ane"], indent=1))
     return 0
 
 

@@ -55,7 +55,7 @@ def outside_node_units(path: Path) -> list[dict]:
     return outside
 
 
-def _quantize_as(source: Path, out: Path, activation: str, calib: CalibrationSet, input_names: list[str]) -> None:
+def quantize_as(source: Path, out: Path, activation: str, calib: CalibrationSet, input_names: list[str]) -> None:
     from onnxruntime.quantization import QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
@@ -86,7 +86,7 @@ def quantize_for_qnn(artifact: Path, calib: CalibrationSet, held_out: Calibratio
             source = prepared if qnn_preprocess_model(str(artifact), str(prepared)) else artifact
         for scheme, activation in SCHEMES:
             options.progress(f"quantizing {scheme} for the HTP (get_qnn_qdq_config, {len(fit)} calibration samples)")
-            _quantize_as(source, out_path, activation, fit, input_names)
+            quantize_as(source, out_path, activation, fit, input_names)
             options.progress(f"running the {scheme} QDQ arithmetic op by op on the {len(validation)} validation samples")
             psnr = quality_report(validation_floats, run_all(out_path, validation.feeds, threads, fused=False),
                                   None)["psnr_vs_float_db"]

@@ -88,6 +88,9 @@ class ComputeUnit(StrictModel):
                                            "weights to its float dtype before running (W8A16 moves fp16 weight bytes); "
                                            "empty: the int8 bytes are what it reads")
     runtime_fit: RuntimeFit | None = Field(None, description="host-cpu: this unit is one runtime's kernels, fitted on its own")
+    run_overhead_ms: dict[str, float] = Field(default_factory=dict, description="per backend: the fixed cost per inference "
+                                              "call of that backend's runtime when this unit is the first it uses (replaces "
+                                              "the device's run_overhead_ms)")
     lint_units: dict[str, list[str]] = Field(min_length=1, description="per backend, the units of effconv/legalize/rules/<backend>.yaml "
                                              "this unit is: it runs an op unless those rules rule out all of them")
     fusion: dict[str, str] = Field(default_factory=dict, description="per backend, the fusion rules "
@@ -105,9 +108,12 @@ class ComputeUnit(StrictModel):
 
     @model_validator(mode="after")
     def _fusion_backends(self) -> ComputeUnit:
-        stray = sorted(set(self.fusion) - set(self.lint_units))
-        if stray:
-            raise ValueError(f"fusion names backend(s) {', '.join(stray)} that lint_units does not")
+        for field in ("fusion", "run_overhead_ms"):
+            stray = sorted(set(getattr(self, field)) - set(self.lint_units))
+            if stray:
+                raise ValueError(f"{field} names backend(s) {', '.join(stray)} that lint_units does not")
+        if any(not 0 <= ms <= MAX_FIGURE for ms in self.run_overhead_ms.values()):
+            raise ValueError(f"run_overhead_ms must be in [0, {MAX_FIGURE:g}]")
         return self
 
     @model_validator(mode="before")
@@ -202,10 +208,14 @@ class DeviceProfile(StrictModel):
     def for_backend(self, backend: str) -> DeviceProfile:
         """This device as an artifact of `backend` sees it: the units that backend's runtime uses, in order, placed
         by its lint rules (`backends` becomes that one backend). A backend the device does not list is placed as
-        the device's first: a spec's ONNX graph on an iPhone runs as the Core ML model it would be converted to."""
+        the device's first: a spec's ONNX graph on an iPhone runs as the Core ML model it would be converted to. The
+        per-call cost is the first unit's for that backend's runtime where it has one."""
         placed = backend if backend in self.backends else self.backends[0]
         units = {name: unit for name, unit in self.units.items() if placed in unit.lint_units}
         update = {"backends": [placed], "units": units}
+        first = next(iter(units.values()), None)
+        if first is not None and placed in first.run_overhead_ms:
+            update["run_overhead_ms"] = first.run_overhead_ms[placed]
         fits = [unit.runtime_fit for unit in units.values()]
         if fits and all(fits):
             update |= {"model_uncertainty": max(fit.model_uncertainty for fit in fits),
