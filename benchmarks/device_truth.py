@@ -107,7 +107,7 @@ class Group:
 # Bandwidths: 200 GB/s to 3.2 TB/s in steps of 2^(1/4)
 BANDWIDTHS = tuple(round(200.0 * 2 ** (step / 4)) for step in range(17))
 ANE_GRID = tuple((mb, gbps) for mb in (1.0, 2.0, 4.0, 8.0, 16.0, 32.0) for gbps in BANDWIDTHS)
-# The HTP's VTCM: up to 8 MB on these Hexagon generations (QNN HTP backend's vtcm_mb option)
+# The HTP's VTCM: 8 MB on these three Hexagon generations (ExecuTorch qc_schema.py), so 1 to 8 MB
 HTP_GRID = (None, *((mb, gbps) for mb in (1.0, 2.0, 4.0, 8.0) for gbps in BANDWIDTHS))
 GUESSED_ANE = {"efficiency": {"conv": 0.5, "conv_pw": 0.4, "conv_dw": 0.1, "matmul": 0.5, "norm": 0.3, "elementwise": 0.5,
                               "reduce": 0.3, "resize": 0.3, "layout": 0.3},
@@ -393,7 +393,7 @@ def run_group(group: Group, rows: list[dict], devices: dict) -> dict:
 
 RUNTIME_BACKENDS = {"coreml": "coreml", "tflite": "tflite", "onnx": "onnx"}  # QNN's own runtime is no effconv backend
 ON_CHIP_SOURCES = {"ane": "reverse engineering puts the M1 Neural Engine's L2 at 4 MB (tinygrad extra/accel/ane)",
-                   "htp": "the HTP's VTCM; QNN's HTP backend takes up to 8 MB of it (vtcm_mb)"}
+                   "htp": "the HTP's VTCM: 8 MB on SM8550, SM8650 and SM8750 (ExecuTorch backends/qualcomm/serialization/qc_schema.py, HtpInfo)"}
 
 
 def unit_lines(group: Group, result: dict, results: str) -> dict[str, str | None]:
