@@ -107,7 +107,7 @@ class ComputeUnit(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _fusion_backends(self) -> ComputeUnit:
+    def _backends_in_lint_units(self) -> ComputeUnit:
         for field in ("fusion", "run_overhead_ms"):
             stray = sorted(set(getattr(self, field)) - set(self.lint_units))
             if stray:
