@@ -305,7 +305,8 @@ def fill_host(data: dict, threads: int, remeasure: bool, calibrated: bool) -> di
             unit["op_overhead_us"] = fit["op_overhead_us"]
             unit["narrow_channels"] = fit.get("narrow_channels", 0.0)
             unit["int8_position_ns"] = fit.get("int8_position_ns", {})
-            unit["runtime_fit"] = {key: fit[key] for key in ("model_uncertainty", "run_overhead_ms", "validation")}
+            unit["runtime_fit"] = {key: fit[key] for key in ("model_uncertainty", "validation")}
+            unit["run_overhead_ms"] = {backend: fit["run_overhead_ms"] for backend in unit["lint_units"]}
             data["measured"].setdefault("calibrated_at", {})[name] = fit["calibrated_at"]
         unit["peak_gops"] = {
             "fp32": {"value": peak, "source": peak_source, "uncertainty": 0.1},

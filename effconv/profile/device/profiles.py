@@ -58,10 +58,10 @@ class HeldOutBand(StrictModel):
 
 class RuntimeFit(StrictModel):
     """What holds for estimates of one runtime's artifacts when a unit is that runtime alone (host-cpu): it replaces
-    the device's figures when an artifact runs on this unit only (`DeviceProfile.for_backend`)."""
+    the device's figures when an artifact runs on this unit only (`DeviceProfile.for_backend`); the runtime's per-call
+    cost is the unit's `run_overhead_ms`, as on any unit."""
 
     model_uncertainty: float = Field(gt=0, le=10, description="relative error of estimates on this runtime")
-    run_overhead_ms: float = Field(0.0, ge=0, le=MAX_FIGURE, description="fixed cost per inference call in this runtime")
     validation: str = Field(description="how (and whether) estimates on this runtime were checked")
 
 
@@ -219,7 +219,6 @@ class DeviceProfile(StrictModel):
         fits = [unit.runtime_fit for unit in units.values()]
         if fits and all(fits):
             update |= {"model_uncertainty": max(fit.model_uncertainty for fit in fits),
-                       "run_overhead_ms": max(fit.run_overhead_ms for fit in fits),
                        "validation": " ".join(dict.fromkeys(fit.validation for fit in fits))}
         return self.model_copy(update=update)
 
