@@ -334,24 +334,24 @@ def guessed_ms(row: dict, device, group: Group) -> float:
     return estimate_cost(row["cost"], guessed.model_copy(update={"run_overhead_ms": group.guessed["run_overhead_ms"]})).total_ms
 
 
-def summary(errors: list[float]) -> dict:
-    """Error statistics (error = estimate / measured - 1) and the band they give: a measurement lies within
-    [estimate / (1 + high), estimate / (1 + low)] when its error lies within [low, high]."""
+def summary(errors: list[float], band: dict | None = None) -> dict:
+    """Error statistics (error = estimate / measured - 1) and the band they give, or the share inside `band` (another
+    summary's): a measurement lies within [estimate / (1 + high), estimate / (1 + low)] when its error lies within
+    [low, high]."""
     errors = np.array(errors)
-    low, high = (float(np.percentile(errors, q)) for q in BAND_PERCENTILES)
+    low, high = ((band["band_error_low"], band["band_error_high"]) if band
+                 else (float(np.percentile(errors, q)) for q in BAND_PERCENTILES))
     return {"n": len(errors), "median_abs": float(np.median(np.abs(errors))), "p90_abs": float(np.percentile(np.abs(errors), 90)),
             "max_abs": float(np.max(np.abs(errors))), "band_error_low": low, "band_error_high": high,
             "inside_band": float(np.mean((errors >= low) & (errors <= high)))}
 
 
 def held_out_by(rows: list[dict], key: str, band: dict) -> dict[str, dict]:
-    """Held-out error statistics per value of `key` (soc, runtime, precision), with the share inside the group's band."""
+    """Held-out error statistics per value of `key` (soc, runtime, precision), with the group's band and the share inside it."""
     values: dict[str, list[float]] = defaultdict(list)
     for row in rows:
         values[row[key]].append(row["held_out_error"])
-    return {value: summary(errors) | {"inside_band": float(np.mean([band["band_error_low"] <= e <= band["band_error_high"]
-                                                                      for e in errors]))}
-            for value, errors in sorted(values.items())}
+    return {value: summary(errors, band) for value, errors in sorted(values.items())}
 
 
 def run_group(group: Group, rows: list[dict], devices: dict) -> dict:
