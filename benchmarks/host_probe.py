@@ -6,7 +6,7 @@ does; time their nodes with onnxruntime's profiler and their wall clock; fit onn
 (`fit.fitting.fit_runtime`: the per-node kernel fit, then the wall fit pulled towards it). Its error is then measured on
 every other calibration decoder (identical networks once: the Hunyuan and Wan 2.1 students are one network), against
 the uncalibrated figures and against the kernel fit alone. The probe's seconds are what a user would wait (conversion
-included); the targets are those issue 32 sets for host-cpu after the probe only: median <= 15%, 90th percentile <=
+included); the targets for host-cpu after the probe only are: median <= 15%, 90th percentile <=
 35%, probe <= 90 s. LiteRT is not probed: its conversions alone take longer than the budget.
 
 Usage: PYTHONPATH=. python benchmarks/host_probe.py [--threads 1] [--repeats 5]
