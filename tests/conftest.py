@@ -18,6 +18,15 @@ def _seeded():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _no_host_probe(monkeypatch):
+    """Profiling on host-cpu would run the minute-long host probe in whichever test first costs an ONNX model there
+    (and in each test with a private cache): tests/test_probe.py turns it back on where it is what is tested."""
+    from effconv.profile.fit.probe import PROBE_ENV
+
+    monkeypatch.setenv(PROBE_ENV, "off")
+
+
 @pytest.fixture
 def cli(capsys, monkeypatch):
     """Run `effconv ARGS...` in-process; returns (exit_code, stdout, stderr)."""

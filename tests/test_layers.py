@@ -99,7 +99,7 @@ def import_graph() -> dict[str, set[str]]:
 
 
 # effconv.profile's own layers, lowest first, by the same rule (README, Layout).
-PROFILE_LAYERS = [{"graph", "measure"}, {"device"}, {"estimate"}, {"fit", "run"}, {"plot"}]
+PROFILE_LAYERS = [{"graph", "measure"}, {"device"}, {"estimate"}, {"fit"}, {"run"}, {"plot"}]
 
 
 def test_profile_modules_import_down_its_layers():

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from effconv.cli.app import AllowImport, app
 from effconv.cli.render import err, out
+from effconv.errors import EffconvError
 
 
 @app.command()
@@ -58,6 +59,9 @@ def profile(
     fps: float | None = typer.Option(None, "--fps", help="Budget as video frames per second (real time = 24)."),
     do_measure: bool = typer.Option(False, "--measure", help="Also run it here in its own runtime: onnxruntime, LiteRT or ExecuTorch (host-cpu only; Core ML needs macOS)."),
     threads: int | None = typer.Option(None, "--threads", help="host-cpu threads for the estimate and the runtime [default: all cores]."),
+    probe: bool = typer.Option(True, "--probe/--no-probe", help="host-cpu, onnxruntime's unit, no fit cached yet: first fit it "
+                               "with the one-minute host probe (cached; `effconv calibrate --quick` runs it alone). "
+                               "--no-probe, or EFFCONV_HOST_PROBE=off, keeps the uncalibrated x0.2-x5 band."),
     dtype: str | None = typer.Option(None, "--dtype", help="Cost every op as fp32/fp16/int8 instead of the artifact's own dtypes."),
     top: int = typer.Option(10, "--top", help="How many ops to list."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a latency breakdown + roofline chart (PNG)."),
@@ -81,7 +85,8 @@ def profile(
     from effconv.profile.run import check_budget, run
 
     with err.status(f"Profiling {target.name} on {device}..."):
-        result = run(target, device, resolution, frames, dtype, budget_ms, fps, do_measure, threads, allow_import=allow_import)
+        result = run(target, device, resolution, frames, dtype, budget_ms, fps, do_measure, threads, allow_import=allow_import,
+                     probe=probe, progress=_progress)
     if plot is not None:
         from effconv.profile.plot import write_plot
 
@@ -174,12 +179,15 @@ def _dtype_text(dtypes: dict[str, dict]) -> str:
 @app.command()
 def calibrate(
     threads: int | None = typer.Option(None, "--threads", help="Threads each runtime uses [default: all cores]."),
-    repeats: int = typer.Option(10, "--repeats", help="Timed rounds per artifact (median is used)."),
+    repeats: int | None = typer.Option(None, "--repeats", help="Timed rounds per artifact (median is used) [default: 10; 5 with --quick]."),
     runtime: list[str] | None = typer.Option(None, "--runtime", help="Runtime to fit, by backend: onnx (onnxruntime), "
                                               "tflite (LiteRT, XNNPACK); repeatable [default: both]."),
     int8: bool = typer.Option(True, "--int8/--no-int8", help="Also quantize each model and fit what int8 ops reach (per category)."),
     remeasure: bool = typer.Option(False, "--remeasure", help="Re-measure the runtimes' peak GFLOP/s and the bandwidth first."),
     report: Path | None = typer.Option(None, "--report", help="Also write the full result as JSON to this file."),
+    quick: bool = typer.Option(False, "--quick", help="Only the host probe: onnxruntime's unit fitted on 7 small decoders "
+                               "in about a minute, its band from leaving each out in turn (what `effconv profile` runs "
+                               "on first use of host-cpu)."),
 ) -> None:
     """Fit host-cpu's latency model for each runtime on measured models and report held-out error.
 
@@ -190,17 +198,43 @@ def calibrate(
     before and after on the other half, and caches the fits so `effconv profile --device host-cpu`
     uses them. Takes tens of minutes on 2 cores (`--runtime onnx --no-int8`: a few minutes).
 
+    `--quick` runs the host probe instead (onnxruntime only, about a minute), which `effconv profile
+    --device host-cpu` also runs by itself the first time it costs an ONNX model without a fit.
+
     Example: `effconv calibrate --threads 1`
+
+    Example: `effconv calibrate --quick`
     """
     from effconv.profile.fit.calibrate import calibrate_host, write_report
     from effconv.profile.fit.measure_set import BACKEND_UNITS
 
-    backends = tuple(dict.fromkeys(runtime or BACKEND_UNITS))
-    result = calibrate_host(threads, repeats=repeats, remeasure=remeasure, progress=lambda m: err.print(m, highlight=False),
-                            backends=backends, int8=int8)
-    render_calibration(result)
+    if quick:
+        from effconv.profile.fit.probe import PROBE_BACKEND, PROBE_REPEATS, quick_calibrate
+
+        if set(runtime or ()) - {PROBE_BACKEND} or not int8:
+            raise EffconvError("--quick probes onnxruntime only, fp32 and int8.", "drop --runtime and --no-int8, or drop --quick.")
+        result = quick_calibrate(threads, repeats or PROBE_REPEATS, remeasure, _progress)
+        render_probe(result)
+    else:
+        result = calibrate_host(threads, repeats=repeats or 10, remeasure=remeasure, progress=_progress,
+                                backends=tuple(dict.fromkeys(runtime or BACKEND_UNITS)), int8=int8)
+        render_calibration(result)
     if report is not None:
         out.print(f"report: {write_report(result, report)}")
+
+
+def _progress(message: str) -> None:
+    err.print(message, highlight=False)
+
+
+def render_probe(result: dict) -> None:
+    table = Table(title="host probe: each decoder left out of the fit in turn (|predicted - measured| / measured)")
+    for column in ("model", "dtype", "measured ms", "predicted ms", "error"):
+        table.add_column(column)
+    for row in result["left_out"]["rows"]:
+        table.add_row(row["name"], row["dtype"], f"{row['measured_ms']:.1f}", f"{row['predicted_ms']:.1f}", f"{row['rel_error']:+.0%}")
+    out.print(table)
+    out.print(result["fit"]["validation"], highlight=False)
 
 
 def render_calibration(result: dict) -> None:

@@ -18,7 +18,9 @@ from effconv.distill.trainer import resolve_device
 from effconv.models.loader import load_model, pretrained_config
 from effconv.models.turbo_vaed.compare import count_flops
 from effconv.models.turbo_vaed.decoder import build_student
+from effconv.host import default_threads
 from effconv.pipeline.plan import HOST_DEVICE, RunInputs, Stage
+from effconv.profile.fit.probe import PROBE_SECONDS, needs_probe
 from effconv.spec import LoadedSpec
 from effconv.video.clips import expand_paths
 
@@ -187,5 +189,7 @@ class DurationEstimator:
             models = 1 + max(1, sum(name.startswith(("convert-", "quantize-", "stream-")) for name in stage.after))
             flops = runs * (work.teacher_decoder + (models - 1) * work.student)
             fixed = FIXED_SECONDS["profile"] * models
+            if stage.device == HOST_DEVICE and needs_probe(stage.settings.get("threads") or default_threads()):
+                fixed += PROBE_SECONDS  # the first ONNX model costed on host-cpu fits its onnxruntime unit first
         seconds = fixed + self._seconds(flops, INFER_GFLOPS)
         return StageDuration(seconds, f"modelled: {fixed:.0f} s fixed + {flops / 1e9:.3g} GFLOP at {INFER_GFLOPS:g} GFLOP/s")

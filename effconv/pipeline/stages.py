@@ -217,7 +217,8 @@ def run_profile(ctx: StageContext) -> None:
         for target in targets:
             result = run(target.path, ctx.stage.device, resolution=settings["resolution"],
                          do_measure=host and runs_on_this_machine(target.backend), threads=settings.get("threads"),
-                         repeats=settings.get("repeats", 1), allow_import=ctx.inputs.allow_import)
+                         repeats=settings.get("repeats", 1), allow_import=ctx.inputs.allow_import,
+                         progress=ctx.on_progress or print)
             shown = target.path.name if target.path.parent == staging else target.path.relative_to(ctx.out_dir).as_posix()
             results[target.label] = result.to_dict() | {"target": shown, "backend": target.backend,
                                                         "precision": target.precision}

@@ -13,6 +13,7 @@ from effconv.host import default_threads
 from effconv.backends import registry
 from effconv.profile.device.host_cpu import HOST_UNIT_BACKENDS
 from effconv.profile.device.profiles import HOST, DeviceProfile, load_device
+from effconv.profile.fit.probe import PROBED_UNIT, needs_probe, probe_host
 from effconv.profile.estimate.latency import Estimate, Kernel, estimate_cost
 from effconv.profile.graph.targets import ProfileInput, resolve
 from effconv.profile.measure import measure
@@ -132,7 +133,10 @@ def budget(budget_ms: float | None, fps: float | None, frames: int) -> tuple[flo
 def run(target: Path, device_name: str, resolution: str | None = None, frames: int | None = None,
         dtype: str | None = None, budget_ms: float | None = None, fps: float | None = None,
         do_measure: bool = False, threads: int | None = None, repeats: int = 10,
-        allow_import: bool = False) -> ProfileResult:
+        allow_import: bool = False, probe: bool = True, progress=print) -> ProfileResult:
+    """Estimate `target` on `device_name` (measuring it here too with `do_measure`). On host-cpu, an artifact costed
+    on onnxruntime's unit with no current fit for it first runs the host probe (fit.probe: about a minute, cached),
+    unless `probe` is False or $EFFCONV_HOST_PROBE is `off`; `progress` gets its lines."""
     check_budget_args(budget_ms, fps)
     if dtype is not None and dtype not in DTYPE_BYTES:
         raise EffconvError(f"unknown --dtype '{dtype}'.", f"use one of: {', '.join(DTYPE_BYTES)}.")
@@ -143,6 +147,9 @@ def run(target: Path, device_name: str, resolution: str | None = None, frames: i
     with tempfile.TemporaryDirectory(prefix="effconv-profile-") as workdir:
         source = resolve(target, Path(workdir), resolution, frames, allow_import)
         device = device.for_backend(source.backend)
+        if probe and device.name == HOST and list(device.units) == [PROBED_UNIT] and needs_probe(threads):
+            probe_host(threads, progress=progress)
+            device = load_device(device_name, threads=threads).for_backend(source.backend)
         cost = source.cost.forced(dtype) if dtype else source.cost
         result_estimate = estimate_cost(cost, device)
         unfused = estimate_cost(cost, device, fused=False) if result_estimate.fusion else None

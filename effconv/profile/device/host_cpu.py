@@ -1,7 +1,7 @@
 """host-cpu's figures, measured on this machine: its units are this machine's CPU as each runtime drives it
 (onnxruntime's kernels for `.onnx`, XNNPACK for `.tflite`/`.pte`); each unit's peak throughput is measured with that
 runtime's own matrix multiply the first time it is needed, the bandwidth with a copy, and both are cached, together
-with the per-runtime calibration that `effconv calibrate` fits (effconv.profile.fit), under `$EFFCONV_CACHE_DIR`
+with the per-runtime fits that `effconv calibrate` and the host probe make (effconv.profile.fit), under `$EFFCONV_CACHE_DIR`
 (default ~/.cache/effconv). Each cached section records the effconv version and source digest of the code that made
 it (`effconv.provenance`); one made by other code is measured again (peaks) or ignored (a fit: the estimate falls
 back to the uncalibrated band).
@@ -109,6 +109,13 @@ def write_cache_entry(key: str, section: str, value: dict) -> None:
     except OSError as exc:
         raise EffconvError(f"cannot write the host-cpu cache in '{directory}': {exc.strerror}.",
                            f"set {CACHE_ENV} to a writable directory.") from None
+
+
+def store_calibration(threads: int, fits: dict[str, dict]) -> None:
+    """Cache the fits of some host-cpu units (by unit name) at `threads`, keeping the other units' fits."""
+    key = host_key(threads)
+    kept = _cached_section(key, "calibration", {}) or {}
+    write_cache_entry(key, "calibration", kept | fits)
 
 
 def _best_seconds(run, repeats: int) -> float:

@@ -17,7 +17,7 @@ from effconv.artifacts import staged_output
 from effconv.backends import registry
 from effconv.errors import EffconvError
 from effconv.host import default_threads
-from effconv.profile.device.host_cpu import cost_model_version, host_key, write_cache_entry
+from effconv.profile.device.host_cpu import cost_model_version, store_calibration
 from effconv.profile.device.profiles import HOST, DeviceProfile, load_device
 from effconv.profile.estimate.latency import estimate_cost
 from effconv.profile.fit.fitting import fit_runtime, unit_prior, with_fit
@@ -127,11 +127,12 @@ def fit_and_store(records: list[dict], threads: int, repeats: int) -> dict:
             "validation": _validation(registry.get(backend).runtime, held_out, sum(not r["held_out"] for r in chosen), threads, repeats),
             "calibrated_at": stamp,
             "threads": threads,
+            "method": "calibrate",
             "produced_by": cost_model_version(),  # a later cost model ignores this fit (host_cpu.host_calibration)
         }
         runtimes[backend] = {"unit": unit, "fit": calibration[unit], "before": {"rows": before, **_sets(before)},
                              "after": {"rows": after, **_sets(after)}}
-    write_cache_entry(host_key(threads), "calibration", calibration)
+    store_calibration(threads, calibration)
     return {
         "threads": threads,
         "repeats": repeats,
