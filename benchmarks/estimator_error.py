@@ -43,13 +43,12 @@ FRESH_PREFIX = "fresh-"
 
 
 def fresh_models():
-    from effconv.profile.fit.model_set import STUDENT_FAMILIES, TEACHERS, CalibrationModel, student_writer, teacher_writer
+    from effconv.profile.fit.model_set import STUDENT_FAMILIES, TEACHERS, student, teacher
 
-    teachers = [CalibrationModel(f"{FRESH_PREFIX}{family}-x{FRESH_TEACHER_SCALE}-{'x'.join(map(str, FRESH_TEACHER_CLIP))}", True,
-                                 teacher_writer(family, FRESH_TEACHER_SCALE, (clip[0], *FRESH_TEACHER_CLIP)))
-                for family, (_, _, clip) in TEACHERS.items()]
-    students = [CalibrationModel(f"{FRESH_PREFIX}{family}-student-w{FRESH_STUDENT_WIDTH}", True,
-                                 student_writer(family, FRESH_STUDENT_WIDTH, FRESH_STUDENT_SIZE)) for family in STUDENT_FAMILIES]
+    teachers = [teacher(f"{FRESH_PREFIX}{family}-x{FRESH_TEACHER_SCALE}-{'x'.join(map(str, FRESH_TEACHER_CLIP))}", True,
+                        family, FRESH_TEACHER_SCALE, (clip[0], *FRESH_TEACHER_CLIP)) for family, (_, _, clip) in TEACHERS.items()]
+    students = [student(f"{FRESH_PREFIX}{family}-student-w{FRESH_STUDENT_WIDTH}", True, family, FRESH_STUDENT_WIDTH,
+                        FRESH_STUDENT_SIZE) for family in STUDENT_FAMILIES]
     return teachers + students
 
 

@@ -51,6 +51,18 @@ def is_debug() -> bool:
     return _debug
 
 
+def cli_setting() -> bool | None:
+    """The CLI's --debug switch (None outside the CLI): what a worker process it starts passes to follow_cli."""
+    return _debug if _debug or _cli_quiet else None
+
+
+def follow_cli(setting: bool | None) -> None:
+    """In a worker process (a pool initializer: this module imports nothing heavy, so the worker is quiet before its
+    tasks import torch), take over the CLI's switch (cli_setting) of the process that started it."""
+    if setting is not None:
+        set_debug(setting)
+
+
 @contextlib.contextmanager
 def quiet_imports():
     """Import heavy libraries without their import-time warnings (unless --debug). For the CLI, also without what

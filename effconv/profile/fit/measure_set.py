@@ -6,10 +6,14 @@ medians throughout, because the machine may be shared and noisy.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import os
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from effconv.quiet import cli_setting, follow_cli
 from effconv.profile.device.host_cpu import HOST_UNIT_BACKENDS
 from effconv.profile.fit.model_set import CalibrationModel, make_artifacts
 from effconv.profile.graph.onnx import load_graph
@@ -26,14 +30,10 @@ def measure_set(models: list[CalibrationModel], threads: int, repeats: int, back
     artifacts stay in that folder and each record keeps its `path` (to cost them again after a cost-model change)."""
     with (contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory()) as tmp:
         records = []
-        for entry in models:
-            started = time.perf_counter()
-            directory = Path(tmp) / entry.name
-            directory.mkdir()
-            for backend, dtype, path, shapes in make_artifacts(entry, directory, backends, int8, progress):
+        for entry, made in zip(models, convert_all(models, Path(tmp), backends, int8, progress)):
+            for backend, dtype, path, shapes in made:
                 records.append({"name": entry.name, "held_out": entry.held_out, "backend": backend, "dtype": dtype,
                                 "path": path, "cost": OWN_GRAPH[backend][1](path), "shapes": shapes})
-            progress(f"converted {entry.name} ({time.perf_counter() - started:.0f} s)")
         profiled = [r for r in records if r["backend"] == "onnx"]
         progress(f"measuring {len(records)} artifacts in {repeats} interleaved rounds...")
         nodes = [{node.name for node in load_graph(r["path"]).graph.node} for r in profiled]
@@ -47,6 +47,41 @@ def measure_set(models: list[CalibrationModel], threads: int, repeats: int, back
         for record in records:
             del record["path"]
     return records
+
+
+def _convert_one(entry: CalibrationModel, directory: Path, backends: tuple[str, ...], int8: bool,
+                 torch_threads: int | None = None) -> tuple[list, list[str]]:
+    """One model's artifacts (make_artifacts) in its own folder under `directory`, and the progress lines it said."""
+    if torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+    started, said = time.perf_counter(), []
+    (directory / entry.name).mkdir()
+    made = make_artifacts(entry, directory / entry.name, backends, int8, said.append)
+    return made, [*said, f"converted {entry.name} ({time.perf_counter() - started:.0f} s)"]
+
+
+def convert_all(models: list[CalibrationModel], directory: Path, backends: tuple[str, ...], int8: bool, progress) -> list[list]:
+    """Every model's artifacts, in the models' order. Converting is mostly single-threaded Python (torch.export and
+    the ONNX exporter's optimizer), so the models are converted in one process per core (spawned: a forked torch can
+    hang), each with one torch thread; progress lines come as each model finishes."""
+    workers = min(len(models), os.cpu_count() or 1)
+    if workers < 2:
+        return [_report(_convert_one(entry, directory, backends, int8), progress) for entry in models]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=follow_cli, initargs=(cli_setting(),)) as pool:
+        futures = [pool.submit(_convert_one, entry, directory, backends, int8, 1) for entry in models]
+        for future in as_completed(futures):
+            for line in future.result()[1]:
+                progress(line)
+        return [future.result()[0] for future in futures]
+
+
+def _report(converted: tuple[list, list[str]], progress) -> list:
+    for line in converted[1]:
+        progress(line)
+    return converted[0]
 
 
 def _label(record: dict) -> str:

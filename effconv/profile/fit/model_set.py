@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -55,9 +54,40 @@ STUDENT_SIZE = (64, 96)  # students decode the family's clip length at this heig
 
 @dataclass(frozen=True)
 class CalibrationModel:
+    """One decoder of the set: the family's tiny teacher (`TEACHERS`) with its widths times `scale`, decoding `clip`
+    (frames, height, width in pixels); or, with `student_width`, a Turbo-VAED student of the family's tiny teacher
+    (the paper's layout: separable mid and first up block) at that width, decoding `clip`. Plain data, so that
+    worker processes can build it (measure_set.py converts in parallel)."""
+
     name: str
     held_out: bool
-    write_spec: Callable[[Path], Path]  # folder -> the model's spec YAML, written into it
+    family: str
+    clip: tuple[int, int, int]
+    scale: int = 1
+    student_width: int | None = None
+
+    def write_spec(self, directory: Path) -> Path:
+        """Write the model's spec YAML into `directory` (a student: made by `effconv rewrite`); its path."""
+        if self.student_width is None:
+            return _write_teacher(directory, self.family, self.scale, self.clip)
+        teacher = _write_teacher(directory, self.family, 1, self.clip)
+        width = self.student_width
+        recipe = directory / f"student-w{width}.yaml"
+        recipe.write_text(yaml.safe_dump({"name": f"student-w{width}", "description": "calibration student", "student": {
+            "widths": [width, width, width // 2, 16, 8], "layers": [2, 1, 1, 1, 1],
+            "separable": [True, True, False, False, False], "upsample": [False, True, True, True], "kernel_size": 5}}),
+            encoding="utf-8")
+        manifest = rewrite(load_spec(teacher), recipe, directory / "student")
+        return directory / "student" / f"{manifest.name}.yaml"
+
+
+def teacher(name: str, held_out: bool, family: str, scale: int, clip: tuple[int, int, int]) -> CalibrationModel:
+    return CalibrationModel(name, held_out, family, clip, scale=scale)
+
+
+def student(name: str, held_out: bool, family: str, width: int, size: tuple[int, int] = STUDENT_SIZE) -> CalibrationModel:
+    """A student decoding the family's clip length at `size` (height, width)."""
+    return CalibrationModel(name, held_out, family, (TEACHERS[family][2][0], *size), student_width=width)
 
 
 def _teacher_data(family: str, scale: int, clip: tuple[int, int, int]) -> dict:
@@ -73,30 +103,10 @@ def _teacher_data(family: str, scale: int, clip: tuple[int, int, int]) -> dict:
             "input": {"frames": frames, "height": height, "width": width}}
 
 
-def teacher_writer(family: str, scale: int, clip: tuple[int, int, int]) -> Callable[[Path], Path]:
-    """The family's tiny teacher (`TEACHERS`) with its widths times `scale`, decoding `clip` (frames, height, width)."""
-    def write(directory: Path) -> Path:
-        path = directory / f"{family}-x{scale}.yaml"
-        path.write_text(yaml.safe_dump(_teacher_data(family, scale, clip)), encoding="utf-8")
-        return path
-
-    return write
-
-
-def student_writer(family: str, width: int, size: tuple[int, int] = STUDENT_SIZE) -> Callable[[Path], Path]:
-    """A Turbo-VAED student of the family's tiny teacher (the paper's layout: separable mid and first up block),
-    decoding the family's clip length at `size` (height, width)."""
-    def write(directory: Path) -> Path:
-        teacher = teacher_writer(family, 1, (TEACHERS[family][2][0], *size))(directory)
-        recipe = directory / f"student-w{width}.yaml"
-        recipe.write_text(yaml.safe_dump({"name": f"student-w{width}", "description": "calibration student", "student": {
-            "widths": [width, width, width // 2, 16, 8], "layers": [2, 1, 1, 1, 1],
-            "separable": [True, True, False, False, False], "upsample": [False, True, True, True], "kernel_size": 5}}),
-            encoding="utf-8")
-        manifest = rewrite(load_spec(teacher), recipe, directory / "student")
-        return directory / "student" / f"{manifest.name}.yaml"
-
-    return write
+def _write_teacher(directory: Path, family: str, scale: int, clip: tuple[int, int, int]) -> Path:
+    path = directory / f"{family}-x{scale}.yaml"
+    path.write_text(yaml.safe_dump(_teacher_data(family, scale, clip)), encoding="utf-8")
+    return path
 
 
 def calibration_set() -> list[CalibrationModel]:
@@ -106,13 +116,13 @@ def calibration_set() -> list[CalibrationModel]:
     that grow with activation size (per output position, memory) from those that grow with channels."""
     models = []
     for index, (family, (_, _, clip)) in enumerate(TEACHERS.items()):
-        models.append(CalibrationModel(f"{family}-tiny", index % 2 == 1, teacher_writer(family, 1, clip)))
-        models.append(CalibrationModel(f"{family}-small", index % 2 == 0, teacher_writer(family, 2, (clip[0], 64, 96))))
-        models.append(CalibrationModel(f"{family}-tiny-48x80", index % 2 == 0, teacher_writer(family, 1, (clip[0], 48, 80))))
+        models.append(teacher(f"{family}-tiny", index % 2 == 1, family, 1, clip))
+        models.append(teacher(f"{family}-small", index % 2 == 0, family, 2, (clip[0], 64, 96)))
+        models.append(teacher(f"{family}-tiny-48x80", index % 2 == 0, family, 1, (clip[0], 48, 80)))
     for index, family in enumerate(STUDENT_FAMILIES):
         for width in STUDENT_WIDTHS:
             held_out = (index + (width == STUDENT_WIDTHS[1])) % 2 == 1
-            models.append(CalibrationModel(f"{family}-student-w{width}", held_out, student_writer(family, width)))
+            models.append(student(f"{family}-student-w{width}", held_out, family, width))
     return models
 
 
