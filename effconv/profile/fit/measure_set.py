@@ -11,8 +11,10 @@ import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from effconv.errors import exception_text
 from effconv.quiet import cli_setting, follow_cli
 from effconv.profile.device.host_cpu import HOST_UNIT_BACKENDS
 from effconv.profile.fit.model_set import CalibrationModel, make_artifacts
@@ -20,6 +22,7 @@ from effconv.profile.graph.onnx import load_graph
 from effconv.profile.graph.targets import OWN_GRAPH
 from effconv.profile.measure import measure_kernels, measure_walls
 
+IN_PROCESS = "in-process"  # where models are converted again when worker processes broke
 BACKEND_UNITS = {backend: unit for unit, backend in HOST_UNIT_BACKENDS.items()}  # the runtimes calibrate fits
 
 
@@ -65,17 +68,29 @@ def _convert_one(entry: CalibrationModel, directory: Path, backends: tuple[str, 
 def convert_all(models: list[CalibrationModel], directory: Path, backends: tuple[str, ...], int8: bool, progress) -> list[list]:
     """Every model's artifacts, in the models' order. Converting is mostly single-threaded Python (torch.export and
     the ONNX exporter's optimizer), so the models are converted in one process per core (spawned: a forked torch can
-    hang), each with one torch thread; progress lines come as each model finishes."""
+    hang), each with one torch thread; progress lines come as each model finishes. A student's ONNX layout is chosen
+    by timing both (convert's `auto`), here while another model converts, so it can differ from an idle machine's
+    choice: either is an artifact users get. Where worker processes cannot run (e.g. a main script read from stdin),
+    the models are converted one at a time here."""
     workers = min(len(models), os.cpu_count() or 1)
     if workers < 2:
-        return [_report(_convert_one(entry, directory, backends, int8), progress) for entry in models]
+        return _in_process(models, directory, backends, int8, progress)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=follow_cli, initargs=(cli_setting(),)) as pool:
-        futures = [pool.submit(_convert_one, entry, directory, backends, int8, 1) for entry in models]
-        for future in as_completed(futures):
-            for line in future.result()[1]:
-                progress(line)
-        return [future.result()[0] for future in futures]
+    try:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=follow_cli, initargs=(cli_setting(),)) as pool:
+            futures = [pool.submit(_convert_one, entry, directory, backends, int8, 1) for entry in models]
+            for future in as_completed(futures):
+                for line in future.result()[1]:
+                    progress(line)
+            return [future.result()[0] for future in futures]
+    except BrokenProcessPool as exc:
+        progress(f"cannot convert in worker processes ({exception_text(exc)}); converting one model at a time")
+        (directory / IN_PROCESS).mkdir()
+        return _in_process(models, directory / IN_PROCESS, backends, int8, progress)
+
+
+def _in_process(models: list[CalibrationModel], directory: Path, backends: tuple[str, ...], int8: bool, progress) -> list[list]:
+    return [_report(_convert_one(entry, directory, backends, int8), progress) for entry in models]
 
 
 def _report(converted: tuple[list, list[str]], progress) -> list:

@@ -36,9 +36,9 @@ METHOD = "probe"
 PROBE_ENV = "EFFCONV_HOST_PROBE"  # `off`: never probe (host-cpu estimates keep the uncalibrated band)
 
 
-# What a plan expects the probe to take: it took 83-86 s (1 thread, conversions included) on a 2-core AMD EPYC,
-# benchmarks/results/host_probe.json.
-PROBE_SECONDS = 90.0
+# What a plan expects the probe to take: 63 s with 1 thread (conversions included, one process per core) on a 2-core
+# AMD EPYC, benchmarks/results/host_probe.json; a little more with 2 threads.
+PROBE_SECONDS = 70.0
 
 
 def probe_enabled() -> bool:
