@@ -170,3 +170,29 @@ def test_a_plan_counts_the_probe_in_host_cpus_profile_stage_until_it_ran(cli, tm
     monkeypatch.delenv(probe.PROBE_ENV)
     host_cpu.store_calibration(default_threads(), {probe.PROBED_UNIT: _given_fit(host_cpu.cost_model_version())})
     assert unprobed - host_profile_seconds() == pytest.approx(probe.PROBE_SECONDS)
+
+
+def test_conversions_fall_back_to_this_process_when_workers_cannot_run(monkeypatch, tmp_path):
+    from concurrent.futures.process import BrokenProcessPool
+
+    from effconv.profile.fit import measure_set
+
+    class NoWorkers:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            raise BrokenProcessPool("no workers in this test")
+
+        def __exit__(self, *exc):
+            return False
+
+    said = []
+    monkeypatch.setattr(measure_set, "ProcessPoolExecutor", NoWorkers)
+    monkeypatch.setattr(measure_set.os, "cpu_count", lambda: 2)
+    models = [m for m in calibration_set() if m.name in ("ltx-tiny", "mochi-tiny")]
+    made = measure_set.convert_all(models, tmp_path, ("onnx",), False, said.append)
+    assert said[0].startswith("cannot convert in worker processes (no workers in this test)")
+    assert [[path.relative_to(tmp_path).parts[:2] for _, _, path, _ in artifacts] for artifacts in made] == [
+        [(measure_set.IN_PROCESS, "ltx-tiny")], [(measure_set.IN_PROCESS, "mochi-tiny")]]
+    assert all(path.is_file() for artifacts in made for _, _, path, _ in artifacts)
