@@ -213,10 +213,10 @@ def calibrate(
 
         if set(runtime or ()) - {PROBE_BACKEND} or not int8:
             raise EffconvError("--quick probes onnxruntime only, fp32 and int8.", "drop --runtime and --no-int8, or drop --quick.")
-        result = quick_calibrate(threads, repeats or PROBE_REPEATS, remeasure, _progress)
+        result = quick_calibrate(threads, PROBE_REPEATS if repeats is None else repeats, remeasure, _progress)
         render_probe(result)
     else:
-        result = calibrate_host(threads, repeats=repeats or 10, remeasure=remeasure, progress=_progress,
+        result = calibrate_host(threads, repeats=10 if repeats is None else repeats, remeasure=remeasure, progress=_progress,
                                 backends=tuple(dict.fromkeys(runtime or BACKEND_UNITS)), int8=int8)
         render_calibration(result)
     if report is not None:
