@@ -17,7 +17,7 @@ from effconv.profile.fit import probe
 from effconv.profile.fit.model_set import calibration_set
 
 TINY_SPEC = "examples/specs/ltx-tiny.yaml"
-TWO_FAST = ("ltx-tiny", "wan22-tiny")  # the two quickest decoders of the probe: one can be left out of the fit
+TWO_FAST = ("ltx-tiny", "mochi-tiny")  # the two quickest decoders of the probe: one can be left out of the fit
 OLDER = {"effconv": "0.0.9", "source": "0123456789abcdef"}
 
 
