@@ -1,0 +1,97 @@
+"""Can the host probe's onnxruntime fit stand in for a LiteRT (XNNPACK) fit on host-cpu?
+
+The probe (`effconv.profile.fit.probe.probe_host`) fits onnxruntime's unit only: converting its decoders to `.tflite`
+takes longer than the probe. This measures what its fit would be worth on LiteRT's unit: runs the probe into a
+throw-away cache, then converts every other decoder of `effconv calibrate`'s set and of estimator_error.py's fresh
+set to `.tflite` (fp32 and int8, as calibrate makes them), measures each in the LiteRT Interpreter, and costs it on
+the `xnnpack` unit three ways:
+- uncalibrated: host-cpu.yaml's default shares (what `effconv profile X.tflite` prints today without calibrate);
+- own_peak: the probe's fit as is (each category reaching the same share of XNNPACK's measured peak as of onnxruntime's);
+- onnxruntime_speed: the probe's efficiencies scaled by onnxruntime's peak over XNNPACK's (each category as fast as
+  in onnxruntime).
+Identical networks count once. Targets as for the probe: median <= 15%, 90th percentile <= 35%.
+
+Usage: PYTHONPATH=. python benchmarks/host_probe_litert.py [--threads 1] [--repeats 5]
+Writes benchmarks/results/host_probe_litert.json (with the CPU, its int8 instructions and the load average before and
+after). Takes about 25 minutes on 2 cores; run it with the machine otherwise idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from estimator_error import fresh_models  # the sibling benchmarks (their folder is on sys.path)
+from host_probe import TARGET_MEDIAN, TARGET_P90, distinct, inside_band
+
+RESULTS = Path(__file__).resolve().parent / "results" / "host_probe_litert.json"
+BACKEND = "tflite"
+
+
+def scaled(fit: dict, factor: float) -> dict:
+    """The fit with every efficiency (fp32 and int8) times `factor`."""
+    return fit | {"efficiency": {k: v * factor for k, v in fit["efficiency"].items()},
+                  "int8_efficiency": {k: v * factor for k, v in fit.get("int8_efficiency", {}).items()}}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    os.environ.setdefault("EFFCONV_CACHE_DIR", tempfile.mkdtemp(prefix="effconv-host-probe-litert-"))
+    from effconv.host import cpu_int8_features, cpu_model
+    from effconv.profile.device.profiles import HOST, load_device
+    from effconv.profile.fit.calibrate import errors, summarize
+    from effconv.profile.fit.fitting import with_fit
+    from effconv.profile.fit.measure_set import measure_set
+    from effconv.profile.fit.model_set import calibration_set
+    from effconv.profile.fit.probe import PROBE_MODELS, PROBED_UNIT, probe_host
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    load_before = os.getloadavg()
+    host = load_device(HOST, threads=args.threads, calibrated=False)
+    litert = host.for_backend(BACKEND)
+    probe = probe_host(args.threads, args.repeats, progress)
+    peaks = {name: unit.peak_gops["fp32"].value for name, unit in host.units.items()}
+    others = [model for model in calibration_set() if model.name not in PROBE_MODELS]
+    measured = measure_set(others + fresh_models(), args.threads, args.repeats, backends=(BACKEND,), progress=progress)
+    (xnnpack,) = litert.units
+    fits = {"uncalibrated": litert, "own_peak": with_fit(litert, probe["fit"]),
+            "onnxruntime_speed": with_fit(litert, scaled(probe["fit"], peaks[PROBED_UNIT] / peaks[xnnpack]))}
+    sets = {"held_out": distinct([r for r in measured if not r["name"].startswith("fresh-")]),
+            "fresh": distinct([r for r in measured if r["name"].startswith("fresh-")])}
+    judged = {}
+    for name, records in sets.items():
+        rows = {fit_name: errors(records, device) for fit_name, device in fits.items()}
+        judged[name] = {"summary": {fit_name: summarize(found) for fit_name, found in rows.items()},
+                        "summary_fp32": {fit_name: summarize([r for r in found if r["dtype"] == "fp32"]) for fit_name, found in rows.items()},
+                        "summary_int8": {fit_name: summarize([r for r in found if r["dtype"] == "int8"]) for fit_name, found in rows.items()},
+                        "inside_band_uncalibrated": inside_band(records, litert), "rows": rows}
+    result = {
+        "probe_seconds": round(probe["seconds"], 1),
+        "probe_fit": probe["fit"],
+        "peaks_gflops": peaks,
+        **judged,
+        "targets": {"median_abs": TARGET_MEDIAN, "p90_abs": TARGET_P90},
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "host": {"cpu": cpu_model(), "int8_features": cpu_int8_features(), "load_average_before": load_before,
+                 "load_average_after": os.getloadavg()},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    print(json.dumps({name: {key: found[key] for key in ("summary", "summary_fp32", "summary_int8")} for name, found in judged.items()},
+                     indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
