@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from estimator_error import fresh_models  # the sibling benchmark (its folder is on sys.path)
+from estimator_error import FRESH_PREFIX, fresh_models  # the sibling benchmark (its folder is on sys.path)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "host_probe.json"
 TARGET_MEDIAN, TARGET_P90, TARGET_SECONDS = 0.15, 0.35, 90
@@ -60,31 +60,53 @@ def judge(records: list[dict], fits: dict, banded) -> dict:
             "rows": rows["probe"]}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description: str, results: Path) -> argparse.Namespace:
+    """The scripts' options; the probe's fit goes to a throw-away cache unless EFFCONV_CACHE_DIR is set."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=results)
     args = parser.parse_args()
     os.environ.setdefault("EFFCONV_CACHE_DIR", tempfile.mkdtemp(prefix="effconv-host-probe-"))
-    from effconv.host import cpu_int8_features, cpu_model
-    from effconv.profile.device.profiles import HOST, load_device
+    return args
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def unseen(backend: str, threads: int, repeats: int) -> dict[str, list[dict]]:
+    """The decoders the probe did not see, converted to `backend` and measured in its runtime: the held-out set (the
+    rest of calibrate's) and the fresh set, each with identical networks once."""
     from effconv.profile.fit.measure_set import measure_set
     from effconv.profile.fit.model_set import calibration_set
-    from effconv.profile.fit.probe import PROBE_BACKEND, PROBE_MODELS, probe_host
+    from effconv.profile.fit.probe import PROBE_MODELS
 
-    def progress(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+    others = [model for model in calibration_set() if model.name not in PROBE_MODELS]
+    measured = measure_set(others + fresh_models(), threads, repeats, backends=(backend,), progress=progress)
+    fresh = [record["name"].startswith(FRESH_PREFIX) for record in measured]
+    return {"held_out": distinct([r for r, is_fresh in zip(measured, fresh) if not is_fresh]),
+            "fresh": distinct([r for r, is_fresh in zip(measured, fresh) if is_fresh])}
+
+
+def host(load_before: tuple[float, ...]) -> dict:
+    from effconv.host import cpu_int8_features, cpu_model
+
+    return {"cpu": cpu_model(), "int8_features": cpu_int8_features(), "load_average_before": load_before,
+            "load_average_after": os.getloadavg()}
+
+
+def main() -> int:
+    args = arguments(__doc__.splitlines()[0], RESULTS)
+    from effconv.profile.device.profiles import HOST, load_device
+    from effconv.profile.fit.probe import PROBE_BACKEND, PROBE_MODELS, probe_host
 
     load_before = os.getloadavg()
     uncalibrated = load_device(HOST, threads=args.threads, calibrated=False).for_backend(PROBE_BACKEND)
     probe = probe_host(args.threads, args.repeats, progress)
     probed = load_device(HOST, threads=args.threads).for_backend(PROBE_BACKEND)
-    others = [model for model in calibration_set() if model.name not in PROBE_MODELS]
-    measured = measure_set(others + fresh_models(), args.threads, args.repeats, backends=(PROBE_BACKEND,), progress=progress)
+    sets = unseen(PROBE_BACKEND, args.threads, args.repeats)
     fits = {"uncalibrated": uncalibrated, "probe": probed}
-    sets = {"held_out": distinct([r for r in measured if not r["name"].startswith("fresh-")]),
-            "fresh": distinct([r for r in measured if r["name"].startswith("fresh-")])}
     judged = {name: judge(records, fits, probed) for name, records in sets.items()}
     met = {name: {"median_abs": bool(found["summary"]["probe"]["median_abs"] <= TARGET_MEDIAN),
                   "p90_abs": bool(found["summary"]["probe"]["p90_abs"] <= TARGET_P90)} for name, found in judged.items()}
@@ -99,8 +121,7 @@ def main() -> int:
         "met": met | {"probe_seconds": probe["seconds"] <= TARGET_SECONDS},
         "threads": args.threads,
         "repeats": args.repeats,
-        "host": {"cpu": cpu_model(), "int8_features": cpu_int8_features(), "load_average_before": load_before,
-                 "load_average_after": os.getloadavg()},
+        "host": host(load_before),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")

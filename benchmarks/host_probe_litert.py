@@ -18,15 +18,12 @@ after). Takes about 25 minutes on 2 cores; run it with the machine otherwise idl
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-from estimator_error import fresh_models  # the sibling benchmarks (their folder is on sys.path)
-from host_probe import TARGET_MEDIAN, TARGET_P90, distinct, inside_band
+from host_probe import TARGET_MEDIAN, TARGET_P90, arguments, host, inside_band, progress, unseen  # the sibling benchmark
 
 RESULTS = Path(__file__).resolve().parent / "results" / "host_probe_litert.json"
 BACKEND = "tflite"
@@ -39,35 +36,21 @@ def scaled(fit: dict, factor: float) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    os.environ.setdefault("EFFCONV_CACHE_DIR", tempfile.mkdtemp(prefix="effconv-host-probe-litert-"))
-    from effconv.host import cpu_int8_features, cpu_model
+    args = arguments(__doc__.splitlines()[0], RESULTS)
     from effconv.profile.device.profiles import HOST, load_device
     from effconv.profile.fit.calibrate import errors, summarize
     from effconv.profile.fit.fitting import with_fit
-    from effconv.profile.fit.measure_set import measure_set
-    from effconv.profile.fit.model_set import calibration_set
-    from effconv.profile.fit.probe import PROBE_MODELS, PROBED_UNIT, probe_host
-
-    def progress(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+    from effconv.profile.fit.probe import PROBED_UNIT, probe_host
 
     load_before = os.getloadavg()
-    host = load_device(HOST, threads=args.threads, calibrated=False)
-    litert = host.for_backend(BACKEND)
+    host_cpu = load_device(HOST, threads=args.threads, calibrated=False)
+    litert = host_cpu.for_backend(BACKEND)
     probe = probe_host(args.threads, args.repeats, progress)
-    peaks = {name: unit.peak_gops["fp32"].value for name, unit in host.units.items()}
-    others = [model for model in calibration_set() if model.name not in PROBE_MODELS]
-    measured = measure_set(others + fresh_models(), args.threads, args.repeats, backends=(BACKEND,), progress=progress)
+    peaks = {name: unit.peak_gops["fp32"].value for name, unit in host_cpu.units.items()}
+    sets = unseen(BACKEND, args.threads, args.repeats)
     (xnnpack,) = litert.units
     fits = {"uncalibrated": litert, "own_peak": with_fit(litert, probe["fit"]),
             "onnxruntime_speed": with_fit(litert, scaled(probe["fit"], peaks[PROBED_UNIT] / peaks[xnnpack]))}
-    sets = {"held_out": distinct([r for r in measured if not r["name"].startswith("fresh-")]),
-            "fresh": distinct([r for r in measured if r["name"].startswith("fresh-")])}
     judged = {}
     for name, records in sets.items():
         rows = {fit_name: errors(records, device) for fit_name, device in fits.items()}
@@ -83,8 +66,7 @@ def main() -> int:
         "targets": {"median_abs": TARGET_MEDIAN, "p90_abs": TARGET_P90},
         "threads": args.threads,
         "repeats": args.repeats,
-        "host": {"cpu": cpu_model(), "int8_features": cpu_int8_features(), "load_average_before": load_before,
-                 "load_average_after": os.getloadavg()},
+        "host": host(load_before),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
