@@ -15,12 +15,12 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from effconv.errors import exception_text
-from effconv.quiet import cli_setting, follow_cli
 from effconv.profile.device.host_cpu import HOST_UNIT_BACKENDS
 from effconv.profile.fit.model_set import CalibrationModel, make_artifacts
 from effconv.profile.graph.onnx import load_graph
 from effconv.profile.graph.targets import OWN_GRAPH
 from effconv.profile.measure import measure_kernels, measure_walls
+from effconv.quiet import cli_setting, follow_cli
 
 IN_PROCESS = "in-process"  # where models are converted again when worker processes broke
 BACKEND_UNITS = {backend: unit for unit, backend in HOST_UNIT_BACKENDS.items()}  # the runtimes calibrate fits

@@ -20,9 +20,9 @@ import dataclasses
 import os
 import time
 
+from effconv.host import default_threads
 from effconv.profile.device.host_cpu import cost_model_version, host_calibration, store_calibration
 from effconv.profile.device.profiles import HOST, load_device
-from effconv.host import default_threads
 from effconv.profile.fit.calibrate import check_arguments, errors, summarize
 from effconv.profile.fit.fitting import fit_runtime, with_fit
 from effconv.profile.fit.measure_set import BACKEND_UNITS, measure_set
@@ -34,8 +34,6 @@ PROBE_BACKEND = "onnx"
 PROBED_UNIT = BACKEND_UNITS[PROBE_BACKEND]
 METHOD = "probe"
 PROBE_ENV = "EFFCONV_HOST_PROBE"  # `off`: never probe (host-cpu estimates keep the uncalibrated band)
-
-
 # What a plan expects the probe to take: 63 s with 1 thread (conversions included, one process per core) on a 2-core
 # AMD EPYC, benchmarks/results/host_probe.json; a little more with 2 threads.
 PROBE_SECONDS = 70.0
@@ -65,24 +63,22 @@ def leave_one_out(records: list[dict], device) -> list[dict]:
     return rows
 
 
-def probe_host(threads: int, repeats: int = PROBE_REPEATS, progress=print,
-               models: list[CalibrationModel] | None = None) -> dict:
+def probe_host(threads: int, repeats: int = PROBE_REPEATS, progress=print) -> dict:
     """Measure the probe's decoders, fit onnxruntime's host-cpu unit on them, measure the fit's leave-one-out error,
     and store the fit in the host-cpu cache. Returns the fit, the left-out rows and the seconds it took."""
     started = time.perf_counter()
-    models = models or probe_set()
+    models = probe_set()
     progress(f"probing this CPU for host-cpu's onnxruntime fit: {len(models)} small decoders, about a minute, once "
              f"per machine, thread count and effconv version")
     records = measure_set(models, threads, repeats, backends=(PROBE_BACKEND,), progress=progress)
     device = load_device(HOST, threads=threads, calibrated=False).for_backend(PROBE_BACKEND)
     fitted = fit_runtime(records, device, None)
-    left_out = leave_one_out(records, device) if len(models) > 1 else []
+    left_out = leave_one_out(records, device)
     summary = summarize(left_out)
     seconds = time.perf_counter() - started
     fit = {
         **fitted,
-        # Like calibrate's band (its held-out p90 + 5 points); one model cannot be left out: the uncalibrated x5 band
-        "model_uncertainty": round(summary["p90_abs"] + 0.05, 2) if summary["n"] else 4.0,
+        "model_uncertainty": round(summary["p90_abs"] + 0.05, 2),  # as calibrate's band: its held-out p90 + 5 points
         "validation": _validation(summary, len(records), len(models), threads, repeats, seconds),
         "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "threads": threads,
@@ -104,11 +100,8 @@ def quick_calibrate(threads: int | None = None, repeats: int = PROBE_REPEATS, re
 
 
 def _validation(summary: dict, artifacts: int, decoders: int, threads: int, repeats: int, seconds: float) -> str:
-    if not summary["n"]:
-        return (f"onnxruntime: probed on {artifacts} artifacts of one model, which leaves none out to measure the error "
-                f"with: band x0.2 to x5. Run `effconv calibrate` for a measured band.")
     p90 = "max" if summary["p90_is_max"] else "p90"
-    return (f"onnxruntime: fitted by the host probe ({artifacts} artifacts of {decoders} small decoders, "
-            f"{seconds:.0f} s, {threads} thread{'s' * (threads != 1)}, medians of {repeats} runs); each decoder left out in turn: median "
+    return (f"onnxruntime: fitted by the host probe ({artifacts} artifacts of {decoders} small decoders, {seconds:.0f} s, "
+            f"{threads} thread{'s' * (threads != 1)}, medians of {repeats} runs); each decoder left out in turn: median "
             f"{summary['median_abs']:.0%}, {p90} {summary['p90_abs']:.0%} error. `effconv calibrate` fits 28 decoders "
             f"and LiteRT's unit too.")
