@@ -196,3 +196,20 @@ def test_conversions_fall_back_to_this_process_when_workers_cannot_run(monkeypat
     assert [[path.relative_to(tmp_path).parts[:2] for _, _, path, _ in artifacts] for artifacts in made] == [
         [(measure_set.IN_PROCESS, "ltx-tiny")], [(measure_set.IN_PROCESS, "mochi-tiny")]]
     assert all(path.is_file() for artifacts in made for _, _, path, _ in artifacts)
+
+
+def test_a_model_that_cannot_be_converted_stops_the_models_not_yet_started(tmp_path):
+    """Without the stop, one bad model of calibrate's 28 would surface only after every other had been converted."""
+    from effconv.profile.fit import measure_set
+    from effconv.profile.fit.model_set import CalibrationModel
+
+    cheap = ("ltx-tiny", "mochi-tiny", "ltx-tiny-48x80", "mochi-tiny-48x80", "ltx-small", "mochi-small", "hunyuan-tiny",
+             "cogvideox-tiny")
+    models = [CalibrationModel("no-such-family", False, "no-such-family", (9, 32, 48))]
+    models += [m for m in calibration_set() if m.name in cheap]
+    with pytest.raises(KeyError, match="no-such-family"):
+        measure_set.convert_all(models, tmp_path, ("onnx",), False, lambda _: None)
+    started = {path.name for path in tmp_path.iterdir()}
+    # Started at most: the bad model, the other worker's, and the calls already queued to the workers (2 + 1), which
+    # cannot be taken back; without the stop, all of them
+    assert len(started) <= len(models) - 2, started

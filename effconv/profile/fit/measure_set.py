@@ -79,9 +79,13 @@ def convert_all(models: list[CalibrationModel], directory: Path, backends: tuple
     try:
         with ProcessPoolExecutor(workers, mp_context=context, initializer=follow_cli, initargs=(cli_setting(),)) as pool:
             futures = [pool.submit(_convert_one, entry, directory, backends, int8, 1) for entry in models]
-            for future in as_completed(futures):
-                for line in future.result()[1]:
-                    progress(line)
+            try:
+                for future in as_completed(futures):
+                    for line in future.result()[1]:
+                        progress(line)
+            except BaseException:  # a model that cannot be converted (or Ctrl-C) stops the models not yet started
+                pool.shutdown(cancel_futures=True)
+                raise
             return [future.result()[0] for future in futures]
     except BrokenProcessPool as exc:
         progress(f"cannot convert in worker processes ({exception_text(exc)}); converting one model at a time")
