@@ -97,6 +97,20 @@ def test_a_pad_in_front_of_a_conv_is_its_halo_read_in_xnnpack_and_a_copy_in_core
     assert copied["p"].node.bytes > 0 and copied["p"].node.dispatched
 
 
+def test_a_concat_of_kernel_outputs_is_written_in_place_on_the_htp_and_copied_in_xnnpack():
+    """The convolutions write into the slices of the Concat's output on the HTP: the Concat launches nothing and moves
+    no bytes, while its readers still read its output. A Concat of a graph input has no producer to write in place."""
+    concat = [_conv("x", "a"), _conv("x", "b", weight="w2"), helper.make_node("Concat", ["a", "b"], ["y"], axis=1, name="y")]
+    cost = graph_cost(_graph(concat))
+    in_place = _by_name(estimate_cost(cost, _device({"onnx": "qnn-htp"}, lint="qnn")))
+    assert in_place["y"].ms == 0 and in_place["y"].node.bytes == 0 and not in_place["y"].node.dispatched
+    assert in_place["a"].node.output_bytes == 8 * 16 * 16 * 4  # the producers still write their slice
+    copied = _by_name(estimate_cost(cost, _device({"onnx": "xnnpack"})))
+    assert copied["y"].node.bytes == 2 * 2 * 8 * 16 * 16 * 4 and copied["y"].node.dispatched
+    of_input = [_conv("x", "a"), helper.make_node("Concat", ["x", "a"], ["y"], axis=1, name="y")]
+    assert _by_name(estimate_cost(graph_cost(_graph(of_input)), _device({"onnx": "qnn-htp"}, lint="qnn")))["y"].ms > 0
+
+
 def test_an_op_never_joins_a_kernel_that_would_wait_on_it():
     """`y = a + b` where b comes from a conv that reads a: fusing the add into a's kernel would make that kernel
     wait for b, which waits for a. It stays a kernel of its own (or joins b's)."""

@@ -10,9 +10,12 @@ device profile's unit names the rules its runtime applies per backend (`ComputeU
   halo read, not a copy: it moves no bytes of its own (the convolution reads the padded extent).
 - `free`: view kinds that are no kernel at all in this runtime (quantize/dequantize pairs that become an int8
   kernel's tensor parameters): no dispatch.
+- `in_place`: ops whose inputs their producers write straight into the op's output (a concatenation whose inputs
+  are slices of its output buffer): no kernel and no bytes of its own.
 
-Only what a runtime's public source shows is a rule: what its compiler may fuse beyond that is not assumed (the
-rules files say what is not public).
+Only what a runtime's public source shows is a rule, or what public on-device measurements show where the compiler is
+closed (the rule's source says so and names them): what a compiler may fuse beyond that is not assumed (the rules
+files say what is not public).
 """
 
 from __future__ import annotations
@@ -66,12 +69,18 @@ class FreeViews(StrictModel):
     source: str = Field(min_length=3)
 
 
+class InPlace(StrictModel):
+    kinds: list[str] = Field(min_length=1, description="ops whose producers write into their output (Concat)")
+    source: str = Field(min_length=3)
+
+
 class FusionRules(StrictModel):
     name: str
     runtime: str = Field(description="the runtime and compiler these rules describe, with its version where it matters")
     epilogues: list[Epilogue] = Field(default_factory=list)
     halo: Halo | None = None
     free: FreeViews | None = None
+    in_place: InPlace | None = None
     not_fused: str = Field(min_length=3, description="what this runtime is known not to fuse, and what is not public")
 
 

@@ -3,7 +3,8 @@ by the fusion rules of the unit each op runs on (effconv.profile.device.fusion_r
 
 A tensor whose producer and every reader are in one kernel never goes to DRAM: it is "on chip", and neither its
 writer nor its readers pay for it; a kernel reads each outside tensor once. An op that joins a kernel keeps its FLOPs
-and pays no dispatch; a halo padding op moves no bytes of its own; a free view is no kernel at all.
+and pays no dispatch; a halo padding op moves no bytes of its own; a free view is no kernel at all, nor is an in-place
+op (its producers wrote its output).
 
 An op joins a kernel only on the same compute unit, and only when each of its other inputs exists before the kernel
 starts (so the fused kernel never waits on work that waits on it).
@@ -76,6 +77,20 @@ def _halo_targets(nodes: list[NodeCost], graph: _Graph, units: list[str], rules_
     return target
 
 
+def _in_place(nodes: list[NodeCost], graph: _Graph, units: list[str], rules_by_unit: dict[str, FusionRules]) -> set[int]:
+    """Ops an `in_place` rule covers whose every data input an op on the same unit produced (a graph input was
+    written by no kernel that could have put it in place)."""
+    result = set()
+    for index, node in enumerate(nodes):
+        rules = rules_by_unit.get(units[index])
+        if rules is None or rules.in_place is None or node.kind not in rules.in_place.kinds:
+            continue
+        producers = [graph.producer.get(name) for name in graph.data_inputs(node)]
+        if producers and all(producer is not None and units[producer] == units[index] for producer in producers):
+            result.add(index)
+    return result
+
+
 def _join(index: int, nodes: list[NodeCost], graph: _Graph, root_of: dict[int, int], last_of: dict[int, int],
           units: list[str], rules: FusionRules) -> int | None:
     """The root of the kernel node `index` joins, or None: the latest producer's kernel a rule lets it join, when
@@ -105,8 +120,9 @@ def fuse(cost: GraphCost, units: list[str], rules_by_unit: dict[str, FusionRules
     root_of: dict[int, int] = {}  # compute node -> the first node of its kernel
     last_of: dict[int, int] = {}  # kernel root -> its last node
     halo_of = _halo_targets(nodes, graph, units, rules_by_unit)
+    in_place = _in_place(nodes, graph, units, rules_by_unit)
     for index, node in enumerate(nodes):
-        if node.category == "view" or index in halo_of:
+        if node.category == "view" or index in halo_of or index in in_place:
             continue
         rules = rules_by_unit.get(units[index])
         joined = _join(index, nodes, graph, root_of, last_of, units, rules) if rules else None
@@ -124,9 +140,9 @@ def fuse(cost: GraphCost, units: list[str], rules_by_unit: dict[str, FusionRules
     read_by_kernel: dict[int, set[str]] = {}  # kernel root -> outside tensors it already read (once per kernel)
     for index, node in enumerate(nodes):
         rules = rules_by_unit.get(units[index])
-        if index in halo_of:
+        if index in halo_of or index in in_place:
             chip = frozenset(t.name for t in (*node.reads, *node.writes))
-            fused_nodes.append(dataclasses.replace(node, kernel=kernel_of[index], on_chip=chip))
+            fused_nodes.append(dataclasses.replace(node, kernel=kernel_of.get(index, ""), on_chip=chip))
         elif node.category == "view":
             free = rules is not None and rules.free is not None and node.kind in rules.free.kinds
             fused_nodes.append(dataclasses.replace(node, kernel="" if free else None))
