@@ -111,6 +111,17 @@ def test_a_concat_of_kernel_outputs_is_written_in_place_on_the_htp_and_copied_in
     assert _by_name(estimate_cost(graph_cost(_graph(of_input)), _device({"onnx": "qnn-htp"}, lint="qnn")))["y"].ms > 0
 
 
+def test_profile_counts_the_concats_written_in_place(tmp_path):
+    from effconv.profile.run import run as profile
+
+    concat = [_conv("x", "a"), _conv("x", "b", weight="w2"), helper.make_node("Concat", ["a", "b"], ["y"], axis=1, name="y")]
+    onnx.save(_graph(concat), tmp_path / "concat.onnx")
+    result = profile(tmp_path / "concat.onnx", "galaxy-s24")
+    fusion = result.to_dict()["fusion"]
+    assert fusion["in_place_ops"] == 1 and fusion["kernels"] == 2
+    assert result.estimate.total_ms < fusion["unfused_ms"]
+
+
 def test_an_op_never_joins_a_kernel_that_would_wait_on_it():
     """`y = a + b` where b comes from a conv that reads a: fusing the add into a's kernel would make that kernel
     wait for b, which waits for a. It stays a kernel of its own (or joins b's)."""

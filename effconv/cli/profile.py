@@ -120,8 +120,9 @@ def _render_profile(result, top: int) -> None:
     if fusion["rules"]:
         rules = ", ".join(f"{unit}: {name}" for unit, name in fusion["rules"].items())
         out.print(f"fusion ({rules}; effconv/device_profiles/fusion/): {fusion['ops']} ops run as {fusion['kernels']} "
-                  f"kernels, {fusion['fused_ops']} of them fused into another op's kernel; every op its own kernel, "
-                  f"the estimate would be {fusion['unfused_ms']:.3g} ms")
+                  f"kernels, {fusion['fused_ops']} of them fused into another op's kernel"
+                  + (f", {fusion['in_place_ops']} written in place by their producers" if fusion["in_place_ops"] else "")
+                  + f"; every op its own kernel, the estimate would be {fusion['unfused_ms']:.3g} ms")
     if len(data["by_unit_ms"]) > 1:
         out.print(f"by compute unit (ms): {', '.join(f'{k} {v:.1f}' for k, v in data['by_unit_ms'].items())}")
     if data["fallbacks"]:

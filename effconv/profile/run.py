@@ -92,6 +92,7 @@ class ProfileResult:
         kernels = [kernel for kernel in kernels if kernel.root.node.category != "view"]
         summary = {"rules": est.fusion, "ops": sum(op.node.category != "view" for op in est.ops), "kernels": len(kernels),
                    "fused_ops": sum(len(kernel.fused) for kernel in kernels),
+                   "in_place_ops": sum(op.node.category != "view" and op.node.kernel == "" for op in est.ops),
                    "views_dispatched": sum(op.node.category == "view" and op.node.dispatched for op in est.ops)}
         if self.unfused is not None:
             summary |= {"unfused_ms": self.unfused.total_ms, "unfused_by_category_ms": self.unfused.by("category")}
