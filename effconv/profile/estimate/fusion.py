@@ -142,7 +142,8 @@ def fuse(cost: GraphCost, units: list[str], rules_by_unit: dict[str, FusionRules
         rules = rules_by_unit.get(units[index])
         if index in halo_of or index in in_place:
             chip = frozenset(t.name for t in (*node.reads, *node.writes))
-            fused_nodes.append(dataclasses.replace(node, kernel=kernel_of.get(index, ""), on_chip=chip))
+            kernel = kernel_of[index] if index in halo_of else ""  # an in-place op is no kernel: its producers wrote it
+            fused_nodes.append(dataclasses.replace(node, kernel=kernel, on_chip=chip))
         elif node.category == "view":
             free = rules is not None and rules.free is not None and node.kind in rules.free.kinds
             fused_nodes.append(dataclasses.replace(node, kernel="" if free else None))
