@@ -227,9 +227,7 @@ def group_rows(group: Group, rows: list[dict], work: Path, skipped: Counter) -> 
             print(f"{group.name}: costing {row['model_id']} {row['input_shape']}", flush=True)
             costs[key] = _costs(group.artifact, row["model_id"], tuple(int(d) for d in row["input_shape"].split("x")), work)
         cost = costs[key][precision]
-        compute = [node for node in cost.nodes if node.category in (*COMPUTE, "conv_dw")]
-        signature = (len(compute), sum(node.flops for node in compute))  # a network's convolutions and matrix products
-        merged[(signature, row["device"], row["runtime"], row["precision"])].append(row | {"cost": cost})
+        merged[(cost.network_signature, row["device"], row["runtime"], row["precision"])].append(row | {"cost": cost})
     result = []
     for same in merged.values():
         result.append(same[0] | {"latency_ms": statistics.median(float(row["latency_ms"]) for row in same),
@@ -353,11 +351,12 @@ def summary(errors: list[float], band: dict | None = None) -> dict:
     """Error statistics (error = estimate / measured - 1) and the band they give, or the share inside `band` (another
     summary's): a measurement lies within [estimate / (1 + high), estimate / (1 + low)] when its error lies within
     [low, high]."""
+    from effconv.profile.fit.calibrate import abs_error_summary
+
     errors = np.array(errors)
     low, high = ((band["band_error_low"], band["band_error_high"]) if band
                  else (float(np.percentile(errors, q)) for q in BAND_PERCENTILES))
-    return {"n": len(errors), "median_abs": float(np.median(np.abs(errors))), "p90_abs": float(np.percentile(np.abs(errors), 90)),
-            "max_abs": float(np.max(np.abs(errors))), "band_error_low": low, "band_error_high": high,
+    return {**abs_error_summary(errors.tolist()), "band_error_low": low, "band_error_high": high,
             "inside_band": float(np.mean((errors >= low) & (errors <= high)))}
 
 

@@ -31,10 +31,10 @@ TARGET_MEDIAN, TARGET_P90, TARGET_SECONDS = 0.15, 0.35, 90
 
 
 def distinct(records: list[dict]) -> list[dict]:
-    """The records of distinct networks: one per cost (node count, FLOPs) and dtype, the first kept."""
+    """The records of distinct networks: one per network signature and dtype, the first kept."""
     seen, kept = set(), []
     for record in records:
-        key = (len(record["cost"].nodes), sum(node.flops for node in record["cost"].nodes), record["dtype"])
+        key = (record["cost"].network_signature, record["dtype"])
         if key not in seen:
             seen.add(key)
             kept.append(record)

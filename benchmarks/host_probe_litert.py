@@ -27,6 +27,7 @@ from host_probe import TARGET_MEDIAN, TARGET_P90, arguments, host, inside_band, 
 
 RESULTS = Path(__file__).resolve().parent / "results" / "host_probe_litert.json"
 BACKEND = "tflite"
+SUMMARIES = {"summary": None, "summary_fp32": "fp32", "summary_int8": "int8"}  # JSON key -> the dtype it covers (None: all)
 
 
 def scaled(fit: dict, factor: float) -> dict:
@@ -54,10 +55,9 @@ def main() -> int:
     judged = {}
     for name, records in sets.items():
         rows = {fit_name: errors(records, device) for fit_name, device in fits.items()}
-        judged[name] = {"summary": {fit_name: summarize(found) for fit_name, found in rows.items()},
-                        "summary_fp32": {fit_name: summarize([r for r in found if r["dtype"] == "fp32"]) for fit_name, found in rows.items()},
-                        "summary_int8": {fit_name: summarize([r for r in found if r["dtype"] == "int8"]) for fit_name, found in rows.items()},
-                        "inside_band_uncalibrated": inside_band(records, litert), "rows": rows}
+        judged[name] = {key: {fit_name: summarize([r for r in found if dtype in (None, r["dtype"])]) for fit_name, found in rows.items()}
+                        for key, dtype in SUMMARIES.items()}
+        judged[name] |= {"inside_band_uncalibrated": inside_band(records, litert), "rows": rows}
     result = {
         "probe_seconds": round(probe["seconds"], 1),
         "probe_fit": probe["fit"],
@@ -70,7 +70,7 @@ def main() -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
-    print(json.dumps({name: {key: found[key] for key in ("summary", "summary_fp32", "summary_int8")} for name, found in judged.items()},
+    print(json.dumps({name: {key: found[key] for key in SUMMARIES} for name, found in judged.items()},
                      indent=1, default=float))
     return 0
 

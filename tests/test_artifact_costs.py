@@ -200,6 +200,10 @@ def test_static_qdq_onnx_computes_its_convs_in_int8(student, tmp_path):
     ops = estimate_cost(cost, load_device("galaxy-s24")).ops
     assert {op.dtype for op in ops if op.node.op_type == "Conv"} == {"int8"}
     assert "int8" not in {op.dtype for op in ops if op.node in others}
+    # one network however quantized: the benchmarks count it once by its convolutions, not by its node count
+    fp32 = graph_cost(load_graph(student["onnx"]))
+    assert len(cost.nodes) > len(fp32.nodes)
+    assert cost.network_signature == fp32.network_signature == (len(convs), sum(n.flops for n in convs))
 
 
 class _TinyDecoderBlock(torch.nn.Module):

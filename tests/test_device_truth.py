@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 
 import numpy as np
 import pytest
@@ -122,6 +123,8 @@ def test_held_out_errors_and_band_agree_with_the_rows(group):
                            if row["group"] == group and row["apart"] == reason])
         assert len(errors) == summary["n"]
         assert np.median(np.abs(errors)) == pytest.approx(summary["median_abs"])
+        ranked = np.sort(np.abs(errors))
+        assert ranked[math.ceil(0.9 * len(ranked)) - 1] == pytest.approx(summary["p90_abs"])  # nearest rank, as the host's
         inside = (errors >= held_out["band_error_low"]) & (errors <= held_out["band_error_high"])
         assert inside.mean() == pytest.approx(summary["inside_band"])
 

@@ -36,8 +36,13 @@ def errors(records: list[dict], device: DeviceProfile) -> list[dict]:
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Median and 90th percentile of |error| (nearest rank); with fewer than 10 rows the p90 is the max, and says so."""
-    errors = sorted(abs(row["rel_error"]) for row in rows)
+    """abs_error_summary of the rows' relative errors."""
+    return abs_error_summary([row["rel_error"] for row in rows])
+
+
+def abs_error_summary(signed_errors: list[float]) -> dict:
+    """Median and 90th percentile of |error| (nearest rank); with fewer than 10 errors the p90 is the max, and says so."""
+    errors = sorted(abs(error) for error in signed_errors)
     if not errors:
         return {"n": 0}
     p90_index = min(len(errors) - 1, max(0, math.ceil(0.9 * len(errors)) - 1))

@@ -256,6 +256,14 @@ class GraphCost:
         return sum(node.bytes for node in self.nodes)
 
     @property
+    def network_signature(self) -> tuple[int, int]:
+        """The count and total FLOPs of the convolutions and matrix products: equal for one network under two names
+        (two model ids of one architecture, two family students with the same layers), whatever elementwise ops an
+        exporter adds or folds; what benchmarks use to count a network once."""
+        layers = [node for node in self.nodes if node.category in (*CONV_CATEGORIES, "matmul")]
+        return len(layers), sum(node.flops for node in layers)
+
+    @property
     def weight_bytes(self) -> int:
         """Each weight once, at the size its first (non-view) reader counts it."""
         sizes: dict[str, int] = {}
