@@ -112,8 +112,10 @@ class Group:
 # Bandwidths: 200 GB/s to 3.2 TB/s in steps of 2^(1/4)
 BANDWIDTHS = tuple(round(200.0 * 2 ** (step / 4)) for step in range(17))
 ANE_GRID = tuple((mb, gbps) for mb in (1.0, 2.0, 4.0, 8.0, 16.0, 32.0) for gbps in BANDWIDTHS)
-# The HTP's VTCM: 8 MB on these three Hexagon generations (ExecuTorch qc_schema.py), so 1 to 8 MB
-HTP_GRID = (None, *((mb, gbps) for mb in (1.0, 2.0, 4.0, 8.0) for gbps in BANDWIDTHS))
+# The HTP's VTCM is 8 MB on these three Hexagon generations (ExecuTorch qc_schema.py): its size is that, not fitted (a
+# free size let a fold without the one network of wide intermediates, SESR, shrink it to 2 MB); its bandwidth is fitted
+HTP_VTCM_MB = 8.0
+HTP_GRID = tuple((HTP_VTCM_MB, gbps) for gbps in BANDWIDTHS)
 GUESSED_ANE = {"efficiency": {"conv": 0.5, "conv_pw": 0.4, "conv_dw": 0.1, "matmul": 0.5, "norm": 0.3, "elementwise": 0.5,
                               "reduce": 0.3, "resize": 0.3, "layout": 0.3},
                "op_overhead_us": 5.0, "run_overhead_ms": 1.0}
@@ -427,8 +429,10 @@ def run_group(group: Group, rows: list[dict], devices: dict) -> dict:
 
 
 RUNTIME_BACKENDS = {"coreml": "coreml", "tflite": "tflite", "onnx": "onnx"}  # QNN's own runtime is no effconv backend
-ON_CHIP_SOURCES = {"ane": "reverse engineering puts the M1 Neural Engine's L2 at 4 MB (tinygrad extra/accel/ane)",
-                   "htp": "the HTP's VTCM: 8 MB on SM8550, SM8650 and SM8750 (ExecuTorch backends/qualcomm/serialization/qc_schema.py, HtpInfo)"}
+# What the on-chip buffer's size rests on ({fitted}: the fit's source): the ANE's is fitted, the HTP's is its VTCM
+ON_CHIP_MB_SOURCES = {"ane": "{fitted}; reverse engineering puts the M1 Neural Engine's L2 at 4 MB (tinygrad extra/accel/ane)",
+                      "htp": "the HTP's VTCM: 8 MB on SM8550, SM8650 and SM8750 (ExecuTorch backends/qualcomm/serialization/"
+                             "qc_schema.py, HtpInfo); not fitted"}
 
 
 def unit_lines(group: Group, result: dict, results: str) -> dict[str, str | None]:
@@ -446,7 +450,7 @@ def unit_lines(group: Group, result: dict, results: str) -> dict[str, str | None
         "    efficiency:": f"    efficiency: {table('')}  # {source}",
         "    int8_efficiency:": f"    int8_efficiency: {table('int8_')}  # {source}" if group.int8_apart else None,
         "    run_overhead_ms:": "    run_overhead_ms: {" + ", ".join(f"{k}: {v:g}" for k, v in overheads.items()) + f"}}  # {source}",
-        "    on_chip:": (f"    on_chip: {{mb: {{value: {point[0]:g}, source: \"{source}; {ON_CHIP_SOURCES[group.unit]}\", uncertainty: "
+        "    on_chip:": (f"    on_chip: {{mb: {{value: {point[0]:g}, source: \"{ON_CHIP_MB_SOURCES[group.unit].format(fitted=source)}\", uncertainty: "
                         f"1.0}}, bandwidth_gbps: {{value: {point[1]:g}, source: \"{source}\", uncertainty: 1.0}}}}") if point else None,
         "    held_out_band:": (f"    held_out_band: {{error_low: {held_out['band_error_low']:.3f}, error_high: "
                               f"{held_out['band_error_high']:.3f}, rows: {held_out['n']}, source: \"{results}: families left "
