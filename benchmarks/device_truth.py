@@ -5,7 +5,8 @@ architecture families and report the error on the others.
 Truth rows: benchmarks/device_truth/*.csv (one row per published measurement, with its source URL and commit; see the
 folder's README). Networks: benchmarks/device_truth/architectures.py (written from their papers and public reference
 code; weights do not change latency). Rows whose network is not rebuilt there are counted and left out.
-- Apple (coremltools guide, Core ML on the Neural Engine): fp16 `.mlpackage` from `effconv.backends.coreml.export`,
+- Apple (coremltools guide, and Apple's MobileOne repository measured with its ModelBench app; Core ML on the Neural
+  Engine): fp16 `.mlpackage` from `effconv.backends.coreml.export`,
   W8A16 by effconv's weight quantizer (coremltools linear_quantize_weights), W8A8 by effconv's pt2e path (int8
   activations at conv/linear/add inputs and outputs).
 - Qualcomm AI Hub (Snapdragon HTP through QNN, onnxruntime's QNN execution provider or LiteRT's QNN delegate): the
@@ -17,8 +18,8 @@ code; weights do not change latency). Rows whose network is not rebuilt there ar
   not publish) are left out.
 Calibration data for the int8 models is random images: the scales do not change a program's structure or its cost.
 
-Fit, per NPU (`Group`): the Apple Neural Engine's figures are shared by iphone14pro, iphone15pro and iphone16pro (one
-ANE design, three chips whose peaks and bandwidths the profiles give); each Snapdragon's HTP is fitted on its own SoC's
+Fit, per NPU (`Group`): the Apple Neural Engine's figures are shared by iphone12pro, iphone14pro, iphone15pro and
+iphone16pro (one ANE design, four chips whose peaks and bandwidths the profiles give); each Snapdragon's HTP is fitted on its own SoC's
 rows. The estimate is linear in the inverse efficiencies and overheads once the on-chip activation buffer is fixed
 (`terms`): convolutions and matrix products at one share of peak, every other category at another (int8 ops apart on
 the HTP, whose int8 and fp16 rates are both measured), the dispatch cost per kernel and the fixed cost per call of each
@@ -59,7 +60,7 @@ ROOT = Path(__file__).resolve().parent
 TRUTH = ROOT / "device_truth"
 RESULTS = ROOT / "results" / "device_truth.json"
 # The profile of each measuring phone: the Galaxy S25's "8 Elite for Galaxy" is the up-clocked bin of the 8 Elite
-PHONE_PROFILES = {"iPhone 14 Pro": "iphone14pro", "iPhone 15 Pro": "iphone15pro", "Samsung Galaxy S23": "galaxy-s23",
+PHONE_PROFILES = {"iPhone 12 Pro": "iphone12pro", "iPhone 14 Pro": "iphone14pro", "iPhone 15 Pro": "iphone15pro", "Samsung Galaxy S23": "galaxy-s23",
                   "Samsung Galaxy S24": "galaxy-s24", "Samsung Galaxy S25": "sd8-elite", "Snapdragon 8 Elite QRD": "sd8-elite"}
 # A truth row's precision -> the artifact costed for it (None: not costed, and why)
 PRECISIONS = {"coreml": {"fp16": "fp16", "w8a16": "w8a16", "w8a8": "w8a8"},
@@ -91,10 +92,16 @@ class Group:
     int8_apart: bool  # int8 ops get efficiencies of their own
     on_chip_grid: tuple[tuple[float, float] | None, ...]  # (MB, GB/s) of the on-chip buffer tried; None: no buffer
     guessed: dict  # the figures the profiles carried before any fit: the "before" column
+    call_cost_by: tuple[str, ...]  # the row fields whose every combination gets a per-call cost of its own
+    call_cost_device: dict[str, str]  # profile -> the phone whose per-call costs it carries
 
     @property
     def runtimes(self) -> tuple[str, ...]:
         return tuple(self.backends)
+
+    def call_key(self, row: dict) -> str:
+        """Which per-call cost a row pays: its values of `call_cost_by`."""
+        return " / ".join(row[field] for field in self.call_cost_by)
 
     @property
     def inverse_columns(self) -> tuple[str, ...]:
@@ -122,12 +129,21 @@ GUESSED_ANE = {"efficiency": {"conv": 0.5, "conv_pw": 0.4, "conv_dw": 0.1, "matm
 GUESSED_HTP = {"efficiency": {"conv": 0.4, "conv_pw": 0.4, "conv_dw": 0.1, "matmul": 0.5, "norm": 0.3, "elementwise": 0.4,
                               "reduce": 0.3, "resize": 0.3, "layout": 0.3},
                "op_overhead_us": 5.0, "run_overhead_ms": 1.0}
+# Per-call cost: a phone's, per runtime, for a call's cost is its runtime's and its toolchain's: the Apple rows come
+# from two harnesses on phones three years apart (the coremltools guide's on the iPhone 14 Pro and 15 Pro, ModelBench
+# on the iPhone 12 Pro), the 8 Elite's from two AI Hub releases (the Galaxy S25's QAIRT 2.42, the QRD's 2.37). A
+# profile carries its phone's (the iPhone 16 Pro, without rows, the iPhone 15 Pro's; the 8 Elite the Galaxy S25's,
+# AI Hub's current toolchain on a retail phone)
+APPLE_CALL_COSTS = {"iphone12pro": "iPhone 12 Pro", "iphone14pro": "iPhone 14 Pro", "iphone15pro": "iPhone 15 Pro",
+                    "iphone16pro": "iPhone 15 Pro"}
+HTP_CALL_COSTS = {"galaxy-s23": "Samsung Galaxy S23", "galaxy-s24": "Samsung Galaxy S24", "sd8-elite": "Samsung Galaxy S25"}
 GROUPS = (
-    Group("apple_ane", "ane", "coreml", {"coreml": "coreml"}, ("iphone14pro", "iphone15pro"),
-          ("iphone14pro", "iphone15pro", "iphone16pro"), False, ANE_GRID, GUESSED_ANE),
+    Group("apple_ane", "ane", "coreml", {"coreml": "coreml"}, ("iphone12pro", "iphone14pro", "iphone15pro"),
+          ("iphone12pro", "iphone14pro", "iphone15pro", "iphone16pro"), False, ANE_GRID, GUESSED_ANE, ("device",),
+          APPLE_CALL_COSTS),
     *(Group(profile, "htp", "onnx", {"tflite": "tflite", "qnn": "onnx", "onnx": "onnx"}, (profile,), (profile,), True, HTP_GRID,
-            GUESSED_HTP)
-      for profile in ("galaxy-s23", "galaxy-s24", "sd8-elite")),
+            GUESSED_HTP, ("runtime", "device"), {profile: device})
+      for profile, device in HTP_CALL_COSTS.items()),
 )
 
 
@@ -271,30 +287,31 @@ def terms(cost, device, group: Group, point) -> dict[str, float]:
     return result
 
 
-def design_matrix(rows: list[dict], group: Group, point) -> tuple[np.ndarray, np.ndarray]:
-    """(rows x columns of `terms`, each row's fixed ms); a row's estimate is matrix @ parameters + fixed."""
+def design_matrix(rows: list[dict], group: Group, point, calls: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows x columns of `terms` and of the per-call costs `calls`, each row's fixed ms); a row's estimate is
+    matrix @ parameters + fixed."""
     matrix, fixed = [], []
     for row in rows:
         split = row["terms"][point]
         matrix.append([split.get(column, 0.0) for column in (*group.inverse_columns, "kernel")]
-                      + [float(row["runtime"] == runtime) for runtime in group.runtimes])
+                      + [float(group.call_key(row) == call) for call in calls])
         fixed.append(split.get("fixed", 0.0))
     return np.array(matrix), np.array(fixed)
 
 
-def fit(rows: list[dict], group: Group) -> dict:
+def fit(rows: list[dict], group: Group, calls: list[str]) -> dict:
     """The group's figures minimising the squared log error over `rows` within physical bounds, at the best point of
-    its on-chip grid."""
+    its on-chip grid, with a per-call cost for each of `calls` (one the rows do not pay stays at its start)."""
     from scipy.optimize import least_squares
 
     measured = np.log([row["latency_ms"] for row in rows])
     inverse = len(group.inverse_columns)
-    lower = [1.0] * inverse + [0.0] * (1 + len(group.runtimes))
-    upper = [MAX_INVERSE_EFFICIENCY] * inverse + [MAX_KERNEL_MS] + [MAX_RUN_MS] * len(group.runtimes)
-    start = [2.0] * inverse + [0.005] + [0.1] * len(group.runtimes)
+    lower = [1.0] * inverse + [0.0] * (1 + len(calls))
+    upper = [MAX_INVERSE_EFFICIENCY] * inverse + [MAX_KERNEL_MS] + [MAX_RUN_MS] * len(calls)
+    start = [2.0] * inverse + [0.005] + [0.1] * len(calls)
     best = None
     for point in group.on_chip_grid:
-        matrix, fixed = design_matrix(rows, group, point)
+        matrix, fixed = design_matrix(rows, group, point, calls)
         solution = least_squares(lambda x: np.log(matrix @ x + fixed) - measured, start, bounds=(lower, upper),
                                  loss="soft_l1", f_scale=ROBUST_SCALE)
         if best is None or solution.cost < best[0]:
@@ -302,7 +319,7 @@ def fit(rows: list[dict], group: Group) -> dict:
     _, point, x = best
     result = {_efficiency_key(name): 1 / float(value) for name, value in zip(group.inverse_columns, x)}
     result |= {"op_overhead_us": float(x[inverse]) * 1000,
-               "run_overhead_ms": {runtime: float(value) for runtime, value in zip(group.runtimes, x[inverse + 1:])},
+               "run_overhead_ms": {call: float(value) for call, value in zip(calls, x[inverse + 1:])},
                "on_chip_mb": point[0] if point else 0.0, "on_chip_bandwidth_gbps": point[1] if point else 0.0}
     return result
 
@@ -313,9 +330,10 @@ def _point(fitted: dict) -> tuple[float, float] | None:
 
 def predicted_ms(row: dict, group: Group, fitted: dict) -> float:
     """The row's estimate with the group's fitted figures, by the same linear form the fit minimised."""
-    matrix, fixed = design_matrix([row], group, _point(fitted))
+    calls = list(fitted["run_overhead_ms"])
+    matrix, fixed = design_matrix([row], group, _point(fitted), calls)
     parameters = [1 / fitted[_efficiency_key(name)] for name in group.inverse_columns]
-    parameters += [fitted["op_overhead_us"] / 1000, *(fitted["run_overhead_ms"][runtime] for runtime in group.runtimes)]
+    parameters += [fitted["op_overhead_us"] / 1000, *fitted["run_overhead_ms"].values()]
     return float(matrix[0] @ np.array(parameters) + fixed[0])
 
 
@@ -332,12 +350,12 @@ def fitted_efficiency(fitted: dict, prefix: str = "") -> dict[str, float]:
             for category in CATEGORIES if category != "view"}
 
 
-def fitted_device(device, group: Group, fitted: dict, runtime: str):
-    """`device` with the group's fitted figures on its unit and `runtime`'s per-call cost."""
+def fitted_device(device, group: Group, fitted: dict, row: dict):
+    """`device` with the group's fitted figures on its unit and the per-call cost `row` pays."""
     int8 = fitted_efficiency(fitted, "int8_") if group.int8_apart else {}
     device = unit_with(device, group.unit, {"efficiency": fitted_efficiency(fitted), "int8_efficiency": int8,
                                             "op_overhead_us": fitted["op_overhead_us"], "on_chip": on_chip(_point(fitted))})
-    return device.model_copy(update={"run_overhead_ms": fitted["run_overhead_ms"][runtime]})
+    return device.model_copy(update={"run_overhead_ms": fitted["run_overhead_ms"][group.call_key(row)]})
 
 
 def guessed_ms(row: dict, device, group: Group) -> float:
@@ -399,19 +417,20 @@ def run_group(group: Group, rows: list[dict], devices: dict) -> dict:
         row["apart"] = apart(row, group)
     on_npu = [row for row in rows if not row["apart"]]
     families = sorted({row["family"] for row in rows})
+    calls = sorted({group.call_key(row) for row in rows})
     folds = {}
     for family in families:
-        folds[family] = fit([row for row in on_npu if row["family"] != family], group)
+        folds[family] = fit([row for row in on_npu if row["family"] != family], group, calls)
         for row in rows:
             if row["family"] == family:
                 row["held_out_ms"] = predicted_ms(row, group, folds[family])
                 row["held_out_error"] = row["held_out_ms"] / row["latency_ms"] - 1
-    final = fit(on_npu, group)
+    final = fit(on_npu, group, calls)
     for row in rows:
         row["fitted_ms"] = predicted_ms(row, group, final)
     for row in rows:  # the linear form is the estimator's own arithmetic: the full estimate must agree with it
         device = devices[row["profile"]].for_backend(group.backends[row["runtime"]])
-        full = estimate_cost(row["cost"], fitted_device(device, group, final, row["runtime"])).total_ms
+        full = estimate_cost(row["cost"], fitted_device(device, group, final, row)).total_ms
         assert abs(full - row["fitted_ms"]) <= 1e-6 * full, (row["model_id"], full, row["fitted_ms"])
     held_out = summary([row["held_out_error"] for row in on_npu])
     reasons: dict[str, list[float]] = defaultdict(list)
@@ -425,7 +444,8 @@ def run_group(group: Group, rows: list[dict], devices: dict) -> dict:
             "held_out_every_row": summary([row["held_out_error"] for row in rows], held_out),
             "before_fit": summary([row["before_ms"] / row["latency_ms"] - 1 for row in on_npu]),
             "fitted_in_sample": summary([row["fitted_ms"] / row["latency_ms"] - 1 for row in on_npu]),
-            "families": families, "networks": sorted({row["model_id"] for row in rows}), "profiles": list(group.profiles)}
+            "families": families, "networks": sorted({row["model_id"] for row in rows}), "profiles": list(group.profiles),
+            "call_costs": {profile: call_costs(group, final, profile) for profile in group.profiles}}
 
 
 RUNTIME_BACKENDS = {"coreml": "coreml", "tflite": "tflite", "onnx": "onnx"}  # QNN's own runtime is no effconv backend
@@ -435,8 +455,16 @@ ON_CHIP_MB_SOURCES = {"ane": "{fitted}; reverse engineering puts the M1 Neural E
                              "qc_schema.py, HtpInfo); not fitted"}
 
 
-def unit_lines(group: Group, result: dict, results: str) -> dict[str, str | None]:
-    """The lines of a profile's fitted unit that hold the group's figures (None: the line goes)."""
+def call_costs(group: Group, fitted: dict, profile: str) -> dict[str, float]:
+    """A profile's fitted per-call cost per effconv backend: its phone's (`call_cost_device`) in each runtime (QNN's
+    own runtime is no effconv backend)."""
+    device = group.call_cost_device[profile]
+    return {RUNTIME_BACKENDS[runtime]: fitted["run_overhead_ms"][group.call_key({"runtime": runtime, "device": device})]
+            for runtime in group.runtimes if runtime in RUNTIME_BACKENDS}
+
+
+def unit_lines(group: Group, result: dict, results: str, profile: str) -> dict[str, str | None]:
+    """The lines of `profile`'s fitted unit that hold the group's figures (None: the line goes)."""
     fitted, held_out = result["fit"], result["held_out"]
     source = f"fitted: benchmarks/device_truth.py on {held_out['n']} public measurements ({results})"
 
@@ -444,7 +472,7 @@ def unit_lines(group: Group, result: dict, results: str) -> dict[str, str | None
         return "{" + ", ".join(f"{k}: {round(v, 3)}" for k, v in fitted_efficiency(fitted, prefix).items()) + "}"
 
     point = _point(fitted)
-    overheads = {RUNTIME_BACKENDS[runtime]: round(ms, 4) for runtime, ms in fitted["run_overhead_ms"].items() if runtime in RUNTIME_BACKENDS}
+    overheads = {backend: round(ms, 4) for backend, ms in call_costs(group, fitted, profile).items()}
     return {
         "    op_overhead_us:": f"    op_overhead_us: {round(fitted['op_overhead_us'], 3):g}  # {source}",
         "    efficiency:": f"    efficiency: {table('')}  # {source}",
@@ -472,7 +500,7 @@ def write_profiles(group: Group, result: dict, results: str) -> None:
     for name in group.profiles:
         path = Path(str(profiles_dir() / f"{name}.yaml"))
         text = path.read_text().splitlines()
-        for prefix, line in unit_lines(group, result, results).items():
+        for prefix, line in unit_lines(group, result, results, name).items():
             start, end = unit_block(text, group.unit)
             index = next((i for i in range(start, end) if text[i].startswith(prefix)), None)
             if index is not None and line is None:

@@ -195,7 +195,7 @@ def device_truth(data: dict) -> list[str]:
     return lines
 
 
-NPU_GROUPS = {"apple_ane": "Apple Neural Engine (iphone14pro, 15pro, 16pro)", "galaxy-s23": "Snapdragon 8 Gen 2 HTP (galaxy-s23)",
+NPU_GROUPS = {"apple_ane": "Apple Neural Engine (iphone12pro, 14pro, 15pro, 16pro)", "galaxy-s23": "Snapdragon 8 Gen 2 HTP (galaxy-s23)",
               "galaxy-s24": "Snapdragon 8 Gen 3 HTP (galaxy-s24)", "sd8-elite": "Snapdragon 8 Elite HTP (sd8-elite)"}
 
 

@@ -11,7 +11,7 @@ from effconv.errors import EffconvError
 from effconv.profile.device import host_cpu
 from effconv.profile.device.profiles import HOST, DeviceProfile, builtin_names, load_device, profiles_dir
 
-PHONES = ["iphone14pro", "iphone15pro", "iphone16pro", "pixel9", "galaxy-s23", "galaxy-s24", "sd8-elite"]
+PHONES = ["iphone12pro", "iphone14pro", "iphone15pro", "iphone16pro", "pixel9", "galaxy-s23", "galaxy-s24", "sd8-elite"]
 
 
 @pytest.fixture(autouse=True)

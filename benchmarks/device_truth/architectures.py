@@ -172,11 +172,14 @@ class InvertedResidual(nn.Module):
 
 
 class SqueezeExcite(nn.Module):
-    def __init__(self, channels: int):
+    """Global average, a 1x1 conv down to `squeezed` channels (MobileNetV3's: a quarter, rounded to 8), ReLU, a 1x1
+    conv back, the gate, and the input scaled by it."""
+
+    def __init__(self, channels: int, squeezed: int | None = None, gate: Callable[[], nn.Module] = nn.Hardsigmoid):
         super().__init__()
-        squeezed = _divisible(channels / 4)
+        squeezed = squeezed or _divisible(channels / 4)
         self.scale = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, squeezed, 1), nn.ReLU(),
-                                   nn.Conv2d(squeezed, channels, 1), nn.Hardsigmoid())
+                                   nn.Conv2d(squeezed, channels, 1), gate())
 
     def forward(self, x):
         return x * self.scale(x)
@@ -226,6 +229,121 @@ def mobilenet_v3_small(classes: int = 1000) -> nn.Module:
 
 def mobilenet_v3_large(classes: int = 1000) -> nn.Module:
     return _mobilenet_v3(V3_LARGE, 960, 1280, classes)
+
+
+# MobileOne's width multipliers of its four stages (64, 128, 256, 512 channels), per variant
+MOBILEONE_WIDTHS = {"s0": (0.75, 1.0, 1.0, 2.0), "s1": (1.5, 1.5, 2.0, 2.5), "s2": (1.5, 2.0, 2.5, 4.0),
+                    "s3": (2.0, 2.5, 3.0, 4.0), "s4": (3.0, 3.5, 3.5, 4.0)}
+
+
+def mobileone_conv(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, squeeze: bool = False) -> nn.Sequential:
+    """A MobileOne branch as it runs after re-parameterization: one conv, squeeze-and-excite (S4: a sixteenth of the
+    channels, sigmoid gate) before the ReLU."""
+    layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups)]
+    if squeeze:
+        layers.append(SqueezeExcite(cout, int(cout * 0.0625), nn.Sigmoid))
+    return nn.Sequential(*layers, nn.ReLU())
+
+
+def mobileone(variant: str, classes: int = 1000) -> nn.Module:
+    """Depthwise 3x3 then pointwise blocks, 2 / 8 / 10 / 1 per stage, the first of each with stride 2; S4 puts
+    squeeze-and-excite in the last 5 blocks of the third stage and in the fourth."""
+    multipliers = MOBILEONE_WIDTHS[variant]
+    cin = min(64, int(64 * multipliers[0]))
+    layers = [mobileone_conv(3, cin, 3, 2)]
+    for base, blocks, multiplier, excited in zip((64, 128, 256, 512), (2, 8, 10, 1), multipliers, (0, 0, 5, 1)):
+        cout = int(base * multiplier)
+        for index in range(blocks):
+            squeeze = variant == "s4" and index >= blocks - excited
+            layers += [mobileone_conv(cin, cin, 3, 2 if index == 0 else 1, cin, squeeze), mobileone_conv(cin, cout, 1, squeeze=squeeze)]
+            cin = cout
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes))
+
+
+class LayerScale(nn.Module):
+    """A learned per-channel scale (what stays of FastViT's layer scale after re-parameterization)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(channels, 1, 1))
+
+    def forward(self, x):
+        return self.scale * x
+
+
+def conv_ffn(width: int, ratio: int) -> nn.Sequential:
+    """FastViT's ConvFFN: a depthwise 7x7 conv, then a 1x1 expansion, GELU and a 1x1 projection."""
+    return nn.Sequential(conv(width, width, 7, groups=width, act=None), conv(width, ratio * width, 1, act=nn.GELU),
+                         nn.Conv2d(ratio * width, width, 1), LayerScale(width))
+
+
+class RepMixerBlock(nn.Module):
+    """The re-parameterized RepMixer (one depthwise 3x3 conv, no skip left) and a residual ConvFFN."""
+
+    def __init__(self, width: int, ratio: int):
+        super().__init__()
+        self.mixer, self.ffn = nn.Conv2d(width, width, 3, padding=1, groups=width), conv_ffn(width, ratio)
+
+    def forward(self, x):
+        x = self.mixer(x)
+        return x + self.ffn(x)
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention over the positions of a feature map, heads of 32 channels, no bias on q, k, v."""
+
+    HEAD = 32
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.qkv, self.out = nn.Linear(width, 3 * width, bias=False), nn.Linear(width, width)
+
+    def forward(self, x):
+        batch, width, height, breadth = x.shape
+        tokens = x.flatten(2).transpose(1, 2)
+        q, k, v = self.qkv(tokens).reshape(batch, -1, 3, width // self.HEAD, self.HEAD).permute(2, 0, 3, 1, 4)
+        mixed = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, -1, width)
+        return self.out(mixed).transpose(1, 2).reshape(batch, width, height, breadth)
+
+
+class FastViTAttentionBlock(nn.Module):
+    """Batch norm, attention and a layer scale on one residual branch; a ConvFFN on the next."""
+
+    def __init__(self, width: int, ratio: int):
+        super().__init__()
+        self.attention = nn.Sequential(nn.BatchNorm2d(width), MultiHeadAttention(width), LayerScale(width))
+        self.ffn = conv_ffn(width, ratio)
+
+    def forward(self, x):
+        x = x + self.attention(x)
+        return x + self.ffn(x)
+
+
+# FastViT variants: blocks per stage, widths, FFN ratio, whether the last stage attends (after a 7x7 positional conv)
+FASTVIT = {"t8": ((2, 2, 4, 2), (48, 96, 192, 384), 3, False), "t12": ((2, 2, 6, 2), (64, 128, 256, 512), 3, False),
+           "s12": ((2, 2, 6, 2), (64, 128, 256, 512), 4, False), "sa12": ((2, 2, 6, 2), (64, 128, 256, 512), 4, True),
+           "sa24": ((4, 4, 12, 4), (64, 128, 256, 512), 4, True), "sa36": ((6, 6, 18, 6), (64, 128, 256, 512), 4, True),
+           "ma36": ((6, 6, 18, 6), (76, 152, 304, 608), 4, True)}
+
+
+def fastvit(variant: str, classes: int = 1000) -> nn.Module:
+    """FastViT as it runs re-parameterized: a stem of 3x3 stride-2, depthwise 3x3 stride-2 and 1x1 convs (GELU), four
+    stages of RepMixer blocks (the last of attention blocks in the SA and MA variants) joined by patch embeddings (a
+    7x7 stride-2 conv grouped per input channel, then a 1x1 conv and GELU), and a head of a grouped 3x3 conv to twice
+    the width with squeeze-and-excite and GELU, global average and a linear layer."""
+    blocks, widths, ratio, attends = FASTVIT[variant]
+    width = widths[0]
+    layers = [conv(3, width, 3, 2, act=nn.GELU), conv(width, width, 3, 2, groups=width, act=nn.GELU), conv(width, width, 1, act=nn.GELU)]
+    for stage, (count, width) in enumerate(zip(blocks, widths)):
+        if stage:
+            layers += [nn.Conv2d(widths[stage - 1], width, 7, 2, 3, groups=widths[stage - 1]), conv(width, width, 1, act=nn.GELU)]
+        last = attends and stage == len(blocks) - 1
+        if last:
+            layers.append(nn.Conv2d(width, width, 7, padding=3, groups=width))
+        layers += [(FastViTAttentionBlock if last else RepMixerBlock)(width, ratio) for _ in range(count)]
+    head = 2 * width
+    layers += [nn.Conv2d(width, head, 3, padding=1, groups=width), SqueezeExcite(head, int(head * 0.0625), nn.Sigmoid), nn.GELU()]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(head, classes))
 
 
 class SeparableSelfAttention(nn.Module):
@@ -666,7 +784,8 @@ class ViT(nn.Module):
 
 
 ARCHITECTURES = {"resnet50": resnet50, "mobilenet_v2": mobilenet_v2, "mobilenet_v3_small": mobilenet_v3_small,
-                 "mobilevit_v2": mobilevit_v2,
+                 "mobilevit_v2": mobilevit_v2, **{f"mobileone_{variant}": partial(mobileone, variant) for variant in MOBILEONE_WIDTHS},
+                 **{f"fastvit_{variant}": partial(fastvit, variant) for variant in FASTVIT},
                  "quicksrnetsmall": partial(QuickSRNet, 32, 2, False), "quicksrnetmedium": partial(QuickSRNet, 32, 5, False),
                  "quicksrnetlarge": partial(QuickSRNet, 64, 11, True), "xlsr": XLSR, "sesr_m5": SESR,
                  "real_esrgan_general_x4v3": SRVGGNetCompact, "esrgan": RRDBNet,
