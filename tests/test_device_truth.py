@@ -99,6 +99,18 @@ def test_fitted_profiles_carry_the_fit_and_band_of_the_results_file(group, name)
                                                             pytest.approx(held_out["band_error_high"], abs=1e-3), held_out["n"])
 
 
+def test_each_profile_carries_its_phones_per_call_costs():
+    """A per-call cost is fitted per phone and runtime (two Apple harnesses; two AI Hub releases on the 8 Elite): a
+    profile carries its own phone's, the iPhone 16 Pro (no rows) the iPhone 15 Pro's, the 8 Elite the Galaxy S25's."""
+    apple, elite = RESULTS["apple_ane"], RESULTS["sd8-elite"]
+    assert set(apple["fit"]["run_overhead_ms"]) == {"iPhone 12 Pro", "iPhone 14 Pro", "iPhone 15 Pro"}
+    for profile, phone in (("iphone12pro", "iPhone 12 Pro"), ("iphone14pro", "iPhone 14 Pro"), ("iphone16pro", "iPhone 15 Pro")):
+        assert apple["call_costs"][profile] == {"coreml": apple["fit"]["run_overhead_ms"][phone]}
+    assert {key.split(" / ")[1] for key in elite["fit"]["run_overhead_ms"]} == {"Samsung Galaxy S25", "Snapdragon 8 Elite QRD"}
+    assert elite["call_costs"]["sd8-elite"] == {backend: elite["fit"]["run_overhead_ms"][f"{backend} / Samsung Galaxy S25"]
+                                                for backend in ("tflite", "onnx")}
+
+
 @pytest.mark.parametrize("name, backend, unit", [("iphone16pro", "coreml", "ane"), ("galaxy-s24", "onnx", "htp"),
                                                  ("galaxy-s24", "tflite", "htp")])
 def test_an_estimate_on_a_fitted_npu_alone_prints_its_held_out_band_and_runtime_cost(name, backend, unit):
