@@ -5,8 +5,8 @@ architecture families and report the error on the others.
 Truth rows: benchmarks/device_truth/*.csv (one row per published measurement, with its source URL and commit; see the
 folder's README). Networks: benchmarks/device_truth/architectures.py (written from their papers and public reference
 code; weights do not change latency). Rows whose network is not rebuilt there are counted and left out.
-- Apple (coremltools guide, and Apple's MobileOne repository measured with its ModelBench app; Core ML on the Neural
-  Engine): fp16 `.mlpackage` from `effconv.backends.coreml.export`,
+- Apple (coremltools guide; Apple's MobileOne and FastViT repositories, measured with its ModelBench app; Core ML on
+  the Neural Engine): fp16 `.mlpackage` from `effconv.backends.coreml.export`,
   W8A16 by effconv's weight quantizer (coremltools linear_quantize_weights), W8A8 by effconv's pt2e path (int8
   activations at conv/linear/add inputs and outputs).
 - Qualcomm AI Hub (Snapdragon HTP through QNN, onnxruntime's QNN execution provider or LiteRT's QNN delegate): the
@@ -19,21 +19,22 @@ code; weights do not change latency). Rows whose network is not rebuilt there ar
 Calibration data for the int8 models is random images: the scales do not change a program's structure or its cost.
 
 Fit, per NPU (`Group`): the Apple Neural Engine's figures are shared by iphone12pro, iphone14pro, iphone15pro and
-iphone16pro (one ANE design, four chips whose peaks and bandwidths the profiles give); each Snapdragon's HTP is fitted on its own SoC's
-rows. The estimate is linear in the inverse efficiencies and overheads once the on-chip activation buffer is fixed
-(`terms`): convolutions and matrix products at one share of peak, every other category at another (int8 ops apart on
-the HTP, whose int8 and fp16 rates are both measured), the dispatch cost per kernel and the fixed cost per call of each
-runtime; robust least squares of the log error (`ROBUST_SCALE`) within physical bounds (an efficiency is a share of peak: at most 1), at each
-size and bandwidth of the on-chip buffer on the group's grid. Held out: each architecture family in turn is left out,
-the rest fitted, and the left-out rows predicted; the band the profiles print is the BAND_PERCENTILES range of those
-held-out errors. Identical networks (ESRGAN and Real-ESRGAN x4plus are one RRDBNet, the latter clamped) count once:
-rows of one network (the same convolutions and matrix products), device, runtime and precision are merged into one at
-their median latency. Two kinds of row are predicted like every other but stay out of the fit and of the band, and
-are reported apart (`held_out_apart`, per reason; `apart` in each row): rows whose AI Hub job ran layers on the CPU
-(the layer counts in qualcomm_ai_hub_details.csv: onnxruntime's QNN execution provider or LiteRT leaving ops to it)
-measure a partition effconv's artifact, which runs whole on the HTP, does not have; and rows whose effconv estimate
-runs ops off the NPU (LiteRT's CONV_3D on the CPU) are estimates on which the profile prints not the NPU's held-out
-band but its figures' uncertainty (effconv.profile.estimate.latency.held_out_band), so the band is not theirs to set.
+iphone16pro (one ANE design, four chips whose peaks and bandwidths the profiles give); each Snapdragon's HTP is fitted
+on its own SoC's rows. The estimate is linear in the inverse efficiencies and overheads once the on-chip activation
+buffer is fixed (`terms`): convolutions and matrix products at one share of peak, every other category at another
+(int8 ops apart on the HTP, whose int8 and fp16 rates are both measured), the dispatch cost per kernel and the fixed
+cost per call of each runtime on each phone; robust least squares of the log error (`ROBUST_SCALE`) within physical
+bounds (an efficiency is a share of peak: at most 1), at each size and bandwidth of the on-chip buffer on the group's
+grid. Held out: each architecture family in turn is left out, the rest fitted, and the left-out rows predicted; the
+band the profiles print is the BAND_PERCENTILES range of those held-out errors. Identical networks (ESRGAN and
+Real-ESRGAN x4plus are one RRDBNet, the latter clamped) count once: rows of one network (the same convolutions and
+matrix products), device, runtime and precision are merged into one at their median latency. Two kinds of row are
+predicted like every other but stay out of the fit and of the band, and are reported apart (`held_out_apart`, per
+reason; `apart` in each row): rows whose AI Hub job ran layers on the CPU (the layer counts in
+qualcomm_ai_hub_details.csv: onnxruntime's QNN execution provider or LiteRT leaving ops to it) measure a partition
+effconv's artifact, which runs whole on the HTP, does not have; and rows whose effconv estimate runs ops off the NPU
+(LiteRT's CONV_3D on the CPU) are estimates on which the profile prints not the NPU's held-out band but its figures'
+uncertainty (effconv.profile.estimate.latency.held_out_band), so the band is not theirs to set.
 
 Usage: PYTHONPATH=. python benchmarks/device_truth.py [--work DIR] [--write-profiles]
 Writes benchmarks/results/device_truth.json. Needs the coreml extra (coremltools, torchao); the exports take about
@@ -60,8 +61,9 @@ ROOT = Path(__file__).resolve().parent
 TRUTH = ROOT / "device_truth"
 RESULTS = ROOT / "results" / "device_truth.json"
 # The profile of each measuring phone: the Galaxy S25's "8 Elite for Galaxy" is the up-clocked bin of the 8 Elite
-PHONE_PROFILES = {"iPhone 12 Pro": "iphone12pro", "iPhone 14 Pro": "iphone14pro", "iPhone 15 Pro": "iphone15pro", "Samsung Galaxy S23": "galaxy-s23",
-                  "Samsung Galaxy S24": "galaxy-s24", "Samsung Galaxy S25": "sd8-elite", "Snapdragon 8 Elite QRD": "sd8-elite"}
+PHONE_PROFILES = {"iPhone 12 Pro": "iphone12pro", "iPhone 14 Pro": "iphone14pro", "iPhone 15 Pro": "iphone15pro",
+                  "Samsung Galaxy S23": "galaxy-s23", "Samsung Galaxy S24": "galaxy-s24", "Samsung Galaxy S25": "sd8-elite",
+                  "Snapdragon 8 Elite QRD": "sd8-elite"}
 # A truth row's precision -> the artifact costed for it (None: not costed, and why)
 PRECISIONS = {"coreml": {"fp16": "fp16", "w8a16": "w8a16", "w8a8": "w8a8"},
               "onnx": {"float": "float", "w8a8": "w8a8", "w8a16": "w8a16"}}
@@ -129,8 +131,8 @@ GUESSED_ANE = {"efficiency": {"conv": 0.5, "conv_pw": 0.4, "conv_dw": 0.1, "matm
 GUESSED_HTP = {"efficiency": {"conv": 0.4, "conv_pw": 0.4, "conv_dw": 0.1, "matmul": 0.5, "norm": 0.3, "elementwise": 0.4,
                               "reduce": 0.3, "resize": 0.3, "layout": 0.3},
                "op_overhead_us": 5.0, "run_overhead_ms": 1.0}
-# Per-call cost: a phone's, per runtime, for a call's cost is its runtime's and its toolchain's: the Apple rows come
-# from two harnesses on phones three years apart (the coremltools guide's on the iPhone 14 Pro and 15 Pro, ModelBench
+# Per-call cost: one per phone and runtime, for what a call costs beyond its kernels is its runtime's and toolchain's:
+# the Apple rows come from two harnesses on phones three years apart (the coremltools guide's on the iPhone 14 Pro and 15 Pro, ModelBench
 # on the iPhone 12 Pro), the 8 Elite's from two AI Hub releases (the Galaxy S25's QAIRT 2.42, the QRD's 2.37). A
 # profile carries its phone's (the iPhone 16 Pro, without rows, the iPhone 15 Pro's; the 8 Elite the Galaxy S25's,
 # AI Hub's current toolchain on a retail phone)
