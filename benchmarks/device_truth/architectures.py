@@ -11,6 +11,13 @@ fuse_conv_batchnorm, the TFLite converter, onnxruntime ConvBNFusion), so each co
   2206.02680): MobileNetV2 blocks (expansion 2) and, in its last three stages, MobileViTv2 blocks (depthwise 3x3 and
   pointwise local representation, 2x2 patches, pre-norm separable self-attention and a 2x feed-forward, with
   group norm over one group) of widths 128, 192, 256 and 2, 4, 3 attention blocks; 256x256 input.
+- MobileOne S0-S4: Vasu et al., "MobileOne: An Improved One millisecond Mobile Backbone" (arXiv 2206.04040), as
+  apple/ml-mobileone (commit b7f4e6d4) runs it re-parameterized (`inference_mode`): every block one depthwise 3x3 and
+  one pointwise conv, each with ReLU; 224x224 input.
+- FastViT T8 to MA36: Vasu et al., "FastViT: A Fast Hybrid Vision Transformer using Structural Reparameterization"
+  (arXiv 2303.14189), as apple/ml-fastvit (commit 8af59282) runs it re-parameterized: RepMixer blocks (one depthwise
+  3x3 conv) with ConvFFNs, attention in the last stage of the SA and MA variants; 256x256 input. Its patch embedding's
+  large-kernel conv applies no activation (the reference computes one and discards it), and neither does this.
 
 The Qualcomm AI Hub networks (qualcomm_ai_hub.csv) follow what qai_hub_models v0.37.0 (commit 660512ac) profiles:
 its wrapper around the public model, read from that commit. The per-channel input normalization of its classification,
