@@ -32,17 +32,18 @@ def student_onnx(tmp_path_factory) -> Path:
 
 
 def _zero_point_types(path: Path) -> dict[str, set[int]]:
-    """The data types of the QuantizeLinear zero points (activations) and of the int weights DequantizeLinear reads."""
+    """The data types of the QuantizeLinear zero points (activations) and of the int weights a Conv reads through a
+    DequantizeLinear (2-D or 3-D: convert's auto layout picks either by timing)."""
     model = onnx.load(str(path))
     initializers = {t.name: t for t in model.graph.initializer}
+    stored = {node.output[0]: initializers[node.input[0]].data_type for node in model.graph.node
+              if node.op_type == "DequantizeLinear" and node.input[0] in initializers}
     found = {"activations": set(), "weights": set()}
     for node in model.graph.node:
         if node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2] in initializers:
             found["activations"].add(initializers[node.input[2]].data_type)
-        if node.op_type == "DequantizeLinear" and node.input[0] in initializers:
-            tensor = initializers[node.input[0]]
-            if len(tensor.dims) == 4:  # a Conv2d weight
-                found["weights"].add(tensor.data_type)
+        if node.op_type == "Conv" and node.input[1] in stored:
+            found["weights"].add(stored[node.input[1]])
     return found
 
 
