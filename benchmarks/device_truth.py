@@ -95,7 +95,6 @@ class Group:
     on_chip_grid: tuple[tuple[float, float] | None, ...]  # (MB, GB/s) of the on-chip buffer tried; None: no buffer
     guessed: dict  # the figures the profiles carried before any fit: the "before" column
     call_cost_by: tuple[str, ...]  # the row fields whose every combination gets a per-call cost of its own
-    call_cost_device: dict[str, str]  # profile -> the phone whose per-call costs it carries
 
     @property
     def runtimes(self) -> tuple[str, ...]:
@@ -132,20 +131,17 @@ GUESSED_HTP = {"efficiency": {"conv": 0.4, "conv_pw": 0.4, "conv_dw": 0.1, "matm
                               "reduce": 0.3, "resize": 0.3, "layout": 0.3},
                "op_overhead_us": 5.0, "run_overhead_ms": 1.0}
 # Per-call cost: one per phone and runtime, for what a call costs beyond its kernels is its runtime's and toolchain's:
-# the Apple rows come from two harnesses on phones three years apart (the coremltools guide's on the iPhone 14 Pro and 15 Pro, ModelBench
-# on the iPhone 12 Pro), the 8 Elite's from two AI Hub releases (the Galaxy S25's QAIRT 2.42, the QRD's 2.37). A
-# profile carries its phone's (the iPhone 16 Pro, without rows, the iPhone 15 Pro's; the 8 Elite the Galaxy S25's,
-# AI Hub's current toolchain on a retail phone)
-APPLE_CALL_COSTS = {"iphone12pro": "iPhone 12 Pro", "iphone14pro": "iPhone 14 Pro", "iphone15pro": "iPhone 15 Pro",
-                    "iphone16pro": "iPhone 15 Pro"}
-HTP_CALL_COSTS = {"galaxy-s23": "Samsung Galaxy S23", "galaxy-s24": "Samsung Galaxy S24", "sd8-elite": "Samsung Galaxy S25"}
+# the Apple rows come from two harnesses on phones three years apart (the coremltools guide's on the iPhone 14 Pro and
+# 15 Pro, ModelBench on the iPhone 12 Pro), the 8 Elite's from two AI Hub releases (the Galaxy S25's QAIRT 2.42, the
+# QRD's 2.37). A profile carries its own phone's; these carry another's: the iPhone 16 Pro, without rows, the iPhone
+# 15 Pro's; the 8 Elite, with two phones, the Galaxy S25's (AI Hub's current toolchain on a retail phone)
+CALL_COST_PHONE = {"iphone16pro": "iPhone 15 Pro", "sd8-elite": "Samsung Galaxy S25"}
 GROUPS = (
     Group("apple_ane", "ane", "coreml", {"coreml": "coreml"}, ("iphone12pro", "iphone14pro", "iphone15pro"),
-          ("iphone12pro", "iphone14pro", "iphone15pro", "iphone16pro"), False, ANE_GRID, GUESSED_ANE, ("device",),
-          APPLE_CALL_COSTS),
+          ("iphone12pro", "iphone14pro", "iphone15pro", "iphone16pro"), False, ANE_GRID, GUESSED_ANE, ("device",)),
     *(Group(profile, "htp", "onnx", {"tflite": "tflite", "qnn": "onnx", "onnx": "onnx"}, (profile,), (profile,), True, HTP_GRID,
-            GUESSED_HTP, ("runtime", "device"), {profile: device})
-      for profile, device in HTP_CALL_COSTS.items()),
+            GUESSED_HTP, ("runtime", "device"))
+      for profile in ("galaxy-s23", "galaxy-s24", "sd8-elite")),
 )
 
 
@@ -458,9 +454,9 @@ ON_CHIP_MB_SOURCES = {"ane": "{fitted}; reverse engineering puts the M1 Neural E
 
 
 def call_costs(group: Group, fitted: dict, profile: str) -> dict[str, float]:
-    """A profile's fitted per-call cost per effconv backend: its phone's (`call_cost_device`) in each runtime (QNN's
-    own runtime is no effconv backend)."""
-    device = group.call_cost_device[profile]
+    """A profile's fitted per-call cost per effconv backend: its phone's (PHONE_PROFILES, or CALL_COST_PHONE) in each
+    runtime (QNN's own runtime is no effconv backend)."""
+    device = CALL_COST_PHONE.get(profile) or next(phone for phone, name in PHONE_PROFILES.items() if name == profile)
     return {RUNTIME_BACKENDS[runtime]: fitted["run_overhead_ms"][group.call_key({"runtime": runtime, "device": device})]
             for runtime in group.runtimes if runtime in RUNTIME_BACKENDS}
 
